@@ -1,0 +1,16 @@
+//! Tributary: an RTMP ingest cluster node.
+//!
+//! Architecture in ten lines (the whole story is in `DESIGN.md`):
+//! - [`protocol`] is sans-IO RTMP: handshake, chunk stream, AMF, typed messages,
+//!   server and client sessions, FLV and codec parsing. Bytes and `now` in,
+//!   events and bytes out; no sockets, no clocks, no runtime.
+//! - The node (data plane) runs one glommio executor per core; each shard
+//!   accepts on its own `SO_REUSEPORT` listener and keeps every connection it
+//!   accepted for that connection's whole life.
+//! - A stream is owned by its publisher's shard; other shards subscribe once
+//!   per stream and fan out locally. Media is `bytes::Bytes`, shared by
+//!   reference count, never copied per player, never behind a lock.
+//! - The control plane (one tokio thread) speaks NATS and serves HTTP admin.
+
+pub mod protocol;
+pub mod synthetic;
