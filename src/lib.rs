@@ -12,5 +12,6 @@
 //!   reference count, never copied per player, never behind a lock.
 //! - The control plane (one tokio thread) speaks NATS and serves HTTP admin.
 
+pub mod config;
 pub mod protocol;
 pub mod synthetic;

@@ -47,13 +47,26 @@ pub fn stream(shape: StreamShape, stream_id: u32, duration_ms: u32) -> Vec<RawMe
         0x1F, 0x01, 0x00, 0x04, 0x68, 0xEE, 0x3C, 0x80,
     ];
     let seq_audio: &[u8] = &[0xAF, 0x00, 0x12, 0x10];
-    out.push(message(VIDEO_CSID, 0, MessageType::VIDEO, stream_id, seq_video.to_vec()));
-    out.push(message(AUDIO_CSID, 0, MessageType::AUDIO, stream_id, seq_audio.to_vec()));
+    out.push(message(
+        VIDEO_CSID,
+        0,
+        MessageType::VIDEO,
+        stream_id,
+        seq_video.to_vec(),
+    ));
+    out.push(message(
+        AUDIO_CSID,
+        0,
+        MessageType::AUDIO,
+        stream_id,
+        seq_audio.to_vec(),
+    ));
 
     let frame_ms = 1000.0 / f64::from(shape.fps);
     let gop_frames = (shape.keyframe_interval_ms as usize * shape.fps as usize / 1000).max(1);
     // Per GOP: one keyframe of 6 units and (gop-1) inter frames of 1 unit.
-    let bytes_per_gop = f64::from(shape.video_bitrate_bps) / 8.0 * f64::from(shape.keyframe_interval_ms) / 1000.0;
+    let bytes_per_gop =
+        f64::from(shape.video_bitrate_bps) / 8.0 * f64::from(shape.keyframe_interval_ms) / 1000.0;
     let unit = bytes_per_gop / (gop_frames as f64 + 5.0);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut frame = 0usize;
@@ -68,7 +81,13 @@ pub fn stream(shape: StreamShape, stream_id: u32, duration_ms: u32) -> Vec<RawMe
             payload[0] = 0xAF;
             payload[1] = 0x01;
             fill(&mut payload[2..], &mut rng);
-            out.push(message(AUDIO_CSID, audio_ts, MessageType::AUDIO, stream_id, payload));
+            out.push(message(
+                AUDIO_CSID,
+                audio_ts,
+                MessageType::AUDIO,
+                stream_id,
+                payload,
+            ));
             audio_ts += shape.audio_interval_ms;
             continue;
         }
@@ -84,13 +103,25 @@ pub fn stream(shape: StreamShape, stream_id: u32, duration_ms: u32) -> Vec<RawMe
         payload[0] = if key { 0x17 } else { 0x27 };
         payload[1] = 0x01;
         fill(&mut payload[5..], &mut rng);
-        out.push(message(VIDEO_CSID, video_ts, MessageType::VIDEO, stream_id, payload));
+        out.push(message(
+            VIDEO_CSID,
+            video_ts,
+            MessageType::VIDEO,
+            stream_id,
+            payload,
+        ));
         frame += 1;
     }
     out
 }
 
-fn message(csid: u32, timestamp: u32, type_id: MessageType, stream_id: u32, payload: Vec<u8>) -> RawMessage {
+fn message(
+    csid: u32,
+    timestamp: u32,
+    type_id: MessageType,
+    stream_id: u32,
+    payload: Vec<u8>,
+) -> RawMessage {
     RawMessage {
         csid,
         timestamp,
@@ -121,8 +152,16 @@ mod tests {
     #[test]
     fn shape_matches_the_description() {
         let msgs = stream(StreamShape::default(), 1, 10_000);
-        let video: Vec<_> = msgs.iter().skip(2).filter(|m| m.type_id == MessageType::VIDEO).collect();
-        let audio = msgs.iter().skip(2).filter(|m| m.type_id == MessageType::AUDIO).count();
+        let video: Vec<_> = msgs
+            .iter()
+            .skip(2)
+            .filter(|m| m.type_id == MessageType::VIDEO)
+            .collect();
+        let audio = msgs
+            .iter()
+            .skip(2)
+            .filter(|m| m.type_id == MessageType::AUDIO)
+            .count();
         assert_eq!(video.len(), 300);
         assert!((430..=436).contains(&audio), "{audio}");
         let bytes: usize = video.iter().map(|m| m.payload.len()).sum();

@@ -22,23 +22,44 @@ pub enum ControlMessage {
 /// A user control event (message type 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserControlEvent {
-    StreamBegin { stream_id: u32 },
-    StreamEof { stream_id: u32 },
-    StreamDry { stream_id: u32 },
-    SetBufferLength { stream_id: u32, millis: u32 },
-    StreamIsRecorded { stream_id: u32 },
-    PingRequest { timestamp: u32 },
-    PingResponse { timestamp: u32 },
+    StreamBegin {
+        stream_id: u32,
+    },
+    StreamEof {
+        stream_id: u32,
+    },
+    StreamDry {
+        stream_id: u32,
+    },
+    SetBufferLength {
+        stream_id: u32,
+        millis: u32,
+    },
+    StreamIsRecorded {
+        stream_id: u32,
+    },
+    PingRequest {
+        timestamp: u32,
+    },
+    PingResponse {
+        timestamp: u32,
+    },
     /// An event type we do not act on (e.g. 31/32, buffer empty/ready, that
     /// some Flash-era servers send); kept so it can be ignored, not rejected.
-    Other { event_type: u16 },
+    Other {
+        event_type: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ControlError {
     #[error("control message type {type_id} has {len} bytes, needs {need}")]
-    Truncated { type_id: u8, len: usize, need: usize },
+    Truncated {
+        type_id: u8,
+        len: usize,
+        need: usize,
+    },
     #[error("message type {0} is not a protocol control message")]
     NotControl(u8),
 }
@@ -181,7 +202,9 @@ mod tests {
         let all = [
             ControlMessage::SetChunkSize(4096),
             ControlMessage::Abort { csid: 6 },
-            ControlMessage::Acknowledgement { sequence: 2_500_000 },
+            ControlMessage::Acknowledgement {
+                sequence: 2_500_000,
+            },
             ControlMessage::WindowAckSize(2_500_000),
             ControlMessage::SetPeerBandwidth {
                 size: 2_500_000,

@@ -2,10 +2,10 @@
 //!
 //! Each chunk stream reassembles into its own `BytesMut` arena. A message is
 //! handed out as `arena.split().freeze()`, which shares the arena's
-//! allocation; once every earlier message from an arena has been dropped,
-//! `reserve` reclaims it in place. So in steady state a chunk costs no heap
-//! allocation and a message at most one (a fresh arena when consumers still
-//! hold the old one). It must never buffer more than the limits allow, and
+//! allocation; once every message cut from an arena has been dropped, the
+//! arena is reclaimed in place. So a continuation chunk never allocates, and
+//! a message's first chunk at most once: only when consumers still hold the
+//! arena (a GOP cache does) and it is full. It must never buffer more than the limits allow, and
 //! never trust a length before checking it against them.
 
 use bytes::{Bytes, BytesMut};
@@ -64,13 +64,18 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// Makes room for a message of `len` bytes, in an arena big enough for
-    /// two, so renewing arenas costs at most one allocation per two messages.
+    /// Makes room for a message of `len` bytes. Reclaims the arena in place
+    /// when every message cut from it has been dropped (no allocation, and
+    /// the memory is still in cache); otherwise starts a new arena with room
+    /// for two typical messages, so renewing costs at most one allocation
+    /// per message and usually far less.
     fn ensure_room(&mut self, len: u32) {
         let len = len as usize;
-        if self.buf.capacity() - self.buf.len() < len {
-            self.buf.reserve(ARENA_MIN.max(2 * len));
+        if self.buf.capacity() - self.buf.len() >= len || self.buf.try_reclaim(len) {
+            return;
         }
+        let typical = len.max(self.typical_len as usize);
+        self.buf.reserve(ARENA_MIN.max(2 * typical));
     }
 }
 
@@ -97,6 +102,9 @@ pub struct ChunkDecoder {
     partial_len: usize,
     /// The chunk whose payload is being read: (stream slot, bytes left).
     in_chunk: Option<(usize, u32)>,
+    /// Slot of the last chunk's stream: the next chunk is most often its
+    /// type-3 continuation.
+    last_slot: usize,
     bytes_received: u64,
     ack_window: u32,
     acked: u64,
@@ -111,6 +119,7 @@ impl ChunkDecoder {
             partial: [0; MAX_HEADER_LEN],
             partial_len: 0,
             in_chunk: None,
+            last_slot: 0,
             bytes_received: 0,
             ack_window: 0,
             acked: 0,
@@ -173,6 +182,9 @@ impl ChunkDecoder {
                 continue;
             }
 
+            if self.continuation(input) {
+                continue;
+            }
             let header = match self.next_header(input)? {
                 Some(h) => h,
                 None => return Ok(None),
@@ -181,6 +193,28 @@ impl ChunkDecoder {
                 return Ok(Some(message));
             }
         }
+    }
+
+    /// Fast path for the commonest chunk: a one-byte type-3 header that
+    /// continues the message in progress on the last chunk's stream, with
+    /// no extended timestamp to look for.
+    fn continuation(&mut self, input: &mut &[u8]) -> bool {
+        let (Some(&b), 0) = (input.first(), self.partial_len) else {
+            return false;
+        };
+        let Some(st) = self.streams.get(self.last_slot) else {
+            return false;
+        };
+        if b >> 6 != 3 || u32::from(b & 0x3F) != st.csid || !st.in_progress || st.extended {
+            return false;
+        }
+        *input = &input[1..];
+        self.bytes_received += 1;
+        self.in_chunk = Some((
+            self.last_slot,
+            (st.length - st.received).min(self.chunk_size),
+        ));
+        true
     }
 
     /// Reads a whole chunk header from the carried-over bytes and `input`,
@@ -230,10 +264,7 @@ impl ChunkDecoder {
         let fmt = first >> 6;
         let (csid, mut pos) = match first & 0x3F {
             0 => (u32::from(*b.get(1)?) + 64, 2),
-            1 => (
-                u32::from(*b.get(1)?) + u32::from(*b.get(2)?) * 256 + 64,
-                3,
-            ),
+            1 => (u32::from(*b.get(1)?) + u32::from(*b.get(2)?) * 256 + 64, 3),
             id => (u32::from(id), 1),
         };
         let mut h = Header {
@@ -314,6 +345,7 @@ impl ChunkDecoder {
                 self.streams.len() - 1
             }
         };
+        self.last_slot = slot;
         let st = &mut self.streams[slot];
         if h.fmt == 3 && st.in_progress {
             let left = st.length - st.received;
@@ -353,7 +385,6 @@ impl ChunkDecoder {
             return self.complete(slot).map(Some);
         }
         st.in_progress = true;
-        // Usually a no-op: the last completion already made room.
         st.ensure_room(st.length.min(UPFRONT_RESERVE_MAX.max(self.chunk_size)));
         self.in_chunk = Some((slot, st.length.min(self.chunk_size)));
         Ok(None)
@@ -365,12 +396,8 @@ impl ChunkDecoder {
         let payload = if st.length == 0 {
             Bytes::new()
         } else {
-            let payload = st.buf.split().freeze();
-            // Renew the arena now, while the caller expects this call to
-            // cost something, rather than on the next message's first chunk.
             st.typical_len = st.typical_len.max(st.length.min(UPFRONT_RESERVE_MAX));
-            st.ensure_room(st.typical_len);
-            payload
+            st.buf.split().freeze()
         };
         let message = RawMessage {
             csid: st.csid,
@@ -403,7 +430,8 @@ impl ChunkDecoder {
                 }
             }
             MessageType::ABORT => {
-                if let ControlMessage::Abort { csid } = ControlMessage::parse(m.type_id, &m.payload)?
+                if let ControlMessage::Abort { csid } =
+                    ControlMessage::parse(m.type_id, &m.payload)?
                 {
                     if let Some(st) = self.streams.iter_mut().find(|s| s.csid == csid) {
                         if st.in_progress {

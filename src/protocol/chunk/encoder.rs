@@ -56,7 +56,14 @@ fn put_message(out: &mut BytesMut, chunk_size: u32, fmt: u8, ts_field: u32, msg:
     let payload = &msg.payload[..];
     out.reserve(encoded_len(chunk_size, payload.len(), msg.csid));
     put_basic_header(out, fmt, msg.csid);
-    put_u24(out, if extended { EXTENDED_TIMESTAMP } else { ts_field });
+    put_u24(
+        out,
+        if extended {
+            EXTENDED_TIMESTAMP
+        } else {
+            ts_field
+        },
+    );
     if fmt <= 1 {
         put_u24(out, payload.len() as u32);
         out.put_u8(msg.type_id.0);
@@ -181,7 +188,11 @@ mod tests {
             timestamp: ts,
             type_id: MessageType(type_id),
             stream_id,
-            payload: Bytes::from((0..len).map(|i| (i * 7 + ts as usize) as u8).collect::<Vec<_>>()),
+            payload: Bytes::from(
+                (0..len)
+                    .map(|i| (i * 7 + ts as usize) as u8)
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 
@@ -207,13 +218,23 @@ mod tests {
         encode_message(&mut out, 128, &m);
         assert_eq!(
             &out[..],
-            &[0x03, 0x00, 0x03, 0xE8, 0x00, 0x00, 0x04, 0x14, 0x01, 0x00, 0x00, 0x00, 0xAA, 0xAA, 0xAA, 0xAA]
+            &[
+                0x03, 0x00, 0x03, 0xE8, 0x00, 0x00, 0x04, 0x14, 0x01, 0x00, 0x00, 0x00, 0xAA, 0xAA,
+                0xAA, 0xAA
+            ]
         );
     }
 
     #[test]
     fn basic_header_sizes() {
-        for (csid, expected) in [(2u32, vec![0x02]), (63, vec![0x3F]), (64, vec![0x00, 0x00]), (319, vec![0x00, 0xFF]), (320, vec![0x01, 0x00, 0x01]), (65_599, vec![0x01, 0xFF, 0xFF])] {
+        for (csid, expected) in [
+            (2u32, vec![0x02]),
+            (63, vec![0x3F]),
+            (64, vec![0x00, 0x00]),
+            (319, vec![0x00, 0xFF]),
+            (320, vec![0x01, 0x00, 0x01]),
+            (65_599, vec![0x01, 0xFF, 0xFF]),
+        ] {
             let mut out = BytesMut::new();
             put_basic_header(&mut out, 0, csid);
             assert_eq!(&out[..], &expected[..], "csid {csid}");
@@ -231,11 +252,11 @@ mod tests {
         let mut out = BytesMut::new();
         let messages = vec![
             msg(6, 0, 9, 1, 500),
-            msg(6, 33, 9, 1, 500),  // type 2
-            msg(6, 66, 9, 1, 800),  // type 1
-            msg(4, 10, 8, 1, 200),  // new stream, type 0
-            msg(6, 100, 9, 1, 800), // type 2
-            msg(6, 50, 9, 1, 10),   // backwards: type 0
+            msg(6, 33, 9, 1, 500),          // type 2
+            msg(6, 66, 9, 1, 800),          // type 1
+            msg(4, 10, 8, 1, 200),          // new stream, type 0
+            msg(6, 100, 9, 1, 800),         // type 2
+            msg(6, 50, 9, 1, 10),           // backwards: type 0
             msg(4, 0xFFFF_FFF0, 8, 1, 300), // extended timestamp
             msg(4, 0xFFFF_FFF8, 8, 1, 300), // small delta after extended
         ];
@@ -280,7 +301,9 @@ mod tests {
     fn extended_timestamp_omitted_on_continuation_chunks() {
         let m = msg(6, 0x0100_0000, 9, 1, 300);
         let mut out = BytesMut::new();
-        out.extend_from_slice(&[0x06, 0xFF, 0xFF, 0xFF, 0x00, 0x01, 0x2C, 0x09, 0x01, 0, 0, 0]);
+        out.extend_from_slice(&[
+            0x06, 0xFF, 0xFF, 0xFF, 0x00, 0x01, 0x2C, 0x09, 0x01, 0, 0, 0,
+        ]);
         out.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
         out.extend_from_slice(&m.payload[..128]);
         out.put_u8(0xC6);
@@ -296,13 +319,21 @@ mod tests {
         // type 0 at 1000, type 2 delta 20, type 3 → 1040 (spec example 1),
         // and type 0 at 40 then type 3 → 80 (ffmpeg's reading of type 0).
         let mut b = BytesMut::new();
-        b.extend_from_slice(&[0x04, 0x00, 0x03, 0xE8, 0x00, 0x00, 0x02, 0x08, 0x01, 0, 0, 0, 1, 2]);
+        b.extend_from_slice(&[
+            0x04, 0x00, 0x03, 0xE8, 0x00, 0x00, 0x02, 0x08, 0x01, 0, 0, 0, 1, 2,
+        ]);
         b.extend_from_slice(&[0x84, 0x00, 0x00, 0x14, 3, 4]);
         b.extend_from_slice(&[0xC4, 5, 6]);
-        b.extend_from_slice(&[0x05, 0x00, 0x00, 0x28, 0x00, 0x00, 0x01, 0x09, 0x01, 0, 0, 0, 7]);
+        b.extend_from_slice(&[
+            0x05, 0x00, 0x00, 0x28, 0x00, 0x00, 0x01, 0x09, 0x01, 0, 0, 0, 7,
+        ]);
         b.extend_from_slice(&[0xC5, 8]);
         let mut dec = ChunkDecoder::new(Limits::default());
-        let got: Vec<u32> = decode_all(&mut dec, &b).unwrap().iter().map(|m| m.timestamp).collect();
+        let got: Vec<u32> = decode_all(&mut dec, &b)
+            .unwrap()
+            .iter()
+            .map(|m| m.timestamp)
+            .collect();
         assert_eq!(got, vec![1000, 1020, 1040, 40, 80]);
     }
 
@@ -356,21 +387,37 @@ mod tests {
 
     #[test]
     fn limits_are_errors() {
-        let limits = Limits { max_message_len: 1000, max_chunk_streams: 2, ..Limits::default() };
+        let limits = Limits {
+            max_message_len: 1000,
+            max_chunk_streams: 2,
+            ..Limits::default()
+        };
         let mut dec = ChunkDecoder::new(limits);
         let mut input: &[u8] = &[0x04, 0, 0, 0, 0x00, 0x03, 0xE9, 0x09, 1, 0, 0, 0];
-        assert_eq!(dec.decode(&mut input), Err(ChunkError::MessageTooLarge { len: 1001, limit: 1000 }));
+        assert_eq!(
+            dec.decode(&mut input),
+            Err(ChunkError::MessageTooLarge {
+                len: 1001,
+                limit: 1000
+            })
+        );
 
         let mut dec = ChunkDecoder::new(limits);
         let mut b = BytesMut::new();
         for csid in 3..6 {
             encode_message(&mut b, 128, &msg(csid, 0, 9, 1, 1));
         }
-        assert_eq!(decode_all(&mut dec, &b), Err(ChunkError::TooManyChunkStreams { limit: 2 }));
+        assert_eq!(
+            decode_all(&mut dec, &b),
+            Err(ChunkError::TooManyChunkStreams { limit: 2 })
+        );
 
         let mut dec = ChunkDecoder::new(Limits::default());
         let mut input: &[u8] = &[0x44, 0, 0, 0, 0, 0, 1, 9];
-        assert_eq!(dec.decode(&mut input), Err(ChunkError::NoPreviousHeader { csid: 4, fmt: 1 }));
+        assert_eq!(
+            dec.decode(&mut input),
+            Err(ChunkError::NoPreviousHeader { csid: 4, fmt: 1 })
+        );
 
         for size in [0u32, 0x8000_0000, 70_000] {
             let mut dec = ChunkDecoder::new(Limits::default());
@@ -378,7 +425,10 @@ mod tests {
             let mut m = crate::protocol::chunk::ControlMessage::SetChunkSize(0).to_message();
             m.payload = Bytes::copy_from_slice(&size.to_be_bytes());
             encode_message(&mut b, 128, &m);
-            assert!(matches!(decode_all(&mut dec, &b), Err(ChunkError::InvalidChunkSize { .. })));
+            assert!(matches!(
+                decode_all(&mut dec, &b),
+                Err(ChunkError::InvalidChunkSize { .. })
+            ));
         }
     }
 
@@ -386,7 +436,11 @@ mod tests {
     fn acknowledgement_window() {
         let mut dec = ChunkDecoder::new(Limits::default());
         let mut b = BytesMut::new();
-        encode_message(&mut b, 128, &crate::protocol::chunk::ControlMessage::WindowAckSize(1000).to_message());
+        encode_message(
+            &mut b,
+            128,
+            &crate::protocol::chunk::ControlMessage::WindowAckSize(1000).to_message(),
+        );
         for i in 0..10 {
             encode_message(&mut b, 128, &msg(6, i, 9, 1, 300));
         }

@@ -1,0 +1,515 @@
+//! Node configuration: the TOML file (`config/tributary.toml` documents
+//! every key and its default), command-line overrides, and validation that
+//! names the key at fault. Owns no runtime state and opens no socket.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::protocol::Limits;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("`{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub rtmp: RtmpConfig,
+    pub limits: LimitsConfig,
+    pub streams: StreamsConfig,
+    pub players: PlayersConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name of this node in the cluster; empty = the host name.
+    pub id: String,
+    /// Data-plane shards (one glommio executor each); 0 = one per online CPU.
+    pub shards: usize,
+    /// Memory each shard registers with io_uring, in KiB.
+    pub io_memory_kib: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtmpConfig {
+    pub listen: SocketAddr,
+    /// Chunk size we send with (announced after connect).
+    pub chunk_size: u32,
+    /// Window Acknowledgement Size / Set Peer Bandwidth we announce.
+    pub window_ack_size: u32,
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections per shard; more are refused at accept.
+    pub max_connections_per_shard: usize,
+    /// Streams (createStream) one connection may open.
+    pub max_streams_per_connection: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_chunk_size: u32,
+    pub max_message_len: u32,
+    pub max_chunk_streams: usize,
+    pub max_amf_depth: usize,
+    pub max_command_len: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DuplicatePublish {
+    /// A second publisher of a live key gets NetStream.Publish.BadName.
+    Reject,
+    /// The new publisher replaces the old one (encoders that reconnect
+    /// before the server noticed the old TCP connection died).
+    Takeover,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnpublish {
+    /// Players stay and resume when the key is published again.
+    Wait,
+    /// Players are closed.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlayUnknown {
+    /// Wait for the stream to be published, up to `play_wait_timeout_ms`.
+    Wait,
+    /// Answer NetStream.Play.StreamNotFound at once.
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsConfig {
+    pub duplicate_publish: DuplicatePublish,
+    pub on_unpublish: OnUnpublish,
+    /// With on_unpublish = "wait": how long players wait for a re-publish.
+    pub unpublish_wait_timeout_ms: u64,
+    pub play_unknown: PlayUnknown,
+    pub play_wait_timeout_ms: u64,
+    /// Bytes of the last GOP a stream keeps for new players.
+    pub gop_cache_max_bytes: usize,
+    /// Messages queued from the owner shard to each other shard.
+    pub shard_channel_capacity: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlayersConfig {
+    /// Bytes queued for one player before frames are dropped up to the next keyframe.
+    pub queue_max_bytes: usize,
+    /// A player that stays behind (dropping) this long is disconnected.
+    pub max_lag_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter: "info", "tributary=debug", ...
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers; empty = standalone node.
+    pub nats: Vec<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            shards: 0,
+            io_memory_kib: 512,
+        }
+    }
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            chunk_size: 4096,
+            window_ack_size: 2_500_000,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_connections_per_shard: 10_000,
+            max_streams_per_connection: 8,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        Self {
+            max_chunk_size: l.max_chunk_size,
+            max_message_len: l.max_message_len,
+            max_chunk_streams: l.max_chunk_streams,
+            max_amf_depth: l.max_amf_depth,
+            max_command_len: l.max_command_len,
+        }
+    }
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            duplicate_publish: DuplicatePublish::Reject,
+            on_unpublish: OnUnpublish::Wait,
+            unpublish_wait_timeout_ms: 30_000,
+            play_unknown: PlayUnknown::NotFound,
+            play_wait_timeout_ms: 10_000,
+            gop_cache_max_bytes: 16 * 1024 * 1024,
+            shard_channel_capacity: 1024,
+        }
+    }
+}
+
+impl Default for PlayersConfig {
+    fn default() -> Self {
+        Self {
+            queue_max_bytes: 8 * 1024 * 1024,
+            max_lag_ms: 10_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The protocol limits as the protocol core takes them.
+    pub fn protocol_limits(&self) -> Limits {
+        Limits {
+            max_chunk_size: self.limits.max_chunk_size,
+            max_message_len: self.limits.max_message_len,
+            max_chunk_streams: self.limits.max_chunk_streams,
+            max_amf_depth: self.limits.max_amf_depth,
+            max_command_len: self.limits.max_command_len,
+        }
+    }
+
+    /// Checks every value a TOML type cannot; names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.rtmp;
+        if !(128..=65_536).contains(&r.chunk_size) {
+            return Err(invalid("rtmp.chunk_size", "must be 128..=65536"));
+        }
+        if r.window_ack_size == 0 {
+            return Err(invalid("rtmp.window_ack_size", "must be positive"));
+        }
+        if r.handshake_timeout_ms == 0 {
+            return Err(invalid("rtmp.handshake_timeout_ms", "must be positive"));
+        }
+        if r.idle_timeout_ms == 0 {
+            return Err(invalid("rtmp.idle_timeout_ms", "must be positive"));
+        }
+        if r.max_connections_per_shard == 0 {
+            return Err(invalid(
+                "rtmp.max_connections_per_shard",
+                "must be positive",
+            ));
+        }
+        if r.max_streams_per_connection == 0 {
+            return Err(invalid(
+                "rtmp.max_streams_per_connection",
+                "must be positive",
+            ));
+        }
+        let l = &self.limits;
+        if !(128..=0x7FFF_FFFF).contains(&l.max_chunk_size) {
+            return Err(invalid("limits.max_chunk_size", "must be 128..=2147483647"));
+        }
+        if !(1024..=0x00FF_FFFF).contains(&l.max_message_len) {
+            return Err(invalid(
+                "limits.max_message_len",
+                "must be 1024..=16777215 (RTMP's 24-bit length)",
+            ));
+        }
+        if !(4..=65_536).contains(&l.max_chunk_streams) {
+            return Err(invalid("limits.max_chunk_streams", "must be 4..=65536"));
+        }
+        if !(2..=1024).contains(&l.max_amf_depth) {
+            return Err(invalid("limits.max_amf_depth", "must be 2..=1024"));
+        }
+        if !(1024..=l.max_message_len).contains(&l.max_command_len) {
+            return Err(invalid(
+                "limits.max_command_len",
+                "must be 1024..=limits.max_message_len",
+            ));
+        }
+        let s = &self.streams;
+        if s.gop_cache_max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "streams.gop_cache_max_bytes",
+                "must be at least 65536",
+            ));
+        }
+        if s.shard_channel_capacity == 0 {
+            return Err(invalid(
+                "streams.shard_channel_capacity",
+                "must be positive",
+            ));
+        }
+        let p = &self.players;
+        if p.queue_max_bytes < 64 * 1024 {
+            return Err(invalid("players.queue_max_bytes", "must be at least 65536"));
+        }
+        if p.max_lag_ms == 0 {
+            return Err(invalid("players.max_lag_ms", "must be positive"));
+        }
+        if self.node.io_memory_kib < 64 {
+            return Err(invalid("node.io_memory_kib", "must be at least 64"));
+        }
+        for url in &self.cluster.nats {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err(invalid(
+                    "cluster.nats",
+                    format!("`{url}` is not a nats:// or tls:// URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cli {
+    pub config: Option<PathBuf>,
+    pub rtmp_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub node_id: Option<String>,
+    pub nats: Option<Vec<String>>,
+    pub shards: Option<usize>,
+    pub help: bool,
+    pub version: bool,
+}
+
+pub const USAGE: &str = "\
+tributary: RTMP ingest cluster node
+
+USAGE:
+    tributary [OPTIONS]
+
+With no options: a standalone node on 0.0.0.0:1935, HTTP admin on
+127.0.0.1:8080, with the defaults documented in config/tributary.toml.
+
+OPTIONS (each overrides the config file):
+    --config FILE          read settings from this TOML file
+    --rtmp-listen ADDR     RTMP address, e.g. 0.0.0.0:1935   [rtmp.listen]
+    --http-listen ADDR     HTTP admin address (/metrics, /api) [http.listen]
+    --node-id ID           this node's name in the cluster    [node.id]
+    --nats URL[,URL...]    NATS servers; none = standalone     [cluster.nats]
+    --shards N             data-plane shards; 0 = one per CPU  [node.shards]
+    -h, --help             this text
+    -V, --version          the version
+";
+
+impl Cli {
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, ConfigError> {
+        let mut cli = Cli::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |name: &str| {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value (see --help)")))
+            };
+            let addr = |flag: &str, v: String| {
+                v.parse::<SocketAddr>().map_err(|_| {
+                    ConfigError::Usage(format!("{flag}: `{v}` is not an address like 0.0.0.0:1935"))
+                })
+            };
+            match flag.as_str() {
+                "-h" | "--help" => cli.help = true,
+                "-V" | "--version" => cli.version = true,
+                "--config" => cli.config = Some(PathBuf::from(value("--config")?)),
+                "--rtmp-listen" => {
+                    cli.rtmp_listen = Some(addr("--rtmp-listen", value("--rtmp-listen")?)?)
+                }
+                "--http-listen" => {
+                    cli.http_listen = Some(addr("--http-listen", value("--http-listen")?)?)
+                }
+                "--node-id" => cli.node_id = Some(value("--node-id")?),
+                "--nats" => {
+                    let v = value("--nats")?;
+                    cli.nats = Some(
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    );
+                }
+                "--shards" => {
+                    let v = value("--shards")?;
+                    cli.shards = Some(v.parse().map_err(|_| {
+                        ConfigError::Usage(format!("--shards: `{v}` is not a number"))
+                    })?);
+                }
+                other => {
+                    return Err(ConfigError::Usage(format!(
+                        "unknown option `{other}` (see --help)"
+                    )))
+                }
+            }
+        }
+        Ok(cli)
+    }
+
+    /// The config file (if any) with these overrides applied, validated.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(a) = self.rtmp_listen {
+            config.rtmp.listen = a;
+        }
+        if let Some(a) = self.http_listen {
+            config.http.listen = a;
+        }
+        if let Some(id) = &self.node_id {
+            config.node.id = id.clone();
+        }
+        if let Some(nats) = &self.nats {
+            config.cluster.nats = nats.clone();
+        }
+        if let Some(n) = self.shards {
+            config.node.shards = n;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn shipped_config_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tributary.toml");
+        let file = Config::load(&path).unwrap();
+        assert_eq!(file, Config::default());
+        file.validate().unwrap();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::parse(args("--rtmp-listen 127.0.0.1:0 --http-listen=127.0.0.1:0 --node-id n1 --nats nats://a:4222,nats://b:4222 --shards 2")).unwrap();
+        let c = cli.resolve().unwrap();
+        assert_eq!(c.rtmp.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.node.id, "n1");
+        assert_eq!(c.cluster.nats.len(), 2);
+        assert_eq!(c.node.shards, 2);
+    }
+
+    #[test]
+    fn bad_input_names_the_key() {
+        let err = Config::from_toml("[rtmp]\nchunk_size = 5", Path::new("x.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("rtmp.chunk_size"), "{err}");
+        let err = Config::from_toml("[rtmp]\nchunk_sise = 4096", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("chunk_sise"), "{err}");
+        let err = Config::from_toml(
+            "[streams]\nduplicate_publish = \"maybe\"",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
+        assert!(Cli::parse(args("--shards two")).is_err());
+        assert!(Cli::parse(args("--bogus")).is_err());
+        assert!(Cli::parse(args("--rtmp-listen")).is_err());
+    }
+}
