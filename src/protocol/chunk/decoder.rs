@@ -71,7 +71,11 @@ impl StreamState {
     /// per message and usually far less.
     fn ensure_room(&mut self, len: u32) {
         let len = len as usize;
-        if self.buf.capacity() - self.buf.len() >= len || self.buf.try_reclaim(len) {
+        // Asking for one byte more than is left makes `try_reclaim` rewind
+        // to the arena's start when nothing cut from it is alive, so the same
+        // cache lines serve message after message.
+        let rewind = len.max(self.buf.capacity() - self.buf.len() + 1);
+        if self.buf.try_reclaim(rewind) || self.buf.capacity() - self.buf.len() >= len {
             return;
         }
         let typical = len.max(self.typical_len as usize);
