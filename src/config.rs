@@ -204,7 +204,7 @@ impl Default for StreamsConfig {
     fn default() -> Self {
         Self {
             duplicate_publish: DuplicatePublish::Reject,
-            on_unpublish: OnUnpublish::Wait,
+            on_unpublish: OnUnpublish::Close,
             unpublish_wait_timeout_ms: 30_000,
             play_unknown: PlayUnknown::NotFound,
             play_wait_timeout_ms: 10_000,
@@ -317,6 +317,26 @@ impl Config {
             ));
         }
         let s = &self.streams;
+        // Keys whose other values the node does not implement yet: refuse
+        // them rather than silently doing something else.
+        if s.duplicate_publish == DuplicatePublish::Takeover {
+            return Err(invalid(
+                "streams.duplicate_publish",
+                "\"takeover\" is not supported yet; use \"reject\"",
+            ));
+        }
+        if s.on_unpublish == OnUnpublish::Wait {
+            return Err(invalid(
+                "streams.on_unpublish",
+                "\"wait\" is not supported yet; use \"close\"",
+            ));
+        }
+        if s.play_unknown == PlayUnknown::Wait {
+            return Err(invalid(
+                "streams.play_unknown",
+                "\"wait\" is not supported yet; use \"not_found\"",
+            ));
+        }
         if s.gop_cache_max_bytes < 64 * 1024 {
             return Err(invalid(
                 "streams.gop_cache_max_bytes",
@@ -508,6 +528,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
+        let err = Config::from_toml("[streams]\non_unpublish = \"wait\"", Path::new("x.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("streams.on_unpublish"), "{err}");
         assert!(Cli::parse(args("--shards two")).is_err());
         assert!(Cli::parse(args("--bogus")).is_err());
         assert!(Cli::parse(args("--rtmp-listen")).is_err());

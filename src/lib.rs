@@ -13,5 +13,6 @@
 //! - The control plane (one tokio thread) speaks NATS and serves HTTP admin.
 
 pub mod config;
+pub mod node;
 pub mod protocol;
 pub mod synthetic;

@@ -1,14 +1,89 @@
-//! The `tributary` binary. The node (shards, hub, admin HTTP) is the next
-//! piece of work; until it lands the binary states that plainly rather than
-//! pretending to serve.
+//! The `tributary` binary: parse flags and config, start the node, stop on
+//! SIGINT/SIGTERM. Everything else lives in the library.
 
-fn main() {
-    let version = env!("CARGO_PKG_VERSION");
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("-V") => println!("tributary {version}"),
-        _ => {
-            eprintln!("tributary {version}: the RTMP protocol core is built; the node is not yet (see README.md)");
-            std::process::exit(2);
+use std::process::ExitCode;
+
+use tributary::config::{Cli, LogFormat, USAGE};
+use tributary::node::Node;
+
+fn main() -> ExitCode {
+    let cli = match Cli::parse(std::env::args().skip(1)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("tributary: {e}");
+            return ExitCode::from(2);
         }
+    };
+    if cli.help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
     }
+    if cli.version {
+        println!("tributary {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let config = match cli.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tributary: bad configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+
+    // Block the stop signals before any thread starts, so every shard
+    // inherits the mask and only `sigwait` below receives them.
+    let signals = stop_signals();
+    let node = match Node::start(config) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tributary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(shards = node.shards, "rtmp listening on {}", node.rtmp_addr);
+    let signal = wait_for(&signals);
+    tracing::info!("signal {signal}: stopping");
+    let mut node = node;
+    node.stop();
+    let failures: Vec<String> = node.join().into_iter().filter_map(Result::err).collect();
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for f in failures {
+            tracing::error!("{f}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use;
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: `set` was initialised by stop_signals; sigwait writes `sig`.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+    sig
 }

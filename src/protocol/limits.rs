@@ -9,9 +9,12 @@ pub struct Limits {
     pub max_chunk_size: u32,
     /// Largest message a peer may announce (bytes). Default 8 MiB: a 4K
     /// keyframe at a high bitrate fits; the RTMP ceiling is 16 MiB - 1.
+    /// Unfinished messages on all chunk streams together may announce at
+    /// most this plus 1 MiB.
     pub max_message_len: u32,
-    /// Chunk streams a peer may have partly-received messages on at once.
-    /// Default 64: real clients use 3 to 8.
+    /// Chunk streams a peer may use on one connection. Default 16: real
+    /// clients use 3 to 8. Each keeps a reassembly arena of at most 512 KiB
+    /// between messages.
     pub max_chunk_streams: usize,
     /// Deepest nesting of AMF objects and arrays. Default 32.
     pub max_amf_depth: usize,
@@ -28,7 +31,7 @@ impl Default for Limits {
         Self {
             max_chunk_size: 65_536,
             max_message_len: 8 * 1024 * 1024,
-            max_chunk_streams: 64,
+            max_chunk_streams: 16,
             max_amf_depth: 32,
             max_command_len: 64 * 1024,
         }

@@ -3,9 +3,10 @@
 //! Owns the wire formats (handshake, chunk stream, AMF0/AMF3, FLV, codec
 //! headers) and the session state machines that turn bytes into events and
 //! replies. It must never open a socket, read a clock, spawn a task or pick a
-//! policy: time is passed in as `now`, output goes into buffers the caller
-//! owns, and publish/play requests are raised as events for the caller to
-//! accept or reject.
+//! policy: the only time values it uses (handshake epochs) are passed in,
+//! timeouts belong to the caller, output goes into buffers the caller owns,
+//! and publish/play requests are raised as events for the caller to accept
+//! or reject.
 #![forbid(unsafe_code)]
 
 pub mod amf0;

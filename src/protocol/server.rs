@@ -5,7 +5,9 @@
 //! owns ([`ServerSession::poll_transmit`]). Connect, publish and play are
 //! raised as requests; the caller answers with `accept_*` or `reject_*`, and
 //! the session writes the replies ffmpeg, OBS, rtmpdump and GStreamer expect.
-//! It never decides policy, never reads a clock and never touches a socket.
+//! It never decides policy, never reads a clock and never touches a socket:
+//! the one time value it needs, the handshake epoch, is passed in, and
+//! timeouts belong to whoever owns the socket.
 //!
 //! Media to players is not written here per player: the caller encodes each
 //! message once with [`encode_message`] on [`PLAYER_AUDIO_CSID`] /
@@ -174,7 +176,6 @@ pub struct ServerSession {
     encoder: ChunkEncoder,
     connect: Option<Box<Connect>>,
     streams: Vec<NetStream>,
-    next_stream_id: u32,
     events: VecDeque<ServerEvent>,
     aggregate: Option<(u32, AggregateParts)>,
     out: BytesMut,
@@ -192,7 +193,6 @@ impl ServerSession {
             encoder: ChunkEncoder::new(),
             connect: None,
             streams: Vec::new(),
-            next_stream_id: 1,
             events: VecDeque::with_capacity(8),
             aggregate: None,
             out: BytesMut::with_capacity(4096),
@@ -368,8 +368,7 @@ impl ServerSession {
                         &[Amf0Value::Null, info],
                     ));
                 } else {
-                    let id = self.next_stream_id;
-                    self.next_stream_id += 1;
+                    let id = self.free_stream_id();
                     self.streams.push(NetStream {
                         id,
                         role: StreamRole::Idle,
@@ -489,10 +488,15 @@ impl ServerSession {
         Ok(())
     }
 
+    /// The lowest stream id not in use (ids stay within 1..=max_streams).
+    fn free_stream_id(&self) -> u32 {
+        (1..).find(|id| self.stream(*id).is_none()).unwrap_or(1)
+    }
+
     /// Moves an idle stream into a pending role. Old clients publish or play
     /// on stream 1 without createStream: create it for them if allowed.
     fn begin(&mut self, stream_id: u32, role: StreamRole, name: &str, reset: bool) -> bool {
-        if stream_id == 0 {
+        if stream_id == 0 || stream_id > self.config.max_streams {
             return false;
         }
         if self.stream(stream_id).is_none() {
@@ -505,7 +509,6 @@ impl ServerSession {
                 name: String::new(),
                 reset: true,
             });
-            self.next_stream_id = self.next_stream_id.max(stream_id.saturating_add(1));
         }
         match self.stream_mut(stream_id) {
             Some(s) if s.role == StreamRole::Idle => {
@@ -530,6 +533,16 @@ impl ServerSession {
             StreamRole::Playing => self.events.push_back(ServerEvent::PlayEnded { stream_id }),
             _ => {}
         }
+    }
+
+    /// The transport closed without deleteStream (how encoders usually
+    /// leave): raises PublishEnded / PlayEnded for every active stream.
+    pub fn handle_close(&mut self) {
+        let ids: Vec<u32> = self.streams.iter().map(|s| s.id).collect();
+        for id in ids {
+            self.end_stream(id);
+        }
+        self.phase = Phase::Closed;
     }
 
     // ----- answers to requests

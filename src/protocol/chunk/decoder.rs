@@ -18,12 +18,17 @@ use super::{DEFAULT_CHUNK_SIZE, EXTENDED_TIMESTAMP};
 
 /// Basic header (3) + type-0 message header (11) + extended timestamp (4).
 const MAX_HEADER_LEN: usize = 18;
-/// Messages up to this size get their whole buffer reserved at their first
-/// chunk; larger ones grow as their bytes arrive, so memory follows what the
-/// peer actually sent rather than what it announced.
-const UPFRONT_RESERVE_MAX: u32 = 64 * 1024;
+/// Smallest acknowledgement window honoured from a peer.
+const MIN_ACK_WINDOW: u32 = 4096;
 /// Smallest arena: small messages (audio, commands) share one allocation.
 const ARENA_MIN: usize = 16 * 1024;
+/// Messages up to this size share arenas sized for two; larger ones get an
+/// arena of their own size, released once the message is handed out, so an
+/// idle chunk stream never pins more than twice this.
+const SHARED_ARENA_MAX: u32 = 256 * 1024;
+/// Besides one message of `max_message_len`, this much more may be
+/// announced by messages in progress on other chunk streams at once.
+const IN_PROGRESS_SLACK: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -38,6 +43,8 @@ pub enum ChunkError {
     InvalidChunkSize { size: u32, limit: u32 },
     #[error("bad control message: {0}")]
     Control(#[from] ControlError),
+    #[error("{bytes} bytes announced by unfinished messages, over the limit of {limit}")]
+    TooMuchInProgress { bytes: u64, limit: u64 },
 }
 
 #[derive(Debug)]
@@ -57,7 +64,7 @@ struct StreamState {
     extended: bool,
     received: u32,
     in_progress: bool,
-    /// Largest message seen on this stream, capped at UPFRONT_RESERVE_MAX:
+    /// Largest message seen on this stream, capped at SHARED_ARENA_MAX:
     /// what the arena keeps room for.
     typical_len: u32,
     buf: BytesMut,
@@ -79,8 +86,18 @@ impl StreamState {
             return;
         }
         let typical = len.max(self.typical_len as usize);
-        self.buf.reserve(ARENA_MIN.max(2 * typical));
+        if typical <= SHARED_ARENA_MAX as usize {
+            self.buf.reserve(ARENA_MIN.max(2 * typical));
+        } else {
+            self.buf.reserve(len);
+        }
     }
+}
+
+enum Step {
+    Message(RawMessage),
+    Progress,
+    NeedMore,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,9 +118,13 @@ pub struct ChunkDecoder {
     limits: Limits,
     chunk_size: u32,
     streams: Vec<StreamState>,
-    /// Header bytes of a chunk whose header was split across reads.
-    partial: [u8; MAX_HEADER_LEN],
-    partial_len: usize,
+    /// Bytes from earlier input not yet processed (a header split across
+    /// reads, and what followed it): they come before the next input.
+    pending: [u8; MAX_HEADER_LEN],
+    pending_len: usize,
+    /// Sum of the announced lengths of messages in progress: bounded so a
+    /// peer cannot hold many large messages half-sent at once.
+    in_progress_bytes: u64,
     /// The chunk whose payload is being read: (stream slot, bytes left).
     in_chunk: Option<(usize, u32)>,
     /// Slot of the last chunk's stream: the next chunk is most often its
@@ -120,8 +141,9 @@ impl ChunkDecoder {
             limits,
             chunk_size: DEFAULT_CHUNK_SIZE,
             streams: Vec::with_capacity(8),
-            partial: [0; MAX_HEADER_LEN],
-            partial_len: 0,
+            pending: [0; MAX_HEADER_LEN],
+            pending_len: 0,
+            in_progress_bytes: 0,
             in_chunk: None,
             last_slot: 0,
             bytes_received: 0,
@@ -164,46 +186,86 @@ impl ChunkDecoder {
     /// Acknowledgement Size from the peer are applied here and still returned.
     pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<RawMessage>, ChunkError> {
         loop {
-            if let Some((slot, remaining)) = self.in_chunk {
+            if self.pending_len == 0 {
                 if input.is_empty() {
                     return Ok(None);
                 }
-                let n = (remaining as usize).min(input.len());
-                let st = &mut self.streams[slot];
-                st.buf.extend_from_slice(&input[..n]);
-                *input = &input[n..];
-                st.received += n as u32;
-                self.bytes_received += n as u64;
-                let remaining = remaining - n as u32;
-                if remaining > 0 {
-                    self.in_chunk = Some((slot, remaining));
-                    return Ok(None);
+                match self.step(input)? {
+                    Step::Message(m) => return Ok(Some(m)),
+                    Step::Progress => continue,
+                    Step::NeedMore => {
+                        // Only a header can be incomplete, and a header is
+                        // shorter than MAX_HEADER_LEN.
+                        self.pending[..input.len()].copy_from_slice(input);
+                        self.pending_len = input.len();
+                        *input = &[];
+                        return Ok(None);
+                    }
                 }
-                self.in_chunk = None;
-                if st.received == st.length {
-                    return self.complete(slot).map(Some);
-                }
-                continue;
             }
-
-            if self.continuation(input) {
-                continue;
-            }
-            let header = match self.next_header(input)? {
-                Some(h) => h,
-                None => return Ok(None),
-            };
-            if let Some(message) = self.start_chunk(header)? {
-                return Ok(Some(message));
+            // Bytes left over from an earlier call come first; join as much
+            // input as a header may need and step through them the same way.
+            let take = (MAX_HEADER_LEN - self.pending_len).min(input.len());
+            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&input[..take]);
+            self.pending_len += take;
+            *input = &input[take..];
+            let joined = self.pending;
+            let mut p = &joined[..self.pending_len];
+            let step = self.step(&mut p);
+            let used = self.pending_len - p.len();
+            self.pending.copy_within(used..self.pending_len, 0);
+            self.pending_len -= used;
+            match step? {
+                Step::Message(m) => return Ok(Some(m)),
+                Step::Progress => {}
+                Step::NeedMore if input.is_empty() => return Ok(None),
+                Step::NeedMore => {}
             }
         }
+    }
+
+    /// One unit of work on `input`: some chunk payload, or one chunk header.
+    fn step(&mut self, input: &mut &[u8]) -> Result<Step, ChunkError> {
+        if let Some((slot, remaining)) = self.in_chunk {
+            if input.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            let n = (remaining as usize).min(input.len());
+            let st = &mut self.streams[slot];
+            st.buf.extend_from_slice(&input[..n]);
+            *input = &input[n..];
+            st.received += n as u32;
+            self.bytes_received += n as u64;
+            let remaining = remaining - n as u32;
+            if remaining > 0 {
+                self.in_chunk = Some((slot, remaining));
+                return Ok(Step::Progress);
+            }
+            self.in_chunk = None;
+            if st.received == st.length {
+                return self.complete(slot).map(Step::Message);
+            }
+            return Ok(Step::Progress);
+        }
+        if self.continuation(input) {
+            return Ok(Step::Progress);
+        }
+        let Some(header) = self.parse_header(input) else {
+            return Ok(Step::NeedMore);
+        };
+        *input = &input[header.len..];
+        self.bytes_received += header.len as u64;
+        Ok(match self.start_chunk(header)? {
+            Some(m) => Step::Message(m),
+            None => Step::Progress,
+        })
     }
 
     /// Fast path for the commonest chunk: a one-byte type-3 header that
     /// continues the message in progress on the last chunk's stream, with
     /// no extended timestamp to look for.
     fn continuation(&mut self, input: &mut &[u8]) -> bool {
-        let (Some(&b), 0) = (input.first(), self.partial_len) else {
+        let Some(&b) = input.first() else {
             return false;
         };
         let Some(st) = self.streams.get(self.last_slot) else {
@@ -219,45 +281,6 @@ impl ChunkDecoder {
             (st.length - st.received).min(self.chunk_size),
         ));
         true
-    }
-
-    /// Reads a whole chunk header from the carried-over bytes and `input`,
-    /// or keeps what there is for the next call.
-    fn next_header(&mut self, input: &mut &[u8]) -> Result<Option<Header>, ChunkError> {
-        if self.partial_len == 0 {
-            return match self.parse_header(input) {
-                Some(h) => {
-                    *input = &input[h.len..];
-                    self.bytes_received += h.len as u64;
-                    Ok(Some(h))
-                }
-                None => {
-                    // An incomplete header is shorter than MAX_HEADER_LEN.
-                    self.partial[..input.len()].copy_from_slice(input);
-                    self.partial_len = input.len();
-                    *input = &[];
-                    Ok(None)
-                }
-            };
-        }
-        let old = self.partial_len;
-        let take = (MAX_HEADER_LEN - old).min(input.len());
-        self.partial[old..old + take].copy_from_slice(&input[..take]);
-        let buffered = self.partial;
-        match self.parse_header(&buffered[..old + take]) {
-            Some(h) => {
-                let from_input = h.len - old;
-                *input = &input[from_input..];
-                self.partial_len = 0;
-                self.bytes_received += h.len as u64;
-                Ok(Some(h))
-            }
-            None => {
-                self.partial_len = old + take;
-                *input = &input[take..];
-                Ok(None)
-            }
-        }
     }
 
     /// Parses one chunk header if `b` holds all of it. Pure: the stream
@@ -361,6 +384,7 @@ impl ChunkDecoder {
             // abandoned it (as after an Abort). Drop the partial bytes.
             st.buf.clear();
             st.in_progress = false;
+            self.in_progress_bytes -= u64::from(st.length);
         }
         match h.fmt {
             0 => {
@@ -388,20 +412,33 @@ impl ChunkDecoder {
         if st.length == 0 {
             return self.complete(slot).map(Some);
         }
+        let limit = u64::from(self.limits.max_message_len) + IN_PROGRESS_SLACK;
+        let bytes = self.in_progress_bytes + u64::from(st.length);
+        if bytes > limit {
+            return Err(ChunkError::TooMuchInProgress { bytes, limit });
+        }
+        self.in_progress_bytes = bytes;
         st.in_progress = true;
-        st.ensure_room(st.length.min(UPFRONT_RESERVE_MAX.max(self.chunk_size)));
+        st.ensure_room(st.length);
         self.in_chunk = Some((slot, st.length.min(self.chunk_size)));
         Ok(None)
     }
 
     fn complete(&mut self, slot: usize) -> Result<RawMessage, ChunkError> {
         let st = &mut self.streams[slot];
-        st.in_progress = false;
+        if st.in_progress {
+            st.in_progress = false;
+            self.in_progress_bytes -= u64::from(st.length);
+        }
         let payload = if st.length == 0 {
             Bytes::new()
         } else {
-            st.typical_len = st.typical_len.max(st.length.min(UPFRONT_RESERVE_MAX));
-            st.buf.split().freeze()
+            st.typical_len = st.typical_len.max(st.length.min(SHARED_ARENA_MAX));
+            let payload = st.buf.split().freeze();
+            if st.length > SHARED_ARENA_MAX {
+                st.buf = BytesMut::new();
+            }
+            payload
         };
         let message = RawMessage {
             csid: st.csid,
@@ -441,6 +478,7 @@ impl ChunkDecoder {
                         if st.in_progress {
                             st.in_progress = false;
                             st.buf.clear();
+                            self.in_progress_bytes -= u64::from(st.length);
                         }
                     }
                 }
@@ -449,7 +487,9 @@ impl ChunkDecoder {
                 if let ControlMessage::WindowAckSize(w) =
                     ControlMessage::parse(m.type_id, &m.payload)?
                 {
-                    self.ack_window = w;
+                    // A tiny window would make every byte in cost an
+                    // Acknowledgement out; no real peer asks for one.
+                    self.ack_window = w.max(MIN_ACK_WINDOW);
                 }
             }
             _ => {}
@@ -460,4 +500,115 @@ impl ChunkDecoder {
 
 fn u24(b: &[u8]) -> u32 {
     u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2])
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    use super::*;
+    use crate::protocol::chunk::encode_message;
+
+    fn extended_message() -> RawMessage {
+        RawMessage {
+            csid: 6,
+            timestamp: 0x0100_0000,
+            type_id: MessageType::VIDEO,
+            stream_id: 1,
+            payload: Bytes::from((0..300u32).map(|i| i as u8).collect::<Vec<_>>()),
+        }
+    }
+
+    /// The same message with type-3 chunks that omit the extended timestamp
+    /// (librtmp, OBS before 30.1), then a short message after it.
+    fn omitted_wire() -> (BytesMut, Vec<RawMessage>) {
+        let m = extended_message();
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[
+            0x06, 0xFF, 0xFF, 0xFF, 0x00, 0x01, 0x2C, 0x09, 0x01, 0, 0, 0,
+        ]);
+        b.extend_from_slice(&[0x01, 0x00, 0x00, 0x00]);
+        b.extend_from_slice(&m.payload[..128]);
+        b.put_u8(0xC6);
+        b.extend_from_slice(&m.payload[128..256]);
+        b.put_u8(0xC6);
+        b.extend_from_slice(&m.payload[256..]);
+        let after = RawMessage {
+            csid: 4,
+            timestamp: 5,
+            type_id: MessageType::AUDIO,
+            stream_id: 1,
+            payload: Bytes::from_static(&[0xAF, 0x01, 7]),
+        };
+        encode_message(&mut b, 128, &after);
+        (b, vec![m, after])
+    }
+
+    fn decode_split(wire: &[u8], cuts: &[usize]) -> Vec<RawMessage> {
+        let mut dec = ChunkDecoder::new(Limits::default());
+        let mut got = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&wire.len())) {
+            let mut input = &wire[from..cut];
+            from = cut;
+            while let Some(m) = dec.decode(&mut input).unwrap() {
+                got.push(m);
+            }
+            assert!(input.is_empty());
+        }
+        assert_eq!(dec.bytes_received(), wire.len() as u64);
+        got
+    }
+
+    #[test]
+    fn omitted_extended_timestamp_split_at_every_offset() {
+        let (wire, expected) = omitted_wire();
+        for cut in 0..=wire.len() {
+            assert_eq!(decode_split(&wire, &[cut]), expected, "cut at {cut}");
+        }
+        let every: Vec<usize> = (1..wire.len()).collect();
+        assert_eq!(decode_split(&wire, &every), expected);
+    }
+
+    #[test]
+    fn repeated_extended_timestamp_split_at_every_offset() {
+        let m = extended_message();
+        let mut wire = BytesMut::new();
+        encode_message(&mut wire, 128, &m);
+        for a in 0..=wire.len() {
+            for b in [a, (a + 3).min(wire.len()), (a + 5).min(wire.len())] {
+                assert_eq!(
+                    decode_split(&wire, &[a, b]),
+                    vec![m.clone()],
+                    "cuts {a} {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unfinished_messages_are_bounded() {
+        let limits = Limits {
+            max_message_len: 2 * 1024 * 1024,
+            ..Limits::default()
+        };
+        let mut dec = ChunkDecoder::new(limits);
+        let mut wire = BytesMut::new();
+        // First chunk of a 2 MiB message on each of several chunk streams.
+        let mut err = None;
+        for csid in 3..8u8 {
+            wire.clear();
+            wire.extend_from_slice(&[csid, 0, 0, 0, 0x20, 0x00, 0x00, 0x09, 1, 0, 0, 0]);
+            wire.extend_from_slice(&[0; 128]);
+            let mut input = &wire[..];
+            if let Err(e) = dec.decode(&mut input) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert!(
+            matches!(err, Some(ChunkError::TooMuchInProgress { .. })),
+            "{err:?}"
+        );
+    }
 }

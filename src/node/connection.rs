@@ -1,0 +1,313 @@
+//! One RTMP connection on its shard: reads into a buffer allocated once,
+//! drives the sans-IO `ServerSession`, turns its events into hub calls, and
+//! writes the outbox in batches. Handshake and idle timeouts; a protocol
+//! error closes this connection only, with one log line naming the peer and
+//! the reason (never a stream key in clear).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession};
+use crate::protocol::RawMessage;
+
+use super::hub::{Hub, PlayOutcome, Player};
+use super::outbox::Outbox;
+use super::stats::ShardStats;
+use super::StreamKey;
+
+const READ_BUFFER: usize = 64 * 1024;
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// What a connection needs from its shard.
+pub struct ConnectionContext {
+    pub hub: Rc<RefCell<Hub>>,
+    pub stats: Arc<ShardStats>,
+    pub session: ServerConfig,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The stream key a publish or play names: app and stream name, without
+/// the `?query` (where tokens live).
+fn stream_key(app: &str, name: &str) -> StreamKey {
+    let name = name.split('?').next().unwrap_or("");
+    StreamKey::from(format!("{app}/{name}"))
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Write,
+    Idle,
+}
+
+pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<ConnectionContext>) {
+    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = socket.set_nodelay(true);
+    let session = Rc::new(RefCell::new(ServerSession::new(
+        ctx.session,
+        0,
+        conn ^ 0x5DEE_CE66_D1CE_5EED,
+    )));
+    let (outbox, doorbell) = Outbox::new();
+    let outbox = Rc::new(outbox);
+    let mut state = ConnState {
+        conn,
+        publishing: None,
+        playing: Vec::new(),
+        events: Vec::with_capacity(16),
+    };
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+    let started = Instant::now();
+    let mut last_read = Instant::now();
+    let reason: Option<String> = loop {
+        let connected = session.borrow().is_connected();
+        let limit = if connected {
+            ctx.idle_timeout
+        } else {
+            ctx.handshake_timeout.saturating_sub(started.elapsed())
+        };
+        let wait = limit.saturating_sub(last_read.elapsed());
+        let wake = futures_lite::future::or(
+            async { Wake::Read(socket.read(&mut buf).await) },
+            futures_lite::future::or(
+                async {
+                    doorbell.recv().await;
+                    Wake::Write
+                },
+                async {
+                    glommio::timer::sleep(wait).await;
+                    Wake::Idle
+                },
+            ),
+        )
+        .await;
+        match wake {
+            Wake::Read(Ok(0)) => break None,
+            Wake::Read(Err(e)) => break Some(format!("read: {e}")),
+            Wake::Read(Ok(n)) => {
+                last_read = Instant::now();
+                if let Err(e) = state.on_input(&buf[..n], &session, &outbox, &ctx) {
+                    ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    break Some(e);
+                }
+            }
+            Wake::Write => {}
+            Wake::Idle => {
+                break Some(if connected {
+                    "idle timeout".into()
+                } else {
+                    "handshake timeout".into()
+                });
+            }
+        }
+        if let Err(e) = flush(&mut socket, &outbox, &mut batch).await {
+            break Some(format!("write: {e}"));
+        }
+        if outbox.is_closed() && outbox.is_empty() {
+            break None;
+        }
+    };
+    if let Some(reason) = reason {
+        tracing::info!(%peer, conn, "connection closed: {reason}");
+    }
+    state.leave(&ctx);
+    // Best effort: what was queued for a closing peer (error answers).
+    let _ = flush(&mut socket, &outbox, &mut batch).await;
+    let _ = socket.close().await;
+    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Writes what the outbox holds: small messages coalesced, large ones from
+/// their own shared buffer.
+async fn flush(
+    socket: &mut TcpStream,
+    outbox: &Outbox,
+    batch: &mut BytesMut,
+) -> std::io::Result<()> {
+    loop {
+        batch.clear();
+        let large = outbox.next_write(batch, WRITE_BATCH);
+        if !batch.is_empty() {
+            socket.write_all(batch).await?;
+        }
+        match large {
+            Some(b) => socket.write_all(&b).await?,
+            None if batch.is_empty() => return Ok(()),
+            None => {}
+        }
+    }
+}
+
+struct ConnState {
+    conn: u64,
+    publishing: Option<(StreamKey, u32)>,
+    playing: Vec<(StreamKey, u32)>,
+    events: Vec<ServerEvent>,
+}
+
+impl ConnState {
+    fn on_input(
+        &mut self,
+        mut input: &[u8],
+        session: &Rc<RefCell<ServerSession>>,
+        outbox: &Rc<Outbox>,
+        ctx: &ConnectionContext,
+    ) -> Result<(), String> {
+        let mut stalled = 0;
+        while !input.is_empty() {
+            // Collect events with the session borrowed, then act on them
+            // with it released: the hub may reach other sessions.
+            let used = {
+                let mut s = session.borrow_mut();
+                let used = s.handle_input(input).map_err(|e| e.to_string())?;
+                while let Some(e) = s.poll_event() {
+                    self.events.push(e);
+                }
+                used
+            };
+            input = &input[used..];
+            let mut events = std::mem::take(&mut self.events);
+            for event in events.drain(..) {
+                self.on_event(event, session, outbox, ctx);
+            }
+            self.events = events;
+            let mut out = BytesMut::new();
+            session.borrow_mut().poll_transmit(&mut out);
+            outbox.push(out.freeze());
+            if used == 0 {
+                stalled += 1;
+                if stalled > 2 {
+                    return Err("session made no progress".into());
+                }
+            } else {
+                stalled = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(
+        &mut self,
+        event: ServerEvent,
+        session: &Rc<RefCell<ServerSession>>,
+        outbox: &Rc<Outbox>,
+        ctx: &ConnectionContext,
+    ) {
+        match event {
+            ServerEvent::ConnectRequest(_) => session.borrow_mut().accept_connect(),
+            ServerEvent::PublishRequest {
+                stream_id, name, ..
+            } => {
+                let app = session
+                    .borrow()
+                    .connect_info()
+                    .map(|c| c.app.clone())
+                    .unwrap_or_default();
+                let key = stream_key(&app, &name);
+                if self.publishing.is_some() || !ctx.hub.borrow_mut().publish(&key, self.conn) {
+                    session.borrow_mut().reject_publish(
+                        stream_id,
+                        "NetStream.Publish.BadName",
+                        "stream key is already being published",
+                    );
+                    tracing::info!(conn = self.conn, stream = %redact(&key), "publish refused: key in use");
+                    return;
+                }
+                session.borrow_mut().accept_publish(stream_id);
+                ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(conn = self.conn, stream = %redact(&key), "publishing");
+                self.publishing = Some((key, stream_id));
+            }
+            ServerEvent::PlayRequest {
+                stream_id, name, ..
+            } => {
+                let app = session
+                    .borrow()
+                    .connect_info()
+                    .map(|c| c.app.clone())
+                    .unwrap_or_default();
+                let key = stream_key(&app, &name);
+                if !ctx.hub.borrow().is_live(&key) {
+                    session.borrow_mut().reject_play(
+                        stream_id,
+                        "NetStream.Play.StreamNotFound",
+                        "no such stream",
+                    );
+                    return;
+                }
+                // The session writes Play.Start first; flush it into the
+                // outbox before the hub queues cached media behind it.
+                session.borrow_mut().accept_play(stream_id);
+                let mut out = BytesMut::new();
+                session.borrow_mut().poll_transmit(&mut out);
+                outbox.push(out.freeze());
+                let player = Player::new(self.conn, stream_id, outbox.clone(), session.clone());
+                match ctx.hub.borrow_mut().play(&key, player) {
+                    PlayOutcome::NotFound => {
+                        // It ended between the check and now.
+                        session.borrow_mut().notify_unpublish(stream_id);
+                    }
+                    PlayOutcome::Attached | PlayOutcome::Subscribing => {
+                        ctx.stats.players.fetch_add(1, Ordering::Relaxed);
+                        self.playing.push((key, stream_id));
+                    }
+                }
+            }
+            ServerEvent::Metadata {
+                payload, timestamp, ..
+            } => {
+                if let Some((key, _)) = &self.publishing {
+                    let m = RawMessage {
+                        csid: 0,
+                        timestamp,
+                        type_id: crate::protocol::MessageType::DATA_AMF0,
+                        stream_id: 0,
+                        payload,
+                    };
+                    ctx.hub.borrow_mut().on_publisher_message(key, m);
+                }
+            }
+            ServerEvent::Media { message, .. } => {
+                if let Some((key, _)) = &self.publishing {
+                    ctx.hub.borrow_mut().on_publisher_message(key, message);
+                }
+            }
+            ServerEvent::PublishEnded { .. } => self.stop_publishing(ctx),
+            ServerEvent::PlayEnded { stream_id } => {
+                self.playing.retain(|(_, id)| *id != stream_id);
+                if self.playing.is_empty() {
+                    ctx.hub.borrow_mut().leave(self.conn);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn stop_publishing(&mut self, ctx: &ConnectionContext) {
+        if let Some((key, _)) = self.publishing.take() {
+            ctx.hub.borrow_mut().unpublish(&key, self.conn);
+            ctx.stats.publishers.fetch_sub(1, Ordering::Relaxed);
+            tracing::info!(conn = self.conn, stream = %redact(&key), "unpublished");
+        }
+    }
+
+    fn leave(&mut self, ctx: &ConnectionContext) {
+        self.stop_publishing(ctx);
+        if !self.playing.is_empty() {
+            ctx.stats
+                .players
+                .fetch_sub(self.playing.len() as u64, Ordering::Relaxed);
+            self.playing.clear();
+        }
+        ctx.hub.borrow_mut().leave(self.conn);
+    }
+}

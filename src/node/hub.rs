@@ -1,0 +1,458 @@
+//! One shard's stream hub: the streams this shard owns (their publisher is
+//! here), the streams it relays from other shards for local players, and the
+//! fan-out to local players. Shard-local (`Rc`/`RefCell`), never shared; other
+//! shards are reached only by messages over the bounded mesh. Each message is
+//! encoded once per (stream id, chunk size) and the same `Bytes` queued to
+//! every player.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use glommio::channels::channel_mesh::Senders;
+
+use crate::protocol::chunk::encode_message;
+use crate::protocol::server::{
+    ServerSession, PLAYER_AUDIO_CSID, PLAYER_DATA_CSID, PLAYER_VIDEO_CSID,
+};
+use crate::protocol::{MessageType, RawMessage};
+
+use super::directory::Directory;
+use super::gop::{GopCache, Kind};
+use super::outbox::Outbox;
+use super::stats::ShardStats;
+use super::{ShardMsg, StreamKey};
+
+/// A player attached to a stream on this shard.
+pub struct Player {
+    pub conn: u64,
+    pub stream_id: u32,
+    pub chunk_size: u32,
+    pub out: Rc<Outbox>,
+    pub session: Rc<RefCell<ServerSession>>,
+    /// Dropping frames until the next keyframe (slow, or just joined a
+    /// stream with no keyframe cached).
+    waiting_key: bool,
+    /// When it started falling behind.
+    behind_since: Option<Instant>,
+}
+
+impl Player {
+    pub fn new(
+        conn: u64,
+        stream_id: u32,
+        out: Rc<Outbox>,
+        session: Rc<RefCell<ServerSession>>,
+    ) -> Self {
+        let chunk_size = session.borrow().chunk_size();
+        Self {
+            conn,
+            stream_id,
+            chunk_size,
+            out,
+            session,
+            waiting_key: false,
+            behind_since: None,
+        }
+    }
+}
+
+struct RemoteSubscriber {
+    shard: usize,
+    /// Its inbox was full when the snapshot was due: send it before
+    /// anything else.
+    needs_snapshot: bool,
+    waiting_key: bool,
+}
+
+struct Stream {
+    /// The publishing connection when this shard owns the stream.
+    publisher: Option<u64>,
+    gop: GopCache,
+    players: Vec<Player>,
+    /// Shards that relay this stream (owner side).
+    remote: Vec<RemoteSubscriber>,
+}
+
+/// Settings the hub applies.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    pub gop_cache_max_bytes: usize,
+    pub queue_max_bytes: usize,
+    pub max_lag_ms: u64,
+}
+
+pub enum PlayOutcome {
+    Attached,
+    /// Relayed from another shard: attached, media follows its snapshot.
+    Subscribing,
+    NotFound,
+}
+
+pub struct Hub {
+    shard: usize,
+    config: HubConfig,
+    directory: Arc<Directory>,
+    mesh: Rc<Senders<ShardMsg>>,
+    streams: HashMap<StreamKey, Stream>,
+    pub stats: Arc<ShardStats>,
+    /// Encoded bytes per (stream id, chunk size) for the message in flight.
+    memo: Vec<((u32, u32), Bytes)>,
+}
+
+impl Hub {
+    pub fn new(
+        shard: usize,
+        config: HubConfig,
+        directory: Arc<Directory>,
+        mesh: Rc<Senders<ShardMsg>>,
+        stats: Arc<ShardStats>,
+    ) -> Self {
+        Self {
+            shard,
+            config,
+            directory,
+            mesh,
+            streams: HashMap::new(),
+            stats,
+            memo: Vec::with_capacity(2),
+        }
+    }
+
+    /// Registers a publisher node-wide. False: the key is live elsewhere.
+    pub fn publish(&mut self, key: &StreamKey, conn: u64) -> bool {
+        if !self.directory.register(key, self.shard) {
+            return false;
+        }
+        self.streams.insert(
+            key.clone(),
+            Stream {
+                publisher: Some(conn),
+                gop: GopCache::new(self.config.gop_cache_max_bytes),
+                players: Vec::new(),
+                remote: Vec::new(),
+            },
+        );
+        true
+    }
+
+    /// Metadata or media from this shard's publisher of `key`.
+    pub fn on_publisher_message(&mut self, key: &StreamKey, message: RawMessage) {
+        let Some(stream) = self.streams.get_mut(key) else {
+            return;
+        };
+        let kind = stream.gop.push(&message);
+        for sub in &mut stream.remote {
+            if sub.needs_snapshot {
+                let messages: Vec<RawMessage> = stream.gop.snapshot().cloned().collect();
+                let msg = ShardMsg::Snapshot {
+                    key: key.clone(),
+                    messages,
+                };
+                if self.mesh.try_send_to(sub.shard, msg).is_err() {
+                    continue;
+                }
+                // The snapshot already holds this message.
+                sub.needs_snapshot = false;
+                sub.waiting_key = !stream.gop.has_keyframe();
+                continue;
+            }
+            if sub.waiting_key && !kind.keyframe && !kind.header {
+                continue;
+            }
+            let msg = ShardMsg::Media {
+                key: key.clone(),
+                message: message.clone(),
+            };
+            if self.mesh.try_send_to(sub.shard, msg).is_err() {
+                // That shard's inbox is full: it resumes at the next keyframe.
+                sub.waiting_key = true;
+                self.stats.add_dropped_frames_shard();
+            } else if kind.keyframe {
+                sub.waiting_key = false;
+            }
+        }
+        fan_out(
+            &mut stream.players,
+            &message,
+            kind,
+            &self.config,
+            &self.stats,
+            &mut self.memo,
+        );
+    }
+
+    /// The publisher of `key` left: unregister, tell players and relays.
+    pub fn unpublish(&mut self, key: &StreamKey, conn: u64) {
+        let owned = self
+            .streams
+            .get(key)
+            .is_some_and(|s| s.publisher == Some(conn));
+        if !owned {
+            return;
+        }
+        self.directory.unregister(key, self.shard);
+        let Some(stream) = self.streams.remove(key) else {
+            return;
+        };
+        for sub in &stream.remote {
+            let msg = ShardMsg::Ended { key: key.clone() };
+            if self.mesh.try_send_to(sub.shard, msg).is_err() {
+                let mesh = self.mesh.clone();
+                let (shard, key) = (sub.shard, key.clone());
+                glommio::spawn_local(async move {
+                    let _ = mesh.send_to(shard, ShardMsg::Ended { key }).await;
+                })
+                .detach();
+            }
+        }
+        end_players(stream.players);
+    }
+
+    /// Whether `key` is published anywhere on this node.
+    pub fn is_live(&self, key: &StreamKey) -> bool {
+        self.streams.get(key).is_some_and(|s| s.publisher.is_some())
+            || self.directory.owner(key).is_some()
+    }
+
+    /// A play request for `key`: attach the player here (owned or already
+    /// relayed), subscribe to the owner shard, or not found.
+    pub fn play(&mut self, key: &StreamKey, player: Player) -> PlayOutcome {
+        if let Some(stream) = self.streams.get_mut(key) {
+            attach(stream, player, &mut self.memo);
+            return PlayOutcome::Attached;
+        }
+        let Some(owner) = self.directory.owner(key) else {
+            return PlayOutcome::NotFound;
+        };
+        if owner == self.shard {
+            // Registered here but not in the map: the publisher is mid-exit.
+            return PlayOutcome::NotFound;
+        }
+        // Held until the owner's snapshot arrives and `attach` starts it.
+        let mut player = player;
+        player.waiting_key = true;
+        self.streams.insert(
+            key.clone(),
+            Stream {
+                publisher: None,
+                gop: GopCache::new(self.config.gop_cache_max_bytes),
+                players: vec![player],
+                remote: Vec::new(),
+            },
+        );
+        let mesh = self.mesh.clone();
+        let msg = ShardMsg::Subscribe {
+            key: key.clone(),
+            shard: self.shard,
+        };
+        glommio::spawn_local(async move {
+            let _ = mesh.send_to(owner, msg).await;
+        })
+        .detach();
+        PlayOutcome::Subscribing
+    }
+
+    /// A player connection left or stopped playing.
+    pub fn leave(&mut self, conn: u64) {
+        let mut emptied = Vec::new();
+        for (key, stream) in &mut self.streams {
+            stream.players.retain(|p| p.conn != conn);
+            if stream.publisher.is_none() && stream.players.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        // A relay nobody here watches any more: stop the owner sending it.
+        for key in emptied {
+            self.streams.remove(&key);
+            if let Some(owner) = self.directory.owner(&key) {
+                let mesh = self.mesh.clone();
+                let msg = ShardMsg::Unsubscribe {
+                    key,
+                    shard: self.shard,
+                };
+                glommio::spawn_local(async move {
+                    let _ = mesh.send_to(owner, msg).await;
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// A message from another shard.
+    pub fn on_shard_message(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Subscribe { key, shard } => {
+                let Some(stream) = self.streams.get_mut(&key).filter(|s| s.publisher.is_some())
+                else {
+                    let mesh = self.mesh.clone();
+                    glommio::spawn_local(async move {
+                        let _ = mesh.send_to(shard, ShardMsg::Ended { key }).await;
+                    })
+                    .detach();
+                    return;
+                };
+                let messages: Vec<RawMessage> = stream.gop.snapshot().cloned().collect();
+                let sent = self
+                    .mesh
+                    .try_send_to(
+                        shard,
+                        ShardMsg::Snapshot {
+                            key: key.clone(),
+                            messages,
+                        },
+                    )
+                    .is_ok();
+                stream.remote.retain(|s| s.shard != shard);
+                stream.remote.push(RemoteSubscriber {
+                    shard,
+                    needs_snapshot: !sent,
+                    waiting_key: false,
+                });
+            }
+            ShardMsg::Unsubscribe { key, shard } => {
+                if let Some(stream) = self.streams.get_mut(&key) {
+                    stream.remote.retain(|s| s.shard != shard);
+                }
+            }
+            ShardMsg::Snapshot { key, messages } => {
+                let Some(stream) = self.streams.get_mut(&key).filter(|s| s.publisher.is_none())
+                else {
+                    return;
+                };
+                for m in &messages {
+                    stream.gop.push(m);
+                }
+                let players = std::mem::take(&mut stream.players);
+                for player in players {
+                    attach(stream, player, &mut self.memo);
+                }
+            }
+            ShardMsg::Media { key, message } => {
+                if let Some(stream) = self.streams.get_mut(&key).filter(|s| s.publisher.is_none()) {
+                    let kind = stream.gop.push(&message);
+                    fan_out(
+                        &mut stream.players,
+                        &message,
+                        kind,
+                        &self.config,
+                        &self.stats,
+                        &mut self.memo,
+                    );
+                }
+            }
+            ShardMsg::Ended { key } => {
+                if self
+                    .streams
+                    .get(&key)
+                    .is_some_and(|s| s.publisher.is_none())
+                {
+                    if let Some(stream) = self.streams.remove(&key) {
+                        end_players(stream.players);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts a player: what the cache holds (metadata, headers, last GOP from
+/// its keyframe), then live media.
+fn attach(stream: &mut Stream, mut player: Player, memo: &mut Vec<((u32, u32), Bytes)>) {
+    player.waiting_key = !stream.gop.has_keyframe();
+    for m in stream.gop.snapshot() {
+        memo.clear();
+        send(&player, m, memo);
+    }
+    stream.players.push(player);
+}
+
+fn encoded(player: &Player, m: &RawMessage, memo: &mut Vec<((u32, u32), Bytes)>) -> Bytes {
+    let key = (player.stream_id, player.chunk_size);
+    if let Some((_, b)) = memo.iter().find(|(k, _)| *k == key) {
+        return b.clone();
+    }
+    let mut msg = m.clone();
+    msg.stream_id = player.stream_id;
+    msg.csid = match msg.type_id {
+        MessageType::AUDIO => PLAYER_AUDIO_CSID,
+        MessageType::VIDEO => PLAYER_VIDEO_CSID,
+        _ => PLAYER_DATA_CSID,
+    };
+    let mut out = BytesMut::new();
+    encode_message(&mut out, player.chunk_size, &msg);
+    let b = out.freeze();
+    memo.push((key, b.clone()));
+    b
+}
+
+fn send(player: &Player, m: &RawMessage, memo: &mut Vec<((u32, u32), Bytes)>) {
+    player.out.push(encoded(player, m, memo));
+}
+
+/// Queues `m` to every player, encoded once per (stream id, chunk size).
+/// A player whose queue would pass its byte limit drops frames up to the
+/// next keyframe; one that stays behind past `max_lag_ms` is disconnected.
+fn fan_out(
+    players: &mut Vec<Player>,
+    m: &RawMessage,
+    kind: Kind,
+    config: &HubConfig,
+    stats: &ShardStats,
+    memo: &mut Vec<((u32, u32), Bytes)>,
+) {
+    memo.clear();
+    let now = Instant::now();
+    players.retain_mut(|p| {
+        if p.out.is_closed() {
+            return false;
+        }
+        if p.waiting_key {
+            if kind.keyframe && p.out.queued_bytes() + m.payload.len() <= config.queue_max_bytes {
+                p.waiting_key = false;
+                p.behind_since = None;
+            } else if !kind.header {
+                stats.add_dropped_frames_slow();
+                if p.behind_since
+                    .is_some_and(|t| now.duration_since(t).as_millis() as u64 > config.max_lag_ms)
+                {
+                    stats.add_disconnected_slow();
+                    p.out.close();
+                    return false;
+                }
+                return true;
+            }
+        } else if p.out.queued_bytes() + m.payload.len() > config.queue_max_bytes && !kind.header {
+            p.waiting_key = true;
+            p.behind_since.get_or_insert(now);
+            stats.add_dropped_frames_slow();
+            return true;
+        }
+        send(p, m, memo);
+        true
+    });
+}
+
+/// The publisher is gone: NetStream.Play.UnpublishNotify and StreamEOF,
+/// then the connection is closed once that is written.
+fn end_players(players: Vec<Player>) {
+    for p in players {
+        let mut session = match p.session.try_borrow_mut() {
+            Ok(s) => s,
+            // The connection is inside its own session right now (it also
+            // published this stream): closing it is notice enough.
+            Err(_) => {
+                p.out.close();
+                continue;
+            }
+        };
+        session.notify_unpublish(p.stream_id);
+        let mut out = BytesMut::new();
+        session.poll_transmit(&mut out);
+        p.out.push(out.freeze());
+        p.out.close();
+    }
+}

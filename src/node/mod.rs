@@ -1,0 +1,217 @@
+//! The node: data-plane shards (one glommio executor per core) and what they
+//! share. Streams are owned by the shard of their publisher; other shards
+//! subscribe once per stream over a bounded channel mesh and fan out locally.
+//! The only node-wide state is the stream directory (rare path, behind a
+//! mutex) and counters.
+
+mod connection;
+mod directory;
+mod gop;
+mod hub;
+mod outbox;
+mod shard;
+mod stats;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::config::Config;
+use crate::protocol::RawMessage;
+
+pub use directory::Directory;
+pub use stats::ShardStats;
+
+/// A stream's node-wide name: `app/stream` (no query string).
+pub type StreamKey = Arc<str>;
+
+/// What shards tell each other about streams.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// `shard` has players for `key`: send it the snapshot, then live media.
+    Subscribe {
+        key: StreamKey,
+        shard: usize,
+    },
+    Unsubscribe {
+        key: StreamKey,
+        shard: usize,
+    },
+    /// Metadata, sequence headers and the last GOP, in order.
+    Snapshot {
+        key: StreamKey,
+        messages: Vec<RawMessage>,
+    },
+    Media {
+        key: StreamKey,
+        message: RawMessage,
+    },
+    /// The publisher left.
+    Ended {
+        key: StreamKey,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Start(String),
+}
+
+/// A running node's handle.
+pub struct Node {
+    pub rtmp_addr: SocketAddr,
+    pub shards: usize,
+    pub stats: Vec<Arc<ShardStats>>,
+    pub directory: Arc<Directory>,
+    stop: Arc<AtomicBool>,
+    handles: Option<glommio::PoolThreadHandles<Result<(), String>>>,
+}
+
+/// Raises RLIMIT_MEMLOCK's soft limit to its hard limit: io_uring needs
+/// locked memory, and containers often start with little.
+fn raise_memlock() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+/// With port 0, pick a free port once so that every shard binds the same
+/// one: a placeholder socket with SO_REUSEPORT holds it until they listen.
+fn resolve_listen(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>), NodeError> {
+    if addr.port() != 0 {
+        return Ok((addr, None));
+    }
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+        .and_then(|s| {
+            s.set_reuse_port(true)?;
+            s.bind(&addr.into())?;
+            Ok(s)
+        })
+        .map_err(|e| NodeError::Start(format!("cannot reserve a port on {addr}: {e}")))?;
+    let local = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| NodeError::Start("no local address".into()))?;
+    Ok((local, Some(socket)))
+}
+
+impl Node {
+    /// Starts the shards and returns once every one of them listens.
+    pub fn start(mut config: Config) -> Result<Node, NodeError> {
+        let shards = if config.node.shards == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            config.node.shards
+        };
+        let (memlock, memlock_max) = raise_memlock();
+        let (addr, placeholder) = resolve_listen(config.rtmp.listen)?;
+        config.rtmp.listen = addr;
+        let config = Arc::new(config);
+        let directory = Arc::new(Directory::default());
+        let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
+        let stop = Arc::new(AtomicBool::new(false));
+        let listening = Arc::new(AtomicUsize::new(0));
+        let stats: Vec<Arc<ShardStats>> = (0..shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect();
+        let next = Arc::new(AtomicUsize::new(0));
+        let io_memory = config.node.io_memory_kib * 1024;
+        let setup = {
+            let (config, directory, stop, listening, stats) = (
+                config.clone(),
+                directory.clone(),
+                stop.clone(),
+                listening.clone(),
+                stats.clone(),
+            );
+            move || {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let setup = shard::ShardSetup {
+                    config: config.clone(),
+                    directory: directory.clone(),
+                    mesh: mesh.clone(),
+                    stats: stats[i % stats.len()].clone(),
+                    stop: stop.clone(),
+                    listening: listening.clone(),
+                };
+                async move {
+                    let r = shard::run(setup).await;
+                    if let Err(e) = &r {
+                        tracing::error!("{e}");
+                    }
+                    r
+                }
+            }
+        };
+        let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
+            .io_memory(io_memory)
+            .name("tributary-shard")
+            .on_all_shards(setup)
+            .map_err(|e| {
+                NodeError::Start(format!(
+                    "cannot start {shards} shards: {e}. RLIMIT_MEMLOCK is {memlock} bytes (hard limit {memlock_max}); \
+                     io_uring needs more: raise it (systemd: LimitMEMLOCK=infinity, shell: ulimit -l unlimited) \
+                     or lower node.io_memory_kib"
+                ))
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while listening.load(Ordering::SeqCst) < shards {
+            if Instant::now() > deadline {
+                stop.store(true, Ordering::SeqCst);
+                return Err(NodeError::Start(format!(
+                    "shards did not start listening on {addr} (RLIMIT_MEMLOCK {memlock} bytes; see the log)"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(placeholder);
+        Ok(Node {
+            rtmp_addr: addr,
+            shards,
+            stats,
+            directory,
+            stop,
+            handles: Some(handles),
+        })
+    }
+
+    /// Stops accepting and waits for the shards' accept loops to end.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Blocks until every shard has ended.
+    pub fn join(mut self) -> Vec<Result<(), String>> {
+        match self.handles.take() {
+            Some(h) => h
+                .join_all()
+                .into_iter()
+                .map(|r| r.map_err(|e| e.to_string()).and_then(|x| x))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! One data-plane shard: a glommio executor pinned to a core, its own
+//! `SO_REUSEPORT` listener, its hub, and its end of the cross-shard mesh.
+//! Every connection it accepts lives here until it closes.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+
+use crate::config::Config;
+use crate::protocol::server::ServerConfig;
+
+use super::connection::{serve, ConnectionContext};
+use super::directory::Directory;
+use super::hub::{Hub, HubConfig};
+use super::stats::ShardStats;
+use super::ShardMsg;
+
+pub struct ShardSetup {
+    pub config: Arc<Config>,
+    pub directory: Arc<Directory>,
+    pub mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    pub stats: Arc<ShardStats>,
+    pub stop: Arc<AtomicBool>,
+    /// Set once this shard listens.
+    pub listening: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+pub async fn run(setup: ShardSetup) -> Result<(), String> {
+    let (senders, receivers) = setup
+        .mesh
+        .join()
+        .await
+        .map_err(|_| "joining the shard mesh failed".to_string())?;
+    let shard = senders.peer_id();
+    let config = &setup.config;
+    let listener = TcpListener::bind(config.rtmp.listen).map_err(|e| {
+        format!(
+            "shard {shard}: cannot listen on {}: {e}",
+            config.rtmp.listen
+        )
+    })?;
+    setup.listening.fetch_add(1, Ordering::SeqCst);
+
+    let hub = Rc::new(RefCell::new(Hub::new(
+        shard,
+        HubConfig {
+            gop_cache_max_bytes: config.streams.gop_cache_max_bytes,
+            queue_max_bytes: config.players.queue_max_bytes,
+            max_lag_ms: config.players.max_lag_ms,
+        },
+        setup.directory.clone(),
+        Rc::new(senders),
+        setup.stats.clone(),
+    )));
+
+    // Messages from other shards, one task per peer.
+    let mut receivers = receivers;
+    for (_, mut rx) in receivers.streams() {
+        let hub = hub.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.next().await {
+                hub.borrow_mut().on_shard_message(msg);
+            }
+        })
+        .detach();
+    }
+
+    let ctx = Rc::new(ConnectionContext {
+        hub: hub.clone(),
+        stats: setup.stats.clone(),
+        session: ServerConfig {
+            limits: config.protocol_limits(),
+            chunk_size: config.rtmp.chunk_size,
+            window_ack_size: config.rtmp.window_ack_size,
+            max_streams: config.rtmp.max_streams_per_connection,
+        },
+        handshake_timeout: Duration::from_millis(config.rtmp.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(config.rtmp.idle_timeout_ms),
+    });
+    let max_connections = config.rtmp.max_connections_per_shard as u64;
+    let mut next_conn: u64 = (shard as u64) << 48;
+    let mut backoff = Duration::from_millis(5);
+    while !setup.stop.load(Ordering::Relaxed) {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            None
+        })
+        .await;
+        let socket = match accepted {
+            None => continue,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!(shard, "accept failed: {e}");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        let peer = match socket.peer_addr() {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        if setup.stats.connections.load(Ordering::Relaxed) >= max_connections {
+            tracing::warn!(shard, %peer, "refused: {max_connections} connections on this shard");
+            continue;
+        }
+        next_conn += 1;
+        glommio::spawn_local(serve(socket, peer, next_conn, ctx.clone())).detach();
+    }
+    Ok(())
+}

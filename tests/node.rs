@@ -1,0 +1,212 @@
+//! The `tributary` binary end to end, with real clients: ffmpeg publishes;
+//! ffmpeg, rtmpdump and GStreamer play from a two-shard node, so players
+//! land on both shards and streams are relayed across the shard mesh.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{check_recording, publish, temp_file, wait_live, Proc};
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Node {
+    fn start(shards: usize) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args([
+                "--rtmp-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--shards",
+                &shards.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tributary");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("rtmp listening on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()));
+        Node {
+            child,
+            addr: addr.parse().unwrap(),
+            log,
+        }
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("rtmp://{}/live/{key}", self.addr)
+    }
+
+    /// SIGTERM, then wait with a deadline; returns the exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill() on our own child's PID.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ffmpeg_player(url: &str, file: &std::path::Path, seconds: u32) -> Proc {
+    Proc::spawn(
+        "ffmpeg",
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-rw_timeout",
+                "5000000",
+                "-i",
+                url,
+                "-t",
+                &seconds.to_string(),
+                "-c",
+                "copy",
+            ])
+            .arg(file),
+    )
+}
+
+#[test]
+fn ffmpeg_publishes_and_four_ffmpeg_players_on_two_shards_play() {
+    let node = Node::start(2);
+    let url = node.url("cam");
+    let publisher = publish(&url, 10);
+    wait_live(&url);
+    let players: Vec<_> = (0..4)
+        .map(|i| {
+            let file = temp_file(&format!("node-ffmpeg-{i}.flv"));
+            (ffmpeg_player(&url, &file, 3), file)
+        })
+        .collect();
+    for (player, file) in players {
+        player
+            .wait(Duration::from_secs(40))
+            .unwrap_or_else(|e| panic!("{e}\nnode log:\n{}", node.log.lock().unwrap()));
+        check_recording(&file, 50);
+    }
+    publisher.wait(Duration::from_secs(40)).unwrap();
+}
+
+#[test]
+fn rtmpdump_and_gstreamer_play_until_the_publisher_leaves() {
+    let node = Node::start(2);
+    let url = node.url("both");
+    let publisher = publish(&url, 6);
+    wait_live(&url);
+    let gst_file = temp_file("node-gst.flv");
+    // No duration: GStreamer ends only when the node says the stream ended.
+    let gst = Proc::spawn(
+        "gst-launch-1.0",
+        Command::new("gst-launch-1.0").args(["-q", "-e"]).args(
+            format!(
+                "rtmp2src location={url} timeout=5 ! flvdemux name=d \
+                 d.video ! queue ! h264parse ! mux. d.audio ! queue ! aacparse ! mux. \
+                 flvmux name=mux streamable=true ! filesink location={}",
+                gst_file.display()
+            )
+            .split_whitespace(),
+        ),
+    );
+    let dump_file = temp_file("node-rtmpdump.flv");
+    let dump = Proc::spawn(
+        "rtmpdump",
+        Command::new("rtmpdump")
+            .args(["-q", "--live", "-r", &url, "-o"])
+            .arg(&dump_file),
+    );
+    publisher.wait(Duration::from_secs(40)).unwrap();
+    gst.wait(Duration::from_secs(20)).unwrap();
+    if let Err(e) = dump.wait(Duration::from_secs(20)) {
+        assert!(e.contains("exit status: 2"), "{e}");
+    }
+    check_recording(&gst_file, 50);
+    check_recording(&dump_file, 50);
+}
+
+#[test]
+fn duplicate_publish_refused_unknown_play_not_found_garbage_closed() {
+    let mut node = Node::start(2);
+    let url = node.url("dup");
+    let first = publish(&url, 15);
+    wait_live(&url);
+    let second = publish(&url, 2);
+    assert!(
+        second.wait(Duration::from_secs(20)).is_err(),
+        "second publisher was accepted"
+    );
+
+    let none = ffmpeg_player(&node.url("nobody"), &temp_file("node-none.flv"), 1);
+    assert!(
+        none.wait(Duration::from_secs(20)).is_err(),
+        "playing an unknown key succeeded"
+    );
+
+    // A client that sends nonsense is closed; the node keeps serving.
+    let mut junk = TcpStream::connect(node.addr).unwrap();
+    junk.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    junk.write_all(&[3]).unwrap();
+    junk.write_all(&[0xAB; 1536 * 2]).unwrap();
+    // A type-1 header on a chunk stream that never had a type-0 one.
+    junk.write_all(&[0x43, 0, 0, 0, 0, 0, 8, 9]).unwrap();
+    let mut sink = Vec::new();
+    let _ = junk.read_to_end(&mut sink);
+    let file = temp_file("node-after-junk.flv");
+    ffmpeg_player(&url, &file, 2)
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    check_recording(&file, 25);
+
+    first.wait(Duration::from_secs(40)).unwrap();
+    let status = node.stop().expect("node stops on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let log = node.log.lock().unwrap();
+    assert!(
+        log.contains("connection closed"),
+        "the bad client is logged:\n{log}"
+    );
+    assert!(
+        !log.contains("live/dup"),
+        "a stream key was logged in clear:\n{log}"
+    );
+}
