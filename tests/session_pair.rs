@@ -441,3 +441,86 @@ fn rejected_connect_gets_an_error_result() {
     ));
     w.conns[c].closed = true;
 }
+
+#[test]
+fn dropped_transport_ends_the_publish() {
+    let mut w = World::new();
+    let publisher = w.connect(Role::Publish, "drop", ClientMode::Digest);
+    w.settle(4096);
+    assert!(started(&w.conns[publisher].events));
+    // TCP went away without deleteStream: the driver tells the session.
+    let server = &mut w.conns[publisher].server;
+    server.handle_close();
+    let mut ended = Vec::new();
+    while let Some(e) = server.poll_event() {
+        ended.push(e);
+    }
+    assert_eq!(ended, vec![ServerEvent::PublishEnded { stream_id: 1 }]);
+}
+
+#[test]
+fn stream_ids_stay_small_and_unique() {
+    use tributary::protocol::amf0::Amf0Value;
+    use tributary::protocol::chunk::{ChunkDecoder, ChunkEncoder};
+    use tributary::protocol::command::{command_message, Command};
+
+    let mut server = ServerSession::new(ServerConfig::default(), 0, 1);
+    let mut wire = BytesMut::new();
+    wire.extend_from_slice(&[3]);
+    wire.extend_from_slice(&[0; 1536 * 2]);
+    let mut enc = ChunkEncoder::new();
+    let connect = Amf0Value::object([("app", Amf0Value::String("live".into()))]);
+    enc.write(
+        &mut wire,
+        &command_message(3, 0, "connect", 1.0, &[connect]),
+    );
+    // A hostile publish on the largest stream id, then createStream twice.
+    let name = Amf0Value::String("k".into());
+    let publish = command_message(
+        3,
+        u32::MAX,
+        "publish",
+        2.0,
+        &[Amf0Value::Null, name, Amf0Value::String("live".into())],
+    );
+    enc.write(&mut wire, &publish);
+    enc.write(
+        &mut wire,
+        &command_message(3, 0, "createStream", 3.0, &[Amf0Value::Null]),
+    );
+    enc.write(
+        &mut wire,
+        &command_message(3, 0, "createStream", 4.0, &[Amf0Value::Null]),
+    );
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        let n = server.handle_input(rest).unwrap();
+        rest = &rest[n..];
+        while let Some(e) = server.poll_event() {
+            match e {
+                ServerEvent::ConnectRequest(_) => server.accept_connect(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let mut out = BytesMut::new();
+    server.poll_transmit(&mut out);
+    let mut dec = ChunkDecoder::new(Default::default());
+    let mut input = &out[1 + 1536 * 2..];
+    let mut ids = Vec::new();
+    let mut refused = false;
+    while let Some(m) = dec.decode(&mut input).unwrap() {
+        match Command::parse(m.type_id, &m.payload, 8) {
+            Ok(Command::Result {
+                transaction,
+                values,
+            }) if transaction >= 3.0 => ids.extend(values.iter().filter_map(Amf0Value::as_number)),
+            Ok(Command::OnStatus { info }) => {
+                refused |= info.property("level").and_then(Amf0Value::as_str) == Some("error");
+            }
+            _ => {}
+        }
+    }
+    assert!(refused, "publish on stream id 2^32-1 is refused");
+    assert_eq!(ids, vec![1.0, 2.0]);
+}
