@@ -12,6 +12,7 @@
 //!   reference count, never copied per player, never behind a lock.
 //! - The control plane (one tokio thread) speaks NATS and serves HTTP admin.
 
+pub mod admin;
 pub mod config;
 pub mod node;
 pub mod protocol;

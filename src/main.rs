@@ -2,7 +2,11 @@
 //! SIGINT/SIGTERM. Everything else lives in the library.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
+use tributary::admin::{self, AdminState};
 use tributary::config::{Cli, LogFormat, USAGE};
 use tributary::node::Node;
 
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
     // Block the stop signals before any thread starts, so every shard
     // inherits the mask and only `sigwait` below receives them.
     let signals = stop_signals();
+    let http_listen = config.http.listen;
+    let config_node_id = config.node.id.clone();
     let node = match Node::start(config) {
         Ok(n) => n,
         Err(e) => {
@@ -51,7 +57,30 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(shards = node.shards, "rtmp listening on {}", node.rtmp_addr);
+    let ready = Arc::new(AtomicBool::new(true));
+    let node_id = if config_node_id.is_empty() {
+        hostname()
+    } else {
+        config_node_id
+    };
+    let admin = AdminState {
+        node_id,
+        rtmp_addr: node.rtmp_addr,
+        shards: node.stats.clone(),
+        directory: node.directory.clone(),
+        ready: ready.clone(),
+        started: Instant::now(),
+    };
+    match admin::spawn(http_listen, admin) {
+        Ok(addr) => tracing::info!("http listening on {addr}"),
+        Err(e) => {
+            tracing::error!("cannot serve HTTP admin on {http_listen}: {e}");
+            eprintln!("tributary: cannot serve HTTP admin on {http_listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let signal = wait_for(&signals);
+    ready.store(false, Ordering::SeqCst);
     tracing::info!("signal {signal}: stopping");
     let mut node = node;
     node.stop();
@@ -86,4 +115,10 @@ fn wait_for(set: &libc::sigset_t) -> i32 {
         libc::sigwait(set, &mut sig);
     }
     sig
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "tributary".into())
 }

@@ -15,6 +15,7 @@ use common::{check_recording, publish, temp_file, wait_live, Proc};
 struct Node {
     child: Child,
     addr: SocketAddr,
+    http: SocketAddr,
     log: Arc<Mutex<String>>,
 }
 
@@ -40,18 +41,25 @@ impl Node {
         let sink = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("rtmp listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                for prefix in ["rtmp listening on ", "http listening on "] {
+                    if let Some(addr) = line.split(prefix).nth(1) {
+                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                    }
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()));
+        let next = || {
+            rx.recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()))
+                .parse()
+                .unwrap()
+        };
+        let (addr, http) = (next(), next());
         Node {
             child,
-            addr: addr.parse().unwrap(),
+            addr,
+            http,
             log,
         }
     }
@@ -82,6 +90,20 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain HTTP GET against the admin server: (status line, body).
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
 }
 
 fn ffmpeg_player(url: &str, file: &std::path::Path, seconds: u32) -> Proc {
@@ -174,6 +196,24 @@ fn duplicate_publish_refused_unknown_play_not_found_garbage_closed() {
         second.wait(Duration::from_secs(20)).is_err(),
         "second publisher was accepted"
     );
+
+    // The admin plane sees the stream, the publisher and the traffic.
+    assert_eq!(get(node.http, "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(get(node.http, "/readyz").0, "HTTP/1.1 200 OK");
+    let (_, streams) = get(node.http, "/api/streams");
+    assert!(streams.contains("\"name\":\"dup\""), "{streams}");
+    let (_, metrics) = get(node.http, "/metrics");
+    let publishers: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tributary_publishers{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(publishers, 1, "{metrics}");
+    assert!(
+        metrics.contains("tributary_bytes_in_total{shard="),
+        "{metrics}"
+    );
+    assert_eq!(get(node.http, "/nope").0, "HTTP/1.1 404 Not Found");
 
     let none = ffmpeg_player(&node.url("nobody"), &temp_file("node-none.flv"), 1);
     assert!(

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession};
+use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
 
 use super::hub::{Hub, PlayOutcome, Player};
@@ -95,13 +95,15 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
             Wake::Read(Err(e)) => break Some(format!("read: {e}")),
             Wake::Read(Ok(n)) => {
                 last_read = Instant::now();
+                ctx.stats.add_in(n as u64);
                 if let Err(e) = state.on_input(&buf[..n], &session, &outbox, &ctx) {
-                    ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    break Some(e);
+                    ctx.stats.add_protocol_error(error_kind(&e));
+                    break Some(e.to_string());
                 }
             }
             Wake::Write => {}
             Wake::Idle => {
+                ctx.stats.add_protocol_error("timeout");
                 break Some(if connected {
                     "idle timeout".into()
                 } else {
@@ -109,8 +111,9 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
                 });
             }
         }
-        if let Err(e) = flush(&mut socket, &outbox, &mut batch).await {
-            break Some(format!("write: {e}"));
+        match flush(&mut socket, &outbox, &mut batch).await {
+            Ok(n) => ctx.stats.add_out(n),
+            Err(e) => break Some(format!("write: {e}")),
         }
         if outbox.is_closed() && outbox.is_empty() {
             break None;
@@ -128,20 +131,36 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
 
 /// Writes what the outbox holds: small messages coalesced, large ones from
 /// their own shared buffer.
+fn error_kind(e: &SessionError) -> &'static str {
+    match e {
+        SessionError::Handshake(_) => "handshake",
+        SessionError::Chunk(_) => "chunk",
+        SessionError::Command(_) => "command",
+        _ => "sequence",
+    }
+}
+
+/// Writes what the outbox holds: small messages coalesced, large ones from
+/// their own shared buffer. Returns the bytes written.
 async fn flush(
     socket: &mut TcpStream,
     outbox: &Outbox,
     batch: &mut BytesMut,
-) -> std::io::Result<()> {
+) -> std::io::Result<u64> {
+    let mut written = 0u64;
     loop {
         batch.clear();
         let large = outbox.next_write(batch, WRITE_BATCH);
         if !batch.is_empty() {
             socket.write_all(batch).await?;
+            written += batch.len() as u64;
         }
         match large {
-            Some(b) => socket.write_all(&b).await?,
-            None if batch.is_empty() => return Ok(()),
+            Some(b) => {
+                socket.write_all(&b).await?;
+                written += b.len() as u64;
+            }
+            None if batch.is_empty() => return Ok(written),
             None => {}
         }
     }
@@ -161,14 +180,14 @@ impl ConnState {
         session: &Rc<RefCell<ServerSession>>,
         outbox: &Rc<Outbox>,
         ctx: &ConnectionContext,
-    ) -> Result<(), String> {
+    ) -> Result<(), SessionError> {
         let mut stalled = 0;
         while !input.is_empty() {
             // Collect events with the session borrowed, then act on them
             // with it released: the hub may reach other sessions.
             let used = {
                 let mut s = session.borrow_mut();
-                let used = s.handle_input(input).map_err(|e| e.to_string())?;
+                let used = s.handle_input(input)?;
                 while let Some(e) = s.poll_event() {
                     self.events.push(e);
                 }
@@ -186,7 +205,7 @@ impl ConnState {
             if used == 0 {
                 stalled += 1;
                 if stalled > 2 {
-                    return Err("session made no progress".into());
+                    return Err(SessionError::Closed);
                 }
             } else {
                 stalled = 0;
@@ -277,6 +296,7 @@ impl ConnState {
                 }
             }
             ServerEvent::Media { message, .. } => {
+                ctx.stats.add_message_in();
                 if let Some((key, _)) = &self.publishing {
                     ctx.hub.borrow_mut().on_publisher_message(key, message);
                 }

@@ -38,6 +38,14 @@ impl Directory {
             .copied()
     }
 
+    /// Every live stream and its owner shard.
+    pub fn snapshot(&self) -> Vec<(StreamKey, usize)> {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = owners.iter().map(|(k, s)| (k.clone(), *s)).collect();
+        v.sort();
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.owners.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

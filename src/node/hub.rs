@@ -432,6 +432,7 @@ fn fan_out(
             return true;
         }
         send(p, m, memo);
+        stats.add_message_out();
         true
     });
 }

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::protocol::RawMessage;
 
 pub use directory::Directory;
-pub use stats::ShardStats;
+pub use stats::{ShardStats, ERROR_KINDS};
 
 /// A stream's node-wide name: `app/stream` (no query string).
 pub type StreamKey = Arc<str>;

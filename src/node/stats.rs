@@ -1,29 +1,61 @@
 //! Per-shard counters. Each is written only by its own shard, with relaxed
-//! atomics so that other threads (logs, metrics) can read them; uncontended,
-//! they cost what a plain add does.
+//! atomics so that the control plane can read them at scrape time;
+//! uncontended, they cost what a plain add does. Updated per read, write or
+//! message, never per byte.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters a shard shares with the rest of the node.
+/// Kinds of protocol error, as counted and exported.
+pub const ERROR_KINDS: [&str; 5] = ["handshake", "chunk", "command", "sequence", "timeout"];
+
 #[derive(Debug, Default)]
 pub struct ShardStats {
     pub connections: AtomicU64,
     pub publishers: AtomicU64,
     pub players: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
     pub dropped_frames_slow: AtomicU64,
     pub dropped_frames_shard: AtomicU64,
     pub disconnected_slow: AtomicU64,
-    pub protocol_errors: AtomicU64,
+    /// Indexed like [`ERROR_KINDS`].
+    pub protocol_errors: [AtomicU64; 5],
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 impl ShardStats {
     pub fn add_dropped_frames_slow(&self) {
-        self.dropped_frames_slow.fetch_add(1, Ordering::Relaxed);
+        add(&self.dropped_frames_slow, 1);
     }
     pub fn add_dropped_frames_shard(&self) {
-        self.dropped_frames_shard.fetch_add(1, Ordering::Relaxed);
+        add(&self.dropped_frames_shard, 1);
     }
     pub fn add_disconnected_slow(&self) {
-        self.disconnected_slow.fetch_add(1, Ordering::Relaxed);
+        add(&self.disconnected_slow, 1);
+    }
+    pub fn add_protocol_error(&self, kind: &str) {
+        if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
+            add(&self.protocol_errors[i], 1);
+        }
+    }
+    pub fn add_in(&self, bytes: u64) {
+        add(&self.bytes_in, bytes);
+    }
+    pub fn add_out(&self, bytes: u64) {
+        add(&self.bytes_out, bytes);
+    }
+    pub fn add_message_in(&self) {
+        add(&self.messages_in, 1);
+    }
+    pub fn add_message_out(&self) {
+        add(&self.messages_out, 1);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
     }
 }

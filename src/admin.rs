@@ -1,0 +1,329 @@
+//! The HTTP admin plane, on the control-plane thread (a tokio
+//! current-thread runtime, the only place tokio runs): `/metrics`
+//! (Prometheus text, per shard), `/healthz`, `/readyz`, `/api/node` and
+//! `/api/streams` (JSON). It reads the shards' counters and the stream
+//! directory; it is never on the media path. GET only, one request per
+//! connection, bounded request size and time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::node::{Directory, ShardStats, ERROR_KINDS};
+
+/// What the admin plane reports on.
+pub struct AdminState {
+    pub node_id: String,
+    pub rtmp_addr: SocketAddr,
+    pub shards: Vec<Arc<ShardStats>>,
+    pub directory: Arc<Directory>,
+    pub ready: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+const MAX_REQUEST: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds `addr` and serves on a thread of its own; returns the bound address.
+pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let metrics = Metrics::new().map_err(std::io::Error::other)?;
+    let state = Arc::new((state, metrics));
+    std::thread::Builder::new()
+        .name("tributary-control".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("admin runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("admin listener: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            REQUEST_TIMEOUT,
+                            handle(socket, &state.0, &state.1),
+                        )
+                        .await;
+                    });
+                }
+            });
+        })?;
+    Ok(local)
+}
+
+async fn handle(
+    mut socket: tokio::net::TcpStream,
+    state: &AdminState,
+    metrics: &Metrics,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REQUEST {
+            return respond(
+                &mut socket,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"too large\n",
+            )
+            .await;
+        }
+    }
+    let line = buf.split(|b| *b == b'\r').next().unwrap_or(&[]);
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" {
+        return respond(
+            &mut socket,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET only\n",
+        )
+        .await;
+    }
+    match path.split('?').next().unwrap_or("") {
+        "/healthz" => respond(&mut socket, "200 OK", "text/plain", b"ok\n").await,
+        "/readyz" => {
+            if state.ready.load(Ordering::Relaxed) {
+                respond(&mut socket, "200 OK", "text/plain", b"ready\n").await
+            } else {
+                respond(
+                    &mut socket,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    b"not ready\n",
+                )
+                .await
+            }
+        }
+        "/metrics" => {
+            let body = metrics.render(state);
+            respond(&mut socket, "200 OK", "text/plain; version=0.0.4", &body).await
+        }
+        "/api/node" => {
+            let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
+            let body = serde_json::json!({
+                "node_id": state.node_id,
+                "version": env!("CARGO_PKG_VERSION"),
+                "rtmp_listen": state.rtmp_addr.to_string(),
+                "shards": state.shards.len(),
+                "uptime_seconds": state.started.elapsed().as_secs(),
+                "ready": state.ready.load(Ordering::Relaxed),
+                "connections": sum(|s| ShardStats::get(&s.connections)),
+                "publishers": sum(|s| ShardStats::get(&s.publishers)),
+                "players": sum(|s| ShardStats::get(&s.players)),
+            });
+            respond(
+                &mut socket,
+                "200 OK",
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+        "/api/streams" => {
+            let streams: Vec<_> = state
+                .directory
+                .snapshot()
+                .into_iter()
+                .map(|(key, shard)| {
+                    let (app, name) = key.split_once('/').unwrap_or(("", &key));
+                    serde_json::json!({ "app": app, "name": name, "node": state.node_id, "shard": shard })
+                })
+                .collect();
+            let body = serde_json::json!({ "streams": streams });
+            respond(
+                &mut socket,
+                "200 OK",
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+        _ => respond(&mut socket, "404 Not Found", "text/plain", b"not found\n").await,
+    }
+}
+
+async fn respond(
+    socket: &mut tokio::net::TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await?;
+    socket.write_all(body).await?;
+    socket.shutdown().await
+}
+
+/// Reads one counter of a shard.
+type Read = fn(&ShardStats) -> u64;
+
+/// Prometheus families, filled from the shards' atomics at scrape time.
+struct Metrics {
+    registry: Registry,
+    gauges: Vec<(IntGaugeVec, Read)>,
+    counters: Vec<(IntCounterVec, Read)>,
+    dropped: IntCounterVec,
+    errors: IntCounterVec,
+}
+
+impl Metrics {
+    fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["shard"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauges: Vec<(IntGaugeVec, Read)> = vec![
+            (
+                gauge("tributary_connections", "Open RTMP connections")?,
+                |s| ShardStats::get(&s.connections),
+            ),
+            (
+                gauge("tributary_publishers", "Streams being published")?,
+                |s| ShardStats::get(&s.publishers),
+            ),
+            (
+                gauge("tributary_players", "Players attached to a stream")?,
+                |s| ShardStats::get(&s.players),
+            ),
+        ];
+        let counters: Vec<(IntCounterVec, Read)> = vec![
+            (
+                counter(
+                    "tributary_bytes_in_total",
+                    "Bytes read from RTMP peers",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.bytes_in),
+            ),
+            (
+                counter(
+                    "tributary_bytes_out_total",
+                    "Bytes written to RTMP peers",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.bytes_out),
+            ),
+            (
+                counter(
+                    "tributary_messages_in_total",
+                    "Audio and video messages received from publishers",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.messages_in),
+            ),
+            (
+                counter(
+                    "tributary_messages_out_total",
+                    "Audio, video and data messages queued to players",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.messages_out),
+            ),
+            (
+                counter(
+                    "tributary_slow_players_disconnected_total",
+                    "Players cut for staying behind past players.max_lag_ms",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.disconnected_slow),
+            ),
+        ];
+        let dropped = counter(
+            "tributary_dropped_frames_total",
+            "Frames not delivered, by reason",
+            &["shard", "reason"],
+        )?;
+        let errors = counter(
+            "tributary_protocol_errors_total",
+            "Connections closed for a protocol error, by kind",
+            &["shard", "kind"],
+        )?;
+        Ok(Self {
+            registry,
+            gauges,
+            counters,
+            dropped,
+            errors,
+        })
+    }
+
+    fn render(&self, state: &AdminState) -> Vec<u8> {
+        for (i, s) in state.shards.iter().enumerate() {
+            let shard = i.to_string();
+            for (g, read) in &self.gauges {
+                g.with_label_values(&[&shard]).set(read(s) as i64);
+            }
+            let set = |c: &IntCounterVec, labels: &[&str], v: u64| {
+                let c = c.with_label_values(labels);
+                c.reset();
+                c.inc_by(v);
+            };
+            for (c, read) in &self.counters {
+                set(c, &[&shard], read(s));
+            }
+            set(
+                &self.dropped,
+                &[&shard, "slow_player"],
+                ShardStats::get(&s.dropped_frames_slow),
+            );
+            set(
+                &self.dropped,
+                &[&shard, "shard_queue_full"],
+                ShardStats::get(&s.dropped_frames_shard),
+            );
+            for (k, kind) in ERROR_KINDS.iter().enumerate() {
+                set(
+                    &self.errors,
+                    &[&shard, kind],
+                    ShardStats::get(&s.protocol_errors[k]),
+                );
+            }
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
