@@ -250,3 +250,48 @@ fn duplicate_publish_refused_unknown_play_not_found_garbage_closed() {
         "a stream key was logged in clear:\n{log}"
     );
 }
+
+#[test]
+fn sigterm_ends_players_and_exits_promptly() {
+    let mut node = Node::start(2);
+    let url = node.url("shutdown");
+    let publisher = publish(&url, 30);
+    wait_live(&url);
+    let file = temp_file("node-shutdown.flv");
+    // No duration: this player ends only when the node ends the stream.
+    let player = Proc::spawn(
+        "ffmpeg",
+        Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-rw_timeout",
+                "5000000",
+                "-i",
+                &url,
+                "-c",
+                "copy",
+            ])
+            .arg(&file),
+    );
+    // Wait until this player is receiving (its recording grows).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) < 50_000 {
+        assert!(Instant::now() < deadline, "the player never received media");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let status = node.stop().expect("node stops within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    // ffmpeg ends its recording cleanly on UnpublishNotify / end of stream.
+    player.wait(Duration::from_secs(15)).unwrap();
+    check_recording(&file, 10);
+    drop(publisher);
+}

@@ -28,6 +28,8 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 /// What a connection needs from its shard.
 pub struct ConnectionContext {
+    /// Every open connection's outbox, so shutdown can close them all.
+    pub open: RefCell<Vec<std::rc::Weak<Outbox>>>,
     pub hub: Rc<RefCell<Hub>>,
     pub stats: Arc<ShardStats>,
     pub session: ServerConfig,
@@ -58,6 +60,11 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
     )));
     let (outbox, doorbell) = Outbox::new();
     let outbox = Rc::new(outbox);
+    {
+        let mut open = ctx.open.borrow_mut();
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Rc::downgrade(&outbox));
+    }
     let mut state = ConnState {
         conn,
         publishing: None,

@@ -282,6 +282,17 @@ impl Hub {
         }
     }
 
+    /// Shutdown: every player here is told its stream ended; owned streams
+    /// leave the directory.
+    pub fn shutdown(&mut self) {
+        for (key, stream) in self.streams.drain() {
+            if stream.publisher.is_some() {
+                self.directory.unregister(&key, self.shard);
+            }
+            end_players(stream.players);
+        }
+    }
+
     /// A message from another shard.
     pub fn on_shard_message(&mut self, msg: ShardMsg) {
         match msg {

@@ -72,6 +72,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
     }
 
     let ctx = Rc::new(ConnectionContext {
+        open: RefCell::new(Vec::new()),
         hub: hub.clone(),
         stats: setup.stats.clone(),
         session: ServerConfig {
@@ -115,5 +116,29 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         next_conn += 1;
         glommio::spawn_local(serve(socket, peer, next_conn, ctx.clone())).detach();
     }
+    drop(listener);
+
+    // Drain: players hear the stream ended, every connection flushes what it
+    // has queued and closes, within a bounded time.
+    hub.borrow_mut().shutdown();
+    for outbox in ctx.open.borrow().iter().filter_map(std::rc::Weak::upgrade) {
+        outbox.close();
+    }
+    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    while setup.stats.connections.load(Ordering::Relaxed) > 0
+        && std::time::Instant::now() < deadline
+    {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let left = setup.stats.connections.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(
+            shard,
+            "{left} connections still open after {SHUTDOWN_GRACE:?}; closing them"
+        );
+    }
     Ok(())
 }
+
+/// How long a stopping shard waits for its connections to flush and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
