@@ -21,6 +21,10 @@ struct Node {
 
 impl Node {
     fn start(shards: usize) -> Node {
+        Self::start_with(shards, &[])
+    }
+
+    fn start_with(shards: usize, extra: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
             .args([
                 "--rtmp-listen",
@@ -30,6 +34,7 @@ impl Node {
                 "--shards",
                 &shards.to_string(),
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -293,5 +298,124 @@ fn sigterm_ends_players_and_exits_promptly() {
     // ffmpeg ends its recording cleanly on UnpublishNotify / end of stream.
     player.wait(Duration::from_secs(15)).unwrap();
     check_recording(&file, 10);
+    drop(publisher);
+}
+
+/// Sum of a metric over its shards (and other labels) in a scrape.
+fn metric(node: &Node, name: &str, label: &str) -> u64 {
+    let (_, text) = get(node.http, "/metrics");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_player_that_stops_reading_loses_frames_then_is_cut() {
+    use tributary::protocol::client::{ClientConfig, ClientEvent, ClientSession, Role};
+
+    let config = temp_file("slow.toml");
+    std::fs::write(
+        &config,
+        "[players]\nqueue_max_bytes = 65536\nmax_lag_ms = 1500\n",
+    )
+    .unwrap();
+    let node = Node::start_with(1, &["--config", config.to_str().unwrap()]);
+    let url = node.url("slow");
+    // Lossless video, tens of Mbit/s: socket buffers on loopback hold
+    // megabytes, and they must fill before the node's queue grows.
+    let publisher = Proc::spawn(
+        "ffmpeg",
+        Command::new("ffmpeg").args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=25:duration=30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-g",
+            "25",
+            "-f",
+            "flv",
+            &url,
+        ]),
+    );
+    wait_live(&url);
+
+    // A real RTMP player with a tiny receive buffer that stops reading as
+    // soon as the server says Play.Start.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&node.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let tc_url = format!("rtmp://{}/live", node.addr);
+    let mut client =
+        ClientSession::new(ClientConfig::new(Role::Play, &tc_url, "live", "slow"), 0, 1);
+    let mut buf = vec![0u8; 4096];
+    let mut out = bytes::BytesMut::new();
+    let mut playing = false;
+    while !playing {
+        out.clear();
+        client.poll_transmit(&mut out);
+        stream.write_all(&out).unwrap();
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before Play.Start");
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let used = client.handle_input(rest).unwrap();
+            rest = &rest[used..];
+            while let Some(e) = client.poll_event() {
+                playing |= matches!(e, ClientEvent::PlayStarted { .. });
+            }
+        }
+    }
+    out.clear();
+    client.poll_transmit(&mut out);
+    stream.write_all(&out).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(25);
+    while metric(&node, "tributary_slow_players_disconnected_total", "") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled player was never cut:\n{}\n{}",
+            node.log.lock().unwrap(),
+            get(node.http, "/metrics").1
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(&node, "tributary_dropped_frames_total", "slow_player") > 0);
+    // Every player that left was counted out (ffprobe's deleteStream too).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "tributary_players", "") != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "players gauge never returned to 0"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The node ends the stalled connection: reading what is left ends in EOF
+    // (or a reset), not in a timeout.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut sink = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut sink) {
+        assert_ne!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "connection left open"
+        );
+    }
     drop(publisher);
 }

@@ -35,6 +35,9 @@ pub struct ConnectionContext {
     pub session: ServerConfig,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A write that cannot finish in this long (the peer stopped reading)
+    /// closes the connection.
+    pub write_timeout: Duration,
 }
 
 /// The stream key a publish or play names: app and stream name, without
@@ -118,8 +121,19 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
                 });
             }
         }
-        match flush(&mut socket, &outbox, &mut batch).await {
+        match glommio::timer::timeout(ctx.write_timeout, async {
+            flush(&mut socket, &outbox, &mut batch)
+                .await
+                .map_err(Into::into)
+        })
+        .await
+        {
             Ok(n) => ctx.stats.add_out(n),
+            Err(glommio::GlommioError::TimedOut(_)) => {
+                // The peer stopped reading: a player stuck this long is cut.
+                ctx.stats.add_disconnected_slow();
+                break Some(format!("write stalled for {:?}", ctx.write_timeout));
+            }
             Err(e) => break Some(format!("write: {e}")),
         }
         if outbox.is_closed() && outbox.is_empty() {
@@ -131,7 +145,12 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
     }
     state.leave(&ctx);
     // Best effort: what was queued for a closing peer (error answers).
-    let _ = flush(&mut socket, &outbox, &mut batch).await;
+    let _ = glommio::timer::timeout(Duration::from_secs(1), async {
+        flush(&mut socket, &outbox, &mut batch)
+            .await
+            .map_err(Into::into)
+    })
+    .await;
     let _ = socket.close().await;
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
@@ -310,7 +329,10 @@ impl ConnState {
             }
             ServerEvent::PublishEnded { .. } => self.stop_publishing(ctx),
             ServerEvent::PlayEnded { stream_id } => {
+                let before = self.playing.len();
                 self.playing.retain(|(_, id)| *id != stream_id);
+                let ended = (before - self.playing.len()) as u64;
+                ctx.stats.players.fetch_sub(ended, Ordering::Relaxed);
                 if self.playing.is_empty() {
                     ctx.hub.borrow_mut().leave(self.conn);
                 }

@@ -83,6 +83,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         },
         handshake_timeout: Duration::from_millis(config.rtmp.handshake_timeout_ms),
         idle_timeout: Duration::from_millis(config.rtmp.idle_timeout_ms),
+        write_timeout: Duration::from_millis(config.players.max_lag_ms),
     });
     let max_connections = config.rtmp.max_connections_per_shard as u64;
     let mut next_conn: u64 = (shard as u64) << 48;
