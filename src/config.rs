@@ -325,17 +325,14 @@ impl Config {
                 "\"takeover\" is not supported yet; use \"reject\"",
             ));
         }
-        if s.on_unpublish == OnUnpublish::Wait {
+        if s.unpublish_wait_timeout_ms == 0 {
             return Err(invalid(
-                "streams.on_unpublish",
-                "\"wait\" is not supported yet; use \"close\"",
+                "streams.unpublish_wait_timeout_ms",
+                "must be positive",
             ));
         }
-        if s.play_unknown == PlayUnknown::Wait {
-            return Err(invalid(
-                "streams.play_unknown",
-                "\"wait\" is not supported yet; use \"not_found\"",
-            ));
+        if s.play_wait_timeout_ms == 0 {
+            return Err(invalid("streams.play_wait_timeout_ms", "must be positive"));
         }
         if s.gop_cache_max_bytes < 64 * 1024 {
             return Err(invalid(
@@ -528,11 +525,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
-        let err = Config::from_toml("[streams]\non_unpublish = \"wait\"", Path::new("x.toml"))
-            .unwrap()
-            .validate()
-            .unwrap_err();
-        assert!(err.to_string().contains("streams.on_unpublish"), "{err}");
+        let err = Config::from_toml(
+            "[streams]\nduplicate_publish = \"takeover\"",
+            Path::new("x.toml"),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("streams.duplicate_publish"),
+            "{err}"
+        );
+        let c = Config::from_toml(
+            "[streams]\non_unpublish = \"wait\"\nplay_unknown = \"wait\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        c.validate().unwrap();
         assert!(Cli::parse(args("--shards two")).is_err());
         assert!(Cli::parse(args("--bogus")).is_err());
         assert!(Cli::parse(args("--rtmp-listen")).is_err());

@@ -419,3 +419,152 @@ fn a_player_that_stops_reading_loses_frames_then_is_cut() {
     }
     drop(publisher);
 }
+
+#[test]
+fn players_waiting_for_a_key_start_when_it_is_published() {
+    let config = temp_file("play-wait.toml");
+    std::fs::write(
+        &config,
+        "[streams]\nplay_unknown = \"wait\"\nplay_wait_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    let node = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+    let url = node.url("later");
+    // Three players before any publisher: on both shards, most likely.
+    let players: Vec<_> = (0..3)
+        .map(|i| {
+            let file = temp_file(&format!("node-wait-{i}.flv"));
+            (ffmpeg_player(&url, &file, 3), file)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&node, "tributary_players", "") < 3 {
+        assert!(Instant::now() < deadline, "players did not park");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let publisher = publish(&url, 8);
+    for (player, file) in players {
+        player.wait(Duration::from_secs(40)).unwrap();
+        check_recording(&file, 50);
+    }
+    publisher.wait(Duration::from_secs(40)).unwrap();
+}
+
+/// A library RTMP player on its own thread, recording every event.
+struct LibPlayer {
+    events: Arc<Mutex<Vec<tributary::protocol::client::ClientEvent>>>,
+}
+
+impl LibPlayer {
+    fn start(addr: SocketAddr, key: &str) -> LibPlayer {
+        use tributary::protocol::client::{ClientConfig, ClientSession, Role};
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let tc_url = format!("rtmp://{addr}/live");
+        let mut client =
+            ClientSession::new(ClientConfig::new(Role::Play, &tc_url, "live", key), 0, 3);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut out = bytes::BytesMut::new();
+            loop {
+                out.clear();
+                client.poll_transmit(&mut out);
+                if stream.write_all(&out).is_err() {
+                    return;
+                }
+                let n = match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let Ok(used) = client.handle_input(rest) else {
+                        return;
+                    };
+                    rest = &rest[used..];
+                    while let Some(e) = client.poll_event() {
+                        sink.lock().unwrap().push(e);
+                    }
+                }
+            }
+        });
+        LibPlayer { events }
+    }
+
+    fn wait_for(
+        &self,
+        what: &str,
+        f: impl Fn(&[tributary::protocol::client::ClientEvent]) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(&self.events.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "never saw {what}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn with_unpublish_wait_a_player_resumes_on_the_next_publisher() {
+    use tributary::protocol::client::ClientEvent;
+    use tributary::protocol::media::{classify_video, PacketKind};
+
+    let config = temp_file("unpublish-wait.toml");
+    std::fs::write(
+        &config,
+        "[streams]\non_unpublish = \"wait\"\nunpublish_wait_timeout_ms = 20000\n",
+    )
+    .unwrap();
+    let node = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+    let url = node.url("again");
+    let first = publish(&url, 3);
+    wait_live(&url);
+    let player = LibPlayer::start(node.addr, "again");
+    let media = |e: &[ClientEvent]| {
+        e.iter()
+            .filter(|e| matches!(e, ClientEvent::Media(_)))
+            .count()
+    };
+    player.wait_for("media", |e| media(e) > 20);
+    first.wait(Duration::from_secs(30)).unwrap();
+    let status = |code: &'static str| {
+        move |e: &[ClientEvent]| {
+            e.iter()
+                .any(|e| matches!(e, ClientEvent::Status { code: c, .. } if c == code))
+        }
+    };
+    player.wait_for("UnpublishNotify", status("NetStream.Play.UnpublishNotify"));
+    let before = player.events.lock().unwrap().len();
+
+    let second = publish(&url, 3);
+    player.wait_for("PublishNotify", status("NetStream.Play.PublishNotify"));
+    player.wait_for("media from the second publisher", |e| {
+        media(&e[before..]) > 20
+    });
+    second.wait(Duration::from_secs(30)).unwrap();
+
+    let events = player.events.lock().unwrap();
+    let after: Vec<_> = events[before..]
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Media(m) if m.type_id == tributary::protocol::MessageType::VIDEO => {
+                Some(m)
+            }
+            _ => None,
+        })
+        .collect();
+    let first_video = classify_video(&after[0].payload).unwrap();
+    assert_eq!(
+        first_video.kind,
+        PacketKind::SequenceHeader,
+        "fresh sequence header first"
+    );
+    assert!(
+        classify_video(&after[1].payload).unwrap().keyframe,
+        "then a keyframe"
+    );
+}

@@ -281,7 +281,9 @@ impl ConnState {
                     .map(|c| c.app.clone())
                     .unwrap_or_default();
                 let key = stream_key(&app, &name);
-                if !ctx.hub.borrow().is_live(&key) {
+                let live = ctx.hub.borrow().is_live(&key);
+                let wait = ctx.hub.borrow().play_wait();
+                if !live && wait.is_none() {
                     session.borrow_mut().reject_play(
                         stream_id,
                         "NetStream.Play.StreamNotFound",
@@ -296,6 +298,13 @@ impl ConnState {
                 session.borrow_mut().poll_transmit(&mut out);
                 outbox.push(out.freeze());
                 let player = Player::new(self.conn, stream_id, outbox.clone(), session.clone());
+                if let (false, Some(wait)) = (live, wait) {
+                    // Play.Start now; media once the key is published.
+                    ctx.hub.borrow_mut().park(&key, player, wait);
+                    ctx.stats.players.fetch_add(1, Ordering::Relaxed);
+                    self.playing.push((key, stream_id));
+                    return;
+                }
                 match ctx.hub.borrow_mut().play(&key, player) {
                     PlayOutcome::NotFound => {
                         // It ended between the check and now.

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
@@ -83,6 +83,19 @@ pub struct HubConfig {
     pub gop_cache_max_bytes: usize,
     pub queue_max_bytes: usize,
     pub max_lag_ms: u64,
+    /// `on_unpublish = "wait"`: how long players wait for a re-publish.
+    pub unpublish_wait: Option<Duration>,
+    /// `play_unknown = "wait"`: how long a play waits for its stream.
+    pub play_wait: Option<Duration>,
+}
+
+/// A player parked until its stream is published (again).
+struct Waiting {
+    player: Player,
+    deadline: Instant,
+    /// It was playing when the publisher left: it gets PublishNotify when
+    /// the stream comes back; otherwise StreamNotFound if it never does.
+    resumed: bool,
 }
 
 pub enum PlayOutcome {
@@ -98,6 +111,7 @@ pub struct Hub {
     directory: Arc<Directory>,
     mesh: Rc<Senders<ShardMsg>>,
     streams: HashMap<StreamKey, Stream>,
+    waiting: HashMap<StreamKey, Vec<Waiting>>,
     pub stats: Arc<ShardStats>,
     /// Encoded bytes per (stream id, chunk size) for the message in flight.
     memo: Vec<((u32, u32), Bytes)>,
@@ -117,6 +131,7 @@ impl Hub {
             directory,
             mesh,
             streams: HashMap::new(),
+            waiting: HashMap::new(),
             stats,
             memo: Vec::with_capacity(2),
         }
@@ -136,7 +151,110 @@ impl Hub {
                 remote: Vec::new(),
             },
         );
+        // Shards with players waiting for this key attach them now.
+        for shard in 0..self.mesh.nr_consumers() {
+            if shard != self.shard {
+                self.tell(shard, ShardMsg::Published { key: key.clone() });
+            }
+        }
+        self.wake(key);
         true
+    }
+
+    /// Sends to another shard without waiting; when its inbox is full the
+    /// message follows from a task (control messages, not media).
+    fn tell(&self, shard: usize, msg: ShardMsg) {
+        if self.mesh.try_send_to(shard, msg.clone()).is_err() {
+            let mesh = self.mesh.clone();
+            glommio::spawn_local(async move {
+                let _ = mesh.send_to(shard, msg).await;
+            })
+            .detach();
+        }
+    }
+
+    /// With `play_unknown = "wait"`: how long a play may wait for its stream.
+    pub fn play_wait(&self) -> Option<Duration> {
+        self.config.play_wait
+    }
+
+    /// Parks a player until `key` is published, up to `play_wait`.
+    pub fn park(&mut self, key: &StreamKey, player: Player, wait: Duration) {
+        self.waiting.entry(key.clone()).or_default().push(Waiting {
+            player,
+            deadline: Instant::now() + wait,
+            resumed: false,
+        });
+    }
+
+    /// `key` is live (here or on another shard): attach its waiting players.
+    fn wake(&mut self, key: &StreamKey) {
+        let Some(waiting) = self.waiting.remove(key) else {
+            return;
+        };
+        for w in waiting {
+            if w.resumed {
+                if let Ok(mut session) = w.player.session.try_borrow_mut() {
+                    session.notify_publish(w.player.stream_id);
+                    let mut out = BytesMut::new();
+                    session.poll_transmit(&mut out);
+                    w.player.out.push(out.freeze());
+                }
+            }
+            let out = w.player.out.clone();
+            if let PlayOutcome::NotFound = self.play(key, w.player) {
+                // Gone again between the notice and now.
+                out.close();
+            }
+        }
+    }
+
+    /// Closes waits past their deadline: StreamNotFound for a play that
+    /// never found its stream, plain close for a player whose stream left.
+    pub fn expire(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        self.waiting.retain(|_, list| {
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].deadline <= now {
+                    expired.push(list.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            !list.is_empty()
+        });
+        for w in expired {
+            if !w.resumed {
+                if let Ok(mut session) = w.player.session.try_borrow_mut() {
+                    session.send_status(
+                        w.player.stream_id,
+                        "error",
+                        "NetStream.Play.StreamNotFound",
+                        "the stream was not published in time",
+                    );
+                    let mut out = BytesMut::new();
+                    session.poll_transmit(&mut out);
+                    w.player.out.push(out.freeze());
+                }
+            }
+            w.player.out.close();
+        }
+    }
+
+    /// Players of a stream that ended: told so, then parked for a
+    /// re-publish or closed.
+    fn stream_ended(&mut self, key: &StreamKey, players: Vec<Player>) {
+        let survivors = end_players(players, self.config.unpublish_wait.is_some());
+        if let Some(wait) = self.config.unpublish_wait {
+            let deadline = Instant::now() + wait;
+            let list = self.waiting.entry(key.clone()).or_default();
+            list.extend(survivors.into_iter().map(|player| Waiting {
+                player,
+                deadline,
+                resumed: true,
+            }));
+        }
     }
 
     /// Metadata or media from this shard's publisher of `key`.
@@ -199,17 +317,9 @@ impl Hub {
             return;
         };
         for sub in &stream.remote {
-            let msg = ShardMsg::Ended { key: key.clone() };
-            if self.mesh.try_send_to(sub.shard, msg).is_err() {
-                let mesh = self.mesh.clone();
-                let (shard, key) = (sub.shard, key.clone());
-                glommio::spawn_local(async move {
-                    let _ = mesh.send_to(shard, ShardMsg::Ended { key }).await;
-                })
-                .detach();
-            }
+            self.tell(sub.shard, ShardMsg::Ended { key: key.clone() });
         }
-        end_players(stream.players);
+        self.stream_ended(key, stream.players);
     }
 
     /// Whether `key` is published anywhere on this node.
@@ -258,6 +368,10 @@ impl Hub {
 
     /// A player connection left or stopped playing.
     pub fn leave(&mut self, conn: u64) {
+        self.waiting.retain(|_, list| {
+            list.retain(|w| w.player.conn != conn);
+            !list.is_empty()
+        });
         let mut emptied = Vec::new();
         for (key, stream) in &mut self.streams {
             stream.players.retain(|p| p.conn != conn);
@@ -289,7 +403,12 @@ impl Hub {
             if stream.publisher.is_some() {
                 self.directory.unregister(&key, self.shard);
             }
-            end_players(stream.players);
+            end_players(stream.players, false);
+        }
+        for (_, list) in self.waiting.drain() {
+            for w in list {
+                w.player.out.close();
+            }
         }
     }
 
@@ -324,6 +443,7 @@ impl Hub {
                     waiting_key: false,
                 });
             }
+            ShardMsg::Published { key } => self.wake(&key),
             ShardMsg::Unsubscribe { key, shard } => {
                 if let Some(stream) = self.streams.get_mut(&key) {
                     stream.remote.retain(|s| s.shard != shard);
@@ -362,7 +482,7 @@ impl Hub {
                     .is_some_and(|s| s.publisher.is_none())
                 {
                     if let Some(stream) = self.streams.remove(&key) {
-                        end_players(stream.players);
+                        self.stream_ended(&key, stream.players);
                     }
                 }
             }
@@ -448,23 +568,29 @@ fn fan_out(
     });
 }
 
-/// The publisher is gone: NetStream.Play.UnpublishNotify and StreamEOF,
-/// then the connection is closed once that is written.
-fn end_players(players: Vec<Player>) {
+/// The publisher is gone: NetStream.Play.UnpublishNotify and StreamEOF to
+/// each player. With `keep`, the players are returned (to wait for a
+/// re-publish); otherwise their connections close once that is written.
+fn end_players(players: Vec<Player>, keep: bool) -> Vec<Player> {
+    let mut kept = Vec::new();
     for p in players {
-        let mut session = match p.session.try_borrow_mut() {
-            Ok(s) => s,
+        let notified = match p.session.try_borrow_mut() {
+            Ok(mut session) => {
+                session.notify_unpublish(p.stream_id);
+                let mut out = BytesMut::new();
+                session.poll_transmit(&mut out);
+                p.out.push(out.freeze());
+                true
+            }
             // The connection is inside its own session right now (it also
             // published this stream): closing it is notice enough.
-            Err(_) => {
-                p.out.close();
-                continue;
-            }
+            Err(_) => false,
         };
-        session.notify_unpublish(p.stream_id);
-        let mut out = BytesMut::new();
-        session.poll_transmit(&mut out);
-        p.out.push(out.freeze());
-        p.out.close();
+        if keep && notified && !p.out.is_closed() {
+            kept.push(p);
+        } else {
+            p.out.close();
+        }
     }
+    kept
 }

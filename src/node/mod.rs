@@ -29,8 +29,8 @@ pub use stats::{ShardStats, ERROR_KINDS};
 /// A stream's node-wide name: `app/stream` (no query string).
 pub type StreamKey = Arc<str>;
 
-/// What shards tell each other about streams.
-#[derive(Debug)]
+/// What shards tell each other about streams. Cloning shares payloads.
+#[derive(Debug, Clone)]
 pub enum ShardMsg {
     /// `shard` has players for `key`: send it the snapshot, then live media.
     Subscribe {
@@ -52,6 +52,10 @@ pub enum ShardMsg {
     },
     /// The publisher left.
     Ended {
+        key: StreamKey,
+    },
+    /// `key` was just published (on the sending shard): attach waiting players.
+    Published {
         key: StreamKey,
     },
 }

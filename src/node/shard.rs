@@ -12,7 +12,7 @@ use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
 
 use super::connection::{serve, ConnectionContext};
@@ -53,6 +53,10 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             gop_cache_max_bytes: config.streams.gop_cache_max_bytes,
             queue_max_bytes: config.players.queue_max_bytes,
             max_lag_ms: config.players.max_lag_ms,
+            unpublish_wait: (config.streams.on_unpublish == OnUnpublish::Wait)
+                .then(|| Duration::from_millis(config.streams.unpublish_wait_timeout_ms)),
+            play_wait: (config.streams.play_unknown == PlayUnknown::Wait)
+                .then(|| Duration::from_millis(config.streams.play_wait_timeout_ms)),
         },
         setup.directory.clone(),
         Rc::new(senders),
@@ -66,6 +70,18 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         glommio::spawn_local(async move {
             while let Some(msg) = rx.next().await {
                 hub.borrow_mut().on_shard_message(msg);
+            }
+        })
+        .detach();
+    }
+
+    // Waits (for a stream to appear or come back) end at their deadlines.
+    {
+        let (hub, stop) = (hub.clone(), setup.stop.clone());
+        glommio::spawn_local(async move {
+            while !stop.load(Ordering::Relaxed) {
+                glommio::timer::sleep(Duration::from_millis(250)).await;
+                hub.borrow_mut().expire(std::time::Instant::now());
             }
         })
         .detach();
