@@ -317,14 +317,6 @@ impl Config {
             ));
         }
         let s = &self.streams;
-        // Keys whose other values the node does not implement yet: refuse
-        // them rather than silently doing something else.
-        if s.duplicate_publish == DuplicatePublish::Takeover {
-            return Err(invalid(
-                "streams.duplicate_publish",
-                "\"takeover\" is not supported yet; use \"reject\"",
-            ));
-        }
         if s.unpublish_wait_timeout_ms == 0 {
             return Err(invalid(
                 "streams.unpublish_wait_timeout_ms",
@@ -525,19 +517,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
-        let err = Config::from_toml(
-            "[streams]\nduplicate_publish = \"takeover\"",
-            Path::new("x.toml"),
-        )
-        .unwrap()
-        .validate()
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("streams.duplicate_publish"),
-            "{err}"
-        );
+        let err = Config::from_toml("[players]\nmax_lag_ms = 0", Path::new("x.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("players.max_lag_ms"), "{err}");
         let c = Config::from_toml(
-            "[streams]\non_unpublish = \"wait\"\nplay_unknown = \"wait\"",
+            "[streams]\non_unpublish = \"wait\"\nplay_unknown = \"wait\"\nduplicate_publish = \"takeover\"",
             Path::new("x.toml"),
         )
         .unwrap();

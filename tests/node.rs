@@ -568,3 +568,54 @@ fn with_unpublish_wait_a_player_resumes_on_the_next_publisher() {
         "then a keyframe"
     );
 }
+
+#[test]
+fn a_second_publisher_takes_a_live_key_over() {
+    use tributary::protocol::client::ClientEvent;
+    use tributary::protocol::media::{classify_video, PacketKind};
+
+    let config = temp_file("takeover.toml");
+    std::fs::write(&config, "[streams]\nduplicate_publish = \"takeover\"\n").unwrap();
+    let node = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+    let url = node.url("takeme");
+    let first = publish(&url, 30);
+    wait_live(&url);
+    let player = LibPlayer::start(node.addr, "takeme");
+    let media = |e: &[ClientEvent]| {
+        e.iter()
+            .filter(|e| matches!(e, ClientEvent::Media(_)))
+            .count()
+    };
+    player.wait_for("media", |e| media(e) > 20);
+    let before = player.events.lock().unwrap().len();
+
+    // The reconnecting encoder: the old one is cut, the player follows.
+    let second = publish(&url, 4);
+    let err = first.wait(Duration::from_secs(20)).unwrap_err();
+    assert!(err.contains("failed"), "{err}");
+    player.wait_for("PublishNotify", |e| {
+        e[before..].iter().any(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Play.PublishNotify"))
+    });
+    player.wait_for("media from the new publisher", |e| media(&e[before..]) > 20);
+    second.wait(Duration::from_secs(30)).unwrap();
+    let events = player.events.lock().unwrap();
+    let notify = before
+        + events[before..]
+            .iter()
+            .position(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Play.PublishNotify"))
+            .unwrap();
+    let video: Vec<_> = events[notify..]
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Media(m) if m.type_id == tributary::protocol::MessageType::VIDEO => {
+                Some(m)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        classify_video(&video[0].payload).unwrap().kind,
+        PacketKind::SequenceHeader
+    );
+    assert!(classify_video(&video[1].payload).unwrap().keyframe);
+}

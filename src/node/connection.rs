@@ -258,7 +258,12 @@ impl ConnState {
                     .map(|c| c.app.clone())
                     .unwrap_or_default();
                 let key = stream_key(&app, &name);
-                if self.publishing.is_some() || !ctx.hub.borrow_mut().publish(&key, self.conn) {
+                if self.publishing.is_some()
+                    || !ctx
+                        .hub
+                        .borrow_mut()
+                        .publish(&key, self.conn, outbox.clone())
+                {
                     session.borrow_mut().reject_publish(
                         stream_id,
                         "NetStream.Publish.BadName",

@@ -7,20 +7,36 @@ use std::sync::Mutex;
 
 use super::StreamKey;
 
+/// What a publish claim got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Registered,
+    /// The key was live on this shard; it is ours now (takeover).
+    TakenFrom(usize),
+    /// The key is live and takeover is off.
+    Refused,
+}
+
 #[derive(Debug, Default)]
 pub struct Directory {
     owners: Mutex<HashMap<StreamKey, usize>>,
 }
 
 impl Directory {
-    /// Claims `key` for `shard`; false if it is live already.
-    pub fn register(&self, key: &StreamKey, shard: usize) -> bool {
+    /// Claims `key` for `shard`, taking it from its owner if `takeover`.
+    pub fn claim(&self, key: &StreamKey, shard: usize, takeover: bool) -> Claim {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        if owners.contains_key(key) {
-            return false;
+        match owners.get(key).copied() {
+            None => {
+                owners.insert(key.clone(), shard);
+                Claim::Registered
+            }
+            Some(old) if takeover => {
+                owners.insert(key.clone(), shard);
+                Claim::TakenFrom(old)
+            }
+            Some(_) => Claim::Refused,
         }
-        owners.insert(key.clone(), shard);
-        true
     }
 
     pub fn unregister(&self, key: &StreamKey, shard: usize) {

@@ -20,7 +20,7 @@ use crate::protocol::server::{
 };
 use crate::protocol::{MessageType, RawMessage};
 
-use super::directory::Directory;
+use super::directory::{Claim, Directory};
 use super::gop::{GopCache, Kind};
 use super::outbox::Outbox;
 use super::stats::ShardStats;
@@ -71,6 +71,8 @@ struct RemoteSubscriber {
 struct Stream {
     /// The publishing connection when this shard owns the stream.
     publisher: Option<u64>,
+    /// Its outbox, so a takeover can close it.
+    publisher_out: Option<Rc<Outbox>>,
     gop: GopCache,
     players: Vec<Player>,
     /// Shards that relay this stream (owner side).
@@ -87,7 +89,13 @@ pub struct HubConfig {
     pub unpublish_wait: Option<Duration>,
     /// `play_unknown = "wait"`: how long a play waits for its stream.
     pub play_wait: Option<Duration>,
+    /// `duplicate_publish = "takeover"`.
+    pub takeover: bool,
 }
+
+/// How long players of a taken-over stream wait for the new publisher when
+/// no unpublish wait is configured.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// A player parked until its stream is published (again).
 struct Waiting {
@@ -138,14 +146,18 @@ impl Hub {
     }
 
     /// Registers a publisher node-wide. False: the key is live elsewhere.
-    pub fn publish(&mut self, key: &StreamKey, conn: u64) -> bool {
-        if !self.directory.register(key, self.shard) {
-            return false;
+    pub fn publish(&mut self, key: &StreamKey, conn: u64, out: Rc<Outbox>) -> bool {
+        match self.directory.claim(key, self.shard, self.config.takeover) {
+            Claim::Refused => return false,
+            Claim::Registered => {}
+            Claim::TakenFrom(shard) if shard == self.shard => self.hand_over(key),
+            Claim::TakenFrom(shard) => self.tell(shard, ShardMsg::TakenOver { key: key.clone() }),
         }
         self.streams.insert(
             key.clone(),
             Stream {
                 publisher: Some(conn),
+                publisher_out: Some(out),
                 gop: GopCache::new(self.config.gop_cache_max_bytes),
                 players: Vec::new(),
                 remote: Vec::new(),
@@ -159,6 +171,33 @@ impl Hub {
         }
         self.wake(key);
         true
+    }
+
+    /// Another publisher took `key` over: close the old publisher, and park
+    /// this shard's players, and tell relaying shards to park theirs, as
+    /// resumed; the new owner's Published wakes them onto the new stream.
+    fn hand_over(&mut self, key: &StreamKey) {
+        let Some(old) = self.streams.remove(key) else {
+            return;
+        };
+        if let Some(out) = &old.publisher_out {
+            out.close();
+        }
+        for sub in &old.remote {
+            self.tell(sub.shard, ShardMsg::Moved { key: key.clone() });
+        }
+        self.park_resumed(key, old.players);
+    }
+
+    /// Parks players that were watching `key` until it is live again.
+    fn park_resumed(&mut self, key: &StreamKey, players: Vec<Player>) {
+        let deadline = Instant::now() + self.config.unpublish_wait.unwrap_or(TAKEOVER_WAIT);
+        let list = self.waiting.entry(key.clone()).or_default();
+        list.extend(players.into_iter().map(|player| Waiting {
+            player,
+            deadline,
+            resumed: true,
+        }));
     }
 
     /// Sends to another shard without waiting; when its inbox is full the
@@ -349,6 +388,7 @@ impl Hub {
             key.clone(),
             Stream {
                 publisher: None,
+                publisher_out: None,
                 gop: GopCache::new(self.config.gop_cache_max_bytes),
                 players: vec![player],
                 remote: Vec::new(),
@@ -444,6 +484,28 @@ impl Hub {
                 });
             }
             ShardMsg::Published { key } => self.wake(&key),
+            ShardMsg::TakenOver { key } => {
+                if self
+                    .streams
+                    .get(&key)
+                    .is_some_and(|s| s.publisher.is_some())
+                {
+                    self.hand_over(&key);
+                }
+                self.wake(&key);
+            }
+            ShardMsg::Moved { key } => {
+                if self
+                    .streams
+                    .get(&key)
+                    .is_some_and(|s| s.publisher.is_none())
+                {
+                    if let Some(relay) = self.streams.remove(&key) {
+                        self.park_resumed(&key, relay.players);
+                    }
+                }
+                self.wake(&key);
+            }
             ShardMsg::Unsubscribe { key, shard } => {
                 if let Some(stream) = self.streams.get_mut(&key) {
                     stream.remote.retain(|s| s.shard != shard);

@@ -58,6 +58,14 @@ pub enum ShardMsg {
     Published {
         key: StreamKey,
     },
+    /// A new publisher on the sending shard took `key` over from this one.
+    TakenOver {
+        key: StreamKey,
+    },
+    /// The stream this shard relays moved to another owner: re-subscribe.
+    Moved {
+        key: StreamKey,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 
-use crate::config::{Config, OnUnpublish, PlayUnknown};
+use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
 
 use super::connection::{serve, ConnectionContext};
@@ -55,6 +55,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             max_lag_ms: config.players.max_lag_ms,
             unpublish_wait: (config.streams.on_unpublish == OnUnpublish::Wait)
                 .then(|| Duration::from_millis(config.streams.unpublish_wait_timeout_ms)),
+            takeover: config.streams.duplicate_publish == DuplicatePublish::Takeover,
             play_wait: (config.streams.play_unknown == PlayUnknown::Wait)
                 .then(|| Duration::from_millis(config.streams.play_wait_timeout_ms)),
         },
