@@ -619,3 +619,53 @@ fn a_second_publisher_takes_a_live_key_over() {
     );
     assert!(classify_video(&video[1].payload).unwrap().keyframe);
 }
+
+fn run_to_exit(shell: &str) -> (i32, String) {
+    let out = Command::new("bash").args(["-c", shell]).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn startup_errors_name_their_cause() {
+    let bin = env!("CARGO_BIN_EXE_tributary");
+    let (code, err) = run_to_exit(&format!(
+        "ulimit -l 64 && exec {bin} --rtmp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0"
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("RLIMIT_MEMLOCK") && err.contains("LimitMEMLOCK"),
+        "{err}"
+    );
+
+    let bad = temp_file("bad.toml");
+    std::fs::write(&bad, "[rtmp]\nchunk_size = 7\n").unwrap();
+    let (code, err) = run_to_exit(&format!("exec {bin} --config {}", bad.display()));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("rtmp.chunk_size"), "{err}");
+
+    let (code, err) = run_to_exit(&format!("exec {bin} --shards two"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--shards"), "{err}");
+
+    let (code, out) = {
+        let o = Command::new(bin).arg("--help").output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, 0);
+    for flag in [
+        "--config",
+        "--rtmp-listen",
+        "--http-listen",
+        "--node-id",
+        "--nats",
+        "--shards",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}");
+    }
+}

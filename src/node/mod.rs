@@ -84,6 +84,9 @@ pub struct Node {
     handles: Option<glommio::PoolThreadHandles<Result<(), String>>>,
 }
 
+/// glommio refuses to start an executor with less locked memory than this.
+const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
+
 /// Raises RLIMIT_MEMLOCK's soft limit to its hard limit: io_uring needs
 /// locked memory, and containers often start with little.
 fn raise_memlock() -> (u64, u64) {
@@ -139,6 +142,13 @@ impl Node {
             config.node.shards
         };
         let (memlock, memlock_max) = raise_memlock();
+        if memlock < GLOMMIO_MIN_MEMLOCK {
+            return Err(NodeError::Start(format!(
+                "RLIMIT_MEMLOCK is {memlock} bytes (hard limit {memlock_max}); io_uring needs at least {GLOMMIO_MIN_MEMLOCK} \
+                 per shard to start. Raise it: systemd LimitMEMLOCK=infinity in the unit, docker --ulimit memlock=-1, \
+                 or ulimit -l unlimited in the shell that starts tributary"
+            )));
+        }
         let (addr, placeholder) = resolve_listen(config.rtmp.listen)?;
         config.rtmp.listen = addr;
         let config = Arc::new(config);
@@ -192,9 +202,20 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(10);
         while listening.load(Ordering::SeqCst) < shards {
             if Instant::now() > deadline {
+                // Stop the shards that did start and report why the others did not.
                 stop.store(true, Ordering::SeqCst);
+                let why: Vec<String> = handles
+                    .join_all()
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Err(e) => Some(e.to_string()),
+                        Ok(Err(e)) => Some(e),
+                        Ok(Ok(())) => None,
+                    })
+                    .collect();
                 return Err(NodeError::Start(format!(
-                    "shards did not start listening on {addr} (RLIMIT_MEMLOCK {memlock} bytes; see the log)"
+                    "not every shard started listening on {addr} (RLIMIT_MEMLOCK {memlock} bytes): {}",
+                    why.join("; ")
                 )));
             }
             std::thread::sleep(Duration::from_millis(5));
