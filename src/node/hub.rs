@@ -153,6 +153,11 @@ impl Hub {
             Claim::TakenFrom(shard) if shard == self.shard => self.hand_over(key),
             Claim::TakenFrom(shard) => self.tell(shard, ShardMsg::TakenOver { key: key.clone() }),
         }
+        // This shard may have been relaying the key to players of its own:
+        // they move to the new local stream (woken below).
+        if let Some(relay) = self.streams.remove(key) {
+            self.park_resumed(key, relay.players);
+        }
         self.streams.insert(
             key.clone(),
             Stream {
