@@ -187,15 +187,33 @@ impl ChunkDecoder {
     pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<RawMessage>, ChunkError> {
         loop {
             if self.pending_len == 0 {
+                // The hot path: payload, and one-byte continuation headers,
+                // straight from the input.
+                if let Some((slot, remaining)) = self.in_chunk {
+                    if input.is_empty() {
+                        return Ok(None);
+                    }
+                    if let Some(m) = self.payload(input, slot, remaining)? {
+                        return Ok(Some(m));
+                    }
+                    continue;
+                }
                 if input.is_empty() {
                     return Ok(None);
                 }
-                match self.step(input)? {
+                if self.continuation(input) {
+                    if let (Some((slot, remaining)), false) = (self.in_chunk, input.is_empty()) {
+                        if let Some(m) = self.payload(input, slot, remaining)? {
+                            return Ok(Some(m));
+                        }
+                    }
+                    continue;
+                }
+                match self.header(input)? {
                     Step::Message(m) => return Ok(Some(m)),
                     Step::Progress => continue,
                     Step::NeedMore => {
-                        // Only a header can be incomplete, and a header is
-                        // shorter than MAX_HEADER_LEN.
+                        // A header is shorter than MAX_HEADER_LEN.
                         self.pending[..input.len()].copy_from_slice(input);
                         self.pending_len = input.len();
                         *input = &[];
@@ -230,26 +248,46 @@ impl ChunkDecoder {
             if input.is_empty() {
                 return Ok(Step::NeedMore);
             }
-            let n = (remaining as usize).min(input.len());
-            let st = &mut self.streams[slot];
-            st.buf.extend_from_slice(&input[..n]);
-            *input = &input[n..];
-            st.received += n as u32;
-            self.bytes_received += n as u64;
-            let remaining = remaining - n as u32;
-            if remaining > 0 {
-                self.in_chunk = Some((slot, remaining));
-                return Ok(Step::Progress);
-            }
-            self.in_chunk = None;
-            if st.received == st.length {
-                return self.complete(slot).map(Step::Message);
-            }
-            return Ok(Step::Progress);
+            return Ok(match self.payload(input, slot, remaining)? {
+                Some(m) => Step::Message(m),
+                None => Step::Progress,
+            });
         }
         if self.continuation(input) {
             return Ok(Step::Progress);
         }
+        self.header(input)
+    }
+
+    /// Copies payload of the current chunk from non-empty `input`; returns
+    /// the message if that completed it.
+    #[inline]
+    fn payload(
+        &mut self,
+        input: &mut &[u8],
+        slot: usize,
+        remaining: u32,
+    ) -> Result<Option<RawMessage>, ChunkError> {
+        let n = (remaining as usize).min(input.len());
+        let st = &mut self.streams[slot];
+        st.buf.extend_from_slice(&input[..n]);
+        *input = &input[n..];
+        st.received += n as u32;
+        self.bytes_received += n as u64;
+        let remaining = remaining - n as u32;
+        if remaining > 0 {
+            self.in_chunk = Some((slot, remaining));
+            return Ok(None);
+        }
+        self.in_chunk = None;
+        if st.received == st.length {
+            return self.complete(slot).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Reads and applies one whole chunk header, if `input` holds it.
+    fn header(&mut self, input: &mut &[u8]) -> Result<Step, ChunkError> {
         let Some(header) = self.parse_header(input) else {
             return Ok(Step::NeedMore);
         };
@@ -264,6 +302,7 @@ impl ChunkDecoder {
     /// Fast path for the commonest chunk: a one-byte type-3 header that
     /// continues the message in progress on the last chunk's stream, with
     /// no extended timestamp to look for.
+    #[inline]
     fn continuation(&mut self, input: &mut &[u8]) -> bool {
         let Some(&b) = input.first() else {
             return false;
