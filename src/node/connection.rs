@@ -40,9 +40,10 @@ pub struct ConnectionContext {
     pub write_timeout: Duration,
 }
 
-/// The stream key a publish or play names: app and stream name, without
-/// the `?query` (where tokens live).
-fn stream_key(app: &str, name: &str) -> StreamKey {
+/// The stream key a publish or play names: the connection's app and the
+/// stream name, without the `?query` (where tokens live).
+fn stream_key(session: &ServerSession, name: &str) -> StreamKey {
+    let app = session.connect_info().map_or("", |c| c.app.as_str());
     let name = name.split('?').next().unwrap_or("");
     StreamKey::from(format!("{app}/{name}"))
 }
@@ -252,12 +253,7 @@ impl ConnState {
             ServerEvent::PublishRequest {
                 stream_id, name, ..
             } => {
-                let app = session
-                    .borrow()
-                    .connect_info()
-                    .map(|c| c.app.clone())
-                    .unwrap_or_default();
-                let key = stream_key(&app, &name);
+                let key = stream_key(&session.borrow(), &name);
                 if self.publishing.is_some()
                     || !ctx
                         .hub
@@ -280,12 +276,7 @@ impl ConnState {
             ServerEvent::PlayRequest {
                 stream_id, name, ..
             } => {
-                let app = session
-                    .borrow()
-                    .connect_info()
-                    .map(|c| c.app.clone())
-                    .unwrap_or_default();
-                let key = stream_key(&app, &name);
+                let key = stream_key(&session.borrow(), &name);
                 let live = ctx.hub.borrow().is_live(&key);
                 let wait = ctx.hub.borrow().play_wait();
                 if !live && wait.is_none() {

@@ -205,6 +205,14 @@ impl Hub {
         }));
     }
 
+    /// Removes and returns this shard's relay of `key` (never an owned stream).
+    fn take_relay(&mut self, key: &StreamKey) -> Option<Stream> {
+        if self.streams.get(key)?.publisher.is_some() {
+            return None;
+        }
+        self.streams.remove(key)
+    }
+
     /// Sends to another shard without waiting; when its inbox is full the
     /// message follows from a task (control messages, not media).
     fn tell(&self, shard: usize, msg: ShardMsg) {
@@ -500,14 +508,8 @@ impl Hub {
                 self.wake(&key);
             }
             ShardMsg::Moved { key } => {
-                if self
-                    .streams
-                    .get(&key)
-                    .is_some_and(|s| s.publisher.is_none())
-                {
-                    if let Some(relay) = self.streams.remove(&key) {
-                        self.park_resumed(&key, relay.players);
-                    }
+                if let Some(relay) = self.take_relay(&key) {
+                    self.park_resumed(&key, relay.players);
                 }
                 self.wake(&key);
             }
@@ -543,14 +545,8 @@ impl Hub {
                 }
             }
             ShardMsg::Ended { key } => {
-                if self
-                    .streams
-                    .get(&key)
-                    .is_some_and(|s| s.publisher.is_none())
-                {
-                    if let Some(stream) = self.streams.remove(&key) {
-                        self.stream_ended(&key, stream.players);
-                    }
+                if let Some(relay) = self.take_relay(&key) {
+                    self.stream_ended(&key, relay.players);
                 }
             }
         }

@@ -740,7 +740,9 @@ impl ServerSession {
     }
 
     /// Writes one media or data message to this peer with a type-0 header
-    /// (see the module docs for the shared, encode-once path).
+    /// (see the module docs for the shared, encode-once path). Use the
+    /// `PLAYER_*_CSID` chunk streams: 2, 3 and 5 carry the session's own
+    /// header-compressed replies, and a message there would corrupt them.
     pub fn send_media(&mut self, message: &RawMessage) {
         encode_message(&mut self.out, self.encoder.chunk_size(), message);
     }
