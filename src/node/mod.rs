@@ -159,7 +159,6 @@ impl Node {
         let stats: Vec<Arc<ShardStats>> = (0..shards)
             .map(|_| Arc::new(ShardStats::default()))
             .collect();
-        let next = Arc::new(AtomicUsize::new(0));
         let io_memory = config.node.io_memory_kib * 1024;
         let setup = {
             let (config, directory, stop, listening, stats) = (
@@ -170,12 +169,11 @@ impl Node {
                 stats.clone(),
             );
             move || {
-                let i = next.fetch_add(1, Ordering::SeqCst);
                 let setup = shard::ShardSetup {
                     config: config.clone(),
                     directory: directory.clone(),
                     mesh: mesh.clone(),
-                    stats: stats[i % stats.len()].clone(),
+                    stats: stats.clone(),
                     stop: stop.clone(),
                     listening: listening.clone(),
                 };

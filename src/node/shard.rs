@@ -25,7 +25,8 @@ pub struct ShardSetup {
     pub config: Arc<Config>,
     pub directory: Arc<Directory>,
     pub mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
-    pub stats: Arc<ShardStats>,
+    /// Every shard's counters; this shard uses the one at its mesh id.
+    pub stats: Vec<Arc<ShardStats>>,
     pub stop: Arc<AtomicBool>,
     /// Set once this shard listens.
     pub listening: Arc<std::sync::atomic::AtomicUsize>,
@@ -38,6 +39,11 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         .await
         .map_err(|_| "joining the shard mesh failed".to_string())?;
     let shard = senders.peer_id();
+    let stats = setup
+        .stats
+        .get(shard)
+        .cloned()
+        .ok_or("more shards than counters")?;
     let config = &setup.config;
     let listener = TcpListener::bind(config.rtmp.listen).map_err(|e| {
         format!(
@@ -61,7 +67,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         },
         setup.directory.clone(),
         Rc::new(senders),
-        setup.stats.clone(),
+        stats.clone(),
     )));
 
     // Messages from other shards, one task per peer.
@@ -91,7 +97,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
     let ctx = Rc::new(ConnectionContext {
         open: RefCell::new(Vec::new()),
         hub: hub.clone(),
-        stats: setup.stats.clone(),
+        stats: stats.clone(),
         session: ServerConfig {
             limits: config.protocol_limits(),
             chunk_size: config.rtmp.chunk_size,
@@ -127,7 +133,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             Ok(p) => p,
             Err(_) => continue,
         };
-        if setup.stats.connections.load(Ordering::Relaxed) >= max_connections {
+        if stats.connections.load(Ordering::Relaxed) >= max_connections {
             tracing::warn!(shard, %peer, "refused: {max_connections} connections on this shard");
             continue;
         }
@@ -143,12 +149,10 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         outbox.close();
     }
     let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-    while setup.stats.connections.load(Ordering::Relaxed) > 0
-        && std::time::Instant::now() < deadline
-    {
+    while stats.connections.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    let left = setup.stats.connections.load(Ordering::Relaxed);
+    let left = stats.connections.load(Ordering::Relaxed);
     if left > 0 {
         tracing::warn!(
             shard,
