@@ -289,7 +289,11 @@ fn sigterm_ends_players_and_exits_promptly() {
     }
     let started = Instant::now();
     let status = node.stop().expect("node stops within 10 s of SIGTERM");
-    assert!(status.success(), "exit status {status}");
+    assert!(
+        status.success(),
+        "exit status {status}\n{}",
+        node.log.lock().unwrap()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "took {:?}",

@@ -81,7 +81,9 @@ pub struct Node {
     pub stats: Vec<Arc<ShardStats>>,
     pub directory: Arc<Directory>,
     stop: Arc<AtomicBool>,
-    handles: Option<glommio::PoolThreadHandles<Result<(), String>>>,
+    drained: Arc<AtomicUsize>,
+    /// Kept, never joined: see `drain`.
+    _handles: glommio::PoolThreadHandles<Result<(), String>>,
 }
 
 /// glommio refuses to start an executor with less locked memory than this.
@@ -156,16 +158,18 @@ impl Node {
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
         let stop = Arc::new(AtomicBool::new(false));
         let listening = Arc::new(AtomicUsize::new(0));
+        let drained = Arc::new(AtomicUsize::new(0));
         let stats: Vec<Arc<ShardStats>> = (0..shards)
             .map(|_| Arc::new(ShardStats::default()))
             .collect();
         let io_memory = config.node.io_memory_kib * 1024;
         let setup = {
-            let (config, directory, stop, listening, stats) = (
+            let (config, directory, stop, listening, drained, stats) = (
                 config.clone(),
                 directory.clone(),
                 stop.clone(),
                 listening.clone(),
+                drained.clone(),
                 stats.clone(),
             );
             move || {
@@ -176,6 +180,7 @@ impl Node {
                     stats: stats.clone(),
                     stop: stop.clone(),
                     listening: listening.clone(),
+                    drained: drained.clone(),
                 };
                 async move {
                     let r = shard::run(setup).await;
@@ -225,24 +230,29 @@ impl Node {
             stats,
             directory,
             stop,
-            handles: Some(handles),
+            drained,
+            _handles: handles,
         })
     }
 
-    /// Stops accepting and waits for the shards' accept loops to end.
+    /// Tells every shard to stop accepting and drain; returns at once.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// Blocks until every shard has ended.
-    pub fn join(mut self) -> Vec<Result<(), String>> {
-        match self.handles.take() {
-            Some(h) => h
-                .join_all()
-                .into_iter()
-                .map(|r| r.map_err(|e| e.to_string()).and_then(|x| x))
-                .collect(),
-            None => Vec::new(),
+    /// Stops accepting and blocks until every shard has drained (its
+    /// connections told, flushed and closed) or `limit` passes. Returns
+    /// whether all drained. The executors are not torn down: the caller
+    /// exits the process next, which is what a stopping node does anyway.
+    pub fn drain(&mut self, limit: Duration) -> bool {
+        self.stop();
+        let deadline = Instant::now() + limit;
+        while self.drained.load(Ordering::SeqCst) < self.shards {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        true
     }
 }

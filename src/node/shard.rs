@@ -30,6 +30,8 @@ pub struct ShardSetup {
     pub stop: Arc<AtomicBool>,
     /// Set once this shard listens.
     pub listening: Arc<std::sync::atomic::AtomicUsize>,
+    /// Counted once this shard has drained at shutdown.
+    pub drained: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub async fn run(setup: ShardSetup) -> Result<(), String> {
@@ -159,6 +161,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             "{left} connections still open after {SHUTDOWN_GRACE:?}; closing them"
         );
     }
+    setup.drained.fetch_add(1, Ordering::SeqCst);
     Ok(())
 }
 
