@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{check_recording, publish, temp_file, wait_live, Proc};
+use common::{check_recording, ffmpeg_player, publish, temp_file, wait_live, Proc};
 
 struct Node {
     child: Child,
@@ -111,28 +111,6 @@ fn get(addr: SocketAddr, path: &str) -> (String, String) {
     )
 }
 
-fn ffmpeg_player(url: &str, file: &std::path::Path, seconds: u32) -> Proc {
-    Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-rw_timeout",
-                "5000000",
-                "-i",
-                url,
-                "-t",
-                &seconds.to_string(),
-                "-c",
-                "copy",
-            ])
-            .arg(file),
-    )
-}
-
 #[test]
 fn ffmpeg_publishes_and_four_ffmpeg_players_on_two_shards_play() {
     let node = Node::start(2);
@@ -142,7 +120,7 @@ fn ffmpeg_publishes_and_four_ffmpeg_players_on_two_shards_play() {
     let players: Vec<_> = (0..4)
         .map(|i| {
             let file = temp_file(&format!("node-ffmpeg-{i}.flv"));
-            (ffmpeg_player(&url, &file, 3), file)
+            (ffmpeg_player(&url, &file, Some(3)), file)
         })
         .collect();
     for (player, file) in players {
@@ -220,7 +198,7 @@ fn duplicate_publish_refused_unknown_play_not_found_garbage_closed() {
     );
     assert_eq!(get(node.http, "/nope").0, "HTTP/1.1 404 Not Found");
 
-    let none = ffmpeg_player(&node.url("nobody"), &temp_file("node-none.flv"), 1);
+    let none = ffmpeg_player(&node.url("nobody"), &temp_file("node-none.flv"), Some(1));
     assert!(
         none.wait(Duration::from_secs(20)).is_err(),
         "playing an unknown key succeeded"
@@ -237,7 +215,7 @@ fn duplicate_publish_refused_unknown_play_not_found_garbage_closed() {
     let mut sink = Vec::new();
     let _ = junk.read_to_end(&mut sink);
     let file = temp_file("node-after-junk.flv");
-    ffmpeg_player(&url, &file, 2)
+    ffmpeg_player(&url, &file, Some(2))
         .wait(Duration::from_secs(30))
         .unwrap();
     check_recording(&file, 25);
@@ -264,23 +242,7 @@ fn sigterm_ends_players_and_exits_promptly() {
     wait_live(&url);
     let file = temp_file("node-shutdown.flv");
     // No duration: this player ends only when the node ends the stream.
-    let player = Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-rw_timeout",
-                "5000000",
-                "-i",
-                &url,
-                "-c",
-                "copy",
-            ])
-            .arg(&file),
-    );
+    let player = ffmpeg_player(&url, &file, None);
     // Wait until this player is receiving (its recording grows).
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) < 50_000 {
@@ -438,7 +400,7 @@ fn players_waiting_for_a_key_start_when_it_is_published() {
     let players: Vec<_> = (0..3)
         .map(|i| {
             let file = temp_file(&format!("node-wait-{i}.flv"));
-            (ffmpeg_player(&url, &file, 3), file)
+            (ffmpeg_player(&url, &file, Some(3)), file)
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 
 mod common;
-use common::{check_recording, publish, temp_file, wait_live, Proc};
+use common::{check_recording, ffmpeg_player, publish, temp_file, wait_live, Proc};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -230,25 +230,7 @@ fn ffmpeg_publishes_and_ffmpeg_plays_mid_stream() {
     let publisher = publish(&url, 8);
     wait_live(&url);
     let file = temp_file("ffmpeg.flv");
-    let player = Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-rw_timeout",
-                "5000000",
-                "-i",
-                &url,
-                "-t",
-                "3",
-                "-c",
-                "copy",
-            ])
-            .arg(&file),
-    );
+    let player = ffmpeg_player(&url, &file, Some(3));
     player.wait(Duration::from_secs(30)).unwrap();
     check_recording(&file, 50);
     publisher.wait(Duration::from_secs(30)).unwrap();
@@ -322,25 +304,7 @@ fn ffmpeg_playing_an_unknown_stream_fails_cleanly() {
     let addr = start_server();
     let url = format!("rtmp://{addr}/live/nobody");
     let file = temp_file("none.flv");
-    let player = Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg")
-            .args([
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-rw_timeout",
-                "5000000",
-                "-i",
-                &url,
-                "-t",
-                "1",
-                "-c",
-                "copy",
-            ])
-            .arg(&file),
-    );
+    let player = ffmpeg_player(&url, &file, Some(1));
     let err = player.wait(Duration::from_secs(20)).unwrap_err();
     assert!(err.contains("failed"), "{err}");
 }

@@ -203,3 +203,24 @@ pub fn check_recording(file: &Path, min_frames: usize) {
     assert!(p.first_video_key, "first video frame is not a keyframe");
     assert!(p.monotonic, "video timestamps go backwards");
 }
+
+/// ffmpeg playing `url` into `file` (stream copy) for `seconds`, or until
+/// the server ends the stream.
+pub fn ffmpeg_player(url: &str, file: &Path, seconds: Option<u32>) -> Proc {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-rw_timeout",
+        "5000000",
+        "-i",
+        url,
+    ]);
+    if let Some(s) = seconds {
+        cmd.args(["-t", &s.to_string()]);
+    }
+    cmd.args(["-c", "copy"]).arg(file);
+    Proc::spawn("ffmpeg", &mut cmd)
+}
