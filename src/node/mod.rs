@@ -205,20 +205,11 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(10);
         while listening.load(Ordering::SeqCst) < shards {
             if Instant::now() > deadline {
-                // Stop the shards that did start and report why the others did not.
+                // Shards that did start drain and park; the caller exits.
+                // Each failed shard has logged its own error.
                 stop.store(true, Ordering::SeqCst);
-                let why: Vec<String> = handles
-                    .join_all()
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        Err(e) => Some(e.to_string()),
-                        Ok(Err(e)) => Some(e),
-                        Ok(Ok(())) => None,
-                    })
-                    .collect();
                 return Err(NodeError::Start(format!(
-                    "not every shard started listening on {addr} (RLIMIT_MEMLOCK {memlock} bytes): {}",
-                    why.join("; ")
+                    "not every shard started listening on {addr} (RLIMIT_MEMLOCK {memlock} bytes); see the log"
                 )));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -242,8 +233,9 @@ impl Node {
 
     /// Stops accepting and blocks until every shard has drained (its
     /// connections told, flushed and closed) or `limit` passes. Returns
-    /// whether all drained. The executors are not torn down: the caller
-    /// exits the process next, which is what a stopping node does anyway.
+    /// whether all drained. Drained shards park rather than tear their
+    /// executors down (in-flight io_uring operations and executor teardown
+    /// do not mix); the caller exits the process next.
     pub fn drain(&mut self, limit: Duration) -> bool {
         self.stop();
         let deadline = Instant::now() + limit;

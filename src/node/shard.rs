@@ -162,6 +162,10 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         );
     }
     setup.drained.fetch_add(1, Ordering::SeqCst);
+    // Never return: tearing the executor down with io_uring operations in
+    // flight (mesh receivers, timers) corrupted the heap at thread exit. The
+    // process exits from main once every shard has drained.
+    std::future::pending::<()>().await;
     Ok(())
 }
 
