@@ -1,8 +1,9 @@
 //! The HTTP admin plane, on the control-plane thread (a tokio
 //! current-thread runtime, the only place tokio runs): `/metrics`
 //! (Prometheus text, per shard), `/healthz`, `/readyz`, `/api/node` and
-//! `/api/streams` (JSON). It reads the shards' counters and the stream
-//! directory; it is never on the media path. GET only, one request per
+//! `/api/streams` (JSON; `?scope=cluster` asks the cluster registry). It
+//! reads the shards' counters, the stream directory and the cluster
+//! counters; it is never on the media path. GET only, one request per
 //! connection, bounded request size and time.
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cluster::{ClusterHandle, ClusterStats};
 use crate::node::{Directory, ShardStats, ERROR_KINDS};
 
 /// What the admin plane reports on.
@@ -23,6 +25,7 @@ pub struct AdminState {
     pub directory: Arc<Directory>,
     pub ready: Arc<AtomicBool>,
     pub started: Instant,
+    pub cluster: Option<ClusterHandle>,
 }
 
 const MAX_REQUEST: usize = 8 * 1024;
@@ -111,7 +114,8 @@ async fn handle(
         )
         .await;
     }
-    match path.split('?').next().unwrap_or("") {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    match path {
         "/healthz" => respond(&mut socket, "200 OK", "text/plain", b"ok\n").await,
         "/readyz" => {
             if state.ready.load(Ordering::Relaxed) {
@@ -139,6 +143,7 @@ async fn handle(
                 "shards": state.shards.len(),
                 "uptime_seconds": state.started.elapsed().as_secs(),
                 "ready": state.ready.load(Ordering::Relaxed),
+                "cluster": state.cluster.is_some(),
                 "connections": sum(|s| ShardStats::get(&s.connections)),
                 "publishers": sum(|s| ShardStats::get(&s.publishers)),
                 "players": sum(|s| ShardStats::get(&s.players)),
@@ -151,17 +156,63 @@ async fn handle(
             )
             .await
         }
+        "/api/streams" if query.split('&').any(|q| q == "scope=cluster") => {
+            let Some(cluster) = &state.cluster else {
+                return respond(
+                    &mut socket,
+                    "400 Bad Request",
+                    "text/plain",
+                    b"this node is not in a cluster (cluster.nats is empty)\n",
+                )
+                .await;
+            };
+            match cluster.list().await {
+                Ok(list) => {
+                    let streams: Vec<_> = list
+                        .into_iter()
+                        .map(|(key, reg)| {
+                            let (app, name) = key.split_once('/').unwrap_or(("", &key));
+                            serde_json::json!({
+                                "app": app, "name": name, "node": reg.node,
+                                "shard": reg.shard, "started_ms": reg.started_ms,
+                            })
+                        })
+                        .collect();
+                    let body = serde_json::json!({ "scope": "cluster", "streams": streams });
+                    respond(
+                        &mut socket,
+                        "200 OK",
+                        "application/json",
+                        body.to_string().as_bytes(),
+                    )
+                    .await
+                }
+                Err(e) => {
+                    let body = serde_json::json!({ "error": e });
+                    respond(
+                        &mut socket,
+                        "503 Service Unavailable",
+                        "application/json",
+                        body.to_string().as_bytes(),
+                    )
+                    .await
+                }
+            }
+        }
         "/api/streams" => {
             let streams: Vec<_> = state
                 .directory
                 .snapshot()
                 .into_iter()
-                .map(|(key, shard)| {
+                .map(|(key, shard, relayed)| {
                     let (app, name) = key.split_once('/').unwrap_or(("", &key));
-                    serde_json::json!({ "app": app, "name": name, "node": state.node_id, "shard": shard })
+                    serde_json::json!({
+                        "app": app, "name": name, "node": state.node_id,
+                        "shard": shard, "relayed": relayed,
+                    })
                 })
                 .collect();
-            let body = serde_json::json!({ "streams": streams });
+            let body = serde_json::json!({ "scope": "node", "streams": streams });
             respond(
                 &mut socket,
                 "200 OK",
@@ -199,7 +250,12 @@ struct Metrics {
     counters: Vec<(IntCounterVec, Read)>,
     dropped: IntCounterVec,
     errors: IntCounterVec,
+    cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
+    cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
 }
+
+/// Reads one cluster counter.
+type ClusterRead = fn(&ClusterStats) -> u64;
 
 impl Metrics {
     fn new() -> prometheus::Result<Self> {
@@ -281,12 +337,108 @@ impl Metrics {
             "Connections closed for a protocol error, by kind",
             &["shard", "kind"],
         )?;
+        let mut cluster_gauges = Vec::new();
+        for (name, help, read) in [
+            (
+                "tributary_nats_connected",
+                "1 while connected to a NATS server",
+                (|c| ClusterStats::get(&c.connected)) as ClusterRead,
+            ),
+            (
+                "tributary_relayed_streams",
+                "Streams relayed here from other nodes",
+                |c| ClusterStats::get(&c.relayed_streams),
+            ),
+            (
+                "tributary_exported_streams",
+                "Streams of this node that other nodes relay",
+                |c| ClusterStats::get(&c.exported_streams),
+            ),
+            (
+                "tributary_snapshot_max_microseconds",
+                "Longest snapshot fetch from another node",
+                |c| ClusterStats::get(&c.snapshot_max_micros),
+            ),
+        ] {
+            let g = prometheus::IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            cluster_gauges.push((g, read));
+        }
+        let mut cluster_counters = Vec::new();
+        for (name, help, read) in [
+            (
+                "tributary_nats_connects_total",
+                "Connections made to a NATS server",
+                (|c| ClusterStats::get(&c.reconnects)) as ClusterRead,
+            ),
+            (
+                "tributary_nats_bytes_out_total",
+                "Media bytes published to NATS",
+                |c| ClusterStats::get(&c.nats_bytes_out),
+            ),
+            (
+                "tributary_nats_messages_out_total",
+                "Media frames published to NATS",
+                |c| ClusterStats::get(&c.nats_messages_out),
+            ),
+            (
+                "tributary_nats_bytes_in_total",
+                "Media bytes received from NATS",
+                |c| ClusterStats::get(&c.nats_bytes_in),
+            ),
+            (
+                "tributary_nats_messages_in_total",
+                "Media frames received from NATS",
+                |c| ClusterStats::get(&c.nats_messages_in),
+            ),
+            (
+                "tributary_relay_gaps_total",
+                "Gaps in relayed streams (resumed at the next keyframe)",
+                |c| ClusterStats::get(&c.relay_gaps),
+            ),
+            (
+                "tributary_export_drops_total",
+                "Messages not exported: the control queue was full",
+                |c| ClusterStats::get(&c.export_drops),
+            ),
+            (
+                "tributary_registry_operations_total",
+                "Registry (JetStream KV) operations",
+                |c| ClusterStats::get(&c.registry_ops),
+            ),
+            (
+                "tributary_registry_errors_total",
+                "Registry operations that failed",
+                |c| ClusterStats::get(&c.registry_errors),
+            ),
+            (
+                "tributary_registry_conflicts_total",
+                "Publishes refused, taken over or fenced for another node's entry",
+                |c| ClusterStats::get(&c.registry_conflicts),
+            ),
+            (
+                "tributary_snapshots_total",
+                "Snapshots fetched from other nodes",
+                |c| ClusterStats::get(&c.snapshots),
+            ),
+            (
+                "tributary_snapshot_microseconds_total",
+                "Time spent fetching snapshots",
+                |c| ClusterStats::get(&c.snapshot_micros),
+            ),
+        ] {
+            let c = prometheus::IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            cluster_counters.push((c, read));
+        }
         Ok(Self {
             registry,
             gauges,
             counters,
             dropped,
             errors,
+            cluster_gauges,
+            cluster_counters,
         })
     }
 
@@ -320,6 +472,15 @@ impl Metrics {
                     &[&shard, kind],
                     ShardStats::get(&s.protocol_errors[k]),
                 );
+            }
+        }
+        if let Some(cluster) = &state.cluster {
+            for (g, read) in &self.cluster_gauges {
+                g.set(read(&cluster.stats) as i64);
+            }
+            for (c, read) in &self.cluster_counters {
+                c.reset();
+                c.inc_by(read(&cluster.stats));
             }
         }
         let mut out = Vec::new();

@@ -156,11 +156,43 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// NATS servers; empty = standalone node.
     pub nats: Vec<String>,
+    /// NATS credentials: user and password, a token, an nkey seed, or a
+    /// creds file (JWT + nkey); empty = none.
+    pub user: String,
+    pub password: String,
+    pub token: String,
+    pub nkey_seed: String,
+    pub creds_file: String,
+    /// A CA bundle (PEM) to verify the NATS servers' certificates.
+    pub tls_ca_file: String,
+    pub require_tls: bool,
+    /// A dead node's registry entries expire after this; owners refresh
+    /// theirs every third of it.
+    pub registry_ttl_ms: u64,
+    /// JetStream replicas of the registry buckets (3 on a 3-server NATS cluster).
+    pub kv_replicas: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            nats: Vec::new(),
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            nkey_seed: String::new(),
+            creds_file: String::new(),
+            tls_ca_file: String::new(),
+            require_tls: false,
+            registry_ttl_ms: 6_000,
+            kv_replicas: 1,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -256,6 +288,18 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
+    /// This node's name: `node.id`, or the host name when that is empty.
+    pub fn node_id(&self) -> String {
+        if !self.node.id.is_empty() {
+            return self.node.id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "tributary".into())
+    }
+
     /// The protocol limits as the protocol core takes them.
     pub fn protocol_limits(&self) -> Limits {
         Limits {
@@ -347,6 +391,15 @@ impl Config {
         }
         if self.node.io_memory_kib < 64 {
             return Err(invalid("node.io_memory_kib", "must be at least 64"));
+        }
+        if !(1_500..=600_000).contains(&self.cluster.registry_ttl_ms) {
+            return Err(invalid("cluster.registry_ttl_ms", "must be 1500..=600000"));
+        }
+        if !(1..=5).contains(&self.cluster.kv_replicas) {
+            return Err(invalid("cluster.kv_replicas", "must be 1..=5"));
+        }
+        if !self.cluster.password.is_empty() && self.cluster.user.is_empty() {
+            return Err(invalid("cluster.password", "set cluster.user as well"));
         }
         for url in &self.cluster.nats {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {

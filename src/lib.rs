@@ -10,9 +10,12 @@
 //! - A stream is owned by its publisher's shard; other shards subscribe once
 //!   per stream and fan out locally. Media is `bytes::Bytes`, shared by
 //!   reference count, never copied per player, never behind a lock.
-//! - The control plane (one tokio thread) speaks NATS and serves HTTP admin.
+//! - [`cluster`]: with NATS configured, one control thread (tokio) keeps the
+//!   cluster-wide stream registry and relays media between nodes; shards
+//!   reach it through bounded channels only. HTTP admin is [`admin`].
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod node;
 pub mod protocol;

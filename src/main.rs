@@ -47,7 +47,6 @@ fn main() -> ExitCode {
     // inherits the mask and only `sigwait` below receives them.
     let signals = stop_signals();
     let http_listen = config.http.listen;
-    let config_node_id = config.node.id.clone();
     let node = match Node::start(config) {
         Ok(n) => n,
         Err(e) => {
@@ -58,18 +57,14 @@ fn main() -> ExitCode {
     };
     tracing::info!(shards = node.shards, "rtmp listening on {}", node.rtmp_addr);
     let ready = Arc::new(AtomicBool::new(true));
-    let node_id = if config_node_id.is_empty() {
-        hostname()
-    } else {
-        config_node_id
-    };
     let admin = AdminState {
-        node_id,
+        node_id: node.node_id.clone(),
         rtmp_addr: node.rtmp_addr,
         shards: node.stats.clone(),
         directory: node.directory.clone(),
         ready: ready.clone(),
         started: Instant::now(),
+        cluster: node.cluster.clone(),
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),
@@ -114,10 +109,4 @@ fn wait_for(set: &libc::sigset_t) -> i32 {
         libc::sigwait(set, &mut sig);
     }
     sig
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "tributary".into())
 }

@@ -2,114 +2,16 @@
 //! ffmpeg, rtmpdump and GStreamer play from a two-shard node, so players
 //! land on both shards and streams are relayed across the shard mesh.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{check_recording, ffmpeg_player, publish, temp_file, wait_live, Proc};
-
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-    http: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Node {
-    fn start(shards: usize) -> Node {
-        Self::start_with(shards, &[])
-    }
-
-    fn start_with(shards: usize, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args([
-                "--rtmp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--shards",
-                &shards.to_string(),
-            ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tributary");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for prefix in ["rtmp listening on ", "http listening on "] {
-                    if let Some(addr) = line.split(prefix).nth(1) {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
-                    }
-                }
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let next = || {
-            rx.recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()))
-                .parse()
-                .unwrap()
-        };
-        let (addr, http) = (next(), next());
-        Node {
-            child,
-            addr,
-            http,
-            log,
-        }
-    }
-
-    fn url(&self, key: &str) -> String {
-        format!("rtmp://{}/live/{key}", self.addr)
-    }
-
-    /// SIGTERM, then wait with a deadline; returns the exit status.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        // SAFETY: kill() on our own child's PID.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A plain HTTP GET against the admin server: (status line, body).
-fn get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
-}
+use common::{
+    check_recording, ffmpeg_player, get, publish, temp_file, wait_live, LibPlayer, Node, Proc,
+};
 
 #[test]
 fn ffmpeg_publishes_and_four_ffmpeg_players_on_two_shards_play() {
@@ -414,64 +316,6 @@ fn players_waiting_for_a_key_start_when_it_is_published() {
         check_recording(&file, 50);
     }
     publisher.wait(Duration::from_secs(40)).unwrap();
-}
-
-/// A library RTMP player on its own thread, recording every event.
-struct LibPlayer {
-    events: Arc<Mutex<Vec<tributary::protocol::client::ClientEvent>>>,
-}
-
-impl LibPlayer {
-    fn start(addr: SocketAddr, key: &str) -> LibPlayer {
-        use tributary::protocol::client::{ClientConfig, ClientSession, Role};
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let tc_url = format!("rtmp://{addr}/live");
-        let mut client =
-            ClientSession::new(ClientConfig::new(Role::Play, &tc_url, "live", key), 0, 3);
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut out = bytes::BytesMut::new();
-            loop {
-                out.clear();
-                client.poll_transmit(&mut out);
-                if stream.write_all(&out).is_err() {
-                    return;
-                }
-                let n = match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let mut rest = &buf[..n];
-                while !rest.is_empty() {
-                    let Ok(used) = client.handle_input(rest) else {
-                        return;
-                    };
-                    rest = &rest[used..];
-                    while let Some(e) = client.poll_event() {
-                        sink.lock().unwrap().push(e);
-                    }
-                }
-            }
-        });
-        LibPlayer { events }
-    }
-
-    fn wait_for(
-        &self,
-        what: &str,
-        f: impl Fn(&[tributary::protocol::client::ClientEvent]) -> bool,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !f(&self.events.lock().unwrap()) {
-            assert!(Instant::now() < deadline, "never saw {what}");
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 #[test]

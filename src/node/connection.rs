@@ -15,10 +15,11 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
 use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
 
-use super::hub::{Hub, PlayOutcome, Player};
+use super::hub::{Hub, PlayOutcome, Player, RELAY_START_WAIT};
 use super::outbox::Outbox;
 use super::stats::ShardStats;
 use super::StreamKey;
@@ -32,6 +33,9 @@ pub struct ConnectionContext {
     pub open: RefCell<Vec<std::rc::Weak<Outbox>>>,
     pub hub: Rc<RefCell<Hub>>,
     pub stats: Arc<ShardStats>,
+    pub shard: usize,
+    /// Set when the node is in a cluster: publish claims and remote plays.
+    pub cluster: Option<ClusterHandle>,
     pub session: ServerConfig,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -107,7 +111,7 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
             Wake::Read(Ok(n)) => {
                 last_read = Instant::now();
                 ctx.stats.add_in(n as u64);
-                if let Err(e) = state.on_input(&buf[..n], &session, &outbox, &ctx) {
+                if let Err(e) = state.on_input(&buf[..n], &session, &outbox, &ctx).await {
                     ctx.stats.add_protocol_error(error_kind(&e));
                     break Some(e.to_string());
                 }
@@ -201,7 +205,7 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn on_input(
+    async fn on_input(
         &mut self,
         mut input: &[u8],
         session: &Rc<RefCell<ServerSession>>,
@@ -223,7 +227,7 @@ impl ConnState {
             input = &input[used..];
             let mut events = std::mem::take(&mut self.events);
             for event in events.drain(..) {
-                self.on_event(event, session, outbox, ctx);
+                self.on_event(event, session, outbox, ctx).await;
             }
             self.events = events;
             let mut out = BytesMut::new();
@@ -241,7 +245,7 @@ impl ConnState {
         Ok(())
     }
 
-    fn on_event(
+    async fn on_event(
         &mut self,
         event: ServerEvent,
         session: &Rc<RefCell<ServerSession>>,
@@ -254,19 +258,40 @@ impl ConnState {
                 stream_id, name, ..
             } => {
                 let key = stream_key(&session.borrow(), &name);
-                if self.publishing.is_some()
-                    || !ctx
-                        .hub
-                        .borrow_mut()
-                        .publish(&key, self.conn, outbox.clone())
-                {
+                let refuse = |where_: &str| {
                     session.borrow_mut().reject_publish(
                         stream_id,
                         "NetStream.Publish.BadName",
-                        "stream key is already being published",
+                        &format!("stream key is already being published{where_}"),
                     );
-                    tracing::info!(conn = self.conn, stream = %redact(&key), "publish refused: key in use");
-                    return;
+                    tracing::info!(conn = self.conn, stream = %redact(&key), "publish refused: key in use{where_}");
+                };
+                if self.publishing.is_some() {
+                    return refuse("");
+                }
+                if let Some(cluster) = &ctx.cluster {
+                    // The registry first: a key is live on one node only.
+                    let takeover = ctx.hub.borrow().takeover();
+                    match cluster.claim(&key, ctx.shard, takeover).await {
+                        ClaimResult::Refused(node) if !node.is_empty() => {
+                            return refuse(&format!(" on node {node}"));
+                        }
+                        ClaimResult::Refused(_) => return refuse(" in the cluster"),
+                        ClaimResult::Registered | ClaimResult::Unavailable => {}
+                    }
+                }
+                if !ctx
+                    .hub
+                    .borrow_mut()
+                    .publish(&key, self.conn, outbox.clone())
+                {
+                    if let Some(cluster) = &ctx.cluster {
+                        cluster.tell(Request::Unregister {
+                            key: key.clone(),
+                            shard: ctx.shard,
+                        });
+                    }
+                    return refuse("");
                 }
                 session.borrow_mut().accept_publish(stream_id);
                 ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
@@ -277,9 +302,15 @@ impl ConnState {
                 stream_id, name, ..
             } => {
                 let key = stream_key(&session.borrow(), &name);
-                let live = ctx.hub.borrow().is_live(&key);
+                let mut live = ctx.hub.borrow().is_live(&key);
                 let wait = ctx.hub.borrow().play_wait();
-                if !live && wait.is_none() {
+                // Not on this node: maybe on another node of the cluster.
+                let mut remote = false;
+                if let (false, Some(cluster)) = (live, &ctx.cluster) {
+                    remote = matches!(cluster.locate(&key).await, Located::Remote(_));
+                    live = ctx.hub.borrow().is_live(&key);
+                }
+                if !live && !remote && wait.is_none() {
                     session.borrow_mut().reject_play(
                         stream_id,
                         "NetStream.Play.StreamNotFound",
@@ -294,8 +325,13 @@ impl ConnState {
                 session.borrow_mut().poll_transmit(&mut out);
                 outbox.push(out.freeze());
                 let player = Player::new(self.conn, stream_id, outbox.clone(), session.clone());
-                if let (false, Some(wait)) = (live, wait) {
-                    // Play.Start now; media once the key is published.
+                if !live {
+                    // Play.Start now; media once the key is published here
+                    // or its relay from another node starts.
+                    let wait = match (remote, wait) {
+                        (true, w) => w.unwrap_or(RELAY_START_WAIT).max(RELAY_START_WAIT),
+                        (false, w) => w.unwrap_or(RELAY_START_WAIT),
+                    };
                     ctx.hub.borrow_mut().park(&key, player, wait);
                     ctx.stats.players.fetch_add(1, Ordering::Relaxed);
                     self.playing.push((key, stream_id));

@@ -17,31 +17,60 @@ pub enum Claim {
     Refused,
 }
 
+/// Who has a key on this node: the shard, and whether that shard relays
+/// it from another node of the cluster rather than having its publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    shard: usize,
+    relayed: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Directory {
-    owners: Mutex<HashMap<StreamKey, usize>>,
+    owners: Mutex<HashMap<StreamKey, Owner>>,
 }
 
 impl Directory {
     /// Claims `key` for `shard`, taking it from its owner if `takeover`.
     pub fn claim(&self, key: &StreamKey, shard: usize, takeover: bool) -> Claim {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let owner = Owner {
+            shard,
+            relayed: false,
+        };
         match owners.get(key).copied() {
             None => {
-                owners.insert(key.clone(), shard);
+                owners.insert(key.clone(), owner);
                 Claim::Registered
             }
-            Some(old) if takeover => {
-                owners.insert(key.clone(), shard);
-                Claim::TakenFrom(old)
+            Some(old) if takeover || old.relayed => {
+                owners.insert(key.clone(), owner);
+                Claim::TakenFrom(old.shard)
             }
             Some(_) => Claim::Refused,
         }
     }
 
+    /// Registers `shard` as relaying `key` from another node, if no shard
+    /// has the key yet.
+    pub fn claim_relay(&self, key: &StreamKey, shard: usize) -> bool {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners.contains_key(key) {
+            return false;
+        }
+        owners.insert(
+            key.clone(),
+            Owner {
+                shard,
+                relayed: true,
+            },
+        );
+        true
+    }
+
     pub fn unregister(&self, key: &StreamKey, shard: usize) {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        if owners.get(key) == Some(&shard) {
+        if owners.get(key).is_some_and(|o| o.shard == shard) {
             owners.remove(key);
         }
     }
@@ -51,13 +80,17 @@ impl Directory {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
-            .copied()
+            .map(|o| o.shard)
     }
 
-    /// Every live stream and its owner shard.
-    pub fn snapshot(&self) -> Vec<(StreamKey, usize)> {
+    /// Every live stream: its owner shard, and whether it is relayed from
+    /// another node.
+    pub fn snapshot(&self) -> Vec<(StreamKey, usize, bool)> {
         let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = owners.iter().map(|(k, s)| (k.clone(), *s)).collect();
+        let mut v: Vec<_> = owners
+            .iter()
+            .map(|(k, o)| (k.clone(), o.shard, o.relayed))
+            .collect();
         v.sort();
         v
     }

@@ -1,6 +1,7 @@
 //! One shard's stream hub: the streams this shard owns (their publisher is
-//! here), the streams it relays from other shards for local players, and the
-//! fan-out to local players. Shard-local (`Rc`/`RefCell`), never shared; other
+//! here, or it relays them from another node of the cluster), the streams it
+//! relays from other shards for local players, and the fan-out to local
+//! players. Shard-local (`Rc`/`RefCell`), never shared; other
 //! shards are reached only by messages over the bounded mesh. Each message is
 //! encoded once per (stream id, chunk size) and the same `Bytes` queued to
 //! every player.
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
 
+use crate::cluster::{ClusterHandle, Request, ShardCommand};
 use crate::protocol::chunk::encode_message;
 use crate::protocol::server::{
     ServerSession, PLAYER_AUDIO_CSID, PLAYER_DATA_CSID, PLAYER_VIDEO_CSID,
@@ -68,8 +70,20 @@ struct RemoteSubscriber {
     waiting_key: bool,
 }
 
+/// The "publisher" of a stream this shard relays from another node.
+pub const RELAY_CONN: u64 = u64::MAX;
+
+/// A relay from another node that nobody watches is kept this long (a
+/// player reconnecting, other shards subscribing) before it is released.
+const RELAY_IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a play of a stream found on another node waits for the relay
+/// to start, when `play_unknown` does not say to wait longer.
+pub const RELAY_START_WAIT: Duration = Duration::from_secs(5);
+
 struct Stream {
-    /// The publishing connection when this shard owns the stream.
+    /// The publishing connection when this shard owns the stream
+    /// ([`RELAY_CONN`] when it relays it from another node).
     publisher: Option<u64>,
     /// Its outbox, so a takeover can close it.
     publisher_out: Option<Rc<Outbox>>,
@@ -77,6 +91,36 @@ struct Stream {
     players: Vec<Player>,
     /// Shards that relay this stream (owner side).
     remote: Vec<RemoteSubscriber>,
+    /// Messages from the publisher so far: the sequence other nodes splice by.
+    seq: u64,
+    /// Some node of the cluster is attached: messages go to the control thread.
+    export: bool,
+    /// A node relay with nobody watching since then.
+    idle_since: Option<Instant>,
+}
+
+impl Stream {
+    fn new(publisher: Option<u64>, publisher_out: Option<Rc<Outbox>>, gop_max: usize) -> Self {
+        Self {
+            publisher,
+            publisher_out,
+            gop: GopCache::new(gop_max),
+            players: Vec::new(),
+            remote: Vec::new(),
+            seq: 0,
+            export: false,
+            idle_since: None,
+        }
+    }
+
+    fn is_node_relay(&self) -> bool {
+        self.publisher == Some(RELAY_CONN)
+    }
+
+    /// Its publisher is a connection on this shard.
+    fn is_local(&self) -> bool {
+        self.publisher.is_some_and(|c| c != RELAY_CONN)
+    }
 }
 
 /// Settings the hub applies.
@@ -123,6 +167,7 @@ pub struct Hub {
     pub stats: Arc<ShardStats>,
     /// Encoded bytes per (stream id, chunk size) for the message in flight.
     memo: Vec<((u32, u32), Bytes)>,
+    cluster: Option<ClusterHandle>,
 }
 
 impl Hub {
@@ -132,6 +177,7 @@ impl Hub {
         directory: Arc<Directory>,
         mesh: Rc<Senders<ShardMsg>>,
         stats: Arc<ShardStats>,
+        cluster: Option<ClusterHandle>,
     ) -> Self {
         Self {
             shard,
@@ -142,6 +188,22 @@ impl Hub {
             waiting: HashMap::new(),
             stats,
             memo: Vec::with_capacity(2),
+            cluster,
+        }
+    }
+
+    pub fn takeover(&self) -> bool {
+        self.config.takeover
+    }
+
+    /// Asks the cluster to relay `key` here as soon as any node has it.
+    fn want(&self, key: &StreamKey, until: Instant) {
+        if let Some(c) = &self.cluster {
+            c.tell(Request::Want {
+                key: key.clone(),
+                shard: self.shard,
+                until,
+            });
         }
     }
 
@@ -160,13 +222,7 @@ impl Hub {
         }
         self.streams.insert(
             key.clone(),
-            Stream {
-                publisher: Some(conn),
-                publisher_out: Some(out),
-                gop: GopCache::new(self.config.gop_cache_max_bytes),
-                players: Vec::new(),
-                remote: Vec::new(),
-            },
+            Stream::new(Some(conn), Some(out), self.config.gop_cache_max_bytes),
         );
         // Shards with players waiting for this key attach them now.
         for shard in 0..self.mesh.nr_consumers() {
@@ -188,6 +244,11 @@ impl Hub {
         if let Some(out) = &old.publisher_out {
             out.close();
         }
+        if old.is_node_relay() {
+            if let Some(c) = &self.cluster {
+                c.tell(Request::Release { key: key.clone() });
+            }
+        }
         for sub in &old.remote {
             self.tell(sub.shard, ShardMsg::Moved { key: key.clone() });
         }
@@ -197,6 +258,9 @@ impl Hub {
     /// Parks players that were watching `key` until it is live again.
     fn park_resumed(&mut self, key: &StreamKey, players: Vec<Player>) {
         let deadline = Instant::now() + self.config.unpublish_wait.unwrap_or(TAKEOVER_WAIT);
+        if !players.is_empty() {
+            self.want(key, deadline);
+        }
         let list = self.waiting.entry(key.clone()).or_default();
         list.extend(players.into_iter().map(|player| Waiting {
             player,
@@ -230,17 +294,28 @@ impl Hub {
         self.config.play_wait
     }
 
-    /// Parks a player until `key` is published, up to `play_wait`.
-    pub fn park(&mut self, key: &StreamKey, player: Player, wait: Duration) {
+    /// Parks a player until `key` is published (here or, in a cluster, on
+    /// any node), up to `wait`; attaches it at once if it already is.
+    pub fn park(&mut self, key: &StreamKey, player: Player, wait: Duration) -> PlayOutcome {
+        if self.is_live(key) {
+            return self.play(key, player);
+        }
+        let deadline = Instant::now() + wait;
+        self.want(key, deadline);
         self.waiting.entry(key.clone()).or_default().push(Waiting {
             player,
-            deadline: Instant::now() + wait,
+            deadline,
             resumed: false,
         });
+        PlayOutcome::Subscribing
     }
 
     /// `key` is live (here or on another shard): attach its waiting players.
+    /// While it is not, they stay parked until their deadlines.
     fn wake(&mut self, key: &StreamKey) {
+        if !self.is_live(key) {
+            return;
+        }
         let Some(waiting) = self.waiting.remove(key) else {
             return;
         };
@@ -264,6 +339,7 @@ impl Hub {
     /// Closes waits past their deadline: StreamNotFound for a play that
     /// never found its stream, plain close for a player whose stream left.
     pub fn expire(&mut self, now: Instant) {
+        self.release_idle_relays(now);
         let mut expired = Vec::new();
         self.waiting.retain(|_, list| {
             let mut i = 0;
@@ -300,6 +376,9 @@ impl Hub {
         let survivors = end_players(players, self.config.unpublish_wait.is_some());
         if let Some(wait) = self.config.unpublish_wait {
             let deadline = Instant::now() + wait;
+            if !survivors.is_empty() {
+                self.want(key, deadline);
+            }
             let list = self.waiting.entry(key.clone()).or_default();
             list.extend(survivors.into_iter().map(|player| Waiting {
                 player,
@@ -315,6 +394,12 @@ impl Hub {
             return;
         };
         let kind = stream.gop.push(&message);
+        stream.seq += 1;
+        if stream.export {
+            if let Some(c) = &self.cluster {
+                c.export(key, stream.seq, &message);
+            }
+        }
         for sub in &mut stream.remote {
             if sub.needs_snapshot {
                 let messages: Vec<RawMessage> = stream.gop.snapshot().cloned().collect();
@@ -368,6 +453,14 @@ impl Hub {
         let Some(stream) = self.streams.remove(key) else {
             return;
         };
+        if conn != RELAY_CONN {
+            if let Some(c) = &self.cluster {
+                c.tell(Request::Unregister {
+                    key: key.clone(),
+                    shard: self.shard,
+                });
+            }
+        }
         for sub in &stream.remote {
             self.tell(sub.shard, ShardMsg::Ended { key: key.clone() });
         }
@@ -397,16 +490,9 @@ impl Hub {
         // Held until the owner's snapshot arrives and `attach` starts it.
         let mut player = player;
         player.waiting_key = true;
-        self.streams.insert(
-            key.clone(),
-            Stream {
-                publisher: None,
-                publisher_out: None,
-                gop: GopCache::new(self.config.gop_cache_max_bytes),
-                players: vec![player],
-                remote: Vec::new(),
-            },
-        );
+        let mut relay = Stream::new(None, None, self.config.gop_cache_max_bytes);
+        relay.players.push(player);
+        self.streams.insert(key.clone(), relay);
         let mesh = self.mesh.clone();
         let msg = ShardMsg::Subscribe {
             key: key.clone(),
@@ -455,6 +541,16 @@ impl Hub {
         for (key, stream) in self.streams.drain() {
             if stream.publisher.is_some() {
                 self.directory.unregister(&key, self.shard);
+            }
+            if let Some(c) = &self.cluster {
+                if stream.is_local() {
+                    c.tell(Request::Unregister {
+                        key: key.clone(),
+                        shard: self.shard,
+                    });
+                } else if stream.is_node_relay() {
+                    c.tell(Request::Release { key: key.clone() });
+                }
             }
             end_players(stream.players, false);
         }
@@ -548,6 +644,90 @@ impl Hub {
                 if let Some(relay) = self.take_relay(&key) {
                     self.stream_ended(&key, relay.players);
                 }
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A command from the cluster's control thread.
+    pub fn on_cluster(&mut self, cmd: ShardCommand) {
+        match cmd {
+            ShardCommand::RelayStart { key, messages } => self.relay_start(key, messages),
+            ShardCommand::RelayMedia { key, message } => {
+                if self.streams.get(&key).is_some_and(Stream::is_node_relay) {
+                    self.on_publisher_message(&key, message);
+                }
+            }
+            ShardCommand::RelayEnded { key } => self.unpublish(&key, RELAY_CONN),
+            ShardCommand::Export { key, on } => {
+                if let Some(stream) = self.streams.get_mut(&key).filter(|s| s.is_local()) {
+                    stream.export = on;
+                }
+            }
+            ShardCommand::Snapshot { key, reply } => {
+                let snapshot = self
+                    .streams
+                    .get(&key)
+                    .filter(|s| s.is_local())
+                    .map(|s| (s.gop.snapshot().cloned().collect(), s.seq));
+                let _ = reply.send(snapshot);
+            }
+            ShardCommand::Fence { key } => {
+                if self.streams.get(&key).is_some_and(Stream::is_local) {
+                    tracing::info!(stream = %crate::protocol::server::redact(&key), "another node took the stream over; closing its publisher here");
+                    self.directory.unregister(&key, self.shard);
+                    self.hand_over(&key);
+                }
+            }
+        }
+    }
+
+    /// The control thread has the snapshot of a remote stream: this shard
+    /// now publishes it locally, and waiting players (here and on other
+    /// shards) attach.
+    fn relay_start(&mut self, key: StreamKey, messages: Vec<RawMessage>) {
+        if self.streams.contains_key(&key) || !self.directory.claim_relay(&key, self.shard) {
+            // Published here meanwhile: the relay is not needed.
+            if let Some(c) = &self.cluster {
+                c.tell(Request::Release { key });
+            }
+            return;
+        }
+        let mut stream = Stream::new(Some(RELAY_CONN), None, self.config.gop_cache_max_bytes);
+        for m in &messages {
+            stream.gop.push(m);
+        }
+        self.streams.insert(key.clone(), stream);
+        for shard in 0..self.mesh.nr_consumers() {
+            if shard != self.shard {
+                self.tell(shard, ShardMsg::Published { key: key.clone() });
+            }
+        }
+        self.wake(&key);
+    }
+
+    /// Node relays nobody has watched for [`RELAY_IDLE_GRACE`] are released.
+    fn release_idle_relays(&mut self, now: Instant) {
+        let mut idle = Vec::new();
+        for (key, stream) in &mut self.streams {
+            if !stream.is_node_relay() {
+                continue;
+            }
+            if !stream.players.is_empty() || !stream.remote.is_empty() {
+                stream.idle_since = None;
+                continue;
+            }
+            let since = *stream.idle_since.get_or_insert(now);
+            if now.duration_since(since) >= RELAY_IDLE_GRACE {
+                idle.push(key.clone());
+            }
+        }
+        for key in idle {
+            self.streams.remove(&key);
+            self.directory.unregister(&key, self.shard);
+            if let Some(c) = &self.cluster {
+                c.tell(Request::Release { key });
             }
         }
     }

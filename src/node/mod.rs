@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
+use crate::cluster::{self, ClusterHandle, ClusterSettings};
 use crate::config::Config;
 use crate::protocol::RawMessage;
 
@@ -80,6 +81,9 @@ pub struct Node {
     pub shards: usize,
     pub stats: Vec<Arc<ShardStats>>,
     pub directory: Arc<Directory>,
+    /// The way to the cluster's control thread, when `cluster.nats` is set.
+    pub cluster: Option<ClusterHandle>,
+    pub node_id: String,
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
     /// Kept, never joined: see `drain`.
@@ -153,6 +157,30 @@ impl Node {
         }
         let (addr, placeholder) = resolve_listen(config.rtmp.listen)?;
         config.rtmp.listen = addr;
+        let node_id = config.node_id();
+        let (cluster, commands) = if config.cluster.nats.is_empty() {
+            (None, None)
+        } else {
+            let c = &config.cluster;
+            let settings = ClusterSettings {
+                node_id: node_id.clone(),
+                servers: c.nats.clone(),
+                user: c.user.clone(),
+                password: c.password.clone(),
+                token: c.token.clone(),
+                creds_file: c.creds_file.clone(),
+                nkey_seed: c.nkey_seed.clone(),
+                tls_ca_file: c.tls_ca_file.clone(),
+                require_tls: c.require_tls,
+                registry_ttl: Duration::from_millis(c.registry_ttl_ms),
+                kv_replicas: c.kv_replicas,
+                max_message_len: config.limits.max_message_len,
+                rtmp_addr: addr.to_string(),
+            };
+            let (handle, commands) =
+                cluster::start(settings, shards).map_err(|e| NodeError::Start(e.to_string()))?;
+            (Some(handle), Some(commands))
+        };
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
@@ -164,13 +192,14 @@ impl Node {
             .collect();
         let io_memory = config.node.io_memory_kib * 1024;
         let setup = {
-            let (config, directory, stop, listening, drained, stats) = (
+            let (config, directory, stop, listening, drained, stats, cluster) = (
                 config.clone(),
                 directory.clone(),
                 stop.clone(),
                 listening.clone(),
                 drained.clone(),
                 stats.clone(),
+                cluster.clone(),
             );
             move || {
                 let setup = shard::ShardSetup {
@@ -181,6 +210,7 @@ impl Node {
                     stop: stop.clone(),
                     listening: listening.clone(),
                     drained: drained.clone(),
+                    cluster: cluster.clone().zip(commands.clone()),
                 };
                 async move {
                     let r = shard::run(setup).await;
@@ -220,6 +250,8 @@ impl Node {
             shards,
             stats,
             directory,
+            cluster,
+            node_id,
             stop,
             drained,
             _handles: handles,

@@ -12,6 +12,7 @@ use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 
+use crate::cluster::{ClusterHandle, ShardCommands};
 use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
 
@@ -32,6 +33,8 @@ pub struct ShardSetup {
     pub listening: Arc<std::sync::atomic::AtomicUsize>,
     /// Counted once this shard has drained at shutdown.
     pub drained: Arc<std::sync::atomic::AtomicUsize>,
+    /// The cluster's control thread and each shard's command queue.
+    pub cluster: Option<(ClusterHandle, ShardCommands)>,
 }
 
 pub async fn run(setup: ShardSetup) -> Result<(), String> {
@@ -70,7 +73,27 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         setup.directory.clone(),
         Rc::new(senders),
         stats.clone(),
+        setup.cluster.as_ref().map(|(h, _)| h.clone()),
     )));
+
+    // Commands from the cluster's control thread (relayed media among them).
+    if let Some((_, commands)) = &setup.cluster {
+        let rx = commands
+            .lock()
+            .map_err(|_| "cluster command queues poisoned".to_string())?
+            .get_mut(shard)
+            .and_then(Option::take);
+        let Some(mut rx) = rx else {
+            return Err(format!("shard {shard}: no cluster command queue"));
+        };
+        let hub = hub.clone();
+        glommio::spawn_local(async move {
+            while let Some(cmd) = rx.recv().await {
+                hub.borrow_mut().on_cluster(cmd);
+            }
+        })
+        .detach();
+    }
 
     // Messages from other shards, one task per peer.
     let mut receivers = receivers;
@@ -100,6 +123,8 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         open: RefCell::new(Vec::new()),
         hub: hub.clone(),
         stats: stats.clone(),
+        shard,
+        cluster: setup.cluster.as_ref().map(|(h, _)| h.clone()),
         session: ServerConfig {
             limits: config.protocol_limits(),
             chunk_size: config.rtmp.chunk_size,

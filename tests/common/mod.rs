@@ -3,9 +3,11 @@
 //! ffprobe's verdict on what a player recorded.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -223,4 +225,233 @@ pub fn ffmpeg_player(url: &str, file: &Path, seconds: Option<u32>) -> Proc {
     }
     cmd.args(["-c", "copy"]).arg(file);
     Proc::spawn("ffmpeg", &mut cmd)
+}
+
+/// The `tributary` binary on loopback port 0, its log captured.
+pub struct Node {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub http: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Node {
+    pub fn start(shards: usize) -> Node {
+        Self::start_with(shards, &[])
+    }
+
+    pub fn start_with(shards: usize, extra: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
+            .args([
+                "--rtmp-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--shards",
+                &shards.to_string(),
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tributary");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for prefix in ["rtmp listening on ", "http listening on "] {
+                    if let Some(addr) = line.split(prefix).nth(1) {
+                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let next = || {
+            rx.recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()))
+                .parse()
+                .unwrap()
+        };
+        let (addr, http) = (next(), next());
+        Node {
+            child,
+            addr,
+            http,
+            log,
+        }
+    }
+
+    pub fn url(&self, key: &str) -> String {
+        format!("rtmp://{}/live/{key}", self.addr)
+    }
+
+    /// SIGTERM, then wait with a deadline; returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill() on our own child's PID.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET against the admin server: (status line, body).
+pub fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// A library RTMP player on its own thread, recording every event.
+pub struct LibPlayer {
+    pub events: Arc<Mutex<Vec<tributary::protocol::client::ClientEvent>>>,
+}
+
+impl LibPlayer {
+    pub fn start(addr: SocketAddr, key: &str) -> LibPlayer {
+        use tributary::protocol::client::{ClientConfig, ClientSession, Role};
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let tc_url = format!("rtmp://{addr}/live");
+        let mut client =
+            ClientSession::new(ClientConfig::new(Role::Play, &tc_url, "live", key), 0, 3);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut out = bytes::BytesMut::new();
+            loop {
+                out.clear();
+                client.poll_transmit(&mut out);
+                if stream.write_all(&out).is_err() {
+                    return;
+                }
+                let n = match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let Ok(used) = client.handle_input(rest) else {
+                        return;
+                    };
+                    rest = &rest[used..];
+                    while let Some(e) = client.poll_event() {
+                        sink.lock().unwrap().push(e);
+                    }
+                }
+            }
+        });
+        LibPlayer { events }
+    }
+
+    pub fn wait_for(
+        &self,
+        what: &str,
+        f: impl Fn(&[tributary::protocol::client::ClientEvent]) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(&self.events.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "never saw {what}");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A real `nats-server` with JetStream on a free loopback port (it picks
+/// the port; we read it from its log), its store in a temp directory.
+pub struct NatsServer {
+    pub child: Child,
+    pub port: u16,
+    pub cluster_port: Option<u16>,
+}
+
+impl NatsServer {
+    pub fn start(name: &str) -> NatsServer {
+        Self::start_with(name, &[])
+    }
+
+    /// `extra` goes on the command line (cluster and route flags).
+    pub fn start_with(name: &str, extra: &[&str]) -> NatsServer {
+        let dir = temp_file(&format!("nats-{name}"));
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-n", name, "-sd"])
+            .arg(&dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server is required (scripts/test installs it)");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                for (what, marker) in [
+                    ("client", "Listening for client connections on "),
+                    ("route", "Listening for route connections on "),
+                    ("ready", "Server is ready"),
+                ] {
+                    if let Some(addr) = line.split(marker).nth(1) {
+                        let port = addr.rsplit(':').next().unwrap_or("").trim().parse().ok();
+                        let _ = tx.send((what, port));
+                    }
+                }
+            }
+        });
+        let (mut port, mut cluster_port) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("client", p)) => port = p,
+                Ok(("route", p)) => cluster_port = p,
+                Ok(_) => break,
+                Err(_) => panic!("nats-server {name} did not start"),
+            }
+        }
+        NatsServer {
+            child,
+            port: port.expect("nats-server client port"),
+            cluster_port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,313 @@
+//! The cluster: nodes share stream ownership and media through NATS. One
+//! control thread (tokio, current-thread) owns the async-nats client, the
+//! JetStream KV registry and the media relay bridge; shards reach it only
+//! through bounded channels ([`ClusterHandle`] one way, [`ShardCommand`]
+//! receivers the other). Without `cluster.nats` none of this starts and the
+//! node is exactly the standalone node.
+//!
+//! - Registry: bucket `tributary_streams`, key = [`wire::token`] of
+//!   `app/name`, value = [`Registration`] JSON. Publish = atomic create; the
+//!   owner refreshes by compare-and-set; the bucket's max age expires the
+//!   entries of dead nodes. Node heartbeats live in `tributary_nodes`.
+//! - Media: the owner publishes a stream on `trib.media.<node>.<token>` only
+//!   while some node is attached (`trib.attach.<node>`, renewed); a relaying
+//!   node fetches the snapshot (`trib.snap.<node>`) and splices it with the
+//!   live subject by sequence number.
+
+mod control;
+pub mod wire;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::node::StreamKey;
+use crate::protocol::RawMessage;
+
+/// Requests from shards to the control thread. Bounded; media is sent with
+/// `try_send` and a full queue is a counted drop, never a wait.
+pub const REQUEST_QUEUE: usize = 8192;
+/// Commands from the control thread to each shard (relayed media included).
+pub const SHARD_QUEUE: usize = 4096;
+
+/// How the cluster is reached and tuned (from `[cluster]` and `[node]`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node_id: String,
+    pub servers: Vec<String>,
+    pub user: String,
+    pub password: String,
+    pub token: String,
+    pub creds_file: String,
+    pub nkey_seed: String,
+    pub tls_ca_file: String,
+    pub require_tls: bool,
+    /// Registry entries of a node that stopped refreshing expire after this.
+    pub registry_ttl: Duration,
+    /// JetStream replicas of the registry buckets (3 in a 3-server cluster).
+    pub kv_replicas: usize,
+    pub max_message_len: u32,
+    /// What the heartbeat advertises.
+    pub rtmp_addr: String,
+}
+
+impl ClusterSettings {
+    /// Owned entries are refreshed this often: three tries per TTL.
+    pub fn refresh_interval(&self) -> Duration {
+        self.registry_ttl / 3
+    }
+}
+
+/// A registry value: who owns a stream.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Registration {
+    pub node: String,
+    pub shard: usize,
+    /// Unix time in ms when the publish started.
+    pub started_ms: u64,
+}
+
+/// What a publish claim got from the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimResult {
+    Registered,
+    /// Live on another node (named), and takeover is off.
+    Refused(String),
+    /// NATS is unreachable: publish locally, register when it returns.
+    Unavailable,
+}
+
+/// Where the registry says a stream is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Located {
+    Remote(String),
+    /// Registered to this node (a shard is about to have it, or just lost it).
+    Here,
+    Absent,
+    Unavailable,
+}
+
+/// Shard → control thread.
+#[derive(Debug)]
+pub enum Request {
+    Claim {
+        key: StreamKey,
+        shard: usize,
+        takeover: bool,
+        reply: oneshot::Sender<ClaimResult>,
+    },
+    /// The local publisher of `key` on `shard` left.
+    Unregister { key: StreamKey, shard: usize },
+    Locate {
+        key: StreamKey,
+        reply: oneshot::Sender<Located>,
+    },
+    /// Players on `shard` wait for `key` until `until`: relay it here as soon
+    /// as some node publishes it.
+    Want {
+        key: StreamKey,
+        shard: usize,
+        until: Instant,
+    },
+    /// Nobody on this node watches the relay of `key` any more.
+    Release { key: StreamKey },
+    /// A message of a stream this node exports (owner side).
+    Media {
+        key: StreamKey,
+        seq: u64,
+        message: RawMessage,
+    },
+    /// Every stream of the cluster, for `/api/streams?scope=cluster`.
+    List {
+        reply: oneshot::Sender<Result<Vec<(String, Registration)>, String>>,
+    },
+}
+
+/// The owner side's answer to a snapshot request: the cache in order and
+/// the sequence number of the last message it holds.
+pub type SnapshotReply = Option<(Vec<RawMessage>, u64)>;
+
+/// Control thread → one shard.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Start relaying `key` on this shard as a local publisher would.
+    RelayStart {
+        key: StreamKey,
+        messages: Vec<RawMessage>,
+    },
+    RelayMedia {
+        key: StreamKey,
+        message: RawMessage,
+    },
+    /// The remote publisher left or its node is gone.
+    RelayEnded {
+        key: StreamKey,
+    },
+    /// Some node is (or no node is any more) attached to `key`: send its
+    /// messages to the control thread.
+    Export {
+        key: StreamKey,
+        on: bool,
+    },
+    Snapshot {
+        key: StreamKey,
+        reply: oneshot::Sender<SnapshotReply>,
+    },
+    /// Another node took `key` over: close the local publisher.
+    Fence {
+        key: StreamKey,
+    },
+}
+
+/// Cluster counters, written by the control thread (and the drop counter by
+/// shards), read at scrape time.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// 1 while connected to a NATS server.
+    pub connected: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub relayed_streams: AtomicU64,
+    pub exported_streams: AtomicU64,
+    pub nats_bytes_out: AtomicU64,
+    pub nats_messages_out: AtomicU64,
+    pub nats_bytes_in: AtomicU64,
+    pub nats_messages_in: AtomicU64,
+    /// Gaps in a relayed stream's sequence (resumed at the next keyframe).
+    pub relay_gaps: AtomicU64,
+    /// Exported messages dropped because the request queue was full.
+    pub export_drops: AtomicU64,
+    pub registry_ops: AtomicU64,
+    pub registry_errors: AtomicU64,
+    /// Publishes refused or fenced because another node owned the key.
+    pub registry_conflicts: AtomicU64,
+    pub snapshots: AtomicU64,
+    /// Sum of snapshot fetch times, in µs (with `snapshots`, the mean).
+    pub snapshot_micros: AtomicU64,
+    pub snapshot_max_micros: AtomicU64,
+}
+
+impl ClusterStats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster: {0}")]
+    Start(String),
+}
+
+/// The shards' way to the control thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ClusterHandle {
+    requests: mpsc::Sender<Request>,
+    pub stats: Arc<ClusterStats>,
+    pub node_id: Arc<str>,
+}
+
+impl ClusterHandle {
+    /// Claims `key` cluster-wide for this node.
+    pub async fn claim(&self, key: &StreamKey, shard: usize, takeover: bool) -> ClaimResult {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Claim {
+            key: key.clone(),
+            shard,
+            takeover,
+            reply,
+        };
+        if self.requests.send(req).await.is_err() {
+            return ClaimResult::Unavailable;
+        }
+        rx.await.unwrap_or(ClaimResult::Unavailable)
+    }
+
+    pub async fn locate(&self, key: &StreamKey) -> Located {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Locate {
+            key: key.clone(),
+            reply,
+        };
+        if self.requests.send(req).await.is_err() {
+            return Located::Unavailable;
+        }
+        rx.await.unwrap_or(Located::Unavailable)
+    }
+
+    /// Every registered stream of the cluster.
+    pub async fn list(&self) -> Result<Vec<(String, Registration)>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::List { reply })
+            .await
+            .map_err(|_| "cluster control thread is gone".to_string())?;
+        rx.await
+            .map_err(|_| "cluster control thread is gone".to_string())?
+    }
+
+    /// Fire-and-forget requests (unregister, want, release): a full queue
+    /// is retried from a task rather than dropped.
+    pub fn tell(&self, req: Request) {
+        if let Err(mpsc::error::TrySendError::Full(req)) = self.requests.try_send(req) {
+            let requests = self.requests.clone();
+            glommio::spawn_local(async move {
+                let _ = requests.send(req).await;
+            })
+            .detach();
+        }
+    }
+
+    /// An exported message; dropped (and counted) when the queue is full:
+    /// the relaying nodes see the gap and resume at the next keyframe.
+    pub fn export(&self, key: &StreamKey, seq: u64, message: &RawMessage) {
+        let req = Request::Media {
+            key: key.clone(),
+            seq,
+            message: message.clone(),
+        };
+        if self.requests.try_send(req).is_err() {
+            ClusterStats::add(&self.stats.export_drops, 1);
+        }
+    }
+}
+
+/// The per-shard ends of the command channels, taken once by each shard.
+pub type ShardCommands = Arc<Mutex<Vec<Option<mpsc::Receiver<ShardCommand>>>>>;
+
+/// Starts the control thread; it connects to NATS in the background (and
+/// keeps trying), so a node starts even while NATS is down.
+pub fn start(
+    settings: ClusterSettings,
+    shards: usize,
+) -> Result<(ClusterHandle, ShardCommands), ClusterError> {
+    let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
+    let mut senders = Vec::with_capacity(shards);
+    let mut receivers = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+        senders.push(tx);
+        receivers.push(Some(rx));
+    }
+    let stats = Arc::new(ClusterStats::default());
+    let handle = ClusterHandle {
+        requests: req_tx,
+        stats: stats.clone(),
+        node_id: Arc::from(settings.node_id.as_str()),
+    };
+    control::spawn(settings, req_rx, senders, stats)
+        .map_err(|e| ClusterError::Start(format!("cannot start the control thread: {e}")))?;
+    Ok((handle, Arc::new(Mutex::new(receivers))))
+}
+
+/// Unix time in ms.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
