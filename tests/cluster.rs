@@ -205,3 +205,174 @@ fn a_hundred_players_on_one_node_cost_the_owner_one_relay_stream() {
         "B took {received} bytes from NATS for {ingest} bytes published"
     );
 }
+
+/// Samples a player's media count every 20 ms for `how_long`; returns the
+/// longest time the count stood still.
+fn longest_stall(player: &LibPlayer, how_long: Duration) -> Duration {
+    let end = Instant::now() + how_long;
+    let mut last_change = Instant::now();
+    let mut last = media_count(&player.events.lock().unwrap());
+    let mut worst = Duration::ZERO;
+    while Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+        let n = media_count(&player.events.lock().unwrap());
+        if n != last {
+            worst = worst.max(last_change.elapsed());
+            last = n;
+            last_change = Instant::now();
+        }
+    }
+    worst.max(last_change.elapsed())
+}
+
+#[test]
+fn losing_one_server_of_a_three_server_nats_cluster_keeps_streams_flowing() {
+    let servers = common::nats_cluster("tri");
+    let config = temp_file("cluster-tri.toml");
+    std::fs::write(&config, "[cluster]\nkv_replicas = 3\n").unwrap();
+    let config = config.to_str().unwrap();
+    // A knows only the server that will die; it finds the others through
+    // the cluster's gossip, as clients of a NATS cluster do.
+    let a = cluster_node(&servers[0], "a", 1, &["--config", config]);
+    let b = cluster_node(&servers[1], "b", 2, &["--config", config]);
+    let publisher = publish(&a.url("tri"), 25);
+    wait_live(&a.url("tri"));
+    let player = LibPlayer::start(b.addr, "tri");
+    player.wait_for("media relayed from A", |e| media_count(e) > 30);
+
+    let mut servers = servers;
+    drop(servers.remove(0)); // killed: A's server
+    let stall = longest_stall(&player, Duration::from_secs(6));
+    eprintln!("longest stall on B's player across the NATS server loss: {stall:?}");
+    assert!(stall <= Duration::from_secs(2), "media stalled {stall:?}");
+    assert!(
+        !has_status(
+            &player.events.lock().unwrap(),
+            "NetStream.Play.UnpublishNotify"
+        ),
+        "the stream was ended"
+    );
+    assert!(
+        metric(&a, "tributary_nats_connects_total") >= 2,
+        "A reconnected"
+    );
+    // The registry survived (once JetStream has a new leader for it) with
+    // the stream still owned by A.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = get(b.http, "/api/streams?scope=cluster");
+        if body.contains("\"node\":\"a\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "registry lost the stream: {body}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    drop(publisher);
+}
+
+#[test]
+fn without_nats_local_streams_work_and_the_registry_is_rebuilt_when_it_returns() {
+    let nats = NatsServer::start("down");
+    let port = nats.port.to_string();
+    let a = cluster_node(&nats, "a", 2, &[]);
+    let b = cluster_node(&nats, "b", 1, &[]);
+    drop(nats);
+    for node in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(node, "tributary_nats_connected") != 0 {
+            assert!(Instant::now() < deadline, "NATS loss never noticed");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Publishing and playing on one node need no NATS.
+    let solo = publish(&a.url("solo"), 20);
+    wait_live(&a.url("solo"));
+    let file = temp_file("cluster-solo.flv");
+    ffmpeg_player(&a.url("solo"), &file, Some(3))
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    check_recording(&file, 50);
+    // Meanwhile both nodes take the same key: a conflict for later.
+    let on_a = publish(&a.url("both"), 20);
+    let on_b = publish(&b.url("both"), 20);
+    wait_live(&a.url("both"));
+    wait_live(&b.url("both"));
+
+    // NATS returns (empty: the registry was in its memory): each node
+    // registers what it owns, and one of the two "both" publishers wins.
+    let _nats = NatsServer::start_with("down-again", &["-p", &port]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let owner = loop {
+        let (_, body) = get(b.http, "/api/streams?scope=cluster");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let streams = v["streams"].as_array().cloned().unwrap_or_default();
+        let find = |name: &str| {
+            streams
+                .iter()
+                .find(|s| s["name"] == name)
+                .map(|s| s["node"].as_str().unwrap_or("").to_owned())
+        };
+        if let (Some(solo), Some(both)) = (find("solo"), find("both")) {
+            assert_eq!(solo, "a");
+            break both;
+        }
+        assert!(Instant::now() < deadline, "registry not rebuilt: {body}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    // The rule: the entry registered first wins; the other node closes
+    // its publisher (ffmpeg sees the connection end and fails).
+    let (winner, loser) = if owner == "a" {
+        (on_a, on_b)
+    } else {
+        (on_b, on_a)
+    };
+    assert!(
+        loser.wait(Duration::from_secs(20)).is_err(),
+        "the losing publisher kept publishing"
+    );
+    let conflicts = metric(&a, "tributary_registry_conflicts_total")
+        + metric(&b, "tributary_registry_conflicts_total");
+    assert!(conflicts >= 1);
+    drop(winner);
+    drop(solo);
+}
+
+#[test]
+fn with_takeover_a_publish_on_another_node_fences_the_old_one() {
+    let config = temp_file("cluster-takeover.toml");
+    std::fs::write(
+        &config,
+        "[streams]\nduplicate_publish = \"takeover\"\n[cluster]\nregistry_ttl_ms = 3000\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let nats = NatsServer::start("takeover");
+    let a = cluster_node(&nats, "a", 1, &["--config", config]);
+    let b = cluster_node(&nats, "b", 1, &["--config", config]);
+    let old = publish(&a.url("move"), 30);
+    wait_live(&a.url("move"));
+    let new = publish(&b.url("move"), 30);
+    let started = Instant::now();
+    // The old owner stops within one refresh interval (1 s) of the new
+    // entry, plus ffmpeg noticing.
+    assert!(
+        old.wait(Duration::from_secs(10)).is_err(),
+        "the fenced publisher kept publishing"
+    );
+    eprintln!(
+        "old publisher cut {:?} after the takeover",
+        started.elapsed()
+    );
+    let (_, body) = get(a.http, "/api/streams?scope=cluster");
+    assert!(body.contains("\"node\":\"b\""), "{body}");
+    // And a player on A now gets B's stream.
+    let file = temp_file("cluster-takeover.flv");
+    ffmpeg_player(&a.url("move"), &file, Some(3))
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    check_recording(&file, 50);
+    drop(new);
+}

@@ -32,7 +32,10 @@ const NODES_BUCKET: &str = "tributary_nodes";
 /// An attachment not renewed for this long ends the export to that node.
 const ATTACH_TTL: Duration = Duration::from_secs(3);
 /// A relaying node renews its attachment this often.
-const ATTACH_RENEW: Duration = Duration::from_millis(1000);
+const ATTACH_RENEW: Duration = Duration::from_millis(750);
+/// A relay ends after this many renewals in a row go unanswered; a node
+/// that moves to another NATS server is back well within it.
+const MAX_MISSED_RENEWALS: u32 = 3;
 /// One registry or request round trip.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a relaying node waits for a whole snapshot.
@@ -274,6 +277,11 @@ impl Control {
                     count(&self.stats.reconnects);
                 }
                 tracing::info!("NATS connected");
+                // The server may be a fresh one (the registry lost with it):
+                // reopen the buckets, creating them if missing, and
+                // re-register what this node owns at once.
+                *self.streams_kv.borrow_mut() = None;
+                *self.nodes_kv.borrow_mut() = None;
                 self.refresh_now.set(true);
             }
             Event::Disconnected => {
@@ -703,9 +711,8 @@ impl Control {
     }
 
     /// Starts relaying `key` if it is wanted, published on another node and
-    /// not relayed yet. An entry whose node no longer answers is deleted
-    /// (compare-and-set on its revision), so that a re-publish anywhere
-    /// need not wait for the entry to expire.
+    /// not relayed yet. (An entry whose node is gone is left to expire: a
+    /// re-publish anywhere replaces it at once, see `register`.)
     fn try_pull(self: &Rc<Self>, key: StreamKey) {
         if self.relays.borrow().contains_key(&key) || !self.connected() {
             return;
@@ -725,19 +732,9 @@ impl Control {
         );
         let c = self.clone();
         tokio::task::spawn_local(async move {
-            if let Ok(Some((reg, revision))) = c.entry(&key).await {
+            if let Ok(Some((reg, _))) = c.entry(&key).await {
                 if reg.node != c.s.node_id {
-                    let outcome = c.relay(&key, &reg.node, shard, stop_rx).await;
-                    if outcome == RelayOutcome::OwnerGone {
-                        if let Some(kv) = c.streams_kv() {
-                            count(&c.stats.registry_ops);
-                            let _ = tokio::time::timeout(
-                                OP_TIMEOUT,
-                                kv.delete_expect_revision(wire::token(&key), Some(revision)),
-                            )
-                            .await;
-                        }
-                    }
+                    c.relay(&key, &reg.node, shard, stop_rx).await;
                 }
             }
             let mut relays = c.relays.borrow_mut();
@@ -770,22 +767,20 @@ impl Control {
         owner: &str,
         shard: usize,
         mut stop: oneshot::Receiver<()>,
-    ) -> RelayOutcome {
+    ) {
         let subject = format!("trib.media.{}.{}", wire::token(owner), wire::token(key));
         let Ok(mut live) = self.client.subscribe(subject).await else {
-            return RelayOutcome::NotStarted;
+            return;
         };
         if self.client.flush().await.is_err() {
-            return RelayOutcome::NotStarted;
+            return;
         }
-        match self.attach(owner, key).await {
-            Ok(true) => {}
-            Err(async_nats::RequestErrorKind::NoResponders) => return RelayOutcome::OwnerGone,
-            _ => return RelayOutcome::NotStarted,
+        if !matches!(self.attach(owner, key).await, Ok(true)) {
+            return;
         }
         let t0 = Instant::now();
         let Some((messages, last)) = self.fetch_snapshot(owner, key).await else {
-            return RelayOutcome::NotStarted;
+            return;
         };
         let micros = t0.elapsed().as_micros() as u64;
         count(&self.stats.snapshots);
@@ -800,7 +795,7 @@ impl Control {
             messages,
         };
         if self.shards[shard].send(start).await.is_err() {
-            return RelayOutcome::NotStarted;
+            return;
         }
         self.stats.relayed_streams.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = %crate::protocol::server::redact(key), "relaying from node {owner}");
@@ -850,12 +845,14 @@ impl Control {
                 _ = renew.tick() => {
                     match self.attach(owner, key).await {
                         Ok(true) => missed_renewals = 0,
-                        // The owner answers that the stream is gone, or
-                        // nobody listens on its subject: the node is gone.
-                        Ok(false) | Err(async_nats::RequestErrorKind::NoResponders) => break true,
+                        // The owner answers that the stream is gone.
+                        Ok(false) => break true,
+                        // Nobody listens on its subject (the node is gone,
+                        // or it is reconnecting to another NATS server), or
+                        // no answer in time: gone after a few in a row.
                         Err(_) => {
                             missed_renewals += 1;
-                            if missed_renewals >= 3 {
+                            if missed_renewals >= MAX_MISSED_RENEWALS {
                                 break true;
                             }
                         }
@@ -880,7 +877,6 @@ impl Control {
                 .publish(format!("trib.detach.{}", wire::token(owner)), body.into())
                 .await;
         }
-        RelayOutcome::Ran
     }
 
     /// Asks the owner for its cache; frames arrive on an inbox until the
@@ -1071,12 +1067,4 @@ impl Control {
             let _ = tokio::time::timeout(OP_TIMEOUT, nodes.put(&self.me, body.into())).await;
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RelayOutcome {
-    NotStarted,
-    /// Nobody answers on the owner's subjects: the node is gone.
-    OwnerGone,
-    Ran,
 }

@@ -455,3 +455,49 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// A loopback port nobody listens on right now (the OS picks it), for
+/// servers that must know each other's ports before they start (NATS
+/// routes). The window between this and the server binding it is tiny.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Three `nats-server`s routed into one cluster (JetStream clustered).
+pub fn nats_cluster(name: &str) -> Vec<NatsServer> {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let starts: Vec<_> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (name, cluster, routes) = (
+                format!("{name}{i}"),
+                format!("nats://127.0.0.1:{p}"),
+                routes.clone(),
+            );
+            // They start together: each waits for the others' routes.
+            thread::spawn(move || {
+                NatsServer::start_with(
+                    &name,
+                    &[
+                        "--cluster_name",
+                        "tri",
+                        "--cluster",
+                        &cluster,
+                        "--routes",
+                        &routes,
+                    ],
+                )
+            })
+        })
+        .collect();
+    starts.into_iter().map(|t| t.join().unwrap()).collect()
+}
