@@ -199,6 +199,42 @@ async fn handle(
                 }
             }
         }
+        "/api/nodes" => {
+            let Some(cluster) = &state.cluster else {
+                let body = serde_json::json!({ "nodes": [{
+                    "node": state.node_id, "rtmp": state.rtmp_addr.to_string(),
+                }]});
+                return respond(
+                    &mut socket,
+                    "200 OK",
+                    "application/json",
+                    body.to_string().as_bytes(),
+                )
+                .await;
+            };
+            match cluster.nodes().await {
+                Ok(nodes) => {
+                    let body = serde_json::json!({ "nodes": nodes });
+                    respond(
+                        &mut socket,
+                        "200 OK",
+                        "application/json",
+                        body.to_string().as_bytes(),
+                    )
+                    .await
+                }
+                Err(e) => {
+                    let body = serde_json::json!({ "error": e });
+                    respond(
+                        &mut socket,
+                        "503 Service Unavailable",
+                        "application/json",
+                        body.to_string().as_bytes(),
+                    )
+                    .await
+                }
+            }
+        }
         "/api/streams" => {
             let streams: Vec<_> = state
                 .directory

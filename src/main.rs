@@ -80,7 +80,13 @@ fn main() -> ExitCode {
     let mut node = node;
     // Drain, then exit without tearing the executors down: tasks parked on
     // io_uring must not outlive their reactor in thread-local destructors.
-    if node.drain(std::time::Duration::from_secs(7)) {
+    let drained = node.drain(std::time::Duration::from_secs(7));
+    // Registry entries of the streams that just ended are deleted, and
+    // relaying nodes told, before the process goes.
+    if let Some(cluster) = &node.cluster {
+        cluster.flush_blocking(std::time::Duration::from_secs(2));
+    }
+    if drained {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     } else {

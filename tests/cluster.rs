@@ -98,7 +98,19 @@ fn published_on_one_node_plays_on_the_others_and_stays_unique() {
         check_recording(f, 75);
     }
     assert!(metric(&b, "tributary_snapshots_total") >= 1);
-    publisher.wait(Duration::from_secs(40)).unwrap();
+    let (_, nodes) = get(c.http, "/api/nodes");
+    for id in ["a", "b", "c"] {
+        assert!(nodes.contains(&format!("\"node\":\"{id}\"")), "{nodes}");
+    }
+
+    // A stops (SIGTERM) while publishing: its entry is deleted on the way
+    // out, not left to expire.
+    let mut a = a;
+    let status = a.stop().expect("A stops on SIGTERM");
+    assert!(status.success(), "A exit status {status}");
+    let (_, body) = get(c.http, "/api/streams?scope=cluster");
+    assert!(!body.contains("\"cam\""), "entry left behind: {body}");
+    drop(publisher);
 }
 
 #[test]
@@ -375,4 +387,69 @@ fn with_takeover_a_publish_on_another_node_fences_the_old_one() {
         .unwrap();
     check_recording(&file, 50);
     drop(new);
+}
+
+#[test]
+fn with_credentials_and_a_small_max_payload_frames_are_split_and_joined() {
+    // A server that asks for a password and takes 8 KiB messages at most:
+    // most video frames cross it in several parts.
+    let conf = temp_file("nats-auth.conf");
+    std::fs::write(
+        &conf,
+        "max_payload: 8192\nauthorization { user: tri, password: s3cret }\n",
+    )
+    .unwrap();
+    let nats = NatsServer::start_with("auth", &["-c", conf.to_str().unwrap()]);
+    let good = temp_file("cluster-auth.toml");
+    std::fs::write(&good, "[cluster]\nuser = \"tri\"\npassword = \"s3cret\"\n").unwrap();
+    let good = good.to_str().unwrap();
+    let a = cluster_node(&nats, "a", 1, &["--config", good]);
+    let b = cluster_node(&nats, "b", 2, &["--config", good]);
+
+    let publisher = publish(&a.url("split"), 8);
+    wait_live(&a.url("split"));
+    let file = temp_file("cluster-split.flv");
+    ffmpeg_player(&b.url("split"), &file, Some(4))
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    check_recording(&file, 75);
+    let frames = metric(&b, "tributary_nats_messages_in_total");
+    assert!(
+        frames > 150,
+        "{frames} NATS messages: frames were not split"
+    );
+    assert_eq!(metric(&b, "tributary_relay_gaps_total"), 0);
+
+    // A wrong password: the node runs, standalone in effect, and says so.
+    let bad = temp_file("cluster-auth-bad.toml");
+    std::fs::write(&bad, "[cluster]\nuser = \"tri\"\npassword = \"wrong\"\n").unwrap();
+    let url = nats.url();
+    let c = Node::start_with(
+        1,
+        &[
+            "--node-id",
+            "c",
+            "--nats",
+            &url,
+            "--config",
+            bad.to_str().unwrap(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c
+        .log
+        .lock()
+        .unwrap()
+        .to_lowercase()
+        .contains("authorization")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no authorization error logged:\n{}",
+            c.log.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&c, "tributary_nats_connected"), 0);
+    drop(publisher);
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::wire::{self, Frame, Joiner};
 use super::{
-    unix_ms, ClaimResult, ClusterSettings, ClusterStats, Located, Registration, Request,
+    unix_ms, ClaimResult, ClusterSettings, ClusterStats, Located, NodeInfo, Registration, Request,
     ShardCommand,
 };
 use crate::node::StreamKey;
@@ -213,6 +213,12 @@ fn refuse(req: Request) {
         Request::List { reply } => {
             let _ = reply.send(Err("NATS is not configured correctly".into()));
         }
+        Request::Nodes { reply } => {
+            let _ = reply.send(Err("NATS is not configured correctly".into()));
+        }
+        Request::Flush { reply } => {
+            let _ = reply.send(());
+        }
         _ => {}
     }
 }
@@ -226,14 +232,6 @@ struct AttachRequest {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct AttachReply {
     ok: bool,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Heartbeat {
-    node: String,
-    rtmp: String,
-    started_ms: u64,
-    streams: usize,
 }
 
 /// A relayed stream may resume after a gap here: a keyframe, a sequence
@@ -347,7 +345,7 @@ impl Control {
                     let _ = reply.send(r);
                 });
             }
-            Request::Unregister { key, shard } => self.unregister(key, shard),
+            Request::Unregister { key, shard } => self.unregister(key, shard).await,
             Request::Locate { key, reply } => {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
@@ -375,6 +373,18 @@ impl Control {
                 tokio::task::spawn_local(async move {
                     let _ = reply.send(c.list().await);
                 });
+            }
+            Request::Nodes { reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.nodes().await);
+                });
+            }
+            Request::Flush { reply } => {
+                if self.connected() {
+                    let _ = tokio::time::timeout(OP_TIMEOUT, self.client.flush()).await;
+                }
+                let _ = reply.send(());
             }
         }
     }
@@ -536,7 +546,9 @@ impl Control {
         }
     }
 
-    fn unregister(self: &Rc<Self>, key: StreamKey, shard: usize) {
+    /// The local publisher left: end the export and delete our entry
+    /// (inline, so that a later Flush finds it done).
+    async fn unregister(&self, key: StreamKey, shard: usize) {
         let removed = {
             let mut owned = self.owned.borrow_mut();
             match owned.get(&key) {
@@ -550,23 +562,20 @@ impl Control {
         if o.exporting {
             self.stats.exported_streams.fetch_sub(1, Ordering::Relaxed);
         }
-        let c = self.clone();
-        tokio::task::spawn_local(async move {
-            if o.exporting {
-                let _ = c
-                    .client
-                    .publish(o.subject.clone(), wire::encode_end())
-                    .await;
-            }
-            if let (Some(rev), Some(kv)) = (o.revision, c.streams_kv()) {
-                count(&c.stats.registry_ops);
-                let _ = tokio::time::timeout(
-                    OP_TIMEOUT,
-                    kv.delete_expect_revision(wire::token(&key), Some(rev)),
-                )
+        if o.exporting {
+            let _ = self
+                .client
+                .publish(o.subject.clone(), wire::encode_end())
                 .await;
-            }
-        });
+        }
+        if let (Some(rev), Some(kv), true) = (o.revision, self.streams_kv(), self.connected()) {
+            count(&self.stats.registry_ops);
+            let _ = tokio::time::timeout(
+                OP_TIMEOUT,
+                kv.delete_expect_revision(wire::token(&key), Some(rev)),
+            )
+            .await;
+        }
     }
 
     async fn export(&self, key: &StreamKey, seq: u64, message: &RawMessage) {
@@ -936,6 +945,29 @@ impl Control {
         Ok(out)
     }
 
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
+        let kv = self.nodes_kv.borrow().clone().ok_or("registry not open")?;
+        tokio::time::timeout(OP_TIMEOUT, async {
+            let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+            let mut names = Vec::new();
+            while let Some(k) = keys.next().await {
+                names.push(k.map_err(|e| e.to_string())?);
+            }
+            let mut out = Vec::new();
+            for name in names {
+                if let Ok(Some(v)) = kv.get(name).await {
+                    if let Ok(info) = serde_json::from_slice::<NodeInfo>(&v) {
+                        out.push(info);
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.node.cmp(&b.node));
+            Ok(out)
+        })
+        .await
+        .map_err(|_| "node listing timed out".to_string())?
+    }
+
     // ----- housekeeping
 
     async fn housekeeping(self: Rc<Self>) {
@@ -1056,7 +1088,7 @@ impl Control {
         }
         let nodes = self.nodes_kv.borrow().clone();
         if let Some(nodes) = nodes {
-            let hb = Heartbeat {
+            let hb = NodeInfo {
                 node: self.s.node_id.clone(),
                 rtmp: self.s.rtmp_addr.clone(),
                 started_ms: self.started_ms,

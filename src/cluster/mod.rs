@@ -123,6 +123,23 @@ pub enum Request {
     List {
         reply: oneshot::Sender<Result<Vec<(String, Registration)>, String>>,
     },
+    /// Every node's heartbeat, for `/api/nodes`.
+    Nodes {
+        reply: oneshot::Sender<Result<Vec<NodeInfo>, String>>,
+    },
+    /// Answered once everything asked before it is done and sent (shutdown).
+    Flush { reply: oneshot::Sender<()> },
+}
+
+/// A node's heartbeat entry (bucket `tributary_nodes`), refreshed with the
+/// registry; it expires with the same TTL when the node is gone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub rtmp: String,
+    pub started_ms: u64,
+    /// Streams published on it.
+    pub streams: usize,
 }
 
 /// The owner side's answer to a snapshot request: the cache in order and
@@ -248,6 +265,47 @@ impl ClusterHandle {
             .map_err(|_| "cluster control thread is gone".to_string())?;
         rx.await
             .map_err(|_| "cluster control thread is gone".to_string())?
+    }
+
+    /// Every node of the cluster that is alive (its heartbeat not expired).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Nodes { reply })
+            .await
+            .map_err(|_| "cluster control thread is gone".to_string())?;
+        rx.await
+            .map_err(|_| "cluster control thread is gone".to_string())?
+    }
+
+    /// From a plain thread (shutdown): waits until the control thread has
+    /// handled everything queued before (registry entries of stopped
+    /// publishers deleted, end-of-stream sent to relaying nodes) and
+    /// flushed it to NATS, or `limit` passes. Returns whether it finished.
+    pub fn flush_blocking(&self, limit: Duration) -> bool {
+        let (reply, mut rx) = oneshot::channel();
+        let deadline = Instant::now() + limit;
+        let mut req = Request::Flush { reply };
+        loop {
+            match self.requests.try_send(req) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(r)) if Instant::now() < deadline => {
+                    req = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        while Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(()) => return true,
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// Fire-and-forget requests (unregister, want, release): a full queue
