@@ -175,6 +175,8 @@ async fn handle(
                             serde_json::json!({
                                 "app": app, "name": name, "node": reg.node,
                                 "shard": reg.shard, "started_ms": reg.started_ms,
+                                "video_codec": reg.video_codec, "audio_codec": reg.audio_codec,
+                                "bitrate_kbps": reg.bitrate_kbps,
                             })
                         })
                         .collect();

@@ -74,14 +74,26 @@ fn published_on_one_node_plays_on_the_others_and_stays_unique() {
         ffmpeg_player(&c.url("cam"), &files[2], Some(4)),
     ];
 
-    // Every node sees the stream in the registry, owned by A.
-    let (status, body) = get(c.http, "/api/streams?scope=cluster");
-    assert_eq!(status, "HTTP/1.1 200 OK");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let streams = v["streams"].as_array().unwrap();
-    assert_eq!(streams.len(), 1, "{body}");
-    assert_eq!(streams[0]["node"], "a", "{body}");
-    assert_eq!(streams[0]["name"], "cam", "{body}");
+    // Every node sees the stream in the registry, owned by A, and soon
+    // what it carries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(c.http, "/api/streams?scope=cluster");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let streams = v["streams"].as_array().unwrap();
+        assert_eq!(streams.len(), 1, "{body}");
+        assert_eq!(streams[0]["node"], "a", "{body}");
+        assert_eq!(streams[0]["name"], "cam", "{body}");
+        if streams[0]["video_codec"] == "h264"
+            && streams[0]["audio_codec"] == "aac"
+            && streams[0]["bitrate_kbps"].as_u64().unwrap_or(0) > 20
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no codecs or bitrate: {body}");
+        thread::sleep(Duration::from_millis(100));
+    }
 
     // A second publisher of the same key on B is refused.
     let dup = publish(&b.url("cam"), 2);
@@ -452,4 +464,60 @@ fn with_credentials_and_a_small_max_payload_frames_are_split_and_joined() {
     }
     assert_eq!(metric(&c, "tributary_nats_connected"), 0);
     drop(publisher);
+}
+
+/// The coded video frames a player got: timestamp and whether a keyframe
+/// (sequence headers and end-of-sequence left out).
+fn video_timeline(player: &LibPlayer) -> Vec<(u32, bool)> {
+    use tributary::protocol::media::{classify_video, PacketKind};
+    player
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Media(m) if m.type_id == MessageType::VIDEO => {
+                let info = classify_video(&m.payload).ok()?;
+                (info.kind == PacketKind::Frame).then_some((m.timestamp, info.keyframe))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_relayed_stream_has_no_gap_and_no_duplicate() {
+    let nats = NatsServer::start("splice");
+    let a = cluster_node(&nats, "a", 1, &[]);
+    let b = cluster_node(&nats, "b", 1, &[]);
+    let publisher = publish(&a.url("exact"), 6);
+    wait_live(&a.url("exact"));
+    let local = LibPlayer::start(a.addr, "exact");
+    let remote = LibPlayer::start(b.addr, "exact");
+    for p in [&local, &remote] {
+        p.wait_for("the end of the stream", |e| {
+            has_status(e, "NetStream.Play.UnpublishNotify")
+        });
+    }
+    publisher.wait(Duration::from_secs(30)).unwrap();
+    let local = video_timeline(&local);
+    let remote = video_timeline(&remote);
+    // Both start on a keyframe; from the later start on, the relayed
+    // player saw exactly what the local one saw.
+    assert!(local.first().is_some_and(|f| f.1) && remote.first().is_some_and(|f| f.1));
+    let from = local[0].0.max(remote[0].0);
+    let tail = |v: &[(u32, bool)]| {
+        v.iter()
+            .filter(|f| f.0 >= from)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let (l, r) = (tail(&local), tail(&remote));
+    assert!(r.len() > 75, "{} frames relayed", r.len());
+    assert_eq!(l, r, "relayed timeline differs from the local one");
+    let bad: Vec<_> = r.windows(2).filter(|w| w[0].0 >= w[1].0).collect();
+    assert!(
+        bad.is_empty(),
+        "duplicate or reordered frames: {bad:?} in {r:?}"
+    );
 }

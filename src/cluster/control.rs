@@ -361,6 +361,21 @@ impl Control {
                 }
                 self.try_pull(key);
             }
+            Request::StreamInfo {
+                key,
+                shard,
+                video_codec,
+                audio_codec,
+                bitrate_kbps,
+            } => {
+                if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
+                    if o.shard == shard {
+                        o.registration.video_codec = video_codec;
+                        o.registration.audio_codec = audio_codec;
+                        o.registration.bitrate_kbps = bitrate_kbps;
+                    }
+                }
+            }
             Request::Release { key } => {
                 if let Some(mut relay) = self.relays.borrow_mut().remove(&key) {
                     if let Some(stop) = relay.stop.take() {
@@ -436,6 +451,9 @@ impl Control {
             node: self.s.node_id.clone(),
             shard,
             started_ms: unix_ms(),
+            video_codec: String::new(),
+            audio_codec: String::new(),
+            bitrate_kbps: 0,
         };
         let result = self.register(key, &registration, takeover).await;
         let revision = match &result {

@@ -67,6 +67,14 @@ pub struct Registration {
     pub shard: usize,
     /// Unix time in ms when the publish started.
     pub started_ms: u64,
+    /// Codecs of the sequence headers ("h264", "aac", ...), empty until seen.
+    #[serde(default)]
+    pub video_codec: String,
+    #[serde(default)]
+    pub audio_codec: String,
+    /// Media bitrate over the last report interval.
+    #[serde(default)]
+    pub bitrate_kbps: u64,
 }
 
 /// What a publish claim got from the registry.
@@ -110,6 +118,15 @@ pub enum Request {
         key: StreamKey,
         shard: usize,
         until: Instant,
+    },
+    /// What a local stream carries now (written into its registry entry at
+    /// the next refresh).
+    StreamInfo {
+        key: StreamKey,
+        shard: usize,
+        video_codec: String,
+        audio_codec: String,
+        bitrate_kbps: u64,
     },
     /// Nobody on this node watches the relay of `key` any more.
     Release { key: StreamKey },

@@ -95,6 +95,21 @@ impl GopCache {
             .chain(&self.gop)
     }
 
+    /// The codecs the current sequence headers name.
+    pub fn codecs(&self) -> (Option<String>, Option<String>) {
+        let video = self
+            .video_header
+            .as_ref()
+            .and_then(|m| classify_video(&m.payload).ok())
+            .map(|i| i.codec.name());
+        let audio = self
+            .audio_header
+            .as_ref()
+            .and_then(|m| classify_audio(&m.payload).ok())
+            .map(|i| i.codec.name());
+        (video, audio)
+    }
+
     pub fn has_keyframe(&self) -> bool {
         !self.gop.is_empty()
     }

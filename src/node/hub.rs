@@ -97,6 +97,8 @@ struct Stream {
     export: bool,
     /// A node relay with nobody watching since then.
     idle_since: Option<Instant>,
+    /// Payload bytes from the publisher since the last stream report.
+    bytes: u64,
 }
 
 impl Stream {
@@ -110,6 +112,7 @@ impl Stream {
             seq: 0,
             export: false,
             idle_since: None,
+            bytes: 0,
         }
     }
 
@@ -168,7 +171,12 @@ pub struct Hub {
     /// Encoded bytes per (stream id, chunk size) for the message in flight.
     memo: Vec<((u32, u32), Bytes)>,
     cluster: Option<ClusterHandle>,
+    /// When local streams were last reported to the cluster.
+    reported: Instant,
 }
+
+/// How often a shard tells the cluster what its streams carry.
+const STREAM_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Hub {
     pub fn new(
@@ -189,6 +197,7 @@ impl Hub {
             stats,
             memo: Vec::with_capacity(2),
             cluster,
+            reported: Instant::now(),
         }
     }
 
@@ -340,6 +349,7 @@ impl Hub {
     /// never found its stream, plain close for a player whose stream left.
     pub fn expire(&mut self, now: Instant) {
         self.release_idle_relays(now);
+        self.report_streams(now);
         let mut expired = Vec::new();
         self.waiting.retain(|_, list| {
             let mut i = 0;
@@ -395,6 +405,7 @@ impl Hub {
         };
         let kind = stream.gop.push(&message);
         stream.seq += 1;
+        stream.bytes += message.payload.len() as u64;
         if stream.export {
             if let Some(c) = &self.cluster {
                 c.export(key, stream.seq, &message);
@@ -705,6 +716,34 @@ impl Hub {
             }
         }
         self.wake(&key);
+    }
+
+    /// Tells the cluster each local stream's codecs and bitrate, for its
+    /// registry entry.
+    fn report_streams(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.reported);
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        if elapsed < STREAM_REPORT_INTERVAL {
+            return;
+        }
+        self.reported = now;
+        let ms = elapsed.as_millis().max(1) as u64;
+        for (key, stream) in &mut self.streams {
+            if !stream.is_local() {
+                continue;
+            }
+            let (video, audio) = stream.gop.codecs();
+            cluster.tell(Request::StreamInfo {
+                key: key.clone(),
+                shard: self.shard,
+                video_codec: video.unwrap_or_default(),
+                audio_codec: audio.unwrap_or_default(),
+                bitrate_kbps: stream.bytes * 8 / ms,
+            });
+            stream.bytes = 0;
+        }
     }
 
     /// Node relays nobody has watched for [`RELAY_IDLE_GRACE`] are released.

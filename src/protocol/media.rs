@@ -27,6 +27,20 @@ pub enum VideoCodec {
 }
 
 impl VideoCodec {
+    /// A short lowercase name, as the HTTP API and the registry show it.
+    pub fn name(self) -> String {
+        match self {
+            Self::Avc => "h264".into(),
+            Self::Hevc => "hevc".into(),
+            Self::Av1 => "av1".into(),
+            Self::Vp9 => "vp9".into(),
+            Self::Vp8 => "vp8".into(),
+            Self::Vvc => "vvc".into(),
+            Self::Legacy(id) => format!("codec-id-{id}"),
+            Self::FourCc(f) => String::from_utf8_lossy(&f).into_owned(),
+        }
+    }
+
     /// Codec of an enhanced command frame, whose header has no FourCC.
     pub const UNSPECIFIED: Self = Self::FourCc([0; 4]);
 
@@ -77,6 +91,20 @@ pub enum AudioCodec {
 }
 
 impl AudioCodec {
+    /// A short lowercase name, as the HTTP API and the registry show it.
+    pub fn name(self) -> String {
+        match self {
+            Self::Aac => "aac".into(),
+            Self::Mp3 => "mp3".into(),
+            Self::Opus => "opus".into(),
+            Self::Flac => "flac".into(),
+            Self::Ac3 => "ac3".into(),
+            Self::Eac3 => "eac3".into(),
+            Self::Legacy(id) => format!("sound-format-{id}"),
+            Self::FourCc(f) => String::from_utf8_lossy(&f).into_owned(),
+        }
+    }
+
     /// The codec a FourCC names; unknown ones are kept as [`AudioCodec::FourCc`].
     pub fn from_fourcc(fourcc: [u8; 4]) -> Self {
         match &fourcc {
