@@ -36,6 +36,9 @@ const ATTACH_RENEW: Duration = Duration::from_millis(750);
 /// A relay ends after this many renewals in a row go unanswered; a node
 /// that moves to another NATS server is back well within it.
 const MAX_MISSED_RENEWALS: u32 = 3;
+/// The longest the control thread waits to hand one media frame to the
+/// NATS client.
+const PUBLISH_WAIT: Duration = Duration::from_millis(50);
 /// One registry or request round trip.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a relaying node waits for a whole snapshot.
@@ -377,6 +380,8 @@ impl Control {
                 }
             }
             Request::Release { key } => {
+                // Nobody here watches it: stop wanting it too.
+                self.wanted.borrow_mut().remove(&key);
                 if let Some(mut relay) = self.relays.borrow_mut().remove(&key) {
                     if let Some(stop) = relay.stop.take() {
                         let _ = stop.send(());
@@ -596,11 +601,18 @@ impl Control {
         }
     }
 
+    /// Publishes one message of an exported stream. Never waits long: while
+    /// NATS is away (the client's queue full) messages are dropped and
+    /// counted, and the relaying nodes resume at a keyframe.
     async fn export(&self, key: &StreamKey, seq: u64, message: &RawMessage) {
         let subject = match self.owned.borrow().get(key) {
             Some(o) if o.exporting => o.subject.clone(),
             _ => return,
         };
+        if !self.connected() {
+            count(&self.stats.export_drops);
+            return;
+        }
         let mut frames = Vec::with_capacity(1);
         wire::encode_media(seq, message, self.max_frame(), |f| frames.push(f));
         for f in frames {
@@ -608,7 +620,11 @@ impl Control {
                 .nats_bytes_out
                 .fetch_add(f.len() as u64, Ordering::Relaxed);
             count(&self.stats.nats_messages_out);
-            let _ = self.client.publish(subject.clone(), f).await;
+            let sent = tokio::time::timeout(PUBLISH_WAIT, self.client.publish(subject.clone(), f));
+            if !matches!(sent.await, Ok(Ok(()))) {
+                count(&self.stats.export_drops);
+                return;
+            }
         }
     }
 

@@ -245,8 +245,21 @@ pub struct ClusterHandle {
     pub node_id: Arc<str>,
 }
 
+/// The longest a shard waits on the registry (publish claim, play lookup)
+/// before treating NATS as unavailable: the client is not kept waiting.
+pub const REGISTRY_WAIT: Duration = Duration::from_secs(5);
+
+/// `f`, or None after `limit` (on a shard's glommio timer).
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
 impl ClusterHandle {
-    /// Claims `key` cluster-wide for this node.
+    /// Claims `key` cluster-wide for this node (from a shard).
     pub async fn claim(&self, key: &StreamKey, shard: usize, takeover: bool) -> ClaimResult {
         let (reply, rx) = oneshot::channel();
         let req = Request::Claim {
@@ -255,22 +268,29 @@ impl ClusterHandle {
             takeover,
             reply,
         };
-        if self.requests.send(req).await.is_err() {
-            return ClaimResult::Unavailable;
-        }
-        rx.await.unwrap_or(ClaimResult::Unavailable)
+        within(REGISTRY_WAIT, async {
+            self.requests.send(req).await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .flatten()
+        .unwrap_or(ClaimResult::Unavailable)
     }
 
+    /// Where the registry says `key` is (from a shard).
     pub async fn locate(&self, key: &StreamKey) -> Located {
         let (reply, rx) = oneshot::channel();
         let req = Request::Locate {
             key: key.clone(),
             reply,
         };
-        if self.requests.send(req).await.is_err() {
-            return Located::Unavailable;
-        }
-        rx.await.unwrap_or(Located::Unavailable)
+        within(REGISTRY_WAIT, async {
+            self.requests.send(req).await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .flatten()
+        .unwrap_or(Located::Unavailable)
     }
 
     /// Every registered stream of the cluster.
