@@ -288,6 +288,7 @@ struct Metrics {
     counters: Vec<(IntCounterVec, Read)>,
     dropped: IntCounterVec,
     errors: IntCounterVec,
+    refused: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
 }
@@ -374,6 +375,11 @@ impl Metrics {
             "tributary_protocol_errors_total",
             "Connections closed for a protocol error, by kind",
             &["shard", "kind"],
+        )?;
+        let refused = counter(
+            "tributary_auth_refused_total",
+            "Publishes and plays refused by the auth rules, by reason",
+            &["shard", "reason"],
         )?;
         let mut cluster_gauges = Vec::new();
         for (name, help, read) in [
@@ -475,6 +481,7 @@ impl Metrics {
             counters,
             dropped,
             errors,
+            refused,
             cluster_gauges,
             cluster_counters,
         })
@@ -504,6 +511,13 @@ impl Metrics {
                 &[&shard, "shard_queue_full"],
                 ShardStats::get(&s.dropped_frames_shard),
             );
+            for (k, kind) in crate::auth::REFUSAL_KINDS.iter().enumerate() {
+                set(
+                    &self.refused,
+                    &[&shard, kind],
+                    ShardStats::get(&s.auth_refused[k]),
+                );
+            }
             for (k, kind) in ERROR_KINDS.iter().enumerate() {
                 set(
                     &self.errors,

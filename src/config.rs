@@ -2,6 +2,7 @@
 //! every key and its default), command-line overrides, and validation that
 //! names the key at fault. Owns no runtime state and opens no socket.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -154,6 +156,71 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter: "info", "tributary=debug", ...
     pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishAuth {
+    /// Anyone may publish any key.
+    Open,
+    /// The stream key must be listed (`keys`, or the keys file).
+    Keys,
+    /// A signed, unexpired token in the query.
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlayAuth {
+    Open,
+    Token,
+}
+
+/// One app's rule (`[auth.apps.NAME]`); unset fields are open.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppAuth {
+    pub publish: PublishAuth,
+    pub play: PlayAuth,
+    pub keys: Vec<String>,
+}
+
+impl Default for AppAuth {
+    fn default() -> Self {
+        Self {
+            publish: PublishAuth::Open,
+            play: PlayAuth::Open,
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The rule for apps without their own `[auth.apps.NAME]`.
+    pub publish: PublishAuth,
+    pub play: PlayAuth,
+    pub keys: Vec<String>,
+    /// One key per line (`key`, or `app/key` for one app); `#` comments.
+    /// Re-read when it changes.
+    pub keys_file: String,
+    /// HMAC-SHA256 secret of `?token=...&expires=...`.
+    pub token_secret: String,
+    pub apps: BTreeMap<String, AppAuth>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            publish: PublishAuth::Open,
+            play: PlayAuth::Open,
+            keys: Vec::new(),
+            keys_file: String::new(),
+            token_secret: String::new(),
+            apps: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -391,6 +458,24 @@ impl Config {
         }
         if self.node.io_memory_kib < 64 {
             return Err(invalid("node.io_memory_kib", "must be at least 64"));
+        }
+        let a = &self.auth;
+        let rules = std::iter::once((a.publish, a.play, &a.keys))
+            .chain(a.apps.values().map(|r| (r.publish, r.play, &r.keys)));
+        for (publish, play, keys) in rules {
+            let token = publish == PublishAuth::Token || play == PlayAuth::Token;
+            if token && a.token_secret.len() < 16 {
+                return Err(invalid(
+                    "auth.token_secret",
+                    "a rule uses tokens: set a secret of at least 16 bytes",
+                ));
+            }
+            if publish == PublishAuth::Keys && keys.is_empty() && a.keys_file.is_empty() {
+                return Err(invalid(
+                    "auth.keys",
+                    "a rule says publish = \"keys\" but no keys are listed and auth.keys_file is empty",
+                ));
+            }
         }
         if !(1_500..=600_000).contains(&self.cluster.registry_ttl_ms) {
             return Err(invalid("cluster.registry_ttl_ms", "must be 1500..=600000"));

@@ -15,6 +15,7 @@
 //!   reach it through bounded channels only. HTTP admin is [`admin`].
 
 pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod node;

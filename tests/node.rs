@@ -479,3 +479,94 @@ fn startup_errors_name_their_cause() {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn stream_keys_and_signed_tokens_are_checked() {
+    use tributary::auth::{sign, Action};
+    let keys = temp_file("auth-keys.txt");
+    std::fs::write(&keys, "filekey\n").unwrap();
+    let secret = "0123456789abcdef0123";
+    let config = temp_file("auth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\npublish = \"keys\"\nkeys = [\"confkey\"]\nkeys_file = \"{}\"\n\
+             token_secret = \"{secret}\"\n[auth.apps.paid]\npublish = \"token\"\nplay = \"token\"\n",
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let node = Node::start_with(1, &["--config", config.to_str().unwrap()]);
+
+    assert!(
+        publish(&node.url("nope"), 2)
+            .wait(Duration::from_secs(20))
+            .is_err(),
+        "an unknown key published"
+    );
+    publish(&node.url("confkey"), 1)
+        .wait(Duration::from_secs(20))
+        .unwrap();
+    publish(&node.url("filekey"), 1)
+        .wait(Duration::from_secs(20))
+        .unwrap();
+    // The keys file changes: the new key works within the reload period.
+    std::fs::write(&keys, "newkey\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while publish(&node.url("newkey"), 1)
+        .wait(Duration::from_secs(20))
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the new key never worked");
+    }
+
+    // App "paid": a token for publish, another for play.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now + 600;
+    let url = |action, exp: u64| {
+        let t = sign(secret.as_bytes(), action, "paid", "cam", exp);
+        format!("rtmp://{}/paid/cam?token={t}&expires={exp}", node.addr)
+    };
+    let publisher = publish(&url(Action::Publish, exp), 6);
+    wait_live(&url(Action::Play, exp));
+    for bad in [
+        format!("rtmp://{}/paid/cam", node.addr),
+        url(Action::Publish, exp),
+        url(Action::Play, now - 10),
+    ] {
+        let file = temp_file("auth-refused.flv");
+        assert!(
+            ffmpeg_player(&bad, &file, Some(1))
+                .wait(Duration::from_secs(20))
+                .is_err(),
+            "played with {bad}"
+        );
+    }
+    let file = temp_file("auth-play.flv");
+    ffmpeg_player(&url(Action::Play, exp), &file, Some(2))
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    check_recording(&file, 25);
+    publisher.wait(Duration::from_secs(30)).unwrap();
+
+    let (_, metrics) = get(node.http, "/metrics");
+    for reason in ["bad_key", "no_token", "bad_token", "expired"] {
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tributary_auth_refused_total")
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .unwrap_or_else(|| panic!("no {reason} counter:\n{metrics}"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
+    let log = node.log.lock().unwrap();
+    assert!(log.contains("publish refused: invalid stream key"), "{log}");
+    let token = sign(secret.as_bytes(), Action::Publish, "paid", "cam", exp);
+    for secret_text in ["confkey", "filekey", "newkey", &token[..8]] {
+        assert!(!log.contains(secret_text), "{secret_text} logged:\n{log}");
+    }
+}

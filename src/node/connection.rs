@@ -15,6 +15,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::auth::{Action, Auth};
 use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
 use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
@@ -34,6 +35,7 @@ pub struct ConnectionContext {
     pub hub: Rc<RefCell<Hub>>,
     pub stats: Arc<ShardStats>,
     pub shard: usize,
+    pub auth: Arc<Auth>,
     /// Set when the node is in a cluster: publish claims and remote plays.
     pub cluster: Option<ClusterHandle>,
     pub session: ServerConfig,
@@ -50,6 +52,51 @@ fn stream_key(session: &ServerSession, name: &str) -> StreamKey {
     let app = session.connect_info().map_or("", |c| c.app.as_str());
     let name = name.split('?').next().unwrap_or("");
     StreamKey::from(format!("{app}/{name}"))
+}
+
+/// Unix time in seconds (token expiry).
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Checks `action` on `name` against the auth rules; on refusal answers
+/// with an error status naming the reason, counts and logs it (without
+/// the key), and closes the connection once that is written.
+fn authorize(
+    action: Action,
+    stream_id: u32,
+    name: &str,
+    session: &Rc<RefCell<ServerSession>>,
+    outbox: &Outbox,
+    ctx: &ConnectionContext,
+    conn: u64,
+) -> bool {
+    let app = session
+        .borrow()
+        .connect_info()
+        .map(|c| c.app.clone())
+        .unwrap_or_default();
+    let Err(refusal) = ctx.auth.check(action, &app, name, unix_secs()) else {
+        return true;
+    };
+    let reason = refusal.to_string();
+    {
+        let mut s = session.borrow_mut();
+        match action {
+            Action::Publish => s.reject_publish(stream_id, "NetStream.Publish.Rejected", &reason),
+            Action::Play => s.reject_play(stream_id, "NetStream.Play.Failed", &reason),
+        }
+        let mut out = BytesMut::new();
+        s.poll_transmit(&mut out);
+        outbox.push(out.freeze());
+    }
+    outbox.close();
+    ctx.stats.add_auth_refused(refusal.kind());
+    tracing::info!(conn, app = %app, stream = %redact(name), "{} refused: {reason}", action.as_str());
+    false
 }
 
 enum Wake {
@@ -269,6 +316,17 @@ impl ConnState {
                 if self.publishing.is_some() {
                     return refuse("");
                 }
+                if !authorize(
+                    Action::Publish,
+                    stream_id,
+                    &name,
+                    session,
+                    outbox,
+                    ctx,
+                    self.conn,
+                ) {
+                    return;
+                }
                 if let Some(cluster) = &ctx.cluster {
                     // The registry first: a key is live on one node only.
                     let takeover = ctx.hub.borrow().takeover();
@@ -301,6 +359,17 @@ impl ConnState {
             ServerEvent::PlayRequest {
                 stream_id, name, ..
             } => {
+                if !authorize(
+                    Action::Play,
+                    stream_id,
+                    &name,
+                    session,
+                    outbox,
+                    ctx,
+                    self.conn,
+                ) {
+                    return;
+                }
                 let key = stream_key(&session.borrow(), &name);
                 let mut live = ctx.hub.borrow().is_live(&key);
                 let wait = ctx.hub.borrow().play_wait();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
+use crate::auth::Auth;
 use crate::cluster::{self, ClusterHandle, ClusterSettings};
 use crate::config::Config;
 use crate::protocol::RawMessage;
@@ -137,6 +138,26 @@ fn resolve_listen(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socke
     Ok((local, Some(socket)))
 }
 
+/// Re-reads the auth keys file every 2 s if it changed (a plain thread:
+/// it is one `stat` per tick).
+fn spawn_keys_reload(auth: Arc<Auth>, stop: Arc<AtomicBool>) {
+    if auth.reload().is_err() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("tributary-keys".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(2));
+                match auth.reload() {
+                    Ok(true) => tracing::info!("auth keys file reloaded"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{e}; keeping the keys read before"),
+                }
+            }
+        });
+}
+
 impl Node {
     /// Starts the shards and returns once every one of them listens.
     pub fn start(mut config: Config) -> Result<Node, NodeError> {
@@ -158,6 +179,7 @@ impl Node {
         let (addr, placeholder) = resolve_listen(config.rtmp.listen)?;
         config.rtmp.listen = addr;
         let node_id = config.node_id();
+        let auth = Arc::new(Auth::new(&config.auth).map_err(NodeError::Start)?);
         let (cluster, commands) = if config.cluster.nats.is_empty() {
             (None, None)
         } else {
@@ -192,7 +214,7 @@ impl Node {
             .collect();
         let io_memory = config.node.io_memory_kib * 1024;
         let setup = {
-            let (config, directory, stop, listening, drained, stats, cluster) = (
+            let (config, directory, stop, listening, drained, stats, cluster, auth) = (
                 config.clone(),
                 directory.clone(),
                 stop.clone(),
@@ -200,6 +222,7 @@ impl Node {
                 drained.clone(),
                 stats.clone(),
                 cluster.clone(),
+                auth.clone(),
             );
             move || {
                 let setup = shard::ShardSetup {
@@ -211,6 +234,7 @@ impl Node {
                     listening: listening.clone(),
                     drained: drained.clone(),
                     cluster: cluster.clone().zip(commands.clone()),
+                    auth: auth.clone(),
                 };
                 async move {
                     let r = shard::run(setup).await;
@@ -245,6 +269,7 @@ impl Node {
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(placeholder);
+        spawn_keys_reload(auth.clone(), stop.clone());
         Ok(Node {
             rtmp_addr: addr,
             shards,

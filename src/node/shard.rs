@@ -35,6 +35,7 @@ pub struct ShardSetup {
     pub drained: Arc<std::sync::atomic::AtomicUsize>,
     /// The cluster's control thread and each shard's command queue.
     pub cluster: Option<(ClusterHandle, ShardCommands)>,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub async fn run(setup: ShardSetup) -> Result<(), String> {
@@ -124,6 +125,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         hub: hub.clone(),
         stats: stats.clone(),
         shard,
+        auth: setup.auth.clone(),
         cluster: setup.cluster.as_ref().map(|(h, _)| h.clone()),
         session: ServerConfig {
             limits: config.protocol_limits(),

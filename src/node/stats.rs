@@ -22,6 +22,9 @@ pub struct ShardStats {
     pub disconnected_slow: AtomicU64,
     /// Indexed like [`ERROR_KINDS`].
     pub protocol_errors: [AtomicU64; 5],
+    /// Publishes and plays refused by auth, indexed like
+    /// [`crate::auth::REFUSAL_KINDS`].
+    pub auth_refused: [AtomicU64; 4],
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -41,6 +44,11 @@ impl ShardStats {
     pub fn add_protocol_error(&self, kind: &str) {
         if let Some(i) = ERROR_KINDS.iter().position(|k| *k == kind) {
             add(&self.protocol_errors[i], 1);
+        }
+    }
+    pub fn add_auth_refused(&self, kind: &str) {
+        if let Some(i) = crate::auth::REFUSAL_KINDS.iter().position(|k| *k == kind) {
+            add(&self.auth_refused[i], 1);
         }
     }
     pub fn add_in(&self, bytes: u64) {

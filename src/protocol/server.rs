@@ -815,8 +815,10 @@ fn command_name(cmd: &Command) -> &'static str {
 /// A stream key is a secret: status descriptions show its first characters only.
 pub fn redact(name: &str) -> String {
     let key = name.split('?').next().unwrap_or("");
-    let shown: String = key.chars().take(3).collect();
-    if key.chars().count() > 3 {
+    // At most three characters, and never more than half of a short key.
+    let len = key.chars().count();
+    let shown: String = key.chars().take(3.min(len / 2)).collect();
+    if len > shown.chars().count() {
         format!("{shown}…")
     } else {
         shown

@@ -1,0 +1,359 @@
+//! Who may publish and play: per app, open, a list of stream keys (in the
+//! config or a keys file that is reloaded when it changes), or an
+//! HMAC-signed token with an expiry in the URL query. Decisions are made on
+//! the shard at publish/play time (rare), never per message; the key set
+//! sits behind a lock that only a reload writes.
+//!
+//! A token is `?token=HEX&expires=UNIX_SECONDS` after the stream key, where
+//! HEX = hex(HMAC-SHA256(token_secret, "ACTION:APP/STREAM:EXPIRES")) and
+//! ACTION is `publish` or `play`. With openssl:
+//! `printf 'publish:live/cam:1790000000' | openssl dgst -sha256 -hmac SECRET`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::{AuthConfig, PlayAuth, PublishAuth};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Publish,
+    Play,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Play => "play",
+        }
+    }
+}
+
+/// Why a request was refused: said to the client (an encoder shows it) and
+/// logged, never with the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    #[error("invalid stream key")]
+    BadKey,
+    #[error("a token is required (?token=...&expires=...)")]
+    NoToken,
+    #[error("the token has expired")]
+    Expired,
+    #[error("invalid token")]
+    BadToken,
+}
+
+impl Refusal {
+    /// The label it is counted under.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refusal::BadKey => "bad_key",
+            Refusal::NoToken => "no_token",
+            Refusal::Expired => "expired",
+            Refusal::BadToken => "bad_token",
+        }
+    }
+}
+
+/// Labels of [`Refusal::kind`], as exported.
+pub const REFUSAL_KINDS: [&str; 4] = ["bad_key", "no_token", "expired", "bad_token"];
+
+#[derive(Debug, Clone)]
+struct Rule {
+    publish: PublishAuth,
+    play: PlayAuth,
+    keys: HashSet<String>,
+}
+
+/// Keys from the keys file: for any app, or for one app.
+#[derive(Debug, Default)]
+struct FileKeys {
+    any: HashSet<String>,
+    per_app: HashSet<(String, String)>,
+}
+
+#[derive(Debug)]
+pub struct Auth {
+    default: Rule,
+    apps: HashMap<String, Rule>,
+    secret: Vec<u8>,
+    keys_file: Option<PathBuf>,
+    file: RwLock<(Option<SystemTime>, Arc<FileKeys>)>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn rule(publish: PublishAuth, play: PlayAuth, keys: &[String]) -> Rule {
+    Rule {
+        publish,
+        play,
+        keys: keys.iter().cloned().collect(),
+    }
+}
+
+fn parse_keys(text: &str) -> FileKeys {
+    let mut keys = FileKeys::default();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.split_once('/') {
+            Some((app, key)) => {
+                keys.per_app.insert((app.to_owned(), key.to_owned()));
+            }
+            None => {
+                keys.any.insert(line.to_owned());
+            }
+        }
+    }
+    keys
+}
+
+/// The query parameters of a stream name (`name?a=1&b=2`).
+fn query_param<'a>(name: &'a str, param: &str) -> Option<&'a str> {
+    let (_, query) = name.split_once('?')?;
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == param).then_some(v)
+    })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Auth {
+    /// Builds the rules and reads the keys file once (an unreadable file
+    /// is an error at start).
+    pub fn new(config: &AuthConfig) -> Result<Auth, String> {
+        let auth = Auth {
+            default: rule(config.publish, config.play, &config.keys),
+            apps: config
+                .apps
+                .iter()
+                .map(|(app, r)| (app.clone(), rule(r.publish, r.play, &r.keys)))
+                .collect(),
+            secret: config.token_secret.as_bytes().to_vec(),
+            keys_file: (!config.keys_file.is_empty()).then(|| PathBuf::from(&config.keys_file)),
+            file: RwLock::new((None, Arc::new(FileKeys::default()))),
+        };
+        auth.reload()?;
+        Ok(auth)
+    }
+
+    /// Whether anything is checked at all.
+    pub fn is_open(&self) -> bool {
+        let open = |r: &Rule| r.publish == PublishAuth::Open && r.play == PlayAuth::Open;
+        open(&self.default) && self.apps.values().all(open)
+    }
+
+    /// Re-reads the keys file if it changed since the last read; returns
+    /// whether it did.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(path) = &self.keys_file else {
+            return Ok(false);
+        };
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("auth.keys_file {}: {e}", path.display()))?;
+        if self
+            .file
+            .read()
+            .map(|f| f.0 == Some(modified))
+            .unwrap_or(false)
+        {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("auth.keys_file {}: {e}", path.display()))?;
+        let keys = Arc::new(parse_keys(&text));
+        if let Ok(mut f) = self.file.write() {
+            *f = (Some(modified), keys);
+        }
+        Ok(true)
+    }
+
+    /// May `action` go ahead on `app` / `name` (the stream name as the
+    /// client sent it, with its query)? `now` is Unix time in seconds.
+    pub fn check(&self, action: Action, app: &str, name: &str, now: u64) -> Result<(), Refusal> {
+        let rule = self.apps.get(app).unwrap_or(&self.default);
+        let stream = name.split('?').next().unwrap_or("");
+        match (action, rule.publish, rule.play) {
+            (Action::Publish, PublishAuth::Open, _) | (Action::Play, _, PlayAuth::Open) => Ok(()),
+            (Action::Publish, PublishAuth::Keys, _) => {
+                let file = self.file.read().map(|f| f.1.clone()).unwrap_or_default();
+                let known = rule.keys.contains(stream)
+                    || file.any.contains(stream)
+                    || file.per_app.contains(&(app.to_owned(), stream.to_owned()));
+                if known {
+                    Ok(())
+                } else {
+                    Err(Refusal::BadKey)
+                }
+            }
+            (Action::Publish, PublishAuth::Token, _) | (Action::Play, _, PlayAuth::Token) => {
+                self.check_token(action, app, stream, name, now)
+            }
+        }
+    }
+
+    fn check_token(
+        &self,
+        action: Action,
+        app: &str,
+        stream: &str,
+        name: &str,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let (Some(token), Some(expires)) =
+            (query_param(name, "token"), query_param(name, "expires"))
+        else {
+            return Err(Refusal::NoToken);
+        };
+        let expires_at: u64 = expires.parse().map_err(|_| Refusal::BadToken)?;
+        let given = unhex(token).ok_or(Refusal::BadToken)?;
+        let mut mac = HmacSha256::new_from_slice(&self.secret).map_err(|_| Refusal::BadToken)?;
+        mac.update(format!("{}:{app}/{stream}:{expires}", action.as_str()).as_bytes());
+        mac.verify_slice(&given).map_err(|_| Refusal::BadToken)?;
+        if expires_at < now {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+}
+
+/// The token for `action` on `app/stream` until `expires` (what a signing
+/// service hands out; used by the tests).
+pub fn sign(secret: &[u8], action: Action, app: &str, stream: &str, expires: u64) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("{}:{app}/{stream}:{expires}", action.as_str()).as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AppAuth;
+
+    fn config() -> AuthConfig {
+        let mut c = AuthConfig {
+            publish: PublishAuth::Keys,
+            keys: vec!["k1".into()],
+            token_secret: "s3cret".into(),
+            ..AuthConfig::default()
+        };
+        c.apps.insert(
+            "paid".into(),
+            AppAuth {
+                publish: PublishAuth::Token,
+                play: PlayAuth::Token,
+                keys: vec![],
+            },
+        );
+        c.apps.insert("open".into(), AppAuth::default());
+        c
+    }
+
+    #[test]
+    fn keys_per_app_and_default() {
+        let auth = Auth::new(&config()).unwrap();
+        assert!(!auth.is_open());
+        assert_eq!(auth.check(Action::Publish, "live", "k1", 0), Ok(()));
+        assert_eq!(auth.check(Action::Publish, "live", "k1?x=1", 0), Ok(()));
+        assert_eq!(
+            auth.check(Action::Publish, "live", "k2", 0),
+            Err(Refusal::BadKey)
+        );
+        assert_eq!(auth.check(Action::Play, "live", "anything", 0), Ok(()));
+        assert_eq!(auth.check(Action::Publish, "open", "anything", 0), Ok(()));
+    }
+
+    #[test]
+    fn tokens_are_bound_to_action_stream_and_expiry() {
+        let auth = Auth::new(&config()).unwrap();
+        let t = sign(b"s3cret", Action::Publish, "paid", "cam", 1000);
+        let name = format!("cam?token={t}&expires=1000");
+        assert_eq!(auth.check(Action::Publish, "paid", &name, 999), Ok(()));
+        assert_eq!(
+            auth.check(Action::Publish, "paid", &name, 1001),
+            Err(Refusal::Expired)
+        );
+        // Another action, stream, expiry or secret: invalid.
+        assert_eq!(
+            auth.check(Action::Play, "paid", &name, 999),
+            Err(Refusal::BadToken)
+        );
+        let other = format!("cam2?token={t}&expires=1000");
+        assert_eq!(
+            auth.check(Action::Publish, "paid", &other, 999),
+            Err(Refusal::BadToken)
+        );
+        let later = format!("cam?token={t}&expires=2000");
+        assert_eq!(
+            auth.check(Action::Publish, "paid", &later, 999),
+            Err(Refusal::BadToken)
+        );
+        let forged = sign(b"guess", Action::Publish, "paid", "cam", 1000);
+        let forged = format!("cam?token={forged}&expires=1000");
+        assert_eq!(
+            auth.check(Action::Publish, "paid", &forged, 999),
+            Err(Refusal::BadToken)
+        );
+        for bad in ["cam", "cam?token=zz&expires=1000", "cam?token=ab&expires=x"] {
+            assert!(
+                auth.check(Action::Publish, "paid", bad, 0).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_file_is_read_and_reloaded_when_it_changes() {
+        let dir = std::env::temp_dir().join(format!("tributary-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        std::fs::write(&path, "# comment\nfilekey\nlive/onlylive\n").unwrap();
+        let mut c = config();
+        c.keys_file = path.to_string_lossy().into_owned();
+        let auth = Auth::new(&c).unwrap();
+        assert_eq!(auth.check(Action::Publish, "live", "filekey", 0), Ok(()));
+        assert_eq!(auth.check(Action::Publish, "live", "onlylive", 0), Ok(()));
+        assert_eq!(
+            auth.check(Action::Publish, "other", "onlylive", 0),
+            Err(Refusal::BadKey)
+        );
+        // A rewrite with a later mtime replaces the keys.
+        std::fs::write(&path, "newkey\n").unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(auth.reload(), Ok(true));
+        assert_eq!(auth.reload(), Ok(false));
+        assert_eq!(auth.check(Action::Publish, "live", "newkey", 0), Ok(()));
+        assert_eq!(
+            auth.check(Action::Publish, "live", "filekey", 0),
+            Err(Refusal::BadKey)
+        );
+    }
+}
