@@ -15,7 +15,7 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::{ClusterHandle, ClusterStats};
-use crate::node::{Directory, ShardStats, ERROR_KINDS};
+use crate::node::{Directory, Gate, ShardStats, ERROR_KINDS, REFUSED_KINDS};
 
 /// What the admin plane reports on.
 pub struct AdminState {
@@ -26,6 +26,7 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     pub started: Instant,
     pub cluster: Option<ClusterHandle>,
+    pub gate: Arc<Gate>,
 }
 
 const MAX_REQUEST: usize = 8 * 1024;
@@ -289,6 +290,7 @@ struct Metrics {
     dropped: IntCounterVec,
     errors: IntCounterVec,
     refused: IntCounterVec,
+    limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
 }
@@ -380,6 +382,11 @@ impl Metrics {
             "tributary_auth_refused_total",
             "Publishes and plays refused by the auth rules, by reason",
             &["shard", "reason"],
+        )?;
+        let limited = counter(
+            "tributary_limit_refused_total",
+            "Connections, publishes and plays refused by a limit, by limit",
+            &["limit"],
         )?;
         let mut cluster_gauges = Vec::new();
         for (name, help, read) in [
@@ -482,6 +489,7 @@ impl Metrics {
             dropped,
             errors,
             refused,
+            limited,
             cluster_gauges,
             cluster_counters,
         })
@@ -525,6 +533,11 @@ impl Metrics {
                     ShardStats::get(&s.protocol_errors[k]),
                 );
             }
+        }
+        for (i, kind) in REFUSED_KINDS.iter().enumerate() {
+            let c = self.limited.with_label_values(&[kind]);
+            c.reset();
+            c.inc_by(state.gate.refused[i].load(Ordering::Relaxed));
         }
         if let Some(cluster) = &state.cluster {
             for (g, read) in &self.cluster_gauges {

@@ -71,6 +71,10 @@ pub struct RtmpConfig {
     pub idle_timeout_ms: u64,
     /// Connections per shard; more are refused at accept.
     pub max_connections_per_shard: usize,
+    /// Connections on the whole node; 0 = no limit beyond the per-shard one.
+    pub max_connections: u64,
+    /// Connections from one client address; 0 = no limit.
+    pub max_connections_per_ip: u32,
     /// Streams (createStream) one connection may open.
     pub max_streams_per_connection: u32,
 }
@@ -126,6 +130,11 @@ pub struct StreamsConfig {
     pub gop_cache_max_bytes: usize,
     /// Messages queued from the owner shard to each other shard.
     pub shard_channel_capacity: usize,
+    /// Streams published on this node at once; 0 = no limit.
+    pub max_publishers: u64,
+    /// Ingest cap per publisher, in kbit/s (reads are paced to it, so TCP
+    /// slows the encoder down); 0 = none.
+    pub max_ingest_kbps: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -135,6 +144,8 @@ pub struct PlayersConfig {
     pub queue_max_bytes: usize,
     /// A player that stays behind (dropping) this long is disconnected.
     pub max_lag_ms: u64,
+    /// Players of one stream on this node; 0 = no limit.
+    pub max_per_stream: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -281,6 +292,8 @@ impl Default for RtmpConfig {
             handshake_timeout_ms: 10_000,
             idle_timeout_ms: 30_000,
             max_connections_per_shard: 10_000,
+            max_connections: 0,
+            max_connections_per_ip: 0,
             max_streams_per_connection: 8,
         }
     }
@@ -309,6 +322,8 @@ impl Default for StreamsConfig {
             play_wait_timeout_ms: 10_000,
             gop_cache_max_bytes: 16 * 1024 * 1024,
             shard_channel_capacity: 1024,
+            max_publishers: 0,
+            max_ingest_kbps: 0,
         }
     }
 }
@@ -318,6 +333,7 @@ impl Default for PlayersConfig {
         Self {
             queue_max_bytes: 8 * 1024 * 1024,
             max_lag_ms: 10_000,
+            max_per_stream: 0,
         }
     }
 }

@@ -65,6 +65,7 @@ fn main() -> ExitCode {
         ready: ready.clone(),
         started: Instant::now(),
         cluster: node.cluster.clone(),
+        gate: node.gate.clone(),
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

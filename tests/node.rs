@@ -3,7 +3,7 @@
 //! land on both shards and streams are relayed across the shard mesh.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -569,4 +569,122 @@ fn stream_keys_and_signed_tokens_are_checked() {
     for secret_text in ["confkey", "filekey", "newkey", &token[..8]] {
         assert!(!log.contains(secret_text), "{secret_text} logged:\n{log}");
     }
+}
+
+/// Opens a TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: &str, to: SocketAddr) -> Option<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    let src: SocketAddr = format!("{from}:0").parse().ok()?;
+    socket.bind(&src.into()).ok()?;
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(2))
+        .ok()?;
+    let stream: TcpStream = socket.into();
+    stream.set_nonblocking(true).ok()?;
+    Some(stream)
+}
+
+#[test]
+fn a_flood_of_idle_and_slowloris_connections_does_not_stop_flowing_streams() {
+    let config = temp_file("flood.toml");
+    std::fs::write(
+        &config,
+        "[rtmp]\nhandshake_timeout_ms = 1500\nmax_connections_per_ip = 64\n",
+    )
+    .unwrap();
+    let node = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+    let url = node.url("steady");
+    let publisher = publish(&url, 14);
+    wait_live(&url);
+    let file = temp_file("flood-player.flv");
+    let player = ffmpeg_player(&url, &file, Some(8));
+
+    // From another loopback address: 300 connections, kept open for 6 s;
+    // odd ones send nothing, even ones dribble a handshake a byte at a
+    // time (slowloris). Any the node closes are opened again.
+    let addr = node.addr;
+    let flood = thread::spawn(move || {
+        let mut opened = 0u32;
+        let mut socks: Vec<Option<TcpStream>> = (0..300).map(|_| None).collect();
+        let end = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < end {
+            for (i, slot) in socks.iter_mut().enumerate() {
+                let alive = match slot {
+                    Some(s) if i % 2 == 0 => s.write_all(&[3]).is_ok(),
+                    Some(s) => {
+                        let mut b = [0u8; 1];
+                        !matches!(s.read(&mut b), Ok(0) | Ok(1))
+                    }
+                    None => false,
+                };
+                if !alive {
+                    *slot = connect_from("127.0.0.2", addr);
+                    opened += 1;
+                }
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        opened
+    });
+    player.wait(Duration::from_secs(40)).unwrap();
+    let opened = flood.join().unwrap();
+    check_recording(&file, 180);
+    publisher.wait(Duration::from_secs(40)).unwrap();
+
+    let (_, metrics) = get(node.http, "/metrics");
+    let value = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let refused = value("tributary_limit_refused_total{limit=\"ip_connections\"}");
+    let timeouts = value("tributary_protocol_errors_total{kind=\"timeout\"");
+    eprintln!("flood: {opened} connections opened, {refused} refused by the per-address limit, {timeouts} handshake timeouts");
+    assert!(refused > 100, "{refused} refused\n{metrics}");
+    assert!(timeouts >= 64, "{timeouts} timeouts\n{metrics}");
+}
+
+#[test]
+fn publisher_and_player_limits_refuse_the_one_too_many() {
+    let config = temp_file("limits.toml");
+    std::fs::write(
+        &config,
+        "[streams]\nmax_publishers = 1\n[players]\nmax_per_stream = 1\n",
+    )
+    .unwrap();
+    let node = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+    let publisher = publish(&node.url("one"), 8);
+    wait_live(&node.url("one"));
+    assert!(
+        publish(&node.url("two"), 2)
+            .wait(Duration::from_secs(20))
+            .is_err(),
+        "a second publisher got in"
+    );
+    let first = LibPlayer::start(node.addr, "one");
+    first.wait_for("media", |e| {
+        e.iter()
+            .filter(|e| matches!(e, tributary::protocol::client::ClientEvent::Media(_)))
+            .count()
+            > 10
+    });
+    let file = temp_file("limits-second.flv");
+    assert!(
+        ffmpeg_player(&node.url("one"), &file, Some(1))
+            .wait(Duration::from_secs(20))
+            .is_err(),
+        "a second player got in"
+    );
+    let (_, metrics) = get(node.http, "/metrics");
+    for limit in ["publishers", "stream_players"] {
+        assert!(
+            metrics.contains(&format!(
+                "tributary_limit_refused_total{{limit=\"{limit}\"}} 1"
+            )),
+            "{limit}:\n{metrics}"
+        );
+    }
+    publisher.wait(Duration::from_secs(30)).unwrap();
 }

@@ -20,6 +20,7 @@ use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
 use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
 
+use super::gate::{Gate, Ticket};
 use super::hub::{Hub, PlayOutcome, Player, RELAY_START_WAIT};
 use super::outbox::Outbox;
 use super::stats::ShardStats;
@@ -36,6 +37,9 @@ pub struct ConnectionContext {
     pub stats: Arc<ShardStats>,
     pub shard: usize,
     pub auth: Arc<Auth>,
+    pub gate: Arc<Gate>,
+    /// Ingest cap per publisher (0 = none).
+    pub max_ingest_bytes_per_sec: u64,
     /// Set when the node is in a cluster: publish claims and remote plays.
     pub cluster: Option<ClusterHandle>,
     pub session: ServerConfig,
@@ -105,7 +109,13 @@ enum Wake {
     Idle,
 }
 
-pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<ConnectionContext>) {
+pub async fn serve(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    conn: u64,
+    ctx: Rc<ConnectionContext>,
+    _place: Ticket,
+) {
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     let _ = socket.set_nodelay(true);
     let session = Rc::new(RefCell::new(ServerSession::new(
@@ -123,9 +133,11 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
     let mut state = ConnState {
         conn,
         publishing: None,
+        publisher_place: None,
         playing: Vec::new(),
         events: Vec::with_capacity(16),
     };
+    let mut pace = Pace::new(ctx.max_ingest_bytes_per_sec);
     let mut buf = vec![0u8; READ_BUFFER];
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     let started = Instant::now();
@@ -161,6 +173,14 @@ pub async fn serve(mut socket: TcpStream, peer: SocketAddr, conn: u64, ctx: Rc<C
                 if let Err(e) = state.on_input(&buf[..n], &session, &outbox, &ctx).await {
                     ctx.stats.add_protocol_error(error_kind(&e));
                     break Some(e.to_string());
+                }
+                if state.publishing.is_some() {
+                    // Over the ingest cap: wait before reading again (the
+                    // idle clock does not run while we hold back).
+                    if let Some(wait) = pace.take(n as u64, Instant::now()) {
+                        glommio::timer::sleep(wait).await;
+                        last_read = Instant::now();
+                    }
                 }
             }
             Wake::Write => {}
@@ -244,10 +264,43 @@ async fn flush(
     }
 }
 
+/// A token bucket over bytes read from a publisher: one second of burst,
+/// then `rate` bytes per second.
+struct Pace {
+    rate: u64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate,
+            tokens: rate as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Spends `n` bytes; returns how long to wait before reading more.
+    fn take(&mut self, n: u64, now: Instant) -> Option<Duration> {
+        if self.rate == 0 {
+            return None;
+        }
+        let rate = self.rate as f64;
+        let refill = now.duration_since(self.last).as_secs_f64() * rate;
+        self.last = now;
+        self.tokens = (self.tokens + refill).min(rate) - n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate))
+    }
+}
+
 struct ConnState {
     conn: u64,
     publishing: Option<(StreamKey, u32)>,
-    playing: Vec<(StreamKey, u32)>,
+    /// The node-wide publisher place this connection holds while publishing.
+    publisher_place: Option<Ticket>,
+    /// Streams it plays, each with its place under the per-stream limit.
+    playing: Vec<(StreamKey, u32, Ticket)>,
     events: Vec<ServerEvent>,
 }
 
@@ -327,6 +380,15 @@ impl ConnState {
                 ) {
                     return;
                 }
+                let Ok(place) = ctx.gate.publisher() else {
+                    session.borrow_mut().reject_publish(
+                        stream_id,
+                        "NetStream.Publish.Rejected",
+                        "this node has reached its publisher limit",
+                    );
+                    tracing::info!(conn = self.conn, "publish refused: publisher limit");
+                    return;
+                };
                 if let Some(cluster) = &ctx.cluster {
                     // The registry first: a key is live on one node only.
                     let takeover = ctx.hub.borrow().takeover();
@@ -355,6 +417,7 @@ impl ConnState {
                 ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(conn = self.conn, stream = %redact(&key), "publishing");
                 self.publishing = Some((key, stream_id));
+                self.publisher_place = Some(place);
             }
             ServerEvent::PlayRequest {
                 stream_id, name, ..
@@ -387,6 +450,14 @@ impl ConnState {
                     );
                     return;
                 }
+                let Ok(place) = ctx.gate.player(&key) else {
+                    session.borrow_mut().reject_play(
+                        stream_id,
+                        "NetStream.Play.Failed",
+                        "this stream has reached its player limit on this node",
+                    );
+                    return;
+                };
                 // The session writes Play.Start first; flush it into the
                 // outbox before the hub queues cached media behind it.
                 session.borrow_mut().accept_play(stream_id);
@@ -403,7 +474,7 @@ impl ConnState {
                     };
                     ctx.hub.borrow_mut().park(&key, player, wait);
                     ctx.stats.players.fetch_add(1, Ordering::Relaxed);
-                    self.playing.push((key, stream_id));
+                    self.playing.push((key, stream_id, place));
                     return;
                 }
                 match ctx.hub.borrow_mut().play(&key, player) {
@@ -413,7 +484,7 @@ impl ConnState {
                     }
                     PlayOutcome::Attached | PlayOutcome::Subscribing => {
                         ctx.stats.players.fetch_add(1, Ordering::Relaxed);
-                        self.playing.push((key, stream_id));
+                        self.playing.push((key, stream_id, place));
                     }
                 }
             }
@@ -440,7 +511,7 @@ impl ConnState {
             ServerEvent::PublishEnded { .. } => self.stop_publishing(ctx),
             ServerEvent::PlayEnded { stream_id } => {
                 let before = self.playing.len();
-                self.playing.retain(|(_, id)| *id != stream_id);
+                self.playing.retain(|(_, id, _)| *id != stream_id);
                 let ended = (before - self.playing.len()) as u64;
                 ctx.stats.players.fetch_sub(ended, Ordering::Relaxed);
                 if self.playing.is_empty() {
@@ -457,6 +528,7 @@ impl ConnState {
             ctx.stats.publishers.fetch_sub(1, Ordering::Relaxed);
             tracing::info!(conn = self.conn, stream = %redact(&key), "unpublished");
         }
+        self.publisher_place = None;
     }
 
     fn leave(&mut self, ctx: &ConnectionContext) {
@@ -468,5 +540,28 @@ impl ConnState {
             self.playing.clear();
         }
         ctx.hub.borrow_mut().leave(self.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_allows_a_second_of_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(1000);
+        assert_eq!(pace.take(1000, t0), None, "one second of burst");
+        let wait = pace.take(500, t0).unwrap();
+        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        // Half a second later the debt is paid.
+        assert_eq!(pace.take(0, t0 + Duration::from_millis(500)), None);
+        // Sustained: 100 bytes every 100 ms is exactly the rate.
+        let mut t = t0 + Duration::from_millis(500);
+        for _ in 0..50 {
+            t += Duration::from_millis(100);
+            assert_eq!(pace.take(100, t), None);
+        }
+        assert!(Pace::new(0).take(u64::MAX, t0).is_none(), "0 = no cap");
     }
 }

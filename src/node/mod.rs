@@ -6,6 +6,7 @@
 
 mod connection;
 mod directory;
+mod gate;
 mod gop;
 mod hub;
 mod outbox;
@@ -26,6 +27,7 @@ use crate::config::Config;
 use crate::protocol::RawMessage;
 
 pub use directory::Directory;
+pub use gate::{Gate, GateLimits, REFUSED_KINDS};
 pub use stats::{ShardStats, ERROR_KINDS};
 
 /// A stream's node-wide name: `app/stream` (no query string).
@@ -85,6 +87,7 @@ pub struct Node {
     /// The way to the cluster's control thread, when `cluster.nats` is set.
     pub cluster: Option<ClusterHandle>,
     pub node_id: String,
+    pub gate: Arc<Gate>,
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
     /// Kept, never joined: see `drain`.
@@ -180,6 +183,12 @@ impl Node {
         config.rtmp.listen = addr;
         let node_id = config.node_id();
         let auth = Arc::new(Auth::new(&config.auth).map_err(NodeError::Start)?);
+        let gate = Gate::new(GateLimits {
+            connections: config.rtmp.max_connections,
+            connections_per_ip: config.rtmp.max_connections_per_ip,
+            publishers: config.streams.max_publishers,
+            players_per_stream: config.players.max_per_stream,
+        });
         let (cluster, commands) = if config.cluster.nats.is_empty() {
             (None, None)
         } else {
@@ -214,7 +223,7 @@ impl Node {
             .collect();
         let io_memory = config.node.io_memory_kib * 1024;
         let setup = {
-            let (config, directory, stop, listening, drained, stats, cluster, auth) = (
+            let (config, directory, stop, listening, drained, stats, cluster, auth, gate) = (
                 config.clone(),
                 directory.clone(),
                 stop.clone(),
@@ -223,6 +232,7 @@ impl Node {
                 stats.clone(),
                 cluster.clone(),
                 auth.clone(),
+                gate.clone(),
             );
             move || {
                 let setup = shard::ShardSetup {
@@ -235,6 +245,7 @@ impl Node {
                     drained: drained.clone(),
                     cluster: cluster.clone().zip(commands.clone()),
                     auth: auth.clone(),
+                    gate: gate.clone(),
                 };
                 async move {
                     let r = shard::run(setup).await;
@@ -277,6 +288,7 @@ impl Node {
             directory,
             cluster,
             node_id,
+            gate,
             stop,
             drained,
             _handles: handles,

@@ -36,6 +36,7 @@ pub struct ShardSetup {
     /// The cluster's control thread and each shard's command queue.
     pub cluster: Option<(ClusterHandle, ShardCommands)>,
     pub auth: Arc<crate::auth::Auth>,
+    pub gate: Arc<super::Gate>,
 }
 
 pub async fn run(setup: ShardSetup) -> Result<(), String> {
@@ -126,6 +127,8 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         stats: stats.clone(),
         shard,
         auth: setup.auth.clone(),
+        gate: setup.gate.clone(),
+        max_ingest_bytes_per_sec: config.streams.max_ingest_kbps * 1000 / 8,
         cluster: setup.cluster.as_ref().map(|(h, _)| h.clone()),
         session: ServerConfig {
             limits: config.protocol_limits(),
@@ -163,11 +166,18 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             Err(_) => continue,
         };
         if stats.connections.load(Ordering::Relaxed) >= max_connections {
-            tracing::warn!(shard, %peer, "refused: {max_connections} connections on this shard");
+            tracing::debug!(shard, %peer, "refused: {max_connections} connections on this shard");
+            setup.gate.refused[0].fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        // Node-wide and per-address limits: over them, the socket is
+        // closed at once (counted, not logged: a flood must not flood logs).
+        let Ok(ticket) = setup.gate.connection(peer.ip()) else {
+            drop(socket);
+            continue;
+        };
         next_conn += 1;
-        glommio::spawn_local(serve(socket, peer, next_conn, ctx.clone())).detach();
+        glommio::spawn_local(serve(socket, peer, next_conn, ctx.clone(), ticket)).detach();
     }
     drop(listener);
 
