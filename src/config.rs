@@ -45,6 +45,29 @@ pub struct Config {
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+/// RTMPS.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The RTMPS listener (every shard); unset = no RTMPS.
+    pub listen: Option<SocketAddr>,
+    /// Certificate chain and private key (PEM) for clients without SNI or
+    /// with a name not listed in `sni`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// More certificates, chosen by the name the client asks for (SNI).
+    pub sni: Vec<SniCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -502,6 +525,14 @@ impl Config {
         if !self.cluster.password.is_empty() && self.cluster.user.is_empty() {
             return Err(invalid("cluster.password", "set cluster.user as well"));
         }
+        if self.tls.listen.is_some()
+            && (self.tls.cert.as_os_str().is_empty() || self.tls.key.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "tls.cert",
+                "RTMPS (tls.listen) needs tls.cert and tls.key",
+            ));
+        }
         for url in &self.cluster.nats {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 return Err(invalid(
@@ -523,6 +554,9 @@ pub struct Cli {
     pub node_id: Option<String>,
     pub nats: Option<Vec<String>>,
     pub shards: Option<usize>,
+    pub rtmps_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub help: bool,
     pub version: bool,
 }
@@ -543,6 +577,9 @@ OPTIONS (each overrides the config file):
     --node-id ID           this node's name in the cluster    [node.id]
     --nats URL[,URL...]    NATS servers; none = standalone     [cluster.nats]
     --shards N             data-plane shards; 0 = one per CPU  [node.shards]
+    --rtmps-listen ADDR    RTMPS address, e.g. 0.0.0.0:443     [tls.listen]
+    --tls-cert FILE        RTMPS certificate chain (PEM)       [tls.cert]
+    --tls-key FILE         RTMPS private key (PEM)             [tls.key]
     -h, --help             this text
     -V, --version          the version
 ";
@@ -578,6 +615,11 @@ impl Cli {
                     cli.http_listen = Some(addr("--http-listen", value("--http-listen")?)?)
                 }
                 "--node-id" => cli.node_id = Some(value("--node-id")?),
+                "--rtmps-listen" => {
+                    cli.rtmps_listen = Some(addr("--rtmps-listen", value("--rtmps-listen")?)?)
+                }
+                "--tls-cert" => cli.tls_cert = Some(PathBuf::from(value("--tls-cert")?)),
+                "--tls-key" => cli.tls_key = Some(PathBuf::from(value("--tls-key")?)),
                 "--nats" => {
                     let v = value("--nats")?;
                     cli.nats = Some(
@@ -624,6 +666,15 @@ impl Cli {
         }
         if let Some(n) = self.shards {
             config.node.shards = n;
+        }
+        if let Some(a) = self.rtmps_listen {
+            config.tls.listen = Some(a);
+        }
+        if let Some(p) = &self.tls_cert {
+            config.tls.cert = p.clone();
+        }
+        if let Some(p) = &self.tls_key {
+            config.tls.key = p.clone();
         }
         config.validate()?;
         Ok(config)

@@ -21,3 +21,4 @@ pub mod config;
 pub mod node;
 pub mod protocol;
 pub mod synthetic;
+pub mod tls;

@@ -56,6 +56,9 @@ fn main() -> ExitCode {
         }
     };
     tracing::info!(shards = node.shards, "rtmp listening on {}", node.rtmp_addr);
+    if let Some(addr) = node.rtmps_addr {
+        tracing::info!("rtmps listening on {addr}");
+    }
     let ready = Arc::new(AtomicBool::new(true));
     let admin = AdminState {
         node_id: node.node_id.clone(),
@@ -75,7 +78,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let signal = wait_for(&signals);
+    // SIGHUP re-reads the keys file and certificates; SIGINT/SIGTERM stop.
+    let signal = loop {
+        match wait_for(&signals) {
+            libc::SIGHUP => {
+                tracing::info!("SIGHUP: reloading keys and certificates");
+                node.reload();
+            }
+            other => break other,
+        }
+    };
     ready.store(false, Ordering::SeqCst);
     tracing::info!("signal {signal}: stopping");
     let mut node = node;
@@ -104,6 +116,7 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }

@@ -688,3 +688,128 @@ fn publisher_and_player_limits_refuse_the_one_too_many() {
     }
     publisher.wait(Duration::from_secs(30)).unwrap();
 }
+
+/// A self-signed certificate and key for `name` (EC P-256), as PEM files.
+fn self_signed(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        temp_file(&format!("{name}.crt")),
+        temp_file(&format!("{name}.key")),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is required");
+    assert!(status.success());
+    (cert, key)
+}
+
+/// The subject of the certificate a TLS server presents (openssl s_client).
+fn served_subject(addr: SocketAddr, sni: Option<&str>, extra: &[&str]) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &addr.to_string()]);
+    match sni {
+        Some(name) => cmd.args(["-servername", name]),
+        None => cmd.arg("-noservername"),
+    };
+    let out = cmd
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn rtmps_beside_rtmp_with_sni_certificates_reloaded_live() {
+    let (cert, key) = self_signed("default.test");
+    let (b_cert, b_key) = self_signed("b.test");
+    let config = temp_file("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tls.sni]]\nname = \"b.test\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            b_cert.display(),
+            b_key.display()
+        ),
+    )
+    .unwrap();
+    let node = Node::start_with(
+        2,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--rtmps-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tls_addr: SocketAddr = loop {
+        let log = node.log.lock().unwrap().clone();
+        if let Some(rest) = log.split("rtmps listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no RTMPS address logged:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let rtmps = |key: &str| format!("rtmps://{tls_addr}/live/{key}");
+
+    // Published over RTMPS, played over RTMP; and the other way round.
+    let publisher = publish(&rtmps("secure"), 10);
+    wait_live(&node.url("secure"));
+    let plain_file = temp_file("tls-plain.flv");
+    let tls_file = temp_file("tls-tls.flv");
+    let plain = ffmpeg_player(&node.url("secure"), &plain_file, Some(4));
+    let tls = ffmpeg_player(&rtmps("secure"), &tls_file, Some(4));
+
+    // Certificates by SNI, over TLS 1.2 and 1.3 (rustls has nothing older;
+    // this machine's openssl cannot speak TLS 1.1 to prove it).
+    assert!(served_subject(tls_addr, None, &[]).contains("default.test"));
+    assert!(served_subject(tls_addr, Some("b.test"), &[]).contains("b.test"));
+    assert!(served_subject(tls_addr, Some("other.test"), &[]).contains("default.test"));
+    assert!(served_subject(tls_addr, None, &["-tls1_2"]).contains("default.test"));
+    assert!(served_subject(tls_addr, None, &["-tls1_3"]).contains("default.test"));
+
+    // A new default certificate on disk is served to new connections while
+    // the RTMPS player above goes on.
+    let (new_cert, new_key) = self_signed("renewed.test");
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served_subject(tls_addr, None, &[]).contains("renewed.test") {
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was not reloaded"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    plain.wait(Duration::from_secs(30)).unwrap();
+    tls.wait(Duration::from_secs(30)).unwrap();
+    check_recording(&plain_file, 75);
+    check_recording(&tls_file, 75);
+    publisher.wait(Duration::from_secs(30)).unwrap();
+}

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{Action, Auth};
 use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
@@ -109,15 +108,15 @@ enum Wake {
     Idle,
 }
 
-pub async fn serve(
-    mut socket: TcpStream,
+/// Serves one connection, plain TCP or TLS, until it closes.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
     peer: SocketAddr,
     conn: u64,
     ctx: Rc<ConnectionContext>,
     _place: Ticket,
 ) {
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let _ = socket.set_nodelay(true);
     let session = Rc::new(RefCell::new(ServerSession::new(
         ctx.session,
         0,
@@ -240,8 +239,8 @@ fn error_kind(e: &SessionError) -> &'static str {
 
 /// Writes what the outbox holds: small messages coalesced, large ones from
 /// their own shared buffer. Returns the bytes written.
-async fn flush(
-    socket: &mut TcpStream,
+async fn flush<S: AsyncWrite + Unpin>(
+    socket: &mut S,
     outbox: &Outbox,
     batch: &mut BytesMut,
 ) -> std::io::Result<u64> {
@@ -258,7 +257,11 @@ async fn flush(
                 socket.write_all(&b).await?;
                 written += b.len() as u64;
             }
-            None if batch.is_empty() => return Ok(written),
+            None if batch.is_empty() => {
+                // TLS holds records until flushed; plain TCP has nothing to do.
+                socket.flush().await?;
+                return Ok(written);
+            }
             None => {}
         }
     }

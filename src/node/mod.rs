@@ -25,6 +25,7 @@ use crate::auth::Auth;
 use crate::cluster::{self, ClusterHandle, ClusterSettings};
 use crate::config::Config;
 use crate::protocol::RawMessage;
+use crate::tls::Certs;
 
 pub use directory::Directory;
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
@@ -88,6 +89,10 @@ pub struct Node {
     pub cluster: Option<ClusterHandle>,
     pub node_id: String,
     pub gate: Arc<Gate>,
+    /// The RTMPS address, when RTMPS is on.
+    pub rtmps_addr: Option<SocketAddr>,
+    pub auth: Arc<Auth>,
+    pub certs: Option<Arc<Certs>>,
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
     /// Kept, never joined: see `drain`.
@@ -141,24 +146,33 @@ fn resolve_listen(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socke
     Ok((local, Some(socket)))
 }
 
-/// Re-reads the auth keys file every 2 s if it changed (a plain thread:
-/// it is one `stat` per tick).
-fn spawn_keys_reload(auth: Arc<Auth>, stop: Arc<AtomicBool>) {
-    if auth.reload().is_err() {
-        return;
-    }
+/// Re-reads the auth keys file and the TLS certificates every 2 s if they
+/// changed (a plain thread: a few `stat`s per tick).
+fn spawn_reload(auth: Arc<Auth>, certs: Option<Arc<Certs>>, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
-        .name("tributary-keys".into())
+        .name("tributary-reload".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(2));
-                match auth.reload() {
-                    Ok(true) => tracing::info!("auth keys file reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("{e}; keeping the keys read before"),
-                }
+                reload(&auth, certs.as_deref(), false);
             }
         });
+}
+
+/// Reloads what changed (everything with `force`), logging the outcome.
+fn reload(auth: &Auth, certs: Option<&Certs>, force: bool) {
+    match auth.reload() {
+        Ok(true) => tracing::info!("auth keys file reloaded"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("{e}; keeping the keys read before"),
+    }
+    if let Some(certs) = certs {
+        match certs.reload(force) {
+            Ok(true) => tracing::info!("TLS certificates reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("TLS certificates: {e}; keeping the ones in use"),
+        }
+    }
 }
 
 impl Node {
@@ -181,6 +195,16 @@ impl Node {
         }
         let (addr, placeholder) = resolve_listen(config.rtmp.listen)?;
         config.rtmp.listen = addr;
+        let (tls, certs, tls_placeholder) = match config.tls.listen {
+            Some(listen) => {
+                let certs = Certs::load(&config.tls).map_err(NodeError::Start)?;
+                let acceptor = crate::tls::acceptor(certs.clone()).map_err(NodeError::Start)?;
+                let (addr, placeholder) = resolve_listen(listen)?;
+                config.tls.listen = Some(addr);
+                (Some((addr, acceptor)), Some(certs), placeholder)
+            }
+            None => (None, None, None),
+        };
         let node_id = config.node_id();
         let auth = Arc::new(Auth::new(&config.auth).map_err(NodeError::Start)?);
         let gate = Gate::new(GateLimits {
@@ -223,7 +247,7 @@ impl Node {
             .collect();
         let io_memory = config.node.io_memory_kib * 1024;
         let setup = {
-            let (config, directory, stop, listening, drained, stats, cluster, auth, gate) = (
+            let (config, directory, stop, listening, drained, stats, cluster, auth, gate, tls) = (
                 config.clone(),
                 directory.clone(),
                 stop.clone(),
@@ -233,6 +257,7 @@ impl Node {
                 cluster.clone(),
                 auth.clone(),
                 gate.clone(),
+                tls.clone(),
             );
             move || {
                 let setup = shard::ShardSetup {
@@ -246,6 +271,7 @@ impl Node {
                     cluster: cluster.clone().zip(commands.clone()),
                     auth: auth.clone(),
                     gate: gate.clone(),
+                    tls: tls.clone(),
                 };
                 async move {
                     let r = shard::run(setup).await;
@@ -280,7 +306,8 @@ impl Node {
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(placeholder);
-        spawn_keys_reload(auth.clone(), stop.clone());
+        drop(tls_placeholder);
+        spawn_reload(auth.clone(), certs.clone(), stop.clone());
         Ok(Node {
             rtmp_addr: addr,
             shards,
@@ -289,10 +316,18 @@ impl Node {
             cluster,
             node_id,
             gate,
+            rtmps_addr: tls.map(|(a, _)| a),
+            auth,
+            certs,
             stop,
             drained,
             _handles: handles,
         })
+    }
+
+    /// Re-reads the keys file and the certificates now (SIGHUP).
+    pub fn reload(&self) {
+        reload(&self.auth, self.certs.as_deref(), true);
     }
 
     /// Tells every shard to stop accepting and drain; returns at once.

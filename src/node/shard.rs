@@ -37,6 +37,8 @@ pub struct ShardSetup {
     pub cluster: Option<(ClusterHandle, ShardCommands)>,
     pub auth: Arc<crate::auth::Auth>,
     pub gate: Arc<super::Gate>,
+    /// The RTMPS address (resolved) and the TLS acceptor, when on.
+    pub tls: Option<(std::net::SocketAddr, futures_rustls::TlsAcceptor)>,
 }
 
 pub async fn run(setup: ShardSetup) -> Result<(), String> {
@@ -58,6 +60,13 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             config.rtmp.listen
         )
     })?;
+    let tls_listener = match &setup.tls {
+        Some((addr, _)) => Some(
+            TcpListener::bind(addr)
+                .map_err(|e| format!("shard {shard}: cannot listen for RTMPS on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     setup.listening.fetch_add(1, Ordering::SeqCst);
 
     let hub = Rc::new(RefCell::new(Hub::new(
@@ -140,6 +149,59 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         idle_timeout: Duration::from_millis(config.rtmp.idle_timeout_ms),
         write_timeout: Duration::from_millis(config.players.max_lag_ms),
     });
+    // RTMPS: its own accept loop; after the TLS handshake a connection is
+    // served exactly like a plain one, with the same hub.
+    if let (Some(listener), Some((_, acceptor))) = (tls_listener, setup.tls.clone()) {
+        let (ctx, stop, gate, stats) = (
+            ctx.clone(),
+            setup.stop.clone(),
+            setup.gate.clone(),
+            stats.clone(),
+        );
+        let max_connections = config.rtmp.max_connections_per_shard as u64;
+        glommio::spawn_local(async move {
+            let mut next_conn: u64 = ((shard as u64) << 48) | (1 << 40);
+            while !stop.load(Ordering::Relaxed) {
+                let Some(socket) = accept(&listener).await else {
+                    continue;
+                };
+                let Ok(peer) = socket.peer_addr() else {
+                    continue;
+                };
+                if stats.connections.load(Ordering::Relaxed) >= max_connections {
+                    gate.refused[0].fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let Ok(ticket) = gate.connection(peer.ip()) else {
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                next_conn += 1;
+                let (acceptor, ctx, conn) = (acceptor.clone(), ctx.clone(), next_conn);
+                glommio::spawn_local(async move {
+                    let handshake = futures_lite::future::or(
+                        async { Some(acceptor.accept(socket).await) },
+                        async {
+                            glommio::timer::sleep(ctx.handshake_timeout).await;
+                            None
+                        },
+                    )
+                    .await;
+                    match handshake {
+                        Some(Ok(tls)) => serve(tls, peer, conn, ctx, ticket).await,
+                        Some(Err(e)) => {
+                            ctx.stats.add_protocol_error("handshake");
+                            tracing::info!(%peer, conn, "TLS handshake failed: {e}");
+                        }
+                        None => ctx.stats.add_protocol_error("timeout"),
+                    }
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+
     let max_connections = config.rtmp.max_connections_per_shard as u64;
     let mut next_conn: u64 = (shard as u64) << 48;
     let mut backoff = Duration::from_millis(5);
@@ -176,6 +238,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             drop(socket);
             continue;
         };
+        let _ = socket.set_nodelay(true);
         next_conn += 1;
         glommio::spawn_local(serve(socket, peer, next_conn, ctx.clone(), ticket)).detach();
     }
@@ -208,3 +271,21 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
 
 /// How long a stopping shard waits for its connections to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// One accepted socket, or None after 200 ms (so the caller sees `stop`)
+/// or on an accept error (after a short pause: EMFILE must not spin).
+async fn accept(listener: &TcpListener) -> Option<glommio::net::TcpStream> {
+    let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        None
+    })
+    .await?;
+    match accepted {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("accept failed: {e}");
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! RTMPS: the TLS configuration every shard's RTMPS listener shares
+//! (rustls with the ring provider, TLS 1.2 and 1.3 only), certificates
+//! chosen by SNI, and their reload from disk without dropping connections:
+//! a handshake takes whatever certificate set is current; sessions already
+//! up keep theirs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use futures_rustls::rustls;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::TlsConfig;
+
+#[derive(Debug)]
+struct CertSet {
+    default: Arc<CertifiedKey>,
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+}
+
+/// The certificates, reloadable.
+#[derive(Debug)]
+pub struct Certs {
+    /// (server name or "" for the default, cert file, key file)
+    files: Vec<(String, PathBuf, PathBuf)>,
+    current: RwLock<(Vec<Option<SystemTime>>, Arc<CertSet>)>,
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate in it", cert.display()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+fn mtimes(files: &[(String, PathBuf, PathBuf)]) -> Vec<Option<SystemTime>> {
+    files
+        .iter()
+        .flat_map(|(_, c, k)| [c, k])
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+impl Certs {
+    /// Loads every certificate now; any error stops the start.
+    pub fn load(config: &TlsConfig) -> Result<Arc<Certs>, String> {
+        let mut files = vec![(String::new(), config.cert.clone(), config.key.clone())];
+        for sni in &config.sni {
+            files.push((
+                sni.name.to_ascii_lowercase(),
+                sni.cert.clone(),
+                sni.key.clone(),
+            ));
+        }
+        let set = Self::build(&files)?;
+        let times = mtimes(&files);
+        Ok(Arc::new(Certs {
+            files,
+            current: RwLock::new((times, Arc::new(set))),
+        }))
+    }
+
+    fn build(files: &[(String, PathBuf, PathBuf)]) -> Result<CertSet, String> {
+        let mut default = None;
+        let mut by_name = HashMap::new();
+        for (name, cert, key) in files {
+            let pair = load_pair(cert, key)?;
+            if name.is_empty() {
+                default = Some(pair);
+            } else {
+                by_name.insert(name.clone(), pair);
+            }
+        }
+        Ok(CertSet {
+            default: default.ok_or("no default certificate")?,
+            by_name,
+        })
+    }
+
+    /// Reloads if a file changed (or `force`); returns whether it did. On
+    /// error the certificates in use stay.
+    pub fn reload(&self, force: bool) -> Result<bool, String> {
+        let now = mtimes(&self.files);
+        let unchanged = self.current.read().map(|c| c.0 == now).unwrap_or(false);
+        if unchanged && !force {
+            return Ok(false);
+        }
+        let set = Self::build(&self.files)?;
+        if let Ok(mut c) = self.current.write() {
+            *c = (now, Arc::new(set));
+        }
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self.current.read().ok()?.1.clone();
+        let named = hello
+            .server_name()
+            .and_then(|n| set.by_name.get(&n.to_ascii_lowercase()));
+        Some(named.unwrap_or(&set.default).clone())
+    }
+}
+
+/// The acceptor every shard uses: TLS 1.2/1.3, no client certificates.
+pub fn acceptor(certs: Arc<Certs>) -> Result<futures_rustls::TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    Ok(futures_rustls::TlsAcceptor::from(Arc::new(config)))
+}
