@@ -3,8 +3,11 @@
 //! (Prometheus text, per shard), `/healthz`, `/readyz`, `/api/node` and
 //! `/api/streams` (JSON; `?scope=cluster` asks the cluster registry). It
 //! reads the shards' counters, the stream directory and the cluster
-//! counters; it is never on the media path. GET only, one request per
-//! connection, bounded request size and time.
+//! counters; it is never on the media path. `DELETE /api/streams/APP/KEY`
+//! kicks that publisher on whatever node of the cluster has it. With
+//! `http.admin_token` set, `/api/*` asks for `Authorization: Bearer TOKEN`
+//! (`/metrics` and the probes stay open). One request per connection,
+//! bounded request size and time.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +30,10 @@ pub struct AdminState {
     pub started: Instant,
     pub cluster: Option<ClusterHandle>,
     pub gate: Arc<Gate>,
+    /// Each shard's command queue (kicks).
+    pub commands: Vec<tokio::sync::mpsc::Sender<crate::cluster::ShardCommand>>,
+    /// Empty = the API is open (keep the admin address private).
+    pub admin_token: String,
 }
 
 const MAX_REQUEST: usize = 8 * 1024;
@@ -102,20 +109,45 @@ async fn handle(
             .await;
         }
     }
-    let line = buf.split(|b| *b == b'\r').next().unwrap_or(&[]);
-    let line = String::from_utf8_lossy(line);
+    let head = String::from_utf8_lossy(&buf);
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or("");
     let mut parts = line.split(' ');
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    if path.starts_with("/api/") && !state.admin_token.is_empty() {
+        let presented = lines.find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().strip_prefix("Bearer ").map(str::trim))
+                .flatten()
+        });
+        if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()))
+        {
+            return respond(
+                &mut socket,
+                "401 Unauthorized",
+                "text/plain",
+                b"Authorization: Bearer <http.admin_token> required\n",
+            )
+            .await;
+        }
+    }
+    if method == "DELETE" {
+        if let Some(target) = path.strip_prefix("/api/streams/") {
+            return kick(&mut socket, state, target).await;
+        }
+    }
     if method != "GET" {
         return respond(
             &mut socket,
             "405 Method Not Allowed",
             "text/plain",
-            b"GET only\n",
+            b"GET, or DELETE /api/streams/APP/KEY\n",
         )
         .await;
     }
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     match path {
         "/healthz" => respond(&mut socket, "200 OK", "text/plain", b"ok\n").await,
         "/readyz" => {
@@ -261,6 +293,93 @@ async fn handle(
             .await
         }
         _ => respond(&mut socket, "404 Not Found", "text/plain", b"not found\n").await,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `%XX` escapes decoded (stream keys in a URL path).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// DELETE /api/streams/APP/KEY: the publisher of APP/KEY is closed, here or
+/// on the node of the cluster that has it; its players are told the stream
+/// ended.
+async fn kick(
+    socket: &mut tokio::net::TcpStream,
+    state: &AdminState,
+    target: &str,
+) -> std::io::Result<()> {
+    let Some(key) = percent_decode(target).filter(|k| k.contains('/')) else {
+        return respond(
+            socket,
+            "400 Bad Request",
+            "text/plain",
+            b"DELETE /api/streams/APP/KEY\n",
+        )
+        .await;
+    };
+    let key = crate::node::StreamKey::from(key.as_str());
+    let local = state
+        .directory
+        .snapshot()
+        .into_iter()
+        .find(|(k, _, relayed)| *k == key && !relayed)
+        .map(|(_, shard, _)| shard);
+    let mut result = Err("no such stream".to_string());
+    if let Some(tx) = local.and_then(|shard| state.commands.get(shard)) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = crate::cluster::ShardCommand::Kick {
+            key: key.clone(),
+            reply,
+        };
+        if tx.send(cmd).await.is_ok() && rx.await.unwrap_or(false) {
+            result = Ok(state.node_id.clone());
+        }
+    }
+    if result.is_err() {
+        if let Some(cluster) = &state.cluster {
+            result = cluster.kick(&key).await;
+        }
+    }
+    match result {
+        Ok(node) => {
+            tracing::info!(stream = %crate::protocol::server::redact(&key), "kicked through the HTTP API (node {node})");
+            let body = serde_json::json!({ "kicked": true, "node": node });
+            respond(
+                socket,
+                "200 OK",
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+        Err(e) => {
+            let body = serde_json::json!({ "kicked": false, "error": e });
+            respond(
+                socket,
+                "404 Not Found",
+                "application/json",
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
     }
 }
 

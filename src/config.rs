@@ -175,6 +175,8 @@ pub struct PlayersConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// When set, `/api/*` asks for `Authorization: Bearer <token>`.
+    pub admin_token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -365,6 +367,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: String::new(),
         }
     }
 }

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
     // inherits the mask and only `sigwait` below receives them.
     let signals = stop_signals();
     let http_listen = config.http.listen;
+    let admin_token = config.http.admin_token.clone();
     let node = match Node::start(config) {
         Ok(n) => n,
         Err(e) => {
@@ -69,6 +70,8 @@ fn main() -> ExitCode {
         started: Instant::now(),
         cluster: node.cluster.clone(),
         gate: node.gate.clone(),
+        commands: node.commands.clone(),
+        admin_token,
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

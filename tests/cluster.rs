@@ -521,3 +521,67 @@ fn a_relayed_stream_has_no_gap_and_no_duplicate() {
         "duplicate or reordered frames: {bad:?} in {r:?}"
     );
 }
+
+#[test]
+fn an_operator_kicks_a_publisher_on_another_node_with_the_admin_token() {
+    let config = temp_file("cluster-kick.toml");
+    std::fs::write(&config, "[http]\nadmin_token = \"t0ken-for-tests\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let nats = NatsServer::start("kick");
+    let a = Node::start_with(
+        1,
+        &["--node-id", "a", "--nats", &nats.url(), "--config", config],
+    );
+    let b = Node::start_with(
+        1,
+        &["--node-id", "b", "--nats", &nats.url(), "--config", config],
+    );
+    let publisher = publish(&a.url("kickme"), 30);
+    wait_live(&a.url("kickme"));
+    let token = Some("t0ken-for-tests");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::http(b.http, "GET", "/api/streams?scope=cluster", token)
+        .1
+        .contains("kickme")
+    {
+        assert!(Instant::now() < deadline, "never registered");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // Without the token (or a wrong one) the API says no; metrics stay open.
+    let path = "/api/streams/live/kickme";
+    assert_eq!(
+        common::http(b.http, "DELETE", path, None).0,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    assert_eq!(
+        common::http(b.http, "DELETE", path, Some("wrong")).0,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    assert_eq!(
+        common::http(b.http, "GET", "/api/streams", None).0,
+        "HTTP/1.1 401 Unauthorized"
+    );
+    assert_eq!(get(b.http, "/metrics").0, "HTTP/1.1 200 OK");
+
+    // Asked on B, done on A.
+    let (status, body) = common::http(b.http, "DELETE", path, token);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("\"node\":\"a\""), "{body}");
+    assert!(
+        publisher.wait(Duration::from_secs(10)).is_err(),
+        "the kicked publisher went on"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::http(b.http, "GET", "/api/streams?scope=cluster", token)
+        .1
+        .contains("kickme")
+    {
+        assert!(Instant::now() < deadline, "entry left after the kick");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        common::http(a.http, "DELETE", path, token).0,
+        "HTTP/1.1 404 Not Found"
+    );
+}

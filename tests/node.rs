@@ -686,7 +686,15 @@ fn publisher_and_player_limits_refuse_the_one_too_many() {
             "{limit}:\n{metrics}"
         );
     }
-    publisher.wait(Duration::from_secs(30)).unwrap();
+    // An operator kicks the publisher (no admin token configured here).
+    let (status, body) = common::http(node.http, "DELETE", "/api/streams/live/one", None);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(
+        publisher.wait(Duration::from_secs(10)).is_err(),
+        "the kicked publisher went on"
+    );
+    let gone = common::http(node.http, "DELETE", "/api/streams/live/one", None).0;
+    assert_eq!(gone, "HTTP/1.1 404 Not Found");
 }
 
 /// A self-signed certificate and key for `name` (EC P-256), as PEM files.

@@ -222,6 +222,9 @@ fn refuse(req: Request) {
         Request::Flush { reply } => {
             let _ = reply.send(());
         }
+        Request::Kick { reply, .. } => {
+            let _ = reply.send(Err("NATS is not configured correctly".into()));
+        }
         _ => {}
     }
 }
@@ -398,6 +401,12 @@ impl Control {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
                     let _ = reply.send(c.nodes().await);
+                });
+            }
+            Request::Kick { key, reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.kick(&key).await);
                 });
             }
             Request::Flush { reply } => {
@@ -665,6 +674,12 @@ impl Control {
                         let _ = c.client.publish(reply, Bytes::new()).await;
                     }
                     "snap" => c.on_snapshot(&msg.payload, reply).await,
+                    "kick" => {
+                        let key = String::from_utf8_lossy(&msg.payload);
+                        let done = c.kick_local(&StreamKey::from(key.as_ref())).await;
+                        let body: &'static [u8] = if done { b"ok" } else { b"no" };
+                        let _ = c.client.publish(reply, Bytes::from_static(body)).await;
+                    }
                     _ => {}
                 }
             });
@@ -737,6 +752,41 @@ impl Control {
             .client
             .publish(reply, wire::encode_snapshot_end(last))
             .await;
+    }
+
+    /// Kicks the local publisher of `key`, if this node has it.
+    async fn kick_local(&self, key: &StreamKey) -> bool {
+        let Some(shard) = self.owned.borrow().get(key).map(|o| o.shard) else {
+            return false;
+        };
+        let (reply, rx) = oneshot::channel();
+        let cmd = ShardCommand::Kick {
+            key: key.clone(),
+            reply,
+        };
+        self.shards[shard].send(cmd).await.is_ok() && rx.await.unwrap_or(false)
+    }
+
+    /// Kicks the publisher of `key` here or on the node that owns it.
+    async fn kick(&self, key: &StreamKey) -> Result<String, String> {
+        if self.kick_local(key).await {
+            return Ok(self.s.node_id.clone());
+        }
+        let (reg, _) = self.entry(key).await?.ok_or("no such stream")?;
+        if reg.node == self.s.node_id {
+            return Err("no such stream".into());
+        }
+        let subject = format!("trib.kick.{}", wire::token(&reg.node));
+        let answer = self
+            .client
+            .request(subject, Bytes::copy_from_slice(key.as_bytes()))
+            .await
+            .map_err(|e| format!("node {}: {e}", reg.node))?;
+        if answer.payload.as_ref() == b"ok" {
+            Ok(reg.node)
+        } else {
+            Err("no such stream".into())
+        }
     }
 
     // ----- relaying side

@@ -146,6 +146,11 @@ pub enum Request {
     },
     /// Answered once everything asked before it is done and sent (shutdown).
     Flush { reply: oneshot::Sender<()> },
+    /// Kick the publisher of `key` on whatever node has it; answers the node.
+    Kick {
+        key: StreamKey,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// A node's heartbeat entry (bucket `tributary_nodes`), refreshed with the
@@ -192,6 +197,12 @@ pub enum ShardCommand {
     /// Another node took `key` over: close the local publisher.
     Fence {
         key: StreamKey,
+    },
+    /// An operator kicks the local publisher of `key` (HTTP DELETE);
+    /// answers whether there was one.
+    Kick {
+        key: StreamKey,
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -315,6 +326,21 @@ impl ClusterHandle {
             .map_err(|_| "cluster control thread is gone".to_string())?
     }
 
+    /// Kicks the publisher of `key` wherever it is (from the admin thread).
+    pub async fn kick(&self, key: &StreamKey) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Kick {
+            key: key.clone(),
+            reply,
+        };
+        self.requests
+            .send(req)
+            .await
+            .map_err(|_| "cluster control thread is gone".to_string())?;
+        rx.await
+            .map_err(|_| "cluster control thread is gone".to_string())?
+    }
+
     /// From a plain thread (shutdown): waits until the control thread has
     /// handled everything queued before (registry entries of stopped
     /// publishers deleted, end-of-stream sent to relaying nodes) and
@@ -374,13 +400,9 @@ impl ClusterHandle {
 /// The per-shard ends of the command channels, taken once by each shard.
 pub type ShardCommands = Arc<Mutex<Vec<Option<mpsc::Receiver<ShardCommand>>>>>;
 
-/// Starts the control thread; it connects to NATS in the background (and
-/// keeps trying), so a node starts even while NATS is down.
-pub fn start(
-    settings: ClusterSettings,
-    shards: usize,
-) -> Result<(ClusterHandle, ShardCommands), ClusterError> {
-    let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
+/// One bounded command queue per shard: the senders (for the control
+/// thread and the admin plane) and the receivers each shard takes once.
+pub fn command_channels(shards: usize) -> (Vec<mpsc::Sender<ShardCommand>>, ShardCommands) {
     let mut senders = Vec::with_capacity(shards);
     let mut receivers = Vec::with_capacity(shards);
     for _ in 0..shards {
@@ -388,6 +410,16 @@ pub fn start(
         senders.push(tx);
         receivers.push(Some(rx));
     }
+    (senders, Arc::new(Mutex::new(receivers)))
+}
+
+/// Starts the control thread; it connects to NATS in the background (and
+/// keeps trying), so a node starts even while NATS is down.
+pub fn start(
+    settings: ClusterSettings,
+    senders: Vec<mpsc::Sender<ShardCommand>>,
+) -> Result<ClusterHandle, ClusterError> {
+    let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
     let stats = Arc::new(ClusterStats::default());
     let handle = ClusterHandle {
         requests: req_tx,
@@ -396,7 +428,7 @@ pub fn start(
     };
     control::spawn(settings, req_rx, senders, stats)
         .map_err(|e| ClusterError::Start(format!("cannot start the control thread: {e}")))?;
-    Ok((handle, Arc::new(Mutex::new(receivers))))
+    Ok(handle)
 }
 
 /// Unix time in ms.

@@ -684,6 +684,18 @@ impl Hub {
                     .map(|s| (s.gop.snapshot().cloned().collect(), s.seq));
                 let _ = reply.send(snapshot);
             }
+            ShardCommand::Kick { key, reply } => {
+                let publisher = self
+                    .streams
+                    .get(&key)
+                    .filter(|s| s.is_local())
+                    .and_then(|s| s.publisher_out.clone());
+                if let Some(out) = &publisher {
+                    tracing::info!(stream = %crate::protocol::server::redact(&key), "publisher kicked by an operator");
+                    out.close();
+                }
+                let _ = reply.send(publisher.is_some());
+            }
             ShardCommand::Fence { key } => {
                 if self.streams.get(&key).is_some_and(Stream::is_local) {
                     tracing::info!(stream = %crate::protocol::server::redact(&key), "another node took the stream over; closing its publisher here");

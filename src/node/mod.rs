@@ -89,6 +89,8 @@ pub struct Node {
     pub cluster: Option<ClusterHandle>,
     pub node_id: String,
     pub gate: Arc<Gate>,
+    /// Each shard's command queue (operator kicks from the admin plane).
+    pub commands: Vec<tokio::sync::mpsc::Sender<crate::cluster::ShardCommand>>,
     /// The RTMPS address, when RTMPS is on.
     pub rtmps_addr: Option<SocketAddr>,
     pub auth: Arc<Auth>,
@@ -213,8 +215,9 @@ impl Node {
             publishers: config.streams.max_publishers,
             players_per_stream: config.players.max_per_stream,
         });
-        let (cluster, commands) = if config.cluster.nats.is_empty() {
-            (None, None)
+        let (command_senders, commands) = cluster::command_channels(shards);
+        let cluster = if config.cluster.nats.is_empty() {
+            None
         } else {
             let c = &config.cluster;
             let settings = ClusterSettings {
@@ -232,9 +235,9 @@ impl Node {
                 max_message_len: config.limits.max_message_len,
                 rtmp_addr: addr.to_string(),
             };
-            let (handle, commands) =
-                cluster::start(settings, shards).map_err(|e| NodeError::Start(e.to_string()))?;
-            (Some(handle), Some(commands))
+            let handle = cluster::start(settings, command_senders.clone())
+                .map_err(|e| NodeError::Start(e.to_string()))?;
+            Some(handle)
         };
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
@@ -268,7 +271,8 @@ impl Node {
                     stop: stop.clone(),
                     listening: listening.clone(),
                     drained: drained.clone(),
-                    cluster: cluster.clone().zip(commands.clone()),
+                    cluster: cluster.clone(),
+                    commands: commands.clone(),
                     auth: auth.clone(),
                     gate: gate.clone(),
                     tls: tls.clone(),
@@ -316,6 +320,7 @@ impl Node {
             cluster,
             node_id,
             gate,
+            commands: command_senders,
             rtmps_addr: tls.map(|(a, _)| a),
             auth,
             certs,

@@ -33,8 +33,10 @@ pub struct ShardSetup {
     pub listening: Arc<std::sync::atomic::AtomicUsize>,
     /// Counted once this shard has drained at shutdown.
     pub drained: Arc<std::sync::atomic::AtomicUsize>,
-    /// The cluster's control thread and each shard's command queue.
-    pub cluster: Option<(ClusterHandle, ShardCommands)>,
+    /// The cluster's control thread, when clustered.
+    pub cluster: Option<ClusterHandle>,
+    /// Every shard's command queue (this shard takes its own).
+    pub commands: ShardCommands,
     pub auth: Arc<crate::auth::Auth>,
     pub gate: Arc<super::Gate>,
     /// The RTMPS address (resolved) and the TLS acceptor, when on.
@@ -84,18 +86,20 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         setup.directory.clone(),
         Rc::new(senders),
         stats.clone(),
-        setup.cluster.as_ref().map(|(h, _)| h.clone()),
+        setup.cluster.clone(),
     )));
 
     // Commands from the cluster's control thread (relayed media among them).
-    if let Some((_, commands)) = &setup.cluster {
-        let rx = commands
+    // (The admin plane kicks publishers through the same queue.)
+    {
+        let rx = setup
+            .commands
             .lock()
-            .map_err(|_| "cluster command queues poisoned".to_string())?
+            .map_err(|_| "shard command queues poisoned".to_string())?
             .get_mut(shard)
             .and_then(Option::take);
         let Some(mut rx) = rx else {
-            return Err(format!("shard {shard}: no cluster command queue"));
+            return Err(format!("shard {shard}: no command queue"));
         };
         let hub = hub.clone();
         glommio::spawn_local(async move {
@@ -138,7 +142,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         auth: setup.auth.clone(),
         gate: setup.gate.clone(),
         max_ingest_bytes_per_sec: config.streams.max_ingest_kbps * 1000 / 8,
-        cluster: setup.cluster.as_ref().map(|(h, _)| h.clone()),
+        cluster: setup.cluster.clone(),
         session: ServerConfig {
             limits: config.protocol_limits(),
             chunk_size: config.rtmp.chunk_size,

@@ -501,3 +501,21 @@ pub fn nats_cluster(name: &str) -> Vec<NatsServer> {
         .collect();
     starts.into_iter().map(|t| t.join().unwrap()).collect()
 }
+
+/// An HTTP request against the admin server with an optional bearer token:
+/// (status line, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
