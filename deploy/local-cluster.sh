@@ -35,6 +35,8 @@
 #   TRIB_NAME       the round-robin host name              (tributary.test)
 #   TRIB_SHARDS     shards per node                        (1)
 set -euo pipefail
+# dnsmasq and ip live in sbin, which a plain user PATH (sudo keeps it) may lack.
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
