@@ -70,16 +70,18 @@ need_tools() {
 
 find_binary() {
   local candidate
-  for candidate in "${TRIBUTARY_BIN:-}" "$repo/target/release/tributary" "$repo/target/debug/tributary" \
+  if [ -n "${TRIBUTARY_BIN:-}" ]; then
+    [ -x "$TRIBUTARY_BIN" ] || die "TRIBUTARY_BIN=$TRIBUTARY_BIN is not an executable file"
+    echo "$TRIBUTARY_BIN"
+    return
+  fi
+  for candidate in "$repo/target/release/tributary" "$repo/target/debug/tributary" \
     "$(command -v tributary || true)"; do
     if [ -n "$candidate" ] && [ -x "$candidate" ]; then
       echo "$candidate"
       return
     fi
   done
-  if [ -n "${TRIBUTARY_BIN:-}" ]; then
-    die "TRIBUTARY_BIN=$TRIBUTARY_BIN is not an executable file"
-  fi
   die "no tributary binary: build it (cargo build --release) or set TRIBUTARY_BIN"
 }
 
@@ -160,6 +162,7 @@ up() {
   need_tools
   local bin
   bin="$(find_binary)"
+  say "node binary: $bin"
   if running; then
     local what
     for what in dnsmasq nats-1 nats-2 nats-3 node-1 node-2 node-3; do
