@@ -151,7 +151,21 @@ async fn handle(
     match path {
         "/healthz" => respond(&mut socket, "200 OK", "text/plain", b"ok\n").await,
         "/readyz" => {
-            if state.ready.load(Ordering::Relaxed) {
+            // A cluster node cut off from NATS can serve only its own
+            // streams: not ready, so health-checked DNS sends players elsewhere.
+            let nats_down = state
+                .cluster
+                .as_ref()
+                .is_some_and(|c| ClusterStats::get(&c.stats.connected) == 0);
+            if nats_down && state.ready.load(Ordering::Relaxed) {
+                respond(
+                    &mut socket,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    b"not connected to NATS\n",
+                )
+                .await
+            } else if state.ready.load(Ordering::Relaxed) {
                 respond(&mut socket, "200 OK", "text/plain", b"ready\n").await
             } else {
                 respond(
@@ -461,6 +475,22 @@ impl Metrics {
                     &["shard"],
                 )?,
                 |s| ShardStats::get(&s.bytes_out),
+            ),
+            (
+                counter(
+                    "tributary_connections_total",
+                    "RTMP connections accepted",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.connections_total),
+            ),
+            (
+                counter("tributary_publishes_total", "Publishes started", &["shard"])?,
+                |s| ShardStats::get(&s.publishes_total),
+            ),
+            (
+                counter("tributary_plays_total", "Plays started", &["shard"])?,
+                |s| ShardStats::get(&s.plays_total),
             ),
             (
                 counter(

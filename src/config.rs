@@ -79,6 +79,9 @@ pub struct NodeConfig {
     pub shards: usize,
     /// Memory each shard registers with io_uring, in KiB.
     pub io_memory_kib: usize,
+    /// On SIGTERM/SIGINT, /readyz says 503 this long before the node stops
+    /// accepting, so load balancers and health-checked DNS move first.
+    pub drain_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -304,6 +307,7 @@ impl Default for NodeConfig {
             id: String::new(),
             shards: 0,
             io_memory_kib: 512,
+            drain_delay_ms: 0,
         }
     }
 }

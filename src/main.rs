@@ -48,6 +48,7 @@ fn main() -> ExitCode {
     let signals = stop_signals();
     let http_listen = config.http.listen;
     let admin_token = config.http.admin_token.clone();
+    let drain_delay = std::time::Duration::from_millis(config.node.drain_delay_ms);
     let node = match Node::start(config) {
         Ok(n) => n,
         Err(e) => {
@@ -93,6 +94,11 @@ fn main() -> ExitCode {
     };
     ready.store(false, Ordering::SeqCst);
     tracing::info!("signal {signal}: stopping");
+    if !drain_delay.is_zero() {
+        // Not ready, still serving: let traffic move away first.
+        tracing::info!("not ready; serving {drain_delay:?} more before draining");
+        std::thread::sleep(drain_delay);
+    }
     let mut node = node;
     // Drain, then exit without tearing the executors down: tasks parked on
     // io_uring must not outlive their reactor in thread-local destructors.

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -820,4 +821,89 @@ fn rtmps_beside_rtmp_with_sni_certificates_reloaded_live() {
     check_recording(&plain_file, 75);
     check_recording(&tls_file, 75);
     publisher.wait(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn a_draining_node_asks_capable_encoders_to_reconnect() {
+    use tributary::protocol::client::{ClientConfig, ClientEvent, ClientSession, Role};
+    let mut node = Node::start(2);
+    let addr = node.addr;
+    // An Enhanced RTMP v2 encoder (capsEx Reconnect), made with our client
+    // session: no mainstream encoder implements the request yet.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let encoder = thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let tc_url = format!("rtmp://{addr}/live");
+        let mut config = ClientConfig::new(Role::Publish, &tc_url, "live", "capable");
+        config.caps_ex = Some(1.0);
+        let mut client = ClientSession::new(config, 0, 9);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = bytes::BytesMut::new();
+        loop {
+            out.clear();
+            client.poll_transmit(&mut out);
+            stream.write_all(&out).unwrap();
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let used = client.handle_input(rest).unwrap();
+                rest = &rest[used..];
+                while let Some(e) = client.poll_event() {
+                    let reconnect = matches!(&e, ClientEvent::Status { code, .. }
+                        if code == "NetConnection.Connect.ReconnectRequest");
+                    sink.lock().unwrap().push(e);
+                    if reconnect {
+                        // What an encoder does: go (to another node).
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !events
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, ClientEvent::PublishStarted { .. }))
+    {
+        assert!(Instant::now() < deadline, "never published");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // A plain ffmpeg publisher too: it is simply closed.
+    let plain = publish(&node.url("plain"), 30);
+    wait_live(&node.url("plain"));
+
+    let stopping = Instant::now();
+    let status = node.stop().expect("node stops");
+    assert!(status.success(), "{status}");
+    encoder.join().unwrap();
+    assert!(
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Status { code, .. }
+            if code == "NetConnection.Connect.ReconnectRequest")),
+        "no ReconnectRequest"
+    );
+    // The encoder left when asked, so the node did not wait out its grace.
+    assert!(
+        stopping.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert!(node
+        .log
+        .lock()
+        .unwrap()
+        .contains("asked 1 encoders to reconnect"));
+    assert!(plain.wait(Duration::from_secs(10)).is_err());
 }

@@ -293,7 +293,9 @@ impl Control {
                 tracing::warn!("NATS disconnected; reconnecting");
             }
             Event::SlowConsumer(_) => count(&self.stats.relay_gaps),
-            other => tracing::debug!("NATS: {other}"),
+            Event::ClientError(e) => tracing::warn!("NATS client error: {e}"),
+            Event::ServerError(e) => tracing::warn!("NATS server error: {e}"),
+            other => tracing::info!("NATS: {other}"),
         }
     }
 

@@ -28,10 +28,13 @@ use super::StreamKey;
 const READ_BUFFER: usize = 64 * 1024;
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// An open connection as its shard's drain sees it.
+pub type OpenConnection = (std::rc::Weak<Outbox>, std::rc::Weak<RefCell<ServerSession>>);
+
 /// What a connection needs from its shard.
 pub struct ConnectionContext {
     /// Every open connection's outbox, so shutdown can close them all.
-    pub open: RefCell<Vec<std::rc::Weak<Outbox>>>,
+    pub open: RefCell<Vec<OpenConnection>>,
     pub hub: Rc<RefCell<Hub>>,
     pub stats: Arc<ShardStats>,
     pub shard: usize,
@@ -117,6 +120,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     _place: Ticket,
 ) {
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let session = Rc::new(RefCell::new(ServerSession::new(
         ctx.session,
         0,
@@ -126,8 +130,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let outbox = Rc::new(outbox);
     {
         let mut open = ctx.open.borrow_mut();
-        open.retain(|w| w.strong_count() > 0);
-        open.push(Rc::downgrade(&outbox));
+        open.retain(|(w, _)| w.strong_count() > 0);
+        open.push((Rc::downgrade(&outbox), Rc::downgrade(&session)));
     }
     let mut state = ConnState {
         conn,
@@ -418,6 +422,7 @@ impl ConnState {
                 }
                 session.borrow_mut().accept_publish(stream_id);
                 ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.publishes_total.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(conn = self.conn, stream = %redact(&key), "publishing");
                 self.publishing = Some((key, stream_id));
                 self.publisher_place = Some(place);
@@ -477,6 +482,7 @@ impl ConnState {
                     };
                     ctx.hub.borrow_mut().park(&key, player, wait);
                     ctx.stats.players.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
                     self.playing.push((key, stream_id, place));
                     return;
                 }
@@ -487,6 +493,8 @@ impl ConnState {
                     }
                     PlayOutcome::Attached | PlayOutcome::Subscribing => {
                         ctx.stats.players.fetch_add(1, Ordering::Relaxed);
+                        ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
+                        ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
                         self.playing.push((key, stream_id, place));
                     }
                 }

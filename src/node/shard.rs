@@ -249,10 +249,39 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
     drop(listener);
 
     // Drain: players hear the stream ended, every connection flushes what it
-    // has queued and closes, within a bounded time.
+    // has queued and closes, within a bounded time. Encoders that said they
+    // can (Enhanced RTMP v2 capsEx Reconnect) are asked to reconnect, which
+    // through DNS lands them on another node, and keep their connection
+    // until they go or the grace ends.
     hub.borrow_mut().shutdown();
-    for outbox in ctx.open.borrow().iter().filter_map(std::rc::Weak::upgrade) {
-        outbox.close();
+    let mut asked = 0;
+    for (outbox, session) in ctx.open.borrow().iter() {
+        let Some(outbox) = outbox.upgrade() else {
+            continue;
+        };
+        let reconnecting = session
+            .upgrade()
+            .and_then(|s| {
+                let mut s = s.try_borrow_mut().ok()?;
+                if !s.is_publishing() {
+                    return None;
+                }
+                s.request_reconnect(None, "this node is shutting down: reconnect")
+                    .then(|| {
+                        let mut out = bytes::BytesMut::new();
+                        s.poll_transmit(&mut out);
+                        outbox.push(out.freeze());
+                    })
+            })
+            .is_some();
+        if reconnecting {
+            asked += 1;
+        } else {
+            outbox.close();
+        }
+    }
+    if asked > 0 {
+        tracing::info!(shard, "asked {asked} encoders to reconnect elsewhere");
     }
     let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
     while stats.connections.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
@@ -264,6 +293,11 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             shard,
             "{left} connections still open after {SHUTDOWN_GRACE:?}; closing them"
         );
+        for (outbox, _) in ctx.open.borrow().iter() {
+            if let Some(outbox) = outbox.upgrade() {
+                outbox.close();
+            }
+        }
     }
     setup.drained.fetch_add(1, Ordering::SeqCst);
     // Never return: tearing the executor down with io_uring operations in

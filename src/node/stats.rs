@@ -11,6 +11,10 @@ pub const ERROR_KINDS: [&str; 5] = ["handshake", "chunk", "command", "sequence",
 #[derive(Debug, Default)]
 pub struct ShardStats {
     pub connections: AtomicU64,
+    /// Connections accepted, publishes and plays started, since start.
+    pub connections_total: AtomicU64,
+    pub publishes_total: AtomicU64,
+    pub plays_total: AtomicU64,
     pub publishers: AtomicU64,
     pub players: AtomicU64,
     pub bytes_in: AtomicU64,

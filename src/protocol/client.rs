@@ -49,6 +49,8 @@ pub struct ClientConfig {
     pub chunk_size: u32,
     /// Buffer length a player announces (SetBufferLength), in ms.
     pub buffer_ms: u32,
+    /// Enhanced RTMP v2 `capsEx` sent in connect (None = not sent).
+    pub caps_ex: Option<f64>,
     pub limits: Limits,
 }
 
@@ -62,6 +64,7 @@ impl ClientConfig {
             handshake: ClientMode::Digest,
             chunk_size: 4096,
             buffer_ms: 3000,
+            caps_ex: None,
             limits: Limits::default(),
         }
     }
@@ -222,6 +225,9 @@ impl ClientSession {
             ),
             ("tcUrl", Amf0Value::String(c.tc_url.clone())),
         ];
+        if let Some(caps) = c.caps_ex {
+            props.push(("capsEx", Amf0Value::Number(caps)));
+        }
         if c.role == Role::Play {
             props.extend([
                 ("fpad", Amf0Value::Boolean(false)),

@@ -344,6 +344,40 @@ pub fn status_info(level: &str, code: &str, description: &str) -> Amf0Value {
     ])
 }
 
+/// Enhanced RTMP v2 `capsEx` bit: the client handles
+/// `NetConnection.Connect.ReconnectRequest`.
+pub const CAPS_EX_RECONNECT: f64 = 1.0;
+
+/// Whether a connect's `capsEx` has the Reconnect bit.
+pub fn supports_reconnect(connect: &Connect) -> bool {
+    connect
+        .caps_ex
+        .is_some_and(|c| c.is_finite() && c >= 0.0 && (c as u64) & 1 == 1)
+}
+
+/// Enhanced RTMP v2: `onStatus` on the NetConnection asking the client to
+/// reconnect, to `tc_url` if given (else to the URL it used).
+pub fn reconnect_request(tc_url: Option<&str>, description: &str) -> RawMessage {
+    let mut info = vec![
+        ("level", Amf0Value::String("status".into())),
+        (
+            "code",
+            Amf0Value::String("NetConnection.Connect.ReconnectRequest".into()),
+        ),
+        ("description", Amf0Value::String(description.into())),
+    ];
+    if let Some(url) = tc_url {
+        info.push(("tcUrl", Amf0Value::String(url.into())));
+    }
+    command_message(
+        COMMAND_CSID,
+        0,
+        "onStatus",
+        0.0,
+        &[Amf0Value::Null, Amf0Value::object(info)],
+    )
+}
+
 /// `onStatus(0, null, {level, code, description})` on a media stream.
 pub fn on_status(stream_id: u32, level: &str, code: &str, description: &str) -> RawMessage {
     command_message(
@@ -441,8 +475,9 @@ pub fn connect_result(connect: &Connect) -> RawMessage {
         ("objectEncoding", Amf0Value::Number(connect.object_encoding)),
     ];
     if connect.caps_ex.is_some() {
-        // Multitrack and ModEx pass through untouched; no reconnect requests.
-        info.push(("capsEx", Amf0Value::Number(2.0 + 4.0)));
+        // Reconnect requests (sent when a node drains); Multitrack and ModEx
+        // pass through untouched.
+        info.push(("capsEx", Amf0Value::Number(CAPS_EX_RECONNECT + 2.0 + 4.0)));
     }
     command_message(
         COMMAND_CSID,

@@ -735,6 +735,30 @@ impl ServerSession {
     }
 
     /// Any onStatus on a stream (e.g. NetStream.Play.Stop at shutdown).
+    /// Whether a stream of this connection is publishing.
+    pub fn is_publishing(&self) -> bool {
+        self.streams
+            .iter()
+            .any(|s| s.role == StreamRole::Publishing)
+    }
+
+    /// Enhanced RTMP v2: asks a client that advertised the capability
+    /// (`capsEx` Reconnect) to reconnect, to `tc_url` or to where it came
+    /// from. Returns whether it was sent.
+    pub fn request_reconnect(&mut self, tc_url: Option<&str>, description: &str) -> bool {
+        let capable = self
+            .connect
+            .as_deref()
+            .is_some_and(crate::protocol::command::supports_reconnect);
+        if capable {
+            self.send(&crate::protocol::command::reconnect_request(
+                tc_url,
+                description,
+            ));
+        }
+        capable
+    }
+
     pub fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
         self.send(&on_status(stream_id, level, code, description));
     }
