@@ -62,7 +62,8 @@ impl Refusal {
 }
 
 /// Labels of [`Refusal::kind`], as exported.
-pub const REFUSAL_KINDS: [&str; 4] = ["bad_key", "no_token", "expired", "bad_token"];
+/// (`webhook` counts refusals by the publish/play webhook.)
+pub const REFUSAL_KINDS: [&str; 5] = ["bad_key", "no_token", "expired", "bad_token", "webhook"];
 
 #[derive(Debug, Clone)]
 struct Rule {

@@ -246,6 +246,13 @@ pub struct AuthConfig {
     pub keys_file: String,
     /// HMAC-SHA256 secret of `?token=...&expires=...`.
     pub token_secret: String,
+    /// An HTTP service asked before every publish (and play, with
+    /// `webhook_on_play`): 2xx allows. Empty = none.
+    pub webhook_url: String,
+    pub webhook_timeout_ms: u64,
+    /// Refuse when the service cannot be reached in time.
+    pub webhook_fail_closed: bool,
+    pub webhook_on_play: bool,
     pub apps: BTreeMap<String, AppAuth>,
 }
 
@@ -257,6 +264,10 @@ impl Default for AuthConfig {
             keys: Vec::new(),
             keys_file: String::new(),
             token_secret: String::new(),
+            webhook_url: String::new(),
+            webhook_timeout_ms: 2_000,
+            webhook_fail_closed: true,
+            webhook_on_play: false,
             apps: BTreeMap::new(),
         }
     }
@@ -522,6 +533,15 @@ impl Config {
                     "a rule says publish = \"keys\" but no keys are listed and auth.keys_file is empty",
                 ));
             }
+        }
+        if !a.webhook_url.is_empty() && !a.webhook_url.starts_with("http://") {
+            return Err(invalid(
+                "auth.webhook_url",
+                "must be an http:// URL (run the hook beside the node or on a private network)",
+            ));
+        }
+        if !(100..=30_000).contains(&a.webhook_timeout_ms) {
+            return Err(invalid("auth.webhook_timeout_ms", "must be 100..=30000"));
         }
         if !(1_500..=600_000).contains(&self.cluster.registry_ttl_ms) {
             return Err(invalid("cluster.registry_ttl_ms", "must be 1500..=600000"));

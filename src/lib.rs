@@ -22,3 +22,4 @@ pub mod node;
 pub mod protocol;
 pub mod synthetic;
 pub mod tls;
+pub mod webhook;

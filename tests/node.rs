@@ -907,3 +907,119 @@ fn a_draining_node_asks_capable_encoders_to_reconnect() {
         .contains("asked 1 encoders to reconnect"));
     assert!(plain.wait(Duration::from_secs(10)).is_err());
 }
+
+/// A tiny HTTP auth service on a free port: `good*` streams get 200, `slow*`
+/// no answer for 3 s, anything else 403 with a reason. Records the bodies.
+fn auth_service() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let sink = sink.clone();
+            thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    let n = conn.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_owned();
+                        }
+                    }
+                };
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let stream = v["stream"].as_str().unwrap_or("").to_owned();
+                sink.lock().unwrap().push(v);
+                let reply = if stream.starts_with("good") {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                } else if stream.starts_with("slow") {
+                    thread::sleep(Duration::from_secs(3));
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                } else {
+                    let reason = "stream not on the list";
+                    format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\n\r\n{reason}",
+                        reason.len()
+                    )
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn the_publish_webhook_allows_refuses_and_fails_closed() {
+    let (service, seen) = auth_service();
+    let config = temp_file("webhook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nwebhook_url = \"http://{service}/on_publish\"\nwebhook_timeout_ms = 1000\n"
+        ),
+    )
+    .unwrap();
+    let node = Node::start_with(1, &["--config", config.to_str().unwrap()]);
+    let publisher = publish(&format!("{}?session=42", node.url("good")), 4);
+    wait_live(&node.url("good"));
+    for refused in ["bad", "slow"] {
+        assert!(
+            publish(&node.url(refused), 1)
+                .wait(Duration::from_secs(20))
+                .is_err(),
+            "{refused} published"
+        );
+    }
+    publisher.wait(Duration::from_secs(30)).unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let good = seen
+        .iter()
+        .find(|v| v["stream"] == "good")
+        .expect("good asked");
+    assert_eq!(good["action"], "publish");
+    assert_eq!(good["app"], "live");
+    assert_eq!(good["query"], "session=42");
+    assert_eq!(good["client_ip"], "127.0.0.1");
+    // Plays are not asked unless webhook_on_play.
+    assert!(seen.iter().all(|v| v["action"] == "publish"));
+    let log = node.log.lock().unwrap().clone();
+    assert!(
+        log.contains("publish refused: stream not on the list"),
+        "{log}"
+    );
+    assert!(
+        log.contains("publish refused: the auth service did not answer in time"),
+        "{log}"
+    );
+
+    // Unreachable with fail_closed = false: publishing goes on.
+    let closed_port = common::free_port();
+    let open = temp_file("webhook-open.toml");
+    std::fs::write(
+        &open,
+        format!("[auth]\nwebhook_url = \"http://127.0.0.1:{closed_port}/\"\nwebhook_fail_closed = false\n"),
+    )
+    .unwrap();
+    let lenient = Node::start_with(1, &["--config", open.to_str().unwrap()]);
+    publish(&lenient.url("anything"), 1)
+        .wait(Duration::from_secs(20))
+        .unwrap();
+}

@@ -39,6 +39,7 @@ pub struct ConnectionContext {
     pub stats: Arc<ShardStats>,
     pub shard: usize,
     pub auth: Arc<Auth>,
+    pub webhook: Option<crate::webhook::Webhook>,
     pub gate: Arc<Gate>,
     /// Ingest cap per publisher (0 = none).
     pub max_ingest_bytes_per_sec: u64,
@@ -68,10 +69,12 @@ fn unix_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Checks `action` on `name` against the auth rules; on refusal answers
-/// with an error status naming the reason, counts and logs it (without
-/// the key), and closes the connection once that is written.
-fn authorize(
+/// Checks `action` on `name` against the auth rules, then the webhook if
+/// there is one; on refusal answers with an error status naming the reason,
+/// counts and logs it (without the key), and closes the connection once
+/// that is written.
+#[allow(clippy::too_many_arguments)]
+async fn authorize(
     action: Action,
     stream_id: u32,
     name: &str,
@@ -79,16 +82,25 @@ fn authorize(
     outbox: &Outbox,
     ctx: &ConnectionContext,
     conn: u64,
+    peer: SocketAddr,
 ) -> bool {
     let app = session
         .borrow()
         .connect_info()
         .map(|c| c.app.clone())
         .unwrap_or_default();
-    let Err(refusal) = ctx.auth.check(action, &app, name, unix_secs()) else {
-        return true;
+    let (reason, kind) = match ctx.auth.check(action, &app, name, unix_secs()) {
+        Err(refusal) => (refusal.to_string(), refusal.kind()),
+        Ok(()) => match &ctx.webhook {
+            Some(hook) if hook.applies_to(action) => {
+                match hook.ask(action, &app, name, &peer.ip().to_string()).await {
+                    Ok(()) => return true,
+                    Err(reason) => (reason, "webhook"),
+                }
+            }
+            _ => return true,
+        },
     };
-    let reason = refusal.to_string();
     {
         let mut s = session.borrow_mut();
         match action {
@@ -100,7 +112,7 @@ fn authorize(
         outbox.push(out.freeze());
     }
     outbox.close();
-    ctx.stats.add_auth_refused(refusal.kind());
+    ctx.stats.add_auth_refused(kind);
     tracing::info!(conn, app = %app, stream = %redact(name), "{} refused: {reason}", action.as_str());
     false
 }
@@ -135,6 +147,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut state = ConnState {
         conn,
+        peer,
         publishing: None,
         publisher_place: None,
         playing: Vec::new(),
@@ -303,6 +316,7 @@ impl Pace {
 
 struct ConnState {
     conn: u64,
+    peer: SocketAddr,
     publishing: Option<(StreamKey, u32)>,
     /// The node-wide publisher place this connection holds while publishing.
     publisher_place: Option<Ticket>,
@@ -384,7 +398,10 @@ impl ConnState {
                     outbox,
                     ctx,
                     self.conn,
-                ) {
+                    self.peer,
+                )
+                .await
+                {
                     return;
                 }
                 let Ok(place) = ctx.gate.publisher() else {
@@ -438,7 +455,10 @@ impl ConnState {
                     outbox,
                     ctx,
                     self.conn,
-                ) {
+                    self.peer,
+                )
+                .await
+                {
                     return;
                 }
                 let key = stream_key(&session.borrow(), &name);

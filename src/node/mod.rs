@@ -209,6 +209,21 @@ impl Node {
         };
         let node_id = config.node_id();
         let auth = Arc::new(Auth::new(&config.auth).map_err(NodeError::Start)?);
+        let webhook = if config.auth.webhook_url.is_empty() {
+            None
+        } else {
+            let settings = crate::webhook::WebhookSettings {
+                url: config.auth.webhook_url.clone(),
+                timeout: Duration::from_millis(config.auth.webhook_timeout_ms),
+                fail_closed: config.auth.webhook_fail_closed,
+                on_play: config.auth.webhook_on_play,
+                node_id: node_id.clone(),
+            };
+            Some(
+                crate::webhook::Webhook::start(settings)
+                    .map_err(|e| NodeError::Start(format!("webhook thread: {e}")))?,
+            )
+        };
         let gate = Gate::new(GateLimits {
             connections: config.rtmp.max_connections,
             connections_per_ip: config.rtmp.max_connections_per_ip,
@@ -262,6 +277,7 @@ impl Node {
                 gate.clone(),
                 tls.clone(),
             );
+            let webhook = webhook.clone();
             move || {
                 let setup = shard::ShardSetup {
                     config: config.clone(),
@@ -276,6 +292,7 @@ impl Node {
                     auth: auth.clone(),
                     gate: gate.clone(),
                     tls: tls.clone(),
+                    webhook: webhook.clone(),
                 };
                 async move {
                     let r = shard::run(setup).await;

@@ -41,6 +41,7 @@ pub struct ShardSetup {
     pub gate: Arc<super::Gate>,
     /// The RTMPS address (resolved) and the TLS acceptor, when on.
     pub tls: Option<(std::net::SocketAddr, futures_rustls::TlsAcceptor)>,
+    pub webhook: Option<crate::webhook::Webhook>,
 }
 
 pub async fn run(setup: ShardSetup) -> Result<(), String> {
@@ -140,6 +141,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         stats: stats.clone(),
         shard,
         auth: setup.auth.clone(),
+        webhook: setup.webhook.clone(),
         gate: setup.gate.clone(),
         max_ingest_bytes_per_sec: config.streams.max_ingest_kbps * 1000 / 8,
         cluster: setup.cluster.clone(),

@@ -28,7 +28,7 @@ pub struct ShardStats {
     pub protocol_errors: [AtomicU64; 5],
     /// Publishes and plays refused by auth, indexed like
     /// [`crate::auth::REFUSAL_KINDS`].
-    pub auth_refused: [AtomicU64; 4],
+    pub auth_refused: [AtomicU64; 5],
 }
 
 fn add(c: &AtomicU64, n: u64) {

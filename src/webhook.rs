@@ -1,0 +1,204 @@
+//! The blocking publish/play webhook (like nginx-rtmp's `on_publish`): before
+//! a publish (and, if asked, a play) goes ahead, the node POSTs what it knows
+//! to an HTTP service and waits for its answer, up to a timeout. 2xx allows;
+//! any other status refuses, with the response body (its first line, up to
+//! 200 bytes) as the reason the client sees. When the service cannot be
+//! reached in time, `fail_closed` decides. The HTTP client (hyper) runs on a
+//! control-plane thread of its own; shards wait on a oneshot with their own
+//! timer and never block.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Action;
+
+/// Requests queued to the webhook thread; more wait (they are rare).
+const QUEUE: usize = 1024;
+/// The longest reason passed on to the client.
+const MAX_REASON: usize = 200;
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub fail_closed: bool,
+    pub on_play: bool,
+    pub node_id: String,
+}
+
+/// What the service is asked about.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookQuery {
+    pub action: &'static str,
+    pub app: String,
+    /// The stream name without its query.
+    pub stream: String,
+    /// The query string after `?` (tokens, session ids), as sent.
+    pub query: String,
+    pub client_ip: String,
+    pub node: String,
+}
+
+struct Job {
+    query: HookQuery,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// The shards' way to the webhook thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    jobs: mpsc::Sender<Job>,
+    settings: std::sync::Arc<WebhookSettings>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("query", &self.query).finish()
+    }
+}
+
+impl Webhook {
+    /// Starts the webhook thread.
+    pub fn start(settings: WebhookSettings) -> std::io::Result<Webhook> {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        let settings = std::sync::Arc::new(settings);
+        let s = settings.clone();
+        std::thread::Builder::new()
+            .name("tributary-webhook".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("webhook runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(serve(s, rx));
+            })?;
+        Ok(Webhook { jobs, settings })
+    }
+
+    pub fn applies_to(&self, action: Action) -> bool {
+        action == Action::Publish || self.settings.on_play
+    }
+
+    /// Asks the service (from a shard). Err is the reason to refuse.
+    pub async fn ask(
+        &self,
+        action: Action,
+        app: &str,
+        name: &str,
+        client_ip: &str,
+    ) -> Result<(), String> {
+        let (stream, query) = name.split_once('?').unwrap_or((name, ""));
+        let query = HookQuery {
+            action: action.as_str(),
+            app: app.to_owned(),
+            stream: stream.to_owned(),
+            query: query.to_owned(),
+            client_ip: client_ip.to_owned(),
+            node: self.settings.node_id.clone(),
+        };
+        let (reply, rx) = oneshot::channel();
+        let asked = futures_lite::future::or(
+            async {
+                self.jobs.send(Job { query, reply }).await.ok()?;
+                rx.await.ok()
+            },
+            async {
+                // A little beyond the HTTP timeout: the thread answers first.
+                glommio::timer::sleep(self.settings.timeout + Duration::from_millis(500)).await;
+                None
+            },
+        )
+        .await;
+        match asked {
+            Some(answer) => answer,
+            None => self.unreachable("the auth service did not answer in time"),
+        }
+    }
+
+    fn unreachable(&self, why: &str) -> Result<(), String> {
+        unreachable(&self.settings, why)
+    }
+}
+
+async fn serve(settings: std::sync::Arc<WebhookSettings>, mut jobs: mpsc::Receiver<Job>) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    while let Some(job) = jobs.recv().await {
+        let (client, settings) = (client.clone(), settings.clone());
+        tokio::spawn(async move {
+            let answer =
+                tokio::time::timeout(settings.timeout, call(&client, &settings.url, &job.query))
+                    .await;
+            let result = match answer {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => unreachable(&settings, &format!("the auth service failed: {e}")),
+                Err(_) => unreachable(&settings, "the auth service did not answer in time"),
+            };
+            let _ = job.reply.send(result);
+        });
+    }
+}
+
+fn unreachable(settings: &WebhookSettings, why: &str) -> Result<(), String> {
+    if settings.fail_closed {
+        Err(why.to_owned())
+    } else {
+        tracing::warn!("webhook: {why}; allowing (fail_closed = false)");
+        Ok(())
+    }
+}
+
+/// One POST; Ok(Ok) = allowed, Ok(Err(reason)) = refused, Err = no answer.
+async fn call(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+    query: &HookQuery,
+) -> Result<Result<(), String>, String> {
+    let body = serde_json::to_vec(query).map_err(|e| e.to_string())?;
+    let request = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("tributary/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(Ok(()));
+    }
+    // The reason: the first line of a short body, else the status.
+    let body = http_body_util::Limited::new(response.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let line = text.lines().next().unwrap_or("").trim();
+    let mut reason: String = if line.is_empty() {
+        format!("refused by the auth service ({status})")
+    } else {
+        line.to_owned()
+    };
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    Ok(Err(reason))
+}
