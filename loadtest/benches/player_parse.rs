@@ -85,11 +85,7 @@ fn wire(chunk_size: u32, stream_id: u32) -> Vec<u8> {
         } else {
             PLAYER_AUDIO_CSID
         };
-        let msg = RawMessage {
-            csid,
-            payload,
-            ..m
-        };
+        let msg = RawMessage { csid, payload, ..m };
         encode_message(&mut out, chunk_size, &msg);
     }
     out.to_vec()

@@ -87,6 +87,14 @@ pub struct Cli {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Exit with status 3 unless every connection succeeded and every
+    /// player held (all frames, all checks clean): for capacity searches.
+    #[arg(long)]
+    pub require_all_holding: bool,
+    /// Print earlier JSON reports side by side and exit (repeatable; each
+    /// column is named after its file).
+    #[arg(long, value_name = "JSON")]
+    pub compare: Vec<PathBuf>,
 }
 
 /// A scenario file: the long options, as TOML keys.
@@ -150,6 +158,7 @@ pub struct LoadPlan {
     pub chart: Option<PathBuf>,
     pub server_pids: Vec<u32>,
     pub quiet: bool,
+    pub require_all_holding: bool,
 }
 
 /// "2500000", "2500k", "2.5M" → bits/s.
@@ -290,6 +299,7 @@ impl LoadPlan {
             chart: cli.chart,
             server_pids: cli.server_pids,
             quiet: cli.quiet,
+            require_all_holding: cli.require_all_holding,
         })
     }
 }

@@ -24,6 +24,9 @@ pub struct Report {
     pub latency_ms: Percentiles,
     pub first_frame_ms: Percentiles,
     pub servers: Vec<ServerReport>,
+    /// This tool's own CPU and RSS: near 100% × --threads, the tool (not
+    /// the server) may be the bottleneck.
+    pub load_generator: ServerSummary,
     pub streams: Vec<StreamReport>,
     pub timeline: Vec<TimelinePoint>,
 }
@@ -145,6 +148,7 @@ pub struct RunResults {
     pub latency_us: Histogram<u64>,
     pub first_frame_us: Histogram<u64>,
     pub servers: Vec<ServerSummary>,
+    pub load_generator: ServerSummary,
     pub timeline: Vec<TimelinePoint>,
 }
 
@@ -237,6 +241,7 @@ pub fn build(r: RunResults) -> Report {
         latency_ms: Percentiles::from_micros(&r.latency_us),
         first_frame_ms: Percentiles::from_micros(&r.first_frame_us),
         servers,
+        load_generator: r.load_generator,
         streams,
         timeline: r.timeline,
     }
@@ -307,6 +312,81 @@ pub fn table(r: &Report) -> String {
             per(srv.cpu_s_per_gbit_in),
             if x.exited { " (exited during the run)" } else { "" }
         );
+    }
+    let lg = &r.load_generator;
+    let _ = writeln!(
+        s,
+        "load generator: cpu {:.2} s ({:.0}% of a core), RSS peak {:.1} MB",
+        lg.cpu_seconds, lg.cpu_percent, lg.rss_mb_peak
+    );
+    s
+}
+
+impl Report {
+    /// Every connection succeeded and every player held its stream.
+    pub fn all_holding(&self) -> bool {
+        self.publishers.failed == 0
+            && self.players.failed == 0
+            && self.players.holding == self.players.requested
+            && self.players.video_frames_missing == 0
+    }
+}
+
+/// Earlier JSON reports side by side: (column name, report as JSON).
+pub fn compare_table(reports: &[(String, serde_json::Value)]) -> String {
+    let get = |v: &serde_json::Value, path: &str| -> String {
+        let mut cur = v;
+        for part in path.split('.') {
+            cur = match part.parse::<usize>() {
+                Ok(i) => &cur[i],
+                Err(_) => &cur[part],
+            };
+        }
+        match cur {
+            serde_json::Value::Number(n) => match n.as_f64() {
+                Some(f) if f.fract() != 0.0 => format!("{f:.3}"),
+                _ => n.to_string(),
+            },
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        }
+    };
+    let rows = [
+        ("players requested", "players.requested"),
+        ("players connected", "players.connected"),
+        ("players holding", "players.holding"),
+        ("players failed", "players.failed"),
+        ("video frames missing", "players.video_frames_missing"),
+        ("gaps", "players.gaps"),
+        ("publishers connected", "publishers.connected"),
+        ("publishers failed", "publishers.failed"),
+        ("Gbit/s to players", "players.gbit_per_s"),
+        ("Gbit/s from publishers", "publishers.gbit_per_s"),
+        ("server CPU s", "servers.0.cpu_seconds"),
+        ("server CPU % of a core", "servers.0.cpu_percent"),
+        ("server CPU s per Gbit out", "servers.0.cpu_s_per_gbit_out"),
+        ("server CPU s per Gbit in", "servers.0.cpu_s_per_gbit_in"),
+        ("server RSS peak MB", "servers.0.rss_mb_peak"),
+        ("load generator CPU %", "load_generator.cpu_percent"),
+        ("latency p50 ms", "latency_ms.p50"),
+        ("latency p90 ms", "latency_ms.p90"),
+        ("latency p99 ms", "latency_ms.p99"),
+        ("latency max ms", "latency_ms.max"),
+        ("first frame p50 ms", "first_frame_ms.p50"),
+        ("first frame p99 ms", "first_frame_ms.p99"),
+        ("run s", "duration_s"),
+    ];
+    let mut s = format!("{:<28}", "");
+    for (name, _) in reports {
+        let _ = write!(s, " {name:>16}");
+    }
+    s.push('\n');
+    for (label, path) in rows {
+        let _ = write!(s, "{label:<28}");
+        for (_, v) in reports {
+            let _ = write!(s, " {:>16}", get(v, path));
+        }
+        s.push('\n');
     }
     s
 }

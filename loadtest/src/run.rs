@@ -48,6 +48,7 @@ pub async fn execute(plan: LoadPlan) -> anyhow::Result<Report> {
         .iter()
         .map(|&pid| ServerProbe::new(pid))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut own = ServerProbe::new(std::process::id())?;
     let stats = Arc::new(RunStats::default());
     let started = Instant::now();
     let stop_at = started + plan.duration;
@@ -130,6 +131,7 @@ pub async fn execute(plan: LoadPlan) -> anyhow::Result<Report> {
     for p in &mut probes {
         p.sample();
     }
+    own.sample();
     let latency_us = stats
         .latency_us
         .lock()
@@ -153,6 +155,7 @@ pub async fn execute(plan: LoadPlan) -> anyhow::Result<Report> {
         latency_us,
         first_frame_us,
         servers: probes.iter().map(ServerProbe::summary).collect(),
+        load_generator: own.summary(),
         timeline,
     }))
 }
