@@ -117,7 +117,8 @@ async fn publish(
         let now = Instant::now();
         let elapsed_ms = (now - started).as_millis() as u64;
         let mut frames = 0u64;
-        while now < spec.stop_at {
+        // Everything due by now, unless the run is over.
+        while Instant::now() < spec.stop_at {
             let m = &source.body[next];
             let ts = loop_base_ms + u64::from(m.timestamp);
             if ts > elapsed_ms {

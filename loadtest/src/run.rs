@@ -118,7 +118,7 @@ pub async fn execute(plan: LoadPlan) -> anyhow::Result<Report> {
                 .collect(),
         };
         (last_in, last_out, last_frames) = (bin, bout, fin);
-        if !plan.quiet && (tty || seconds % PROGRESS_EVERY_NON_TTY == 0) {
+        if !plan.quiet && (tty || seconds.is_multiple_of(PROGRESS_EVERY_NON_TTY)) {
             progress(&point, &stats, tty);
         }
         timeline.push(point);
