@@ -72,6 +72,10 @@ pub struct Cli {
     /// Seconds a player may wait for its first keyframe.
     #[arg(long)]
     pub first_frame_timeout: Option<f64>,
+    /// A player holds only if none of its live frames came later than this
+    /// (ms; default 1000).
+    #[arg(long)]
+    pub hold_latency_ms: Option<f64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -120,6 +124,7 @@ pub struct Scenario {
     pub drain: Option<f64>,
     pub setup_timeout: Option<f64>,
     pub first_frame_timeout: Option<f64>,
+    pub hold_latency_ms: Option<f64>,
     pub threads: Option<usize>,
 }
 
@@ -153,6 +158,7 @@ pub struct LoadPlan {
     pub drain: Duration,
     pub setup_timeout: Duration,
     pub first_frame_timeout: Duration,
+    pub hold_latency_ms: f64,
     pub threads: usize,
     pub json: Option<PathBuf>,
     pub chart: Option<PathBuf>,
@@ -294,6 +300,13 @@ impl LoadPlan {
                     .unwrap_or(10.0),
                 600.0,
             )?,
+            hold_latency_ms: seconds(
+                "hold-latency-ms",
+                cli.hold_latency_ms.or(sc.hold_latency_ms).unwrap_or(1000.0) / 1000.0,
+                600.0,
+            )?
+            .as_secs_f64()
+                * 1000.0,
             threads,
             json: cli.json,
             chart: cli.chart,

@@ -42,6 +42,8 @@ pub struct PlayerCheck {
     /// Coded video frames without our stamp (another publisher's stream).
     pub unstamped_video: u64,
     pub first_video_not_key: bool,
+    /// Worst latency of a live (not cached) frame, µs.
+    pub max_latency_us: u64,
     last_video_ts: Option<u32>,
     last_audio_ts: Option<u32>,
     saw_coded_video: bool,
@@ -79,6 +81,7 @@ impl PlayerCheck {
             bad_messages: 0,
             unstamped_video: 0,
             first_video_not_key: false,
+            max_latency_us: 0,
             last_video_ts: None,
             last_audio_ts: None,
             saw_coded_video: false,
@@ -154,7 +157,9 @@ impl PlayerCheck {
         }
         self.last_sequence = Some(stamp.sequence);
         if stamp.sent_at_us >= self.live_after_us {
-            self.latency_us[self.latency_len] = now_us.saturating_sub(stamp.sent_at_us);
+            let latency = now_us.saturating_sub(stamp.sent_at_us);
+            self.max_latency_us = self.max_latency_us.max(latency);
+            self.latency_us[self.latency_len] = latency;
             self.latency_len += 1;
         }
         seen

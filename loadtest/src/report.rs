@@ -50,8 +50,11 @@ pub struct PlayerTotals {
     pub requested: u64,
     pub connected: u64,
     pub failed: u64,
-    /// Connected to the end with every check clean and no frame lost.
+    /// Connected to the end with every check clean, every frame its
+    /// publisher sent from its first keyframe on delivered, and none later
+    /// than `hold_latency_ms`.
     pub holding: u64,
+    pub hold_latency_ms: f64,
     pub bytes: u64,
     /// Audio and video frames received (sequence headers not counted).
     pub frames: u64,
@@ -150,6 +153,8 @@ pub struct RunResults {
     pub servers: Vec<ServerSummary>,
     pub load_generator: ServerSummary,
     pub timeline: Vec<TimelinePoint>,
+    /// A player whose live frames come later than this does not hold.
+    pub hold_latency_ms: f64,
 }
 
 fn gbit(bytes: u64) -> f64 {
@@ -185,7 +190,6 @@ pub fn build(r: RunResults) -> Report {
         *players_by_key.entry(&p.key).or_default() += 1;
         let c = &p.check;
         players.connected += u64::from(p.connected);
-        players.holding += u64::from(p.holding());
         players.bytes += p.bytes;
         players.frames += c.audio_frames + c.video_frames + c.video_frames_before_key;
         players.video_frames += c.video_frames;
@@ -209,6 +213,7 @@ pub fn build(r: RunResults) -> Report {
             players.video_frames_missing += expected.saturating_sub(c.video_frames);
         }
     }
+    players.hold_latency_ms = r.hold_latency_ms;
     let secs = r.duration_s.max(1e-9);
     pubs.gbit_per_s = gbit(pubs.bytes) / secs;
     players.gbit_per_s = gbit(players.bytes) / secs;

@@ -156,6 +156,7 @@ pub async fn execute(plan: LoadPlan) -> anyhow::Result<Report> {
         first_frame_us,
         servers: probes.iter().map(ServerProbe::summary).collect(),
         load_generator: own.summary(),
+        hold_latency_ms: plan.hold_latency_ms,
         timeline,
     }))
 }
