@@ -43,12 +43,16 @@ pub struct PlayerOutcome {
 }
 
 impl PlayerOutcome {
-    /// Held the stream: connected, no failure, a keyframe, every check clean.
-    pub fn holding(&self) -> bool {
+    /// Held the stream: connected, no failure, a keyframe, every check
+    /// clean, no live frame later than `max_latency_us`. (Frames the
+    /// publisher sent that never came are checked where the publisher's
+    /// count is known: in the report.)
+    pub fn holding(&self, max_latency_us: u64) -> bool {
         self.connected
             && self.failure.is_none()
             && self.check.video_frames > 0
             && self.check.clean()
+            && self.check.max_latency_us <= max_latency_us
     }
 }
 

@@ -186,6 +186,7 @@ pub fn build(r: RunResults) -> Report {
         ..Default::default()
     };
     let mut players_by_key: BTreeMap<&str, u64> = BTreeMap::new();
+    let max_latency_us = (r.hold_latency_ms * 1000.0) as u64;
     for p in &r.players {
         *players_by_key.entry(&p.key).or_default() += 1;
         let c = &p.check;
@@ -206,12 +207,15 @@ pub fn build(r: RunResults) -> Report {
             players.failed += 1;
             *players.failures.entry(f.clone()).or_default() += 1;
         }
+        let mut missing = 0;
         if let (Some(first), Some(&sent)) = (c.first_key_sequence, sent_by_key.get(p.key.as_str()))
         {
             let expected = sent.saturating_sub(first);
+            missing = expected.saturating_sub(c.video_frames);
             players.video_frames_expected += expected;
-            players.video_frames_missing += expected.saturating_sub(c.video_frames);
+            players.video_frames_missing += missing;
         }
+        players.holding += u64::from(p.holding(max_latency_us) && missing == 0);
     }
     players.hold_latency_ms = r.hold_latency_ms;
     let secs = r.duration_s.max(1e-9);
