@@ -72,8 +72,8 @@ pub struct Cli {
     /// Seconds a player may wait for its first keyframe.
     #[arg(long)]
     pub first_frame_timeout: Option<f64>,
-    /// A player holds only if none of its live frames came later than this
-    /// (ms; default 1000).
+    /// A player holds only if, once the ramp is over (plus 2 s), none of its
+    /// frames came later than this (ms; default 1000).
     #[arg(long)]
     pub hold_latency_ms: Option<f64>,
     /// Worker threads (default: all cores).

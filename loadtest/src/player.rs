@@ -27,6 +27,9 @@ pub struct PlayerSpec {
     pub stop_at: Instant,
     /// When the player stops reading, whatever happens.
     pub drain_until: Instant,
+    /// Wall time (µs) after which a frame later than the hold latency
+    /// means the player does not hold (see `PlayerCheck::steady_after_us`).
+    pub steady_after_us: u64,
     pub stats: Arc<RunStats>,
 }
 
@@ -82,6 +85,7 @@ pub async fn run_player(spec: PlayerSpec) -> PlayerOutcome {
     };
     outcome.connected = true;
     outcome.check = PlayerCheck::new(asked_wall_us);
+    outcome.check.steady_after_us = spec.steady_after_us;
     LiveCounters::add(&live.players_live, 1);
     let result = play(&spec, &mut conn, &mut outcome, asked_at).await;
     outcome.bytes = conn.session.bytes_received();

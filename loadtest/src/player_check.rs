@@ -42,7 +42,10 @@ pub struct PlayerCheck {
     /// Coded video frames without our stamp (another publisher's stream).
     pub unstamped_video: u64,
     pub first_video_not_key: bool,
-    /// Worst latency of a live (not cached) frame, µs.
+    /// Wall time (µs since the epoch) from which frames count toward
+    /// `max_latency_us`: the end of the run's ramp, plus time to settle.
+    pub steady_after_us: u64,
+    /// Worst latency of a frame sent after `steady_after_us`, µs.
     pub max_latency_us: u64,
     last_video_ts: Option<u32>,
     last_audio_ts: Option<u32>,
@@ -81,6 +84,7 @@ impl PlayerCheck {
             bad_messages: 0,
             unstamped_video: 0,
             first_video_not_key: false,
+            steady_after_us: 0,
             max_latency_us: 0,
             last_video_ts: None,
             last_audio_ts: None,
@@ -158,7 +162,9 @@ impl PlayerCheck {
         self.last_sequence = Some(stamp.sequence);
         if stamp.sent_at_us >= self.live_after_us {
             let latency = now_us.saturating_sub(stamp.sent_at_us);
-            self.max_latency_us = self.max_latency_us.max(latency);
+            if stamp.sent_at_us >= self.steady_after_us {
+                self.max_latency_us = self.max_latency_us.max(latency);
+            }
             self.latency_us[self.latency_len] = latency;
             self.latency_len += 1;
         }

@@ -25,6 +25,10 @@ use crate::target::{resolve, Target};
 const JOIN_GRACE: Duration = Duration::from_secs(5);
 /// How long players wait for the first publisher to be live.
 const FIRST_PUBLISHER_WAIT: Duration = Duration::from_secs(10);
+/// After the last connection started, how long before a late frame means
+/// a player does not hold: joining players' cache bursts are part of the
+/// ramp, not of the steady state.
+const SETTLE: Duration = Duration::from_secs(2);
 /// Progress line period when stderr is not a terminal.
 const PROGRESS_EVERY_NON_TTY: u64 = 5;
 
@@ -198,6 +202,8 @@ async fn start_connections(
     drain_until: Instant,
 ) -> (Vec<PublisherOutcome>, Vec<PlayerOutcome>) {
     let step = Duration::from_secs_f64(1.0 / plan.ramp_per_s);
+    let ramp = step.mul_f64((plan.publishers + plan.players) as f64) + SETTLE;
+    let steady_after_us = crate::publisher::wall_clock_us() + ramp.as_micros() as u64;
     let mut slot = 0u32;
     let mut publishers: Vec<JoinHandle<PublisherOutcome>> = Vec::with_capacity(plan.publishers);
     for i in 0..plan.publishers {
@@ -238,6 +244,7 @@ async fn start_connections(
             first_frame_timeout: plan.first_frame_timeout,
             stop_at,
             drain_until,
+            steady_after_us,
             stats: stats.clone(),
         })));
     }
