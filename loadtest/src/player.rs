@@ -135,6 +135,9 @@ async fn play(
             true
         })
         .map_err(|e| protocol_reason(&e))?;
+        // Hand latencies over after every read, so the per-second figures
+        // are not shaped by batch boundaries.
+        spec.stats.record_latencies(check.take_latencies());
         if first_key {
             let ms = asked_at.elapsed().as_secs_f64() * 1000.0;
             outcome.first_frame_ms = Some(ms);
