@@ -469,3 +469,35 @@ fn a_real_file_published_with_clock_stamps_stays_playable() {
     assert_eq!(n(r, "players.video_frames_missing"), 0);
     assert!(n(r, "latency_ms.samples") > 100);
 }
+
+#[test]
+fn connections_spread_round_robin_over_several_urls() {
+    let (a, b) = (Node::start(), Node::start());
+    // Publisher i → node i mod 2 with stream i; player j → node j mod 2
+    // playing stream j mod 2: every player finds its stream only if both
+    // lists are taken round-robin in step.
+    let run = run_load(
+        &[
+            "--url",
+            &a.url(),
+            "--url",
+            &b.url(),
+            "--publishers",
+            "2",
+            "--players",
+            "4",
+            "--streams",
+            "2",
+            "--duration",
+            "3",
+            "--require-all-holding",
+        ],
+        Duration::from_secs(25),
+    );
+    assert_eq!(run.status, 0, "{}", run.stdout);
+    assert_eq!(run.report["targets"].as_array().unwrap().len(), 2);
+    assert_eq!(n(&run.report, "players.holding"), 4);
+    let streams = run.report["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 2);
+    assert!(streams.iter().all(|s| s["players"] == 2), "{streams:?}");
+}
