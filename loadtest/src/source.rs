@@ -166,7 +166,7 @@ impl MediaSource {
         // The next loop starts one frame interval after the last frame.
         let step = match video_ts.as_slice() {
             [first, .., last_v] if video_ts.len() > 1 => {
-                ((last_v - first) / (video_ts.len() as u32 - 1)).max(1)
+                (last_v.saturating_sub(*first) / (video_ts.len() as u32 - 1)).max(1)
             }
             _ => 40,
         };
