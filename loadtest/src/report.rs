@@ -399,3 +399,72 @@ pub fn compare_table(reports: &[(String, serde_json::Value)]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::player_check::PlayerCheck;
+    use crate::server_probe::ServerProbe;
+
+    fn histogram() -> Histogram<u64> {
+        Histogram::new_with_bounds(1, 1_000_000, 2).unwrap()
+    }
+
+    fn player(key: &str, first: u64, frames: u64, max_latency_ms: u64) -> PlayerOutcome {
+        let mut check = PlayerCheck::new(0);
+        check.first_key_sequence = Some(first);
+        check.video_frames = frames;
+        check.max_latency_us = max_latency_ms * 1000;
+        PlayerOutcome {
+            key: key.into(),
+            connected: true,
+            check,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn holding_needs_every_frame_and_a_bounded_latency() {
+        let publisher = PublisherOutcome {
+            key: "a".into(),
+            connected: true,
+            video_frames_sent: 100,
+            bytes_sent: 1_000_000,
+            ..Default::default()
+        };
+        let failed = PlayerOutcome {
+            key: "a".into(),
+            failure: Some("connect: ConnectionRefused".into()),
+            ..Default::default()
+        };
+        let report = build(RunResults {
+            duration_s: 2.0,
+            source: "test".into(),
+            targets: vec![],
+            publishers: vec![publisher],
+            players: vec![
+                player("a", 40, 60, 10),   // every frame from its keyframe on
+                player("a", 40, 59, 10),   // one missing at the end
+                player("a", 40, 60, 1500), // late once the ramp had settled
+                failed,
+            ],
+            latency_us: histogram(),
+            first_frame_us: histogram(),
+            servers: vec![],
+            load_generator: ServerProbe::new(std::process::id()).unwrap().summary(),
+            timeline: vec![],
+            hold_latency_ms: 1000.0,
+        });
+        let p = &report.players;
+        assert_eq!(
+            (p.requested, p.connected, p.failed, p.holding),
+            (4, 3, 1, 1)
+        );
+        assert_eq!(p.video_frames_expected, 180);
+        assert_eq!(p.video_frames_missing, 1);
+        assert_eq!(p.failures["connect: ConnectionRefused"], 1);
+        assert_eq!(report.streams[0].players, 4);
+        assert!(!report.all_holding());
+        assert!(table(&report).contains("connect: ConnectionRefused"));
+    }
+}
