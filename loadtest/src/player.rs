@@ -1,0 +1,181 @@
+//! One player: connects, plays a stream key, and checks every message it
+//! receives with [`PlayerCheck`] until the publisher leaves after the run's
+//! stop time or the drain deadline passes. Reads go into one buffer per
+//! connection; the session reassembles messages in arenas it reuses, so the
+//! steady state allocates nothing per message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{timeout_at, Instant};
+use tributary::protocol::client::{ClientEvent, Role};
+
+use crate::connection::{io_reason, protocol_reason, RtmpConnection};
+use crate::player_check::{MediaSeen, PlayerCheck};
+use crate::publisher::wall_clock_us;
+use crate::stats::{LiveCounters, RunStats};
+use crate::target::Target;
+
+pub struct PlayerSpec {
+    pub index: usize,
+    pub target: Target,
+    pub key: String,
+    pub setup_deadline: Instant,
+    /// A player with no keyframe this long after play started fails.
+    pub first_frame_timeout: Duration,
+    /// When publishers stop: after it, the stream ending is expected.
+    pub stop_at: Instant,
+    /// When the player stops reading, whatever happens.
+    pub drain_until: Instant,
+    /// Wall time (µs) after which a frame later than the hold latency
+    /// means the player does not hold (see `PlayerCheck::steady_after_us`).
+    pub steady_after_us: u64,
+    pub stats: Arc<RunStats>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PlayerOutcome {
+    pub key: String,
+    pub connected: bool,
+    pub failure: Option<String>,
+    pub bytes: u64,
+    pub check: PlayerCheck,
+    pub first_frame_ms: Option<f64>,
+    /// The publisher's end (UnpublishNotify or StreamEOF) arrived.
+    pub saw_end: bool,
+}
+
+impl PlayerOutcome {
+    /// Held the stream: connected, no failure, a keyframe, every check
+    /// clean, no live frame later than `max_latency_us`. (Frames the
+    /// publisher sent that never came are checked where the publisher's
+    /// count is known: in the report.)
+    pub fn holding(&self, max_latency_us: u64) -> bool {
+        self.connected
+            && self.failure.is_none()
+            && self.check.video_frames > 0
+            && self.check.clean()
+            && self.check.max_latency_us <= max_latency_us
+    }
+}
+
+pub async fn run_player(spec: PlayerSpec) -> PlayerOutcome {
+    let mut outcome = PlayerOutcome {
+        key: spec.key.clone(),
+        ..Default::default()
+    };
+    let live = &spec.stats.live;
+    let asked_at = Instant::now();
+    let asked_wall_us = wall_clock_us();
+    let conn = RtmpConnection::open(
+        &spec.target,
+        Role::Play,
+        &spec.key,
+        spec.index as u64 * 2,
+        spec.setup_deadline,
+    )
+    .await;
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(reason) => {
+            LiveCounters::add(&live.players_failed, 1);
+            outcome.failure = Some(reason);
+            return outcome;
+        }
+    };
+    outcome.connected = true;
+    outcome.check = PlayerCheck::new(asked_wall_us);
+    outcome.check.steady_after_us = spec.steady_after_us;
+    LiveCounters::add(&live.players_live, 1);
+    let result = play(&spec, &mut conn, &mut outcome, asked_at).await;
+    outcome.bytes = conn.session.bytes_received();
+    spec.stats.record_latencies(outcome.check.take_latencies());
+    if let Err(reason) = result {
+        LiveCounters::add(&live.players_failed, 1);
+        outcome.failure = Some(reason);
+    }
+    live.players_live
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    outcome
+}
+
+async fn play(
+    spec: &PlayerSpec,
+    conn: &mut RtmpConnection,
+    outcome: &mut PlayerOutcome,
+    asked_at: Instant,
+) -> Result<(), String> {
+    let live = &spec.stats.live;
+    let first_frame_deadline = Instant::now() + spec.first_frame_timeout;
+    let mut counted_bytes = 0u64;
+    let mut ended: Option<String> = None;
+    loop {
+        let now_us = wall_clock_us();
+        let check = &mut outcome.check;
+        let mut frames = 0u64;
+        let mut first_key = false;
+        let lost_before = check.frames_lost;
+        conn.feed(|event| {
+            match event {
+                ClientEvent::Media(m) => {
+                    frames += 1;
+                    if check.on_media(&m, now_us) == MediaSeen::FirstKeyframe {
+                        first_key = true;
+                    }
+                    if check.latency_batch_full() {
+                        spec.stats.record_latencies(check.take_latencies());
+                    }
+                }
+                ClientEvent::Status { code, .. } if code == "NetStream.Play.UnpublishNotify" => {
+                    ended = Some(code);
+                }
+                ClientEvent::StreamEof { .. } => ended = Some("StreamEOF".into()),
+                _ => {}
+            }
+            true
+        })
+        .map_err(|e| protocol_reason(&e))?;
+        // Hand latencies over after every read, so the per-second figures
+        // are not shaped by batch boundaries.
+        spec.stats.record_latencies(check.take_latencies());
+        if first_key {
+            let ms = asked_at.elapsed().as_secs_f64() * 1000.0;
+            outcome.first_frame_ms = Some(ms);
+            spec.stats.record_first_frame((ms * 1000.0) as u64);
+        }
+        let received = conn.session.bytes_received();
+        LiveCounters::add(&live.bytes_in, received - counted_bytes);
+        LiveCounters::add(&live.frames_in, frames);
+        LiveCounters::add(&live.frames_lost, check.frames_lost - lost_before);
+        counted_bytes = received;
+        conn.flush().await.map_err(|e| io_reason("write", &e))?;
+        if let Some(code) = ended.take() {
+            outcome.saw_end = true;
+            if Instant::now() < spec.stop_at {
+                return Err(format!("stream ended early ({code})"));
+            }
+            return Ok(());
+        }
+        let deadline = if outcome.first_frame_ms.is_none() {
+            first_frame_deadline.min(spec.drain_until)
+        } else {
+            spec.drain_until
+        };
+        match timeout_at(deadline, conn.read()).await {
+            Err(_) if outcome.first_frame_ms.is_none() => {
+                return Err(format!(
+                    "no keyframe within {} s",
+                    spec.first_frame_timeout.as_secs()
+                ))
+            }
+            Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(io_reason("read", &e)),
+            Ok(Ok(0)) if Instant::now() >= spec.stop_at && outcome.first_frame_ms.is_some() => {
+                outcome.saw_end = true;
+                return Ok(());
+            }
+            Ok(Ok(0)) => return Err("closed by server".into()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The real `tributary-load` binary against a real `tributary` node: small
+//! bounded scenarios whose report must add up (every frame a fast player
+//! should get, it got), failures named with their reason, and a real FLV
+//! file published with clock stamps that ffmpeg still plays and decodes.
+//!
+//! The node binary is the workspace's `target/<profile>/tributary`, which
+//! `cargo nextest run --workspace` (and `cargo test --workspace`) builds
+//! with the root package's tests; when it is missing (a run of this package
+//! alone) the test builds it with cargo first.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn node_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_BIN_EXE_tributary-load"))
+                .parent()
+                .expect("binary has a directory")
+                .to_path_buf();
+            let node = dir.join("tributary");
+            if !node.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut cmd = Command::new(cargo);
+                cmd.args(["build", "-p", "tributary", "--bin", "tributary"])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"));
+                if dir.ends_with("release") {
+                    cmd.arg("--release");
+                }
+                let status = cmd.status().expect("run cargo build");
+                assert!(
+                    status.success() && node.exists(),
+                    "could not build {}",
+                    node.display()
+                );
+            }
+            node
+        })
+        .clone()
+}
+
+/// A node on a port of its own, killed (by its own PID) when dropped.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    log: std::sync::Arc<Mutex<String>>,
+}
+
+impl Node {
+    fn start() -> Node {
+        let mut child = Command::new(node_binary())
+            .args([
+                "--rtmp-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--shards",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tributary");
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("rtmp listening on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()))
+            .parse()
+            .expect("node prints its address");
+        Node { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("rtmp://{}/live", self.addr)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct LoadRun {
+    status: i32,
+    stdout: String,
+    report: Value,
+}
+
+/// Runs tributary-load with a deadline; the JSON report is parsed.
+fn run_load(args: &[&str], limit: Duration) -> LoadRun {
+    let dir = temp_dir();
+    let json = dir.join(format!("report-{}.json", unique()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tributary-load"))
+        .args(args)
+        .args(["--quiet", "--json"])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tributary-load");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tributary-load {args:?} did not finish in {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let report = std::fs::read(&json)
+        .map(|b| serde_json::from_slice(&b).expect("report is JSON"))
+        .unwrap_or_else(|_| panic!("no report; stdout {stdout} stderr {stderr}"));
+    LoadRun {
+        status: status.code().unwrap_or(-1),
+        stdout,
+        report,
+    }
+}
+
+fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tributary-load-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn n(v: &Value, path: &str) -> u64 {
+    let mut cur = v;
+    for p in path.split('.') {
+        cur = &cur[p];
+    }
+    cur.as_u64()
+        .or_else(|| cur.as_f64().map(|f| f as u64))
+        .unwrap_or_else(|| panic!("{path} missing in {v:#}"))
+}
+
+#[test]
+fn one_publisher_three_players_every_frame_accounted_for() {
+    let node = Node::start();
+    let run = run_load(
+        &[
+            "--url",
+            &node.url(),
+            "--publishers",
+            "1",
+            "--players",
+            "3",
+            "--duration",
+            "3",
+            "--drain",
+            "3",
+            "--require-all-holding",
+        ],
+        Duration::from_secs(25),
+    );
+    let r = &run.report;
+    assert_eq!(
+        run.status,
+        0,
+        "{}\nnode log:\n{}",
+        run.stdout,
+        node.log.lock().unwrap()
+    );
+    assert_eq!(n(r, "publishers.connected"), 1);
+    assert_eq!(n(r, "publishers.failed"), 0);
+    assert_eq!(n(r, "players.connected"), 3);
+    assert_eq!(n(r, "players.failed"), 0);
+    assert_eq!(n(r, "players.holding"), 3);
+    assert_eq!(
+        n(r, "players.saw_end"),
+        3,
+        "players see the publisher leave"
+    );
+    // Frames received = frames sent from each player's first keyframe on.
+    let expected = n(r, "players.video_frames_expected");
+    assert!(expected > 3 * 30, "{expected}");
+    assert_eq!(n(r, "players.video_frames"), expected);
+    assert_eq!(n(r, "players.video_frames_missing"), 0);
+    assert_eq!(n(r, "players.gaps"), 0);
+    assert_eq!(n(r, "players.bad_messages"), 0);
+    assert_eq!(n(r, "players.timestamp_regressions"), 0);
+    assert_eq!(n(r, "players.first_video_not_key"), 0);
+    let sent = n(r, "publishers.video_frames");
+    assert_eq!(sent, r["streams"][0]["video_frames_sent"].as_u64().unwrap());
+    assert!(
+        n(r, "players.frames") > n(r, "players.video_frames"),
+        "audio counted too"
+    );
+    assert!(n(r, "players.bytes") > 3 * 500_000);
+    assert!(n(r, "latency_ms.samples") > 0);
+    assert_eq!(n(r, "first_frame_ms.samples"), 3);
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(r["latency_ms"][key].as_f64().unwrap() < 2_000.0);
+    }
+    assert!(r["duration_s"].as_f64().unwrap() >= 3.0);
+    assert!(run.stdout.contains("players"), "{}", run.stdout);
+}
+
+#[test]
+fn failed_connections_are_reported_with_their_reason() {
+    let node = Node::start();
+    // A port nobody listens on: bind one, then free it.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let run = run_load(
+        &[
+            "--url",
+            &format!("rtmp://{closed}/live"),
+            "--publishers",
+            "0",
+            "--players",
+            "2",
+            "--duration",
+            "1",
+            "--drain",
+            "0",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        run.status, 0,
+        "a run that measured failures still completes"
+    );
+    assert_eq!(n(&run.report, "players.failed"), 2);
+    assert_eq!(n(&run.report, "players.connected"), 0);
+    assert_eq!(
+        run.report["players"]["failures"]["connect: ConnectionRefused"].as_u64(),
+        Some(2),
+        "{:#}",
+        run.report["players"]
+    );
+
+    let run = run_load(
+        &[
+            "--url",
+            &node.url(),
+            "--key",
+            "nobody-publishes-this",
+            "--publishers",
+            "0",
+            "--players",
+            "1",
+            "--duration",
+            "1",
+            "--drain",
+            "0",
+            "--require-all-holding",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.status, 3, "--require-all-holding fails the run");
+    assert_eq!(
+        run.report["players"]["failures"]["rejected: NetStream.Play.StreamNotFound"].as_u64(),
+        Some(1),
+        "{:#}",
+        run.report["players"]
+    );
+    assert!(
+        run.stdout.contains("NetStream.Play.StreamNotFound"),
+        "{}",
+        run.stdout
+    );
+}
+
+fn ffmpeg(args: &[&str], limit: Duration) -> Result<String, String> {
+    let mut child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ffmpeg is required: {e}"))?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("ffmpeg {args:?} did not finish in {limit:?}"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    if status.success() {
+        Ok(err)
+    } else {
+        Err(err)
+    }
+}
+
+#[test]
+fn a_real_file_published_with_clock_stamps_stays_playable() {
+    let dir = temp_dir();
+    let source = dir.join(format!("source-{}.flv", unique()));
+    let src = source.to_str().unwrap();
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25:duration=3",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "64k",
+            "-y",
+            src,
+        ],
+        Duration::from_secs(20),
+    )
+    .expect("make the source file");
+
+    let node = Node::start();
+    let url = node.url();
+    let loader = {
+        let url = url.clone();
+        let src = src.to_owned();
+        thread::spawn(move || {
+            run_load(
+                &[
+                    "--url",
+                    &url,
+                    "--key",
+                    "file",
+                    "--file",
+                    &src,
+                    "--players",
+                    "1",
+                    "--duration",
+                    "9",
+                    "--drain",
+                    "2",
+                ],
+                Duration::from_secs(25),
+            )
+        })
+    };
+    // ffmpeg records 4 s of what the load tool publishes (looping the
+    // 3-second file), then decodes it all.
+    let recording = dir.join(format!("played-{}.flv", unique()));
+    let rec = recording.to_str().unwrap();
+    let play_url = format!("{url}/file");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        match ffmpeg(
+            &[
+                "-rw_timeout",
+                "3000000",
+                "-i",
+                &play_url,
+                "-t",
+                "4",
+                "-c",
+                "copy",
+                "-y",
+                rec,
+            ],
+            Duration::from_secs(12),
+        ) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("ffmpeg could not play {play_url}: {e}"),
+        }
+    }
+    let errors = ffmpeg(&["-i", rec, "-f", "null", "-"], Duration::from_secs(20))
+        .expect("the recording decodes");
+    assert!(errors.trim().is_empty(), "decoder complained: {errors}");
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,nb_read_frames",
+            "-of",
+            "csv=p=0",
+            rec,
+        ])
+        .output()
+        .expect("ffprobe is required");
+    let text = String::from_utf8_lossy(&probe.stdout).to_string();
+    let video_frames: u64 = text
+        .lines()
+        .find(|l| l.starts_with("h264"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no h264 stream: {text}"));
+    assert!(text.lines().any(|l| l.starts_with("aac")), "{text}");
+    assert!(video_frames >= 75, "{video_frames} frames in 4 s at 25 fps");
+
+    let run = loader.join().expect("load thread");
+    let r = &run.report;
+    assert_eq!(run.status, 0, "{}", run.stdout);
+    assert_eq!(n(r, "publishers.connected"), 1);
+    assert_eq!(n(r, "players.holding"), 1, "{}", run.stdout);
+    assert_eq!(
+        n(r, "players.unstamped_video"),
+        0,
+        "every real frame carries a stamp"
+    );
+    assert_eq!(n(r, "players.video_frames_missing"), 0);
+    assert!(n(r, "latency_ms.samples") > 100);
+}
+
+#[test]
+fn connections_spread_round_robin_over_several_urls() {
+    let (a, b) = (Node::start(), Node::start());
+    // Publisher i → node i mod 2 with stream i; player j → node j mod 2
+    // playing stream j mod 2: every player finds its stream only if both
+    // lists are taken round-robin in step.
+    let run = run_load(
+        &[
+            "--url",
+            &a.url(),
+            "--url",
+            &b.url(),
+            "--publishers",
+            "2",
+            "--players",
+            "4",
+            "--streams",
+            "2",
+            "--duration",
+            "3",
+            "--require-all-holding",
+        ],
+        Duration::from_secs(25),
+    );
+    assert_eq!(run.status, 0, "{}", run.stdout);
+    assert_eq!(run.report["targets"].as_array().unwrap().len(), 2);
+    assert_eq!(n(&run.report, "players.holding"), 4);
+    let streams = run.report["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 2);
+    assert!(streams.iter().all(|s| s["players"] == 2), "{streams:?}");
+}
