@@ -585,3 +585,31 @@ fn an_operator_kicks_a_publisher_on_another_node_with_the_admin_token() {
         "HTTP/1.1 404 Not Found"
     );
 }
+
+#[test]
+fn a_takeover_on_the_owner_node_restarts_players_on_other_nodes() {
+    let config = temp_file("cluster-owner-takeover.toml");
+    std::fs::write(&config, "[streams]\nduplicate_publish = \"takeover\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let nats = NatsServer::start("owner-takeover");
+    let a = cluster_node(&nats, "a", 2, &["--config", config]);
+    let b = cluster_node(&nats, "b", 2, &["--config", config]);
+    let first = publish(&a.url("swap"), 30);
+    wait_live(&a.url("swap"));
+    let player = LibPlayer::start(b.addr, "swap");
+    player.wait_for("media relayed from A", |e| media_count(e) > 30);
+    let before = player.events.lock().unwrap().len();
+
+    let second = publish(&a.url("swap"), 6);
+    player.wait_for("PublishNotify for the new publisher", |e| {
+        has_status(&e[before..], "NetStream.Play.PublishNotify")
+    });
+    player.wait_for("media of the new publisher", |e| {
+        media_count(&e[before..]) > 60
+    });
+    assert!(
+        first.wait(Duration::from_secs(10)).is_err(),
+        "the old publisher went on"
+    );
+    second.wait(Duration::from_secs(30)).unwrap();
+}

@@ -36,6 +36,9 @@ const ATTACH_RENEW: Duration = Duration::from_millis(750);
 /// A relay ends after this many renewals in a row go unanswered; a node
 /// that moves to another NATS server is back well within it.
 const MAX_MISSED_RENEWALS: u32 = 3;
+/// A relayed stream's sequence may skip this many messages at most (NATS
+/// dropping for a slow consumer); a larger jump is not believed.
+const MAX_SEQ_JUMP: u64 = 1 << 20;
 /// The longest the control thread waits to hand one media frame to the
 /// NATS client.
 const PUBLISH_WAIT: Duration = Duration::from_millis(50);
@@ -894,7 +897,8 @@ impl Control {
         }
         self.stats.relayed_streams.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = %crate::protocol::server::redact(key), "relaying from node {owner}");
-        let mut expected = last + 1;
+        let mut current_epoch = wire::epoch(last);
+        let mut expected = last.saturating_add(1);
         let mut resync = false;
         let mut joiner = Joiner::new(self.s.max_message_len);
         let mut renew = tokio::time::interval(ATTACH_RENEW);
@@ -909,14 +913,29 @@ impl Control {
                     self.stats.nats_bytes_in.fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
                     match joiner.push(msg.payload) {
                         Ok(Some(Frame::Media { seq, message })) => {
+                            if wire::epoch(seq) != current_epoch {
+                                // A new publisher on the owner node.
+                                current_epoch = wire::epoch(seq);
+                                expected = seq;
+                                resync = true;
+                                let cmd = ShardCommand::RelayRestart { key: key.clone() };
+                                if self.shards[shard].send(cmd).await.is_err() {
+                                    break false;
+                                }
+                            }
                             if seq < expected {
+                                continue;
+                            }
+                            if seq - expected > MAX_SEQ_JUMP {
+                                // Not a gap NATS could make: ignore it.
+                                count(&self.stats.relay_gaps);
                                 continue;
                             }
                             if seq > expected {
                                 count(&self.stats.relay_gaps);
                                 resync = true;
                             }
-                            expected = seq + 1;
+                            expected = seq.saturating_add(1);
                             if resync {
                                 if !resumes(&message) {
                                     continue;

@@ -184,6 +184,10 @@ pub enum ShardCommand {
     RelayEnded {
         key: StreamKey,
     },
+    /// The remote stream has a new publisher (new epoch): start players over.
+    RelayRestart {
+        key: StreamKey,
+    },
     /// Some node is (or no node is any more) attached to `key`: send its
     /// messages to the control thread.
     Export {

@@ -14,6 +14,26 @@ use crate::protocol::{MessageType, RawMessage};
 
 pub const HEADER_LEN: usize = 22;
 
+/// A stream's sequence numbers carry its epoch in their top bits: each new
+/// publisher of a key (a takeover too) starts a new epoch, so a relaying
+/// node tells "another publisher" from "a gap". The low bits count.
+pub const EPOCH_SHIFT: u32 = 40;
+
+/// The epoch of a sequence number.
+pub fn epoch(seq: u64) -> u64 {
+    seq >> EPOCH_SHIFT
+}
+
+/// The first sequence number of a new stream started at `unix_micros` by
+/// connection `conn`: a 24-bit epoch that differs from the key's previous
+/// one in practice (time and connection mixed), never 0.
+pub fn first_seq(unix_micros: u64, conn: u64) -> u64 {
+    let mixed = (unix_micros ^ conn.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let epoch = (mixed >> 40) & 0xFF_FFFF;
+    epoch.max(1) << EPOCH_SHIFT
+}
+
 const KIND_MEDIA: u8 = 1;
 const KIND_END: u8 = 2;
 const KIND_SNAPSHOT_END: u8 = 3;

@@ -218,7 +218,8 @@ impl Hub {
 
     /// Registers a publisher node-wide. False: the key is live elsewhere.
     pub fn publish(&mut self, key: &StreamKey, conn: u64, out: Rc<Outbox>) -> bool {
-        match self.directory.claim(key, self.shard, self.config.takeover) {
+        let claim = self.directory.claim(key, self.shard, self.config.takeover);
+        match claim {
             Claim::Refused => return false,
             Claim::Registered => {}
             Claim::TakenFrom(shard) if shard == self.shard => self.hand_over(key),
@@ -229,10 +230,16 @@ impl Hub {
         if let Some(relay) = self.streams.remove(key) {
             self.park_resumed(key, relay.players);
         }
-        self.streams.insert(
-            key.clone(),
-            Stream::new(Some(conn), Some(out), self.config.gop_cache_max_bytes),
-        );
+        let mut stream = Stream::new(Some(conn), Some(out), self.config.gop_cache_max_bytes);
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        stream.seq = crate::cluster::wire::first_seq(micros, conn);
+        // A takeover keeps the key's attachments to other nodes: export at
+        // once (the control thread drops it if nobody is attached).
+        stream.export = self.cluster.is_some() && matches!(claim, Claim::TakenFrom(_));
+        self.streams.insert(key.clone(), stream);
         // Shards with players waiting for this key attach them now.
         for shard in 0..self.mesh.nr_consumers() {
             if shard != self.shard {
@@ -671,6 +678,7 @@ impl Hub {
                 }
             }
             ShardCommand::RelayEnded { key } => self.unpublish(&key, RELAY_CONN),
+            ShardCommand::RelayRestart { key } => self.relay_restart(&key),
             ShardCommand::Export { key, on } => {
                 if let Some(stream) = self.streams.get_mut(&key).filter(|s| s.is_local()) {
                     stream.export = on;
@@ -756,6 +764,24 @@ impl Hub {
             });
             stream.bytes = 0;
         }
+    }
+
+    /// The remote stream has a new publisher (a takeover on its node): its
+    /// players here, and the shards relaying it from here, start over on
+    /// the new one as after a local takeover: PublishNotify, then fresh
+    /// headers and a keyframe.
+    fn relay_restart(&mut self, key: &StreamKey) {
+        let Some(stream) = self.streams.get_mut(key).filter(|s| s.is_node_relay()) else {
+            return;
+        };
+        stream.gop = GopCache::new(self.config.gop_cache_max_bytes);
+        let players = std::mem::take(&mut stream.players);
+        let remote = std::mem::take(&mut stream.remote);
+        for sub in remote {
+            self.tell(sub.shard, ShardMsg::Moved { key: key.clone() });
+        }
+        self.park_resumed(key, players);
+        self.wake(key);
     }
 
     /// Node relays nobody has watched for [`RELAY_IDLE_GRACE`] are released.
