@@ -43,7 +43,11 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| format!("{}: {e}", key.display()))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    let pair = CertifiedKey::new(chain, signing);
+    // A certificate caught mid-rotation with the old key: refuse the pair.
+    pair.keys_match()
+        .map_err(|e| format!("{} and {} do not match: {e}", cert.display(), key.display()))?;
+    Ok(Arc::new(pair))
 }
 
 fn mtimes(files: &[(String, PathBuf, PathBuf)]) -> Vec<Option<SystemTime>> {

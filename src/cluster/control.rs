@@ -84,6 +84,8 @@ struct Owned {
     attached: HashMap<String, Instant>,
     exporting: bool,
     subject: String,
+    /// Which claim made this entry (see `claim`).
+    claim: u64,
 }
 
 /// A remote stream relayed to a shard here (starting or running).
@@ -110,6 +112,10 @@ struct Control {
     relays: RefCell<HashMap<StreamKey, Relay>>,
     wanted: RefCell<HashMap<StreamKey, Wanted>>,
     next_generation: Cell<u64>,
+    /// Unregister tasks still running (Flush waits for them).
+    pending: Cell<usize>,
+    /// A NATS client error was logged since the last connect.
+    warned: Cell<bool>,
     /// Set on (re)connect: refresh and re-register at the next tick.
     refresh_now: Cell<bool>,
     started_ms: u64,
@@ -189,6 +195,8 @@ async fn run(
         relays: RefCell::new(HashMap::new()),
         wanted: RefCell::new(HashMap::new()),
         next_generation: Cell::new(0),
+        pending: Cell::new(0),
+        warned: Cell::new(false),
         refresh_now: Cell::new(true),
         started_ms: unix_ms(),
     });
@@ -284,6 +292,7 @@ impl Control {
                     count(&self.stats.reconnects);
                 }
                 tracing::info!("NATS connected");
+                self.warned.set(false);
                 // The server may be a fresh one (the registry lost with it):
                 // reopen the buckets, creating them if missing, and
                 // re-register what this node owns at once.
@@ -296,7 +305,12 @@ impl Control {
                 tracing::warn!("NATS disconnected; reconnecting");
             }
             Event::SlowConsumer(_) => count(&self.stats.relay_gaps),
-            Event::ClientError(e) => tracing::warn!("NATS client error: {e}"),
+            Event::ClientError(e) => {
+                // Once per outage, not once per reconnect attempt.
+                if self.stats.connected.load(Ordering::Relaxed) == 1 || !self.warned.replace(true) {
+                    tracing::warn!("NATS client error: {e}");
+                }
+            }
             Event::ServerError(e) => tracing::warn!("NATS server error: {e}"),
             other => tracing::info!("NATS: {other}"),
         }
@@ -352,11 +366,10 @@ impl Control {
             } => {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
-                    let r = c.claim(&key, shard, takeover).await;
-                    let _ = reply.send(r);
+                    c.claim(&key, shard, takeover, reply).await;
                 });
             }
-            Request::Unregister { key, shard } => self.unregister(key, shard).await,
+            Request::Unregister { key, shard } => self.unregister(key, shard),
             Request::Locate { key, reply } => {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
@@ -415,10 +428,17 @@ impl Control {
                 });
             }
             Request::Flush { reply } => {
-                if self.connected() {
-                    let _ = tokio::time::timeout(OP_TIMEOUT, self.client.flush()).await;
-                }
-                let _ = reply.send(());
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+                    while c.pending.get() > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if c.connected() {
+                        let _ = tokio::time::timeout(OP_TIMEOUT, c.client.flush()).await;
+                    }
+                    let _ = reply.send(());
+                });
             }
         }
     }
@@ -461,10 +481,17 @@ impl Control {
     /// The registry step of a publish. Rule for a key found registered:
     /// a live owner keeps it (unless takeover); a dead owner's entry is
     /// replaced by compare-and-set.
-    async fn claim(&self, key: &StreamKey, shard: usize, takeover: bool) -> ClaimResult {
+    async fn claim(
+        &self,
+        key: &StreamKey,
+        shard: usize,
+        takeover: bool,
+        reply: oneshot::Sender<ClaimResult>,
+    ) {
         let local_owner = self.owned.borrow().get(key).map(|o| o.shard);
         if local_owner.is_some() && !takeover {
-            return ClaimResult::Refused(self.s.node_id.clone());
+            let _ = reply.send(ClaimResult::Refused(self.s.node_id.clone()));
+            return;
         }
         let registration = Registration {
             node: self.s.node_id.clone(),
@@ -474,53 +501,81 @@ impl Control {
             audio_codec: String::new(),
             bitrate_kbps: 0,
         };
+        // The entry goes into `owned` before the registry answers, so that
+        // an Unregister arriving meanwhile (the publisher left, or the
+        // shard stopped waiting) finds it; the claim id tells whether it is
+        // still ours afterwards.
+        let claim = self.next_generation.get() + 1;
+        self.next_generation.set(claim);
+        let subject = format!("trib.media.{}.{}", self.me, wire::token(key));
+        {
+            let mut owned = self.owned.borrow_mut();
+            let previous = owned.insert(
+                key.clone(),
+                Owned {
+                    shard,
+                    registration: registration.clone(),
+                    revision: None,
+                    attached: HashMap::new(),
+                    exporting: false,
+                    subject,
+                    claim,
+                },
+            );
+            // A local takeover keeps the attachments: the new shard exports.
+            if let (Some(prev), Some(o)) = (previous, owned.get_mut(key)) {
+                o.attached = prev.attached;
+                o.exporting = !o.attached.is_empty();
+            }
+        }
         let result = self.register(key, &registration, takeover).await;
-        let revision = match &result {
-            Ok(Some(rev)) => Some(*rev),
+        let still = self
+            .owned
+            .borrow()
+            .get(key)
+            .is_some_and(|o| o.claim == claim);
+        let answer = match result {
+            Ok(Some(rev)) if still => {
+                if let Some(o) = self.owned.borrow_mut().get_mut(key) {
+                    o.revision = Some(rev);
+                }
+                ClaimResult::Registered
+            }
+            Ok(Some(rev)) => {
+                // The publisher left while the registry answered: take the
+                // entry back out (compare-and-set). If a newer local claim
+                // replaced ours (a takeover), the entry is that one's.
+                let replaced = self.owned.borrow().contains_key(key);
+                if let (false, Some(kv)) = (replaced, self.streams_kv()) {
+                    count(&self.stats.registry_ops);
+                    let _ = tokio::time::timeout(
+                        OP_TIMEOUT,
+                        kv.delete_expect_revision(wire::token(key), Some(rev)),
+                    )
+                    .await;
+                }
+                ClaimResult::Registered
+            }
             Ok(None) => {
                 count(&self.stats.registry_conflicts);
-                return match self.entry(key).await {
+                // A shard that stopped waiting publishes anyway, as when
+                // NATS is away: keep the entry unregistered so the refresh
+                // applies the conflict rule (the registered owner wins).
+                if still && !reply.is_closed() {
+                    self.owned.borrow_mut().remove(key);
+                }
+                match self.entry(key).await {
                     Ok(Some((other, _))) => ClaimResult::Refused(other.node),
                     _ => ClaimResult::Refused(String::new()),
-                };
+                }
             }
             Err(e) => {
                 count(&self.stats.registry_errors);
                 tracing::warn!(stream = %crate::protocol::server::redact(key), "registry unavailable ({e}); publishing locally, will register when NATS returns");
-                None
+                ClaimResult::Unavailable
             }
         };
-        let subject = format!("trib.media.{}.{}", self.me, wire::token(key));
-        let mut owned = self.owned.borrow_mut();
-        let previous = owned.insert(
-            key.clone(),
-            Owned {
-                shard,
-                registration,
-                revision,
-                attached: HashMap::new(),
-                exporting: false,
-                subject,
-            },
-        );
-        // A local takeover keeps the attachments: the new shard exports.
-        if let Some(prev) = previous {
-            if let Some(o) = owned.get_mut(key) {
-                o.attached = prev.attached;
-                if !o.attached.is_empty() {
-                    o.exporting = true;
-                    let _ = self.shards[shard].try_send(ShardCommand::Export {
-                        key: key.clone(),
-                        on: true,
-                    });
-                }
-            }
-        }
-        if revision.is_some() {
-            ClaimResult::Registered
-        } else {
-            ClaimResult::Unavailable
-        }
+        let _ = reply.send(answer);
     }
 
     /// Writes our entry for `key`: Ok(Some(revision)) when it is ours,
@@ -583,9 +638,10 @@ impl Control {
         }
     }
 
-    /// The local publisher left: end the export and delete our entry
-    /// (inline, so that a later Flush finds it done).
-    async fn unregister(&self, key: StreamKey, shard: usize) {
+    /// The local publisher left: end the export and delete our entry. The
+    /// entry leaves `owned` at once; the NATS side runs in a task that a
+    /// later Flush waits for.
+    fn unregister(self: &Rc<Self>, key: StreamKey, shard: usize) {
         let removed = {
             let mut owned = self.owned.borrow_mut();
             match owned.get(&key) {
@@ -599,20 +655,23 @@ impl Control {
         if o.exporting {
             self.stats.exported_streams.fetch_sub(1, Ordering::Relaxed);
         }
-        if o.exporting {
-            let _ = self
-                .client
-                .publish(o.subject.clone(), wire::encode_end())
+        self.pending.set(self.pending.get() + 1);
+        let c = self.clone();
+        tokio::task::spawn_local(async move {
+            if o.exporting {
+                let end = c.client.publish(o.subject.clone(), wire::encode_end());
+                let _ = tokio::time::timeout(PUBLISH_WAIT, end).await;
+            }
+            if let (Some(rev), Some(kv), true) = (o.revision, c.streams_kv(), c.connected()) {
+                count(&c.stats.registry_ops);
+                let _ = tokio::time::timeout(
+                    OP_TIMEOUT,
+                    kv.delete_expect_revision(wire::token(&key), Some(rev)),
+                )
                 .await;
-        }
-        if let (Some(rev), Some(kv), true) = (o.revision, self.streams_kv(), self.connected()) {
-            count(&self.stats.registry_ops);
-            let _ = tokio::time::timeout(
-                OP_TIMEOUT,
-                kv.delete_expect_revision(wire::token(&key), Some(rev)),
-            )
-            .await;
-        }
+            }
+            c.pending.set(c.pending.get() - 1);
+        });
     }
 
     /// Publishes one message of an exported stream. Never waits long: while
@@ -888,6 +947,10 @@ impl Control {
         self.stats
             .snapshot_max_micros
             .fetch_max(micros, Ordering::Relaxed);
+        // Released while attaching or fetching: do not start it.
+        if !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            return;
+        }
         let start = ShardCommand::RelayStart {
             key: key.clone(),
             messages,
@@ -1009,6 +1072,7 @@ impl Control {
             .ok()?;
         let mut joiner = Joiner::new(self.s.max_message_len);
         let mut messages = Vec::new();
+        let mut bytes = 0usize;
         let deadline = tokio::time::Instant::now() + SNAPSHOT_TIMEOUT;
         loop {
             let msg = tokio::time::timeout_at(deadline, sub.next()).await.ok()??;
@@ -1017,7 +1081,18 @@ impl Control {
                 .nats_bytes_in
                 .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
             match joiner.push(msg.payload).ok()? {
-                Some(Frame::Media { message, .. }) => messages.push(message),
+                Some(Frame::Media { message, .. }) => {
+                    // Another node's cache, bounded like ours.
+                    bytes += message.payload.len();
+                    if bytes > self.s.max_snapshot_bytes {
+                        tracing::warn!(
+                            "snapshot from node {owner} over {} bytes; not relayed",
+                            self.s.max_snapshot_bytes
+                        );
+                        return None;
+                    }
+                    messages.push(message);
+                }
                 Some(Frame::SnapshotEnd { seq }) => return Some((messages, seq)),
                 Some(Frame::End) => return None,
                 None => {}
@@ -1178,7 +1253,8 @@ impl Control {
                     if let Some(o) = removed {
                         if o.exporting {
                             self.stats.exported_streams.fetch_sub(1, Ordering::Relaxed);
-                            let _ = self.client.publish(o.subject, wire::encode_end()).await;
+                            let end = self.client.publish(o.subject, wire::encode_end());
+                            let _ = tokio::time::timeout(PUBLISH_WAIT, end).await;
                         }
                         let _ = self.shards[shard]
                             .send(ShardCommand::Fence { key: key.clone() })

@@ -49,6 +49,9 @@ pub struct ClusterSettings {
     /// JetStream replicas of the registry buckets (3 in a 3-server cluster).
     pub kv_replicas: usize,
     pub max_message_len: u32,
+    /// The most a snapshot from another node may hold (our GOP cache bound
+    /// plus headers).
+    pub max_snapshot_bytes: usize,
     /// What the heartbeat advertises.
     pub rtmp_addr: String,
 }

@@ -500,7 +500,12 @@ impl ConnState {
                         (true, w) => w.unwrap_or(RELAY_START_WAIT).max(RELAY_START_WAIT),
                         (false, w) => w.unwrap_or(RELAY_START_WAIT),
                     };
-                    ctx.hub.borrow_mut().park(&key, player, wait);
+                    let parked = ctx.hub.borrow_mut().park(&key, player, wait);
+                    if let PlayOutcome::NotFound = parked {
+                        // Went live and ended again while we looked.
+                        session.borrow_mut().notify_unpublish(stream_id);
+                        return;
+                    }
                     ctx.stats.players.fetch_add(1, Ordering::Relaxed);
                     ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
                     self.playing.push((key, stream_id, place));
@@ -513,7 +518,6 @@ impl ConnState {
                     }
                     PlayOutcome::Attached | PlayOutcome::Subscribing => {
                         ctx.stats.players.fetch_add(1, Ordering::Relaxed);
-                        ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
                         ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
                         self.playing.push((key, stream_id, place));
                     }

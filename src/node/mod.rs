@@ -248,6 +248,8 @@ impl Node {
                 registry_ttl: Duration::from_millis(c.registry_ttl_ms),
                 kv_replicas: c.kv_replicas,
                 max_message_len: config.limits.max_message_len,
+                max_snapshot_bytes: config.streams.gop_cache_max_bytes
+                    + 3 * config.limits.max_message_len as usize,
                 rtmp_addr: addr.to_string(),
             };
             let handle = cluster::start(settings, command_senders.clone())
