@@ -816,6 +816,17 @@ fn rtmps_beside_rtmp_with_sni_certificates_reloaded_live() {
         );
         thread::sleep(Duration::from_millis(200));
     }
+    // SIGHUP re-reads them too, without waiting for a change.
+    // SAFETY: kill() on our own child's PID.
+    unsafe {
+        libc::kill(node.child.id() as i32, libc::SIGHUP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log.lock().unwrap().contains("SIGHUP: reloading") {
+        assert!(Instant::now() < deadline, "SIGHUP not handled");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served_subject(tls_addr, None, &[]).contains("renewed.test"));
     plain.wait(Duration::from_secs(30)).unwrap();
     tls.wait(Duration::from_secs(30)).unwrap();
     check_recording(&plain_file, 75);
