@@ -158,14 +158,21 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     let started = Instant::now();
     let mut last_read = Instant::now();
+    // The handshake must finish within its timeout from the start; after
+    // it, a connection may be silent for the idle timeout. One timer, armed
+    // for the nearest deadline and re-armed only when it fires early (a
+    // timer per read would be an io_uring timeout armed and cancelled each
+    // time).
+    let deadline = |connected: bool, last_read: Instant| {
+        if connected {
+            last_read + ctx.idle_timeout
+        } else {
+            started + ctx.handshake_timeout
+        }
+    };
+    let mut timer = Box::pin(glommio::timer::sleep(ctx.handshake_timeout));
     let reason: Option<String> = loop {
         let connected = session.borrow().is_connected();
-        let limit = if connected {
-            ctx.idle_timeout
-        } else {
-            ctx.handshake_timeout.saturating_sub(started.elapsed())
-        };
-        let wait = limit.saturating_sub(last_read.elapsed());
         let wake = futures_lite::future::or(
             async { Wake::Read(socket.read(&mut buf).await) },
             futures_lite::future::or(
@@ -174,12 +181,20 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Wake::Write
                 },
                 async {
-                    glommio::timer::sleep(wait).await;
+                    (&mut timer).await;
                     Wake::Idle
                 },
             ),
         )
         .await;
+        if let Wake::Idle = wake {
+            let now = Instant::now();
+            let due = deadline(connected, last_read);
+            if now < due {
+                timer = Box::pin(glommio::timer::sleep(due - now));
+                continue;
+            }
+        }
         match wake {
             Wake::Read(Ok(0)) => break None,
             Wake::Read(Err(e)) => break Some(format!("read: {e}")),
@@ -209,20 +224,24 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 });
             }
         }
-        match glommio::timer::timeout(ctx.write_timeout, async {
-            flush(&mut socket, &outbox, &mut batch)
-                .await
-                .map_err(Into::into)
-        })
-        .await
-        {
-            Ok(n) => ctx.stats.add_out(n),
-            Err(glommio::GlommioError::TimedOut(_)) => {
-                // The peer stopped reading: a player stuck this long is cut.
-                ctx.stats.add_disconnected_slow();
-                break Some(format!("write stalled for {:?}", ctx.write_timeout));
+        // Most reads from a publisher queue nothing to send: no write, and
+        // no write timer to arm and cancel.
+        if !outbox.is_empty() {
+            match glommio::timer::timeout(ctx.write_timeout, async {
+                flush(&mut socket, &outbox, &mut batch)
+                    .await
+                    .map_err(Into::into)
+            })
+            .await
+            {
+                Ok(n) => ctx.stats.add_out(n),
+                Err(glommio::GlommioError::TimedOut(_)) => {
+                    // The peer stopped reading: a player stuck this long is cut.
+                    ctx.stats.add_disconnected_slow();
+                    break Some(format!("write stalled for {:?}", ctx.write_timeout));
+                }
+                Err(e) => break Some(format!("write: {e}")),
             }
-            Err(e) => break Some(format!("write: {e}")),
         }
         if outbox.is_closed() && outbox.is_empty() {
             break None;
