@@ -613,3 +613,130 @@ fn a_takeover_on_the_owner_node_restarts_players_on_other_nodes() {
     );
     second.wait(Duration::from_secs(30)).unwrap();
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (openssl).
+fn test_ca_and_server_cert() -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_file("nats-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is required");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "srv.crt",
+    ]);
+    (dir.join("ca.crt"), dir.join("srv.crt"), dir.join("srv.key"))
+}
+
+#[test]
+fn nodes_reach_nats_over_tls_with_the_configured_ca() {
+    let (ca, cert, key) = test_ca_and_server_cert();
+    let nats = NatsServer::start_with(
+        "tls",
+        &[
+            "--tls",
+            "--tlscert",
+            cert.to_str().unwrap(),
+            "--tlskey",
+            key.to_str().unwrap(),
+        ],
+    );
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let trusting = temp_file("cluster-tls.toml");
+    std::fs::write(
+        &trusting,
+        format!("[cluster]\ntls_ca_file = \"{}\"\n", ca.display()),
+    )
+    .unwrap();
+    let a = Node::start_with(
+        1,
+        &[
+            "--node-id",
+            "a",
+            "--nats",
+            &url,
+            "--config",
+            trusting.to_str().unwrap(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(a.http, "/api/streams?scope=cluster").0 != "HTTP/1.1 200 OK" {
+        assert!(
+            Instant::now() < deadline,
+            "no registry over TLS:\n{}",
+            a.log.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&a, "tributary_nats_connected"), 1);
+    // Without the CA the server's certificate is not trusted: the
+    // handshake fails (async-nats reports it as an IO error) and the node
+    // never connects.
+    let b = Node::start_with(1, &["--node-id", "b", "--nats", &url]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.log.lock().unwrap().contains("NATS client error") {
+        assert!(
+            Instant::now() < deadline,
+            "no NATS error logged:\n{}",
+            b.log.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric(&b, "tributary_nats_connected"), 0);
+    assert!(!b.log.lock().unwrap().contains("NATS connected"));
+}
