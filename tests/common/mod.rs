@@ -101,7 +101,7 @@ pub fn publish(url: &str, seconds: u32) -> Proc {
 /// Polls until the stream answers a play (an ffprobe that finds a video
 /// stream), with a deadline.
 pub fn wait_live(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let out = Command::new("ffprobe")
             .args([
