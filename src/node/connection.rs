@@ -158,21 +158,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut batch = BytesMut::with_capacity(WRITE_BATCH);
     let started = Instant::now();
     let mut last_read = Instant::now();
-    // The handshake must finish within its timeout from the start; after
-    // it, a connection may be silent for the idle timeout. One timer, armed
-    // for the nearest deadline and re-armed only when it fires early (a
-    // timer per read would be an io_uring timeout armed and cancelled each
-    // time).
-    let deadline = |connected: bool, last_read: Instant| {
-        if connected {
-            last_read + ctx.idle_timeout
-        } else {
-            started + ctx.handshake_timeout
-        }
-    };
-    let mut timer = Box::pin(glommio::timer::sleep(ctx.handshake_timeout));
     let reason: Option<String> = loop {
         let connected = session.borrow().is_connected();
+        let limit = if connected {
+            ctx.idle_timeout
+        } else {
+            ctx.handshake_timeout.saturating_sub(started.elapsed())
+        };
+        let wait = limit.saturating_sub(last_read.elapsed());
         let wake = futures_lite::future::or(
             async { Wake::Read(socket.read(&mut buf).await) },
             futures_lite::future::or(
@@ -181,20 +174,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Wake::Write
                 },
                 async {
-                    (&mut timer).await;
+                    glommio::timer::sleep(wait).await;
                     Wake::Idle
                 },
             ),
         )
         .await;
-        if let Wake::Idle = wake {
-            let now = Instant::now();
-            let due = deadline(connected, last_read);
-            if now < due {
-                timer = Box::pin(glommio::timer::sleep(due - now));
-                continue;
-            }
-        }
         match wake {
             Wake::Read(Ok(0)) => break None,
             Wake::Read(Err(e)) => break Some(format!("read: {e}")),
