@@ -46,43 +46,26 @@ pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr>
     let local = listener.local_addr()?;
     let metrics = Metrics::new().map_err(std::io::Error::other)?;
     let state = Arc::new((state, metrics));
-    std::thread::Builder::new()
-        .name("tributary-control".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("admin runtime: {e}");
-                    return;
-                }
+    crate::control_thread::spawn("tributary-control", move || async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("admin listener: {e}");
+                return;
+            }
+        };
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!("admin listener: {e}");
-                        return;
-                    }
-                };
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(
-                            REQUEST_TIMEOUT,
-                            handle(socket, &state.0, &state.1),
-                        )
-                        .await;
-                    });
-                }
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(REQUEST_TIMEOUT, handle(socket, &state.0, &state.1)).await;
             });
-        })?;
+        }
+    })?;
     Ok(local)
 }
 
@@ -195,13 +178,7 @@ async fn handle(
                 "publishers": sum(|s| ShardStats::get(&s.publishers)),
                 "players": sum(|s| ShardStats::get(&s.players)),
             });
-            respond(
-                &mut socket,
-                "200 OK",
-                "application/json",
-                body.to_string().as_bytes(),
-            )
-            .await
+            respond_json(&mut socket, "200 OK", &body).await
         }
         "/api/streams" if query.split('&').any(|q| q == "scope=cluster") => {
             let Some(cluster) = &state.cluster else {
@@ -228,23 +205,11 @@ async fn handle(
                         })
                         .collect();
                     let body = serde_json::json!({ "scope": "cluster", "streams": streams });
-                    respond(
-                        &mut socket,
-                        "200 OK",
-                        "application/json",
-                        body.to_string().as_bytes(),
-                    )
-                    .await
+                    respond_json(&mut socket, "200 OK", &body).await
                 }
                 Err(e) => {
                     let body = serde_json::json!({ "error": e });
-                    respond(
-                        &mut socket,
-                        "503 Service Unavailable",
-                        "application/json",
-                        body.to_string().as_bytes(),
-                    )
-                    .await
+                    respond_json(&mut socket, "503 Service Unavailable", &body).await
                 }
             }
         }
@@ -253,34 +218,16 @@ async fn handle(
                 let body = serde_json::json!({ "nodes": [{
                     "node": state.node_id, "rtmp": state.rtmp_addr.to_string(),
                 }]});
-                return respond(
-                    &mut socket,
-                    "200 OK",
-                    "application/json",
-                    body.to_string().as_bytes(),
-                )
-                .await;
+                return respond_json(&mut socket, "200 OK", &body).await;
             };
             match cluster.nodes().await {
                 Ok(nodes) => {
                     let body = serde_json::json!({ "nodes": nodes });
-                    respond(
-                        &mut socket,
-                        "200 OK",
-                        "application/json",
-                        body.to_string().as_bytes(),
-                    )
-                    .await
+                    respond_json(&mut socket, "200 OK", &body).await
                 }
                 Err(e) => {
                     let body = serde_json::json!({ "error": e });
-                    respond(
-                        &mut socket,
-                        "503 Service Unavailable",
-                        "application/json",
-                        body.to_string().as_bytes(),
-                    )
-                    .await
+                    respond_json(&mut socket, "503 Service Unavailable", &body).await
                 }
             }
         }
@@ -298,38 +245,28 @@ async fn handle(
                 })
                 .collect();
             let body = serde_json::json!({ "scope": "node", "streams": streams });
-            respond(
-                &mut socket,
-                "200 OK",
-                "application/json",
-                body.to_string().as_bytes(),
-            )
-            .await
+            respond_json(&mut socket, "200 OK", &body).await
         }
         _ => respond(&mut socket, "404 Not Found", "text/plain", b"not found\n").await,
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+async fn respond_json(
+    socket: &mut tokio::net::TcpStream,
+    status: &str,
+    body: &serde_json::Value,
+) -> std::io::Result<()> {
+    respond(
+        socket,
+        status,
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
-/// `%XX` escapes decoded (stream keys in a URL path).
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// DELETE /api/streams/APP/KEY: the publisher of APP/KEY is closed, here or
@@ -340,7 +277,7 @@ async fn kick(
     state: &AdminState,
     target: &str,
 ) -> std::io::Result<()> {
-    let Some(key) = percent_decode(target).filter(|k| k.contains('/')) else {
+    let Some(key) = crate::cluster::wire::unescape(target, b'%').filter(|k| k.contains('/')) else {
         return respond(
             socket,
             "400 Bad Request",
@@ -376,23 +313,11 @@ async fn kick(
         Ok(node) => {
             tracing::info!(stream = %crate::protocol::server::redact(&key), "kicked through the HTTP API (node {node})");
             let body = serde_json::json!({ "kicked": true, "node": node });
-            respond(
-                socket,
-                "200 OK",
-                "application/json",
-                body.to_string().as_bytes(),
-            )
-            .await
+            respond_json(socket, "200 OK", &body).await
         }
         Err(e) => {
             let body = serde_json::json!({ "kicked": false, "error": e });
-            respond(
-                socket,
-                "404 Not Found",
-                "application/json",
-                body.to_string().as_bytes(),
-            )
-            .await
+            respond_json(socket, "404 Not Found", &body).await
         }
     }
 }

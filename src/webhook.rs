@@ -68,21 +68,7 @@ impl Webhook {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let settings = std::sync::Arc::new(settings);
         let s = settings.clone();
-        std::thread::Builder::new()
-            .name("tributary-webhook".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!("webhook runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(serve(s, rx));
-            })?;
+        crate::control_thread::spawn("tributary-webhook", move || serve(s, rx))?;
         Ok(Webhook { jobs, settings })
     }
 

@@ -55,23 +55,9 @@ pub(super) fn spawn(
     shards: Vec<mpsc::Sender<ShardCommand>>,
     stats: Arc<ClusterStats>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("tributary-nats".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("cluster runtime: {e}");
-                    return;
-                }
-            };
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, run(settings, requests, shards, stats));
-        })?;
-    Ok(())
+    crate::control_thread::spawn("tributary-nats", move || {
+        run(settings, requests, shards, stats)
+    })
 }
 
 /// A stream this node publishes.
