@@ -277,75 +277,71 @@ async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> 
 }
 
 impl ClusterHandle {
-    /// Claims `key` cluster-wide for this node (from a shard).
-    pub async fn claim(&self, key: &StreamKey, shard: usize, takeover: bool) -> ClaimResult {
+    /// From a shard: sends the request `make` builds around a reply channel
+    /// and waits for the answer up to [`REGISTRY_WAIT`] (on the shard's own
+    /// timer); None if the control thread did not answer in time.
+    async fn ask_within<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
         let (reply, rx) = oneshot::channel();
-        let req = Request::Claim {
-            key: key.clone(),
-            shard,
-            takeover,
-            reply,
-        };
+        let req = make(reply);
         within(REGISTRY_WAIT, async {
             self.requests.send(req).await.ok()?;
             rx.await.ok()
         })
         .await
         .flatten()
+    }
+
+    /// Claims `key` cluster-wide for this node (from a shard).
+    pub async fn claim(&self, key: &StreamKey, shard: usize, takeover: bool) -> ClaimResult {
+        let key = key.clone();
+        self.ask_within(|reply| Request::Claim {
+            key,
+            shard,
+            takeover,
+            reply,
+        })
+        .await
         .unwrap_or(ClaimResult::Unavailable)
     }
 
     /// Where the registry says `key` is (from a shard).
     pub async fn locate(&self, key: &StreamKey) -> Located {
+        let key = key.clone();
+        self.ask_within(|reply| Request::Locate { key, reply })
+            .await
+            .unwrap_or(Located::Unavailable)
+    }
+
+    /// Sends the request `make` builds around a reply channel and waits for
+    /// the answer (admin thread: no deadline of its own, the HTTP request
+    /// has one).
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+    ) -> Result<T, String> {
+        const GONE: &str = "cluster control thread is gone";
         let (reply, rx) = oneshot::channel();
-        let req = Request::Locate {
-            key: key.clone(),
-            reply,
-        };
-        within(REGISTRY_WAIT, async {
-            self.requests.send(req).await.ok()?;
-            rx.await.ok()
-        })
-        .await
-        .flatten()
-        .unwrap_or(Located::Unavailable)
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| GONE.to_string())?;
+        rx.await.map_err(|_| GONE.to_string())?
     }
 
     /// Every registered stream of the cluster.
     pub async fn list(&self) -> Result<Vec<(String, Registration)>, String> {
-        let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::List { reply })
-            .await
-            .map_err(|_| "cluster control thread is gone".to_string())?;
-        rx.await
-            .map_err(|_| "cluster control thread is gone".to_string())?
+        self.ask(|reply| Request::List { reply }).await
     }
 
     /// Every node of the cluster that is alive (its heartbeat not expired).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
-        let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Nodes { reply })
-            .await
-            .map_err(|_| "cluster control thread is gone".to_string())?;
-        rx.await
-            .map_err(|_| "cluster control thread is gone".to_string())?
+        self.ask(|reply| Request::Nodes { reply }).await
     }
 
-    /// Kicks the publisher of `key` wherever it is (from the admin thread).
+    /// Kicks the publisher of `key` wherever it is; answers its node.
     pub async fn kick(&self, key: &StreamKey) -> Result<String, String> {
-        let (reply, rx) = oneshot::channel();
-        let req = Request::Kick {
-            key: key.clone(),
-            reply,
-        };
-        self.requests
-            .send(req)
-            .await
-            .map_err(|_| "cluster control thread is gone".to_string())?;
-        rx.await
-            .map_err(|_| "cluster control thread is gone".to_string())?
+        let key = key.clone();
+        self.ask(|reply| Request::Kick { key, reply }).await
     }
 
     /// From a plain thread (shutdown): waits until the control thread has

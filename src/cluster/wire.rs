@@ -246,11 +246,17 @@ pub fn token(key: &str) -> String {
 
 /// The inverse of [`token`]; None for anything `token` cannot produce.
 pub fn untoken(token: &str) -> Option<String> {
-    let bytes = token.as_bytes();
+    unescape(token, b'=')
+}
+
+/// Decodes `<marker>XX` hex escapes (`=XX` in tokens, `%XX` in URL paths);
+/// None for a broken escape or bytes that are not UTF-8.
+pub fn unescape(s: &str, marker: u8) -> Option<String> {
+    let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'=' {
+        if bytes[i] == marker {
             let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
