@@ -441,6 +441,14 @@ impl Metrics {
                 )?,
                 |s| ShardStats::get(&s.disconnected_slow),
             ),
+            (
+                counter(
+                    "tributary_recv_no_buffers_total",
+                    "Receives that found the shard's buffer ring empty (ENOBUFS) and were re-armed",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.recv_no_buffers),
+            ),
         ];
         let dropped = counter(
             "tributary_dropped_frames_total",

@@ -79,6 +79,10 @@ pub struct NodeConfig {
     pub shards: usize,
     /// Memory each shard registers with io_uring, in KiB.
     pub io_memory_kib: usize,
+    /// Receive buffers in each shard's socket ring (a power of two).
+    pub recv_buffers: usize,
+    /// Size of each receive buffer, in KiB.
+    pub recv_buffer_kib: usize,
     /// On SIGTERM/SIGINT, /readyz says 503 this long before the node stops
     /// accepting, so load balancers and health-checked DNS move first.
     pub drain_delay_ms: u64,
@@ -318,6 +322,8 @@ impl Default for NodeConfig {
             id: String::new(),
             shards: 0,
             io_memory_kib: 512,
+            recv_buffers: 256,
+            recv_buffer_kib: 16,
             drain_delay_ms: 0,
         }
     }
@@ -512,6 +518,16 @@ impl Config {
         }
         if p.max_lag_ms == 0 {
             return Err(invalid("players.max_lag_ms", "must be positive"));
+        }
+        let n = self.node.recv_buffers;
+        if !(2..=32768).contains(&n) || !n.is_power_of_two() {
+            return Err(invalid(
+                "node.recv_buffers",
+                "must be a power of two from 2 to 32768",
+            ));
+        }
+        if !(1..=1024).contains(&self.node.recv_buffer_kib) {
+            return Err(invalid("node.recv_buffer_kib", "must be 1 to 1024"));
         }
         if self.node.io_memory_kib < 64 {
             return Err(invalid("node.io_memory_kib", "must be at least 64"));

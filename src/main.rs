@@ -11,6 +11,15 @@ use tributary::config::{Cli, LogFormat, USAGE};
 use tributary::node::Node;
 
 fn main() -> ExitCode {
+    // A panic anywhere ends the process at once: unwinding a shard thread
+    // would drop its glommio executor and socket ring with io_uring work in
+    // flight, and the kernel would then write into freed memory. (Release
+    // builds also set panic = "abort".)
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let cli = match Cli::parse(std::env::args().skip(1)) {
         Ok(cli) => cli,
         Err(e) => {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use futures_rustls::rustls;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -120,13 +119,27 @@ impl ResolvesServerCert for Certs {
     }
 }
 
-/// The acceptor every shard uses: TLS 1.2/1.3, no client certificates.
-pub fn acceptor(certs: Arc<Certs>) -> Result<futures_rustls::TlsAcceptor, String> {
+/// One RTMPS connection's TLS state: the shard's socket ring feeds it the
+/// bytes received and sends the records it produces.
+pub type ServerTls = rustls::ServerConnection;
+
+/// The configuration every shard's RTMPS listener uses: TLS 1.2/1.3, no
+/// client certificates, certificates from `certs` (by SNI, reloadable).
+pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    Ok(futures_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
+}
+
+/// A new server-side TLS session. Its buffer limit is off: what it holds is
+/// bounded by the connection's output queue limits instead, and the ring
+/// hands it whole messages.
+pub fn accept(config: &Arc<rustls::ServerConfig>) -> Result<ServerTls, rustls::Error> {
+    let mut tls = rustls::ServerConnection::new(config.clone())?;
+    tls.set_buffer_limit(None);
+    Ok(tls)
 }

@@ -1,8 +1,9 @@
-//! One RTMP connection on its shard: reads into a buffer allocated once,
-//! drives the sans-IO `ServerSession`, turns its events into hub calls, and
-//! writes the outbox in batches. Handshake and idle timeouts; a protocol
-//! error closes this connection only, with one log line naming the peer and
-//! the reason (never a stream key in clear).
+//! One RTMP connection on its shard: takes the buffers the shard's socket
+//! ring received for it, drives the sans-IO `ServerSession` over them
+//! (through rustls for RTMPS), turns its events into hub calls, and queues
+//! replies for the ring to send. A protocol error closes this connection
+//! only, with one log line naming the peer and the reason (never a stream
+//! key in clear).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::auth::{Action, Auth};
 use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
@@ -21,15 +21,14 @@ use crate::protocol::RawMessage;
 
 use super::gate::{Gate, Ticket};
 use super::hub::{Hub, PlayOutcome, Player, RELAY_START_WAIT};
-use super::outbox::Outbox;
+use super::conn::{Conn, End, Input};
+use super::ring::buffers::Lease;
+use super::ring::SocketRing;
 use super::stats::ShardStats;
 use super::StreamKey;
 
-const READ_BUFFER: usize = 64 * 1024;
-const WRITE_BATCH: usize = 64 * 1024;
-
 /// An open connection as its shard's drain sees it.
-pub type OpenConnection = (std::rc::Weak<Outbox>, std::rc::Weak<RefCell<ServerSession>>);
+pub type OpenConnection = (std::rc::Weak<Conn>, std::rc::Weak<RefCell<ServerSession>>);
 
 /// What a connection needs from its shard.
 pub struct ConnectionContext {
@@ -46,11 +45,6 @@ pub struct ConnectionContext {
     /// Set when the node is in a cluster: publish claims and remote plays.
     pub cluster: Option<ClusterHandle>,
     pub session: ServerConfig,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    /// A write that cannot finish in this long (the peer stopped reading)
-    /// closes the connection.
-    pub write_timeout: Duration,
 }
 
 /// The stream key a publish or play names: the connection's app and the
@@ -79,7 +73,7 @@ async fn authorize(
     stream_id: u32,
     name: &str,
     session: &Rc<RefCell<ServerSession>>,
-    outbox: &Outbox,
+    outbox: &Conn,
     ctx: &ConnectionContext,
     conn: u64,
     peer: SocketAddr,
@@ -117,36 +111,32 @@ async fn authorize(
     false
 }
 
-enum Wake {
-    Read(std::io::Result<usize>),
-    Write,
-    Idle,
-}
-
-/// Serves one connection, plain TCP or TLS, until it closes.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    mut socket: S,
+/// Serves one connection, plain TCP or TLS, until it closes. Its socket is
+/// the shard ring's: input arrives in `conn`'s inbox, output leaves from
+/// its queue; the shard's sweep applies the handshake, idle and write-stall
+/// limits by ending its input.
+pub async fn serve(
+    conn: Rc<Conn>,
     peer: SocketAddr,
-    conn: u64,
     ctx: Rc<ConnectionContext>,
+    ring: Rc<SocketRing>,
     _place: Ticket,
 ) {
+    let id = conn.id;
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
     ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let session = Rc::new(RefCell::new(ServerSession::new(
         ctx.session,
         0,
-        conn ^ 0x5DEE_CE66_D1CE_5EED,
+        id ^ 0x5DEE_CE66_D1CE_5EED,
     )));
-    let (outbox, doorbell) = Outbox::new();
-    let outbox = Rc::new(outbox);
     {
         let mut open = ctx.open.borrow_mut();
         open.retain(|(w, _)| w.strong_count() > 0);
-        open.push((Rc::downgrade(&outbox), Rc::downgrade(&session)));
+        open.push((Rc::downgrade(&conn), Rc::downgrade(&session)));
     }
     let mut state = ConnState {
-        conn,
+        conn: id,
         peer,
         publishing: None,
         publisher_place: None,
@@ -154,137 +144,110 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         events: Vec::with_capacity(16),
     };
     let mut pace = Pace::new(ctx.max_ingest_bytes_per_sec);
-    let mut buf = vec![0u8; READ_BUFFER];
-    let mut batch = BytesMut::with_capacity(WRITE_BATCH);
-    let started = Instant::now();
-    let mut last_read = Instant::now();
+    // RTMPS only: decrypted bytes the session has not taken yet.
+    let mut plain = Vec::new();
     let reason: Option<String> = loop {
-        let connected = session.borrow().is_connected();
-        let limit = if connected {
-            ctx.idle_timeout
-        } else {
-            ctx.handshake_timeout.saturating_sub(started.elapsed())
-        };
-        let wait = limit.saturating_sub(last_read.elapsed());
-        let wake = futures_lite::future::or(
-            async { Wake::Read(socket.read(&mut buf).await) },
-            futures_lite::future::or(
-                async {
-                    doorbell.recv().await;
-                    Wake::Write
-                },
-                async {
-                    glommio::timer::sleep(wait).await;
-                    Wake::Idle
-                },
-            ),
-        )
-        .await;
-        match wake {
-            Wake::Read(Ok(0)) => break None,
-            Wake::Read(Err(e)) => break Some(format!("read: {e}")),
-            Wake::Read(Ok(n)) => {
-                last_read = Instant::now();
-                ctx.stats.add_in(n as u64);
-                if let Err(e) = state.on_input(&buf[..n], &session, &outbox, &ctx).await {
-                    ctx.stats.add_protocol_error(error_kind(&e));
-                    break Some(e.to_string());
-                }
-                if state.publishing.is_some() {
-                    // Over the ingest cap: wait before reading again (the
-                    // idle clock does not run while we hold back).
-                    if let Some(wait) = pace.take(n as u64, Instant::now()) {
-                        glommio::timer::sleep(wait).await;
-                        last_read = Instant::now();
-                    }
-                }
-            }
-            Wake::Write => {}
-            Wake::Idle => {
+        let mut lease = match conn.next_input().await {
+            Input::Data(lease) => lease,
+            Input::Closed | Input::End(End::Eof) => break None,
+            Input::End(e @ End::Timeout(_)) => {
                 ctx.stats.add_protocol_error("timeout");
-                break Some(if connected {
-                    "idle timeout".into()
-                } else {
-                    "handshake timeout".into()
-                });
+                break Some(e.to_string());
             }
-        }
-        // Most reads from a publisher queue nothing to send: no write, and
-        // no write timer to arm and cancel.
-        if !outbox.is_empty() {
-            match glommio::timer::timeout(ctx.write_timeout, async {
-                flush(&mut socket, &outbox, &mut batch)
-                    .await
-                    .map_err(Into::into)
-            })
-            .await
-            {
-                Ok(n) => ctx.stats.add_out(n),
-                Err(glommio::GlommioError::TimedOut(_)) => {
-                    // The peer stopped reading: a player stuck this long is cut.
-                    ctx.stats.add_disconnected_slow();
-                    break Some(format!("write stalled for {:?}", ctx.write_timeout));
+            Input::End(e @ End::Stalled(_)) => {
+                // The peer stopped reading: a player stuck this long is cut.
+                ctx.stats.add_disconnected_slow();
+                break Some(e.to_string());
+            }
+            Input::End(e) => break Some(e.to_string()),
+        };
+        let n = lease.len();
+        let result = match &conn.tls {
+            None => {
+                let r = state.on_input(&lease[..], &session, &conn, &ctx).await;
+                lease.consume(n);
+                r
+            }
+            Some(tls) => match decrypt(tls, &mut lease, &mut plain) {
+                Err(e) => {
+                    // rustls may have an alert to send before the close.
+                    conn.schedule();
+                    ctx.stats.add_protocol_error("handshake");
+                    break Some(format!("TLS: {e}"));
                 }
-                Err(e) => break Some(format!("write: {e}")),
-            }
+                Ok(()) => {
+                    drop(lease);
+                    if conn.tls.as_ref().is_some_and(|t| t.borrow().wants_write()) {
+                        conn.schedule();
+                    }
+                    let r = state.on_input(&plain, &session, &conn, &ctx).await;
+                    plain.clear();
+                    r
+                }
+            },
+        };
+        if let Err(e) = result {
+            ctx.stats.add_protocol_error(error_kind(&e));
+            break Some(e.to_string());
         }
-        if outbox.is_closed() && outbox.is_empty() {
-            break None;
+        if !conn.is_connected() && session.borrow().is_connected() {
+            conn.set_connected();
+        }
+        if state.publishing.is_some() {
+            // Over the ingest cap: hold input back for a while (the ring
+            // stops receiving, and the idle clock does not run meanwhile).
+            if let Some(wait) = pace.take(n as u64, Instant::now()) {
+                conn.hold(true);
+                glommio::timer::sleep(wait).await;
+                conn.hold(false);
+            }
         }
     };
     if let Some(reason) = reason {
-        tracing::info!(%peer, conn, "connection closed: {reason}");
+        tracing::info!(%peer, conn = id, "connection closed: {reason}");
     }
     state.leave(&ctx);
-    // Best effort: what was queued for a closing peer (error answers).
-    let _ = glommio::timer::timeout(Duration::from_secs(1), async {
-        flush(&mut socket, &outbox, &mut batch)
-            .await
-            .map_err(Into::into)
-    })
-    .await;
-    let _ = socket.close().await;
+    // The ring flushes what is queued (error answers, notices) for a short
+    // while, then closes the socket.
+    ring.finish(&conn);
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Writes what the outbox holds: small messages coalesced, large ones from
-/// their own shared buffer.
+/// Feeds received TLS records to rustls and appends the plaintext to
+/// `plain`.
+fn decrypt(
+    tls: &RefCell<crate::tls::ServerTls>,
+    lease: &mut Lease,
+    plain: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut tls = tls.borrow_mut();
+    while !lease.is_empty() {
+        let mut input: &[u8] = lease;
+        let before = input.len();
+        tls.read_tls(&mut input).map_err(|e| e.to_string())?;
+        let used = before - input.len();
+        lease.consume(used);
+        let state = tls.process_new_packets().map_err(|e| e.to_string())?;
+        let n = state.plaintext_bytes_to_read();
+        if n > 0 {
+            let at = plain.len();
+            plain.resize(at + n, 0);
+            std::io::Read::read_exact(&mut tls.reader(), &mut plain[at..])
+                .map_err(|e| e.to_string())?;
+        }
+        if used == 0 && n == 0 {
+            return Err("TLS input not taken".into());
+        }
+    }
+    Ok(())
+}
+
 fn error_kind(e: &SessionError) -> &'static str {
     match e {
         SessionError::Handshake(_) => "handshake",
         SessionError::Chunk(_) => "chunk",
         SessionError::Command(_) => "command",
         _ => "sequence",
-    }
-}
-
-/// Writes what the outbox holds: small messages coalesced, large ones from
-/// their own shared buffer. Returns the bytes written.
-async fn flush<S: AsyncWrite + Unpin>(
-    socket: &mut S,
-    outbox: &Outbox,
-    batch: &mut BytesMut,
-) -> std::io::Result<u64> {
-    let mut written = 0u64;
-    loop {
-        batch.clear();
-        let large = outbox.next_write(batch, WRITE_BATCH);
-        if !batch.is_empty() {
-            socket.write_all(batch).await?;
-            written += batch.len() as u64;
-        }
-        match large {
-            Some(b) => {
-                socket.write_all(&b).await?;
-                written += b.len() as u64;
-            }
-            None if batch.is_empty() => {
-                // TLS holds records until flushed; plain TCP has nothing to do.
-                socket.flush().await?;
-                return Ok(written);
-            }
-            None => {}
-        }
     }
 }
 
@@ -334,7 +297,7 @@ impl ConnState {
         &mut self,
         mut input: &[u8],
         session: &Rc<RefCell<ServerSession>>,
-        outbox: &Rc<Outbox>,
+        outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) -> Result<(), SessionError> {
         let mut stalled = 0;
@@ -374,7 +337,7 @@ impl ConnState {
         &mut self,
         event: ServerEvent,
         session: &Rc<RefCell<ServerSession>>,
-        outbox: &Rc<Outbox>,
+        outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) {
         match event {

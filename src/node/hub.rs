@@ -24,7 +24,7 @@ use crate::protocol::{MessageType, RawMessage};
 
 use super::directory::{Claim, Directory};
 use super::gop::{GopCache, Kind};
-use super::outbox::Outbox;
+use super::conn::Conn;
 use super::stats::ShardStats;
 use super::{ShardMsg, StreamKey};
 
@@ -33,7 +33,7 @@ pub struct Player {
     pub conn: u64,
     pub stream_id: u32,
     pub chunk_size: u32,
-    pub out: Rc<Outbox>,
+    pub out: Rc<Conn>,
     pub session: Rc<RefCell<ServerSession>>,
     /// Dropping frames until the next keyframe (slow, or just joined a
     /// stream with no keyframe cached).
@@ -46,7 +46,7 @@ impl Player {
     pub fn new(
         conn: u64,
         stream_id: u32,
-        out: Rc<Outbox>,
+        out: Rc<Conn>,
         session: Rc<RefCell<ServerSession>>,
     ) -> Self {
         let chunk_size = session.borrow().chunk_size();
@@ -86,7 +86,7 @@ struct Stream {
     /// ([`RELAY_CONN`] when it relays it from another node).
     publisher: Option<u64>,
     /// Its outbox, so a takeover can close it.
-    publisher_out: Option<Rc<Outbox>>,
+    publisher_out: Option<Rc<Conn>>,
     gop: GopCache,
     players: Vec<Player>,
     /// Shards that relay this stream (owner side).
@@ -102,7 +102,7 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(publisher: Option<u64>, publisher_out: Option<Rc<Outbox>>, gop_max: usize) -> Self {
+    fn new(publisher: Option<u64>, publisher_out: Option<Rc<Conn>>, gop_max: usize) -> Self {
         Self {
             publisher,
             publisher_out,
@@ -217,7 +217,7 @@ impl Hub {
     }
 
     /// Registers a publisher node-wide. False: the key is live elsewhere.
-    pub fn publish(&mut self, key: &StreamKey, conn: u64, out: Rc<Outbox>) -> bool {
+    pub fn publish(&mut self, key: &StreamKey, conn: u64, out: Rc<Conn>) -> bool {
         let claim = self.directory.claim(key, self.shard, self.config.takeover);
         match claim {
             Claim::Refused => return false,

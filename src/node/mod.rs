@@ -4,12 +4,13 @@
 //! The only node-wide state is the stream directory (rare path, behind a
 //! mutex) and counters.
 
+mod conn;
 mod connection;
 mod directory;
 mod gate;
 mod gop;
 mod hub;
-mod outbox;
+pub mod ring;
 mod shard;
 mod stats;
 
@@ -98,7 +99,7 @@ pub struct Node {
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
     /// Kept, never joined: see `drain`.
-    _handles: glommio::PoolThreadHandles<Result<(), String>>,
+    _handles: glommio::PoolThreadHandles<()>,
 }
 
 /// glommio refuses to start an executor with less locked memory than this.
@@ -200,7 +201,7 @@ impl Node {
         let (tls, certs, tls_placeholder) = match config.tls.listen {
             Some(listen) => {
                 let certs = Certs::load(&config.tls).map_err(NodeError::Start)?;
-                let acceptor = crate::tls::acceptor(certs.clone()).map_err(NodeError::Start)?;
+                let acceptor = crate::tls::server_config(certs.clone()).map_err(NodeError::Start)?;
                 let (addr, placeholder) = resolve_listen(listen)?;
                 config.tls.listen = Some(addr);
                 (Some((addr, acceptor)), Some(certs), placeholder)
@@ -262,11 +263,13 @@ impl Node {
         let stop = Arc::new(AtomicBool::new(false));
         let listening = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
         let stats: Vec<Arc<ShardStats>> = (0..shards)
             .map(|_| Arc::new(ShardStats::default()))
             .collect();
         let io_memory = config.node.io_memory_kib * 1024;
         let setup = {
+            let failed = failed.clone();
             let (config, directory, stop, listening, drained, stats, cluster, auth, gate, tls) = (
                 config.clone(),
                 directory.clone(),
@@ -295,14 +298,9 @@ impl Node {
                     gate: gate.clone(),
                     tls: tls.clone(),
                     webhook: webhook.clone(),
+                    failed: failed.clone(),
                 };
-                async move {
-                    let r = shard::run(setup).await;
-                    if let Err(e) = &r {
-                        tracing::error!("{e}");
-                    }
-                    r
-                }
+                shard::run_or_park(setup)
             }
         };
         let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
@@ -318,7 +316,7 @@ impl Node {
             })?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while listening.load(Ordering::SeqCst) < shards {
-            if Instant::now() > deadline {
+            if Instant::now() > deadline || failed.load(Ordering::SeqCst) {
                 // Shards that did start drain and park; the caller exits.
                 // Each failed shard has logged its own error.
                 stop.store(true, Ordering::SeqCst);

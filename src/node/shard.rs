@@ -1,6 +1,7 @@
-//! One data-plane shard: a glommio executor pinned to a core, its own
-//! `SO_REUSEPORT` listener, its hub, and its end of the cross-shard mesh.
-//! Every connection it accepts lives here until it closes.
+//! One data-plane shard: a glommio executor pinned to a core, its socket
+//! ring (its own io_uring) with its `SO_REUSEPORT` listeners, its hub, and
+//! its end of the cross-shard mesh. Every connection it accepts lives here
+//! until it closes.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,15 +9,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::OwnedFd;
+
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
 
 use crate::cluster::{ClusterHandle, ShardCommands};
 use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
 
 use super::connection::{serve, ConnectionContext};
+use super::ring::{SocketRing, Timeouts};
 use super::directory::Directory;
 use super::hub::{Hub, HubConfig};
 use super::stats::ShardStats;
@@ -39,12 +42,40 @@ pub struct ShardSetup {
     pub commands: ShardCommands,
     pub auth: Arc<crate::auth::Auth>,
     pub gate: Arc<super::Gate>,
-    /// The RTMPS address (resolved) and the TLS acceptor, when on.
-    pub tls: Option<(std::net::SocketAddr, futures_rustls::TlsAcceptor)>,
+    /// The RTMPS address (resolved) and the TLS configuration, when on.
+    pub tls: Option<(std::net::SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// Set when a shard failed to start.
+    pub failed: Arc<AtomicBool>,
     pub webhook: Option<crate::webhook::Webhook>,
 }
 
-pub async fn run(setup: ShardSetup) -> Result<(), String> {
+/// Runs a shard; on an error it logs, counts the shard as failed and parks
+/// (its executor must not be torn down with io_uring work in flight).
+pub async fn run_or_park(setup: ShardSetup) {
+    let failed = setup.failed.clone();
+    if let Err(e) = run(setup).await {
+        tracing::error!("{e}");
+        failed.store(true, Ordering::SeqCst);
+    }
+    std::future::pending::<()>().await;
+}
+
+/// A listening socket with SO_REUSEPORT, so that every shard binds the
+/// same address and the kernel spreads connections over them.
+fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<OwnedFd> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(OwnedFd::from(socket))
+}
+
+async fn run(setup: ShardSetup) -> Result<(), String> {
     let (senders, receivers) = setup
         .mesh
         .join()
@@ -57,7 +88,19 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         .cloned()
         .ok_or("more shards than counters")?;
     let config = &setup.config;
-    let listener = TcpListener::bind(config.rtmp.listen).map_err(|e| {
+    let ring = SocketRing::new(
+        config.node.recv_buffers,
+        config.node.recv_buffer_kib * 1024,
+        stats.clone(),
+        Timeouts {
+            handshake: Duration::from_millis(config.rtmp.handshake_timeout_ms),
+            idle: Duration::from_millis(config.rtmp.idle_timeout_ms),
+            write: Duration::from_millis(config.players.max_lag_ms),
+        },
+        (shard as u64) << 48,
+    )
+    .map_err(|e| format!("shard {shard}: {e}"))?;
+    let listener = listen_on(config.rtmp.listen).map_err(|e| {
         format!(
             "shard {shard}: cannot listen on {}: {e}",
             config.rtmp.listen
@@ -65,11 +108,15 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
     })?;
     let tls_listener = match &setup.tls {
         Some((addr, _)) => Some(
-            TcpListener::bind(addr)
+            listen_on(*addr)
                 .map_err(|e| format!("shard {shard}: cannot listen for RTMPS on {addr}: {e}"))?,
         ),
         None => None,
     };
+    ring.listen(listener, false);
+    if let Some(l) = tls_listener {
+        ring.listen(l, true);
+    }
     setup.listening.fetch_add(1, Ordering::SeqCst);
 
     let hub = Rc::new(RefCell::new(Hub::new(
@@ -123,18 +170,6 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
         .detach();
     }
 
-    // Waits (for a stream to appear or come back) end at their deadlines.
-    {
-        let (hub, stop) = (hub.clone(), setup.stop.clone());
-        glommio::spawn_local(async move {
-            while !stop.load(Ordering::Relaxed) {
-                glommio::timer::sleep(Duration::from_millis(250)).await;
-                hub.borrow_mut().expire(std::time::Instant::now());
-            }
-        })
-        .detach();
-    }
-
     let ctx = Rc::new(ConnectionContext {
         open: RefCell::new(Vec::new()),
         hub: hub.clone(),
@@ -151,104 +186,71 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
             window_ack_size: config.rtmp.window_ack_size,
             max_streams: config.rtmp.max_streams_per_connection,
         },
-        handshake_timeout: Duration::from_millis(config.rtmp.handshake_timeout_ms),
-        idle_timeout: Duration::from_millis(config.rtmp.idle_timeout_ms),
-        write_timeout: Duration::from_millis(config.players.max_lag_ms),
     });
-    // RTMPS: its own accept loop; after the TLS handshake a connection is
-    // served exactly like a plain one, with the same hub.
-    if let (Some(listener), Some((_, acceptor))) = (tls_listener, setup.tls.clone()) {
-        let (ctx, stop, gate, stats) = (
+
+    // Every accepted socket, plain or RTMPS: limits first, then the ring
+    // takes it and a task serves it. Over a limit the socket is closed at
+    // once (counted, not logged: a flood must not flood logs).
+    let on_accept = {
+        let (ring, ctx, gate, stats) = (
+            ring.clone(),
             ctx.clone(),
-            setup.stop.clone(),
             setup.gate.clone(),
             stats.clone(),
         );
+        let tls_config = setup.tls.as_ref().map(|(_, c)| c.clone());
         let max_connections = config.rtmp.max_connections_per_shard as u64;
-        glommio::spawn_local(async move {
-            let mut next_conn: u64 = ((shard as u64) << 48) | (1 << 40);
-            while !stop.load(Ordering::Relaxed) {
-                let Some(socket) = accept(&listener).await else {
-                    continue;
-                };
-                let Ok(peer) = socket.peer_addr() else {
-                    continue;
-                };
-                if stats.connections.load(Ordering::Relaxed) >= max_connections {
-                    gate.refused[0].fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let Ok(ticket) = gate.connection(peer.ip()) else {
-                    continue;
-                };
-                let _ = socket.set_nodelay(true);
-                next_conn += 1;
-                let (acceptor, ctx, conn) = (acceptor.clone(), ctx.clone(), next_conn);
-                glommio::spawn_local(async move {
-                    let handshake = futures_lite::future::or(
-                        async { Some(acceptor.accept(socket).await) },
-                        async {
-                            glommio::timer::sleep(ctx.handshake_timeout).await;
-                            None
-                        },
-                    )
-                    .await;
-                    match handshake {
-                        Some(Ok(tls)) => serve(tls, peer, conn, ctx, ticket).await,
-                        Some(Err(e)) => {
-                            ctx.stats.add_protocol_error("handshake");
-                            tracing::info!(%peer, conn, "TLS handshake failed: {e}");
-                        }
-                        None => ctx.stats.add_protocol_error("timeout"),
+        move |fd: OwnedFd, tls: bool| {
+            let socket = socket2::SockRef::from(&fd);
+            let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket()) else {
+                return;
+            };
+            if stats.connections.load(Ordering::Relaxed) >= max_connections {
+                tracing::debug!(shard, %peer, "refused: {max_connections} connections on this shard");
+                gate.refused[0].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let Ok(ticket) = gate.connection(peer.ip()) else {
+                return;
+            };
+            let _ = socket.set_nodelay(true);
+            let tls = match (tls, &tls_config) {
+                (false, _) => None,
+                (true, Some(config)) => match crate::tls::accept(config) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(%peer, "TLS session: {e}");
+                        return;
                     }
-                })
-                .detach();
+                },
+                (true, None) => return,
+            };
+            let conn = ring.register(fd, tls);
+            glommio::spawn_local(serve(conn, peer, ctx.clone(), ring.clone(), ticket)).detach();
+        }
+    };
+    glommio::spawn_local(ring.clone().drive(on_accept)).detach();
+
+    // The one deadline sweep: connections' handshake, idle and write-stall
+    // limits, and waits for a stream to appear or come back. It runs on
+    // through the drain (closing sockets have a flush deadline).
+    {
+        let (hub, ring) = (hub.clone(), ring.clone());
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(SWEEP_INTERVAL).await;
+                let now = std::time::Instant::now();
+                ring.sweep(now);
+                hub.borrow_mut().expire(now);
             }
         })
         .detach();
     }
 
-    let max_connections = config.rtmp.max_connections_per_shard as u64;
-    let mut next_conn: u64 = (shard as u64) << 48;
-    let mut backoff = Duration::from_millis(5);
     while !setup.stop.load(Ordering::Relaxed) {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            glommio::timer::sleep(Duration::from_millis(200)).await;
-            None
-        })
-        .await;
-        let socket = match accepted {
-            None => continue,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                // EMFILE and friends: back off rather than spin.
-                tracing::warn!(shard, "accept failed: {e}");
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(5);
-        let peer = match socket.peer_addr() {
-            Ok(p) => p,
-            Err(_) => continue,
-        };
-        if stats.connections.load(Ordering::Relaxed) >= max_connections {
-            tracing::debug!(shard, %peer, "refused: {max_connections} connections on this shard");
-            setup.gate.refused[0].fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        // Node-wide and per-address limits: over them, the socket is
-        // closed at once (counted, not logged: a flood must not flood logs).
-        let Ok(ticket) = setup.gate.connection(peer.ip()) else {
-            drop(socket);
-            continue;
-        };
-        let _ = socket.set_nodelay(true);
-        next_conn += 1;
-        glommio::spawn_local(serve(socket, peer, next_conn, ctx.clone(), ticket)).detach();
+        glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    drop(listener);
+    ring.stop_accepting();
 
     // Drain: players hear the stream ended, every connection flushes what it
     // has queued and closes, within a bounded time. Encoders that said they
@@ -303,29 +305,14 @@ pub async fn run(setup: ShardSetup) -> Result<(), String> {
     }
     setup.drained.fetch_add(1, Ordering::SeqCst);
     // Never return: tearing the executor down with io_uring operations in
-    // flight (mesh receivers, timers) corrupted the heap at thread exit. The
+    // flight (mesh receivers, timers, the socket ring) corrupts memory. The
     // process exits from main once every shard has drained.
     std::future::pending::<()>().await;
     Ok(())
 }
 
+/// How often the shard sweeps its deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How long a stopping shard waits for its connections to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// One accepted socket, or None after 200 ms (so the caller sees `stop`)
-/// or on an accept error (after a short pause: EMFILE must not spin).
-async fn accept(listener: &TcpListener) -> Option<glommio::net::TcpStream> {
-    let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-        glommio::timer::sleep(Duration::from_millis(200)).await;
-        None
-    })
-    .await?;
-    match accepted {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("accept failed: {e}");
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-            None
-        }
-    }
-}

@@ -24,6 +24,8 @@ pub struct ShardStats {
     pub dropped_frames_slow: AtomicU64,
     pub dropped_frames_shard: AtomicU64,
     pub disconnected_slow: AtomicU64,
+    /// Receives that ended on an empty buffer ring (ENOBUFS) and re-armed.
+    pub recv_no_buffers: AtomicU64,
     /// Indexed like [`ERROR_KINDS`].
     pub protocol_errors: [AtomicU64; 5],
     /// Publishes and plays refused by auth, indexed like
@@ -41,6 +43,9 @@ impl ShardStats {
     }
     pub fn add_dropped_frames_shard(&self) {
         add(&self.dropped_frames_shard, 1);
+    }
+    pub fn add_recv_no_buffers(&self) {
+        add(&self.recv_no_buffers, 1);
     }
     pub fn add_disconnected_slow(&self) {
         add(&self.disconnected_slow, 1);

@@ -1,0 +1,288 @@
+//! One connection's state as its three users share it on the shard: the
+//! socket ring fills its inbox with received buffers and drains its output
+//! queue into sends; the connection task reads the inbox; the hub queues
+//! media for it. Single-shard (`Rc`), never locked.
+//!
+//! Output is a queue of shared `Bytes` (session replies and media, in
+//! order), counted in bytes (queued and in flight) so the hub can apply the
+//! slow-player rules; the ring gathers it into one SENDMSG with an iovec
+//! per `Bytes`, so nothing is copied per player.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use super::ring::buffers::Lease;
+
+/// Why a connection's input ended.
+#[derive(Debug)]
+pub enum End {
+    /// The peer closed its side.
+    Eof,
+    Read(std::io::Error),
+    Write(std::io::Error),
+    /// No handshake, or no input, within the limit.
+    Timeout(&'static str),
+    /// The peer took no bytes for this long: cut like a slow player.
+    Stalled(std::time::Duration),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Eof => f.write_str("closed by peer"),
+            End::Read(e) => write!(f, "read: {e}"),
+            End::Write(e) => write!(f, "write: {e}"),
+            End::Timeout(what) => f.write_str(what),
+            End::Stalled(d) => write!(f, "write stalled for {d:?}"),
+        }
+    }
+}
+
+/// What the connection task gets next.
+#[derive(Debug)]
+pub enum Input {
+    Data(Lease),
+    End(End),
+    /// Closed on this side (kick, takeover, slow player, shutdown, refusal).
+    Closed,
+}
+
+/// Work the connection asks of the ring; the ring drains these lists.
+#[derive(Default)]
+pub struct RingQueue {
+    /// Connections with output queued and possibly no send in flight.
+    pub dirty: RefCell<Vec<u32>>,
+    /// Connections whose reading was paused and may resume.
+    pub resume: RefCell<Vec<u32>>,
+    pub notify: super::ring::Notify,
+}
+
+/// A connection holds at most this many received buffers; past it the ring
+/// stops receiving for it until it has read them (back-pressure).
+pub const MAX_HELD_BUFFERS: usize = 4;
+
+pub struct Conn {
+    pub id: u64,
+    /// Its slot in the shard's socket table.
+    slot: u32,
+    ring: Rc<RingQueue>,
+    queue: RefCell<VecDeque<Bytes>>,
+    /// Bytes queued plus bytes in flight.
+    bytes: Cell<usize>,
+    closed: Cell<bool>,
+    /// In the ring's dirty list already.
+    scheduled: Cell<bool>,
+    inbox: RefCell<VecDeque<Lease>>,
+    end: RefCell<Option<End>>,
+    /// The ring stopped receiving for it (inbox full or paced).
+    pub(super) paused: Cell<bool>,
+    /// The task holds input back (ingest cap): the ring pauses receiving.
+    held: Cell<bool>,
+    /// The RTMP handshake and connect are done (the handshake deadline no
+    /// longer applies).
+    connected: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+    /// RTMPS: the TLS session the ring encrypts output through and the
+    /// task decrypts input through.
+    pub tls: Option<RefCell<crate::tls::ServerTls>>,
+}
+
+impl Conn {
+    pub(super) fn new(
+        id: u64,
+        slot: u32,
+        ring: Rc<RingQueue>,
+        tls: Option<crate::tls::ServerTls>,
+    ) -> Self {
+        Self {
+            id,
+            slot,
+            ring,
+            queue: RefCell::new(VecDeque::new()),
+            bytes: Cell::new(0),
+            closed: Cell::new(false),
+            scheduled: Cell::new(false),
+            inbox: RefCell::new(VecDeque::new()),
+            end: RefCell::new(None),
+            paused: Cell::new(false),
+            held: Cell::new(false),
+            connected: Cell::new(false),
+            waker: Cell::new(None),
+            tls: tls.map(RefCell::new),
+        }
+    }
+
+    pub(super) fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    // ----- output (hub and connection task)
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.get()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub fn push(&self, b: Bytes) {
+        if self.closed.get() || b.is_empty() {
+            return;
+        }
+        self.bytes.set(self.bytes.get() + b.len());
+        self.queue.borrow_mut().push_back(b);
+        self.schedule();
+    }
+
+    /// Asks the connection to flush what is queued and close.
+    pub fn close(&self) {
+        if !self.closed.replace(true) {
+            self.wake();
+        }
+    }
+
+    /// Puts the connection on the ring's list of sockets to send for.
+    pub(super) fn schedule(&self) {
+        if !self.scheduled.replace(true) {
+            self.ring.dirty.borrow_mut().push(self.slot);
+            self.ring.notify.notify();
+        }
+    }
+
+    // ----- the ring's side of output
+
+    pub(super) fn unschedule(&self) {
+        self.scheduled.set(false);
+    }
+
+    /// Pops queued output for a send.
+    pub(super) fn pop_output(&self) -> Option<Bytes> {
+        self.queue.borrow_mut().pop_front()
+    }
+
+    pub(super) fn has_output(&self) -> bool {
+        !self.queue.borrow().is_empty()
+    }
+
+    /// `n` bytes left the queue for good (sent, or turned into TLS records).
+    pub(super) fn sent(&self, n: usize) {
+        self.bytes.set(self.bytes.get().saturating_sub(n));
+    }
+
+    /// `n` bytes joined the count without passing through the queue (TLS
+    /// records in flight).
+    pub(super) fn added(&self, n: usize) {
+        self.bytes.set(self.bytes.get() + n);
+    }
+
+    /// Output nobody will send any more (the socket is gone).
+    pub(super) fn discard_output(&self) {
+        self.queue.borrow_mut().clear();
+        self.bytes.set(0);
+        self.closed.set(true);
+    }
+
+    // ----- input (the ring fills, the task reads)
+
+    pub(super) fn push_input(&self, lease: Lease) -> bool {
+        let mut inbox = self.inbox.borrow_mut();
+        inbox.push_back(lease);
+        let full = inbox.len() >= MAX_HELD_BUFFERS;
+        drop(inbox);
+        self.wake();
+        full
+    }
+
+    pub(super) fn inbox_len(&self) -> usize {
+        self.inbox.borrow().len()
+    }
+
+    pub(super) fn drop_input(&self) {
+        self.inbox.borrow_mut().clear();
+    }
+
+    /// Ends the connection's input: the task sees it after the buffers
+    /// already received. The first reason wins.
+    pub(super) fn end(&self, why: End) {
+        let mut end = self.end.borrow_mut();
+        if end.is_none() {
+            *end = Some(why);
+        }
+        drop(end);
+        self.wake();
+    }
+
+    pub(super) fn is_connected(&self) -> bool {
+        self.connected.get()
+    }
+
+    pub fn set_connected(&self) {
+        self.connected.set(true);
+    }
+
+    /// Holds input back (true) or lets it flow again (false).
+    pub fn hold(&self, on: bool) {
+        self.held.set(on);
+        if !on && self.paused.get() {
+            self.ask_resume();
+        }
+    }
+
+    pub(super) fn is_held(&self) -> bool {
+        self.held.get()
+    }
+
+    fn ask_resume(&self) {
+        self.ring.resume.borrow_mut().push(self.slot);
+        self.ring.notify.notify();
+    }
+
+    /// The next received buffer, or why input ended.
+    pub fn next_input(&self) -> NextInput<'_> {
+        NextInput { conn: self }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+pub struct NextInput<'a> {
+    conn: &'a Conn,
+}
+
+impl Future for NextInput<'_> {
+    type Output = Input;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Input> {
+        let conn = self.conn;
+        if conn.closed.get() {
+            return Poll::Ready(Input::Closed);
+        }
+        let mut inbox = conn.inbox.borrow_mut();
+        if let Some(lease) = inbox.pop_front() {
+            let drained = inbox.len() < MAX_HELD_BUFFERS / 2;
+            drop(inbox);
+            if drained && conn.paused.get() && !conn.held.get() {
+                conn.ask_resume();
+            }
+            return Poll::Ready(Input::Data(lease));
+        }
+        drop(inbox);
+        if let Some(end) = conn.end.borrow_mut().take() {
+            return Poll::Ready(Input::End(end));
+        }
+        conn.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}

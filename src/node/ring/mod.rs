@@ -1,0 +1,961 @@
+//! The shard's socket ring: an io_uring of the shard's own (the `io-uring`
+//! crate), beside glommio's, for every socket the shard serves.
+//!
+//! - Accept is one multishot ACCEPT per listener; stopping is a cancel.
+//! - Reads are one multishot RECV per connection into the shard's shared
+//!   provided-buffer ring ([`buffers`]): an idle connection holds no read
+//!   buffer. Received buffers go to the connection's inbox; running out of
+//!   buffers (ENOBUFS) re-arms the receive once buffers are back, counted.
+//! - Writes: a connection's queued `Bytes` leave as one SENDMSG with an
+//!   iovec each (no copy), at most one in flight per socket; a short send
+//!   resumes where it stopped.
+//! - One task drives it from glommio: the ring signals an eventfd that the
+//!   task awaits through glommio; each wake reaps every completion, then
+//!   submits all queued work with one `io_uring_enter`.
+//! - One deadline sweep per shard ([`SocketRing::sweep`]) covers the
+//!   handshake, idle and write-stall limits: no timer per read or write.
+//!
+//! Memory handed to the kernel (buffers, iovecs, msghdrs, `Bytes` being
+//! sent) stays alive until its completion; a socket is closed only when
+//! nothing is in flight on it; the ring itself is never dropped (a shard
+//! parks at shutdown; a panic aborts the process).
+
+pub mod buffers;
+pub mod probe;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use self::buffers::{BufPool, BUFFER_GROUP};
+use super::conn::{Conn, End, RingQueue, MAX_HELD_BUFFERS};
+use super::stats::ShardStats;
+
+/// Submission queue entries per shard ring (completions: four times this).
+const RING_ENTRIES: u32 = 1024;
+/// At most this many `Bytes` (iovecs) in one send.
+const MAX_IOVECS: usize = 64;
+/// At most this many bytes in one send.
+const MAX_SEND_BYTES: usize = 1 << 20;
+/// A closing connection gets this long to flush what it has queued.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+const KIND_ACCEPT: u64 = 1;
+const KIND_RECV: u64 = 2;
+const KIND_SEND: u64 = 3;
+const KIND_CANCEL: u64 = 4;
+
+fn user_data(kind: u64, slot: u32, generation: u32) -> u64 {
+    (kind << 60) | (((generation & 0x0FFF_FFFF) as u64) << 32) | slot as u64
+}
+
+fn split_user_data(ud: u64) -> (u64, u32, u32) {
+    (ud >> 60, ((ud >> 32) & 0x0FFF_FFFF) as u32, ud as u32)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error(transparent)]
+    Probe(#[from] probe::ProbeError),
+    #[error(transparent)]
+    Pool(#[from] buffers::PoolError),
+    #[error("io_uring here lacks provided-buffer rings (IORING_REGISTER_PBUF_RING, Linux 5.19 and newer): {0}")]
+    BufRing(std::io::Error),
+    #[error("cannot set up the ring's eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// A wake-up flag with one waiter (the ring's driver task).
+#[derive(Default)]
+pub struct Notify {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    pub fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> NotifyWait<'_> {
+        NotifyWait(self)
+    }
+}
+
+struct NotifyWait<'a>(&'a Notify);
+
+impl Future for NotifyWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            return Poll::Ready(());
+        }
+        self.0.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// One send in flight, kept at a stable address until its completion: the
+/// kernel reads the msghdr and iovecs, and the data the iovecs point into.
+struct SendBuf {
+    bufs: VecDeque<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl SendBuf {
+    fn new() -> Box<SendBuf> {
+        Box::new(SendBuf {
+            bufs: VecDeque::new(),
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            msg: unsafe { std::mem::zeroed() },
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.bufs.iter().map(Bytes::len).sum()
+    }
+
+    /// Drops `n` sent bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.bufs.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.bufs.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Points the msghdr's iovecs at the buffers.
+    fn prepare(&mut self) -> *const libc::msghdr {
+        self.iov.clear();
+        self.iov.extend(self.bufs.iter().map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len() as _;
+        &self.msg
+    }
+}
+
+struct Socket {
+    fd: OwnedFd,
+    conn: Rc<Conn>,
+    recv_armed: bool,
+    /// EOF or an error: never receive again.
+    read_done: bool,
+    send: Option<Box<SendBuf>>,
+    sending: bool,
+    accepted_at: Instant,
+    last_read: Instant,
+    /// The last time a send made progress (or began from idle).
+    last_progress: Instant,
+    /// Closing: flush until this deadline, then force.
+    closing: Option<Instant>,
+    forced: bool,
+}
+
+struct Slot {
+    generation: u32,
+    socket: Option<Socket>,
+}
+
+struct Listener {
+    fd: Option<OwnedFd>,
+    tls: bool,
+    armed: bool,
+    stopping: bool,
+    retry_at: Option<Instant>,
+}
+
+/// Deadlines the sweep applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub handshake: Duration,
+    pub idle: Duration,
+    pub write: Duration,
+}
+
+pub struct SocketRing {
+    ring: RefCell<IoUring>,
+    pool: Rc<BufPool>,
+    queue: Rc<RingQueue>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    listeners: RefCell<Vec<Listener>>,
+    /// Connections whose receive ended on ENOBUFS, to re-arm.
+    starved: RefCell<Vec<(u32, u64)>>,
+    /// Entries that did not fit in the submission queue.
+    backlog: RefCell<VecDeque<squeue::Entry>>,
+    /// The eventfd the ring signals completions on (owned by the driver's
+    /// glommio file once `drive` starts).
+    efd: RawFd,
+    stats: Arc<ShardStats>,
+    timeouts: Timeouts,
+    next_id: Cell<u64>,
+}
+
+impl SocketRing {
+    /// Sets up the ring, its buffer ring and its eventfd.
+    pub fn new(
+        recv_buffers: usize,
+        buffer_size: usize,
+        stats: Arc<ShardStats>,
+        timeouts: Timeouts,
+        first_id: u64,
+    ) -> Result<Rc<SocketRing>, RingError> {
+        let ring = probe::build_ring(RING_ENTRIES)?;
+        let pool = BufPool::new(recv_buffers, buffer_size)?;
+        let (addr, entries) = pool.ring_addr();
+        // SAFETY: the ring of entries lives in `pool`, which the SocketRing
+        // keeps for its whole life, and the SocketRing is never dropped
+        // while the kernel can use it (see the module doc).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(addr, entries, BUFFER_GROUP, 0)
+                .map_err(RingError::BufRing)?;
+        }
+        // SAFETY: eventfd takes no pointers.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(RingError::EventFd(std::io::Error::last_os_error()));
+        }
+        if let Err(e) = ring.submitter().register_eventfd(efd) {
+            // SAFETY: efd is ours and nothing else uses it yet.
+            unsafe { libc::close(efd) };
+            return Err(RingError::EventFd(e));
+        }
+        Ok(Rc::new(SocketRing {
+            ring: RefCell::new(ring),
+            pool,
+            queue: Rc::new(RingQueue::default()),
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            listeners: RefCell::new(Vec::new()),
+            starved: RefCell::new(Vec::new()),
+            backlog: RefCell::new(VecDeque::new()),
+            efd,
+            stats,
+            timeouts,
+            next_id: Cell::new(first_id),
+        }))
+    }
+
+    /// Starts accepting on a listening socket.
+    pub fn listen(&self, fd: OwnedFd, tls: bool) {
+        let mut listeners = self.listeners.borrow_mut();
+        listeners.push(Listener {
+            fd: Some(fd),
+            tls,
+            armed: false,
+            stopping: false,
+            retry_at: None,
+        });
+        let index = listeners.len() - 1;
+        drop(listeners);
+        self.arm_accept(index);
+    }
+
+    fn arm_accept(&self, index: usize) {
+        let entry = {
+            let mut listeners = self.listeners.borrow_mut();
+            let Some(l) = listeners.get_mut(index) else {
+                return;
+            };
+            let Some(fd) = &l.fd else {
+                return;
+            };
+            if l.armed || l.stopping {
+                return;
+            }
+            l.armed = true;
+            l.retry_at = None;
+            opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data(KIND_ACCEPT, index as u32, 0))
+        };
+        self.push(entry);
+    }
+
+    /// Stops accepting: cancels every listener's accept; each listener
+    /// closes once its accept has completed.
+    pub fn stop_accepting(&self) {
+        let mut cancels = Vec::new();
+        for (i, l) in self.listeners.borrow_mut().iter_mut().enumerate() {
+            l.stopping = true;
+            if l.armed {
+                cancels.push(user_data(KIND_ACCEPT, i as u32, 0));
+            } else {
+                l.fd = None;
+            }
+        }
+        for ud in cancels {
+            self.cancel(ud);
+        }
+        self.queue.notify.notify();
+    }
+
+    /// Takes an accepted socket into the ring and starts receiving on it.
+    pub fn register(&self, fd: OwnedFd, tls: Option<crate::tls::ServerTls>) -> Rc<Conn> {
+        let id = self.next_id.get() + 1;
+        self.next_id.set(id);
+        let slot = self.free.borrow_mut().pop().unwrap_or_else(|| {
+            let mut slots = self.slots.borrow_mut();
+            slots.push(Slot {
+                generation: 0,
+                socket: None,
+            });
+            (slots.len() - 1) as u32
+        });
+        let conn = Rc::new(Conn::new(id, slot, self.queue.clone(), tls));
+        let now = Instant::now();
+        self.slots.borrow_mut()[slot as usize].socket = Some(Socket {
+            fd,
+            conn: conn.clone(),
+            recv_armed: false,
+            read_done: false,
+            send: None,
+            sending: false,
+            accepted_at: now,
+            last_read: now,
+            last_progress: now,
+            closing: None,
+            forced: false,
+        });
+        self.arm_recv(slot);
+        if conn.tls.is_some() {
+            // rustls may have nothing to say before the ClientHello, but the
+            // schedule costs nothing.
+            conn.schedule();
+        }
+        conn
+    }
+
+    /// The connection's task is done with it: flush what is queued (for up
+    /// to [`CLOSE_FLUSH`]), then close the socket.
+    pub fn finish(&self, conn: &Conn) {
+        let slot = conn.slot();
+        let cancel = {
+            let mut slots = self.slots.borrow_mut();
+            let Some(s) = slots.get_mut(slot as usize) else {
+                return;
+            };
+            let generation = s.generation;
+            let Some(sock) = s.socket.as_mut().filter(|sock| sock.conn.id == conn.id) else {
+                return;
+            };
+            sock.closing = Some(Instant::now() + CLOSE_FLUSH);
+            sock.conn.close();
+            if let Some(tls) = &sock.conn.tls {
+                tls.borrow_mut().send_close_notify();
+            }
+            sock.recv_armed
+                .then(|| user_data(KIND_RECV, slot, generation))
+        };
+        if let Some(ud) = cancel {
+            self.cancel(ud);
+        }
+        conn.schedule();
+    }
+
+    fn arm_recv(&self, slot: u32) {
+        let entry = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[slot as usize];
+            let Some(sock) = s.socket.as_mut() else {
+                return;
+            };
+            if sock.recv_armed || sock.read_done || sock.closing.is_some() {
+                return;
+            }
+            sock.recv_armed = true;
+            opcode::RecvMulti::new(types::Fd(sock.fd.as_raw_fd()), BUFFER_GROUP)
+                .build()
+                .user_data(user_data(KIND_RECV, slot, s.generation))
+        };
+        self.push(entry);
+    }
+
+    fn cancel(&self, target: u64) {
+        self.push(
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(user_data(KIND_CANCEL, 0, 0)),
+        );
+    }
+
+    /// Queues an entry; when the submission queue is full, submits first.
+    fn push(&self, entry: squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: every entry points only at memory that outlives its
+        // completion: listener and socket fds stay open until their last
+        // completion, send buffers live in their socket's boxed SendBuf
+        // until the send completes, and receives select from the pool.
+        let pushed = unsafe { ring.submission().push(&entry).is_ok() };
+        if pushed {
+            return;
+        }
+        let _ = ring.submit();
+        // SAFETY: as above.
+        if unsafe { ring.submission().push(&entry).is_err() } {
+            self.backlog.borrow_mut().push_back(entry);
+        }
+    }
+
+    /// Submits what is queued (and runs deferred completions) in one
+    /// `io_uring_enter`, only when there is something to do.
+    fn submit(&self) {
+        let mut ring = self.ring.borrow_mut();
+        let mut backlog = self.backlog.borrow_mut();
+        while let Some(entry) = backlog.front() {
+            // SAFETY: as in `push`.
+            if unsafe { ring.submission().push(entry).is_err() } {
+                break;
+            }
+            backlog.pop_front();
+        }
+        let needed = {
+            let sq = ring.submission();
+            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+        };
+        if needed {
+            if let Err(e) = ring.submit() {
+                if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) {
+                    tracing::warn!("io_uring submit failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn has_completions(&self) -> bool {
+        let mut ring = self.ring.borrow_mut();
+        let mut cq = ring.completion();
+        cq.sync();
+        !cq.is_empty()
+    }
+
+    /// Runs the ring until the process exits. `on_accept` gets every
+    /// accepted socket and whether its listener is the TLS one.
+    pub async fn drive(self: Rc<Self>, mut on_accept: impl FnMut(OwnedFd, bool)) {
+        // SAFETY: the eventfd is ours and used by nothing else; glommio's
+        // file owns it from here (and is never dropped: see the module doc).
+        let file = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(self.efd) });
+        let wait_kernel = |file: Rc<glommio::io::BufferedFile>| async move {
+            let _ = file.read_at(0, 8).await;
+        };
+        let mut kernel = Box::pin(wait_kernel(file.clone()));
+        loop {
+            let now = Instant::now();
+            let reaped = self.reap(now, &mut on_accept);
+            self.reconcile();
+            self.flush(now);
+            self.rearm_starved();
+            self.submit();
+            if reaped > 0 {
+                // Let the connections woken above run (their output joins
+                // the next submission), then look again.
+                futures_lite::future::yield_now().await;
+                continue;
+            }
+            if self.has_completions() {
+                continue;
+            }
+            let from_kernel = futures_lite::future::or(
+                async {
+                    (&mut kernel).await;
+                    true
+                },
+                async {
+                    self.queue.notify.wait().await;
+                    false
+                },
+            )
+            .await;
+            if from_kernel {
+                kernel = Box::pin(wait_kernel(file.clone()));
+            }
+        }
+    }
+
+    /// Reaps every completion; returns how many.
+    fn reap(&self, now: Instant, on_accept: &mut impl FnMut(OwnedFd, bool)) -> usize {
+        let mut total = 0;
+        let mut batch = [(0u64, 0i32, 0u32); 64];
+        loop {
+            let n = {
+                let mut ring = self.ring.borrow_mut();
+                let mut n = 0;
+                for cqe in ring.completion().take(batch.len()) {
+                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+                    n += 1;
+                }
+                n
+            };
+            if n == 0 {
+                return total;
+            }
+            total += n;
+            for &(ud, res, flags) in &batch[..n] {
+                self.complete(ud, res, flags, now, on_accept);
+            }
+        }
+    }
+
+    fn complete(
+        &self,
+        ud: u64,
+        res: i32,
+        flags: u32,
+        now: Instant,
+        on_accept: &mut impl FnMut(OwnedFd, bool),
+    ) {
+        let (kind, generation, slot) = split_user_data(ud);
+        match kind {
+            KIND_ACCEPT => self.accepted(slot as usize, res, flags, now, on_accept),
+            KIND_RECV => self.received(slot, generation, res, flags, now),
+            KIND_SEND => self.sent(slot, generation, res, now),
+            _ => {}
+        }
+    }
+
+    fn accepted(
+        &self,
+        index: usize,
+        res: i32,
+        flags: u32,
+        now: Instant,
+        on_accept: &mut impl FnMut(OwnedFd, bool),
+    ) {
+        let (tls, stopping) = {
+            let mut listeners = self.listeners.borrow_mut();
+            let Some(l) = listeners.get_mut(index) else {
+                return;
+            };
+            if !cqueue::more(flags) {
+                l.armed = false;
+            }
+            (l.tls, l.stopping)
+        };
+        if res >= 0 {
+            // SAFETY: a successful accept completion carries a new fd that
+            // nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(res) };
+            if !stopping {
+                on_accept(fd, tls);
+            }
+        } else if res != -libc::ECANCELED {
+            // EMFILE and friends: back off rather than spin.
+            tracing::warn!(
+                "accept failed: {}",
+                std::io::Error::from_raw_os_error(-res)
+            );
+            let mut listeners = self.listeners.borrow_mut();
+            if let Some(l) = listeners.get_mut(index) {
+                l.retry_at = Some(now + Duration::from_millis(50));
+            }
+            return;
+        }
+        let mut listeners = self.listeners.borrow_mut();
+        let Some(l) = listeners.get_mut(index) else {
+            return;
+        };
+        if l.armed {
+            return;
+        }
+        if l.stopping {
+            l.fd = None;
+        } else {
+            drop(listeners);
+            self.arm_accept(index);
+        }
+    }
+
+    fn received(&self, slot: u32, generation: u32, res: i32, flags: u32, now: Instant) {
+        let lease = match cqueue::buffer_select(flags) {
+            Some(bid) => self.pool.lease(bid, res.max(0) as usize),
+            None => None,
+        };
+        let more = cqueue::more(flags);
+        let mut cancel = None;
+        let mut rearm = false;
+        {
+            let mut slots = self.slots.borrow_mut();
+            let Some(s) = slots
+                .get_mut(slot as usize)
+                .filter(|s| s.generation == generation)
+            else {
+                // A stale completion: `lease` drops, the buffer goes back.
+                return;
+            };
+            let Some(sock) = s.socket.as_mut() else {
+                return;
+            };
+            if !more {
+                sock.recv_armed = false;
+            }
+            if res > 0 {
+                sock.last_read = now;
+                self.stats.add_in(res as u64);
+                match lease {
+                    Some(lease) if sock.closing.is_none() => {
+                        let full = sock.conn.push_input(lease);
+                        if full && !sock.conn.paused.replace(true) && more {
+                            cancel = Some(user_data(KIND_RECV, slot, generation));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        sock.read_done = true;
+                        sock.conn.end(End::Read(std::io::Error::other(
+                            "the kernel named a receive buffer outside the pool",
+                        )));
+                    }
+                }
+            } else if res == 0 {
+                sock.read_done = true;
+                sock.conn.end(End::Eof);
+            } else if res == -libc::ENOBUFS {
+                self.stats.add_recv_no_buffers();
+                self.starved.borrow_mut().push((slot, sock.conn.id));
+            } else if res != -libc::ECANCELED {
+                sock.read_done = true;
+                sock.conn
+                    .end(End::Read(std::io::Error::from_raw_os_error(-res)));
+            }
+            if !sock.recv_armed && res != -libc::ENOBUFS {
+                rearm = !sock.conn.paused.get() && !sock.conn.is_held();
+            }
+        }
+        if let Some(ud) = cancel {
+            self.cancel(ud);
+        }
+        if rearm {
+            self.arm_recv(slot);
+        }
+        self.maybe_close(slot);
+    }
+
+    fn sent(&self, slot: u32, generation: u32, res: i32, now: Instant) {
+        let mut resend = false;
+        {
+            let mut slots = self.slots.borrow_mut();
+            let Some(sock) = slots
+                .get_mut(slot as usize)
+                .filter(|s| s.generation == generation)
+                .and_then(|s| s.socket.as_mut())
+            else {
+                return;
+            };
+            sock.sending = false;
+            let Some(send) = sock.send.as_mut() else {
+                return;
+            };
+            if res >= 0 {
+                let n = res as usize;
+                send.advance(n);
+                sock.conn.sent(n);
+                self.stats.add_out(n as u64);
+                sock.last_progress = now;
+                if !send.bufs.is_empty() && !sock.forced {
+                    resend = true;
+                } else if sock.conn.has_output() {
+                    sock.conn.schedule();
+                }
+            } else {
+                send.bufs.clear();
+                sock.conn
+                    .end(End::Write(std::io::Error::from_raw_os_error(-res)));
+                sock.conn.discard_output();
+            }
+        }
+        if resend {
+            self.start_send(slot);
+        }
+        self.maybe_close(slot);
+    }
+
+    /// Sends for every connection with output queued and no send in flight.
+    fn flush(&self, now: Instant) {
+        let dirty = std::mem::take(&mut *self.queue.dirty.borrow_mut());
+        for &slot in &dirty {
+            let ready = {
+                let mut slots = self.slots.borrow_mut();
+                let Some(sock) = slots
+                    .get_mut(slot as usize)
+                    .and_then(|s| s.socket.as_mut())
+                else {
+                    continue;
+                };
+                sock.conn.unschedule();
+                if sock.sending || sock.forced {
+                    continue;
+                }
+                let send = sock.send.get_or_insert_with(SendBuf::new);
+                gather(&sock.conn, send);
+                if send.bufs.is_empty() {
+                    false
+                } else {
+                    sock.last_progress = now;
+                    true
+                }
+            };
+            if ready {
+                self.start_send(slot);
+            }
+            self.maybe_close(slot);
+        }
+        // Give the list's allocation back for reuse.
+        let mut list = self.queue.dirty.borrow_mut();
+        if list.is_empty() {
+            let mut dirty = dirty;
+            dirty.clear();
+            *list = dirty;
+        }
+    }
+
+    fn start_send(&self, slot: u32) {
+        let entry = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[slot as usize];
+            let generation = s.generation;
+            let Some(sock) = s.socket.as_mut() else {
+                return;
+            };
+            let Some(send) = sock.send.as_mut() else {
+                return;
+            };
+            sock.sending = true;
+            let msg = send.prepare();
+            opcode::SendMsg::new(types::Fd(sock.fd.as_raw_fd()), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(user_data(KIND_SEND, slot, generation))
+        };
+        self.push(entry);
+    }
+
+    /// Pauses or resumes receiving for connections that asked.
+    fn reconcile(&self) {
+        let list = std::mem::take(&mut *self.queue.resume.borrow_mut());
+        for slot in list {
+            let (arm, cancel) = {
+                let mut slots = self.slots.borrow_mut();
+                let Some(s) = slots.get_mut(slot as usize) else {
+                    continue;
+                };
+                let generation = s.generation;
+                let Some(sock) = s.socket.as_mut() else {
+                    continue;
+                };
+                let conn = &sock.conn;
+                if conn.is_held() || conn.inbox_len() >= MAX_HELD_BUFFERS {
+                    let first = !conn.paused.replace(true);
+                    (
+                        false,
+                        (first && sock.recv_armed).then(|| user_data(KIND_RECV, slot, generation)),
+                    )
+                } else {
+                    conn.paused.set(false);
+                    (!sock.recv_armed, None)
+                }
+            };
+            if let Some(ud) = cancel {
+                self.cancel(ud);
+            }
+            if arm {
+                self.arm_recv(slot);
+            }
+        }
+    }
+
+    fn rearm_starved(&self) {
+        if self.pool.available() == 0 || self.starved.borrow().is_empty() {
+            return;
+        }
+        let starved = std::mem::take(&mut *self.starved.borrow_mut());
+        for (slot, id) in starved {
+            let alive = self
+                .slots
+                .borrow()
+                .get(slot as usize)
+                .and_then(|s| s.socket.as_ref())
+                .is_some_and(|s| s.conn.id == id && !s.conn.paused.get() && !s.conn.is_held());
+            if alive {
+                self.arm_recv(slot);
+            }
+        }
+    }
+
+    /// Closes a closing socket once nothing is in flight on it and its
+    /// output is flushed (or the flush was forced).
+    fn maybe_close(&self, slot: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(s) = slots.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(sock) = s.socket.as_ref() else {
+            return;
+        };
+        let flushed = !sock.conn.has_output()
+            && sock.send.as_ref().map_or(true, |b| b.bufs.is_empty())
+            && !sock.conn.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
+        if sock.closing.is_none() || sock.recv_armed || sock.sending || !(flushed || sock.forced) {
+            return;
+        }
+        if let Some(sock) = s.socket.take() {
+            sock.conn.drop_input();
+            sock.conn.discard_output();
+            drop(sock.fd);
+        }
+        s.generation = s.generation.wrapping_add(1);
+        self.free.borrow_mut().push(slot);
+    }
+
+    /// The shard's one deadline sweep: handshake, idle and write-stall
+    /// limits, the flush limit of closing sockets, and accept retries.
+    pub fn sweep(&self, now: Instant) {
+        let t = self.timeouts;
+        let mut forced = Vec::new();
+        for (i, s) in self.slots.borrow_mut().iter_mut().enumerate() {
+            let Some(sock) = s.socket.as_mut() else {
+                continue;
+            };
+            if let Some(deadline) = sock.closing {
+                if now >= deadline && !sock.forced {
+                    sock.forced = true;
+                    // SAFETY: shutdown on an fd we own; it makes any send or
+                    // receive in flight on it complete.
+                    unsafe { libc::shutdown(sock.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                    forced.push(i as u32);
+                }
+                continue;
+            }
+            let conn = &sock.conn;
+            if conn.paused.get() || conn.is_held() {
+                // The idle clock does not run while we hold input back.
+                sock.last_read = now;
+            }
+            if !conn.is_connected() {
+                if now.duration_since(sock.accepted_at) > t.handshake {
+                    conn.end(End::Timeout("handshake timeout"));
+                }
+            } else if now.duration_since(sock.last_read) > t.idle {
+                conn.end(End::Timeout("idle timeout"));
+            }
+            if sock.sending && now.duration_since(sock.last_progress) > t.write {
+                conn.end(End::Stalled(t.write));
+            }
+        }
+        for slot in forced {
+            self.maybe_close(slot);
+        }
+        let retry: Vec<usize> = self
+            .listeners
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.retry_at.is_some_and(|at| now >= at))
+            .map(|(i, _)| i)
+            .collect();
+        for i in retry {
+            self.arm_accept(i);
+        }
+        self.queue.notify.notify();
+    }
+
+    /// Sockets open on this ring (closing ones included).
+    pub fn open_sockets(&self) -> usize {
+        self.slots
+            .borrow()
+            .iter()
+            .filter(|s| s.socket.is_some())
+            .count()
+    }
+}
+
+/// Moves a connection's queued output into its send: plain `Bytes` as they
+/// are, or, over TLS, encrypted into one record buffer.
+fn gather(conn: &Conn, send: &mut SendBuf) {
+    let Some(tls) = &conn.tls else {
+        let mut bytes = send.len();
+        while send.bufs.len() < MAX_IOVECS && bytes < MAX_SEND_BYTES {
+            let Some(b) = conn.pop_output() else {
+                break;
+            };
+            bytes += b.len();
+            send.bufs.push_back(b);
+        }
+        return;
+    };
+    let mut tls = tls.borrow_mut();
+    if !tls.is_handshaking() {
+        while let Some(b) = conn.pop_output() {
+            // The buffer limit is off (see `tls::ServerTls`): all is taken.
+            let _ = tls.writer().write_all(&b);
+            conn.sent(b.len());
+        }
+    }
+    let mut records = Vec::new();
+    while tls.wants_write() {
+        match tls.write_tls(&mut records) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if !records.is_empty() {
+        conn.added(records.len());
+        send.bufs.push_back(Bytes::from(records));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        let ud = user_data(KIND_SEND, 123_456, 0x0ABC_DEF1);
+        assert_eq!(split_user_data(ud), (KIND_SEND, 0x0ABC_DEF1, 123_456));
+        let ud = user_data(KIND_RECV, u32::MAX, u32::MAX);
+        assert_eq!(split_user_data(ud), (KIND_RECV, 0x0FFF_FFFF, u32::MAX));
+    }
+
+    #[test]
+    fn a_short_send_resumes_where_it_stopped() {
+        let mut send = SendBuf::new();
+        send.bufs.push_back(Bytes::from_static(b"abc"));
+        send.bufs.push_back(Bytes::from_static(b"defgh"));
+        send.advance(4);
+        assert_eq!(send.bufs.len(), 1);
+        assert_eq!(&send.bufs[0][..], b"efgh");
+        let msg = send.prepare();
+        // SAFETY: `msg` points into `send`, alive here.
+        let iov = unsafe { &*(*msg).msg_iov };
+        assert_eq!(iov.iov_len, 4);
+        assert_eq!(iov.iov_base as *const u8, send.bufs[0].as_ptr());
+        send.advance(4);
+        assert!(send.bufs.is_empty());
+    }
+}

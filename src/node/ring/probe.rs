@@ -1,0 +1,122 @@
+//! What the socket ring needs from the kernel, checked once at start. A
+//! missing feature stops the node with a message that names it and the
+//! Linux version that has it.
+
+use io_uring::{opcode, IoUring, Probe};
+
+/// The oldest kernel the data plane runs on: multishot recv with a
+/// provided-buffer ring and SINGLE_ISSUER are Linux 6.0.
+pub const MIN_KERNEL: (u32, u32) = (6, 0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "io_uring is not available ({0}): it may be off (sysctl kernel.io_uring_disabled) or blocked by a \
+         seccomp profile (Docker 25 and newer block it by default: run with a profile that allows io_uring_setup, \
+         io_uring_enter and io_uring_register)"
+    )]
+    Unavailable(std::io::Error),
+    #[error("this kernel is Linux {found}; Tributary needs {feature}, which Linux {}.{} and newer have", MIN_KERNEL.0, MIN_KERNEL.1)]
+    TooOld { found: String, feature: &'static str },
+    #[error("io_uring here lacks {feature} (Linux {since} and newer): {err}")]
+    Missing {
+        feature: &'static str,
+        since: &'static str,
+        err: std::io::Error,
+    },
+}
+
+/// The running kernel's release string and (major, minor).
+pub fn kernel_version() -> (String, (u32, u32)) {
+    // SAFETY: uname fills the struct we pass; every field is a
+    // NUL-terminated array.
+    let release = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return (String::from("unknown"), (0, 0));
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    (release.clone(), parse_version(&release))
+}
+
+fn parse_version(release: &str) -> (u32, u32) {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Builds the shard's ring with the flags the data plane relies on, and
+/// checks the operations it submits.
+pub fn build_ring(entries: u32) -> Result<IoUring, ProbeError> {
+    let (release, version) = kernel_version();
+    if version < MIN_KERNEL {
+        return Err(ProbeError::TooOld {
+            found: release,
+            feature: "multishot recv into provided-buffer rings",
+        });
+    }
+    // COOP_TASKRUN: completions do not interrupt the thread (they run when
+    // it next enters the kernel); TASKRUN_FLAG tells us when to enter.
+    // SINGLE_ISSUER: only this shard's thread submits.
+    let ring = IoUring::builder()
+        .setup_cqsize(entries * 4)
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_single_issuer()
+        .build(entries)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => ProbeError::Missing {
+                feature: "IORING_SETUP_COOP_TASKRUN / SINGLE_ISSUER",
+                since: "6.0",
+                err: e,
+            },
+            _ => ProbeError::Unavailable(e),
+        })?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| ProbeError::Missing {
+            feature: "IORING_REGISTER_PROBE",
+            since: "5.6",
+            err: e,
+        })?;
+    for (code, feature, since) in [
+        (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT", "5.5"),
+        (opcode::RecvMulti::CODE, "IORING_OP_RECV", "5.6"),
+        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG", "5.3"),
+        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL", "5.5"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(ProbeError::Missing {
+                feature,
+                since,
+                err: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            });
+        }
+    }
+    Ok(ring)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_from_release_strings() {
+        assert_eq!(parse_version("6.1.0-27-amd64"), (6, 1));
+        assert_eq!(parse_version("6.18.44-fc-v1045"), (6, 18));
+        assert_eq!(parse_version("5.15.0"), (5, 15));
+        assert_eq!(parse_version("garbage"), (0, 0));
+    }
+
+    #[test]
+    fn this_machine_builds_the_ring() {
+        // The test machines run a kernel the node supports.
+        build_ring(64).expect("the socket ring's kernel features");
+    }
+}
