@@ -501,3 +501,28 @@ fn connections_spread_round_robin_over_several_urls() {
     assert_eq!(streams.len(), 2);
     assert!(streams.iter().all(|s| s["players"] == 2), "{streams:?}");
 }
+
+/// `scripts/stress-shutdown`, short: a two-shard node under publishers,
+/// players, half-open and garbage connections gets SIGTERM mid-churn, five
+/// times; every exit is status 0 with no panic, glibc or sanitizer text.
+/// (The benchmark run is 500 cycles: BENCHMARKS.md.)
+#[test]
+fn a_node_under_churn_exits_cleanly_on_every_sigterm() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let out = std::env::temp_dir().join(format!("tributary-stress-{}", std::process::id()));
+    let status = Command::new(repo.join("scripts/stress-shutdown"))
+        .arg("--cycles")
+        .arg("5")
+        .arg("--node")
+        .arg(node_binary())
+        .arg("--load")
+        .arg(env!("CARGO_BIN_EXE_tributary-load"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run scripts/stress-shutdown");
+    assert!(status.success(), "an abnormal exit: see {}", out.display());
+    let _ = std::fs::remove_dir_all(&out);
+}

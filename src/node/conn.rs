@@ -90,7 +90,7 @@ pub struct Conn {
     waker: Cell<Option<Waker>>,
     /// RTMPS: the TLS session the ring encrypts output through and the
     /// task decrypts input through.
-    pub tls: Option<RefCell<crate::tls::ServerTls>>,
+    pub tls: Option<Box<RefCell<crate::tls::ServerTls>>>,
 }
 
 impl Conn {
@@ -114,7 +114,7 @@ impl Conn {
             held: Cell::new(false),
             connected: Cell::new(false),
             waker: Cell::new(None),
-            tls: tls.map(RefCell::new),
+            tls: tls.map(|t| Box::new(RefCell::new(t))),
         }
     }
 

@@ -19,9 +19,9 @@ use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
 use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
 
+use super::conn::{Conn, End, Input};
 use super::gate::{Gate, Ticket};
 use super::hub::{Hub, PlayOutcome, Player, RELAY_START_WAIT};
-use super::conn::{Conn, End, Input};
 use super::ring::buffers::Lease;
 use super::ring::SocketRing;
 use super::stats::ShardStats;
@@ -141,7 +141,7 @@ pub async fn serve(
         publishing: None,
         publisher_place: None,
         playing: Vec::new(),
-        events: Vec::with_capacity(16),
+        events: Vec::new(),
     };
     let mut pace = Pace::new(ctx.max_ingest_bytes_per_sec);
     // RTMPS only: decrypted bytes the session has not taken yet.
@@ -315,7 +315,28 @@ impl ConnState {
             input = &input[used..];
             let mut events = std::mem::take(&mut self.events);
             for event in events.drain(..) {
-                self.on_event(event, session, outbox, ctx).await;
+                match event {
+                    ServerEvent::Media { message, .. } => {
+                        ctx.stats.add_message_in();
+                        self.on_publisher_message(message, ctx);
+                    }
+                    ServerEvent::Metadata {
+                        payload, timestamp, ..
+                    } => self.on_publisher_message(
+                        RawMessage {
+                            csid: 0,
+                            timestamp,
+                            type_id: crate::protocol::MessageType::DATA_AMF0,
+                            stream_id: 0,
+                            payload,
+                        },
+                        ctx,
+                    ),
+                    // Commands are rare and their handling is a large
+                    // future (auth, webhook, cluster claims): boxed, so an
+                    // idle connection's task stays small.
+                    other => Box::pin(self.on_event(other, session, outbox, ctx)).await,
+                }
             }
             self.events = events;
             let mut out = BytesMut::new();
@@ -490,26 +511,6 @@ impl ConnState {
                     }
                 }
             }
-            ServerEvent::Metadata {
-                payload, timestamp, ..
-            } => {
-                if let Some((key, _)) = &self.publishing {
-                    let m = RawMessage {
-                        csid: 0,
-                        timestamp,
-                        type_id: crate::protocol::MessageType::DATA_AMF0,
-                        stream_id: 0,
-                        payload,
-                    };
-                    ctx.hub.borrow_mut().on_publisher_message(key, m);
-                }
-            }
-            ServerEvent::Media { message, .. } => {
-                ctx.stats.add_message_in();
-                if let Some((key, _)) = &self.publishing {
-                    ctx.hub.borrow_mut().on_publisher_message(key, message);
-                }
-            }
             ServerEvent::PublishEnded { .. } => self.stop_publishing(ctx),
             ServerEvent::PlayEnded { stream_id } => {
                 let before = self.playing.len();
@@ -521,6 +522,13 @@ impl ConnState {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Media or metadata from this connection's publisher, to the hub.
+    fn on_publisher_message(&self, message: RawMessage, ctx: &ConnectionContext) {
+        if let Some((key, _)) = &self.publishing {
+            ctx.hub.borrow_mut().on_publisher_message(key, message);
         }
     }
 

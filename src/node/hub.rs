@@ -22,9 +22,9 @@ use crate::protocol::server::{
 };
 use crate::protocol::{MessageType, RawMessage};
 
+use super::conn::Conn;
 use super::directory::{Claim, Directory};
 use super::gop::{GopCache, Kind};
-use super::conn::Conn;
 use super::stats::ShardStats;
 use super::{ShardMsg, StreamKey};
 

@@ -201,7 +201,8 @@ impl Node {
         let (tls, certs, tls_placeholder) = match config.tls.listen {
             Some(listen) => {
                 let certs = Certs::load(&config.tls).map_err(NodeError::Start)?;
-                let acceptor = crate::tls::server_config(certs.clone()).map_err(NodeError::Start)?;
+                let acceptor =
+                    crate::tls::server_config(certs.clone()).map_err(NodeError::Start)?;
                 let (addr, placeholder) = resolve_listen(listen)?;
                 config.tls.listen = Some(addr);
                 (Some((addr, acceptor)), Some(certs), placeholder)

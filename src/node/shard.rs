@@ -19,9 +19,9 @@ use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
 
 use super::connection::{serve, ConnectionContext};
-use super::ring::{SocketRing, Timeouts};
 use super::directory::Directory;
 use super::hub::{Hub, HubConfig};
+use super::ring::{SocketRing, Timeouts};
 use super::stats::ShardStats;
 use super::ShardMsg;
 
@@ -192,12 +192,8 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
     // takes it and a task serves it. Over a limit the socket is closed at
     // once (counted, not logged: a flood must not flood logs).
     let on_accept = {
-        let (ring, ctx, gate, stats) = (
-            ring.clone(),
-            ctx.clone(),
-            setup.gate.clone(),
-            stats.clone(),
-        );
+        let (ring, ctx, gate, stats) =
+            (ring.clone(), ctx.clone(), setup.gate.clone(), stats.clone());
         let tls_config = setup.tls.as_ref().map(|(_, c)| c.clone());
         let max_connections = config.rtmp.max_connections_per_shard as u64;
         move |fd: OwnedFd, tls: bool| {

@@ -193,9 +193,9 @@ impl ServerSession {
             encoder: ChunkEncoder::new(),
             connect: None,
             streams: Vec::new(),
-            events: VecDeque::with_capacity(8),
+            events: VecDeque::new(),
             aggregate: None,
-            out: BytesMut::with_capacity(4096),
+            out: BytesMut::new(),
         }
     }
 

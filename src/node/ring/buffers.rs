@@ -59,8 +59,8 @@ impl BufPool {
         let ring_bytes = (count * std::mem::size_of::<BufRingEntry>()).max(PAGE);
         let ring_layout =
             Layout::from_size_align(ring_bytes, PAGE).map_err(|_| PoolError::Alloc(ring_bytes))?;
-        let mem_layout =
-            Layout::from_size_align(count * size, PAGE).map_err(|_| PoolError::Alloc(count * size))?;
+        let mem_layout = Layout::from_size_align(count * size, PAGE)
+            .map_err(|_| PoolError::Alloc(count * size))?;
         // SAFETY: both layouts have a non-zero size (checked above).
         let (entries, memory) = unsafe { (alloc_zeroed(ring_layout), alloc(mem_layout)) };
         if entries.is_null() || memory.is_null() {
@@ -180,7 +180,12 @@ impl Drop for Lease {
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Lease(bid {}, {} bytes)", self.bid, self.len - self.start)
+        write!(
+            f,
+            "Lease(bid {}, {} bytes)",
+            self.bid,
+            self.len - self.start
+        )
     }
 }
 

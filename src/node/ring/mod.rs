@@ -442,7 +442,10 @@ impl SocketRing {
         };
         if needed {
             if let Err(e) = ring.submit() {
-                if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)) {
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) {
                     tracing::warn!("io_uring submit failed: {e}");
                 }
             }
@@ -567,10 +570,7 @@ impl SocketRing {
             }
         } else if res != -libc::ECANCELED {
             // EMFILE and friends: back off rather than spin.
-            tracing::warn!(
-                "accept failed: {}",
-                std::io::Error::from_raw_os_error(-res)
-            );
+            tracing::warn!("accept failed: {}", std::io::Error::from_raw_os_error(-res));
             let mut listeners = self.listeners.borrow_mut();
             if let Some(l) = listeners.get_mut(index) {
                 l.retry_at = Some(now + Duration::from_millis(50));
@@ -702,9 +702,7 @@ impl SocketRing {
         for &slot in &dirty {
             let ready = {
                 let mut slots = self.slots.borrow_mut();
-                let Some(sock) = slots
-                    .get_mut(slot as usize)
-                    .and_then(|s| s.socket.as_mut())
+                let Some(sock) = slots.get_mut(slot as usize).and_then(|s| s.socket.as_mut())
                 else {
                     continue;
                 };
@@ -820,7 +818,11 @@ impl SocketRing {
         };
         let flushed = !sock.conn.has_output()
             && sock.send.as_ref().map_or(true, |b| b.bufs.is_empty())
-            && !sock.conn.tls.as_ref().is_some_and(|t| t.borrow().wants_write());
+            && !sock
+                .conn
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.borrow().wants_write());
         if sock.closing.is_none() || sock.recv_armed || sock.sending || !(flushed || sock.forced) {
             return;
         }

@@ -17,7 +17,10 @@ pub enum ProbeError {
     )]
     Unavailable(std::io::Error),
     #[error("this kernel is Linux {found}; Tributary needs {feature}, which Linux {}.{} and newer have", MIN_KERNEL.0, MIN_KERNEL.1)]
-    TooOld { found: String, feature: &'static str },
+    TooOld {
+        found: String,
+        feature: &'static str,
+    },
     #[error("io_uring here lacks {feature} (Linux {since} and newer): {err}")]
     Missing {
         feature: &'static str,

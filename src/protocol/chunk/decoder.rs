@@ -140,7 +140,7 @@ impl ChunkDecoder {
         Self {
             limits,
             chunk_size: DEFAULT_CHUNK_SIZE,
-            streams: Vec::with_capacity(8),
+            streams: Vec::new(),
             pending: [0; MAX_HEADER_LEN],
             pending_len: 0,
             in_progress_bytes: 0,
