@@ -83,6 +83,9 @@ pub struct NodeConfig {
     pub recv_buffers: usize,
     /// Size of each receive buffer, in KiB.
     pub recv_buffer_kib: usize,
+    /// Under load, a shard reaps its socket ring at most once per this
+    /// many microseconds, so that one pass takes in many sockets' input.
+    pub wake_interval_us: u64,
     /// On SIGTERM/SIGINT, /readyz says 503 this long before the node stops
     /// accepting, so load balancers and health-checked DNS move first.
     pub drain_delay_ms: u64,
@@ -176,6 +179,9 @@ pub struct PlayersConfig {
     pub max_lag_ms: u64,
     /// Players of one stream on this node; 0 = no limit.
     pub max_per_stream: u32,
+    /// Media waits up to this long so that one send carries several
+    /// messages (fewer packets, wakes and syscalls per byte); 0 = send at once.
+    pub send_coalesce_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -324,6 +330,7 @@ impl Default for NodeConfig {
             io_memory_kib: 512,
             recv_buffers: 256,
             recv_buffer_kib: 16,
+            wake_interval_us: 1000,
             drain_delay_ms: 0,
         }
     }
@@ -380,6 +387,7 @@ impl Default for PlayersConfig {
             queue_max_bytes: 8 * 1024 * 1024,
             max_lag_ms: 10_000,
             max_per_stream: 0,
+            send_coalesce_ms: 0,
         }
     }
 }
@@ -528,6 +536,12 @@ impl Config {
         }
         if !(1..=1024).contains(&self.node.recv_buffer_kib) {
             return Err(invalid("node.recv_buffer_kib", "must be 1 to 1024"));
+        }
+        if self.node.wake_interval_us > 100_000 {
+            return Err(invalid("node.wake_interval_us", "must be at most 100000"));
+        }
+        if self.players.send_coalesce_ms > 1000 {
+            return Err(invalid("players.send_coalesce_ms", "must be at most 1000"));
         }
         if self.node.io_memory_kib < 64 {
             return Err(invalid("node.io_memory_kib", "must be at least 64"));

@@ -60,6 +60,8 @@ pub struct RingQueue {
     pub dirty: RefCell<Vec<u32>>,
     /// Connections whose reading was paused and may resume.
     pub resume: RefCell<Vec<u32>>,
+    /// Some output is a reply a peer waits for: send without coalescing.
+    pub urgent: Cell<bool>,
     pub notify: super::ring::Notify,
 }
 
@@ -133,6 +135,9 @@ impl Conn {
         self.closed.get()
     }
 
+    /// Queues media or a notice: it leaves with the shard's next send
+    /// round, which may wait up to `players.send_coalesce_ms` so that one
+    /// send carries several messages.
     pub fn push(&self, b: Bytes) {
         if self.closed.get() || b.is_empty() {
             return;
@@ -140,6 +145,15 @@ impl Conn {
         self.bytes.set(self.bytes.get() + b.len());
         self.queue.borrow_mut().push_back(b);
         self.schedule();
+    }
+
+    /// Queues a reply the peer waits for (handshake, command results):
+    /// the next send round starts at once.
+    pub fn push_urgent(&self, b: Bytes) {
+        if !b.is_empty() && !self.closed.get() {
+            self.push(b);
+            self.ring.urgent.set(true);
+        }
     }
 
     /// Asks the connection to flush what is queued and close.

@@ -103,7 +103,7 @@ async fn authorize(
         }
         let mut out = BytesMut::new();
         s.poll_transmit(&mut out);
-        outbox.push(out.freeze());
+        outbox.push_urgent(out.freeze());
     }
     outbox.close();
     ctx.stats.add_auth_refused(kind);
@@ -341,7 +341,7 @@ impl ConnState {
             self.events = events;
             let mut out = BytesMut::new();
             session.borrow_mut().poll_transmit(&mut out);
-            outbox.push(out.freeze());
+            outbox.push_urgent(out.freeze());
             if used == 0 {
                 stalled += 1;
                 if stalled > 2 {
@@ -479,7 +479,7 @@ impl ConnState {
                 session.borrow_mut().accept_play(stream_id);
                 let mut out = BytesMut::new();
                 session.borrow_mut().poll_transmit(&mut out);
-                outbox.push(out.freeze());
+                outbox.push_urgent(out.freeze());
                 let player = Player::new(self.conn, stream_id, outbox.clone(), session.clone());
                 if !live {
                     // Play.Start now; media once the key is published here

@@ -1,18 +1,23 @@
-//! The per-stream cache a new player starts from: metadata, the audio and
-//! video sequence headers, and the last GOP (bounded in bytes). Holds shared
-//! `Bytes` only; never copies a payload.
+//! The per-stream cache a new player starts from: metadata, a sequence
+//! header per track (audio and video; Enhanced RTMP multitrack streams have
+//! several), and the last GOP (bounded in bytes). Holds shared `Bytes`
+//! only; never copies a payload.
 
 use std::collections::VecDeque;
 
-use crate::protocol::media::{classify_audio, classify_video, PacketKind};
+use crate::protocol::media::{
+    audio_track, classify_audio, classify_video, video_track, PacketKind,
+};
 use crate::protocol::{MessageType, RawMessage};
 
 #[derive(Debug)]
 pub struct GopCache {
     max_bytes: usize,
     metadata: Option<RawMessage>,
-    video_header: Option<RawMessage>,
-    audio_header: Option<RawMessage>,
+    /// The latest sequence header of each track, by track id, in the
+    /// order the tracks first appeared.
+    video_headers: Vec<(u8, RawMessage)>,
+    audio_headers: Vec<(u8, RawMessage)>,
     gop: VecDeque<RawMessage>,
     gop_bytes: usize,
 }
@@ -30,8 +35,8 @@ impl GopCache {
         Self {
             max_bytes,
             metadata: None,
-            video_header: None,
-            audio_header: None,
+            video_headers: Vec::new(),
+            audio_headers: Vec::new(),
             gop: VecDeque::new(),
             gop_bytes: 0,
         }
@@ -46,7 +51,7 @@ impl GopCache {
         match m.type_id {
             MessageType::VIDEO => match classify_video(&m.payload) {
                 Ok(info) if info.kind == PacketKind::SequenceHeader => {
-                    self.video_header = Some(m.clone());
+                    set_header(&mut self.video_headers, video_track(&m.payload), m);
                     kind.header = true;
                 }
                 Ok(info) if info.keyframe => {
@@ -60,7 +65,7 @@ impl GopCache {
             },
             MessageType::AUDIO => match classify_audio(&m.payload) {
                 Ok(info) if info.kind == PacketKind::SequenceHeader => {
-                    self.audio_header = Some(m.clone());
+                    set_header(&mut self.audio_headers, audio_track(&m.payload), m);
                     kind.header = true;
                 }
                 _ if !self.gop.is_empty() => self.keep(m),
@@ -90,21 +95,23 @@ impl GopCache {
     pub fn snapshot(&self) -> impl Iterator<Item = &RawMessage> {
         self.metadata
             .iter()
-            .chain(&self.video_header)
-            .chain(&self.audio_header)
+            .chain(self.video_headers.iter().map(|(_, m)| m))
+            .chain(self.audio_headers.iter().map(|(_, m)| m))
             .chain(&self.gop)
     }
 
     /// The codecs the current sequence headers name.
     pub fn codecs(&self) -> (Option<String>, Option<String>) {
         let video = self
-            .video_header
-            .as_ref()
+            .video_headers
+            .first()
+            .map(|(_, m)| m)
             .and_then(|m| classify_video(&m.payload).ok())
             .map(|i| i.codec.name());
         let audio = self
-            .audio_header
-            .as_ref()
+            .audio_headers
+            .first()
+            .map(|(_, m)| m)
             .and_then(|m| classify_audio(&m.payload).ok())
             .map(|i| i.codec.name());
         (video, audio)
@@ -112,5 +119,50 @@ impl GopCache {
 
     pub fn has_keyframe(&self) -> bool {
         !self.gop.is_empty()
+    }
+}
+
+/// Replaces `track`'s sequence header, or adds it. Tracks are few (a
+/// handful at most), so a list beats a map.
+fn set_header(headers: &mut Vec<(u8, RawMessage)>, track: u8, m: &RawMessage) {
+    match headers.iter_mut().find(|(t, _)| *t == track) {
+        Some((_, h)) => *h = m.clone(),
+        None => headers.push((track, m.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn audio(payload: &'static [u8]) -> RawMessage {
+        RawMessage {
+            csid: 4,
+            timestamp: 0,
+            type_id: MessageType::AUDIO,
+            stream_id: 1,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn each_audio_track_keeps_its_own_sequence_header() {
+        let mut gop = GopCache::new(1 << 20);
+        // Enhanced audio (SoundFormat 9), Multitrack (5); OneTrack (0) with
+        // SequenceStart (0); FourCC mp4a; track id; AudioSpecificConfig.
+        let track0 = audio(&[0x95, 0x00, b'm', b'p', b'4', b'a', 0, 0x11, 0x90]);
+        let track1 = audio(&[0x95, 0x00, b'm', b'p', b'4', b'a', 1, 0x12, 0x10]);
+        let track1_again = audio(&[0x95, 0x00, b'm', b'p', b'4', b'a', 1, 0x11, 0x88]);
+        for m in [&track0, &track1, &track1_again] {
+            assert!(gop.push(m).header);
+        }
+        let headers: Vec<_> = gop.snapshot().map(|m| m.payload.clone()).collect();
+        assert_eq!(headers, vec![track0.payload, track1_again.payload]);
+        // A legacy AAC header is track 0's.
+        let legacy = audio(&[0xAF, 0x00, 0x12, 0x10]);
+        gop.push(&legacy);
+        assert_eq!(gop.snapshot().count(), 2);
+        assert_eq!(gop.snapshot().next().unwrap().payload, legacy.payload);
     }
 }

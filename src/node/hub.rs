@@ -840,8 +840,17 @@ fn encoded(player: &Player, m: &RawMessage, memo: &mut Vec<((u32, u32), Bytes)>)
     b
 }
 
+/// Queues `m` for `player`. A video frame starts the shard's next send
+/// round at once; audio and data may wait for it (up to
+/// `players.send_coalesce_ms`), so that a player's audio leaves in the same
+/// send as the next video frame instead of a packet of its own.
 fn send(player: &Player, m: &RawMessage, memo: &mut Vec<((u32, u32), Bytes)>) {
-    player.out.push(encoded(player, m, memo));
+    let b = encoded(player, m, memo);
+    if m.type_id == MessageType::VIDEO {
+        player.out.push_urgent(b);
+    } else {
+        player.out.push(b);
+    }
 }
 
 /// Queues `m` to every player, encoded once per (stream id, chunk size).

@@ -97,6 +97,8 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
             idle: Duration::from_millis(config.rtmp.idle_timeout_ms),
             write: Duration::from_millis(config.players.max_lag_ms),
         },
+        Duration::from_millis(config.players.send_coalesce_ms),
+        Duration::from_micros(config.node.wake_interval_us),
         (shard as u64) << 48,
     )
     .map_err(|e| format!("shard {shard}: {e}"))?;
@@ -270,7 +272,7 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
                     .then(|| {
                         let mut out = bytes::BytesMut::new();
                         s.poll_transmit(&mut out);
-                        outbox.push(out.freeze());
+                        outbox.push_urgent(out.freeze());
                     })
             })
             .is_some();

@@ -382,6 +382,43 @@ fn classify_enhanced_audio(payload: &[u8]) -> Result<AudioInfo, MediaError> {
     })
 }
 
+/// The track an Enhanced RTMP multitrack audio packet names (its first
+/// track's id); 0 for every other audio packet. A stream keeps one sequence
+/// header per track, so a player that joins later can decode every track.
+pub fn audio_track(payload: &[u8]) -> u8 {
+    let ex = payload.first().is_some_and(|b| b >> 4 == SOUND_EX_HEADER);
+    if !ex {
+        return 0;
+    }
+    multitrack_track(payload, AUDIO_MULTITRACK, AUDIO_MOD_EX).unwrap_or(0)
+}
+
+/// The track an Enhanced RTMP multitrack video packet names; 0 otherwise.
+pub fn video_track(payload: &[u8]) -> u8 {
+    let ex = payload.first().is_some_and(|b| b & 0x80 != 0);
+    let command = payload
+        .first()
+        .is_some_and(|b| (b >> 4) & 0x07 == FRAME_COMMAND);
+    if !ex || command {
+        return 0;
+    }
+    multitrack_track(payload, VIDEO_MULTITRACK, VIDEO_MOD_EX).unwrap_or(0)
+}
+
+/// Walks flags, ModEx and the multitrack header to the first track id:
+/// `[flags] [ModEx..] [multitrack type|packet type] FourCC trackId`
+/// (ManyTracksManyCodecs puts the first track's FourCC at the same place).
+fn multitrack_track(payload: &[u8], multitrack: u8, mod_ex: u8) -> Result<u8, MediaError> {
+    let mut r = Reader::new(payload);
+    let flags = r.u8()?;
+    if r.skip_mod_ex(flags & 0x0F, mod_ex)? != multitrack {
+        return Ok(0);
+    }
+    r.multitrack_packet_type(multitrack, mod_ex)?;
+    r.fourcc()?;
+    r.u8()
+}
+
 /// Bounds-checked cursor over a payload prefix.
 struct Reader<'a> {
     buf: &'a [u8],

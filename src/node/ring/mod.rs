@@ -214,6 +214,12 @@ pub struct SocketRing {
     stats: Arc<ShardStats>,
     timeouts: Timeouts,
     next_id: Cell<u64>,
+    /// How long queued media may wait so that one send carries more.
+    coalesce: Duration,
+    /// When the pending send round is due (coalescing).
+    flush_due: Cell<Option<Instant>>,
+    /// Under load, completions are reaped at most once per this interval.
+    wake_interval: Duration,
 }
 
 impl SocketRing {
@@ -223,6 +229,8 @@ impl SocketRing {
         buffer_size: usize,
         stats: Arc<ShardStats>,
         timeouts: Timeouts,
+        coalesce: Duration,
+        wake_interval: Duration,
         first_id: u64,
     ) -> Result<Rc<SocketRing>, RingError> {
         let ring = probe::build_ring(RING_ENTRIES)?;
@@ -259,6 +267,9 @@ impl SocketRing {
             stats,
             timeouts,
             next_id: Cell::new(first_id),
+            coalesce,
+            flush_due: Cell::new(None),
+            wake_interval,
         }))
     }
 
@@ -469,37 +480,78 @@ impl SocketRing {
             let _ = file.read_at(0, 8).await;
         };
         let mut kernel = Box::pin(wait_kernel(file.clone()));
+        let mut last_reap = Instant::now();
         loop {
-            let now = Instant::now();
-            let reaped = self.reap(now, &mut on_accept);
+            // Deferred completions run in this enter (GETEVENTS).
+            self.submit();
+            let reaped = self.reap(Instant::now(), &mut on_accept);
+            if reaped > 0 {
+                last_reap = Instant::now();
+                // Let the connections woken above run; their output joins
+                // this round's submission.
+                futures_lite::future::yield_now().await;
+            }
             self.reconcile();
-            self.flush(now);
+            let now = Instant::now();
+            let due = self.send_round(now);
             self.rearm_starved();
             self.submit();
-            if reaped > 0 {
-                // Let the connections woken above run (their output joins
-                // the next submission), then look again.
-                futures_lite::future::yield_now().await;
-                continue;
-            }
-            if self.has_completions() {
-                continue;
-            }
-            let from_kernel = futures_lite::future::or(
-                async {
-                    (&mut kernel).await;
-                    true
-                },
-                async {
-                    self.queue.notify.wait().await;
-                    false
-                },
-            )
-            .await;
-            if from_kernel {
+            if reaped == 0 && !self.has_completions() {
+                let from_kernel = futures_lite::future::or(
+                    async {
+                        (&mut kernel).await;
+                        true
+                    },
+                    futures_lite::future::or(
+                        async {
+                            self.queue.notify.wait().await;
+                            false
+                        },
+                        async {
+                            match due {
+                                Some(at) => {
+                                    glommio::timer::sleep(at.saturating_duration_since(now)).await
+                                }
+                                None => std::future::pending::<()>().await,
+                            }
+                            false
+                        },
+                    ),
+                )
+                .await;
+                if !from_kernel {
+                    continue;
+                }
                 kernel = Box::pin(wait_kernel(file.clone()));
             }
+            // Under load, let completions gather: reap at most once per
+            // wake interval, so one enter and one pass take in many
+            // sockets' input.
+            let since = last_reap.elapsed();
+            if since < self.wake_interval {
+                glommio::timer::sleep(self.wake_interval - since).await;
+            }
         }
+    }
+
+    /// Sends for the connections with output queued, now or, when
+    /// coalescing, once the round is due; returns when a round is pending.
+    fn send_round(&self, now: Instant) -> Option<Instant> {
+        if self.queue.dirty.borrow().is_empty() {
+            self.flush_due.set(None);
+            return None;
+        }
+        if !self.coalesce.is_zero() && !self.queue.urgent.get() {
+            let due = self.flush_due.get().unwrap_or(now + self.coalesce);
+            self.flush_due.set(Some(due));
+            if now < due {
+                return Some(due);
+            }
+        }
+        self.queue.urgent.set(false);
+        self.flush_due.set(None);
+        self.flush(now);
+        None
     }
 
     /// Reaps every completion; returns how many.

@@ -5,8 +5,9 @@
 use io_uring::{opcode, IoUring, Probe};
 
 /// The oldest kernel the data plane runs on: multishot recv with a
-/// provided-buffer ring and SINGLE_ISSUER are Linux 6.0.
-pub const MIN_KERNEL: (u32, u32) = (6, 0);
+/// provided-buffer ring and SINGLE_ISSUER are Linux 6.0, DEFER_TASKRUN 6.1
+/// (Debian 12's kernel).
+pub const MIN_KERNEL: (u32, u32) = (6, 1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -63,19 +64,23 @@ pub fn build_ring(entries: u32) -> Result<IoUring, ProbeError> {
             feature: "multishot recv into provided-buffer rings",
         });
     }
-    // COOP_TASKRUN: completions do not interrupt the thread (they run when
-    // it next enters the kernel); TASKRUN_FLAG tells us when to enter.
+    // DEFER_TASKRUN: completions (a receive's copy among them) run only
+    // when the shard enters the ring to reap, never as an interruption, and
+    // arrivals while the shard is busy do not wake it again; the ring's
+    // eventfd fires when such work first appears. COOP_TASKRUN: the same
+    // for what is not deferred. TASKRUN_FLAG tells us when to enter.
     // SINGLE_ISSUER: only this shard's thread submits.
     let ring = IoUring::builder()
         .setup_cqsize(entries * 4)
         .setup_coop_taskrun()
         .setup_taskrun_flag()
         .setup_single_issuer()
+        .setup_defer_taskrun()
         .build(entries)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::EINVAL) => ProbeError::Missing {
-                feature: "IORING_SETUP_COOP_TASKRUN / SINGLE_ISSUER",
-                since: "6.0",
+                feature: "IORING_SETUP_DEFER_TASKRUN / SINGLE_ISSUER / COOP_TASKRUN",
+                since: "6.1",
                 err: e,
             },
             _ => ProbeError::Unavailable(e),
