@@ -330,7 +330,7 @@ impl Default for NodeConfig {
             io_memory_kib: 512,
             recv_buffers: 256,
             recv_buffer_kib: 16,
-            wake_interval_us: 1000,
+            wake_interval_us: 2000,
             drain_delay_ms: 0,
         }
     }
@@ -387,7 +387,7 @@ impl Default for PlayersConfig {
             queue_max_bytes: 8 * 1024 * 1024,
             max_lag_ms: 10_000,
             max_per_stream: 0,
-            send_coalesce_ms: 0,
+            send_coalesce_ms: 30,
         }
     }
 }

@@ -68,7 +68,7 @@ fn wait_published(node: &Node, key: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let (_, body) = get(node.http, "/api/streams");
-        if body.contains(&format!("live/{key}")) {
+        if body.contains(&format!("\"name\":\"{key}\"")) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
