@@ -69,6 +69,9 @@ pub struct RingQueue {
 /// stops receiving for it until it has read them (back-pressure).
 pub const MAX_HELD_BUFFERS: usize = 4;
 
+/// Output queue slots a connection keeps between bursts.
+const KEPT_QUEUE_CAPACITY: usize = 16;
+
 pub struct Conn {
     pub id: u64,
     /// Its slot in the shard's socket table.
@@ -177,9 +180,15 @@ impl Conn {
         self.scheduled.set(false);
     }
 
-    /// Pops queued output for a send.
+    /// Pops queued output for a send. A queue that grew for a burst (a
+    /// new player's GOP cache) gives the memory back once it drains.
     pub(super) fn pop_output(&self) -> Option<Bytes> {
-        self.queue.borrow_mut().pop_front()
+        let mut queue = self.queue.borrow_mut();
+        let b = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > KEPT_QUEUE_CAPACITY {
+            queue.shrink_to(KEPT_QUEUE_CAPACITY);
+        }
+        b
     }
 
     pub(super) fn has_output(&self) -> bool {

@@ -727,6 +727,10 @@ impl SocketRing {
             if res >= 0 {
                 let n = res as usize;
                 send.advance(n);
+                if send.bufs.is_empty() && send.bufs.capacity() > 16 {
+                    send.bufs.shrink_to(16);
+                    send.iov.shrink_to(16);
+                }
                 sock.conn.sent(n);
                 self.stats.add_out(n as u64);
                 sock.last_progress = now;

@@ -20,12 +20,20 @@ use super::{DEFAULT_CHUNK_SIZE, EXTENDED_TIMESTAMP};
 const MAX_HEADER_LEN: usize = 18;
 /// Smallest acknowledgement window honoured from a peer.
 const MIN_ACK_WINDOW: u32 = 4096;
-/// Smallest arena: small messages (audio, commands) share one allocation.
+/// Smallest arena of a media chunk stream (audio, video, aggregates): small
+/// messages such as audio frames share one allocation.
 const ARENA_MIN: usize = 16 * 1024;
+/// Smallest arena of other chunk streams (commands, control, metadata):
+/// they carry a few small messages, and a player's connection keeps such
+/// arenas for its whole life, so they stay small.
+const CONTROL_ARENA_MIN: usize = 512;
 /// Messages up to this size share arenas sized for two; larger ones get an
 /// arena of their own size, released once the message is handed out, so an
 /// idle chunk stream never pins more than twice this.
 const SHARED_ARENA_MAX: u32 = 256 * 1024;
+const TYPE_AUDIO: u8 = 8;
+const TYPE_VIDEO: u8 = 9;
+const TYPE_AGGREGATE: u8 = 22;
 /// Besides one message of `max_message_len`, this much more may be
 /// announced by messages in progress on other chunk streams at once.
 const IN_PROGRESS_SLACK: u64 = 1024 * 1024;
@@ -86,8 +94,12 @@ impl StreamState {
             return;
         }
         let typical = len.max(self.typical_len as usize);
+        let floor = match self.type_id {
+            TYPE_AUDIO | TYPE_VIDEO | TYPE_AGGREGATE => ARENA_MIN,
+            _ => CONTROL_ARENA_MIN,
+        };
         if typical <= SHARED_ARENA_MAX as usize {
-            self.buf.reserve(ARENA_MIN.max(2 * typical));
+            self.buf.reserve(floor.max(2 * typical));
         } else {
             self.buf.reserve(len);
         }
