@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{get, temp_file, Node, Proc};
+use common::{ffmpeg_player_with, get, temp_file, Node, Proc};
 
 fn ffmpeg9() -> PathBuf {
     if let Some(p) = std::env::var_os("TRIBUTARY_FFMPEG9") {
@@ -78,29 +78,8 @@ fn wait_published(node: &Node, key: &str) {
 
 /// An ffmpeg 9 player recording `seconds` of every video and audio track.
 fn play(url: &str, file: &Path, seconds: u32) -> Proc {
-    let mut cmd = Command::new(ffmpeg9());
-    cmd.args([
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-rw_timeout",
-        "5000000",
-        "-i",
-        url,
-    ])
-    .args([
-        "-t",
-        &seconds.to_string(),
-        "-map",
-        "0:v",
-        "-map",
-        "0:a",
-        "-c",
-        "copy",
-    ])
-    .arg(file);
-    Proc::spawn("ffmpeg 9 player", &mut cmd)
+    let output = ["-map", "0:v", "-map", "0:a"];
+    ffmpeg_player_with(&ffmpeg9(), url, file, Some(seconds), &output)
 }
 
 struct Track {

@@ -261,6 +261,17 @@ impl Node {
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
+        // glommio 0.9's MeshBuilder is `Send` but counts its clones with a
+        // non-atomic `Rc`. Cloned on the shard threads while other shards
+        // dropped theirs, the count went low and the builder was freed
+        // while still in use (AddressSanitizer caught it under
+        // scripts/stress-shutdown). So every clone is made here, on one
+        // thread, before any shard starts; each shard takes one by move;
+        // and the original is never dropped. Concurrent drops alone can
+        // only leave the count too high: a 56-byte leak, never a free.
+        let builders: Vec<_> = (0..shards).map(|_| mesh.clone()).collect();
+        std::mem::forget(mesh);
+        let builders = Arc::new(std::sync::Mutex::new(builders));
         let stop = Arc::new(AtomicBool::new(false));
         let listening = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(AtomicUsize::new(0));
@@ -288,7 +299,7 @@ impl Node {
                 let setup = shard::ShardSetup {
                     config: config.clone(),
                     directory: directory.clone(),
-                    mesh: mesh.clone(),
+                    mesh: builders.lock().ok().and_then(|mut b| b.pop()),
                     stats: stats.clone(),
                     stop: stop.clone(),
                     listening: listening.clone(),

@@ -28,7 +28,8 @@ use super::ShardMsg;
 pub struct ShardSetup {
     pub config: Arc<Config>,
     pub directory: Arc<Directory>,
-    pub mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    /// This shard's own clone of the mesh builder (see `Node::start`).
+    pub mesh: Option<MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>>,
     /// Every shard's counters; this shard uses the one at its mesh id.
     pub stats: Vec<Arc<ShardStats>>,
     pub stop: Arc<AtomicBool>,
@@ -78,6 +79,7 @@ fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<OwnedFd> {
 async fn run(setup: ShardSetup) -> Result<(), String> {
     let (senders, receivers) = setup
         .mesh
+        .ok_or("no mesh builder left for this shard")?
         .join()
         .await
         .map_err(|_| "joining the shard mesh failed".to_string())?;

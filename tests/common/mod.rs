@@ -209,7 +209,19 @@ pub fn check_recording(file: &Path, min_frames: usize) {
 /// ffmpeg playing `url` into `file` (stream copy) for `seconds`, or until
 /// the server ends the stream.
 pub fn ffmpeg_player(url: &str, file: &Path, seconds: Option<u32>) -> Proc {
-    let mut cmd = Command::new("ffmpeg");
+    ffmpeg_player_with(Path::new("ffmpeg"), url, file, seconds, &[])
+}
+
+/// [`ffmpeg_player`] with another ffmpeg binary and output options (such
+/// as `-map`) placed before the stream copy.
+pub fn ffmpeg_player_with(
+    ffmpeg: &Path,
+    url: &str,
+    file: &Path,
+    seconds: Option<u32>,
+    output: &[&str],
+) -> Proc {
+    let mut cmd = Command::new(ffmpeg);
     cmd.args([
         "-hide_banner",
         "-loglevel",
@@ -223,7 +235,7 @@ pub fn ffmpeg_player(url: &str, file: &Path, seconds: Option<u32>) -> Proc {
     if let Some(s) = seconds {
         cmd.args(["-t", &s.to_string()]);
     }
-    cmd.args(["-c", "copy"]).arg(file);
+    cmd.args(output).args(["-c", "copy"]).arg(file);
     Proc::spawn("ffmpeg", &mut cmd)
 }
 
