@@ -93,6 +93,8 @@ pub struct Conn {
     /// longer applies).
     connected: Cell<bool>,
     waker: Cell<Option<Waker>>,
+    /// RTMPS: close_notify has been queued.
+    pub(super) close_notified: Cell<bool>,
     /// RTMPS: the TLS session the ring encrypts output through and the
     /// task decrypts input through.
     pub tls: Option<Box<RefCell<crate::tls::ServerTls>>>,
@@ -119,6 +121,7 @@ impl Conn {
             held: Cell::new(false),
             connected: Cell::new(false),
             waker: Cell::new(None),
+            close_notified: Cell::new(false),
             tls: tls.map(|t| Box::new(RefCell::new(t))),
         }
     }
@@ -156,6 +159,8 @@ impl Conn {
         if !b.is_empty() && !self.closed.get() {
             self.push(b);
             self.ring.urgent.set(true);
+            // Already scheduled (audio waiting): the round must start now.
+            self.ring.notify.notify();
         }
     }
 
@@ -251,12 +256,11 @@ impl Conn {
         self.connected.set(true);
     }
 
-    /// Holds input back (true) or lets it flow again (false).
+    /// Holds input back (true) or lets it flow again (false); either way
+    /// the ring reconciles its receive with it.
     pub fn hold(&self, on: bool) {
         self.held.set(on);
-        if !on && self.paused.get() {
-            self.ask_resume();
-        }
+        self.ask_resume();
     }
 
     pub(super) fn is_held(&self) -> bool {
@@ -290,7 +294,11 @@ impl Future for NextInput<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Input> {
         let conn = self.conn;
         if conn.closed.get() {
-            return Poll::Ready(Input::Closed);
+            // A write error closes output too: report why.
+            return Poll::Ready(match conn.end.borrow_mut().take() {
+                Some(e @ End::Write(_)) => Input::End(e),
+                _ => Input::Closed,
+            });
         }
         let mut inbox = conn.inbox.borrow_mut();
         if let Some(lease) = inbox.pop_front() {

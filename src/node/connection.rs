@@ -123,8 +123,6 @@ pub async fn serve(
     _place: Ticket,
 ) {
     let id = conn.id;
-    ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-    ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let session = Rc::new(RefCell::new(ServerSession::new(
         ctx.session,
         0,

@@ -226,6 +226,10 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
                 (true, None) => return,
             };
             let conn = ring.register(fd, tls);
+            // Counted here, not in the task, so that one batch of accepts
+            // cannot pass the limit above before any task has run.
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            stats.connections_total.fetch_add(1, Ordering::Relaxed);
             glommio::spawn_local(serve(conn, peer, ctx.clone(), ring.clone(), ticket)).detach();
         }
     };
@@ -302,6 +306,12 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
                 outbox.close();
             }
         }
+    }
+    // The ring flushes what the closing connections queued (end-of-stream
+    // notices) and closes their sockets, within its flush deadline.
+    let flushed = std::time::Instant::now() + Duration::from_secs(2);
+    while ring.open_sockets() > 0 && std::time::Instant::now() < flushed {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     setup.drained.fetch_add(1, Ordering::SeqCst);
     // Never return: tearing the executor down with io_uring operations in

@@ -216,7 +216,8 @@ mod tests {
         drop(lease);
         assert_eq!(pool.available(), 4);
         assert_eq!(tail(&pool), 5, "the buffer went back at the tail");
-        // SAFETY: entry 4 & 3 = slot 0 was written by the give-back.
+        // SAFETY: the fifth give-back (tail 4) wrote ring slot 4 % 4 = 0,
+        // inside the ring.
         let entry = unsafe { &*pool.entries };
         assert_eq!(entry.bid(), 2);
         assert_eq!(entry.len(), 1024);
