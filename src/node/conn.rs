@@ -58,8 +58,9 @@ pub enum Input {
 pub struct RingQueue {
     /// Connections with output queued and possibly no send in flight.
     pub dirty: RefCell<Vec<u32>>,
-    /// Connections whose reading was paused and may resume.
-    pub resume: RefCell<Vec<u32>>,
+    /// Connections whose receive should be paused or resumed (see
+    /// `SocketRing::reconcile`).
+    pub reconcile: RefCell<Vec<u32>>,
     /// Some output is a reply a peer waits for: send without coalescing.
     pub urgent: Cell<bool>,
     pub notify: super::ring::Notify,
@@ -260,15 +261,15 @@ impl Conn {
     /// the ring reconciles its receive with it.
     pub fn hold(&self, on: bool) {
         self.held.set(on);
-        self.ask_resume();
+        self.ask_reconcile();
     }
 
     pub(super) fn is_held(&self) -> bool {
         self.held.get()
     }
 
-    fn ask_resume(&self) {
-        self.ring.resume.borrow_mut().push(self.slot);
+    fn ask_reconcile(&self) {
+        self.ring.reconcile.borrow_mut().push(self.slot);
         self.ring.notify.notify();
     }
 
@@ -305,7 +306,7 @@ impl Future for NextInput<'_> {
             let drained = inbox.len() < MAX_HELD_BUFFERS / 2;
             drop(inbox);
             if drained && conn.paused.get() && !conn.held.get() {
-                conn.ask_resume();
+                conn.ask_reconcile();
             }
             return Poll::Ready(Input::Data(lease));
         }

@@ -832,7 +832,7 @@ impl SocketRing {
 
     /// Pauses or resumes receiving for connections that asked.
     fn reconcile(&self) {
-        let list = std::mem::take(&mut *self.queue.resume.borrow_mut());
+        let list = std::mem::take(&mut *self.queue.reconcile.borrow_mut());
         for slot in list {
             let (arm, cancel) = {
                 let mut slots = self.slots.borrow_mut();
