@@ -31,7 +31,7 @@ pub struct AdminState {
     pub cluster: Option<ClusterHandle>,
     pub gate: Arc<Gate>,
     /// Each shard's command queue (kicks).
-    pub commands: Vec<tokio::sync::mpsc::Sender<crate::cluster::ShardCommand>>,
+    pub commands: Vec<tokio::sync::mpsc::Sender<crate::stream::ShardCommand>>,
     /// Empty = the API is open (keep the admin address private).
     pub admin_token: String,
 }
@@ -296,7 +296,7 @@ async fn kick(
     let mut result = Err("no such stream".to_string());
     if let Some(tx) = local.and_then(|shard| state.commands.get(shard)) {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let cmd = crate::cluster::ShardCommand::Kick {
+        let cmd = crate::stream::ShardCommand::Kick {
             key: key.clone(),
             reply,
         };

@@ -21,6 +21,7 @@ pub mod config;
 pub mod control_thread;
 pub mod node;
 pub mod protocol;
+pub mod stream;
 pub mod synthetic;
 pub mod tls;
 pub mod webhook;

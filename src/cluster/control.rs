@@ -23,7 +23,7 @@ use super::{
     unix_ms, ClaimResult, ClusterSettings, ClusterStats, Located, NodeInfo, Registration, Request,
     ShardCommand,
 };
-use crate::node::StreamKey;
+use crate::stream::StreamKey;
 use crate::protocol::media::{classify_audio, classify_video, PacketKind};
 use crate::protocol::{MessageType, RawMessage};
 

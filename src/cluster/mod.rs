@@ -18,19 +18,18 @@ mod control;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::StreamKey;
+pub use crate::stream::{ShardCommand, SnapshotReply};
+use crate::stream::StreamKey;
 use crate::protocol::RawMessage;
 
 /// Requests from shards to the control thread. Bounded; media is sent with
 /// `try_send` and a full queue is a counted drop, never a wait.
 pub const REQUEST_QUEUE: usize = 8192;
-/// Commands from the control thread to each shard (relayed media included).
-pub const SHARD_QUEUE: usize = 4096;
 
 /// How the cluster is reached and tuned (from `[cluster]` and `[node]`).
 #[derive(Debug, Clone)]
@@ -165,52 +164,6 @@ pub struct NodeInfo {
     pub started_ms: u64,
     /// Streams published on it.
     pub streams: usize,
-}
-
-/// The owner side's answer to a snapshot request: the cache in order and
-/// the sequence number of the last message it holds.
-pub type SnapshotReply = Option<(Vec<RawMessage>, u64)>;
-
-/// Control thread → one shard.
-#[derive(Debug)]
-pub enum ShardCommand {
-    /// Start relaying `key` on this shard as a local publisher would.
-    RelayStart {
-        key: StreamKey,
-        messages: Vec<RawMessage>,
-    },
-    RelayMedia {
-        key: StreamKey,
-        message: RawMessage,
-    },
-    /// The remote publisher left or its node is gone.
-    RelayEnded {
-        key: StreamKey,
-    },
-    /// The remote stream has a new publisher (new epoch): start players over.
-    RelayRestart {
-        key: StreamKey,
-    },
-    /// Some node is (or no node is any more) attached to `key`: send its
-    /// messages to the control thread.
-    Export {
-        key: StreamKey,
-        on: bool,
-    },
-    Snapshot {
-        key: StreamKey,
-        reply: oneshot::Sender<SnapshotReply>,
-    },
-    /// Another node took `key` over: close the local publisher.
-    Fence {
-        key: StreamKey,
-    },
-    /// An operator kicks the local publisher of `key` (HTTP DELETE);
-    /// answers whether there was one.
-    Kick {
-        key: StreamKey,
-        reply: oneshot::Sender<bool>,
-    },
 }
 
 /// Cluster counters, written by the control thread (and the drop counter by
@@ -398,22 +351,6 @@ impl ClusterHandle {
             ClusterStats::add(&self.stats.export_drops, 1);
         }
     }
-}
-
-/// The per-shard ends of the command channels, taken once by each shard.
-pub type ShardCommands = Arc<Mutex<Vec<Option<mpsc::Receiver<ShardCommand>>>>>;
-
-/// One bounded command queue per shard: the senders (for the control
-/// thread and the admin plane) and the receivers each shard takes once.
-pub fn command_channels(shards: usize) -> (Vec<mpsc::Sender<ShardCommand>>, ShardCommands) {
-    let mut senders = Vec::with_capacity(shards);
-    let mut receivers = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let (tx, rx) = mpsc::channel(SHARD_QUEUE);
-        senders.push(tx);
-        receivers.push(Some(rx));
-    }
-    (senders, Arc::new(Mutex::new(receivers)))
 }
 
 /// Starts the control thread; it connects to NATS in the background (and

@@ -32,8 +32,7 @@ pub use directory::Directory;
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
 pub use stats::{ShardStats, ERROR_KINDS};
 
-/// A stream's node-wide name: `app/stream` (no query string).
-pub type StreamKey = Arc<str>;
+pub use crate::stream::StreamKey;
 
 /// What shards tell each other about streams. Cloning shares payloads.
 #[derive(Debug, Clone)]
@@ -91,7 +90,7 @@ pub struct Node {
     pub node_id: String,
     pub gate: Arc<Gate>,
     /// Each shard's command queue (operator kicks from the admin plane).
-    pub commands: Vec<tokio::sync::mpsc::Sender<crate::cluster::ShardCommand>>,
+    pub commands: Vec<tokio::sync::mpsc::Sender<crate::stream::ShardCommand>>,
     /// The RTMPS address, when RTMPS is on.
     pub rtmps_addr: Option<SocketAddr>,
     pub auth: Arc<Auth>,
@@ -232,7 +231,7 @@ impl Node {
             publishers: config.streams.max_publishers,
             players_per_stream: config.players.max_per_stream,
         });
-        let (command_senders, commands) = cluster::command_channels(shards);
+        let (command_senders, commands) = crate::stream::command_channels(shards);
         let cluster = if config.cluster.nats.is_empty() {
             None
         } else {

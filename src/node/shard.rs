@@ -14,7 +14,8 @@ use std::os::fd::OwnedFd;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 
-use crate::cluster::{ClusterHandle, ShardCommands};
+use crate::cluster::ClusterHandle;
+use crate::stream::ShardCommands;
 use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
 
