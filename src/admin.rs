@@ -18,7 +18,7 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::{ClusterHandle, ClusterStats};
-use crate::node::{Directory, Gate, ShardStats, ERROR_KINDS, REFUSED_KINDS};
+use crate::node::{Directory, Gate, ShardStats, ERROR_KINDS, QUEUE_KINDS, REFUSED_KINDS};
 
 /// What the admin plane reports on.
 pub struct AdminState {
@@ -347,6 +347,7 @@ struct Metrics {
     counters: Vec<(IntCounterVec, Read)>,
     dropped: IntCounterVec,
     errors: IntCounterVec,
+    overflow: IntCounterVec,
     refused: IntCounterVec,
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
@@ -460,6 +461,11 @@ impl Metrics {
             "Connections closed for a protocol error, by kind",
             &["shard", "kind"],
         )?;
+        let overflow = counter(
+            "tributary_queue_overflow_total",
+            "Items dropped because a bounded queue was full, by queue",
+            &["shard", "queue"],
+        )?;
         let refused = counter(
             "tributary_auth_refused_total",
             "Publishes and plays refused by the auth rules, by reason",
@@ -570,6 +576,7 @@ impl Metrics {
             counters,
             dropped,
             errors,
+            overflow,
             refused,
             limited,
             cluster_gauges,
@@ -613,6 +620,13 @@ impl Metrics {
                     &self.errors,
                     &[&shard, kind],
                     ShardStats::get(&s.protocol_errors[k]),
+                );
+            }
+            for (k, queue) in QUEUE_KINDS.iter().enumerate() {
+                set(
+                    &self.overflow,
+                    &[&shard, queue],
+                    ShardStats::get(&s.queue_overflow[k]),
                 );
             }
         }

@@ -75,4 +75,3 @@ pub fn command_channels(shards: usize) -> (Vec<mpsc::Sender<ShardCommand>>, Shar
     }
     (senders, Arc::new(Mutex::new(receivers)))
 }
-

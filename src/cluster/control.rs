@@ -23,9 +23,9 @@ use super::{
     unix_ms, ClaimResult, ClusterSettings, ClusterStats, Located, NodeInfo, Registration, Request,
     ShardCommand,
 };
-use crate::stream::StreamKey;
 use crate::protocol::media::{classify_audio, classify_video, PacketKind};
 use crate::protocol::{MessageType, RawMessage};
+use crate::stream::StreamKey;
 
 const STREAMS_BUCKET: &str = "tributary_streams";
 const NODES_BUCKET: &str = "tributary_nodes";

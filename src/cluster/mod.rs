@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::stream::{ShardCommand, SnapshotReply};
-use crate::stream::StreamKey;
 use crate::protocol::RawMessage;
+use crate::stream::StreamKey;
+pub use crate::stream::{ShardCommand, SnapshotReply};
 
 /// Requests from shards to the control thread. Bounded; media is sent with
 /// `try_send` and a full queue is a counted drop, never a wait.
@@ -327,29 +327,28 @@ impl ClusterHandle {
         false
     }
 
-    /// Fire-and-forget requests (unregister, want, release): a full queue
-    /// is retried from a task rather than dropped.
-    pub fn tell(&self, req: Request) {
-        if let Err(mpsc::error::TrySendError::Full(req)) = self.requests.try_send(req) {
-            let requests = self.requests.clone();
-            glommio::spawn_local(async move {
-                let _ = requests.send(req).await;
-            })
-            .detach();
+    /// Offers a fire-and-forget request (unregister, want, release, a
+    /// stream report, exported media) without waiting; a full queue hands
+    /// it back. Shards keep such requests in their hub's bounded outbox and
+    /// a pump sends them ([`ClusterHandle::request`]).
+    pub fn try_request(&self, req: Request) -> Result<(), Request> {
+        match self.requests.try_send(req) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(req)) => Err(req),
+            // The control thread is gone (shutdown): nothing to deliver to.
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
         }
     }
 
-    /// An exported message; dropped (and counted) when the queue is full:
-    /// the relaying nodes see the gap and resume at the next keyframe.
-    pub fn export(&self, key: &StreamKey, seq: u64, message: &RawMessage) {
-        let req = Request::Media {
-            key: key.clone(),
-            seq,
-            message: message.clone(),
-        };
-        if self.requests.try_send(req).is_err() {
-            ClusterStats::add(&self.stats.export_drops, 1);
-        }
+    /// Sends a request, waiting for room in the queue.
+    pub async fn request(&self, req: Request) {
+        let _ = self.requests.send(req).await;
+    }
+
+    /// An exported message the queue had no room for: the relaying nodes
+    /// see the gap and resume at the next keyframe.
+    pub fn count_export_drop(&self) {
+        ClusterStats::add(&self.stats.export_drops, 1);
     }
 }
 

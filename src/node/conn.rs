@@ -44,10 +44,34 @@ impl std::fmt::Display for End {
     }
 }
 
+/// What the hub (or the shard, at shutdown) tells a connection to apply
+/// to its own session: nothing else touches a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The stream played on `stream_id` ended: write UnpublishNotify and
+    /// StreamEOF. With `waiting` the player stays parked for a re-publish;
+    /// otherwise the connection closes once that is written.
+    Ended { stream_id: u32, waiting: bool },
+    /// The stream came back: write PublishNotify, then call `Hub::resume`,
+    /// which attaches the player (fresh headers and a keyframe follow).
+    Republished { stream_id: u32 },
+    /// A play that waited for its stream: it never came. StreamNotFound,
+    /// then close.
+    NotFound { stream_id: u32 },
+    /// The node is shutting down: an encoder that can reconnect is asked
+    /// to; anything else closes.
+    Shutdown,
+}
+
+/// Notices a connection may have waiting; past this it is closed (and
+/// counted): its task has stopped taking input.
+pub const MAX_NOTICES: usize = 16;
+
 /// What the connection task gets next.
 #[derive(Debug)]
 pub enum Input {
     Data(Lease),
+    Notice(Notice),
     End(End),
     /// Closed on this side (kick, takeover, slow player, shutdown, refusal).
     Closed,
@@ -85,6 +109,7 @@ pub struct Conn {
     /// In the ring's dirty list already.
     scheduled: Cell<bool>,
     inbox: RefCell<VecDeque<Lease>>,
+    notices: RefCell<VecDeque<Notice>>,
     end: RefCell<Option<End>>,
     /// The ring stopped receiving for it (inbox full or paced).
     pub(super) paused: Cell<bool>,
@@ -117,6 +142,7 @@ impl Conn {
             closed: Cell::new(false),
             scheduled: Cell::new(false),
             inbox: RefCell::new(VecDeque::new()),
+            notices: RefCell::new(VecDeque::new()),
             end: RefCell::new(None),
             paused: Cell::new(false),
             held: Cell::new(false),
@@ -170,6 +196,32 @@ impl Conn {
         if !self.closed.replace(true) {
             self.wake();
         }
+    }
+
+    /// Queues a notice for the connection task (see [`Notice`]). False if
+    /// the connection is closed, or had [`MAX_NOTICES`] waiting (it is
+    /// closed then).
+    pub fn notice(&self, notice: Notice, stats: &super::stats::ShardStats) -> bool {
+        if self.closed.get() {
+            return false;
+        }
+        let mut notices = self.notices.borrow_mut();
+        if notices.len() >= MAX_NOTICES {
+            drop(notices);
+            stats.add_queue_overflow(super::stats::Queue::Notices);
+            self.close();
+            return false;
+        }
+        notices.push_back(notice);
+        drop(notices);
+        self.wake();
+        true
+    }
+
+    /// The next notice, as the connection task would get it (tests).
+    #[cfg(test)]
+    pub(super) fn take_notice(&self) -> Option<Notice> {
+        self.notices.borrow_mut().pop_front()
     }
 
     /// Puts the connection on the ring's list of sockets to send for.
@@ -300,6 +352,9 @@ impl Future for NextInput<'_> {
                 Some(e @ End::Write(_)) => Input::End(e),
                 _ => Input::Closed,
             });
+        }
+        if let Some(notice) = conn.notices.borrow_mut().pop_front() {
+            return Poll::Ready(Input::Notice(notice));
         }
         let mut inbox = conn.inbox.borrow_mut();
         if let Some(lease) = inbox.pop_front() {

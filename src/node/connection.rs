@@ -5,9 +5,9 @@
 //! only, with one log line naming the peer and the reason (never a stream
 //! key in clear).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,22 +19,22 @@ use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
 use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
 
-use super::conn::{Conn, End, Input};
+use super::conn::{Conn, End, Input, Notice};
 use super::gate::{Gate, Ticket};
-use super::hub::{Hub, PlayOutcome, Player, RELAY_START_WAIT};
+use super::hub::{PlayOutcome, Player, StreamId, RELAY_START_WAIT};
+use super::pump::SharedHub;
 use super::ring::buffers::Lease;
 use super::ring::SocketRing;
 use super::stats::ShardStats;
 use super::StreamKey;
 
-/// An open connection as its shard's drain sees it.
-pub type OpenConnection = (std::rc::Weak<Conn>, std::rc::Weak<RefCell<ServerSession>>);
-
 /// What a connection needs from its shard.
 pub struct ConnectionContext {
-    /// Every open connection's outbox, so shutdown can close them all.
-    pub open: RefCell<Vec<OpenConnection>>,
-    pub hub: Rc<RefCell<Hub>>,
+    /// Every open connection, so shutdown can tell them all.
+    pub open: RefCell<Vec<Weak<Conn>>>,
+    /// Encoders asked to reconnect elsewhere at shutdown.
+    pub reconnects_asked: Cell<usize>,
+    pub hub: Rc<SharedHub>,
     pub stats: Arc<ShardStats>,
     pub shard: usize,
     pub auth: Arc<Auth>,
@@ -55,12 +55,19 @@ fn stream_key(session: &ServerSession, name: &str) -> StreamKey {
     StreamKey::from(format!("{app}/{name}"))
 }
 
-/// Unix time in seconds (token expiry).
-fn unix_secs() -> u64 {
+/// Unix time in µs (token expiry, the first sequence number of a stream).
+fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// Queues what the session has to send (replies the peer waits for).
+fn flush(session: &mut ServerSession, out: &Conn) {
+    let mut bytes = BytesMut::new();
+    session.poll_transmit(&mut bytes);
+    out.push_urgent(bytes.freeze());
 }
 
 /// Checks `action` on `name` against the auth rules, then the webhook if
@@ -72,18 +79,20 @@ async fn authorize(
     action: Action,
     stream_id: u32,
     name: &str,
-    session: &Rc<RefCell<ServerSession>>,
+    session: &mut ServerSession,
     outbox: &Conn,
     ctx: &ConnectionContext,
     conn: u64,
     peer: SocketAddr,
 ) -> bool {
     let app = session
-        .borrow()
         .connect_info()
         .map(|c| c.app.clone())
         .unwrap_or_default();
-    let (reason, kind) = match ctx.auth.check(action, &app, name, unix_secs()) {
+    let (reason, kind) = match ctx
+        .auth
+        .check(action, &app, name, unix_micros() / 1_000_000)
+    {
         Err(refusal) => (refusal.to_string(), refusal.kind()),
         Ok(()) => match &ctx.webhook {
             Some(hook) if hook.applies_to(action) => {
@@ -95,16 +104,11 @@ async fn authorize(
             _ => return true,
         },
     };
-    {
-        let mut s = session.borrow_mut();
-        match action {
-            Action::Publish => s.reject_publish(stream_id, "NetStream.Publish.Rejected", &reason),
-            Action::Play => s.reject_play(stream_id, "NetStream.Play.Failed", &reason),
-        }
-        let mut out = BytesMut::new();
-        s.poll_transmit(&mut out);
-        outbox.push_urgent(out.freeze());
+    match action {
+        Action::Publish => session.reject_publish(stream_id, "NetStream.Publish.Rejected", &reason),
+        Action::Play => session.reject_play(stream_id, "NetStream.Play.Failed", &reason),
     }
+    flush(session, outbox);
     outbox.close();
     ctx.stats.add_auth_refused(kind);
     tracing::info!(conn, app = %app, stream = %redact(name), "{} refused: {reason}", action.as_str());
@@ -123,15 +127,11 @@ pub async fn serve(
     _place: Ticket,
 ) {
     let id = conn.id;
-    let session = Rc::new(RefCell::new(ServerSession::new(
-        ctx.session,
-        0,
-        id ^ 0x5DEE_CE66_D1CE_5EED,
-    )));
+    let mut session = ServerSession::new(ctx.session, 0, id ^ 0x5DEE_CE66_D1CE_5EED);
     {
         let mut open = ctx.open.borrow_mut();
-        open.retain(|(w, _)| w.strong_count() > 0);
-        open.push((Rc::downgrade(&conn), Rc::downgrade(&session)));
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Rc::downgrade(&conn));
     }
     let mut state = ConnState {
         conn: id,
@@ -141,12 +141,17 @@ pub async fn serve(
         playing: Vec::new(),
         events: Vec::new(),
     };
+    let session = &mut session;
     let mut pace = Pace::new(ctx.max_ingest_bytes_per_sec);
     // RTMPS only: decrypted bytes the session has not taken yet.
     let mut plain = Vec::new();
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
+            Input::Notice(notice) => {
+                state.on_notice(notice, session, &conn, &ctx);
+                continue;
+            }
             Input::Closed | Input::End(End::Eof) => break None,
             Input::End(e @ End::Timeout(_)) => {
                 ctx.stats.add_protocol_error("timeout");
@@ -160,9 +165,10 @@ pub async fn serve(
             Input::End(e) => break Some(e.to_string()),
         };
         let n = lease.len();
+        let now = Instant::now();
         let result = match &conn.tls {
             None => {
-                let r = state.on_input(&lease[..], &session, &conn, &ctx).await;
+                let r = state.on_input(&lease[..], session, &conn, &ctx, now).await;
                 lease.consume(n);
                 r
             }
@@ -178,7 +184,7 @@ pub async fn serve(
                     if conn.tls.as_ref().is_some_and(|t| t.borrow().wants_write()) {
                         conn.schedule();
                     }
-                    let r = state.on_input(&plain, &session, &conn, &ctx).await;
+                    let r = state.on_input(&plain, session, &conn, &ctx, now).await;
                     plain.clear();
                     r
                 }
@@ -188,7 +194,7 @@ pub async fn serve(
             ctx.stats.add_protocol_error(error_kind(&e));
             break Some(e.to_string());
         }
-        if !conn.is_connected() && session.borrow().is_connected() {
+        if !conn.is_connected() && session.is_connected() {
             conn.set_connected();
         }
         if state.publishing.is_some() {
@@ -204,7 +210,7 @@ pub async fn serve(
     if let Some(reason) = reason {
         tracing::info!(%peer, conn = id, "connection closed: {reason}");
     }
-    state.leave(&ctx);
+    state.leave(&ctx, Instant::now());
     // The ring flushes what is queued (error answers, notices) for a short
     // while, then closes the socket.
     ring.finish(&conn);
@@ -282,7 +288,8 @@ impl Pace {
 struct ConnState {
     conn: u64,
     peer: SocketAddr,
-    publishing: Option<(StreamKey, u32)>,
+    /// The stream it publishes: key, its id in the hub, the message stream.
+    publishing: Option<(StreamKey, StreamId, u32)>,
     /// The node-wide publisher place this connection holds while publishing.
     publisher_place: Option<Ticket>,
     /// Streams it plays, each with its place under the per-stream limit.
@@ -294,29 +301,24 @@ impl ConnState {
     async fn on_input(
         &mut self,
         mut input: &[u8],
-        session: &Rc<RefCell<ServerSession>>,
+        session: &mut ServerSession,
         outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
+        now: Instant,
     ) -> Result<(), SessionError> {
         let mut stalled = 0;
         while !input.is_empty() {
-            // Collect events with the session borrowed, then act on them
-            // with it released: the hub may reach other sessions.
-            let used = {
-                let mut s = session.borrow_mut();
-                let used = s.handle_input(input)?;
-                while let Some(e) = s.poll_event() {
-                    self.events.push(e);
-                }
-                used
-            };
+            let used = session.handle_input(input)?;
+            while let Some(e) = session.poll_event() {
+                self.events.push(e);
+            }
             input = &input[used..];
             let mut events = std::mem::take(&mut self.events);
             for event in events.drain(..) {
                 match event {
                     ServerEvent::Media { message, .. } => {
                         ctx.stats.add_message_in();
-                        self.on_publisher_message(message, ctx);
+                        self.on_publisher_message(message, ctx, now);
                     }
                     ServerEvent::Metadata {
                         payload, timestamp, ..
@@ -329,6 +331,7 @@ impl ConnState {
                             payload,
                         },
                         ctx,
+                        now,
                     ),
                     // Commands are rare and their handling is a large
                     // future (auth, webhook, cluster claims): boxed, so an
@@ -337,9 +340,7 @@ impl ConnState {
                 }
             }
             self.events = events;
-            let mut out = BytesMut::new();
-            session.borrow_mut().poll_transmit(&mut out);
-            outbox.push_urgent(out.freeze());
+            flush(session, outbox);
             if used == 0 {
                 stalled += 1;
                 if stalled > 2 {
@@ -352,202 +353,247 @@ impl ConnState {
         Ok(())
     }
 
+    /// Applies what the hub (or the shard's drain) told this connection.
+    fn on_notice(
+        &mut self,
+        notice: Notice,
+        session: &mut ServerSession,
+        outbox: &Conn,
+        ctx: &ConnectionContext,
+    ) {
+        match notice {
+            Notice::Ended { stream_id, waiting } => {
+                session.notify_unpublish(stream_id);
+                flush(session, outbox);
+                if !waiting {
+                    self.playing.retain(|(_, id, _)| *id != stream_id);
+                    outbox.close();
+                }
+            }
+            Notice::Republished { stream_id } => {
+                session.notify_publish(stream_id);
+                flush(session, outbox);
+                if let Some((key, _, _)) = self.playing.iter().find(|(_, id, _)| *id == stream_id) {
+                    ctx.hub.with(|h| h.resume(key, self.conn, stream_id));
+                }
+            }
+            Notice::NotFound { stream_id } => {
+                session.send_status(
+                    stream_id,
+                    "error",
+                    "NetStream.Play.StreamNotFound",
+                    "the stream was not published in time",
+                );
+                flush(session, outbox);
+                outbox.close();
+            }
+            Notice::Shutdown => {
+                // Encoders that said they can (Enhanced RTMP v2 capsEx
+                // Reconnect) are asked to reconnect, which through DNS
+                // lands them on another node; they keep the connection
+                // until they go or the drain's grace ends.
+                if session.is_publishing()
+                    && session.request_reconnect(None, "this node is shutting down: reconnect")
+                {
+                    flush(session, outbox);
+                    ctx.reconnects_asked.set(ctx.reconnects_asked.get() + 1);
+                } else {
+                    outbox.close();
+                }
+            }
+        }
+    }
+
     async fn on_event(
         &mut self,
         event: ServerEvent,
-        session: &Rc<RefCell<ServerSession>>,
+        session: &mut ServerSession,
         outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) {
         match event {
-            ServerEvent::ConnectRequest(_) => session.borrow_mut().accept_connect(),
+            ServerEvent::ConnectRequest(_) => session.accept_connect(),
             ServerEvent::PublishRequest {
                 stream_id, name, ..
-            } => {
-                let key = stream_key(&session.borrow(), &name);
-                let refuse = |where_: &str| {
-                    session.borrow_mut().reject_publish(
-                        stream_id,
-                        "NetStream.Publish.BadName",
-                        &format!("stream key is already being published{where_}"),
-                    );
-                    tracing::info!(conn = self.conn, stream = %redact(&key), "publish refused: key in use{where_}");
-                };
-                if self.publishing.is_some() {
-                    return refuse("");
-                }
-                if !authorize(
-                    Action::Publish,
-                    stream_id,
-                    &name,
-                    session,
-                    outbox,
-                    ctx,
-                    self.conn,
-                    self.peer,
-                )
-                .await
-                {
-                    return;
-                }
-                let Ok(place) = ctx.gate.publisher() else {
-                    session.borrow_mut().reject_publish(
-                        stream_id,
-                        "NetStream.Publish.Rejected",
-                        "this node has reached its publisher limit",
-                    );
-                    tracing::info!(conn = self.conn, "publish refused: publisher limit");
-                    return;
-                };
-                if let Some(cluster) = &ctx.cluster {
-                    // The registry first: a key is live on one node only.
-                    let takeover = ctx.hub.borrow().takeover();
-                    match cluster.claim(&key, ctx.shard, takeover).await {
-                        ClaimResult::Refused(node) if !node.is_empty() => {
-                            return refuse(&format!(" on node {node}"));
-                        }
-                        ClaimResult::Refused(_) => return refuse(" in the cluster"),
-                        ClaimResult::Registered | ClaimResult::Unavailable => {}
-                    }
-                }
-                if !ctx
-                    .hub
-                    .borrow_mut()
-                    .publish(&key, self.conn, outbox.clone())
-                {
-                    if let Some(cluster) = &ctx.cluster {
-                        cluster.tell(Request::Unregister {
-                            key: key.clone(),
-                            shard: ctx.shard,
-                        });
-                    }
-                    return refuse("");
-                }
-                session.borrow_mut().accept_publish(stream_id);
-                ctx.stats.publishers.fetch_add(1, Ordering::Relaxed);
-                ctx.stats.publishes_total.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(conn = self.conn, stream = %redact(&key), "publishing");
-                self.publishing = Some((key, stream_id));
-                self.publisher_place = Some(place);
-            }
+            } => self.publish(stream_id, &name, session, outbox, ctx).await,
             ServerEvent::PlayRequest {
                 stream_id, name, ..
-            } => {
-                if !authorize(
-                    Action::Play,
-                    stream_id,
-                    &name,
-                    session,
-                    outbox,
-                    ctx,
-                    self.conn,
-                    self.peer,
-                )
-                .await
-                {
-                    return;
-                }
-                let key = stream_key(&session.borrow(), &name);
-                let mut live = ctx.hub.borrow().is_live(&key);
-                let wait = ctx.hub.borrow().play_wait();
-                // Not on this node: maybe on another node of the cluster.
-                let mut remote = false;
-                if let (false, Some(cluster)) = (live, &ctx.cluster) {
-                    remote = matches!(cluster.locate(&key).await, Located::Remote(_));
-                    live = ctx.hub.borrow().is_live(&key);
-                }
-                if !live && !remote && wait.is_none() {
-                    session.borrow_mut().reject_play(
-                        stream_id,
-                        "NetStream.Play.StreamNotFound",
-                        "no such stream",
-                    );
-                    return;
-                }
-                let Ok(place) = ctx.gate.player(&key) else {
-                    session.borrow_mut().reject_play(
-                        stream_id,
-                        "NetStream.Play.Failed",
-                        "this stream has reached its player limit on this node",
-                    );
-                    return;
-                };
-                // The session writes Play.Start first; flush it into the
-                // outbox before the hub queues cached media behind it.
-                session.borrow_mut().accept_play(stream_id);
-                let mut out = BytesMut::new();
-                session.borrow_mut().poll_transmit(&mut out);
-                outbox.push_urgent(out.freeze());
-                let player = Player::new(self.conn, stream_id, outbox.clone(), session.clone());
-                if !live {
-                    // Play.Start now; media once the key is published here
-                    // or its relay from another node starts.
-                    let wait = match (remote, wait) {
-                        (true, w) => w.unwrap_or(RELAY_START_WAIT).max(RELAY_START_WAIT),
-                        (false, w) => w.unwrap_or(RELAY_START_WAIT),
-                    };
-                    let parked = ctx.hub.borrow_mut().park(&key, player, wait);
-                    if let PlayOutcome::NotFound = parked {
-                        // Went live and ended again while we looked.
-                        session.borrow_mut().notify_unpublish(stream_id);
-                        return;
-                    }
-                    ctx.stats.players.fetch_add(1, Ordering::Relaxed);
-                    ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
-                    self.playing.push((key, stream_id, place));
-                    return;
-                }
-                match ctx.hub.borrow_mut().play(&key, player) {
-                    PlayOutcome::NotFound => {
-                        // It ended between the check and now.
-                        session.borrow_mut().notify_unpublish(stream_id);
-                    }
-                    PlayOutcome::Attached | PlayOutcome::Subscribing => {
-                        ctx.stats.players.fetch_add(1, Ordering::Relaxed);
-                        ctx.stats.plays_total.fetch_add(1, Ordering::Relaxed);
-                        self.playing.push((key, stream_id, place));
-                    }
-                }
-            }
-            ServerEvent::PublishEnded { .. } => self.stop_publishing(ctx),
+            } => self.play(stream_id, &name, session, outbox, ctx).await,
+            ServerEvent::PublishEnded { .. } => self.stop_publishing(ctx, Instant::now()),
             ServerEvent::PlayEnded { stream_id } => {
-                let before = self.playing.len();
                 self.playing.retain(|(_, id, _)| *id != stream_id);
-                let ended = (before - self.playing.len()) as u64;
-                ctx.stats.players.fetch_sub(ended, Ordering::Relaxed);
-                if self.playing.is_empty() {
-                    ctx.hub.borrow_mut().leave(self.conn);
-                }
+                ctx.hub.with(|h| h.stop_play(self.conn, stream_id));
             }
             _ => {}
         }
     }
 
-    /// Media or metadata from this connection's publisher, to the hub.
-    fn on_publisher_message(&self, message: RawMessage, ctx: &ConnectionContext) {
-        if let Some((key, _)) = &self.publishing {
-            ctx.hub.borrow_mut().on_publisher_message(key, message);
+    /// A publish request: auth, the node's publisher limit, the cluster's
+    /// claim, then the hub's, rolling the cluster claim back if the hub
+    /// refuses.
+    async fn publish(
+        &mut self,
+        stream_id: u32,
+        name: &str,
+        session: &mut ServerSession,
+        outbox: &Rc<Conn>,
+        ctx: &ConnectionContext,
+    ) {
+        let key = stream_key(session, name);
+        let refuse = |session: &mut ServerSession, where_: &str| {
+            session.reject_publish(
+                stream_id,
+                "NetStream.Publish.BadName",
+                &format!("stream key is already being published{where_}"),
+            );
+            tracing::info!(conn = self.conn, stream = %redact(&key), "publish refused: key in use{where_}");
+        };
+        if self.publishing.is_some() {
+            return refuse(session, "");
+        }
+        if !authorize(
+            Action::Publish,
+            stream_id,
+            name,
+            session,
+            outbox,
+            ctx,
+            self.conn,
+            self.peer,
+        )
+        .await
+        {
+            return;
+        }
+        let Ok(place) = ctx.gate.publisher() else {
+            session.reject_publish(
+                stream_id,
+                "NetStream.Publish.Rejected",
+                "this node has reached its publisher limit",
+            );
+            tracing::info!(conn = self.conn, "publish refused: publisher limit");
+            return;
+        };
+        if let Some(cluster) = &ctx.cluster {
+            // The registry first: a key is live on one node only.
+            let takeover = ctx.hub.read(|h| h.takeover());
+            match cluster.claim(&key, ctx.shard, takeover).await {
+                ClaimResult::Refused(node) if !node.is_empty() => {
+                    return refuse(session, &format!(" on node {node}"));
+                }
+                ClaimResult::Refused(_) => return refuse(session, " in the cluster"),
+                ClaimResult::Registered | ClaimResult::Unavailable => {}
+            }
+        }
+        let now = Instant::now();
+        let published = ctx
+            .hub
+            .with(|h| h.publish(&key, self.conn, outbox.clone(), unix_micros(), now));
+        let Some(id) = published else {
+            ctx.hub.with(|h| {
+                h.tell_cluster(Request::Unregister {
+                    key: key.clone(),
+                    shard: ctx.shard,
+                })
+            });
+            return refuse(session, "");
+        };
+        session.accept_publish(stream_id);
+        tracing::info!(conn = self.conn, stream = %redact(&key), "publishing");
+        self.publishing = Some((key, id, stream_id));
+        self.publisher_place = Some(place);
+    }
+
+    /// A play request: auth, where the stream is (here, on another node,
+    /// or not yet), the per-stream player limit, then the hub.
+    async fn play(
+        &mut self,
+        stream_id: u32,
+        name: &str,
+        session: &mut ServerSession,
+        outbox: &Rc<Conn>,
+        ctx: &ConnectionContext,
+    ) {
+        if !authorize(
+            Action::Play,
+            stream_id,
+            name,
+            session,
+            outbox,
+            ctx,
+            self.conn,
+            self.peer,
+        )
+        .await
+        {
+            return;
+        }
+        let key = stream_key(session, name);
+        let (mut live, wait) = ctx.hub.read(|h| (h.is_live(&key), h.play_wait()));
+        // Not on this node: maybe on another node of the cluster.
+        let mut remote = false;
+        if let (false, Some(cluster)) = (live, &ctx.cluster) {
+            remote = matches!(cluster.locate(&key).await, Located::Remote(_));
+            live = ctx.hub.read(|h| h.is_live(&key));
+        }
+        if !live && !remote && wait.is_none() {
+            session.reject_play(stream_id, "NetStream.Play.StreamNotFound", "no such stream");
+            return;
+        }
+        let Ok(place) = ctx.gate.player(&key) else {
+            session.reject_play(
+                stream_id,
+                "NetStream.Play.Failed",
+                "this stream has reached its player limit on this node",
+            );
+            return;
+        };
+        // The session writes Play.Start first; flush it into the outbox
+        // before the hub queues cached media behind it.
+        session.accept_play(stream_id);
+        flush(session, outbox);
+        let player = Player::new(self.conn, stream_id, session.chunk_size(), outbox.clone());
+        let now = Instant::now();
+        let outcome = if live {
+            ctx.hub.with(|h| h.play(&key, player))
+        } else {
+            // Play.Start now; media once the key is published here or its
+            // relay from another node starts.
+            let wait = match (remote, wait) {
+                (true, w) => w.unwrap_or(RELAY_START_WAIT).max(RELAY_START_WAIT),
+                (false, w) => w.unwrap_or(RELAY_START_WAIT),
+            };
+            ctx.hub.with(|h| h.park(&key, player, wait, now))
+        };
+        match outcome {
+            // It ended between the check and now.
+            PlayOutcome::NotFound => session.notify_unpublish(stream_id),
+            PlayOutcome::Attached | PlayOutcome::Subscribing => {
+                self.playing.push((key, stream_id, place));
+            }
         }
     }
 
-    fn stop_publishing(&mut self, ctx: &ConnectionContext) {
-        if let Some((key, _)) = self.publishing.take() {
-            ctx.hub.borrow_mut().unpublish(&key, self.conn);
-            ctx.stats.publishers.fetch_sub(1, Ordering::Relaxed);
+    /// Media or metadata from this connection's publisher, to the hub.
+    fn on_publisher_message(&self, message: RawMessage, ctx: &ConnectionContext, now: Instant) {
+        if let Some((_, id, _)) = &self.publishing {
+            let id = *id;
+            ctx.hub.with(|h| h.on_publisher_message(id, message, now));
+        }
+    }
+
+    fn stop_publishing(&mut self, ctx: &ConnectionContext, now: Instant) {
+        if let Some((key, id, _)) = self.publishing.take() {
+            ctx.hub.with(|h| h.unpublish(id, self.conn, now));
             tracing::info!(conn = self.conn, stream = %redact(&key), "unpublished");
         }
         self.publisher_place = None;
     }
 
-    fn leave(&mut self, ctx: &ConnectionContext) {
-        self.stop_publishing(ctx);
-        if !self.playing.is_empty() {
-            ctx.stats
-                .players
-                .fetch_sub(self.playing.len() as u64, Ordering::Relaxed);
-            self.playing.clear();
-        }
-        ctx.hub.borrow_mut().leave(self.conn);
+    fn leave(&mut self, ctx: &ConnectionContext, now: Instant) {
+        self.stop_publishing(ctx, now);
+        self.playing.clear();
+        ctx.hub.with(|h| h.leave(self.conn));
     }
 }
 

@@ -10,6 +10,7 @@ mod directory;
 mod gate;
 mod gop;
 mod hub;
+mod pump;
 pub mod ring;
 mod shard;
 mod stats;
@@ -30,17 +31,21 @@ use crate::tls::Certs;
 
 pub use directory::Directory;
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
-pub use stats::{ShardStats, ERROR_KINDS};
+pub use stats::{ShardStats, ERROR_KINDS, QUEUE_KINDS};
 
 pub use crate::stream::StreamKey;
 
 /// What shards tell each other about streams. Cloning shares payloads.
+/// Per-message traffic (snapshot, media, end) names the subscriber's own
+/// [`hub::StreamId`] for the stream, so the receiver hashes no key.
 #[derive(Debug, Clone)]
 pub enum ShardMsg {
-    /// `shard` has players for `key`: send it the snapshot, then live media.
+    /// `shard` has players for `key` (its relay `id`): send it the
+    /// snapshot, then live media.
     Subscribe {
         key: StreamKey,
         shard: usize,
+        id: hub::StreamId,
     },
     Unsubscribe {
         key: StreamKey,
@@ -48,16 +53,16 @@ pub enum ShardMsg {
     },
     /// Metadata, sequence headers and the last GOP, in order.
     Snapshot {
-        key: StreamKey,
+        id: hub::StreamId,
         messages: Vec<RawMessage>,
     },
     Media {
-        key: StreamKey,
+        id: hub::StreamId,
         message: RawMessage,
     },
-    /// The publisher left.
+    /// The publisher left (or the stream was never here).
     Ended {
-        key: StreamKey,
+        id: hub::StreamId,
     },
     /// `key` was just published (on the sending shard): attach waiting players.
     Published {

@@ -15,13 +15,15 @@ use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 
 use crate::cluster::ClusterHandle;
-use crate::stream::ShardCommands;
 use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
+use crate::stream::ShardCommands;
 
+use super::conn::Notice;
 use super::connection::{serve, ConnectionContext};
 use super::directory::Directory;
 use super::hub::{Hub, HubConfig};
+use super::pump::SharedHub;
 use super::ring::{SocketRing, Timeouts};
 use super::stats::ShardStats;
 use super::ShardMsg;
@@ -124,8 +126,10 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
     }
     setup.listening.fetch_add(1, Ordering::SeqCst);
 
-    let hub = Rc::new(RefCell::new(Hub::new(
+    let mesh = Rc::new(senders);
+    let hub = Hub::new(
         shard,
+        mesh.nr_consumers(),
         HubConfig {
             gop_cache_max_bytes: config.streams.gop_cache_max_bytes,
             queue_max_bytes: config.players.queue_max_bytes,
@@ -137,10 +141,12 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
                 .then(|| Duration::from_millis(config.streams.play_wait_timeout_ms)),
         },
         setup.directory.clone(),
-        Rc::new(senders),
         stats.clone(),
-        setup.cluster.clone(),
-    )));
+        setup.cluster.is_some(),
+        std::time::Instant::now(),
+    );
+    let hub = SharedHub::new(hub, mesh, setup.cluster.clone());
+    hub.spawn_pumps(shard);
 
     // Commands from the cluster's control thread (relayed media among them).
     // (The admin plane kicks publishers through the same queue.)
@@ -157,7 +163,7 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
         let hub = hub.clone();
         glommio::spawn_local(async move {
             while let Some(cmd) = rx.recv().await {
-                hub.borrow_mut().on_cluster(cmd);
+                hub.with(|h| h.on_cluster(cmd, std::time::Instant::now()));
             }
         })
         .detach();
@@ -169,7 +175,7 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
         let hub = hub.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = rx.next().await {
-                hub.borrow_mut().on_shard_message(msg);
+                hub.with(|h| h.on_shard_message(msg, std::time::Instant::now()));
             }
         })
         .detach();
@@ -177,6 +183,7 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
 
     let ctx = Rc::new(ConnectionContext {
         open: RefCell::new(Vec::new()),
+        reconnects_asked: std::cell::Cell::new(0),
         hub: hub.clone(),
         stats: stats.clone(),
         shard,
@@ -246,7 +253,7 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
                 glommio::timer::sleep(SWEEP_INTERVAL).await;
                 let now = std::time::Instant::now();
                 ring.sweep(now);
-                hub.borrow_mut().expire(now);
+                hub.with(|h| h.tick(now));
             }
         })
         .detach();
@@ -261,40 +268,20 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
     // has queued and closes, within a bounded time. Encoders that said they
     // can (Enhanced RTMP v2 capsEx Reconnect) are asked to reconnect, which
     // through DNS lands them on another node, and keep their connection
-    // until they go or the grace ends.
-    hub.borrow_mut().shutdown();
-    let mut asked = 0;
-    for (outbox, session) in ctx.open.borrow().iter() {
-        let Some(outbox) = outbox.upgrade() else {
-            continue;
-        };
-        let reconnecting = session
-            .upgrade()
-            .and_then(|s| {
-                let mut s = s.try_borrow_mut().ok()?;
-                if !s.is_publishing() {
-                    return None;
-                }
-                s.request_reconnect(None, "this node is shutting down: reconnect")
-                    .then(|| {
-                        let mut out = bytes::BytesMut::new();
-                        s.poll_transmit(&mut out);
-                        outbox.push_urgent(out.freeze());
-                    })
-            })
-            .is_some();
-        if reconnecting {
-            asked += 1;
-        } else {
-            outbox.close();
+    // until they go or the grace ends (see `Notice::Shutdown`).
+    hub.with(|h| h.shutdown());
+    for conn in ctx.open.borrow().iter() {
+        if let Some(conn) = conn.upgrade() {
+            conn.notice(Notice::Shutdown, &stats);
         }
-    }
-    if asked > 0 {
-        tracing::info!(shard, "asked {asked} encoders to reconnect elsewhere");
     }
     let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
     while stats.connections.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = ctx.reconnects_asked.get();
+    if asked > 0 {
+        tracing::info!(shard, "asked {asked} encoders to reconnect elsewhere");
     }
     let left = stats.connections.load(Ordering::Relaxed);
     if left > 0 {
@@ -302,9 +289,9 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
             shard,
             "{left} connections still open after {SHUTDOWN_GRACE:?}; closing them"
         );
-        for (outbox, _) in ctx.open.borrow().iter() {
-            if let Some(outbox) = outbox.upgrade() {
-                outbox.close();
+        for conn in ctx.open.borrow().iter() {
+            if let Some(conn) = conn.upgrade() {
+                conn.close();
             }
         }
     }

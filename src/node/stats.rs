@@ -8,6 +8,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Kinds of protocol error, as counted and exported.
 pub const ERROR_KINDS: [&str; 5] = ["handshake", "chunk", "command", "sequence", "timeout"];
 
+/// Bounded queues whose overflow is counted, as exported
+/// (`tributary_queue_overflow_total{queue}`).
+pub const QUEUE_KINDS: [&str; 4] = ["mesh_control", "cluster_requests", "exports", "notices"];
+
+/// A bounded queue, indexed like [`QUEUE_KINDS`].
+#[derive(Debug, Clone, Copy)]
+pub enum Queue {
+    /// Control messages for another shard (`hub::MESH_CONTROL_BACKLOG`).
+    MeshControl = 0,
+    /// Requests for the cluster's control thread (`hub::CLUSTER_BACKLOG`).
+    ClusterRequests = 1,
+    /// Exported media within one hub call (`hub::EXPORT_BACKLOG`).
+    Exports = 2,
+    /// Notices for one connection (`conn::MAX_NOTICES`).
+    Notices = 3,
+}
+
 #[derive(Debug, Default)]
 pub struct ShardStats {
     pub connections: AtomicU64,
@@ -31,6 +48,8 @@ pub struct ShardStats {
     /// Publishes and plays refused by auth, indexed like
     /// [`crate::auth::REFUSAL_KINDS`].
     pub auth_refused: [AtomicU64; 5],
+    /// Indexed like [`QUEUE_KINDS`].
+    pub queue_overflow: [AtomicU64; 4],
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -59,6 +78,9 @@ impl ShardStats {
         if let Some(i) = crate::auth::REFUSAL_KINDS.iter().position(|k| *k == kind) {
             add(&self.auth_refused[i], 1);
         }
+    }
+    pub fn add_queue_overflow(&self, queue: Queue) {
+        add(&self.queue_overflow[queue as usize], 1);
     }
     pub fn add_in(&self, bytes: u64) {
         add(&self.bytes_in, bytes);

@@ -90,12 +90,12 @@ impl Notify {
         }
     }
 
-    fn wait(&self) -> NotifyWait<'_> {
+    pub fn wait(&self) -> NotifyWait<'_> {
         NotifyWait(self)
     }
 }
 
-struct NotifyWait<'a>(&'a Notify);
+pub struct NotifyWait<'a>(&'a Notify);
 
 impl Future for NotifyWait<'_> {
     type Output = ();

@@ -1,0 +1,163 @@
+//! The fan-out to a stream's local players: each message is encoded once
+//! per (stream id, chunk size) and the same `Bytes` queued to every player,
+//! under the slow-player rules.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::chunk::encode_message;
+use crate::protocol::server::{PLAYER_AUDIO_CSID, PLAYER_DATA_CSID, PLAYER_VIDEO_CSID};
+use crate::protocol::{MessageType, RawMessage};
+
+use super::super::conn::{Conn, Notice};
+use super::super::gop::{GopCache, Kind};
+use super::super::stats::ShardStats;
+use super::HubConfig;
+
+/// A player attached to a stream on this shard.
+pub struct Player {
+    pub conn: u64,
+    /// The RTMP message stream it plays on.
+    pub stream_id: u32,
+    /// The connection's outgoing chunk size.
+    pub chunk_size: u32,
+    pub out: Rc<Conn>,
+    /// Dropping frames until the next keyframe (slow, or just joined a
+    /// stream with no keyframe cached).
+    pub(super) waiting_key: bool,
+    /// When it started falling behind.
+    behind_since: Option<Instant>,
+}
+
+impl Player {
+    pub fn new(conn: u64, stream_id: u32, chunk_size: u32, out: Rc<Conn>) -> Self {
+        Self {
+            conn,
+            stream_id,
+            chunk_size,
+            out,
+            waiting_key: false,
+            behind_since: None,
+        }
+    }
+
+    pub(super) fn is(&self, conn: u64, stream_id: u32) -> bool {
+        self.conn == conn && self.stream_id == stream_id
+    }
+}
+
+/// Encoded bytes per (stream id, chunk size) for the message in flight.
+pub type Memo = Vec<((u32, u32), Bytes)>;
+
+/// Starts a player: what the cache holds (metadata, headers, last GOP from
+/// its keyframe); live media follows.
+pub fn attach(gop: &GopCache, players: &mut Vec<Player>, mut player: Player, memo: &mut Memo) {
+    player.waiting_key = !gop.has_keyframe();
+    for m in gop.snapshot() {
+        memo.clear();
+        send(&player, m, memo);
+    }
+    players.push(player);
+}
+
+fn encoded(player: &Player, m: &RawMessage, memo: &mut Memo) -> Bytes {
+    let key = (player.stream_id, player.chunk_size);
+    if let Some((_, b)) = memo.iter().find(|(k, _)| *k == key) {
+        return b.clone();
+    }
+    let mut msg = m.clone();
+    msg.stream_id = player.stream_id;
+    msg.csid = match msg.type_id {
+        MessageType::AUDIO => PLAYER_AUDIO_CSID,
+        MessageType::VIDEO => PLAYER_VIDEO_CSID,
+        _ => PLAYER_DATA_CSID,
+    };
+    let mut out = BytesMut::new();
+    encode_message(&mut out, player.chunk_size, &msg);
+    let b = out.freeze();
+    memo.push((key, b.clone()));
+    b
+}
+
+/// Queues `m` for `player`. A video frame starts the shard's next send
+/// round at once; audio and data may wait for it (up to
+/// `players.send_coalesce_ms`), so that a player's audio leaves in the same
+/// send as the next video frame instead of a packet of its own.
+fn send(player: &Player, m: &RawMessage, memo: &mut Memo) {
+    let b = encoded(player, m, memo);
+    if m.type_id == MessageType::VIDEO {
+        player.out.push_urgent(b);
+    } else {
+        player.out.push(b);
+    }
+}
+
+/// Queues `m` to every player, encoded once per (stream id, chunk size).
+/// A player whose queue would pass its byte limit drops frames up to the
+/// next keyframe; one that stays behind past `max_lag_ms` is disconnected.
+/// Returns how many players left the list (closed or cut).
+pub fn fan_out(
+    players: &mut Vec<Player>,
+    m: &RawMessage,
+    kind: Kind,
+    config: &HubConfig,
+    stats: &ShardStats,
+    memo: &mut Memo,
+    now: Instant,
+) -> usize {
+    memo.clear();
+    let before = players.len();
+    players.retain_mut(|p| {
+        if p.out.is_closed() {
+            return false;
+        }
+        if p.waiting_key {
+            if kind.keyframe && p.out.queued_bytes() + m.payload.len() <= config.queue_max_bytes {
+                p.waiting_key = false;
+                p.behind_since = None;
+            } else if !kind.header {
+                stats.add_dropped_frames_slow();
+                if p.behind_since
+                    .is_some_and(|t| now.duration_since(t).as_millis() as u64 > config.max_lag_ms)
+                {
+                    stats.add_disconnected_slow();
+                    p.out.close();
+                    return false;
+                }
+                return true;
+            }
+        } else if p.out.queued_bytes() + m.payload.len() > config.queue_max_bytes && !kind.header {
+            p.waiting_key = true;
+            p.behind_since.get_or_insert(now);
+            stats.add_dropped_frames_slow();
+            return true;
+        }
+        send(p, m, memo);
+        stats.add_message_out();
+        true
+    });
+    before - players.len()
+}
+
+/// The publisher is gone: each player is told (its connection writes
+/// NetStream.Play.UnpublishNotify and StreamEOF). With `keep`, the players
+/// are returned to wait for a re-publish; the others' connections close
+/// once the notice is written.
+pub fn end_players(players: Vec<Player>, keep: bool, stats: &ShardStats) -> Vec<Player> {
+    let mut kept = Vec::new();
+    for p in players {
+        let told = p.out.notice(
+            Notice::Ended {
+                stream_id: p.stream_id,
+                waiting: keep,
+            },
+            stats,
+        );
+        if keep && told && !p.out.is_closed() {
+            kept.push(p);
+        }
+    }
+    kept
+}
