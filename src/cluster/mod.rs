@@ -15,6 +15,7 @@
 //!   live subject by sequence number.
 
 mod control;
+pub mod splice;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +28,13 @@ use crate::protocol::RawMessage;
 use crate::stream::StreamKey;
 pub use crate::stream::{ShardCommand, SnapshotReply};
 
-/// Requests from shards to the control thread. Bounded; media is sent with
-/// `try_send` and a full queue is a counted drop, never a wait.
+/// Requests from shards to the control thread (claims, lookups,
+/// unregisters, ...). Bounded.
 pub const REQUEST_QUEUE: usize = 8192;
+/// Exported media from shards to the control thread: its own queue, so a
+/// publish claim never waits behind media. Offered with `try_send`; a full
+/// queue is a counted drop, never a wait.
+pub const EXPORT_QUEUE: usize = 8192;
 
 /// How the cluster is reached and tuned (from `[cluster]` and `[node]`).
 #[derive(Debug, Clone)]
@@ -132,12 +137,6 @@ pub enum Request {
     },
     /// Nobody on this node watches the relay of `key` any more.
     Release { key: StreamKey },
-    /// A message of a stream this node exports (owner side).
-    Media {
-        key: StreamKey,
-        seq: u64,
-        message: RawMessage,
-    },
     /// Every stream of the cluster, for `/api/streams?scope=cluster`.
     List {
         reply: oneshot::Sender<Result<Vec<(String, Registration)>, String>>,
@@ -153,6 +152,15 @@ pub enum Request {
         key: StreamKey,
         reply: oneshot::Sender<Result<String, String>>,
     },
+}
+
+/// A message of a stream this node exports (owner side), on the export
+/// queue.
+#[derive(Debug)]
+pub struct Export {
+    pub key: StreamKey,
+    pub seq: u64,
+    pub message: RawMessage,
 }
 
 /// A node's heartbeat entry (bucket `tributary_nodes`), refreshed with the
@@ -212,6 +220,7 @@ pub enum ClusterError {
 #[derive(Clone, Debug)]
 pub struct ClusterHandle {
     requests: mpsc::Sender<Request>,
+    exports: mpsc::Sender<Export>,
     pub stats: Arc<ClusterStats>,
     pub node_id: Arc<str>,
 }
@@ -328,7 +337,7 @@ impl ClusterHandle {
     }
 
     /// Offers a fire-and-forget request (unregister, want, release, a
-    /// stream report, exported media) without waiting; a full queue hands
+    /// stream report) without waiting; a full queue hands
     /// it back. Shards keep such requests in their hub's bounded outbox and
     /// a pump sends them ([`ClusterHandle::request`]).
     pub fn try_request(&self, req: Request) -> Result<(), Request> {
@@ -345,10 +354,13 @@ impl ClusterHandle {
         let _ = self.requests.send(req).await;
     }
 
-    /// An exported message the queue had no room for: the relaying nodes
-    /// see the gap and resume at the next keyframe.
-    pub fn count_export_drop(&self) {
-        ClusterStats::add(&self.stats.export_drops, 1);
+    /// Offers an exported message; when the export queue is full it is
+    /// dropped and counted: the relaying nodes see the gap and resume at the
+    /// next keyframe.
+    pub fn export(&self, export: Export) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.exports.try_send(export) {
+            ClusterStats::add(&self.stats.export_drops, 1);
+        }
     }
 }
 
@@ -359,13 +371,15 @@ pub fn start(
     senders: Vec<mpsc::Sender<ShardCommand>>,
 ) -> Result<ClusterHandle, ClusterError> {
     let (req_tx, req_rx) = mpsc::channel(REQUEST_QUEUE);
+    let (export_tx, export_rx) = mpsc::channel(EXPORT_QUEUE);
     let stats = Arc::new(ClusterStats::default());
     let handle = ClusterHandle {
         requests: req_tx,
+        exports: export_tx,
         stats: stats.clone(),
         node_id: Arc::from(settings.node_id.as_str()),
     };
-    control::spawn(settings, req_rx, senders, stats)
+    control::spawn(settings, req_rx, export_rx, senders, stats)
         .map_err(|e| ClusterError::Start(format!("cannot start the control thread: {e}")))?;
     Ok(handle)
 }

@@ -80,10 +80,8 @@ impl SharedHub {
         let Some(cluster) = &self.cluster else {
             return;
         };
-        while let Some(req) = out.pop_export() {
-            if cluster.try_request(req).is_err() {
-                cluster.count_export_drop();
-            }
+        while let Some(export) = out.pop_export() {
+            cluster.export(export);
         }
         if !self.cluster_busy.get() {
             while let Some(req) = out.pop_request() {

@@ -274,7 +274,7 @@ impl Hub {
         stream.bytes += message.payload.len() as u64;
         if stream.export {
             self.out.export(
-                Request::Media {
+                crate::cluster::Export {
                     key: stream.key.clone(),
                     seq: stream.seq,
                     message: message.clone(),

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::cluster::Request;
+use crate::cluster::{Export, Request};
 
 use super::super::stats::{Queue, ShardStats};
 use super::super::ShardMsg;
@@ -30,7 +30,7 @@ pub const EXPORT_BACKLOG: usize = 256;
 pub struct Outbox {
     shards: Vec<VecDeque<ShardMsg>>,
     cluster: VecDeque<Request>,
-    exports: VecDeque<Request>,
+    exports: VecDeque<Export>,
 }
 
 impl Outbox {
@@ -80,12 +80,12 @@ impl Outbox {
         self.cluster.push_back(req);
     }
 
-    pub fn export(&mut self, req: Request, stats: &ShardStats) {
+    pub fn export(&mut self, export: Export, stats: &ShardStats) {
         if self.exports.len() >= EXPORT_BACKLOG {
             stats.add_queue_overflow(Queue::Exports);
             return;
         }
-        self.exports.push_back(req);
+        self.exports.push_back(export);
     }
 
     pub fn pop_shard(&mut self, shard: usize) -> Option<ShardMsg> {
@@ -107,7 +107,7 @@ impl Outbox {
         self.cluster.push_front(req);
     }
 
-    pub fn pop_export(&mut self) -> Option<Request> {
+    pub fn pop_export(&mut self) -> Option<Export> {
         self.exports.pop_front()
     }
 

@@ -147,9 +147,7 @@ impl Shards {
                 while let Some(r) = self.hubs[from].outbox().pop_request() {
                     self.requests.push(r);
                 }
-                while let Some(r) = self.hubs[from].outbox().pop_export() {
-                    self.requests.push(r);
-                }
+                while self.hubs[from].outbox().pop_export().is_some() {}
             }
             if !moved {
                 return;

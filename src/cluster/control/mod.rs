@@ -1,0 +1,459 @@
+//! The control thread: the only place async-nats runs (a tokio
+//! current-thread runtime with a `LocalSet`, so its state is plain
+//! `Rc`/`RefCell`). It owns the registry entries of this node's streams,
+//! answers other nodes' attach and snapshot requests, exports attached
+//! streams, and relays remote streams to the shard that asked. It never
+//! blocks a shard: shards hear from it through bounded queues.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use async_nats::{Client, ConnectOptions, Event};
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::wire::{self, Frame, Joiner};
+use super::{
+    unix_ms, ClaimResult, ClusterSettings, ClusterStats, Export, Located, NodeInfo, Registration,
+    Request, ShardCommand,
+};
+use crate::protocol::RawMessage;
+use crate::stream::StreamKey;
+
+mod export;
+mod registry;
+mod relay;
+
+const STREAMS_BUCKET: &str = "tributary_streams";
+const NODES_BUCKET: &str = "tributary_nodes";
+/// An attachment not renewed for this long ends the export to that node.
+const ATTACH_TTL: Duration = Duration::from_secs(3);
+/// A relaying node renews its attachment this often.
+const ATTACH_RENEW: Duration = Duration::from_millis(750);
+/// A relay ends after this many renewals in a row go unanswered; a node
+/// that moves to another NATS server is back well within it.
+const MAX_MISSED_RENEWALS: u32 = 3;
+/// The longest the control thread waits to hand one media frame to the
+/// NATS client.
+const PUBLISH_WAIT: Duration = Duration::from_millis(50);
+/// One registry or request round trip.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a relaying node waits for a whole snapshot.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Housekeeping tick: attachments, wants, refresh and heartbeats.
+const TICK: Duration = Duration::from_millis(250);
+
+pub(super) fn spawn(
+    settings: ClusterSettings,
+    requests: mpsc::Receiver<Request>,
+    exports: mpsc::Receiver<Export>,
+    shards: Vec<mpsc::Sender<ShardCommand>>,
+    stats: Arc<ClusterStats>,
+) -> std::io::Result<()> {
+    crate::control_thread::spawn("tributary-nats", move || {
+        run(settings, requests, exports, shards, stats)
+    })
+}
+
+/// A stream this node publishes.
+struct Owned {
+    shard: usize,
+    registration: Registration,
+    /// Our entry's revision; None until registered (NATS was down).
+    revision: Option<u64>,
+    /// Nodes attached to its media, and when each last renewed.
+    attached: HashMap<String, Instant>,
+    exporting: bool,
+    subject: String,
+    /// Which claim made this entry (see `claim`).
+    claim: u64,
+}
+
+/// A remote stream relayed to a shard here (starting or running).
+struct Relay {
+    generation: u64,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+struct Wanted {
+    shard: usize,
+    until: Instant,
+}
+
+struct Control {
+    s: ClusterSettings,
+    me: String,
+    client: Client,
+    js: jetstream::Context,
+    streams_kv: RefCell<Option<kv::Store>>,
+    nodes_kv: RefCell<Option<kv::Store>>,
+    shards: Vec<mpsc::Sender<ShardCommand>>,
+    stats: Arc<ClusterStats>,
+    owned: RefCell<HashMap<StreamKey, Owned>>,
+    relays: RefCell<HashMap<StreamKey, Relay>>,
+    wanted: RefCell<HashMap<StreamKey, Wanted>>,
+    next_generation: Cell<u64>,
+    /// Unregister tasks still running (Flush waits for them).
+    pending: Cell<usize>,
+    /// A NATS client error was logged since the last connect.
+    warned: Cell<bool>,
+    /// Set on (re)connect: refresh and re-register at the next tick.
+    refresh_now: Cell<bool>,
+    started_ms: u64,
+}
+
+async fn connect(s: &ClusterSettings, events: mpsc::Sender<Event>) -> Result<Client, String> {
+    let mut opts = ConnectOptions::new()
+        .name(format!("tributary {}", s.node_id))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(OP_TIMEOUT)
+        .request_timeout(Some(OP_TIMEOUT))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                let _ = events.try_send(event);
+            }
+        });
+    if !s.creds_file.is_empty() {
+        opts = opts
+            .credentials_file(&s.creds_file)
+            .await
+            .map_err(|e| format!("cluster.creds_file {}: {e}", s.creds_file))?;
+    }
+    if !s.nkey_seed.is_empty() {
+        opts = opts.nkey(s.nkey_seed.clone());
+    }
+    if !s.token.is_empty() {
+        opts = opts.token(s.token.clone());
+    }
+    if !s.user.is_empty() {
+        opts = opts.user_and_password(s.user.clone(), s.password.clone());
+    }
+    if !s.tls_ca_file.is_empty() {
+        opts = opts.add_root_certificates(s.tls_ca_file.clone().into());
+    }
+    if s.require_tls {
+        opts = opts.require_tls(true);
+    }
+    opts.connect(s.servers.clone())
+        .await
+        .map_err(|e| format!("NATS: {e}"))
+}
+
+async fn run(
+    settings: ClusterSettings,
+    mut requests: mpsc::Receiver<Request>,
+    mut exports: mpsc::Receiver<Export>,
+    shards: Vec<mpsc::Sender<ShardCommand>>,
+    stats: Arc<ClusterStats>,
+) {
+    let (events_tx, mut events) = mpsc::channel(64);
+    let client = match connect(&settings, events_tx).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}; this node runs standalone");
+            // Nothing is exported; the queue closes.
+            exports.close();
+            // Keep answering shards so that nothing waits on us.
+            while let Some(req) = requests.recv().await {
+                refuse(req);
+            }
+            return;
+        }
+    };
+    let me = wire::token(&settings.node_id);
+    let control = Rc::new(Control {
+        js: jetstream::new(client.clone()),
+        me,
+        client,
+        s: settings,
+        streams_kv: RefCell::new(None),
+        nodes_kv: RefCell::new(None),
+        shards,
+        stats,
+        owned: RefCell::new(HashMap::new()),
+        relays: RefCell::new(HashMap::new()),
+        wanted: RefCell::new(HashMap::new()),
+        next_generation: Cell::new(0),
+        pending: Cell::new(0),
+        warned: Cell::new(false),
+        refresh_now: Cell::new(true),
+        started_ms: unix_ms(),
+    });
+    {
+        let c = control.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(event) = events.recv().await {
+                c.on_event(event);
+            }
+        });
+    }
+    tokio::task::spawn_local(control.clone().serve_requests());
+    {
+        // Exported media has its own queue and task: a claim never waits
+        // behind media.
+        let c = control.clone();
+        tokio::task::spawn_local(async move {
+            while let Some(e) = exports.recv().await {
+                c.export(&e.key, e.seq, &e.message).await;
+            }
+        });
+    }
+    tokio::task::spawn_local(control.clone().housekeeping());
+    while let Some(req) = requests.recv().await {
+        control.handle(req).await;
+    }
+}
+
+/// Answers for a control thread that could not start.
+fn refuse(req: Request) {
+    match req {
+        Request::Claim { reply, .. } => {
+            let _ = reply.send(ClaimResult::Unavailable);
+        }
+        Request::Locate { reply, .. } => {
+            let _ = reply.send(Located::Unavailable);
+        }
+        Request::List { reply } => {
+            let _ = reply.send(Err("NATS is not configured correctly".into()));
+        }
+        Request::Nodes { reply } => {
+            let _ = reply.send(Err("NATS is not configured correctly".into()));
+        }
+        Request::Flush { reply } => {
+            let _ = reply.send(());
+        }
+        Request::Kick { reply, .. } => {
+            let _ = reply.send(Err("NATS is not configured correctly".into()));
+        }
+        _ => {}
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AttachRequest {
+    key: String,
+    node: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AttachReply {
+    ok: bool,
+}
+
+fn count(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Control {
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn max_frame(&self) -> usize {
+        match self.client.server_info().max_payload {
+            0 => 1 << 20,
+            n => n,
+        }
+    }
+
+    fn streams_kv(&self) -> Option<kv::Store> {
+        self.streams_kv.borrow().clone()
+    }
+
+    fn on_event(&self, event: Event) {
+        match event {
+            Event::Connected => {
+                if self.stats.connected.swap(1, Ordering::Relaxed) == 0 {
+                    count(&self.stats.reconnects);
+                }
+                tracing::info!("NATS connected");
+                self.warned.set(false);
+                // The server may be a fresh one (the registry lost with it):
+                // reopen the buckets, creating them if missing, and
+                // re-register what this node owns at once.
+                *self.streams_kv.borrow_mut() = None;
+                *self.nodes_kv.borrow_mut() = None;
+                self.refresh_now.set(true);
+            }
+            Event::Disconnected => {
+                self.stats.connected.store(0, Ordering::Relaxed);
+                tracing::warn!("NATS disconnected; reconnecting");
+            }
+            Event::SlowConsumer(_) => count(&self.stats.relay_gaps),
+            Event::ClientError(e) => {
+                // Once per outage, not once per reconnect attempt.
+                if self.stats.connected.load(Ordering::Relaxed) == 1 || !self.warned.replace(true) {
+                    tracing::warn!("NATS client error: {e}");
+                }
+            }
+            Event::ServerError(e) => tracing::warn!("NATS server error: {e}"),
+            other => tracing::info!("NATS: {other}"),
+        }
+    }
+
+    /// Creates the registry buckets if missing. The KV stream is made
+    /// directly (not with `create_key_value`), which works on nats-server
+    /// 2.9 as well as on newer servers.
+    async fn ensure_buckets(&self) -> Result<(), String> {
+        for (bucket, slot) in [
+            (STREAMS_BUCKET, &self.streams_kv),
+            (NODES_BUCKET, &self.nodes_kv),
+        ] {
+            if slot.borrow().is_some() {
+                continue;
+            }
+            let ttl = self.s.registry_ttl;
+            let config = jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                duplicate_window: ttl.min(Duration::from_secs(120)),
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                num_replicas: self.s.kv_replicas,
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            };
+            tokio::time::timeout(OP_TIMEOUT, self.js.get_or_create_stream(config))
+                .await
+                .map_err(|_| format!("creating bucket {bucket}: timed out"))?
+                .map_err(|e| format!("creating bucket {bucket}: {e}"))?;
+            let store = tokio::time::timeout(OP_TIMEOUT, self.js.get_key_value(bucket))
+                .await
+                .map_err(|_| format!("opening bucket {bucket}: timed out"))?
+                .map_err(|e| format!("opening bucket {bucket}: {e}"))?;
+            *slot.borrow_mut() = Some(store);
+        }
+        Ok(())
+    }
+
+    async fn handle(self: &Rc<Self>, req: Request) {
+        match req {
+            Request::Claim {
+                key,
+                shard,
+                takeover,
+                reply,
+            } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    c.claim(&key, shard, takeover, reply).await;
+                });
+            }
+            Request::Unregister { key, shard } => self.unregister(key, shard),
+            Request::Locate { key, reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.locate(&key).await.0);
+                });
+            }
+            Request::Want { key, shard, until } => {
+                {
+                    let mut wanted = self.wanted.borrow_mut();
+                    let w = wanted.entry(key.clone()).or_insert(Wanted { shard, until });
+                    w.shard = shard;
+                    w.until = w.until.max(until);
+                }
+                self.try_pull(key);
+            }
+            Request::StreamInfo {
+                key,
+                shard,
+                video_codec,
+                audio_codec,
+                bitrate_kbps,
+            } => {
+                if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
+                    if o.shard == shard {
+                        o.registration.video_codec = video_codec;
+                        o.registration.audio_codec = audio_codec;
+                        o.registration.bitrate_kbps = bitrate_kbps;
+                    }
+                }
+            }
+            Request::Release { key } => {
+                // Nobody here watches it: stop wanting it too.
+                self.wanted.borrow_mut().remove(&key);
+                if let Some(mut relay) = self.relays.borrow_mut().remove(&key) {
+                    if let Some(stop) = relay.stop.take() {
+                        let _ = stop.send(());
+                    }
+                }
+            }
+            Request::List { reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.list().await);
+                });
+            }
+            Request::Nodes { reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.nodes().await);
+                });
+            }
+            Request::Kick { key, reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.kick(&key).await);
+                });
+            }
+            Request::Flush { reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+                    while c.pending.get() > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    if c.connected() {
+                        let _ = tokio::time::timeout(OP_TIMEOUT, c.client.flush()).await;
+                    }
+                    let _ = reply.send(());
+                });
+            }
+        }
+    }
+
+    // ----- owner side
+
+    async fn housekeeping(self: Rc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_refresh = Instant::now();
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            if self.connected() {
+                if let Err(e) = self.ensure_buckets().await {
+                    tracing::warn!("{e}");
+                }
+            }
+            self.expire_attachments(now).await;
+            self.wanted.borrow_mut().retain(|_, w| w.until > now);
+            let wanted: Vec<StreamKey> = self.wanted.borrow().keys().cloned().collect();
+            for key in wanted {
+                self.try_pull(key);
+            }
+            let due = self.refresh_now.get()
+                || now.duration_since(last_refresh) >= self.s.refresh_interval();
+            if due && self.connected() && self.streams_kv().is_some() {
+                self.refresh_now.set(false);
+                last_refresh = now;
+                self.refresh().await;
+            }
+        }
+    }
+}

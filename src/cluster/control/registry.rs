@@ -1,0 +1,404 @@
+//! The registry side of the control thread: publish claims (atomic
+//! create, takeover by revision), refreshes of this node's entries and
+//! heartbeat, lookups, listings and cluster-wide kicks.
+
+use super::*;
+
+impl Control {
+    pub(super) fn registration_value(reg: &Registration) -> Bytes {
+        Bytes::from(serde_json::to_vec(reg).unwrap_or_default())
+    }
+
+    pub(super) async fn entry(&self, key: &str) -> Result<Option<(Registration, u64)>, String> {
+        let kv = self.streams_kv().ok_or("registry not open")?;
+        count(&self.stats.registry_ops);
+        let entry = tokio::time::timeout(OP_TIMEOUT, kv.entry(wire::token(key)))
+            .await
+            .map_err(|_| "registry read timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(entry.and_then(|e| {
+            if e.operation != kv::Operation::Put {
+                return None;
+            }
+            let reg: Registration = serde_json::from_slice(&e.value).ok()?;
+            Some((reg, e.revision))
+        }))
+    }
+
+    /// Whether the node named in a registry entry still answers.
+    pub(super) async fn alive(&self, node: &str) -> bool {
+        let subject = format!("trib.ping.{}", wire::token(node));
+        matches!(
+            tokio::time::timeout(
+                Duration::from_millis(800),
+                self.client.request(subject, Bytes::new())
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The registry step of a publish. Rule for a key found registered:
+    /// a live owner keeps it (unless takeover); a dead owner's entry is
+    /// replaced by compare-and-set.
+    pub(super) async fn claim(
+        &self,
+        key: &StreamKey,
+        shard: usize,
+        takeover: bool,
+        reply: oneshot::Sender<ClaimResult>,
+    ) {
+        let local_owner = self.owned.borrow().get(key).map(|o| o.shard);
+        if local_owner.is_some() && !takeover {
+            let _ = reply.send(ClaimResult::Refused(self.s.node_id.clone()));
+            return;
+        }
+        let registration = Registration {
+            node: self.s.node_id.clone(),
+            shard,
+            started_ms: unix_ms(),
+            video_codec: String::new(),
+            audio_codec: String::new(),
+            bitrate_kbps: 0,
+        };
+        // The entry goes into `owned` before the registry answers, so that
+        // an Unregister arriving meanwhile (the publisher left, or the
+        // shard stopped waiting) finds it; the claim id tells whether it is
+        // still ours afterwards.
+        let claim = self.next_generation.get() + 1;
+        self.next_generation.set(claim);
+        let subject = format!("trib.media.{}.{}", self.me, wire::token(key));
+        {
+            let mut owned = self.owned.borrow_mut();
+            let previous = owned.insert(
+                key.clone(),
+                Owned {
+                    shard,
+                    registration: registration.clone(),
+                    revision: None,
+                    attached: HashMap::new(),
+                    exporting: false,
+                    subject,
+                    claim,
+                },
+            );
+            // A local takeover keeps the attachments: the new shard exports.
+            if let (Some(prev), Some(o)) = (previous, owned.get_mut(key)) {
+                o.attached = prev.attached;
+                o.exporting = !o.attached.is_empty();
+            }
+        }
+        let result = self.register(key, &registration, takeover).await;
+        let still = self
+            .owned
+            .borrow()
+            .get(key)
+            .is_some_and(|o| o.claim == claim);
+        let answer = match result {
+            Ok(Some(rev)) if still => {
+                if let Some(o) = self.owned.borrow_mut().get_mut(key) {
+                    o.revision = Some(rev);
+                }
+                ClaimResult::Registered
+            }
+            Ok(Some(rev)) => {
+                // The publisher left while the registry answered: take the
+                // entry back out (compare-and-set). If a newer local claim
+                // replaced ours (a takeover), the entry is that one's.
+                let replaced = self.owned.borrow().contains_key(key);
+                if let (false, Some(kv)) = (replaced, self.streams_kv()) {
+                    count(&self.stats.registry_ops);
+                    let _ = tokio::time::timeout(
+                        OP_TIMEOUT,
+                        kv.delete_expect_revision(wire::token(key), Some(rev)),
+                    )
+                    .await;
+                }
+                ClaimResult::Registered
+            }
+            Ok(None) => {
+                count(&self.stats.registry_conflicts);
+                // A shard that stopped waiting publishes anyway, as when
+                // NATS is away: keep the entry unregistered so the refresh
+                // applies the conflict rule (the registered owner wins).
+                if still && !reply.is_closed() {
+                    self.owned.borrow_mut().remove(key);
+                }
+                match self.entry(key).await {
+                    Ok(Some((other, _))) => ClaimResult::Refused(other.node),
+                    _ => ClaimResult::Refused(String::new()),
+                }
+            }
+            Err(e) => {
+                count(&self.stats.registry_errors);
+                tracing::warn!(stream = %crate::protocol::server::redact(key), "registry unavailable ({e}); publishing locally, will register when NATS returns");
+                ClaimResult::Unavailable
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Writes our entry for `key`: Ok(Some(revision)) when it is ours,
+    /// Ok(None) when a live node owns it, Err when the registry is
+    /// unreachable.
+    pub(super) async fn register(
+        &self,
+        key: &StreamKey,
+        registration: &Registration,
+        takeover: bool,
+    ) -> Result<Option<u64>, String> {
+        if !self.connected() {
+            return Err("not connected".into());
+        }
+        let kv = self.streams_kv().ok_or("registry not open")?;
+        let value = Self::registration_value(registration);
+        let token = wire::token(key);
+        count(&self.stats.registry_ops);
+        match tokio::time::timeout(OP_TIMEOUT, kv.create(&token, value.clone())).await {
+            Err(_) => return Err("registry create timed out".into()),
+            Ok(Ok(rev)) => return Ok(Some(rev)),
+            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
+        let Some((current, revision)) = self.entry(key).await? else {
+            // Deleted or expired between the two calls: try once more.
+            count(&self.stats.registry_ops);
+            return match tokio::time::timeout(OP_TIMEOUT, kv.create(&token, value)).await {
+                Ok(Ok(rev)) => Ok(Some(rev)),
+                Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("registry create timed out".into()),
+            };
+        };
+        let ours = current.node == self.s.node_id;
+        let stale = !ours && !takeover && !self.alive(&current.node).await;
+        if !(ours || takeover || stale) {
+            return Ok(None);
+        }
+        if stale {
+            tracing::info!(
+                stream = %crate::protocol::server::redact(key),
+                "node {} no longer answers; taking its registry entry",
+                current.node
+            );
+        } else if takeover && !ours {
+            count(&self.stats.registry_conflicts);
+            tracing::info!(
+                stream = %crate::protocol::server::redact(key),
+                "taking the stream over from node {}",
+                current.node
+            );
+        }
+        count(&self.stats.registry_ops);
+        match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value, revision)).await {
+            Ok(Ok(rev)) => Ok(Some(rev)),
+            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("registry update timed out".into()),
+        }
+    }
+
+    /// The local publisher left: end the export and delete our entry. The
+    /// entry leaves `owned` at once; the NATS side runs in a task that a
+    /// later Flush waits for.
+    pub(super) fn unregister(self: &Rc<Self>, key: StreamKey, shard: usize) {
+        let removed = {
+            let mut owned = self.owned.borrow_mut();
+            match owned.get(&key) {
+                Some(o) if o.shard == shard => owned.remove(&key),
+                _ => None,
+            }
+        };
+        let Some(o) = removed else {
+            return;
+        };
+        if o.exporting {
+            self.stats.exported_streams.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.pending.set(self.pending.get() + 1);
+        let c = self.clone();
+        tokio::task::spawn_local(async move {
+            if o.exporting {
+                let end = c.client.publish(o.subject.clone(), wire::encode_end());
+                let _ = tokio::time::timeout(PUBLISH_WAIT, end).await;
+            }
+            if let (Some(rev), Some(kv), true) = (o.revision, c.streams_kv(), c.connected()) {
+                count(&c.stats.registry_ops);
+                let _ = tokio::time::timeout(
+                    OP_TIMEOUT,
+                    kv.delete_expect_revision(wire::token(&key), Some(rev)),
+                )
+                .await;
+            }
+            c.pending.set(c.pending.get() - 1);
+        });
+    }
+
+    /// Kicks the publisher of `key` here or on the node that owns it.
+    pub(super) async fn kick(&self, key: &StreamKey) -> Result<String, String> {
+        if self.kick_local(key).await {
+            return Ok(self.s.node_id.clone());
+        }
+        let (reg, _) = self.entry(key).await?.ok_or("no such stream")?;
+        if reg.node == self.s.node_id {
+            return Err("no such stream".into());
+        }
+        let subject = format!("trib.kick.{}", wire::token(&reg.node));
+        let answer = self
+            .client
+            .request(subject, Bytes::copy_from_slice(key.as_bytes()))
+            .await
+            .map_err(|e| format!("node {}: {e}", reg.node))?;
+        if answer.payload.as_ref() == b"ok" {
+            Ok(reg.node)
+        } else {
+            Err("no such stream".into())
+        }
+    }
+
+    pub(super) async fn locate(&self, key: &str) -> (Located, Option<Registration>) {
+        if !self.connected() || self.streams_kv().is_none() {
+            return (Located::Unavailable, None);
+        }
+        match self.entry(key).await {
+            Ok(Some((reg, _))) if reg.node == self.s.node_id => (Located::Here, Some(reg)),
+            Ok(Some((reg, _))) => (Located::Remote(reg.node.clone()), Some(reg)),
+            Ok(None) => (Located::Absent, None),
+            Err(_) => (Located::Unavailable, None),
+        }
+    }
+
+    pub(super) async fn list(&self) -> Result<Vec<(String, Registration)>, String> {
+        let kv = self.streams_kv().ok_or("registry not open")?;
+        let keys = tokio::time::timeout(OP_TIMEOUT, async {
+            let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            while let Some(k) = keys.next().await {
+                out.push(k.map_err(|e| e.to_string())?);
+            }
+            Ok::<_, String>(out)
+        })
+        .await
+        .map_err(|_| "registry listing timed out".to_string())??;
+        let mut out = Vec::new();
+        for token in keys {
+            let Some(key) = wire::untoken(&token) else {
+                continue;
+            };
+            if let Ok(Some((reg, _))) = self.entry(&key).await {
+                out.push((key, reg));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    pub(super) async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
+        let kv = self.nodes_kv.borrow().clone().ok_or("registry not open")?;
+        tokio::time::timeout(OP_TIMEOUT, async {
+            let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+            let mut names = Vec::new();
+            while let Some(k) = keys.next().await {
+                names.push(k.map_err(|e| e.to_string())?);
+            }
+            let mut out = Vec::new();
+            for name in names {
+                if let Ok(Some(v)) = kv.get(name).await {
+                    if let Ok(info) = serde_json::from_slice::<NodeInfo>(&v) {
+                        out.push(info);
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.node.cmp(&b.node));
+            Ok(out)
+        })
+        .await
+        .map_err(|_| "node listing timed out".to_string())?
+    }
+
+    /// Refreshes every owned entry by compare-and-set, registers the ones
+    /// made while NATS was away, fences the ones another node took, and
+    /// writes this node's heartbeat.
+    pub(super) async fn refresh(&self) {
+        let owned: Vec<(StreamKey, Registration, Option<u64>, usize)> = self
+            .owned
+            .borrow()
+            .iter()
+            .map(|(k, o)| (k.clone(), o.registration.clone(), o.revision, o.shard))
+            .collect();
+        let Some(kv) = self.streams_kv() else {
+            return;
+        };
+        for (key, reg, revision, shard) in owned {
+            let token = wire::token(&key);
+            let value = Self::registration_value(&reg);
+            count(&self.stats.registry_ops);
+            let result = match revision {
+                Some(rev) => {
+                    match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value, rev)).await {
+                        Ok(Ok(rev)) => Ok(Some(rev)),
+                        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            // Taken over, or expired while we could not refresh.
+                            self.register(&key, &reg, false).await
+                        }
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("timed out".into()),
+                    }
+                }
+                None => self.register(&key, &reg, false).await,
+            };
+            match result {
+                Ok(Some(rev)) => {
+                    if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
+                        if o.shard == shard {
+                            o.revision = Some(rev);
+                        }
+                    }
+                }
+                Ok(None) => {
+                    // Rule: the entry in the registry wins. Another node
+                    // holds this key (a takeover, or a publish made while
+                    // NATS was split from us): our publisher is closed.
+                    count(&self.stats.registry_conflicts);
+                    tracing::warn!(
+                        stream = %crate::protocol::server::redact(&key),
+                        "another node owns this stream in the registry; closing the local publisher"
+                    );
+                    let removed = {
+                        let mut owned = self.owned.borrow_mut();
+                        match owned.get(&key) {
+                            Some(o) if o.shard == shard => owned.remove(&key),
+                            _ => None,
+                        }
+                    };
+                    if let Some(o) = removed {
+                        if o.exporting {
+                            self.stats.exported_streams.fetch_sub(1, Ordering::Relaxed);
+                            let end = self.client.publish(o.subject, wire::encode_end());
+                            let _ = tokio::time::timeout(PUBLISH_WAIT, end).await;
+                        }
+                        let _ = self.shards[shard]
+                            .send(ShardCommand::Fence { key: key.clone() })
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    count(&self.stats.registry_errors);
+                    tracing::debug!("registry refresh: {e}");
+                }
+            }
+        }
+        let nodes = self.nodes_kv.borrow().clone();
+        if let Some(nodes) = nodes {
+            let hb = NodeInfo {
+                node: self.s.node_id.clone(),
+                rtmp: self.s.rtmp_addr.clone(),
+                started_ms: self.started_ms,
+                streams: self.owned.borrow().len(),
+            };
+            let body = serde_json::to_vec(&hb).unwrap_or_default();
+            count(&self.stats.registry_ops);
+            let _ = tokio::time::timeout(OP_TIMEOUT, nodes.put(&self.me, body.into())).await;
+        }
+    }
+}
