@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::auth::{Action, Auth};
-use crate::cluster::{ClaimResult, ClusterHandle, Located, Request};
+use crate::cluster::ClusterHandle;
 use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
 
+use super::admission::{self, Asker, Refusal};
 use super::conn::{Conn, End, Input, Notice};
 use super::gate::{Gate, Ticket};
-use super::hub::{PlayOutcome, Player, StreamId, RELAY_START_WAIT};
+use super::hub::{PlayOutcome, Player, StreamId};
 use super::pump::SharedHub;
 use super::ring::buffers::Lease;
 use super::ring::SocketRing;
@@ -47,22 +48,6 @@ pub struct ConnectionContext {
     pub session: ServerConfig,
 }
 
-/// The stream key a publish or play names: the connection's app and the
-/// stream name, without the `?query` (where tokens live).
-fn stream_key(session: &ServerSession, name: &str) -> StreamKey {
-    let app = session.connect_info().map_or("", |c| c.app.as_str());
-    let name = name.split('?').next().unwrap_or("");
-    StreamKey::from(format!("{app}/{name}"))
-}
-
-/// Unix time in µs (token expiry, the first sequence number of a stream).
-fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// Queues what the session has to send (replies the peer waits for).
 fn flush(session: &mut ServerSession, out: &Conn) {
     let mut bytes = BytesMut::new();
@@ -70,49 +55,39 @@ fn flush(session: &mut ServerSession, out: &Conn) {
     out.push_urgent(bytes.freeze());
 }
 
-/// Checks `action` on `name` against the auth rules, then the webhook if
-/// there is one; on refusal answers with an error status naming the reason,
-/// counts and logs it (without the key), and closes the connection once
-/// that is written.
-#[allow(clippy::too_many_arguments)]
-async fn authorize(
+/// The app the connection's `connect` named.
+fn app_of(session: &ServerSession) -> String {
+    session
+        .connect_info()
+        .map(|c| c.app.clone())
+        .unwrap_or_default()
+}
+
+/// Answers a refused publish or play with the refusal's status and reason,
+/// counts and logs it (never the key in clear), and closes the connection
+/// after an auth refusal once the answer is written.
+fn refuse(
     action: Action,
     stream_id: u32,
-    name: &str,
+    who: &Asker<'_>,
+    refusal: &Refusal,
     session: &mut ServerSession,
     outbox: &Conn,
     ctx: &ConnectionContext,
-    conn: u64,
-    peer: SocketAddr,
-) -> bool {
-    let app = session
-        .connect_info()
-        .map(|c| c.app.clone())
-        .unwrap_or_default();
-    let (reason, kind) = match ctx
-        .auth
-        .check(action, &app, name, unix_micros() / 1_000_000)
-    {
-        Err(refusal) => (refusal.to_string(), refusal.kind()),
-        Ok(()) => match &ctx.webhook {
-            Some(hook) if hook.applies_to(action) => {
-                match hook.ask(action, &app, name, &peer.ip().to_string()).await {
-                    Ok(()) => return true,
-                    Err(reason) => (reason, "webhook"),
-                }
-            }
-            _ => return true,
-        },
-    };
+) {
+    let reason = refusal.to_string();
     match action {
-        Action::Publish => session.reject_publish(stream_id, "NetStream.Publish.Rejected", &reason),
-        Action::Play => session.reject_play(stream_id, "NetStream.Play.Failed", &reason),
+        Action::Publish => session.reject_publish(stream_id, refusal.code(action), &reason),
+        Action::Play => session.reject_play(stream_id, refusal.code(action), &reason),
     }
-    flush(session, outbox);
-    outbox.close();
-    ctx.stats.add_auth_refused(kind);
-    tracing::info!(conn, app = %app, stream = %redact(name), "{} refused: {reason}", action.as_str());
-    false
+    if let Refusal::Auth { kind, .. } = refusal {
+        ctx.stats.add_auth_refused(kind);
+    }
+    tracing::info!(conn = who.conn, app = %who.app, stream = %redact(who.name), "{} refused: {reason}", action.as_str());
+    if refusal.closes() {
+        flush(session, outbox);
+        outbox.close();
+    }
 }
 
 /// Serves one connection, plain TCP or TLS, until it closes. Its socket is
@@ -428,9 +403,7 @@ impl ConnState {
         }
     }
 
-    /// A publish request: auth, the node's publisher limit, the cluster's
-    /// claim, then the hub's, rolling the cluster claim back if the hub
-    /// refuses.
+    /// A publish request, through admission.
     async fn publish(
         &mut self,
         stream_id: u32,
@@ -439,73 +412,37 @@ impl ConnState {
         outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) {
-        let key = stream_key(session, name);
-        let refuse = |session: &mut ServerSession, where_: &str| {
-            session.reject_publish(
-                stream_id,
-                "NetStream.Publish.BadName",
-                &format!("stream key is already being published{where_}"),
-            );
-            tracing::info!(conn = self.conn, stream = %redact(&key), "publish refused: key in use{where_}");
-        };
-        if self.publishing.is_some() {
-            return refuse(session, "");
-        }
-        if !authorize(
-            Action::Publish,
-            stream_id,
+        let app = app_of(session);
+        let who = Asker {
+            conn: self.conn,
+            app: &app,
             name,
-            session,
-            outbox,
-            ctx,
-            self.conn,
-            self.peer,
-        )
-        .await
-        {
-            return;
-        }
-        let Ok(place) = ctx.gate.publisher() else {
-            session.reject_publish(
-                stream_id,
-                "NetStream.Publish.Rejected",
-                "this node has reached its publisher limit",
-            );
-            tracing::info!(conn = self.conn, "publish refused: publisher limit");
-            return;
+            peer: self.peer,
         };
-        if let Some(cluster) = &ctx.cluster {
-            // The registry first: a key is live on one node only.
-            let takeover = ctx.hub.read(|h| h.takeover());
-            match cluster.claim(&key, ctx.shard, takeover).await {
-                ClaimResult::Refused(node) if !node.is_empty() => {
-                    return refuse(session, &format!(" on node {node}"));
-                }
-                ClaimResult::Refused(_) => return refuse(session, " in the cluster"),
-                ClaimResult::Registered | ClaimResult::Unavailable => {}
+        let admitted = match self.publishing {
+            Some(_) => Err(Refusal::InUse { node: None }),
+            None => admission::publish(&who, outbox, ctx).await,
+        };
+        match admitted {
+            Ok(p) => {
+                session.accept_publish(stream_id);
+                tracing::info!(conn = self.conn, stream = %redact(&p.key), "publishing");
+                self.publishing = Some((p.key, p.id, stream_id));
+                self.publisher_place = Some(p.place);
             }
+            Err(refusal) => refuse(
+                Action::Publish,
+                stream_id,
+                &who,
+                &refusal,
+                session,
+                outbox,
+                ctx,
+            ),
         }
-        let now = Instant::now();
-        let published = ctx
-            .hub
-            .with(|h| h.publish(&key, self.conn, outbox.clone(), unix_micros(), now));
-        let Some(id) = published else {
-            ctx.hub.with(|h| {
-                h.tell_cluster(Request::Unregister {
-                    key: key.clone(),
-                    shard: ctx.shard,
-                })
-            });
-            return refuse(session, "");
-        };
-        session.accept_publish(stream_id);
-        tracing::info!(conn = self.conn, stream = %redact(&key), "publishing");
-        self.publishing = Some((key, id, stream_id));
-        self.publisher_place = Some(place);
     }
 
-    /// A play request: auth, where the stream is (here, on another node,
-    /// or not yet), the per-stream player limit, then the hub.
+    /// A play request, through admission, then to the hub.
     async fn play(
         &mut self,
         stream_id: u32,
@@ -514,62 +451,46 @@ impl ConnState {
         outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) {
-        if !authorize(
-            Action::Play,
-            stream_id,
+        let app = app_of(session);
+        let who = Asker {
+            conn: self.conn,
+            app: &app,
             name,
-            session,
-            outbox,
-            ctx,
-            self.conn,
-            self.peer,
-        )
-        .await
-        {
-            return;
-        }
-        let key = stream_key(session, name);
-        let (mut live, wait) = ctx.hub.read(|h| (h.is_live(&key), h.play_wait()));
-        // Not on this node: maybe on another node of the cluster.
-        let mut remote = false;
-        if let (false, Some(cluster)) = (live, &ctx.cluster) {
-            remote = matches!(cluster.locate(&key).await, Located::Remote(_));
-            live = ctx.hub.read(|h| h.is_live(&key));
-        }
-        if !live && !remote && wait.is_none() {
-            session.reject_play(stream_id, "NetStream.Play.StreamNotFound", "no such stream");
-            return;
-        }
-        let Ok(place) = ctx.gate.player(&key) else {
-            session.reject_play(
-                stream_id,
-                "NetStream.Play.Failed",
-                "this stream has reached its player limit on this node",
-            );
-            return;
+            peer: self.peer,
+        };
+        let admitted = match admission::play(&who, ctx).await {
+            Ok(p) => p,
+            Err(refusal) => {
+                return refuse(
+                    Action::Play,
+                    stream_id,
+                    &who,
+                    &refusal,
+                    session,
+                    outbox,
+                    ctx,
+                )
+            }
         };
         // The session writes Play.Start first; flush it into the outbox
         // before the hub queues cached media behind it.
         session.accept_play(stream_id);
         flush(session, outbox);
         let player = Player::new(self.conn, stream_id, session.chunk_size(), outbox.clone());
-        let now = Instant::now();
-        let outcome = if live {
+        let key = admitted.key;
+        let outcome = if admitted.live {
             ctx.hub.with(|h| h.play(&key, player))
         } else {
             // Play.Start now; media once the key is published here or its
             // relay from another node starts.
-            let wait = match (remote, wait) {
-                (true, w) => w.unwrap_or(RELAY_START_WAIT).max(RELAY_START_WAIT),
-                (false, w) => w.unwrap_or(RELAY_START_WAIT),
-            };
-            ctx.hub.with(|h| h.park(&key, player, wait, now))
+            let now = Instant::now();
+            ctx.hub.with(|h| h.park(&key, player, admitted.wait, now))
         };
         match outcome {
             // It ended between the check and now.
             PlayOutcome::NotFound => session.notify_unpublish(stream_id),
             PlayOutcome::Attached | PlayOutcome::Subscribing => {
-                self.playing.push((key, stream_id, place));
+                self.playing.push((key, stream_id, admitted.place));
             }
         }
     }

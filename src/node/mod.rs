@@ -4,6 +4,7 @@
 //! The only node-wide state is the stream directory (rare path, behind a
 //! mutex) and counters.
 
+mod admission;
 mod conn;
 mod connection;
 mod directory;

@@ -1,0 +1,244 @@
+//! Admission: the one place that decides whether a publish or a play may
+//! start. A publish goes through auth (rules, then the webhook), the
+//! node's publisher limit, the cluster's claim, then the hub's claim,
+//! rolling the cluster claim back if the hub refuses. A play goes through
+//! auth, where the stream is (this node, another node, or not yet), then
+//! the per-stream player limit. Each refusal is typed; the connection turns
+//! it into the status its client hears.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::auth::Action;
+use crate::cluster::{ClaimResult, Located, Request};
+
+use super::conn::Conn;
+use super::connection::ConnectionContext;
+use super::gate::Ticket;
+use super::hub::{StreamId, RELAY_START_WAIT};
+use super::StreamKey;
+
+/// Why a publish or a play was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The auth rules or the webhook said no (`kind` as counted in
+    /// `tributary_auth_refused_total`).
+    #[error("{reason}")]
+    Auth { reason: String, kind: &'static str },
+    /// The key is live: on this node (`node` empty), on another node of
+    /// the cluster, or somewhere in it (the registry did not say where).
+    #[error("stream key is already being published{}", in_use_where(.node))]
+    InUse { node: Option<String> },
+    #[error("this node has reached its publisher limit")]
+    PublisherLimit,
+    #[error("this stream has reached its player limit on this node")]
+    PlayerLimit,
+    #[error("no such stream")]
+    NotFound,
+}
+
+fn in_use_where(node: &Option<String>) -> String {
+    match node.as_deref() {
+        None => String::new(),
+        Some("") => " in the cluster".into(),
+        Some(n) => format!(" on node {n}"),
+    }
+}
+
+impl Refusal {
+    /// The onStatus code the client hears.
+    pub fn code(&self, action: Action) -> &'static str {
+        match (self, action) {
+            (Refusal::InUse { .. }, _) => "NetStream.Publish.BadName",
+            (Refusal::NotFound, _) => "NetStream.Play.StreamNotFound",
+            (_, Action::Publish) => "NetStream.Publish.Rejected",
+            (_, Action::Play) => "NetStream.Play.Failed",
+        }
+    }
+
+    /// Whether the connection closes after the answer (an auth refusal:
+    /// the client has nothing more to try here).
+    pub fn closes(&self) -> bool {
+        matches!(self, Refusal::Auth { .. })
+    }
+}
+
+/// Who asks: the connection's app (from `connect`), the name it asked for
+/// (with its `?query`, where tokens live), and the peer.
+pub struct Asker<'a> {
+    pub conn: u64,
+    pub app: &'a str,
+    pub name: &'a str,
+    pub peer: SocketAddr,
+}
+
+impl Asker<'_> {
+    /// The stream key: the app and the name without its query.
+    pub fn key(&self) -> StreamKey {
+        let name = self.name.split('?').next().unwrap_or("");
+        StreamKey::from(format!("{}/{name}", self.app))
+    }
+}
+
+/// Unix time in µs (token expiry, the first sequence number of a stream).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The auth rules, then the webhook if one applies.
+async fn authorize(
+    action: Action,
+    who: &Asker<'_>,
+    ctx: &ConnectionContext,
+) -> Result<(), Refusal> {
+    let secs = unix_micros() / 1_000_000;
+    if let Err(refusal) = ctx.auth.check(action, who.app, who.name, secs) {
+        return Err(Refusal::Auth {
+            reason: refusal.to_string(),
+            kind: refusal.kind(),
+        });
+    }
+    match &ctx.webhook {
+        Some(hook) if hook.applies_to(action) => hook
+            .ask(action, who.app, who.name, &who.peer.ip().to_string())
+            .await
+            .map_err(|reason| Refusal::Auth {
+                reason,
+                kind: "webhook",
+            }),
+        _ => Ok(()),
+    }
+}
+
+/// A publish that may start: the hub has it as `id`; `place` holds the
+/// node's publisher place until dropped.
+pub struct Publishing {
+    pub key: StreamKey,
+    pub id: StreamId,
+    pub place: Ticket,
+}
+
+pub async fn publish(
+    who: &Asker<'_>,
+    out: &Rc<Conn>,
+    ctx: &ConnectionContext,
+) -> Result<Publishing, Refusal> {
+    authorize(Action::Publish, who, ctx).await?;
+    let place = ctx.gate.publisher().map_err(|_| Refusal::PublisherLimit)?;
+    let key = who.key();
+    if let Some(cluster) = &ctx.cluster {
+        // The registry first: a key is live on one node only.
+        let takeover = ctx.hub.read(|h| h.takeover());
+        if let ClaimResult::Refused(node) = cluster.claim(&key, ctx.shard, takeover).await {
+            return Err(Refusal::InUse { node: Some(node) });
+        }
+    }
+    let now = Instant::now();
+    let published = ctx
+        .hub
+        .with(|h| h.publish(&key, who.conn, out.clone(), unix_micros(), now));
+    let Some(id) = published else {
+        // Live on another shard of this node: give the cluster claim back.
+        ctx.hub.with(|h| {
+            h.tell_cluster(Request::Unregister {
+                key: key.clone(),
+                shard: ctx.shard,
+            })
+        });
+        return Err(Refusal::InUse { node: None });
+    };
+    Ok(Publishing { key, id, place })
+}
+
+/// A play that may start: where its stream is, and how long to wait for it
+/// if it is not live here yet.
+pub struct Playing {
+    pub key: StreamKey,
+    /// Live on this node: attach now.
+    pub live: bool,
+    /// Not live here: how long the player waits for it (its relay from
+    /// another node, or its publisher).
+    pub wait: Duration,
+    pub place: Ticket,
+}
+
+pub async fn play(who: &Asker<'_>, ctx: &ConnectionContext) -> Result<Playing, Refusal> {
+    authorize(Action::Play, who, ctx).await?;
+    let key = who.key();
+    let (mut live, wait) = ctx.hub.read(|h| (h.is_live(&key), h.play_wait()));
+    // Not on this node: maybe on another node of the cluster.
+    let mut remote = false;
+    if let (false, Some(cluster)) = (live, &ctx.cluster) {
+        remote = matches!(cluster.locate(&key).await, Located::Remote(_));
+        live = ctx.hub.read(|h| h.is_live(&key));
+    }
+    if !live && !remote && wait.is_none() {
+        return Err(Refusal::NotFound);
+    }
+    let place = ctx.gate.player(&key).map_err(|_| Refusal::PlayerLimit)?;
+    let wait = match (remote, wait) {
+        (true, w) => w.unwrap_or(RELAY_START_WAIT).max(RELAY_START_WAIT),
+        (false, w) => w.unwrap_or(RELAY_START_WAIT),
+    };
+    Ok(Playing {
+        key,
+        live,
+        wait,
+        place,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_their_status_and_where_the_key_is_live() {
+        let here = Refusal::InUse { node: None };
+        assert_eq!(here.to_string(), "stream key is already being published");
+        assert_eq!(here.code(Action::Publish), "NetStream.Publish.BadName");
+        let there = Refusal::InUse {
+            node: Some("b".into()),
+        };
+        assert_eq!(
+            there.to_string(),
+            "stream key is already being published on node b"
+        );
+        let cluster = Refusal::InUse {
+            node: Some(String::new()),
+        };
+        assert!(cluster.to_string().ends_with(" in the cluster"));
+        assert_eq!(
+            Refusal::NotFound.code(Action::Play),
+            "NetStream.Play.StreamNotFound"
+        );
+        assert_eq!(
+            Refusal::PlayerLimit.code(Action::Play),
+            "NetStream.Play.Failed"
+        );
+        assert_eq!(
+            Refusal::PublisherLimit.code(Action::Publish),
+            "NetStream.Publish.Rejected"
+        );
+        let auth = Refusal::Auth {
+            reason: "bad token".into(),
+            kind: "token",
+        };
+        assert!(auth.closes() && !Refusal::NotFound.closes());
+    }
+
+    #[test]
+    fn the_key_is_the_app_and_the_name_without_its_query() {
+        let who = Asker {
+            conn: 1,
+            app: "live",
+            name: "cam?token=abc",
+            peer: "127.0.0.1:1".parse().unwrap(),
+        };
+        assert_eq!(&*who.key(), "live/cam");
+    }
+}
