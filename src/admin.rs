@@ -208,7 +208,7 @@ async fn handle(
                     respond_json(&mut socket, "200 OK", &body).await
                 }
                 Err(e) => {
-                    let body = serde_json::json!({ "error": e });
+                    let body = serde_json::json!({ "error": e.to_string() });
                     respond_json(&mut socket, "503 Service Unavailable", &body).await
                 }
             }
@@ -226,7 +226,7 @@ async fn handle(
                     respond_json(&mut socket, "200 OK", &body).await
                 }
                 Err(e) => {
-                    let body = serde_json::json!({ "error": e });
+                    let body = serde_json::json!({ "error": e.to_string() });
                     respond_json(&mut socket, "503 Service Unavailable", &body).await
                 }
             }
@@ -293,7 +293,7 @@ async fn kick(
         .into_iter()
         .find(|(k, _, relayed)| *k == key && !relayed)
         .map(|(_, shard, _)| shard);
-    let mut result = Err("no such stream".to_string());
+    let mut result = Err(crate::cluster::RegistryError::NoSuchStream);
     if let Some(tx) = local.and_then(|shard| state.commands.get(shard)) {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let cmd = crate::stream::ShardCommand::Kick {
@@ -316,7 +316,7 @@ async fn kick(
             respond_json(socket, "200 OK", &body).await
         }
         Err(e) => {
-            let body = serde_json::json!({ "kicked": false, "error": e });
+            let body = serde_json::json!({ "kicked": false, "error": e.to_string() });
             respond_json(socket, "404 Not Found", &body).await
         }
     }

@@ -136,10 +136,19 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The keys file could not be read (at start; on a reload the keys read
+/// before stay).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("auth.keys_file {}: {reason}", path.display())]
+pub struct KeysFileError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
 impl Auth {
     /// Builds the rules and reads the keys file once (an unreadable file
     /// is an error at start).
-    pub fn new(config: &AuthConfig) -> Result<Auth, String> {
+    pub fn new(config: &AuthConfig) -> Result<Auth, KeysFileError> {
         let auth = Auth {
             default: rule(config.publish, config.play, &config.keys),
             apps: config
@@ -163,13 +172,17 @@ impl Auth {
 
     /// Re-reads the keys file if it changed since the last read; returns
     /// whether it did.
-    pub fn reload(&self) -> Result<bool, String> {
+    pub fn reload(&self) -> Result<bool, KeysFileError> {
         let Some(path) = &self.keys_file else {
             return Ok(false);
         };
+        let failed = |e: std::io::Error| KeysFileError {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
         let modified = std::fs::metadata(path)
             .and_then(|m| m.modified())
-            .map_err(|e| format!("auth.keys_file {}: {e}", path.display()))?;
+            .map_err(failed)?;
         if self
             .file
             .read()
@@ -178,8 +191,7 @@ impl Auth {
         {
             return Ok(false);
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("auth.keys_file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(failed)?;
         let keys = Arc::new(parse_keys(&text));
         if let Ok(mut f) = self.file.write() {
             *f = (Some(modified), keys);

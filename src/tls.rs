@@ -30,22 +30,63 @@ pub struct Certs {
     current: RwLock<(Vec<Option<SystemTime>>, Arc<CertSet>)>,
 }
 
-fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+/// Why certificates could not be loaded (at start, or on a reload, when
+/// the ones in use stay).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in it", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{} and {} do not match: {source}", cert.display(), key.display())]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("no default certificate")]
+    NoDefault,
+    #[error("TLS: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let pem = |source| TlsError::Pem {
+        path: cert.to_owned(),
+        source,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .map_err(pem)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(pem)?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate in it", cert.display()));
+        return Err(TlsError::NoCertificate(cert.to_owned()));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| format!("{}: {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+        path: key.to_owned(),
+        source,
+    })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|source| {
+        TlsError::Key {
+            path: key.to_owned(),
+            source,
+        }
+    })?;
     let pair = CertifiedKey::new(chain, signing);
     // A certificate caught mid-rotation with the old key: refuse the pair.
-    pair.keys_match()
-        .map_err(|e| format!("{} and {} do not match: {e}", cert.display(), key.display()))?;
+    pair.keys_match().map_err(|source| TlsError::Mismatch {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        source,
+    })?;
     Ok(Arc::new(pair))
 }
 
@@ -59,7 +100,7 @@ fn mtimes(files: &[(String, PathBuf, PathBuf)]) -> Vec<Option<SystemTime>> {
 
 impl Certs {
     /// Loads every certificate now; any error stops the start.
-    pub fn load(config: &TlsConfig) -> Result<Arc<Certs>, String> {
+    pub fn load(config: &TlsConfig) -> Result<Arc<Certs>, TlsError> {
         let mut files = vec![(String::new(), config.cert.clone(), config.key.clone())];
         for sni in &config.sni {
             files.push((
@@ -76,7 +117,7 @@ impl Certs {
         }))
     }
 
-    fn build(files: &[(String, PathBuf, PathBuf)]) -> Result<CertSet, String> {
+    fn build(files: &[(String, PathBuf, PathBuf)]) -> Result<CertSet, TlsError> {
         let mut default = None;
         let mut by_name = HashMap::new();
         for (name, cert, key) in files {
@@ -88,14 +129,14 @@ impl Certs {
             }
         }
         Ok(CertSet {
-            default: default.ok_or("no default certificate")?,
+            default: default.ok_or(TlsError::NoDefault)?,
             by_name,
         })
     }
 
     /// Reloads if a file changed (or `force`); returns whether it did. On
     /// error the certificates in use stay.
-    pub fn reload(&self, force: bool) -> Result<bool, String> {
+    pub fn reload(&self, force: bool) -> Result<bool, TlsError> {
         let now = mtimes(&self.files);
         let unchanged = self.current.read().map(|c| c.0 == now).unwrap_or(false);
         if unchanged && !force {
@@ -125,11 +166,10 @@ pub type ServerTls = rustls::ServerConnection;
 
 /// The configuration every shard's RTMPS listener uses: TLS 1.2/1.3, no
 /// client certificates, certificates from `certs` (by SNI, reloadable).
-pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS: {e}"))?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     Ok(Arc::new(config))

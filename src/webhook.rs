@@ -44,9 +44,26 @@ pub struct HookQuery {
     pub node: String,
 }
 
+/// Why the webhook refuses: the service said no (its reason), or it could
+/// not be asked and `fail_closed` is on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HookRefusal(pub String);
+
+/// Why one call to the service got no answer.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("{0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("{0}")]
+    Send(#[from] hyper_util::client::legacy::Error),
+}
+
 struct Job {
     query: HookQuery,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Result<(), HookRefusal>>,
 }
 
 /// The shards' way to the webhook thread. Cheap to clone.
@@ -83,7 +100,7 @@ impl Webhook {
         app: &str,
         name: &str,
         client_ip: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), HookRefusal> {
         let (stream, query) = name.split_once('?').unwrap_or((name, ""));
         let query = HookQuery {
             action: action.as_str(),
@@ -112,7 +129,7 @@ impl Webhook {
         }
     }
 
-    fn unreachable(&self, why: &str) -> Result<(), String> {
+    fn unreachable(&self, why: &str) -> Result<(), HookRefusal> {
         unreachable(&self.settings, why)
     }
 }
@@ -137,9 +154,9 @@ async fn serve(settings: std::sync::Arc<WebhookSettings>, mut jobs: mpsc::Receiv
     }
 }
 
-fn unreachable(settings: &WebhookSettings, why: &str) -> Result<(), String> {
+fn unreachable(settings: &WebhookSettings, why: &str) -> Result<(), HookRefusal> {
     if settings.fail_closed {
-        Err(why.to_owned())
+        Err(HookRefusal(why.to_owned()))
     } else {
         tracing::warn!("webhook: {why}; allowing (fail_closed = false)");
         Ok(())
@@ -151,17 +168,16 @@ async fn call(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     url: &str,
     query: &HookQuery,
-) -> Result<Result<(), String>, String> {
-    let body = serde_json::to_vec(query).map_err(|e| e.to_string())?;
+) -> Result<Result<(), HookRefusal>, CallError> {
+    let body = serde_json::to_vec(query)?;
     let request = hyper::Request::post(url)
         .header("content-type", "application/json")
         .header(
             "user-agent",
             concat!("tributary/", env!("CARGO_PKG_VERSION")),
         )
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
+        .body(Full::new(Bytes::from(body)))?;
+    let response = client.request(request).await?;
     let status = response.status();
     if status.is_success() {
         return Ok(Ok(()));
@@ -186,5 +202,5 @@ async fn call(
         }
         reason.truncate(cut);
     }
-    Ok(Err(reason))
+    Ok(Err(HookRefusal(reason)))
 }

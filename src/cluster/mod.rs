@@ -139,18 +139,18 @@ pub enum Request {
     Release { key: StreamKey },
     /// Every stream of the cluster, for `/api/streams?scope=cluster`.
     List {
-        reply: oneshot::Sender<Result<Vec<(String, Registration)>, String>>,
+        reply: oneshot::Sender<Result<Vec<(String, Registration)>, RegistryError>>,
     },
     /// Every node's heartbeat, for `/api/nodes`.
     Nodes {
-        reply: oneshot::Sender<Result<Vec<NodeInfo>, String>>,
+        reply: oneshot::Sender<Result<Vec<NodeInfo>, RegistryError>>,
     },
     /// Answered once everything asked before it is done and sent (shutdown).
     Flush { reply: oneshot::Sender<()> },
     /// Kick the publisher of `key` on whatever node has it; answers the node.
     Kick {
         key: StreamKey,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<String, RegistryError>>,
     },
 }
 
@@ -214,6 +214,38 @@ impl ClusterStats {
 pub enum ClusterError {
     #[error("cluster: {0}")]
     Start(String),
+    #[error("cluster.creds_file {file}: {reason}")]
+    Creds { file: String, reason: String },
+    #[error("NATS: {0}")]
+    Connect(String),
+}
+
+/// Why the registry, the control thread or another node could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cluster control thread is gone")]
+    Gone,
+    #[error("NATS is not configured correctly")]
+    NotConfigured,
+    #[error("not connected to NATS")]
+    NotConnected,
+    #[error("registry not open")]
+    NotOpen,
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    #[error("no such stream")]
+    NoSuchStream,
+    /// What NATS or JetStream said.
+    #[error("{0}")]
+    Nats(String),
+}
+
+impl RegistryError {
+    /// Wraps an async-nats error (their types are many; the message is
+    /// what an operator needs).
+    pub fn nats(e: impl std::fmt::Display) -> Self {
+        RegistryError::Nats(e.to_string())
+    }
 }
 
 /// The shards' way to the control thread. Cheap to clone.
@@ -279,29 +311,28 @@ impl ClusterHandle {
     /// has one).
     async fn ask<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
-    ) -> Result<T, String> {
-        const GONE: &str = "cluster control thread is gone";
+        make: impl FnOnce(oneshot::Sender<Result<T, RegistryError>>) -> Request,
+    ) -> Result<T, RegistryError> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(make(reply))
             .await
-            .map_err(|_| GONE.to_string())?;
-        rx.await.map_err(|_| GONE.to_string())?
+            .map_err(|_| RegistryError::Gone)?;
+        rx.await.map_err(|_| RegistryError::Gone)?
     }
 
     /// Every registered stream of the cluster.
-    pub async fn list(&self) -> Result<Vec<(String, Registration)>, String> {
+    pub async fn list(&self) -> Result<Vec<(String, Registration)>, RegistryError> {
         self.ask(|reply| Request::List { reply }).await
     }
 
     /// Every node of the cluster that is alive (its heartbeat not expired).
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
         self.ask(|reply| Request::Nodes { reply }).await
     }
 
     /// Kicks the publisher of `key` wherever it is; answers its node.
-    pub async fn kick(&self, key: &StreamKey) -> Result<String, String> {
+    pub async fn kick(&self, key: &StreamKey) -> Result<String, RegistryError> {
         let key = key.clone();
         self.ask(|reply| Request::Kick { key, reply }).await
     }

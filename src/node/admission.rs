@@ -106,8 +106,8 @@ async fn authorize(
         Some(hook) if hook.applies_to(action) => hook
             .ask(action, who.app, who.name, &who.peer.ip().to_string())
             .await
-            .map_err(|reason| Refusal::Auth {
-                reason,
+            .map_err(|refusal| Refusal::Auth {
+                reason: refusal.0,
                 kind: "webhook",
             }),
         _ => Ok(()),

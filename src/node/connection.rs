@@ -194,28 +194,38 @@ pub async fn serve(
 
 /// Feeds received TLS records to rustls and appends the plaintext to
 /// `plain`.
+/// Why RTMPS input could not be decrypted.
+#[derive(Debug, thiserror::Error)]
+enum TlsInputError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] rustls::Error),
+    #[error("TLS input not taken")]
+    Stuck,
+}
+
 fn decrypt(
     tls: &RefCell<crate::tls::ServerTls>,
     lease: &mut Lease,
     plain: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), TlsInputError> {
     let mut tls = tls.borrow_mut();
     while !lease.is_empty() {
         let mut input: &[u8] = lease;
         let before = input.len();
-        tls.read_tls(&mut input).map_err(|e| e.to_string())?;
+        tls.read_tls(&mut input)?;
         let used = before - input.len();
         lease.consume(used);
-        let state = tls.process_new_packets().map_err(|e| e.to_string())?;
+        let state = tls.process_new_packets()?;
         let n = state.plaintext_bytes_to_read();
         if n > 0 {
             let at = plain.len();
             plain.resize(at + n, 0);
-            std::io::Read::read_exact(&mut tls.reader(), &mut plain[at..])
-                .map_err(|e| e.to_string())?;
+            std::io::Read::read_exact(&mut tls.reader(), &mut plain[at..])?;
         }
         if used == 0 && n == 0 {
-            return Err("TLS input not taken".into());
+            return Err(TlsInputError::Stuck);
         }
     }
     Ok(())

@@ -79,10 +79,17 @@ pub enum ShardMsg {
     },
 }
 
+/// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{0}")]
     Start(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::KeysFileError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running node's handle.
@@ -205,9 +212,8 @@ impl Node {
         config.rtmp.listen = addr;
         let (tls, certs, tls_placeholder) = match config.tls.listen {
             Some(listen) => {
-                let certs = Certs::load(&config.tls).map_err(NodeError::Start)?;
-                let acceptor =
-                    crate::tls::server_config(certs.clone()).map_err(NodeError::Start)?;
+                let certs = Certs::load(&config.tls)?;
+                let acceptor = crate::tls::server_config(certs.clone())?;
                 let (addr, placeholder) = resolve_listen(listen)?;
                 config.tls.listen = Some(addr);
                 (Some((addr, acceptor)), Some(certs), placeholder)
@@ -215,7 +221,7 @@ impl Node {
             None => (None, None, None),
         };
         let node_id = config.node_id();
-        let auth = Arc::new(Auth::new(&config.auth).map_err(NodeError::Start)?);
+        let auth = Arc::new(Auth::new(&config.auth)?);
         let webhook = if config.auth.webhook_url.is_empty() {
             None
         } else {
@@ -259,8 +265,7 @@ impl Node {
                     + 3 * config.limits.max_message_len as usize,
                 rtmp_addr: addr.to_string(),
             };
-            let handle = cluster::start(settings, command_senders.clone())
-                .map_err(|e| NodeError::Start(e.to_string()))?;
+            let handle = cluster::start(settings, command_senders.clone())?;
             Some(handle)
         };
         let config = Arc::new(config);

@@ -79,19 +79,44 @@ fn listen_on(addr: std::net::SocketAddr) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(socket))
 }
 
-async fn run(setup: ShardSetup) -> Result<(), String> {
+/// Why a shard did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("no mesh builder left for this shard")]
+    NoMesh,
+    #[error("joining the shard mesh failed")]
+    MeshJoin,
+    #[error("more shards than counters")]
+    NoCounters,
+    #[error("shard {shard}: {source}")]
+    Ring {
+        shard: usize,
+        source: super::ring::RingError,
+    },
+    #[error("shard {shard}: cannot listen{what} on {addr}: {source}")]
+    Listen {
+        shard: usize,
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("shard {0}: no command queue")]
+    NoCommandQueue(usize),
+}
+
+async fn run(setup: ShardSetup) -> Result<(), ShardError> {
     let (senders, receivers) = setup
         .mesh
-        .ok_or("no mesh builder left for this shard")?
+        .ok_or(ShardError::NoMesh)?
         .join()
         .await
-        .map_err(|_| "joining the shard mesh failed".to_string())?;
+        .map_err(|_| ShardError::MeshJoin)?;
     let shard = senders.peer_id();
     let stats = setup
         .stats
         .get(shard)
         .cloned()
-        .ok_or("more shards than counters")?;
+        .ok_or(ShardError::NoCounters)?;
     let config = &setup.config;
     let ring = SocketRing::new(
         config.node.recv_buffers,
@@ -106,18 +131,18 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
         Duration::from_micros(config.node.wake_interval_us),
         (shard as u64) << 48,
     )
-    .map_err(|e| format!("shard {shard}: {e}"))?;
-    let listener = listen_on(config.rtmp.listen).map_err(|e| {
-        format!(
-            "shard {shard}: cannot listen on {}: {e}",
-            config.rtmp.listen
-        )
-    })?;
+    .map_err(|source| ShardError::Ring { shard, source })?;
+    let listen = |addr, what| {
+        listen_on(addr).map_err(|source| ShardError::Listen {
+            shard,
+            what,
+            addr,
+            source,
+        })
+    };
+    let listener = listen(config.rtmp.listen, "")?;
     let tls_listener = match &setup.tls {
-        Some((addr, _)) => Some(
-            listen_on(*addr)
-                .map_err(|e| format!("shard {shard}: cannot listen for RTMPS on {addr}: {e}"))?,
-        ),
+        Some((addr, _)) => Some(listen(*addr, " for RTMPS")?),
         None => None,
     };
     ring.listen(listener, false);
@@ -154,11 +179,10 @@ async fn run(setup: ShardSetup) -> Result<(), String> {
         let rx = setup
             .commands
             .lock()
-            .map_err(|_| "shard command queues poisoned".to_string())?
-            .get_mut(shard)
-            .and_then(Option::take);
+            .ok()
+            .and_then(|mut c| c.get_mut(shard).and_then(Option::take));
         let Some(mut rx) = rx else {
-            return Err(format!("shard {shard}: no command queue"));
+            return Err(ShardError::NoCommandQueue(shard));
         };
         let hub = hub.clone();
         glommio::spawn_local(async move {

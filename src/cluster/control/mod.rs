@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::wire::{self, Frame, Joiner};
 use super::{
-    unix_ms, ClaimResult, ClusterSettings, ClusterStats, Export, Located, NodeInfo, Registration,
-    Request, ShardCommand,
+    unix_ms, ClaimResult, ClusterError, ClusterSettings, ClusterStats, Export, Located, NodeInfo,
+    Registration, RegistryError, Request, ShardCommand,
 };
 use crate::protocol::RawMessage;
 use crate::stream::StreamKey;
@@ -108,7 +108,7 @@ struct Control {
     started_ms: u64,
 }
 
-async fn connect(s: &ClusterSettings, events: mpsc::Sender<Event>) -> Result<Client, String> {
+async fn connect(s: &ClusterSettings, events: mpsc::Sender<Event>) -> Result<Client, ClusterError> {
     let mut opts = ConnectOptions::new()
         .name(format!("tributary {}", s.node_id))
         .retry_on_initial_connect()
@@ -128,7 +128,10 @@ async fn connect(s: &ClusterSettings, events: mpsc::Sender<Event>) -> Result<Cli
         opts = opts
             .credentials_file(&s.creds_file)
             .await
-            .map_err(|e| format!("cluster.creds_file {}: {e}", s.creds_file))?;
+            .map_err(|e| ClusterError::Creds {
+                file: s.creds_file.clone(),
+                reason: e.to_string(),
+            })?;
     }
     if !s.nkey_seed.is_empty() {
         opts = opts.nkey(s.nkey_seed.clone());
@@ -147,7 +150,7 @@ async fn connect(s: &ClusterSettings, events: mpsc::Sender<Event>) -> Result<Cli
     }
     opts.connect(s.servers.clone())
         .await
-        .map_err(|e| format!("NATS: {e}"))
+        .map_err(|e| ClusterError::Connect(e.to_string()))
 }
 
 async fn run(
@@ -225,16 +228,16 @@ fn refuse(req: Request) {
             let _ = reply.send(Located::Unavailable);
         }
         Request::List { reply } => {
-            let _ = reply.send(Err("NATS is not configured correctly".into()));
+            let _ = reply.send(Err(RegistryError::NotConfigured));
         }
         Request::Nodes { reply } => {
-            let _ = reply.send(Err("NATS is not configured correctly".into()));
+            let _ = reply.send(Err(RegistryError::NotConfigured));
         }
         Request::Flush { reply } => {
             let _ = reply.send(());
         }
         Request::Kick { reply, .. } => {
-            let _ = reply.send(Err("NATS is not configured correctly".into()));
+            let _ = reply.send(Err(RegistryError::NotConfigured));
         }
         _ => {}
     }
@@ -305,7 +308,7 @@ impl Control {
     /// Creates the registry buckets if missing. The KV stream is made
     /// directly (not with `create_key_value`), which works on nats-server
     /// 2.9 as well as on newer servers.
-    async fn ensure_buckets(&self) -> Result<(), String> {
+    async fn ensure_buckets(&self) -> Result<(), RegistryError> {
         for (bucket, slot) in [
             (STREAMS_BUCKET, &self.streams_kv),
             (NODES_BUCKET, &self.nodes_kv),
@@ -330,12 +333,12 @@ impl Control {
             };
             tokio::time::timeout(OP_TIMEOUT, self.js.get_or_create_stream(config))
                 .await
-                .map_err(|_| format!("creating bucket {bucket}: timed out"))?
-                .map_err(|e| format!("creating bucket {bucket}: {e}"))?;
+                .map_err(|_| RegistryError::Timeout("creating a registry bucket"))?
+                .map_err(|e| RegistryError::nats(format!("creating bucket {bucket}: {e}")))?;
             let store = tokio::time::timeout(OP_TIMEOUT, self.js.get_key_value(bucket))
                 .await
-                .map_err(|_| format!("opening bucket {bucket}: timed out"))?
-                .map_err(|e| format!("opening bucket {bucket}: {e}"))?;
+                .map_err(|_| RegistryError::Timeout("opening a registry bucket"))?
+                .map_err(|e| RegistryError::nats(format!("opening bucket {bucket}: {e}")))?;
             *slot.borrow_mut() = Some(store);
         }
         Ok(())

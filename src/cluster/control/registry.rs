@@ -9,13 +9,16 @@ impl Control {
         Bytes::from(serde_json::to_vec(reg).unwrap_or_default())
     }
 
-    pub(super) async fn entry(&self, key: &str) -> Result<Option<(Registration, u64)>, String> {
-        let kv = self.streams_kv().ok_or("registry not open")?;
+    pub(super) async fn entry(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Registration, u64)>, RegistryError> {
+        let kv = self.streams_kv().ok_or(RegistryError::NotOpen)?;
         count(&self.stats.registry_ops);
         let entry = tokio::time::timeout(OP_TIMEOUT, kv.entry(wire::token(key)))
             .await
-            .map_err(|_| "registry read timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| RegistryError::Timeout("registry read"))?
+            .map_err(RegistryError::nats)?;
         Ok(entry.and_then(|e| {
             if e.operation != kv::Operation::Put {
                 return None;
@@ -146,19 +149,19 @@ impl Control {
         key: &StreamKey,
         registration: &Registration,
         takeover: bool,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, RegistryError> {
         if !self.connected() {
-            return Err("not connected".into());
+            return Err(RegistryError::NotConnected);
         }
-        let kv = self.streams_kv().ok_or("registry not open")?;
+        let kv = self.streams_kv().ok_or(RegistryError::NotOpen)?;
         let value = Self::registration_value(registration);
         let token = wire::token(key);
         count(&self.stats.registry_ops);
         match tokio::time::timeout(OP_TIMEOUT, kv.create(&token, value.clone())).await {
-            Err(_) => return Err("registry create timed out".into()),
+            Err(_) => return Err(RegistryError::Timeout("registry create")),
             Ok(Ok(rev)) => return Ok(Some(rev)),
             Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(RegistryError::nats(e)),
         }
         let Some((current, revision)) = self.entry(key).await? else {
             // Deleted or expired between the two calls: try once more.
@@ -166,8 +169,8 @@ impl Control {
             return match tokio::time::timeout(OP_TIMEOUT, kv.create(&token, value)).await {
                 Ok(Ok(rev)) => Ok(Some(rev)),
                 Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("registry create timed out".into()),
+                Ok(Err(e)) => Err(RegistryError::nats(e)),
+                Err(_) => Err(RegistryError::Timeout("registry create")),
             };
         };
         let ours = current.node == self.s.node_id;
@@ -193,8 +196,8 @@ impl Control {
         match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value, revision)).await {
             Ok(Ok(rev)) => Ok(Some(rev)),
             Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("registry update timed out".into()),
+            Ok(Err(e)) => Err(RegistryError::nats(e)),
+            Err(_) => Err(RegistryError::Timeout("registry update")),
         }
     }
 
@@ -235,24 +238,24 @@ impl Control {
     }
 
     /// Kicks the publisher of `key` here or on the node that owns it.
-    pub(super) async fn kick(&self, key: &StreamKey) -> Result<String, String> {
+    pub(super) async fn kick(&self, key: &StreamKey) -> Result<String, RegistryError> {
         if self.kick_local(key).await {
             return Ok(self.s.node_id.clone());
         }
-        let (reg, _) = self.entry(key).await?.ok_or("no such stream")?;
+        let (reg, _) = self.entry(key).await?.ok_or(RegistryError::NoSuchStream)?;
         if reg.node == self.s.node_id {
-            return Err("no such stream".into());
+            return Err(RegistryError::NoSuchStream);
         }
         let subject = format!("trib.kick.{}", wire::token(&reg.node));
         let answer = self
             .client
             .request(subject, Bytes::copy_from_slice(key.as_bytes()))
             .await
-            .map_err(|e| format!("node {}: {e}", reg.node))?;
+            .map_err(|e| RegistryError::nats(format!("node {}: {e}", reg.node)))?;
         if answer.payload.as_ref() == b"ok" {
             Ok(reg.node)
         } else {
-            Err("no such stream".into())
+            Err(RegistryError::NoSuchStream)
         }
     }
 
@@ -268,18 +271,18 @@ impl Control {
         }
     }
 
-    pub(super) async fn list(&self) -> Result<Vec<(String, Registration)>, String> {
-        let kv = self.streams_kv().ok_or("registry not open")?;
+    pub(super) async fn list(&self) -> Result<Vec<(String, Registration)>, RegistryError> {
+        let kv = self.streams_kv().ok_or(RegistryError::NotOpen)?;
         let keys = tokio::time::timeout(OP_TIMEOUT, async {
-            let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+            let mut keys = kv.keys().await.map_err(RegistryError::nats)?;
             let mut out = Vec::new();
             while let Some(k) = keys.next().await {
-                out.push(k.map_err(|e| e.to_string())?);
+                out.push(k.map_err(RegistryError::nats)?);
             }
-            Ok::<_, String>(out)
+            Ok::<_, RegistryError>(out)
         })
         .await
-        .map_err(|_| "registry listing timed out".to_string())??;
+        .map_err(|_| RegistryError::Timeout("registry listing"))??;
         let mut out = Vec::new();
         for token in keys {
             let Some(key) = wire::untoken(&token) else {
@@ -293,13 +296,17 @@ impl Control {
         Ok(out)
     }
 
-    pub(super) async fn nodes(&self) -> Result<Vec<NodeInfo>, String> {
-        let kv = self.nodes_kv.borrow().clone().ok_or("registry not open")?;
+    pub(super) async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
+        let kv = self
+            .nodes_kv
+            .borrow()
+            .clone()
+            .ok_or(RegistryError::NotOpen)?;
         tokio::time::timeout(OP_TIMEOUT, async {
-            let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+            let mut keys = kv.keys().await.map_err(RegistryError::nats)?;
             let mut names = Vec::new();
             while let Some(k) = keys.next().await {
-                names.push(k.map_err(|e| e.to_string())?);
+                names.push(k.map_err(RegistryError::nats)?);
             }
             let mut out = Vec::new();
             for name in names {
@@ -313,7 +320,7 @@ impl Control {
             Ok(out)
         })
         .await
-        .map_err(|_| "node listing timed out".to_string())?
+        .map_err(|_| RegistryError::Timeout("node listing"))?
     }
 
     /// Refreshes every owned entry by compare-and-set, registers the ones
@@ -341,8 +348,8 @@ impl Control {
                             // Taken over, or expired while we could not refresh.
                             self.register(&key, &reg, false).await
                         }
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(_) => Err("timed out".into()),
+                        Ok(Err(e)) => Err(RegistryError::nats(e)),
+                        Err(_) => Err(RegistryError::Timeout("registry refresh")),
                     }
                 }
                 None => self.register(&key, &reg, false).await,
