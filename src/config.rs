@@ -22,8 +22,6 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("`{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
-    #[error("{0}")]
-    Usage(String),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -602,107 +600,47 @@ impl Config {
     }
 }
 
-/// What the command line asked for.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What the command line asked for. Each flag overrides the config file
+/// key its help names.
+#[derive(Debug, Clone, Default, PartialEq, clap::Parser)]
+#[command(
+    name = "tributary",
+    version,
+    about = "tributary: RTMP ingest cluster node",
+    after_help = "With no options: a standalone node on 0.0.0.0:1935, HTTP admin on \
+                  127.0.0.1:8080, with the defaults documented in config/tributary.toml."
+)]
 pub struct Cli {
+    /// Read settings from this TOML file
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// RTMP address, e.g. 0.0.0.0:1935 [rtmp.listen]
+    #[arg(long, value_name = "ADDR")]
     pub rtmp_listen: Option<SocketAddr>,
+    /// HTTP admin address (/metrics, /api) [http.listen]
+    #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<SocketAddr>,
+    /// This node's name in the cluster [node.id]
+    #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
+    /// NATS servers, comma-separated; none = standalone [cluster.nats]
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     pub nats: Option<Vec<String>>,
+    /// Data-plane shards; 0 = one per CPU [node.shards]
+    #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// RTMPS address, e.g. 0.0.0.0:443 [tls.listen]
+    #[arg(long, value_name = "ADDR")]
     pub rtmps_listen: Option<SocketAddr>,
+    /// RTMPS certificate chain (PEM) [tls.cert]
+    #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
+    /// RTMPS private key (PEM) [tls.key]
+    #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    pub help: bool,
-    pub version: bool,
 }
 
-pub const USAGE: &str = "\
-tributary: RTMP ingest cluster node
-
-USAGE:
-    tributary [OPTIONS]
-
-With no options: a standalone node on 0.0.0.0:1935, HTTP admin on
-127.0.0.1:8080, with the defaults documented in config/tributary.toml.
-
-OPTIONS (each overrides the config file):
-    --config FILE          read settings from this TOML file
-    --rtmp-listen ADDR     RTMP address, e.g. 0.0.0.0:1935   [rtmp.listen]
-    --http-listen ADDR     HTTP admin address (/metrics, /api) [http.listen]
-    --node-id ID           this node's name in the cluster    [node.id]
-    --nats URL[,URL...]    NATS servers; none = standalone     [cluster.nats]
-    --shards N             data-plane shards; 0 = one per CPU  [node.shards]
-    --rtmps-listen ADDR    RTMPS address, e.g. 0.0.0.0:443     [tls.listen]
-    --tls-cert FILE        RTMPS certificate chain (PEM)       [tls.cert]
-    --tls-key FILE         RTMPS private key (PEM)             [tls.key]
-    -h, --help             this text
-    -V, --version          the version
-";
-
 impl Cli {
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Self, ConfigError> {
-        let mut cli = Cli::default();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |name: &str| {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value (see --help)")))
-            };
-            let addr = |flag: &str, v: String| {
-                v.parse::<SocketAddr>().map_err(|_| {
-                    ConfigError::Usage(format!("{flag}: `{v}` is not an address like 0.0.0.0:1935"))
-                })
-            };
-            match flag.as_str() {
-                "-h" | "--help" => cli.help = true,
-                "-V" | "--version" => cli.version = true,
-                "--config" => cli.config = Some(PathBuf::from(value("--config")?)),
-                "--rtmp-listen" => {
-                    cli.rtmp_listen = Some(addr("--rtmp-listen", value("--rtmp-listen")?)?)
-                }
-                "--http-listen" => {
-                    cli.http_listen = Some(addr("--http-listen", value("--http-listen")?)?)
-                }
-                "--node-id" => cli.node_id = Some(value("--node-id")?),
-                "--rtmps-listen" => {
-                    cli.rtmps_listen = Some(addr("--rtmps-listen", value("--rtmps-listen")?)?)
-                }
-                "--tls-cert" => cli.tls_cert = Some(PathBuf::from(value("--tls-cert")?)),
-                "--tls-key" => cli.tls_key = Some(PathBuf::from(value("--tls-key")?)),
-                "--nats" => {
-                    let v = value("--nats")?;
-                    cli.nats = Some(
-                        v.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                    );
-                }
-                "--shards" => {
-                    let v = value("--shards")?;
-                    cli.shards = Some(v.parse().map_err(|_| {
-                        ConfigError::Usage(format!("--shards: `{v}` is not a number"))
-                    })?);
-                }
-                other => {
-                    return Err(ConfigError::Usage(format!(
-                        "unknown option `{other}` (see --help)"
-                    )))
-                }
-            }
-        }
-        Ok(cli)
-    }
-
     /// The config file (if any) with these overrides applied, validated.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
@@ -719,7 +657,12 @@ impl Cli {
             config.node.id = id.clone();
         }
         if let Some(nats) = &self.nats {
-            config.cluster.nats = nats.clone();
+            config.cluster.nats = nats
+                .iter()
+                .map(|u| u.trim())
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(n) = self.shards {
             config.node.shards = n;
@@ -742,8 +685,9 @@ impl Cli {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
+    fn parse(s: &str) -> Result<Cli, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("tributary").chain(s.split_whitespace()))
     }
 
     #[test]
@@ -756,7 +700,7 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let cli = Cli::parse(args("--rtmp-listen 127.0.0.1:0 --http-listen=127.0.0.1:0 --node-id n1 --nats nats://a:4222,nats://b:4222 --shards 2")).unwrap();
+        let cli = parse("--rtmp-listen 127.0.0.1:0 --http-listen=127.0.0.1:0 --node-id n1 --nats nats://a:4222,nats://b:4222 --shards 2").unwrap();
         let c = cli.resolve().unwrap();
         assert_eq!(c.rtmp.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.node.id, "n1");
@@ -790,8 +734,8 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert!(Cli::parse(args("--shards two")).is_err());
-        assert!(Cli::parse(args("--bogus")).is_err());
-        assert!(Cli::parse(args("--rtmp-listen")).is_err());
+        assert!(parse("--shards two").is_err());
+        assert!(parse("--bogus").is_err());
+        assert!(parse("--rtmp-listen").is_err());
     }
 }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use clap::Parser;
 use tributary::admin::{self, AdminState};
-use tributary::config::{Cli, LogFormat, USAGE};
+use tributary::config::{Cli, LogFormat};
 use tributary::node::Node;
 
 fn main() -> ExitCode {
@@ -20,21 +21,8 @@ fn main() -> ExitCode {
         report(info);
         std::process::abort();
     }));
-    let cli = match Cli::parse(std::env::args().skip(1)) {
-        Ok(cli) => cli,
-        Err(e) => {
-            eprintln!("tributary: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if cli.help {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if cli.version {
-        println!("tributary {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
-    }
+    // Usage errors exit with status 2, --help and --version with 0.
+    let cli = Cli::parse();
     let config = match cli.resolve() {
         Ok(c) => c,
         Err(e) => {
