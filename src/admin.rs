@@ -6,16 +6,22 @@
 //! counters; it is never on the media path. `DELETE /api/streams/APP/KEY`
 //! kicks that publisher on whatever node of the cluster has it. With
 //! `http.admin_token` set, `/api/*` asks for `Authorization: Bearer TOKEN`
-//! (`/metrics` and the probes stay open). One request per connection,
-//! bounded request size and time.
+//! (`/metrics` and the probes stay open). HTTP/1.1 by hyper, keep-alive
+//! included; request headers, time per request and per connection, and
+//! connections at once are bounded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::{ClusterHandle, ClusterStats};
 use crate::node::{Directory, Gate, ShardStats, ERROR_KINDS, QUEUE_KINDS, REFUSED_KINDS};
@@ -37,7 +43,14 @@ pub struct AdminState {
 }
 
 const MAX_REQUEST: usize = 8 * 1024;
+/// The longest a client may take to send a request's headers.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest one admin connection stays open (keep-alive included).
+const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+/// Admin connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+
+type Reply = hyper::Response<Full<Bytes>>;
 
 /// Binds `addr` and serves on a thread of its own; returns the bound address.
 pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
@@ -54,85 +67,85 @@ pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr>
                 return;
             }
         };
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let Ok((socket, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
             let state = state.clone();
             tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(REQUEST_TIMEOUT, handle(socket, &state.0, &state.1)).await;
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(route(req, &state.0, &state.1).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(REQUEST_TIMEOUT)
+                    .max_buf_size(MAX_REQUEST)
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+                let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
+                drop(slot);
             });
         }
     })?;
     Ok(local)
 }
 
-async fn handle(
-    mut socket: tokio::net::TcpStream,
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = hyper::Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Reply {
+    reply(status, "text/plain", Bytes::from_static(body.as_bytes()))
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Reply {
+    reply(status, "application/json", body.to_string())
+}
+
+async fn route(
+    req: hyper::Request<hyper::body::Incoming>,
     state: &AdminState,
     metrics: &Metrics,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = socket.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_REQUEST {
-            return respond(
-                &mut socket,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                b"too large\n",
-            )
-            .await;
-        }
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut lines = head.split("\r\n");
-    let line = lines.next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+) -> Reply {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
     if path.starts_with("/api/") && !state.admin_token.is_empty() {
-        let presented = lines.find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("authorization")
-                .then(|| value.trim().strip_prefix("Bearer ").map(str::trim))
-                .flatten()
-        });
+        let presented = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("Bearer "))
+            .map(str::trim);
         if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()))
         {
-            return respond(
-                &mut socket,
-                "401 Unauthorized",
-                "text/plain",
-                b"Authorization: Bearer <http.admin_token> required\n",
-            )
-            .await;
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "Authorization: Bearer <http.admin_token> required\n",
+            );
         }
     }
-    if method == "DELETE" {
+    if req.method() == Method::DELETE {
         if let Some(target) = path.strip_prefix("/api/streams/") {
-            return kick(&mut socket, state, target).await;
+            return kick(state, target).await;
         }
     }
-    if method != "GET" {
-        return respond(
-            &mut socket,
-            "405 Method Not Allowed",
-            "text/plain",
-            b"GET, or DELETE /api/streams/APP/KEY\n",
-        )
-        .await;
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET, or DELETE /api/streams/APP/KEY\n",
+        );
     }
     match path {
-        "/healthz" => respond(&mut socket, "200 OK", "text/plain", b"ok\n").await,
+        "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             // A cluster node cut off from NATS can serve only its own
             // streams: not ready, so health-checked DNS sends players elsewhere.
@@ -140,30 +153,20 @@ async fn handle(
                 .cluster
                 .as_ref()
                 .is_some_and(|c| ClusterStats::get(&c.stats.connected) == 0);
-            if nats_down && state.ready.load(Ordering::Relaxed) {
-                respond(
-                    &mut socket,
-                    "503 Service Unavailable",
-                    "text/plain",
-                    b"not connected to NATS\n",
-                )
-                .await
-            } else if state.ready.load(Ordering::Relaxed) {
-                respond(&mut socket, "200 OK", "text/plain", b"ready\n").await
+            let ready = state.ready.load(Ordering::Relaxed);
+            if nats_down && ready {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
+            } else if ready {
+                text(StatusCode::OK, "ready\n")
             } else {
-                respond(
-                    &mut socket,
-                    "503 Service Unavailable",
-                    "text/plain",
-                    b"not ready\n",
-                )
-                .await
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        "/metrics" => {
-            let body = metrics.render(state);
-            respond(&mut socket, "200 OK", "text/plain; version=0.0.4", &body).await
-        }
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(state),
+        ),
         "/api/node" => {
             let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
             let body = serde_json::json!({
@@ -178,17 +181,14 @@ async fn handle(
                 "publishers": sum(|s| ShardStats::get(&s.publishers)),
                 "players": sum(|s| ShardStats::get(&s.players)),
             });
-            respond_json(&mut socket, "200 OK", &body).await
+            json(StatusCode::OK, &body)
         }
         "/api/streams" if query.split('&').any(|q| q == "scope=cluster") => {
             let Some(cluster) = &state.cluster else {
-                return respond(
-                    &mut socket,
-                    "400 Bad Request",
-                    "text/plain",
-                    b"this node is not in a cluster (cluster.nats is empty)\n",
-                )
-                .await;
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "this node is not in a cluster (cluster.nats is empty)\n",
+                );
             };
             match cluster.list().await {
                 Ok(list) => {
@@ -205,12 +205,12 @@ async fn handle(
                         })
                         .collect();
                     let body = serde_json::json!({ "scope": "cluster", "streams": streams });
-                    respond_json(&mut socket, "200 OK", &body).await
+                    json(StatusCode::OK, &body)
                 }
-                Err(e) => {
-                    let body = serde_json::json!({ "error": e.to_string() });
-                    respond_json(&mut socket, "503 Service Unavailable", &body).await
-                }
+                Err(e) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({ "error": e.to_string() }),
+                ),
             }
         }
         "/api/nodes" => {
@@ -218,17 +218,14 @@ async fn handle(
                 let body = serde_json::json!({ "nodes": [{
                     "node": state.node_id, "rtmp": state.rtmp_addr.to_string(),
                 }]});
-                return respond_json(&mut socket, "200 OK", &body).await;
+                return json(StatusCode::OK, &body);
             };
             match cluster.nodes().await {
-                Ok(nodes) => {
-                    let body = serde_json::json!({ "nodes": nodes });
-                    respond_json(&mut socket, "200 OK", &body).await
-                }
-                Err(e) => {
-                    let body = serde_json::json!({ "error": e.to_string() });
-                    respond_json(&mut socket, "503 Service Unavailable", &body).await
-                }
+                Ok(nodes) => json(StatusCode::OK, &serde_json::json!({ "nodes": nodes })),
+                Err(e) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({ "error": e.to_string() }),
+                ),
             }
         }
         "/api/streams" => {
@@ -245,24 +242,10 @@ async fn handle(
                 })
                 .collect();
             let body = serde_json::json!({ "scope": "node", "streams": streams });
-            respond_json(&mut socket, "200 OK", &body).await
+            json(StatusCode::OK, &body)
         }
-        _ => respond(&mut socket, "404 Not Found", "text/plain", b"not found\n").await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-async fn respond_json(
-    socket: &mut tokio::net::TcpStream,
-    status: &str,
-    body: &serde_json::Value,
-) -> std::io::Result<()> {
-    respond(
-        socket,
-        status,
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -272,19 +255,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// DELETE /api/streams/APP/KEY: the publisher of APP/KEY is closed, here or
 /// on the node of the cluster that has it; its players are told the stream
 /// ended.
-async fn kick(
-    socket: &mut tokio::net::TcpStream,
-    state: &AdminState,
-    target: &str,
-) -> std::io::Result<()> {
+async fn kick(state: &AdminState, target: &str) -> Reply {
     let Some(key) = crate::cluster::wire::unescape(target, b'%').filter(|k| k.contains('/')) else {
-        return respond(
-            socket,
-            "400 Bad Request",
-            "text/plain",
-            b"DELETE /api/streams/APP/KEY\n",
-        )
-        .await;
+        return text(StatusCode::BAD_REQUEST, "DELETE /api/streams/APP/KEY\n");
     };
     let key = crate::node::StreamKey::from(key.as_str());
     let local = state
@@ -312,29 +285,16 @@ async fn kick(
     match result {
         Ok(node) => {
             tracing::info!(stream = %crate::protocol::server::redact(&key), "kicked through the HTTP API (node {node})");
-            let body = serde_json::json!({ "kicked": true, "node": node });
-            respond_json(socket, "200 OK", &body).await
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "kicked": true, "node": node }),
+            )
         }
-        Err(e) => {
-            let body = serde_json::json!({ "kicked": false, "error": e.to_string() });
-            respond_json(socket, "404 Not Found", &body).await
-        }
+        Err(e) => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "kicked": false, "error": e.to_string() }),
+        ),
     }
-}
-
-async fn respond(
-    socket: &mut tokio::net::TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    socket.write_all(head.as_bytes()).await?;
-    socket.write_all(body).await?;
-    socket.shutdown().await
 }
 
 /// Reads one counter of a shard.

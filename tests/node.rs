@@ -1034,3 +1034,39 @@ fn the_publish_webhook_allows_refuses_and_fails_closed() {
         .wait(Duration::from_secs(20))
         .unwrap();
 }
+
+#[test]
+fn the_admin_api_keeps_connections_alive_and_refuses_huge_headers() {
+    let node = Node::start(1);
+    // Two requests on one connection (HTTP/1.1 keep-alive), both answered.
+    let mut s = TcpStream::connect(node.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let read_reply = |s: &mut TcpStream| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("ok\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    for _ in 0..2 {
+        write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let reply = read_reply(&mut s);
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    }
+    // A header past the 8 KiB bound: a 4xx, and that connection closes.
+    let mut s = TcpStream::connect(node.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let huge = "a".repeat(16 * 1024);
+    let _ = write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    // The server is fine.
+    assert_eq!(get(node.http, "/healthz").0, "HTTP/1.1 200 OK");
+}
