@@ -16,11 +16,9 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tributary::protocol::chunk::encode_message;
 use tributary::protocol::media::{classify_audio, classify_video, PacketKind};
 use tributary::protocol::server::{
-    ServerConfig, ServerEvent, ServerSession, PLAYER_AUDIO_CSID, PLAYER_DATA_CSID,
-    PLAYER_VIDEO_CSID,
+    encode_for_player, ServerConfig, ServerEvent, ServerSession, PLAYER_DATA_CSID,
 };
 use tributary::protocol::{MessageType, RawMessage};
 
@@ -43,15 +41,8 @@ struct Hub {
 }
 
 fn send_to(sink: &Sink, stream_id: u32, chunk_size: u32, msg: &RawMessage) {
-    let mut m = msg.clone();
-    m.stream_id = stream_id;
-    m.csid = match m.type_id {
-        MessageType::AUDIO => PLAYER_AUDIO_CSID,
-        MessageType::VIDEO => PLAYER_VIDEO_CSID,
-        _ => PLAYER_DATA_CSID,
-    };
     let mut out = BytesMut::new();
-    encode_message(&mut out, chunk_size, &m);
+    encode_for_player(&mut out, chunk_size, stream_id, msg);
     // A player that went away is simply not written to any more.
     let _ = sink.lock().unwrap().write_all(&out);
 }

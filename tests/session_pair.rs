@@ -9,13 +9,11 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 use tributary::protocol::amf0::Amf0Value;
-use tributary::protocol::chunk::encode_message;
 use tributary::protocol::client::{ClientConfig, ClientEvent, ClientSession, Role};
 use tributary::protocol::handshake::ClientMode;
 use tributary::protocol::media::{classify_video, PacketKind};
 use tributary::protocol::server::{
-    ServerConfig, ServerEvent, ServerSession, PLAYER_AUDIO_CSID, PLAYER_DATA_CSID,
-    PLAYER_VIDEO_CSID,
+    encode_for_player, ServerConfig, ServerEvent, ServerSession, PLAYER_DATA_CSID,
 };
 use tributary::protocol::{MessageType, RawMessage};
 use tributary::synthetic::{self, StreamShape};
@@ -51,14 +49,8 @@ impl Hub {
     fn fan_out(&self, conns: &mut [Conn], name: &str, msg: &RawMessage) {
         for (conn, stream_id, _) in self.players.iter().filter(|p| p.2 == name) {
             let mut out = BytesMut::new();
-            let mut m = msg.clone();
-            m.stream_id = *stream_id;
-            m.csid = match m.type_id {
-                MessageType::AUDIO => PLAYER_AUDIO_CSID,
-                MessageType::VIDEO => PLAYER_VIDEO_CSID,
-                _ => PLAYER_DATA_CSID,
-            };
-            encode_message(&mut out, conns[*conn].server.chunk_size(), &m);
+            let chunk_size = conns[*conn].server.chunk_size();
+            encode_for_player(&mut out, chunk_size, *stream_id, msg);
             conns[*conn].to_client.extend_from_slice(&out);
         }
     }

@@ -12,9 +12,7 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tributary::protocol::chunk::{encode_message, ControlMessage};
 use tributary::protocol::client::{ClientConfig, ClientEvent, ClientSession, Role};
-use tributary::protocol::server::{
-    ServerConfig, ServerEvent, ServerSession, PLAYER_AUDIO_CSID, PLAYER_VIDEO_CSID,
-};
+use tributary::protocol::server::{encode_for_player, ServerConfig, ServerEvent, ServerSession};
 use tributary::protocol::{MessageType, RawMessage};
 use tributary::synthetic::{self, StreamShape};
 use tributary_load::clock_sei;
@@ -80,13 +78,9 @@ fn wire(chunk_size: u32, stream_id: u32) -> Vec<u8> {
         } else {
             m.payload
         };
-        let csid = if m.type_id == MessageType::VIDEO {
-            PLAYER_VIDEO_CSID
-        } else {
-            PLAYER_AUDIO_CSID
-        };
-        let msg = RawMessage { csid, payload, ..m };
-        encode_message(&mut out, chunk_size, &msg);
+        let stream_id = m.stream_id;
+        let msg = RawMessage { payload, ..m };
+        encode_for_player(&mut out, chunk_size, stream_id, &msg);
     }
     out.to_vec()
 }

@@ -413,6 +413,15 @@ impl ConnState {
         }
     }
 
+    fn asker<'a>(&self, app: &'a str, name: &'a str) -> Asker<'a> {
+        Asker {
+            conn: self.conn,
+            app,
+            name,
+            peer: self.peer,
+        }
+    }
+
     /// A publish request, through admission.
     async fn publish(
         &mut self,
@@ -423,12 +432,7 @@ impl ConnState {
         ctx: &ConnectionContext,
     ) {
         let app = app_of(session);
-        let who = Asker {
-            conn: self.conn,
-            app: &app,
-            name,
-            peer: self.peer,
-        };
+        let who = self.asker(&app, name);
         let admitted = match self.publishing {
             Some(_) => Err(Refusal::InUse { node: None }),
             None => admission::publish(&who, outbox, ctx).await,
@@ -462,12 +466,7 @@ impl ConnState {
         ctx: &ConnectionContext,
     ) {
         let app = app_of(session);
-        let who = Asker {
-            conn: self.conn,
-            app: &app,
-            name,
-            peer: self.peer,
-        };
+        let who = self.asker(&app, name);
         let admitted = match admission::play(&who, ctx).await {
             Ok(p) => p,
             Err(refusal) => {

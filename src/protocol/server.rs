@@ -37,6 +37,25 @@ pub const PLAYER_AUDIO_CSID: u32 = 4;
 pub const PLAYER_VIDEO_CSID: u32 = 6;
 pub const PLAYER_DATA_CSID: u32 = 8;
 
+/// Encodes `m` for a player that plays on message stream `stream_id`: on
+/// the player chunk stream of its type, with a type-0 header, so the same
+/// bytes serve every player with that stream id and chunk size.
+pub fn encode_for_player(out: &mut BytesMut, chunk_size: u32, stream_id: u32, m: &RawMessage) {
+    let csid = match m.type_id {
+        MessageType::AUDIO => PLAYER_AUDIO_CSID,
+        MessageType::VIDEO => PLAYER_VIDEO_CSID,
+        _ => PLAYER_DATA_CSID,
+    };
+    let m = RawMessage {
+        csid,
+        stream_id,
+        timestamp: m.timestamp,
+        type_id: m.type_id,
+        payload: m.payload.clone(),
+    };
+    encode_message(out, chunk_size, &m);
+}
+
 /// Per-connection settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerConfig {

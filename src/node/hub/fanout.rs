@@ -3,12 +3,12 @@
 //! under the slow-player rules.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::chunk::encode_message;
-use crate::protocol::server::{PLAYER_AUDIO_CSID, PLAYER_DATA_CSID, PLAYER_VIDEO_CSID};
+use crate::protocol::server::encode_for_player;
 use crate::protocol::{MessageType, RawMessage};
 
 use super::super::conn::{Conn, Notice};
@@ -67,15 +67,8 @@ fn encoded(player: &Player, m: &RawMessage, memo: &mut Memo) -> Bytes {
     if let Some((_, b)) = memo.iter().find(|(k, _)| *k == key) {
         return b.clone();
     }
-    let mut msg = m.clone();
-    msg.stream_id = player.stream_id;
-    msg.csid = match msg.type_id {
-        MessageType::AUDIO => PLAYER_AUDIO_CSID,
-        MessageType::VIDEO => PLAYER_VIDEO_CSID,
-        _ => PLAYER_DATA_CSID,
-    };
     let mut out = BytesMut::new();
-    encode_message(&mut out, player.chunk_size, &msg);
+    encode_for_player(&mut out, player.chunk_size, player.stream_id, m);
     let b = out.freeze();
     memo.push((key, b.clone()));
     b
@@ -97,7 +90,7 @@ fn send(player: &Player, m: &RawMessage, memo: &mut Memo) {
 /// Queues `m` to every player, encoded once per (stream id, chunk size).
 /// A player whose queue would pass its byte limit drops frames up to the
 /// next keyframe; one that stays behind past `max_lag_ms` is disconnected.
-/// Returns how many players left the list (closed or cut).
+/// Players that leave the list (closed or cut) leave the players gauge.
 pub fn fan_out(
     players: &mut Vec<Player>,
     m: &RawMessage,
@@ -106,7 +99,7 @@ pub fn fan_out(
     stats: &ShardStats,
     memo: &mut Memo,
     now: Instant,
-) -> usize {
+) {
     memo.clear();
     let before = players.len();
     players.retain_mut(|p| {
@@ -138,7 +131,10 @@ pub fn fan_out(
         stats.add_message_out();
         true
     });
-    before - players.len()
+    let left = (before - players.len()) as u64;
+    if left > 0 {
+        stats.players.fetch_sub(left, Ordering::Relaxed);
+    }
 }
 
 /// The publisher is gone: each player is told (its connection writes

@@ -311,7 +311,7 @@ impl Hub {
                 sub.waiting_key = false;
             }
         }
-        let left = fan_out(
+        fan_out(
             &mut stream.players,
             &message,
             kind,
@@ -320,7 +320,6 @@ impl Hub {
             &mut self.memo,
             now,
         );
-        self.players_gauge(-(left as i64));
     }
 
     /// The publisher `conn` of stream `id` left: unregister, tell players

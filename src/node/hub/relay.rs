@@ -63,7 +63,7 @@ impl Hub {
                     return;
                 };
                 let kind = stream.gop.push(&message);
-                let left = fan_out(
+                fan_out(
                     &mut stream.players,
                     &message,
                     kind,
@@ -72,7 +72,6 @@ impl Hub {
                     &mut self.memo,
                     now,
                 );
-                self.players_gauge(-(left as i64));
             }
             ShardMsg::Ended { id } => {
                 if self.streams.get(id).is_some_and(|s| s.publisher.is_none()) {
