@@ -9,6 +9,9 @@
 //! (`/metrics` and the probes stay open). HTTP/1.1 by hyper, keep-alive
 //! included; request headers, time per request and per connection, and
 //! connections at once are bounded.
+//!
+//! Long (about 610 lines): the HTTP routes and the Prometheus families they
+//! render, one per counter the node keeps.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,18 +1,26 @@
-//! Tributary: an RTMP ingest cluster node.
+//! Tributary: an RTMP ingest cluster node. The whole story, written from
+//! the code, is `docs/architecture.md`; the modules:
 //!
-//! Architecture in ten lines (the whole story is in `DESIGN.md`):
-//! - [`protocol`] is sans-IO RTMP: handshake, chunk stream, AMF, typed messages,
-//!   server and client sessions, FLV and codec parsing. Bytes and `now` in,
-//!   events and bytes out; no sockets, no clocks, no runtime.
-//! - The node (data plane) runs one glommio executor per core; each shard
-//!   accepts on its own `SO_REUSEPORT` listener and keeps every connection it
-//!   accepted for that connection's whole life.
-//! - A stream is owned by its publisher's shard; other shards subscribe once
-//!   per stream and fan out locally. Media is `bytes::Bytes`, shared by
+//! - [`protocol`]: sans-IO RTMP: handshake, chunk stream, AMF, typed
+//!   messages, server and client sessions, FLV and codec parsing. Bytes and
+//!   `now` in, events and bytes out; no sockets, no clocks, no runtime.
+//! - [`node`]: the data plane. One glommio executor per core (a shard), each
+//!   with its own io_uring socket ring, its hub (a deterministic core: the
+//!   streams, players and fan-out of that shard) and its end of the bounded
+//!   channel mesh between shards. Media is `bytes::Bytes`, shared by
 //!   reference count, never copied per player, never behind a lock.
+//! - [`stream`]: what the node and the cluster both speak: the stream key
+//!   and the commands a shard takes from outside it.
 //! - [`cluster`]: with NATS configured, one control thread (tokio) keeps the
 //!   cluster-wide stream registry and relays media between nodes; shards
-//!   reach it through bounded channels only. HTTP admin is [`admin`].
+//!   reach it through bounded channels only.
+//! - [`admin`]: the HTTP admin plane (hyper): metrics, probes, the API.
+//! - [`auth`]: stream keys and signed tokens; [`webhook`]: the auth service
+//!   asked over HTTP; [`tls`]: RTMPS certificates (SNI, reload).
+//! - [`config`]: the TOML configuration and the command line.
+//! - [`control_thread`]: the threads that run a tokio runtime beside the
+//!   shards.
+//! - [`synthetic`]: the synthetic stream the tests and the load tool publish.
 
 pub mod admin;
 pub mod auth;

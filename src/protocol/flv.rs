@@ -6,6 +6,9 @@
 //! [`RawMessage`]s. It must never buffer a tag larger than the limit it was
 //! given, trust a length before checking it, panic on any input, or look
 //! inside a payload (codec parsing is `media`'s, AMF is `amf0`'s).
+//!
+//! Long (about 700 lines): FLV reading and writing, and their tests inline
+//! (about 300 lines).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;

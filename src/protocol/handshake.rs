@@ -11,6 +11,9 @@
 //! Call order for either side: `handle_input` with whatever bytes arrived,
 //! then `poll_transmit` to collect what must be sent, until `is_done`. An
 //! error means the peer cannot be served; drop the connection.
+//!
+//! Long (about 1,000 lines): the simple and the digest handshake in both
+//! roles, and their tests inline (about 480 lines).
 
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};

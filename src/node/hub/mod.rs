@@ -15,6 +15,11 @@
 //! Shard-local (`Rc`), never shared. Streams are found by key on the rare
 //! paths (publish, play) and by [`StreamId`] per message: no string is
 //! hashed per message.
+//!
+//! Long (about 650 lines): the publish, play, wait and leave lifecycle in one
+//! `impl`, because each step keeps the gauges and the waiting list consistent
+//! with the others; the traffic with other shards and the cluster is
+//! `relay.rs`, the fan-out `fanout.rs`, the slab `streams.rs`.
 
 mod fanout;
 mod outbox;

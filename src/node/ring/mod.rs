@@ -19,9 +19,17 @@
 //! sent) stays alive until its completion; a socket is closed only when
 //! nothing is in flight on it; the ring itself is never dropped (a shard
 //! parks at shutdown; a panic aborts the process).
+//!
+//! Long (about 810 lines): the driver (submit, wait, reap, dispatch) and the
+//! accept and receive paths over one slot table, plus the ring's own tests;
+//! the write path is `send.rs`, closing and the sweep `close.rs`.
 
 pub mod buffers;
+mod close;
 pub mod probe;
+mod send;
+
+use send::SendBuf;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -105,57 +113,6 @@ impl Future for NotifyWait<'_> {
         }
         self.0.waker.set(Some(cx.waker().clone()));
         Poll::Pending
-    }
-}
-
-/// One send in flight, kept at a stable address until its completion: the
-/// kernel reads the msghdr and iovecs, and the data the iovecs point into.
-struct SendBuf {
-    bufs: VecDeque<Bytes>,
-    iov: Vec<libc::iovec>,
-    msg: libc::msghdr,
-}
-
-impl SendBuf {
-    fn new() -> Box<SendBuf> {
-        Box::new(SendBuf {
-            bufs: VecDeque::new(),
-            iov: Vec::new(),
-            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-            msg: unsafe { std::mem::zeroed() },
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.bufs.iter().map(Bytes::len).sum()
-    }
-
-    /// Drops `n` sent bytes from the front.
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.bufs.front_mut() else {
-                return;
-            };
-            if front.len() <= n {
-                n -= front.len();
-                self.bufs.pop_front();
-            } else {
-                front.advance(n);
-                n = 0;
-            }
-        }
-    }
-
-    /// Points the msghdr's iovecs at the buffers.
-    fn prepare(&mut self) -> *const libc::msghdr {
-        self.iov.clear();
-        self.iov.extend(self.bufs.iter().map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        }));
-        self.msg.msg_iov = self.iov.as_mut_ptr();
-        self.msg.msg_iovlen = self.iov.len() as _;
-        &self.msg
     }
 }
 
@@ -364,30 +321,6 @@ impl SocketRing {
         conn
     }
 
-    /// The connection's task is done with it: flush what is queued (for up
-    /// to [`CLOSE_FLUSH`]), then close the socket.
-    pub fn finish(&self, conn: &Conn) {
-        let slot = conn.slot();
-        let cancel = {
-            let mut slots = self.slots.borrow_mut();
-            let Some(s) = slots.get_mut(slot as usize) else {
-                return;
-            };
-            let generation = s.generation;
-            let Some(sock) = s.socket.as_mut().filter(|sock| sock.conn.id == conn.id) else {
-                return;
-            };
-            sock.closing = Some(Instant::now() + CLOSE_FLUSH);
-            sock.conn.close();
-            sock.recv_armed
-                .then(|| user_data(KIND_RECV, slot, generation))
-        };
-        if let Some(ud) = cancel {
-            self.cancel(ud);
-        }
-        conn.schedule();
-    }
-
     fn arm_recv(&self, slot: u32) {
         let entry = {
             let mut slots = self.slots.borrow_mut();
@@ -534,26 +467,6 @@ impl SocketRing {
                 glommio::timer::sleep(self.wake_interval - since).await;
             }
         }
-    }
-
-    /// Sends for the connections with output queued, now or, when
-    /// coalescing, once the round is due; returns when a round is pending.
-    fn send_round(&self, now: Instant) -> Option<Instant> {
-        if self.queue.dirty.borrow().is_empty() {
-            self.flush_due.set(None);
-            return None;
-        }
-        if !self.coalesce.is_zero() && !self.queue.urgent.get() {
-            let due = self.flush_due.get().unwrap_or(now + self.coalesce);
-            self.flush_due.set(Some(due));
-            if now < due {
-                return Some(due);
-            }
-        }
-        self.queue.urgent.set(false);
-        self.flush_due.set(None);
-        self.flush(now);
-        None
     }
 
     /// Reaps every completion; returns how many.
@@ -724,112 +637,6 @@ impl SocketRing {
         self.maybe_close(slot);
     }
 
-    fn sent(&self, slot: u32, generation: u32, res: i32, now: Instant) {
-        let mut resend = false;
-        {
-            let mut slots = self.slots.borrow_mut();
-            let Some(sock) = slots
-                .get_mut(slot as usize)
-                .filter(|s| s.generation == generation)
-                .and_then(|s| s.socket.as_mut())
-            else {
-                return;
-            };
-            sock.sending = false;
-            let Some(send) = sock.send.as_mut() else {
-                return;
-            };
-            if res >= 0 {
-                let n = res as usize;
-                send.advance(n);
-                if send.bufs.is_empty() && send.bufs.capacity() > 16 {
-                    send.bufs.shrink_to(16);
-                    send.iov.shrink_to(16);
-                }
-                sock.conn.sent(n);
-                self.stats.add_out(n as u64);
-                sock.last_progress = now;
-                let tls_pending = sock
-                    .conn
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| t.borrow().wants_write());
-                if !send.bufs.is_empty() && !sock.forced {
-                    resend = true;
-                } else if sock.conn.has_output() || tls_pending || sock.closing.is_some() {
-                    sock.conn.schedule();
-                }
-            } else {
-                send.bufs.clear();
-                sock.conn
-                    .end(End::Write(std::io::Error::from_raw_os_error(-res)));
-                sock.conn.discard_output();
-            }
-        }
-        if resend {
-            self.start_send(slot);
-        }
-        self.maybe_close(slot);
-    }
-
-    /// Sends for every connection with output queued and no send in flight.
-    fn flush(&self, now: Instant) {
-        let dirty = std::mem::take(&mut *self.queue.dirty.borrow_mut());
-        for &slot in &dirty {
-            let ready = {
-                let mut slots = self.slots.borrow_mut();
-                let Some(sock) = slots.get_mut(slot as usize).and_then(|s| s.socket.as_mut())
-                else {
-                    continue;
-                };
-                sock.conn.unschedule();
-                if sock.sending || sock.forced {
-                    continue;
-                }
-                let send = sock.send.get_or_insert_with(SendBuf::new);
-                gather(&sock.conn, send);
-                if send.bufs.is_empty() {
-                    false
-                } else {
-                    sock.last_progress = now;
-                    true
-                }
-            };
-            if ready {
-                self.start_send(slot);
-            }
-            self.maybe_close(slot);
-        }
-        // Give the list's allocation back for reuse.
-        let mut list = self.queue.dirty.borrow_mut();
-        if list.is_empty() {
-            let mut dirty = dirty;
-            dirty.clear();
-            *list = dirty;
-        }
-    }
-
-    fn start_send(&self, slot: u32) {
-        let entry = {
-            let mut slots = self.slots.borrow_mut();
-            let s = &mut slots[slot as usize];
-            let generation = s.generation;
-            let Some(sock) = s.socket.as_mut() else {
-                return;
-            };
-            let Some(send) = sock.send.as_mut() else {
-                return;
-            };
-            sock.sending = true;
-            let msg = send.prepare();
-            opcode::SendMsg::new(types::Fd(sock.fd.as_raw_fd()), msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(user_data(KIND_SEND, slot, generation))
-        };
-        self.push(entry);
-    }
-
     /// Pauses or resumes receiving for connections that asked.
     fn reconcile(&self) {
         let list = std::mem::take(&mut *self.queue.reconcile.borrow_mut());
@@ -891,136 +698,6 @@ impl SocketRing {
                 self.arm_recv(slot);
             }
         }
-    }
-
-    /// Closes a closing socket once nothing is in flight on it and its
-    /// output is flushed (or the flush was forced).
-    fn maybe_close(&self, slot: u32) {
-        let mut slots = self.slots.borrow_mut();
-        let Some(s) = slots.get_mut(slot as usize) else {
-            return;
-        };
-        let Some(sock) = s.socket.as_ref() else {
-            return;
-        };
-        let flushed = !sock.conn.has_output()
-            && sock.send.as_ref().map_or(true, |b| b.bufs.is_empty())
-            && !sock
-                .conn
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.borrow().wants_write());
-        if sock.closing.is_none() || sock.recv_armed || sock.sending || !(flushed || sock.forced) {
-            return;
-        }
-        if let Some(sock) = s.socket.take() {
-            sock.conn.drop_input();
-            sock.conn.discard_output();
-            drop(sock.fd);
-        }
-        // Completions carry 28 bits of it (see `user_data`).
-        s.generation = s.generation.wrapping_add(1) & 0x0FFF_FFFF;
-        self.free.borrow_mut().push(slot);
-    }
-
-    /// The shard's one deadline sweep: handshake, idle and write-stall
-    /// limits, the flush limit of closing sockets, and accept retries.
-    pub fn sweep(&self, now: Instant) {
-        let t = self.timeouts;
-        let mut forced = Vec::new();
-        for (i, s) in self.slots.borrow_mut().iter_mut().enumerate() {
-            let Some(sock) = s.socket.as_mut() else {
-                continue;
-            };
-            if let Some(deadline) = sock.closing {
-                if now >= deadline && !sock.forced {
-                    sock.forced = true;
-                    // SAFETY: shutdown on an fd we own; it makes any send or
-                    // receive in flight on it complete.
-                    unsafe { libc::shutdown(sock.fd.as_raw_fd(), libc::SHUT_RDWR) };
-                    forced.push(i as u32);
-                }
-                continue;
-            }
-            let conn = &sock.conn;
-            if conn.paused.get() || conn.is_held() {
-                // The idle clock does not run while we hold input back.
-                sock.last_read = now;
-            }
-            if !conn.is_connected() {
-                if now.duration_since(sock.accepted_at) > t.handshake {
-                    conn.end(End::Timeout("handshake timeout"));
-                }
-            } else if now.duration_since(sock.last_read) > t.idle {
-                conn.end(End::Timeout("idle timeout"));
-            }
-            if sock.sending && now.duration_since(sock.last_progress) > t.write {
-                conn.end(End::Stalled(t.write));
-            }
-        }
-        for slot in forced {
-            self.maybe_close(slot);
-        }
-        let retry: Vec<usize> = self
-            .listeners
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.retry_at.is_some_and(|at| now >= at))
-            .map(|(i, _)| i)
-            .collect();
-        for i in retry {
-            self.arm_accept(i);
-        }
-        self.queue.notify.notify();
-    }
-
-    /// Sockets open on this ring (closing ones included).
-    pub fn open_sockets(&self) -> usize {
-        self.slots
-            .borrow()
-            .iter()
-            .filter(|s| s.socket.is_some())
-            .count()
-    }
-}
-
-/// Moves a connection's queued output into its send: plain `Bytes` as they
-/// are, or, over TLS, encrypted into one record buffer.
-fn gather(conn: &Conn, send: &mut SendBuf) {
-    let Some(tls) = &conn.tls else {
-        let mut bytes = send.len();
-        while send.bufs.len() < MAX_IOVECS && bytes < MAX_SEND_BYTES {
-            let Some(b) = conn.pop_output() else {
-                break;
-            };
-            bytes += b.len();
-            send.bufs.push_back(b);
-        }
-        return;
-    };
-    let mut tls = tls.borrow_mut();
-    if !tls.is_handshaking() {
-        while let Some(b) = conn.pop_output() {
-            // The buffer limit is off (see `tls::ServerTls`): all is taken.
-            let _ = tls.writer().write_all(&b);
-            conn.sent(b.len());
-        }
-        // Closing: close_notify goes after the last queued message.
-        if conn.is_closed() && !conn.close_notified.replace(true) {
-            tls.send_close_notify();
-        }
-    }
-    let mut records = Vec::new();
-    while tls.wants_write() {
-        match tls.write_tls(&mut records) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    if !records.is_empty() {
-        conn.added(records.len());
-        send.bufs.push_back(Bytes::from(records));
     }
 }
 

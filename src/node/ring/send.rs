@@ -1,0 +1,224 @@
+//! The ring's write path: a connection's queued `Bytes` gathered into one
+//! SENDMSG (an iovec each, or one TLS record buffer), one send in flight
+//! per socket, short sends resumed, and the shard's send rounds (video and
+//! replies at once, audio and data up to `players.send_coalesce_ms` later).
+
+use super::*;
+
+/// One send in flight, kept at a stable address until its completion: the
+/// kernel reads the msghdr and iovecs, and the data the iovecs point into.
+pub(super) struct SendBuf {
+    pub(super) bufs: VecDeque<Bytes>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+impl SendBuf {
+    pub(super) fn new() -> Box<SendBuf> {
+        Box::new(SendBuf {
+            bufs: VecDeque::new(),
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            msg: unsafe { std::mem::zeroed() },
+        })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.bufs.iter().map(Bytes::len).sum()
+    }
+
+    /// Drops `n` sent bytes from the front.
+    pub(super) fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.bufs.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.bufs.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Points the msghdr's iovecs at the buffers.
+    pub(super) fn prepare(&mut self) -> *const libc::msghdr {
+        self.iov.clear();
+        self.iov.extend(self.bufs.iter().map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len() as _;
+        &self.msg
+    }
+}
+
+impl SocketRing {
+    /// Sends for the connections with output queued, now or, when
+    /// coalescing, once the round is due; returns when a round is pending.
+    pub(super) fn send_round(&self, now: Instant) -> Option<Instant> {
+        if self.queue.dirty.borrow().is_empty() {
+            self.flush_due.set(None);
+            return None;
+        }
+        if !self.coalesce.is_zero() && !self.queue.urgent.get() {
+            let due = self.flush_due.get().unwrap_or(now + self.coalesce);
+            self.flush_due.set(Some(due));
+            if now < due {
+                return Some(due);
+            }
+        }
+        self.queue.urgent.set(false);
+        self.flush_due.set(None);
+        self.flush(now);
+        None
+    }
+
+    pub(super) fn sent(&self, slot: u32, generation: u32, res: i32, now: Instant) {
+        let mut resend = false;
+        {
+            let mut slots = self.slots.borrow_mut();
+            let Some(sock) = slots
+                .get_mut(slot as usize)
+                .filter(|s| s.generation == generation)
+                .and_then(|s| s.socket.as_mut())
+            else {
+                return;
+            };
+            sock.sending = false;
+            let Some(send) = sock.send.as_mut() else {
+                return;
+            };
+            if res >= 0 {
+                let n = res as usize;
+                send.advance(n);
+                if send.bufs.is_empty() && send.bufs.capacity() > 16 {
+                    send.bufs.shrink_to(16);
+                    send.iov.shrink_to(16);
+                }
+                sock.conn.sent(n);
+                self.stats.add_out(n as u64);
+                sock.last_progress = now;
+                let tls_pending = sock
+                    .conn
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.borrow().wants_write());
+                if !send.bufs.is_empty() && !sock.forced {
+                    resend = true;
+                } else if sock.conn.has_output() || tls_pending || sock.closing.is_some() {
+                    sock.conn.schedule();
+                }
+            } else {
+                send.bufs.clear();
+                sock.conn
+                    .end(End::Write(std::io::Error::from_raw_os_error(-res)));
+                sock.conn.discard_output();
+            }
+        }
+        if resend {
+            self.start_send(slot);
+        }
+        self.maybe_close(slot);
+    }
+
+    /// Sends for every connection with output queued and no send in flight.
+    pub(super) fn flush(&self, now: Instant) {
+        let dirty = std::mem::take(&mut *self.queue.dirty.borrow_mut());
+        for &slot in &dirty {
+            let ready = {
+                let mut slots = self.slots.borrow_mut();
+                let Some(sock) = slots.get_mut(slot as usize).and_then(|s| s.socket.as_mut())
+                else {
+                    continue;
+                };
+                sock.conn.unschedule();
+                if sock.sending || sock.forced {
+                    continue;
+                }
+                let send = sock.send.get_or_insert_with(SendBuf::new);
+                gather(&sock.conn, send);
+                if send.bufs.is_empty() {
+                    false
+                } else {
+                    sock.last_progress = now;
+                    true
+                }
+            };
+            if ready {
+                self.start_send(slot);
+            }
+            self.maybe_close(slot);
+        }
+        // Give the list's allocation back for reuse.
+        let mut list = self.queue.dirty.borrow_mut();
+        if list.is_empty() {
+            let mut dirty = dirty;
+            dirty.clear();
+            *list = dirty;
+        }
+    }
+
+    pub(super) fn start_send(&self, slot: u32) {
+        let entry = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[slot as usize];
+            let generation = s.generation;
+            let Some(sock) = s.socket.as_mut() else {
+                return;
+            };
+            let Some(send) = sock.send.as_mut() else {
+                return;
+            };
+            sock.sending = true;
+            let msg = send.prepare();
+            opcode::SendMsg::new(types::Fd(sock.fd.as_raw_fd()), msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+                .user_data(user_data(KIND_SEND, slot, generation))
+        };
+        self.push(entry);
+    }
+}
+
+/// Moves a connection's queued output into its send: plain `Bytes` as they
+/// are, or, over TLS, encrypted into one record buffer.
+fn gather(conn: &Conn, send: &mut SendBuf) {
+    let Some(tls) = &conn.tls else {
+        let mut bytes = send.len();
+        while send.bufs.len() < MAX_IOVECS && bytes < MAX_SEND_BYTES {
+            let Some(b) = conn.pop_output() else {
+                break;
+            };
+            bytes += b.len();
+            send.bufs.push_back(b);
+        }
+        return;
+    };
+    let mut tls = tls.borrow_mut();
+    if !tls.is_handshaking() {
+        while let Some(b) = conn.pop_output() {
+            // The buffer limit is off (see `tls::ServerTls`): all is taken.
+            let _ = tls.writer().write_all(&b);
+            conn.sent(b.len());
+        }
+        // Closing: close_notify goes after the last queued message.
+        if conn.is_closed() && !conn.close_notified.replace(true) {
+            tls.send_close_notify();
+        }
+    }
+    let mut records = Vec::new();
+    while tls.wants_write() {
+        match tls.write_tls(&mut records) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    if !records.is_empty() {
+        conn.added(records.len());
+        send.bufs.push_back(Bytes::from(records));
+    }
+}
