@@ -38,7 +38,7 @@ pub use crate::stream::StreamKey;
 
 /// What shards tell each other about streams. Cloning shares payloads.
 /// Per-message traffic (snapshot, media, end) names the subscriber's own
-/// [`hub::StreamId`] for the stream, so the receiver hashes no key.
+/// `hub::StreamId` for the stream, so the receiver hashes no key.
 #[derive(Debug, Clone)]
 pub enum ShardMsg {
     /// `shard` has players for `key` (its relay `id`): send it the

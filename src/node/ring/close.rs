@@ -6,7 +6,7 @@ use super::*;
 
 impl SocketRing {
     /// The connection's task is done with it: flush what is queued (for up
-    /// to [`CLOSE_FLUSH`]), then close the socket.
+    /// to `CLOSE_FLUSH`), then close the socket.
     pub fn finish(&self, conn: &Conn) {
         let slot = conn.slot();
         let cancel = {
