@@ -154,13 +154,19 @@ pub enum Request {
     },
 }
 
-/// A message of a stream this node exports (owner side), on the export
-/// queue.
+/// What the export queue carries, in the order the shard produced it.
 #[derive(Debug)]
-pub struct Export {
-    pub key: StreamKey,
-    pub seq: u64,
-    pub message: RawMessage,
+pub enum Export {
+    /// A message of a stream this node exports (owner side).
+    Media {
+        key: StreamKey,
+        seq: u64,
+        message: RawMessage,
+    },
+    /// The exported stream's local publisher on `shard` left: the relaying
+    /// nodes hear the end after its last message, then the registry entry
+    /// goes (what `Request::Unregister` does for a stream nobody relays).
+    Ended { key: StreamKey, shard: usize },
 }
 
 /// A node's heartbeat entry (bucket `tributary_nodes`), refreshed with the
@@ -385,12 +391,18 @@ impl ClusterHandle {
         let _ = self.requests.send(req).await;
     }
 
-    /// Offers an exported message; when the export queue is full it is
-    /// dropped and counted: the relaying nodes see the gap and resume at the
-    /// next keyframe.
-    pub fn export(&self, export: Export) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.exports.try_send(export) {
-            ClusterStats::add(&self.stats.export_drops, 1);
+    /// Offers an export. Media that finds the export queue full is
+    /// dropped and counted (the relaying nodes see the gap and resume at
+    /// the next keyframe); an end that finds it full is handed back, for
+    /// the request queue.
+    pub fn export(&self, export: Export) -> Result<(), Export> {
+        match self.exports.try_send(export) {
+            Err(mpsc::error::TrySendError::Full(e @ Export::Ended { .. })) => Err(e),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                ClusterStats::add(&self.stats.export_drops, 1);
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -208,7 +208,10 @@ async fn run(
         let c = control.clone();
         tokio::task::spawn_local(async move {
             while let Some(e) = exports.recv().await {
-                c.export(&e.key, e.seq, &e.message).await;
+                match e {
+                    Export::Media { key, seq, message } => c.export(&key, seq, &message).await,
+                    Export::Ended { key, shard } => c.unregister(key, shard),
+                }
             }
         });
     }

@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::Request;
+use crate::cluster::{Export, Request};
 use crate::protocol::RawMessage;
 
 use super::conn::{Conn, Notice};
@@ -195,6 +195,21 @@ impl Hub {
         }
     }
 
+    /// A local stream ended: the cluster drops its registry entry. An
+    /// exported one goes through the export queue, behind its last
+    /// messages, so relaying nodes get all of them before the end.
+    fn unregister(&mut self, stream: &Stream) {
+        if !self.clustered {
+            return;
+        }
+        let (key, shard) = (stream.key.clone(), self.shard);
+        if stream.export {
+            self.out.export(Export::Ended { key, shard }, &self.stats);
+        } else {
+            self.tell_cluster(Request::Unregister { key, shard });
+        }
+    }
+
     /// Removes a stream; a local one leaves the publisher gauge.
     fn remove_stream(&mut self, id: StreamId) -> Option<Stream> {
         let stream = self.streams.remove(id)?;
@@ -279,7 +294,7 @@ impl Hub {
         stream.bytes += message.payload.len() as u64;
         if stream.export {
             self.out.export(
-                crate::cluster::Export {
+                Export::Media {
                     key: stream.key.clone(),
                     seq: stream.seq,
                     message: message.clone(),
@@ -342,10 +357,7 @@ impl Hub {
         };
         self.directory.unregister(&stream.key, self.shard);
         if conn != RELAY_CONN {
-            self.tell_cluster(Request::Unregister {
-                key: stream.key.clone(),
-                shard: self.shard,
-            });
+            self.unregister(&stream);
         }
         for sub in &stream.remote {
             self.tell(sub.shard, ShardMsg::Ended { id: sub.id });
@@ -611,10 +623,7 @@ impl Hub {
                 self.directory.unregister(&stream.key, self.shard);
             }
             if stream.is_local() {
-                self.tell_cluster(Request::Unregister {
-                    key: stream.key.clone(),
-                    shard: self.shard,
-                });
+                self.unregister(&stream);
             } else if stream.is_node_relay() {
                 self.tell_cluster(Request::Release {
                     key: stream.key.clone(),

@@ -80,8 +80,10 @@ impl Outbox {
         self.cluster.push_back(req);
     }
 
+    /// Queues an export; past the bound media is dropped (counted), an
+    /// end never is.
     pub fn export(&mut self, export: Export, stats: &ShardStats) {
-        if self.exports.len() >= EXPORT_BACKLOG {
+        if self.exports.len() >= EXPORT_BACKLOG && matches!(export, Export::Media { .. }) {
             stats.add_queue_overflow(Queue::Exports);
             return;
         }
@@ -101,6 +103,12 @@ impl Outbox {
 
     pub fn pop_request(&mut self) -> Option<Request> {
         self.cluster.pop_front()
+    }
+
+    /// A request that must not be lost (an end the export queue had no
+    /// room for), first in line.
+    pub fn urgent_request(&mut self, req: Request) {
+        self.cluster.push_front(req);
     }
 
     pub fn unpop_request(&mut self, req: Request) {

@@ -693,3 +693,37 @@ proptest! {
         run(ops, takeover, wait);
     }
 }
+
+#[test]
+fn an_exported_stream_ends_behind_its_last_message() {
+    let mut node = Shards::new(1, config(), true);
+    let (k, publisher) = (key("out"), node.conn());
+    let now = node.now;
+    let id = node.hubs[0]
+        .publish(&k, publisher.id, publisher.clone(), 1, now)
+        .unwrap();
+    node.hubs[0].on_cluster(
+        ShardCommand::Export {
+            key: k.clone(),
+            on: true,
+        },
+        now,
+    );
+    node.hubs[0].on_publisher_message(id, frame(true, 0, 100), now);
+    node.hubs[0].on_publisher_message(id, frame(false, 33, 100), now);
+    node.hubs[0].unpublish(id, publisher.id, now);
+    let out = node.hubs[0].outbox();
+    let mut exports = Vec::new();
+    while let Some(e) = out.pop_export() {
+        exports.push(match e {
+            crate::cluster::Export::Media { seq, .. } => format!("media {}", seq & 0xFFFF),
+            crate::cluster::Export::Ended { key, shard } => format!("end {key} {shard}"),
+        });
+    }
+    assert_eq!(exports, ["media 1", "media 2", "end live/out 0"]);
+    let mut unregisters = 0;
+    while let Some(r) = out.pop_request() {
+        unregisters += matches!(r, Request::Unregister { .. }) as usize;
+    }
+    assert_eq!(unregisters, 0, "the end goes with the exports, in order");
+}
