@@ -77,6 +77,7 @@ pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr>
                 continue;
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
+                state.1.admin_refused.inc();
                 continue;
             };
             let state = state.clone();
@@ -315,6 +316,8 @@ struct Metrics {
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
+    /// Admin connections closed at accept: `MAX_CONNECTIONS` were open.
+    admin_refused: prometheus::IntCounter,
 }
 
 /// Reads one cluster counter.
@@ -533,7 +536,13 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             cluster_counters.push((c, read));
         }
+        let admin_refused = prometheus::IntCounter::new(
+            "tributary_admin_connections_refused_total",
+            "HTTP admin connections closed at accept because 256 were already open",
+        )?;
+        registry.register(Box::new(admin_refused.clone()))?;
         Ok(Self {
+            admin_refused,
             registry,
             gauges,
             counters,
