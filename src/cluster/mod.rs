@@ -163,10 +163,11 @@ pub enum Export {
         seq: u64,
         message: RawMessage,
     },
-    /// The exported stream's local publisher on `shard` left: the relaying
-    /// nodes hear the end after its last message, then the registry entry
-    /// goes (what `Request::Unregister` does for a stream nobody relays).
-    Ended { key: StreamKey, shard: usize },
+    /// The exported stream's publisher left (its `Request::Unregister` is
+    /// on the request queue, in order with claims): relaying nodes hear the
+    /// end after its last message. If this is lost to a full queue, the
+    /// control thread sends the end a little later anyway.
+    Ended { key: StreamKey },
 }
 
 /// A node's heartbeat entry (bucket `tributary_nodes`), refreshed with the
@@ -391,18 +392,13 @@ impl ClusterHandle {
         let _ = self.requests.send(req).await;
     }
 
-    /// Offers an export. Media that finds the export queue full is
-    /// dropped and counted (the relaying nodes see the gap and resume at
-    /// the next keyframe); an end that finds it full is handed back, for
-    /// the request queue.
-    pub fn export(&self, export: Export) -> Result<(), Export> {
-        match self.exports.try_send(export) {
-            Err(mpsc::error::TrySendError::Full(e @ Export::Ended { .. })) => Err(e),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                ClusterStats::add(&self.stats.export_drops, 1);
-                Ok(())
-            }
-            _ => Ok(()),
+    /// Offers an export; one that finds the export queue full is dropped
+    /// and counted. Relaying nodes see a gap in media and resume at the
+    /// next keyframe; a lost end is sent by the control thread after
+    /// `DRAIN_LIMIT`.
+    pub fn export(&self, export: Export) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.exports.try_send(export) {
+            ClusterStats::add(&self.stats.export_drops, 1);
         }
     }
 }

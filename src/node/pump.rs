@@ -13,7 +13,7 @@ use std::rc::Rc;
 use glommio::channels::channel_mesh::Senders;
 use glommio::{GlommioError, ResourceType};
 
-use crate::cluster::{ClusterHandle, Export, Request};
+use crate::cluster::ClusterHandle;
 
 use super::hub::Hub;
 use super::ring::Notify;
@@ -81,9 +81,7 @@ impl SharedHub {
             return;
         };
         while let Some(export) = out.pop_export() {
-            if let Err(Export::Ended { key, shard }) = cluster.export(export) {
-                out.urgent_request(Request::Unregister { key, shard });
-            }
+            cluster.export(export);
         }
         if !self.cluster_busy.get() {
             while let Some(req) = out.pop_request() {

@@ -5,13 +5,58 @@
 use super::*;
 
 impl Control {
+    /// The export queue reached a stream's end: every message before it is
+    /// published, so the End frame follows them.
+    pub(super) async fn export_ended(&self, key: StreamKey) {
+        let draining = self.draining.borrow_mut().remove(&key);
+        match draining {
+            Some(d) => self.send_end(&d.subject).await,
+            // The Unregister is still on the request queue: it sends the end.
+            None => {
+                self.ended_early.borrow_mut().insert(key, Instant::now());
+            }
+        }
+    }
+
+    /// Ends, after [`DRAIN_LIMIT`], exports whose `Export::Ended` never came.
+    pub(super) async fn expire_draining(&self, now: Instant) {
+        let late: Vec<String> = {
+            let mut draining = self.draining.borrow_mut();
+            let late = draining
+                .values()
+                .filter(|d| now.duration_since(d.since) >= DRAIN_LIMIT)
+                .map(|d| d.subject.clone())
+                .collect();
+            draining.retain(|_, d| now.duration_since(d.since) < DRAIN_LIMIT);
+            late
+        };
+        for subject in late {
+            self.send_end(&subject).await;
+        }
+        self.ended_early
+            .borrow_mut()
+            .retain(|_, t| now.duration_since(*t) < DRAIN_LIMIT);
+    }
+
+    /// Tells relaying nodes the stream on `subject` ended.
+    pub(super) async fn send_end(&self, subject: &str) {
+        let end = self.client.publish(subject.to_owned(), wire::encode_end());
+        let _ = tokio::time::timeout(PUBLISH_WAIT, end).await;
+    }
+
     /// Publishes one message of an exported stream. Never waits long: while
     /// NATS is away (the client's queue full) messages are dropped and
     /// counted, and the relaying nodes resume at a keyframe.
     pub(super) async fn export(&self, key: &StreamKey, seq: u64, message: &RawMessage) {
         let subject = match self.owned.borrow().get(key) {
-            Some(o) if o.exporting => o.subject.clone(),
-            _ => return,
+            Some(o) if o.exporting => Some(o.subject.clone()),
+            _ => None,
+        };
+        // Its publisher left, and these are its last messages.
+        let subject =
+            subject.or_else(|| self.draining.borrow().get(key).map(|d| d.subject.clone()));
+        let Some(subject) = subject else {
+            return;
         };
         if !self.connected() {
             count(&self.stats.export_drops);

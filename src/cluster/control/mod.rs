@@ -86,6 +86,19 @@ struct Wanted {
     until: Instant,
 }
 
+/// An exported stream whose publisher left: its registry entry is gone
+/// (the request queue, in order with claims), its last messages may still
+/// be on the export queue. Its End frame goes out when the export queue
+/// reaches its `Export::Ended`, or after [`DRAIN_LIMIT`].
+struct Draining {
+    subject: String,
+    since: Instant,
+}
+
+/// The longest an ended export waits for its `Export::Ended` (a full export
+/// queue can drop it) before its End frame is sent anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
 struct Control {
     s: ClusterSettings,
     me: String,
@@ -96,6 +109,10 @@ struct Control {
     shards: Vec<mpsc::Sender<ShardCommand>>,
     stats: Arc<ClusterStats>,
     owned: RefCell<HashMap<StreamKey, Owned>>,
+    /// Ended exports waiting for their `Export::Ended` (see [`Draining`]).
+    draining: RefCell<HashMap<StreamKey, Draining>>,
+    /// `Export::Ended` seen before the stream's Unregister, and when.
+    ended_early: RefCell<HashMap<StreamKey, Instant>>,
     relays: RefCell<HashMap<StreamKey, Relay>>,
     wanted: RefCell<HashMap<StreamKey, Wanted>>,
     next_generation: Cell<u64>,
@@ -185,6 +202,8 @@ async fn run(
         shards,
         stats,
         owned: RefCell::new(HashMap::new()),
+        draining: RefCell::new(HashMap::new()),
+        ended_early: RefCell::new(HashMap::new()),
         relays: RefCell::new(HashMap::new()),
         wanted: RefCell::new(HashMap::new()),
         next_generation: Cell::new(0),
@@ -210,7 +229,7 @@ async fn run(
             while let Some(e) = exports.recv().await {
                 match e {
                     Export::Media { key, seq, message } => c.export(&key, seq, &message).await,
-                    Export::Ended { key, shard } => c.unregister(key, shard),
+                    Export::Ended { key } => c.export_ended(key).await,
                 }
             }
         });
@@ -448,6 +467,7 @@ impl Control {
                 }
             }
             self.expire_attachments(now).await;
+            self.expire_draining(now).await;
             self.wanted.borrow_mut().retain(|_, w| w.until > now);
             let wanted: Vec<StreamKey> = self.wanted.borrow().keys().cloned().collect();
             for key in wanted {

@@ -215,15 +215,28 @@ impl Control {
         let Some(o) = removed else {
             return;
         };
+        // Relaying nodes hear the end after the stream's last exported
+        // message: when the export queue reaches it (`Export::Ended`), or
+        // now if it already has.
+        let mut end_now = false;
         if o.exporting {
             self.stats.exported_streams.fetch_sub(1, Ordering::Relaxed);
+            end_now = self.ended_early.borrow_mut().remove(&key).is_some();
+            if !end_now {
+                self.draining.borrow_mut().insert(
+                    key.clone(),
+                    Draining {
+                        subject: o.subject.clone(),
+                        since: Instant::now(),
+                    },
+                );
+            }
         }
         self.pending.set(self.pending.get() + 1);
         let c = self.clone();
         tokio::task::spawn_local(async move {
-            if o.exporting {
-                let end = c.client.publish(o.subject.clone(), wire::encode_end());
-                let _ = tokio::time::timeout(PUBLISH_WAIT, end).await;
+            if end_now {
+                c.send_end(&o.subject).await;
             }
             if let (Some(rev), Some(kv), true) = (o.revision, c.streams_kv(), c.connected()) {
                 count(&c.stats.registry_ops);

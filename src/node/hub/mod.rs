@@ -195,19 +195,23 @@ impl Hub {
         }
     }
 
-    /// A local stream ended: the cluster drops its registry entry. An
-    /// exported one goes through the export queue, behind its last
-    /// messages, so relaying nodes get all of them before the end.
+    /// A local stream ended: the cluster drops its registry entry (on the
+    /// request queue, in order with claims). An exported one also marks
+    /// its end on the export queue, behind its last messages, so relaying
+    /// nodes get all of them before the end.
     fn unregister(&mut self, stream: &Stream) {
         if !self.clustered {
             return;
         }
-        let (key, shard) = (stream.key.clone(), self.shard);
+        let key = stream.key.clone();
         if stream.export {
-            self.out.export(Export::Ended { key, shard }, &self.stats);
-        } else {
-            self.tell_cluster(Request::Unregister { key, shard });
+            self.out
+                .export(Export::Ended { key: key.clone() }, &self.stats);
         }
+        self.tell_cluster(Request::Unregister {
+            key,
+            shard: self.shard,
+        });
     }
 
     /// Removes a stream; a local one leaves the publisher gauge.
@@ -485,9 +489,13 @@ impl Hub {
                 } else {
                     self.players_gauge(-1);
                 }
-            } else if let PlayOutcome::NotFound = self.attach_player(key, w.player) {
-                // Unreachable while `is_live` holds; the player is gone.
-                self.players_gauge(-1);
+            } else {
+                let out = w.player.out.clone();
+                if let PlayOutcome::NotFound = self.attach_player(key, w.player) {
+                    // Gone again between the check and now.
+                    out.close();
+                    self.players_gauge(-1);
+                }
             }
         }
         if !still.is_empty() {
@@ -517,7 +525,9 @@ impl Hub {
         if list.is_empty() {
             self.waiting.remove(key);
         }
+        let out = w.player.out.clone();
         if let PlayOutcome::NotFound = self.attach_player(key, w.player) {
+            out.close();
             self.players_gauge(-1);
         }
     }
@@ -530,6 +540,9 @@ impl Hub {
         self.players_gauge(kept.len() as i64 - before as i64);
         if let Some(wait) = self.config.unpublish_wait {
             self.park_all(key, kept, now + wait);
+            // Another shard may have published the key again already (its
+            // Published came before this end): resume at once.
+            self.wake(key, now);
         }
     }
 
@@ -589,7 +602,9 @@ impl Hub {
         self.waiting.retain(|_, list| {
             let mut i = 0;
             while i < list.len() {
-                if list[i].deadline <= now {
+                // A player told its stream is back waits for its connection
+                // to resume it, whatever the deadline.
+                if list[i].deadline <= now && !list[i].notified {
                     expired.push(list.swap_remove(i));
                 } else {
                     i += 1;
@@ -636,13 +651,7 @@ impl Hub {
         for (_, list) in std::mem::take(&mut self.waiting) {
             self.players_gauge(-(list.len() as i64));
             for w in list {
-                w.player.out.notice(
-                    Notice::Ended {
-                        stream_id: w.player.stream_id,
-                        waiting: false,
-                    },
-                    &self.stats,
-                );
+                w.player.out.close();
             }
         }
     }

@@ -12,14 +12,16 @@ use crate::cluster::{Export, Request};
 use super::super::stats::{Queue, ShardStats};
 use super::super::ShardMsg;
 
-/// Control messages (subscribe, published, ended, ...) queued for one other
-/// shard while its mesh inbox is full. Past this they are dropped, counted
-/// and logged: an inbox that stays full for this long belongs to a shard
-/// that has stopped.
+/// Control messages queued for one other shard while its mesh inbox is
+/// full. Past this, advisory ones (published, unsubscribe) are dropped,
+/// counted and logged: the waits they would end run out at their
+/// deadlines. Those that end or move a stream's relay (subscribe, ended,
+/// taken over, moved) are always kept; there are at most a few per stream.
 pub const MESH_CONTROL_BACKLOG: usize = 1024;
 
-/// Requests (unregister, want, release, stream reports) queued for the
-/// control thread while its queue is full.
+/// Requests queued for the control thread while its queue is full. Past
+/// this, advisory ones (want, stream reports) are dropped and counted;
+/// unregister and release are always kept (one per stream).
 pub const CLUSTER_BACKLOG: usize = 1024;
 
 /// Exported media messages queued within one hub call; the pump offers
@@ -47,7 +49,11 @@ impl Outbox {
         let Some(q) = self.shards.get_mut(shard) else {
             return;
         };
-        if q.len() >= MESH_CONTROL_BACKLOG {
+        let advisory = matches!(
+            msg,
+            ShardMsg::Published { .. } | ShardMsg::Unsubscribe { .. }
+        );
+        if q.len() >= MESH_CONTROL_BACKLOG && advisory {
             stats.add_queue_overflow(Queue::MeshControl);
             tracing::warn!(
                 shard,
@@ -72,7 +78,8 @@ impl Outbox {
     }
 
     pub fn request(&mut self, req: Request, stats: &ShardStats) {
-        if self.cluster.len() >= CLUSTER_BACKLOG {
+        let advisory = matches!(req, Request::Want { .. } | Request::StreamInfo { .. });
+        if self.cluster.len() >= CLUSTER_BACKLOG && advisory {
             stats.add_queue_overflow(Queue::ClusterRequests);
             tracing::warn!("request to the cluster dropped: its queue stayed full");
             return;
@@ -103,12 +110,6 @@ impl Outbox {
 
     pub fn pop_request(&mut self) -> Option<Request> {
         self.cluster.pop_front()
-    }
-
-    /// A request that must not be lost (an end the export queue had no
-    /// room for), first in line.
-    pub fn urgent_request(&mut self, req: Request) {
-        self.cluster.push_front(req);
     }
 
     pub fn unpop_request(&mut self, req: Request) {

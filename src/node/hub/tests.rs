@@ -417,15 +417,25 @@ fn a_full_shard_inbox_drops_media_to_the_next_keyframe_and_bounds_control() {
     node.send(0, id, frame(true, 166, 100));
     assert_eq!(received(&player), vec![(VIDEO, 0x17)]);
 
-    // Control messages queue up to their bound, then are counted.
+    // Advisory control messages queue up to their bound, then are counted;
+    // those that end or move a relay are kept.
     for i in 0..MESH_CONTROL_BACKLOG + 5 {
         let msg = ShardMsg::Published {
             key: key(&i.to_string()),
         };
         node.hubs[0].tell(1, msg);
     }
+    node.hubs[0].tell(1, ShardMsg::Moved { key: key("kept") });
     let overflow = &node.stats[0].queue_overflow[crate::node::stats::Queue::MeshControl as usize];
     assert_eq!(overflow.load(Ordering::Relaxed), 5);
+    let mut last = None;
+    while let Some(m) = node.hubs[0].outbox().pop_shard(1) {
+        last = Some(m);
+    }
+    assert!(
+        matches!(last, Some(ShardMsg::Moved { .. })),
+        "the move was kept"
+    );
 }
 
 #[test]
@@ -492,7 +502,7 @@ fn a_node_relay_starts_feeds_ends_and_is_released_when_idle() {
 }
 
 /// One step of the property test. Connections are numbered; connection
-/// `c` lives on shard `c % 2`.
+/// `c` lives on shard `c % 3`.
 #[derive(Debug, Clone)]
 enum Op {
     Publish(usize, usize),
@@ -533,7 +543,7 @@ fn run(ops: Vec<Op>, takeover: bool, wait: bool) {
         queue_max_bytes: 1 << 30,
         ..config()
     };
-    let mut node = Shards::new(2, config, false);
+    let mut node = Shards::new(3, config, false);
     let keys: Vec<StreamKey> = (0..3).map(|i| key(&i.to_string())).collect();
     let mut clients: Vec<Client> = (0..6)
         .map(|_| Client {
@@ -542,7 +552,7 @@ fn run(ops: Vec<Op>, takeover: bool, wait: bool) {
             playing: None,
         })
         .collect();
-    let shard = |c: usize| c % 2;
+    let shard = |c: usize| c % 3;
     for op in ops.into_iter().chain((0..6).map(Op::Leave)) {
         let now = node.now;
         match op {
@@ -717,13 +727,59 @@ fn an_exported_stream_ends_behind_its_last_message() {
     while let Some(e) = out.pop_export() {
         exports.push(match e {
             crate::cluster::Export::Media { seq, .. } => format!("media {}", seq & 0xFFFF),
-            crate::cluster::Export::Ended { key, shard } => format!("end {key} {shard}"),
+            crate::cluster::Export::Ended { key } => format!("end {key}"),
         });
     }
-    assert_eq!(exports, ["media 1", "media 2", "end live/out 0"]);
+    assert_eq!(
+        exports,
+        ["media 1", "media 2", "end live/out"],
+        "the end follows the media"
+    );
     let mut unregisters = 0;
     while let Some(r) = out.pop_request() {
         unregisters += matches!(r, Request::Unregister { .. }) as usize;
     }
-    assert_eq!(unregisters, 0, "the end goes with the exports, in order");
+    assert_eq!(
+        unregisters, 1,
+        "the registry entry goes in order with claims"
+    );
+}
+
+#[test]
+fn players_resume_when_the_republish_on_a_third_shard_came_before_the_end() {
+    let mut node = Shards::new(
+        3,
+        HubConfig {
+            unpublish_wait: Some(Duration::from_secs(5)),
+            ..config()
+        },
+        false,
+    );
+    let (k, first, second, player) = (key("a"), node.conn(), node.conn(), node.conn());
+    let id = node.publish(0, &k, &first).unwrap();
+    node.send(0, id, frame(true, 0, 100));
+    node.play(2, &k, &player);
+    received(&player);
+    // The end on shard 0 and the new publish on shard 1, with shard 1's
+    // Published reaching shard 2 before shard 0's Ended.
+    let now = node.now;
+    node.hubs[0].unpublish(id, first.id, now);
+    node.hubs[1].publish(&k, second.id, second.clone(), 1, now).unwrap();
+    while let Some(m) = node.hubs[1].outbox().pop_shard(2) {
+        node.hubs[2].on_shard_message(m, now);
+    }
+    node.route();
+    assert_eq!(
+        notices(&player),
+        vec![
+            Notice::Ended {
+                stream_id: 1,
+                waiting: true
+            },
+            Notice::Republished { stream_id: 1 }
+        ]
+    );
+    node.hubs[2].resume(&k, player.id, 1);
+    node.route();
+    assert_eq!(node.players(2), 1);
 }
