@@ -764,7 +764,9 @@ fn players_resume_when_the_republish_on_a_third_shard_came_before_the_end() {
     // Published reaching shard 2 before shard 0's Ended.
     let now = node.now;
     node.hubs[0].unpublish(id, first.id, now);
-    node.hubs[1].publish(&k, second.id, second.clone(), 1, now).unwrap();
+    node.hubs[1]
+        .publish(&k, second.id, second.clone(), 1, now)
+        .unwrap();
     while let Some(m) = node.hubs[1].outbox().pop_shard(2) {
         node.hubs[2].on_shard_message(m, now);
     }
