@@ -21,11 +21,16 @@ impl Control {
     /// Ends, after [`DRAIN_LIMIT`], exports whose `Export::Ended` never came.
     pub(super) async fn expire_draining(&self, now: Instant) {
         let late: Vec<String> = {
+            let owned = self.owned.borrow();
             let mut draining = self.draining.borrow_mut();
+            // A key published here again meanwhile has a live stream on the
+            // same subject: no End for it.
             let late = draining
-                .values()
-                .filter(|d| now.duration_since(d.since) >= DRAIN_LIMIT)
-                .map(|d| d.subject.clone())
+                .iter()
+                .filter(|(k, d)| {
+                    now.duration_since(d.since) >= DRAIN_LIMIT && !owned.contains_key(*k)
+                })
+                .map(|(_, d)| d.subject.clone())
                 .collect();
             draining.retain(|_, d| now.duration_since(d.since) < DRAIN_LIMIT);
             late
