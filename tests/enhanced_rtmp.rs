@@ -36,16 +36,8 @@ fn ffmpeg9() -> PathBuf {
 /// tracks, encoded with `video` and `audio` codec arguments.
 fn publish(url: &str, seconds: u32, video: &[&str], audio: &[&str], audio_tracks: usize) -> Proc {
     let mut cmd = Command::new(ffmpeg9());
-    cmd.args([
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-    ])
-    .arg(format!("testsrc2=size=320x240:rate=25:duration={seconds}"));
+    cmd.args(common::LIVE_LAVFI_INPUT)
+        .arg(format!("testsrc2=size=320x240:rate=25:duration={seconds}"));
     for i in 0..audio_tracks {
         cmd.args(["-f", "lavfi", "-i"]).arg(format!(
             "sine=frequency={}:sample_rate=48000:duration={seconds}",

@@ -195,14 +195,7 @@ fn a_player_that_stops_reading_loses_frames_then_is_cut() {
     // megabytes, and they must fill before the node's queue grows.
     let publisher = Proc::spawn(
         "ffmpeg",
-        Command::new("ffmpeg").args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
+        Command::new("ffmpeg").args(common::LIVE_LAVFI_INPUT).args([
             "testsrc2=size=640x480:rate=25:duration=30",
             "-c:v",
             "libx264",

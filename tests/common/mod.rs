@@ -61,19 +61,24 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// ffmpeg's arguments up to a real-time lavfi input: quiet, paced, and the
+/// `-i` whose source string follows.
+pub const LIVE_LAVFI_INPUT: [&str; 7] = [
+    "-hide_banner",
+    "-loglevel",
+    "error",
+    "-re",
+    "-f",
+    "lavfi",
+    "-i",
+];
+
 /// ffmpeg publishing `seconds` of H.264 + AAC at real-time pace, a keyframe
 /// every second.
 pub fn publish(url: &str, seconds: u32) -> Proc {
     Proc::spawn(
         "ffmpeg",
-        Command::new("ffmpeg").args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
+        Command::new("ffmpeg").args(LIVE_LAVFI_INPUT).args([
             &format!("testsrc2=size=320x240:rate=25:duration={seconds}"),
             "-f",
             "lavfi",
