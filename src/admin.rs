@@ -27,7 +27,9 @@ use hyper::{Method, StatusCode};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::cluster::{ClusterHandle, ClusterStats};
-use crate::node::{Directory, Gate, ShardStats, ERROR_KINDS, QUEUE_KINDS, REFUSED_KINDS};
+use crate::node::{
+    Directory, Gate, ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS, REFUSED_KINDS,
+};
 
 /// What the admin plane reports on.
 pub struct AdminState {
@@ -313,6 +315,8 @@ struct Metrics {
     errors: IntCounterVec,
     overflow: IntCounterVec,
     refused: IntCounterVec,
+    http_refused: IntCounterVec,
+    viewers: IntGaugeVec,
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
@@ -410,6 +414,22 @@ impl Metrics {
             ),
             (
                 counter(
+                    "tributary_http_requests_total",
+                    "HTTP media requests taken (each answered or refused)",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.http_requests),
+            ),
+            (
+                counter(
+                    "tributary_http_bytes_out_total",
+                    "Bytes written to HTTP media peers (among tributary_bytes_out_total)",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.http_bytes_out),
+            ),
+            (
+                counter(
                     "tributary_recv_no_buffers_total",
                     "Receives that found the shard's buffer ring empty (ENOBUFS) and were re-armed",
                     &["shard"],
@@ -437,6 +457,19 @@ impl Metrics {
             "Publishes and plays refused by the auth rules, by reason",
             &["shard", "reason"],
         )?;
+        let http_refused = counter(
+            "tributary_http_refused_total",
+            "HTTP media requests refused, by reason",
+            &["shard", "reason"],
+        )?;
+        let viewers = IntGaugeVec::new(
+            Opts::new(
+                "tributary_viewers",
+                "Players by protocol (rtmp, http-flv); they sum to tributary_players",
+            ),
+            &["shard", "protocol"],
+        )?;
+        registry.register(Box::new(viewers.clone()))?;
         let limited = counter(
             "tributary_limit_refused_total",
             "Connections, publishes and plays refused by a limit, by limit",
@@ -550,6 +583,8 @@ impl Metrics {
             errors,
             overflow,
             refused,
+            http_refused,
+            viewers,
             limited,
             cluster_gauges,
             cluster_counters,
@@ -593,6 +628,20 @@ impl Metrics {
                     &[&shard, kind],
                     ShardStats::get(&s.protocol_errors[k]),
                 );
+            }
+            for (k, reason) in HTTP_REFUSALS.iter().enumerate() {
+                set(
+                    &self.http_refused,
+                    &[&shard, reason],
+                    ShardStats::get(&s.http_refused[k]),
+                );
+            }
+            let flv = ShardStats::get(&s.flv_viewers);
+            let rtmp = ShardStats::get(&s.players).saturating_sub(flv);
+            for (protocol, n) in [("rtmp", rtmp), ("http-flv", flv)] {
+                self.viewers
+                    .with_label_values(&[&shard, protocol])
+                    .set(n as i64);
             }
             for (k, queue) in QUEUE_KINDS.iter().enumerate() {
                 set(

@@ -48,6 +48,31 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub media: MediaConfig,
+}
+
+/// HTTP media for browsers and HTTP players (HTTP-FLV), served by every
+/// shard on the data plane.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The HTTP media listener (every shard); unset = none.
+    pub listen: Option<SocketAddr>,
+    /// The same over HTTPS, with the `[tls]` certificates; unset = none.
+    pub tls_listen: Option<SocketAddr>,
+    /// `Access-Control-Allow-Origin` on every answer; empty = no CORS
+    /// headers.
+    pub cors_origin: String,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_listen: None,
+            cors_origin: "*".into(),
+        }
+    }
 }
 
 /// RTMPS.
@@ -584,6 +609,14 @@ impl Config {
         if !self.cluster.password.is_empty() && self.cluster.user.is_empty() {
             return Err(invalid("cluster.password", "set cluster.user as well"));
         }
+        if self.media.tls_listen.is_some()
+            && (self.tls.cert.as_os_str().is_empty() || self.tls.key.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "tls.cert",
+                "HTTPS media (media.tls_listen) needs tls.cert and tls.key",
+            ));
+        }
         if self.tls.listen.is_some()
             && (self.tls.cert.as_os_str().is_empty() || self.tls.key.as_os_str().is_empty())
         {
@@ -633,6 +666,9 @@ pub struct Cli {
     /// Data-plane shards; 0 = one per CPU [node.shards]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// HTTP media address (HTTP-FLV), e.g. 0.0.0.0:8081 [media.listen]
+    #[arg(long, value_name = "ADDR")]
+    pub media_listen: Option<SocketAddr>,
     /// RTMPS address, e.g. 0.0.0.0:443 [tls.listen]
     #[arg(long, value_name = "ADDR")]
     pub rtmps_listen: Option<SocketAddr>,
@@ -670,6 +706,9 @@ impl Cli {
         }
         if let Some(n) = self.shards {
             config.node.shards = n;
+        }
+        if let Some(a) = self.media_listen {
+            config.media.listen = Some(a);
         }
         if let Some(a) = self.rtmps_listen {
             config.tls.listen = Some(a);

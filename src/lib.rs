@@ -7,7 +7,8 @@
 //! - [`node`]: the data plane. One glommio executor per core (a shard), each
 //!   with its own io_uring socket ring, its hub (a deterministic core: the
 //!   streams, players and fan-out of that shard) and its end of the bounded
-//!   channel mesh between shards. Media is `bytes::Bytes`, shared by
+//!   channel mesh between shards; RTMP and HTTP media (HTTP-FLV) are served
+//!   by the same shards over the same send path. Media is `bytes::Bytes`, shared by
 //!   reference count, never copied per player, never behind a lock.
 //! - [`stream`]: what the node and the cluster both speak: the stream key
 //!   and the commands a shard takes from outside it.

@@ -58,6 +58,12 @@ fn main() -> ExitCode {
     if let Some(addr) = node.rtmps_addr {
         tracing::info!("rtmps listening on {addr}");
     }
+    if let Some(addr) = node.media_addr {
+        tracing::info!("media listening on {addr} (HTTP-FLV: http://{addr}/APP/KEY.flv)");
+    }
+    if let Some(addr) = node.media_tls_addr {
+        tracing::info!("https listening on {addr} (HTTPS media)");
+    }
     let ready = Arc::new(AtomicBool::new(true));
     let admin = AdminState {
         node_id: node.node_id.clone(),

@@ -10,28 +10,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    check_recording, ffmpeg_player, get, publish, temp_file, wait_live, LibPlayer, NatsServer, Node,
+    check_recording, cluster_node, ffmpeg_player, get, publish, temp_file, wait_live, LibPlayer,
+    NatsServer, Node,
 };
 use tributary::protocol::client::ClientEvent;
 use tributary::protocol::MessageType;
-
-fn cluster_node(nats: &NatsServer, id: &str, shards: usize, extra: &[&str]) -> Node {
-    let url = nats.url();
-    let mut args = vec!["--node-id", id, "--nats", &url];
-    args.extend_from_slice(extra);
-    let node = Node::start_with(shards, &args);
-    // Connected and the registry open: the node answers a cluster listing.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(node.http, "/api/streams?scope=cluster").0 != "HTTP/1.1 200 OK" {
-        assert!(
-            Instant::now() < deadline,
-            "node {id} never reached the registry:\n{}",
-            node.log.lock().unwrap()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    node
-}
 
 /// Sum of a metric over its label sets (shards), from /metrics.
 fn metric(node: &Node, name: &str) -> u64 {

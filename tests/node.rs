@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    check_recording, ffmpeg_player, get, publish, temp_file, wait_live, LibPlayer, Node, Proc,
+    check_recording, ffmpeg_player, get, publish, self_signed, temp_file, wait_live, LibPlayer,
+    Node, Proc,
 };
 
 #[test]
@@ -689,37 +690,6 @@ fn publisher_and_player_limits_refuse_the_one_too_many() {
     );
     let gone = common::http(node.http, "DELETE", "/api/streams/live/one", None).0;
     assert_eq!(gone, "HTTP/1.1 404 Not Found");
-}
-
-/// A self-signed certificate and key for `name` (EC P-256), as PEM files.
-fn self_signed(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (
-        temp_file(&format!("{name}.crt")),
-        temp_file(&format!("{name}.key")),
-    );
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl is required");
-    assert!(status.success());
-    (cert, key)
 }
 
 /// The subject of the certificate a TLS server presents (openssl s_client).

@@ -118,6 +118,11 @@ pub struct Conn {
     /// The RTMP handshake and connect are done (the handshake deadline no
     /// longer applies).
     connected: Cell<bool>,
+    /// The peer only reads from here on (an HTTP-FLV viewer): the idle
+    /// limit does not apply; the write-stall limit does.
+    read_only_peer: Cell<bool>,
+    /// HTTP media: its bytes out are also counted as HTTP bytes.
+    http: Cell<bool>,
     waker: Cell<Option<Waker>>,
     /// RTMPS: close_notify has been queued.
     pub(super) close_notified: Cell<bool>,
@@ -147,6 +152,8 @@ impl Conn {
             paused: Cell::new(false),
             held: Cell::new(false),
             connected: Cell::new(false),
+            read_only_peer: Cell::new(false),
+            http: Cell::new(false),
             waker: Cell::new(None),
             close_notified: Cell::new(false),
             tls: tls.map(|t| Box::new(RefCell::new(t))),
@@ -307,6 +314,24 @@ impl Conn {
 
     pub fn set_connected(&self) {
         self.connected.set(true);
+    }
+
+    /// From here on the peer only reads: no idle limit (see the sweep).
+    pub fn set_read_only_peer(&self) {
+        self.read_only_peer.set(true);
+    }
+
+    pub(super) fn expects_input(&self) -> bool {
+        !self.read_only_peer.get()
+    }
+
+    /// Marks an HTTP media connection (counted apart in bytes out).
+    pub fn set_http(&self) {
+        self.http.set(true);
+    }
+
+    pub(super) fn is_http(&self) -> bool {
+        self.http.get()
     }
 
     /// Holds input back (true) or lets it flow again (false); either way

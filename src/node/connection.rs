@@ -192,11 +192,9 @@ pub async fn serve(
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Feeds received TLS records to rustls and appends the plaintext to
-/// `plain`.
-/// Why RTMPS input could not be decrypted.
+/// Why TLS input could not be decrypted.
 #[derive(Debug, thiserror::Error)]
-enum TlsInputError {
+pub(super) enum TlsInputError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -205,7 +203,9 @@ enum TlsInputError {
     Stuck,
 }
 
-fn decrypt(
+/// Feeds received TLS records to rustls and appends the plaintext to
+/// `plain`.
+pub(super) fn decrypt(
     tls: &RefCell<crate::tls::ServerTls>,
     lease: &mut Lease,
     plain: &mut Vec<u8>,

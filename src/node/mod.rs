@@ -10,6 +10,7 @@ mod connection;
 mod directory;
 mod gate;
 mod gop;
+mod http;
 mod hub;
 mod pump;
 pub mod ring;
@@ -32,7 +33,7 @@ use crate::tls::Certs;
 
 pub use directory::Directory;
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
-pub use stats::{ShardStats, ERROR_KINDS, QUEUE_KINDS};
+pub use stats::{ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS};
 
 pub use crate::stream::StreamKey;
 
@@ -106,6 +107,9 @@ pub struct Node {
     pub commands: Vec<tokio::sync::mpsc::Sender<crate::stream::ShardCommand>>,
     /// The RTMPS address, when RTMPS is on.
     pub rtmps_addr: Option<SocketAddr>,
+    /// The HTTP and HTTPS media addresses, when on.
+    pub media_addr: Option<SocketAddr>,
+    pub media_tls_addr: Option<SocketAddr>,
     pub auth: Arc<Auth>,
     pub certs: Option<Arc<Certs>>,
     stop: Arc<AtomicBool>,
@@ -210,15 +214,24 @@ impl Node {
         }
         let (addr, placeholder) = resolve_listen(config.rtmp.listen)?;
         config.rtmp.listen = addr;
-        let (tls, certs, tls_placeholder) = match config.tls.listen {
-            Some(listen) => {
-                let certs = Certs::load(&config.tls)?;
-                let acceptor = crate::tls::server_config(certs.clone())?;
-                let (addr, placeholder) = resolve_listen(listen)?;
-                config.tls.listen = Some(addr);
-                (Some((addr, acceptor)), Some(certs), placeholder)
-            }
-            None => (None, None, None),
+        let mut placeholders = Vec::new();
+        let mut resolve = |listen: Option<SocketAddr>| -> Result<Option<SocketAddr>, NodeError> {
+            let Some(listen) = listen else {
+                return Ok(None);
+            };
+            let (addr, placeholder) = resolve_listen(listen)?;
+            placeholders.extend(placeholder);
+            Ok(Some(addr))
+        };
+        config.tls.listen = resolve(config.tls.listen)?;
+        config.media.listen = resolve(config.media.listen)?;
+        config.media.tls_listen = resolve(config.media.tls_listen)?;
+        let (tls, certs) = if config.tls.listen.is_some() || config.media.tls_listen.is_some() {
+            let certs = Certs::load(&config.tls)?;
+            let acceptor = crate::tls::server_config(certs.clone())?;
+            (Some(acceptor), Some(certs))
+        } else {
+            (None, None)
         };
         let node_id = config.node_id();
         let auth = Arc::new(Auth::new(&config.auth)?);
@@ -349,7 +362,7 @@ impl Node {
             std::thread::sleep(Duration::from_millis(5));
         }
         drop(placeholder);
-        drop(tls_placeholder);
+        drop(placeholders);
         spawn_reload(auth.clone(), certs.clone(), stop.clone());
         Ok(Node {
             rtmp_addr: addr,
@@ -360,7 +373,9 @@ impl Node {
             node_id,
             gate,
             commands: command_senders,
-            rtmps_addr: tls.map(|(a, _)| a),
+            rtmps_addr: config.tls.listen,
+            media_addr: config.media.listen,
+            media_tls_addr: config.media.tls_listen,
             auth,
             certs,
             stop,

@@ -22,9 +22,10 @@ use crate::stream::ShardCommands;
 use super::conn::Notice;
 use super::connection::{serve, ConnectionContext};
 use super::directory::Directory;
+use super::http::{self, HttpContext};
 use super::hub::{Hub, HubConfig};
 use super::pump::SharedHub;
-use super::ring::{SocketRing, Timeouts};
+use super::ring::{ListenKind, SocketRing, Timeouts};
 use super::stats::ShardStats;
 use super::ShardMsg;
 
@@ -46,8 +47,9 @@ pub struct ShardSetup {
     pub commands: ShardCommands,
     pub auth: Arc<crate::auth::Auth>,
     pub gate: Arc<super::Gate>,
-    /// The RTMPS address (resolved) and the TLS configuration, when on.
-    pub tls: Option<(std::net::SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// The TLS configuration, when RTMPS or HTTPS media is on (the
+    /// addresses, resolved, are in `config`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Set when a shard failed to start.
     pub failed: Arc<AtomicBool>,
     pub webhook: Option<crate::webhook::Webhook>,
@@ -140,14 +142,24 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
             source,
         })
     };
-    let listener = listen(config.rtmp.listen, "")?;
-    let tls_listener = match &setup.tls {
-        Some((addr, _)) => Some(listen(*addr, " for RTMPS")?),
-        None => None,
-    };
-    ring.listen(listener, false);
-    if let Some(l) = tls_listener {
-        ring.listen(l, true);
+    let listeners = [
+        (Some(config.rtmp.listen), ListenKind::Rtmp, ""),
+        (config.tls.listen, ListenKind::Rtmps, " for RTMPS"),
+        (config.media.listen, ListenKind::Http, " for HTTP media"),
+        (
+            config.media.tls_listen,
+            ListenKind::Https,
+            " for HTTPS media",
+        ),
+    ];
+    let mut fds = Vec::new();
+    for (addr, kind, what) in listeners {
+        if let Some(addr) = addr {
+            fds.push((listen(addr, what)?, kind));
+        }
+    }
+    for (fd, kind) in fds {
+        ring.listen(fd, kind);
     }
     setup.listening.fetch_add(1, Ordering::SeqCst);
 
@@ -230,9 +242,12 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
     let on_accept = {
         let (ring, ctx, gate, stats) =
             (ring.clone(), ctx.clone(), setup.gate.clone(), stats.clone());
-        let tls_config = setup.tls.as_ref().map(|(_, c)| c.clone());
+        let tls_config = setup.tls.clone();
+        let http_ctx = Rc::new(HttpContext {
+            cors_origin: config.media.cors_origin.clone(),
+        });
         let max_connections = config.rtmp.max_connections_per_shard as u64;
-        move |fd: OwnedFd, tls: bool| {
+        move |fd: OwnedFd, kind: ListenKind| {
             let socket = socket2::SockRef::from(&fd);
             let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket()) else {
                 return;
@@ -246,7 +261,7 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
                 return;
             };
             let _ = socket.set_nodelay(true);
-            let tls = match (tls, &tls_config) {
+            let tls = match (kind.tls(), &tls_config) {
                 (false, _) => None,
                 (true, Some(config)) => match crate::tls::accept(config) {
                     Ok(t) => Some(t),
@@ -262,7 +277,20 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
             // cannot pass the limit above before any task has run.
             stats.connections.fetch_add(1, Ordering::Relaxed);
             stats.connections_total.fetch_add(1, Ordering::Relaxed);
-            glommio::spawn_local(serve(conn, peer, ctx.clone(), ring.clone(), ticket)).detach();
+            if kind.http() {
+                conn.set_http();
+                let task = http::serve(
+                    conn,
+                    peer,
+                    ctx.clone(),
+                    http_ctx.clone(),
+                    ring.clone(),
+                    ticket,
+                );
+                glommio::spawn_local(task).detach();
+            } else {
+                glommio::spawn_local(serve(conn, peer, ctx.clone(), ring.clone(), ticket)).detach();
+            }
         }
     };
     glommio::spawn_local(ring.clone().drive(on_accept)).detach();

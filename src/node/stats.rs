@@ -8,6 +8,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Kinds of protocol error, as counted and exported.
 pub const ERROR_KINDS: [&str; 5] = ["handshake", "chunk", "command", "sequence", "timeout"];
 
+/// Why an HTTP media request was refused, as counted and exported
+/// (`tributary_http_refused_total{reason}`).
+pub const HTTP_REFUSALS: [&str; 6] = [
+    "bad_request",
+    "header_too_large",
+    "method",
+    "not_found",
+    "forbidden",
+    "limit",
+];
+
 /// Bounded queues whose overflow is counted, as exported
 /// (`tributary_queue_overflow_total{queue}`).
 pub const QUEUE_KINDS: [&str; 4] = ["mesh_control", "cluster_requests", "exports", "notices"];
@@ -50,6 +61,13 @@ pub struct ShardStats {
     pub auth_refused: [AtomicU64; 5],
     /// Indexed like [`QUEUE_KINDS`].
     pub queue_overflow: [AtomicU64; 4],
+    /// HTTP-FLV viewers now (they are among `players` too).
+    pub flv_viewers: AtomicU64,
+    /// HTTP media requests answered, and bytes written to HTTP peers.
+    pub http_requests: AtomicU64,
+    pub http_bytes_out: AtomicU64,
+    /// Indexed like [`HTTP_REFUSALS`].
+    pub http_refused: [AtomicU64; 6],
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -81,6 +99,14 @@ impl ShardStats {
     }
     pub fn add_queue_overflow(&self, queue: Queue) {
         add(&self.queue_overflow[queue as usize], 1);
+    }
+    pub fn add_http_out(&self, bytes: u64) {
+        add(&self.http_bytes_out, bytes);
+    }
+    pub fn add_http_refused(&self, reason: &str) {
+        if let Some(i) = HTTP_REFUSALS.iter().position(|k| *k == reason) {
+            add(&self.http_refused[i], 1);
+        }
     }
     pub fn add_in(&self, bytes: u64) {
         add(&self.bytes_in, bytes);

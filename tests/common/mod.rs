@@ -249,6 +249,8 @@ pub struct Node {
     pub child: Child,
     pub addr: SocketAddr,
     pub http: SocketAddr,
+    /// The HTTP media listener, when `--media-listen` was given.
+    pub media: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -279,31 +281,51 @@ impl Node {
         let sink = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for prefix in ["rtmp listening on ", "http listening on "] {
+                for prefix in [
+                    "rtmp listening on ",
+                    "media listening on ",
+                    "http listening on ",
+                ] {
                     if let Some(addr) = line.split(prefix).nth(1) {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                        let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send((prefix, addr));
                     }
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let next = || {
-            rx.recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()))
-                .parse()
-                .unwrap()
+        // The node logs its RTMP address, its media address (if any), then
+        // the admin's, which is last.
+        let (mut addr, mut media) = (None, None);
+        let http = loop {
+            let (prefix, value) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()));
+            let value: SocketAddr = value.parse().unwrap();
+            match prefix {
+                "rtmp listening on " => addr = Some(value),
+                "media listening on " => media = Some(value),
+                _ => break value,
+            }
         };
-        let (addr, http) = (next(), next());
+        let addr = addr.expect("the node logs its RTMP address first");
         Node {
             child,
             addr,
             http,
+            media,
             log,
         }
     }
 
     pub fn url(&self, key: &str) -> String {
         format!("rtmp://{}/live/{key}", self.addr)
+    }
+
+    /// The HTTP-FLV URL of `live/key` (the node must have `--media-listen`).
+    pub fn flv_url(&self, key: &str) -> String {
+        let media = self.media.expect("a node started with --media-listen");
+        format!("http://{media}/live/{key}.flv")
     }
 
     /// SIGTERM, then wait with a deadline; returns the exit status.
@@ -530,4 +552,87 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> 
         head.lines().next().unwrap_or("").to_owned(),
         body.to_owned(),
     )
+}
+
+/// A node of the cluster on `nats`, once it has reached the registry.
+pub fn cluster_node(nats: &NatsServer, id: &str, shards: usize, extra: &[&str]) -> Node {
+    let url = nats.url();
+    let mut args = vec!["--node-id", id, "--nats", &url];
+    args.extend_from_slice(extra);
+    let node = Node::start_with(shards, &args);
+    // Connected and the registry open: the node answers a cluster listing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(node.http, "/api/streams?scope=cluster").0 != "HTTP/1.1 200 OK" {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never reached the registry:\n{}",
+            node.log.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    node
+}
+
+/// A self-signed certificate and key for `name` (EC P-256), as PEM files.
+pub fn self_signed(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        temp_file(&format!("{name}.crt")),
+        temp_file(&format!("{name}.key")),
+    );
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is required");
+    assert!(status.success());
+    (cert, key)
+}
+
+/// A recording's duration in seconds, as ffprobe reads its container.
+pub fn duration(file: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe is required");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+/// One raw HTTP exchange: writes `request` as is, reads to the close;
+/// returns (status line, whole answer). The server must close after it.
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .expect("the server answers and closes the connection");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    (text.lines().next().unwrap_or("").to_owned(), text)
 }

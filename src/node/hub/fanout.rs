@@ -1,6 +1,7 @@
 //! The fan-out to a stream's local players: each message is encoded once
-//! per (stream id, chunk size) and the same `Bytes` queued to every player,
-//! under the slow-player rules.
+//! per wire form (RTMP chunks for a stream id and chunk size, or an FLV
+//! tag for HTTP-FLV) and the same `Bytes` queued to every player, under the
+//! slow-player rules.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -8,6 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::protocol::flv;
 use crate::protocol::server::encode_for_player;
 use crate::protocol::{MessageType, RawMessage};
 
@@ -16,6 +18,15 @@ use super::super::gop::{GopCache, Kind};
 use super::super::stats::ShardStats;
 use super::HubConfig;
 
+/// How a player's media is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// RTMP chunks, on the player's stream id, at its chunk size.
+    Rtmp,
+    /// FLV tags (HTTP-FLV).
+    Flv,
+}
+
 /// A player attached to a stream on this shard.
 pub struct Player {
     pub conn: u64,
@@ -23,6 +34,7 @@ pub struct Player {
     pub stream_id: u32,
     /// The connection's outgoing chunk size.
     pub chunk_size: u32,
+    pub format: Format,
     pub out: Rc<Conn>,
     /// Dropping frames until the next keyframe (slow, or just joined a
     /// stream with no keyframe cached).
@@ -37,9 +49,18 @@ impl Player {
             conn,
             stream_id,
             chunk_size,
+            format: Format::Rtmp,
             out,
             waiting_key: false,
             behind_since: None,
+        }
+    }
+
+    /// An HTTP-FLV viewer (one per connection, so its "stream id" is 1).
+    pub fn flv(conn: u64, out: Rc<Conn>) -> Self {
+        Self {
+            format: Format::Flv,
+            ..Self::new(conn, 1, 0, out)
         }
     }
 
@@ -48,8 +69,9 @@ impl Player {
     }
 }
 
-/// Encoded bytes per (stream id, chunk size) for the message in flight.
-pub type Memo = Vec<((u32, u32), Bytes)>;
+/// Encoded bytes per wire form (format, stream id, chunk size) for the
+/// message in flight.
+pub type Memo = Vec<((Format, u32, u32), Bytes)>;
 
 /// Starts a player: what the cache holds (metadata, headers, last GOP from
 /// its keyframe); live media follows.
@@ -63,12 +85,29 @@ pub fn attach(gop: &GopCache, players: &mut Vec<Player>, mut player: Player, mem
 }
 
 fn encoded(player: &Player, m: &RawMessage, memo: &mut Memo) -> Bytes {
-    let key = (player.stream_id, player.chunk_size);
+    let key = match player.format {
+        Format::Rtmp => (Format::Rtmp, player.stream_id, player.chunk_size),
+        Format::Flv => (Format::Flv, 0, 0),
+    };
     if let Some((_, b)) = memo.iter().find(|(k, _)| *k == key) {
         return b.clone();
     }
     let mut out = BytesMut::new();
-    encode_for_player(&mut out, player.chunk_size, player.stream_id, m);
+    match player.format {
+        Format::Rtmp => encode_for_player(&mut out, player.chunk_size, player.stream_id, m),
+        // Audio, video and AMF0 data (metadata) have FLV tag types of the
+        // same numbers; nothing else reaches players. An RTMP message's
+        // length fits an FLV tag's (both 24 bits).
+        Format::Flv => {
+            if matches!(
+                m.type_id,
+                MessageType::AUDIO | MessageType::VIDEO | MessageType::DATA_AMF0
+            ) {
+                out.reserve(flv::TAG_HEADER_LEN + m.payload.len() + 4);
+                flv::write_tag(&mut out, m.type_id.0, m.timestamp, &m.payload);
+            }
+        }
+    }
     let b = out.freeze();
     memo.push((key, b.clone()));
     b

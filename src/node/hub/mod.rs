@@ -377,6 +377,13 @@ impl Hub {
             || self.directory.owner(key).is_some()
     }
 
+    /// Whether the stream, as cached here, has (audio, video) sequence
+    /// headers; None when it is not on this shard or has none yet.
+    pub fn tracks(&self, key: &StreamKey) -> Option<(bool, bool)> {
+        let (video, audio) = self.streams.by_key(key)?.gop.codecs();
+        (audio.is_some() || video.is_some()).then_some((audio.is_some(), video.is_some()))
+    }
+
     // ----- players
 
     /// A play request for `key`: attach the player here (owned or already

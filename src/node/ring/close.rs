@@ -90,7 +90,7 @@ impl SocketRing {
                 if now.duration_since(sock.accepted_at) > t.handshake {
                     conn.end(End::Timeout("handshake timeout"));
                 }
-            } else if now.duration_since(sock.last_read) > t.idle {
+            } else if conn.expects_input() && now.duration_since(sock.last_read) > t.idle {
                 conn.end(End::Timeout("idle timeout"));
             }
             if sock.sending && now.duration_since(sock.last_progress) > t.write {

@@ -138,9 +138,29 @@ struct Slot {
     socket: Option<Socket>,
 }
 
+/// What a listener serves: its accepted sockets go to `on_accept` with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenKind {
+    Rtmp,
+    Rtmps,
+    /// HTTP media (HTTP-FLV).
+    Http,
+    Https,
+}
+
+impl ListenKind {
+    pub fn tls(self) -> bool {
+        matches!(self, ListenKind::Rtmps | ListenKind::Https)
+    }
+
+    pub fn http(self) -> bool {
+        matches!(self, ListenKind::Http | ListenKind::Https)
+    }
+}
+
 struct Listener {
     fd: Option<OwnedFd>,
-    tls: bool,
+    kind: ListenKind,
     armed: bool,
     stopping: bool,
     retry_at: Option<Instant>,
@@ -231,11 +251,11 @@ impl SocketRing {
     }
 
     /// Starts accepting on a listening socket.
-    pub fn listen(&self, fd: OwnedFd, tls: bool) {
+    pub fn listen(&self, fd: OwnedFd, kind: ListenKind) {
         let mut listeners = self.listeners.borrow_mut();
         listeners.push(Listener {
             fd: Some(fd),
-            tls,
+            kind,
             armed: false,
             stopping: false,
             retry_at: None,
@@ -406,8 +426,8 @@ impl SocketRing {
     }
 
     /// Runs the ring until the process exits. `on_accept` gets every
-    /// accepted socket and whether its listener is the TLS one.
-    pub async fn drive(self: Rc<Self>, mut on_accept: impl FnMut(OwnedFd, bool)) {
+    /// accepted socket and what its listener serves.
+    pub async fn drive(self: Rc<Self>, mut on_accept: impl FnMut(OwnedFd, ListenKind)) {
         // SAFETY: the eventfd is ours and used by nothing else; glommio's
         // file owns it from here (and is never dropped: see the module doc).
         let file = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(self.efd) });
@@ -470,7 +490,7 @@ impl SocketRing {
     }
 
     /// Reaps every completion; returns how many.
-    fn reap(&self, now: Instant, on_accept: &mut impl FnMut(OwnedFd, bool)) -> usize {
+    fn reap(&self, now: Instant, on_accept: &mut impl FnMut(OwnedFd, ListenKind)) -> usize {
         let mut total = 0;
         let mut batch = [(0u64, 0i32, 0u32); 64];
         loop {
@@ -499,7 +519,7 @@ impl SocketRing {
         res: i32,
         flags: u32,
         now: Instant,
-        on_accept: &mut impl FnMut(OwnedFd, bool),
+        on_accept: &mut impl FnMut(OwnedFd, ListenKind),
     ) {
         let (kind, generation, slot) = split_user_data(ud);
         match kind {
@@ -516,9 +536,9 @@ impl SocketRing {
         res: i32,
         flags: u32,
         now: Instant,
-        on_accept: &mut impl FnMut(OwnedFd, bool),
+        on_accept: &mut impl FnMut(OwnedFd, ListenKind),
     ) {
-        let (tls, stopping) = {
+        let (kind, stopping) = {
             let mut listeners = self.listeners.borrow_mut();
             let Some(l) = listeners.get_mut(index) else {
                 return;
@@ -526,14 +546,14 @@ impl SocketRing {
             if !cqueue::more(flags) {
                 l.armed = false;
             }
-            (l.tls, l.stopping)
+            (l.kind, l.stopping)
         };
         if res >= 0 {
             // SAFETY: a successful accept completion carries a new fd that
             // nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
             if !stopping {
-                on_accept(fd, tls);
+                on_accept(fd, kind);
             }
         } else if res != -libc::ECANCELED {
             // EMFILE and friends: back off rather than spin.
@@ -766,10 +786,10 @@ mod tests {
                 .expect("the socket ring");
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 port_tx.send(listener.local_addr().unwrap().port()).unwrap();
-                ring.listen(OwnedFd::from(listener), false);
+                ring.listen(OwnedFd::from(listener), ListenKind::Rtmp);
                 let on_accept = {
                     let ring = ring.clone();
-                    move |fd: OwnedFd, _tls: bool| {
+                    move |fd: OwnedFd, _kind: ListenKind| {
                         let conn = ring.register(fd, None);
                         let ring = ring.clone();
                         glommio::spawn_local(async move {

@@ -101,6 +101,9 @@ impl SocketRing {
                 }
                 sock.conn.sent(n);
                 self.stats.add_out(n as u64);
+                if sock.conn.is_http() {
+                    self.stats.add_http_out(n as u64);
+                }
                 sock.last_progress = now;
                 let tls_pending = sock
                     .conn

@@ -1,0 +1,503 @@
+//! HTTP media on the shards (`[media] listen`, `--media-listen`): the same
+//! socket ring, the same send path and the same hub as RTMP players.
+//!
+//! - `GET /APP/KEY.flv[?query]` is HTTP-FLV: a `200` with an FLV header,
+//!   then the stream from its GOP cache (metadata, sequence headers, the
+//!   last keyframe on) and live, as FLV tags encoded once per message and
+//!   shared by every HTTP-FLV viewer of the shard. The body ends when the
+//!   stream does (the connection closes). Any stream live anywhere in the
+//!   cluster plays, relayed as an RTMP play is; the `[auth]` play rules
+//!   apply (a `?token=`, the webhook). The slow-player rules are RTMP's.
+//! - `HEAD` answers the same headers without a body; `OPTIONS` answers a
+//!   CORS preflight.
+//! - Bad input gets a clear 4xx with the reason in the body and closes that
+//!   connection: a malformed request 400, a request head over 8 KiB 431,
+//!   another method 405, an unknown path or stream 404, a refused play 403,
+//!   a player limit 503. A request head must arrive within
+//!   `rtmp.handshake_timeout_ms`.
+//!
+//! Requests are parsed with `httparse` straight from the ring's buffers
+//! (copied only while a request head is split across reads).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::flv::{write_header, FlvHeader};
+use crate::protocol::server::redact;
+
+use super::admission::{self, Asker, Refusal};
+use super::conn::{Conn, End, Input, Notice};
+use super::connection::{decrypt, ConnectionContext};
+use super::gate::Ticket;
+use super::hub::{PlayOutcome, Player};
+use super::ring::SocketRing;
+use super::StreamKey;
+
+/// The largest request head (request line and headers) taken.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// The most headers a request may carry.
+const MAX_HEADERS: usize = 48;
+
+/// Settings of the HTTP media listener.
+pub struct HttpContext {
+    /// `Access-Control-Allow-Origin`; empty = no CORS headers.
+    pub cors_origin: String,
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    /// HTTP-FLV of `app`/`name` (`name` with its `?query`, where tokens
+    /// live).
+    Flv { app: &'a str, name: String },
+    /// A CORS preflight.
+    Preflight,
+}
+
+/// An answer that ends the exchange, and how it is counted.
+#[derive(Debug, PartialEq, Eq)]
+struct Failure {
+    status: u16,
+    reason: String,
+    /// As in [`super::stats::HTTP_REFUSALS`].
+    kind: &'static str,
+}
+
+impl Failure {
+    fn new(status: u16, kind: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            kind,
+        }
+    }
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// A parsed request head: the method and the path with its query.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    method: String,
+    target: String,
+}
+
+/// Parses a request head from `buf`: None while it is incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => Err(Failure::new(
+            431,
+            "header_too_large",
+            format!("the request head is over {MAX_REQUEST_HEAD} bytes"),
+        )),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_HEAD => Err(Failure::new(
+            431,
+            "header_too_large",
+            format!("the request head is over {MAX_REQUEST_HEAD} bytes"),
+        )),
+        Ok(httparse::Status::Complete(_)) => Ok(Some(Request {
+            method: req.method.unwrap_or_default().to_owned(),
+            target: req.path.unwrap_or_default().to_owned(),
+        })),
+        Err(httparse::Error::TooManyHeaders) => Err(Failure::new(
+            431,
+            "header_too_large",
+            format!("more than {MAX_HEADERS} headers"),
+        )),
+        Err(e) => Err(Failure::new(
+            400,
+            "bad_request",
+            format!("malformed request: {e}"),
+        )),
+    }
+}
+
+/// Where a request goes, from its method and target.
+fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
+    let head = match req.method.as_str() {
+        "GET" => false,
+        "HEAD" => true,
+        "OPTIONS" => return Ok((Route::Preflight, false)),
+        other => {
+            return Err(Failure::new(
+                405,
+                "method",
+                format!("method {other} is not served here (GET, HEAD, OPTIONS)"),
+            ))
+        }
+    };
+    let (path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.target.as_str(), None),
+    };
+    let not_found = || Failure::new(404, "not_found", "no such path (try /APP/KEY.flv)");
+    let path = path.strip_prefix('/').ok_or_else(not_found)?;
+    let (app, file) = path.rsplit_once('/').ok_or_else(not_found)?;
+    if let Some(key) = file.strip_suffix(".flv") {
+        if app.is_empty() || key.is_empty() {
+            return Err(not_found());
+        }
+        let name = match query {
+            Some(q) => format!("{key}?{q}"),
+            None => key.to_owned(),
+        };
+        return Ok((Route::Flv { app, name }, head));
+    }
+    Err(not_found())
+}
+
+fn refusal_failure(r: &Refusal) -> Failure {
+    match r {
+        Refusal::Auth { reason, .. } => Failure::new(403, "forbidden", reason.clone()),
+        Refusal::NotFound => Failure::new(404, "not_found", "no such stream"),
+        other => Failure::new(503, "limit", other.to_string()),
+    }
+}
+
+/// The head of an answer, CORS headers included when configured.
+fn response_head(status: u16, headers: &[(&str, &str)], cors: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(format!("HTTP/1.1 {status} {}\r\n", status_text(status)).as_bytes());
+    out.put_slice(b"Server: tributary\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        out.put_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    if !cors.is_empty() {
+        out.put_slice(format!("Access-Control-Allow-Origin: {cors}\r\n").as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    out
+}
+
+fn failure_response(f: &Failure, cors: &str) -> Bytes {
+    let body = format!("{}\n", f.reason);
+    let len = body.len().to_string();
+    let mut out = response_head(
+        f.status,
+        &[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", &len),
+        ],
+        cors,
+    );
+    out.put_slice(body.as_bytes());
+    out.freeze()
+}
+
+fn preflight_response(cors: &str) -> Bytes {
+    let mut headers = vec![("Content-Length", "0")];
+    if !cors.is_empty() {
+        headers.push(("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"));
+        headers.push(("Access-Control-Allow-Headers", "*"));
+        headers.push(("Access-Control-Max-Age", "86400"));
+    }
+    response_head(204, &headers, cors).freeze()
+}
+
+/// An HTTP-FLV viewer being served.
+struct Viewer {
+    key: StreamKey,
+    _place: Ticket,
+}
+
+/// Serves one HTTP media connection until it closes.
+pub async fn serve(
+    conn: Rc<Conn>,
+    peer: SocketAddr,
+    ctx: Rc<ConnectionContext>,
+    http: Rc<HttpContext>,
+    ring: Rc<SocketRing>,
+    _place: Ticket,
+) {
+    {
+        let mut open = ctx.open.borrow_mut();
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Rc::downgrade(&conn));
+    }
+    let cors = http.cors_origin.as_str();
+    // The request head so far, while it is split across reads.
+    let mut head: Vec<u8> = Vec::new();
+    let mut plain = Vec::new();
+    let mut viewer: Option<Viewer> = None;
+    let reason: Option<String> = loop {
+        let mut lease = match conn.next_input().await {
+            Input::Data(lease) => lease,
+            Input::Notice(notice) => match notice {
+                Notice::Ended { waiting: true, .. } => continue,
+                Notice::Republished { stream_id } => {
+                    if let Some(v) = &viewer {
+                        ctx.hub.with(|h| h.resume(&v.key, conn.id, stream_id));
+                    }
+                    continue;
+                }
+                // The stream ended (or never came), or the node stops: the
+                // body ends with the connection.
+                Notice::Ended { .. } | Notice::NotFound { .. } | Notice::Shutdown => break None,
+            },
+            Input::Closed | Input::End(End::Eof) => break None,
+            Input::End(e @ End::Stalled(_)) => {
+                ctx.stats.add_disconnected_slow();
+                break Some(e.to_string());
+            }
+            Input::End(e) => break Some(e.to_string()),
+        };
+        if viewer.is_some() {
+            // Nothing more is read once the body streams.
+            continue;
+        }
+        let input: &[u8] = match &conn.tls {
+            None => &lease[..],
+            Some(tls) => {
+                plain.clear();
+                if let Err(e) = decrypt(tls, &mut lease, &mut plain) {
+                    conn.schedule();
+                    break Some(format!("TLS: {e}"));
+                }
+                if tls.borrow().wants_write() {
+                    conn.schedule();
+                }
+                &plain
+            }
+        };
+        if input.is_empty() {
+            continue;
+        }
+        head.extend_from_slice(&input[..input.len().min(MAX_REQUEST_HEAD + 1 - head.len())]);
+        drop(lease);
+        let req = match parse_head(&head) {
+            Ok(None) => continue,
+            Ok(Some(req)) => req,
+            Err(f) => break Some(fail(&conn, &ctx, &f, cors)),
+        };
+        conn.set_connected();
+        ctx.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+        let (route, head_only) = match route(&req) {
+            Ok(r) => r,
+            Err(f) => break Some(fail(&conn, &ctx, &f, cors)),
+        };
+        match route {
+            Route::Preflight => {
+                conn.push_urgent(preflight_response(cors));
+                break None;
+            }
+            Route::Flv { app, name } => {
+                match start_flv(&conn, peer, app, &name, head_only, &ctx, cors).await {
+                    Ok(Some(v)) => viewer = Some(v),
+                    Ok(None) => break None,
+                    Err(f) => break Some(fail(&conn, &ctx, &f, cors)),
+                }
+            }
+        }
+    };
+    if let Some(reason) = reason {
+        tracing::info!(%peer, conn = conn.id, "http connection closed: {reason}");
+    }
+    if viewer.take().is_some() {
+        ctx.stats.flv_viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+    ctx.hub.with(|h| h.leave(conn.id));
+    ring.finish(&conn);
+    ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Answers a failure, counts it and returns the line to log.
+fn fail(conn: &Conn, ctx: &ConnectionContext, f: &Failure, cors: &str) -> String {
+    ctx.stats.add_http_refused(f.kind);
+    conn.push_urgent(failure_response(f, cors));
+    format!("{} {}", f.status, f.reason)
+}
+
+/// Admits an HTTP-FLV play and attaches the viewer; None for a HEAD (the
+/// headers are all it gets).
+async fn start_flv(
+    conn: &Rc<Conn>,
+    peer: SocketAddr,
+    app: &str,
+    name: &str,
+    head_only: bool,
+    ctx: &ConnectionContext,
+    cors: &str,
+) -> Result<Option<Viewer>, Failure> {
+    let who = Asker {
+        conn: conn.id,
+        app,
+        name,
+        peer,
+    };
+    let admitted = match admission::play(&who, ctx).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            if let Refusal::Auth { kind, .. } = &refusal {
+                ctx.stats.add_auth_refused(kind);
+            }
+            tracing::info!(conn = conn.id, app, stream = %redact(name), "http-flv play refused: {refusal}");
+            return Err(refusal_failure(&refusal));
+        }
+    };
+    let (has_audio, has_video) = ctx
+        .hub
+        .read(|h| h.tracks(&admitted.key))
+        .unwrap_or((true, true));
+    let mut out = response_head(
+        200,
+        &[
+            ("Content-Type", "video/x-flv"),
+            ("Cache-Control", "no-cache, no-store"),
+        ],
+        cors,
+    );
+    if head_only {
+        conn.push_urgent(out.freeze());
+        return Ok(None);
+    }
+    write_header(
+        &mut out,
+        FlvHeader {
+            has_audio,
+            has_video,
+        },
+    );
+    // The head and the FLV header leave before the cached media the hub
+    // queues behind them.
+    conn.push_urgent(out.freeze());
+    conn.set_read_only_peer();
+    let player = Player::flv(conn.id, conn.clone());
+    let key = admitted.key;
+    let outcome = if admitted.live {
+        ctx.hub.with(|h| h.play(&key, player))
+    } else {
+        let now = Instant::now();
+        ctx.hub.with(|h| h.park(&key, player, admitted.wait, now))
+    };
+    if let PlayOutcome::NotFound = outcome {
+        // It ended between the check and now: an empty body.
+        return Ok(None);
+    }
+    ctx.stats.flv_viewers.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(conn = conn.id, stream = %redact(&key), "http-flv viewer");
+    Ok(Some(Viewer {
+        key,
+        _place: admitted.place,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, target: &str) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+        }
+    }
+
+    #[test]
+    fn a_request_head_is_taken_whole_and_bounded() {
+        assert_eq!(
+            parse_head(b"GET /live/a.flv HTTP/1.1\r\nHost: x\r\n"),
+            Ok(None)
+        );
+        assert_eq!(
+            parse_head(b"GET /live/a.flv?token=t HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(Some(req("GET", "/live/a.flv?token=t")))
+        );
+        let bad = parse_head(b"GET /live/a.flv HTTP/1.1\r\nHo st: x\r\n\r\n").unwrap_err();
+        assert_eq!((bad.status, bad.kind), (400, "bad_request"));
+        let mut huge = b"GET /live/a.flv HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.resize(MAX_REQUEST_HEAD, b'a');
+        assert_eq!(parse_head(&huge).unwrap_err().status, 431);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_head(&many).unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn routes_name_the_app_the_key_and_its_query() {
+        assert_eq!(
+            route(&req("GET", "/live/cam.flv?token=abc")).unwrap(),
+            (
+                Route::Flv {
+                    app: "live",
+                    name: "cam?token=abc".into()
+                },
+                false
+            )
+        );
+        assert_eq!(
+            route(&req("HEAD", "/a/b/cam.flv")).unwrap(),
+            (
+                Route::Flv {
+                    app: "a/b",
+                    name: "cam".into()
+                },
+                true
+            )
+        );
+        assert_eq!(
+            route(&req("OPTIONS", "/live/cam.flv")).unwrap().0,
+            Route::Preflight
+        );
+        for target in [
+            "/",
+            "/cam.flv",
+            "/live/.flv",
+            "/live/cam.mp4",
+            "live/cam.flv",
+        ] {
+            assert_eq!(
+                route(&req("GET", target)).unwrap_err().status,
+                404,
+                "{target}"
+            );
+        }
+        assert_eq!(
+            route(&req("POST", "/live/cam.flv")).unwrap_err().status,
+            405
+        );
+    }
+
+    #[test]
+    fn answers_carry_their_status_reason_and_cors() {
+        let f = Failure::new(403, "forbidden", "bad token");
+        let text = String::from_utf8(failure_response(&f, "*").to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
+        assert!(
+            text.contains("Access-Control-Allow-Origin: *\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Content-Length: 10\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nbad token\n"), "{text}");
+        let text = String::from_utf8(preflight_response("").to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+        assert!(!text.contains("Access-Control"), "{text}");
+        assert_eq!(
+            refusal_failure(&Refusal::NotFound).status,
+            404,
+            "an unknown stream"
+        );
+        assert_eq!(refusal_failure(&Refusal::PlayerLimit).status, 503);
+    }
+}
