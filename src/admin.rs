@@ -45,6 +45,10 @@ pub struct AdminState {
     pub commands: Vec<tokio::sync::mpsc::Sender<crate::stream::ShardCommand>>,
     /// Empty = the API is open (keep the admin address private).
     pub admin_token: String,
+    /// The HTTP media listener, when on (the console's previews use it).
+    pub media_addr: Option<SocketAddr>,
+    /// The node's LL-HLS windows (their memory, for the metrics).
+    pub hls: Arc<crate::node::HlsRegistry>,
 }
 
 const MAX_REQUEST: usize = 8 * 1024;
@@ -150,6 +154,9 @@ async fn route(
             "GET, or DELETE /api/streams/APP/KEY\n",
         );
     }
+    if let Some(answer) = console(path) {
+        return answer;
+    }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -186,6 +193,14 @@ async fn route(
                 "connections": sum(|s| ShardStats::get(&s.connections)),
                 "publishers": sum(|s| ShardStats::get(&s.publishers)),
                 "players": sum(|s| ShardStats::get(&s.players)),
+                "media_listen": state.media_addr.map(|a| a.to_string()),
+                "viewers": {
+                    "rtmp": sum(|s| ShardStats::get(&s.players)
+                        .saturating_sub(ShardStats::get(&s.flv_viewers))
+                        .saturating_sub(ShardStats::get(&s.hls_windows))),
+                    "http_flv": sum(|s| ShardStats::get(&s.flv_viewers)),
+                },
+                "hls_streams": sum(|s| ShardStats::get(&s.hls_windows)),
             });
             json(StatusCode::OK, &body)
         }
@@ -254,6 +269,43 @@ async fn route(
     }
 }
 
+/// The web console: static files embedded in the binary (`console/`),
+/// the players among them from the npm registry (`scripts/vendor-console`).
+fn console(path: &str) -> Option<Reply> {
+    let (ctype, body): (&'static str, &'static [u8]) = match path {
+        "/" | "/console" => {
+            let mut r = reply(StatusCode::FOUND, "text/plain", "the console: /console/\n");
+            r.headers_mut().insert(
+                hyper::header::LOCATION,
+                HeaderValue::from_static("/console/"),
+            );
+            return Some(r);
+        }
+        "/console/" | "/console/index.html" => (
+            "text/html; charset=utf-8",
+            include_bytes!("../console/index.html"),
+        ),
+        "/console/console.js" => (
+            "text/javascript; charset=utf-8",
+            include_bytes!("../console/console.js"),
+        ),
+        "/console/vendor/hls.min.js" => (
+            "text/javascript; charset=utf-8",
+            include_bytes!("../console/vendor/hls.min.js"),
+        ),
+        "/console/vendor/mpegts.js" => (
+            "text/javascript; charset=utf-8",
+            include_bytes!("../console/vendor/mpegts.js"),
+        ),
+        "/console/vendor/LICENSES.txt" => (
+            "text/plain; charset=utf-8",
+            include_bytes!("../console/vendor/LICENSES.txt"),
+        ),
+        _ => return None,
+    };
+    Some(reply(StatusCode::OK, ctype, Bytes::from_static(body)))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -317,6 +369,7 @@ struct Metrics {
     refused: IntCounterVec,
     http_refused: IntCounterVec,
     viewers: IntGaugeVec,
+    hls_bytes: prometheus::IntGauge,
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
@@ -353,6 +406,13 @@ impl Metrics {
             (
                 gauge("tributary_players", "Players attached to a stream")?,
                 |s| ShardStats::get(&s.players),
+            ),
+            (
+                gauge(
+                    "tributary_hls_streams",
+                    "Streams packaged for LL-HLS (each is one player among tributary_players)",
+                )?,
+                |s| ShardStats::get(&s.hls_windows),
             ),
         ];
         let counters: Vec<(IntCounterVec, Read)> = vec![
@@ -430,6 +490,22 @@ impl Metrics {
             ),
             (
                 counter(
+                    "tributary_hls_parts_total",
+                    "LL-HLS partial segments built",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.hls_parts),
+            ),
+            (
+                counter(
+                    "tributary_hls_segments_total",
+                    "LL-HLS segments completed",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.hls_segments),
+            ),
+            (
+                counter(
                     "tributary_recv_no_buffers_total",
                     "Receives that found the shard's buffer ring empty (ENOBUFS) and were re-armed",
                     &["shard"],
@@ -465,11 +541,16 @@ impl Metrics {
         let viewers = IntGaugeVec::new(
             Opts::new(
                 "tributary_viewers",
-                "Players by protocol (rtmp, http-flv); they sum to tributary_players",
+                "Players by protocol (rtmp, http-flv; LL-HLS viewers are sessionless: see tributary_hls_*)",
             ),
             &["shard", "protocol"],
         )?;
         registry.register(Box::new(viewers.clone()))?;
+        let hls_bytes = prometheus::IntGauge::new(
+            "tributary_hls_window_bytes",
+            "Bytes of LL-HLS parts and segments held in memory, all streams",
+        )?;
+        registry.register(Box::new(hls_bytes.clone()))?;
         let limited = counter(
             "tributary_limit_refused_total",
             "Connections, publishes and plays refused by a limit, by limit",
@@ -585,6 +666,7 @@ impl Metrics {
             refused,
             http_refused,
             viewers,
+            hls_bytes,
             limited,
             cluster_gauges,
             cluster_counters,
@@ -637,7 +719,9 @@ impl Metrics {
                 );
             }
             let flv = ShardStats::get(&s.flv_viewers);
-            let rtmp = ShardStats::get(&s.players).saturating_sub(flv);
+            let rtmp = ShardStats::get(&s.players)
+                .saturating_sub(flv)
+                .saturating_sub(ShardStats::get(&s.hls_windows));
             for (protocol, n) in [("rtmp", rtmp), ("http-flv", flv)] {
                 self.viewers
                     .with_label_values(&[&shard, protocol])
@@ -665,6 +749,7 @@ impl Metrics {
                 c.inc_by(read(&cluster.stats));
             }
         }
+        self.hls_bytes.set(state.hls.usage().1 as i64);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

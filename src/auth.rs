@@ -127,7 +127,7 @@ fn query_param<'a>(name: &'a str, param: &str) -> Option<&'a str> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -63,6 +63,14 @@ pub struct MediaConfig {
     /// `Access-Control-Allow-Origin` on every answer; empty = no CORS
     /// headers.
     pub cors_origin: String,
+    /// LL-HLS: the part target and the segment target (segments start at
+    /// keyframes, so a segment lasts at least this long, up to a GOP more).
+    pub hls_part_ms: u32,
+    pub hls_segment_ms: u32,
+    /// Complete segments kept in memory per stream.
+    pub hls_window_segments: usize,
+    /// A stream nobody has asked for this long stops being packaged.
+    pub hls_idle_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -71,6 +79,10 @@ impl Default for MediaConfig {
             listen: None,
             tls_listen: None,
             cors_origin: "*".into(),
+            hls_part_ms: 200,
+            hls_segment_ms: 2000,
+            hls_window_segments: 6,
+            hls_idle_ms: 30_000,
         }
     }
 }
@@ -608,6 +620,22 @@ impl Config {
         }
         if !self.cluster.password.is_empty() && self.cluster.user.is_empty() {
             return Err(invalid("cluster.password", "set cluster.user as well"));
+        }
+        let m = &self.media;
+        if !(50..=5000).contains(&m.hls_part_ms) {
+            return Err(invalid("media.hls_part_ms", "must be 50..=5000"));
+        }
+        if m.hls_segment_ms < m.hls_part_ms || m.hls_segment_ms > 60_000 {
+            return Err(invalid(
+                "media.hls_segment_ms",
+                "must be at least media.hls_part_ms and at most 60000",
+            ));
+        }
+        if !(2..=100).contains(&m.hls_window_segments) {
+            return Err(invalid("media.hls_window_segments", "must be 2..=100"));
+        }
+        if m.hls_idle_ms == 0 {
+            return Err(invalid("media.hls_idle_ms", "must be positive"));
         }
         if self.media.tls_listen.is_some()
             && (self.tls.cert.as_os_str().is_empty() || self.tls.key.as_os_str().is_empty())

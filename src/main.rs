@@ -76,6 +76,8 @@ fn main() -> ExitCode {
         gate: node.gate.clone(),
         commands: node.commands.clone(),
         admin_token,
+        hls: node.hls.clone(),
+        media_addr: node.media_addr,
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

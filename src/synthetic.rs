@@ -95,7 +95,7 @@ pub fn stream(shape: StreamShape, stream_id: u32, duration_ms: u32) -> Vec<RawMe
             audio_ts = duration_ms;
             continue;
         }
-        let key = frame % gop_frames == 0;
+        let key = frame.is_multiple_of(gop_frames);
         rng = xorshift(rng);
         let jitter = 0.5 + (rng % 1000) as f64 / 1000.0;
         let len = if key { unit * 6.0 } else { unit * jitter }.max(16.0) as usize;

@@ -3,7 +3,8 @@
 //! TRIBUTARY_FFMPEG9): HEVC+AAC, AV1+Opus and H.264 with two audio tracks
 //! published to a two-shard node, each played by players that join
 //! mid-stream, and judged by ffprobe on what they recorded: codecs, track
-//! count, frames, keyframe first.
+//! count, frames, keyframe first. The single-audio-track streams are also
+//! played over HTTP-FLV and LL-HLS from the node's media listener.
 
 mod common;
 
@@ -128,8 +129,9 @@ fn first_video_is_key(file: &Path) -> bool {
 }
 
 fn case(key: &str, video: &[&str], audio: &[&str], audio_tracks: usize, codecs: (&str, &str)) {
-    let node = Node::start(2);
+    let node = Node::start_with(2, &["--media-listen", "127.0.0.1:0"]);
     let url = node.url(key);
+    let media = node.media.unwrap();
     let publisher = publish(&url, 9, video, audio, audio_tracks);
     wait_published(&node, key);
     // Join mid-stream: the players start once the stream has run a while,
@@ -137,10 +139,20 @@ fn case(key: &str, video: &[&str], audio: &[&str], audio_tracks: usize, codecs: 
     std::thread::sleep(Duration::from_millis(1500));
     // Three players: with two shards, most of them land on the shard that
     // does not hold the publisher and take the stream over the mesh.
-    let files: Vec<PathBuf> = (0..3)
+    let mut urls = vec![url.clone(); 3];
+    if audio_tracks == 1 {
+        // HTTP media carries one audio track (LL-HLS: the first).
+        urls.push(format!("http://{media}/live/{key}.flv"));
+        urls.push(format!("http://{media}/live/{key}/index.m3u8"));
+    }
+    let files: Vec<PathBuf> = (0..urls.len())
         .map(|i| temp_file(&format!("{key}-{i}.mkv")))
         .collect();
-    let players: Vec<Proc> = files.iter().map(|f| play(&url, f, 3)).collect();
+    let players: Vec<Proc> = files
+        .iter()
+        .zip(&urls)
+        .map(|(f, u)| play(u, f, 3))
+        .collect();
     for p in players {
         p.wait(Duration::from_secs(30)).expect("player");
     }

@@ -290,3 +290,275 @@ fn an_http_flv_viewer_that_stops_reading_is_cut_like_a_slow_player() {
     drop(stream);
     drop(publisher);
 }
+
+/// One keep-alive HTTP/1.1 connection: requests in turn, answers read by
+/// their Content-Length.
+struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// (status code, body).
+    fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
+        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut chunk = [0u8; 16384];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let status = head[9..12].parse().unwrap();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while self.buf.len() < end + 4 + len {
+                    let n = self.stream.read(&mut chunk).unwrap();
+                    assert!(n > 0, "closed in the middle of an answer");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = self.buf[end + 4..end + 4 + len].to_vec();
+                self.buf.drain(..end + 4 + len);
+                return (status, body);
+            }
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed before an answer");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A media playlist as the checker reads it.
+#[derive(Debug, Default)]
+struct Playlist {
+    target: f64,
+    part_target: f64,
+    part_hold_back: f64,
+    can_block: bool,
+    media_sequence: u64,
+    /// (msn, EXTINF) of each complete segment.
+    segments: Vec<(u64, f64)>,
+    /// (msn, index, duration, independent) of each listed part.
+    parts: Vec<(u64, usize, f64, bool)>,
+    hint: Option<(u64, usize)>,
+    ended: bool,
+}
+
+fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &line[at..];
+    let rest = rest.strip_prefix('"').map_or(rest, |r| r);
+    Some(rest.split(['"', ',']).next().unwrap_or(""))
+}
+
+fn part_uri(uri: &str) -> (u64, usize) {
+    let p = uri.strip_prefix("part").unwrap();
+    let p = p.split(".m4s").next().unwrap();
+    let (m, n) = p.split_once('.').unwrap();
+    (m.parse().unwrap(), n.parse().unwrap())
+}
+
+fn parse_playlist(text: &str) -> Playlist {
+    let mut p = Playlist::default();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("#EXTM3U"), "{text}");
+    let mut extinf = None;
+    for line in lines {
+        if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+            p.target = v.parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:") {
+            p.part_target = attr(v, "PART-TARGET").unwrap().parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("#EXT-X-SERVER-CONTROL:") {
+            p.can_block = attr(v, "CAN-BLOCK-RELOAD") == Some("YES");
+            p.part_hold_back = attr(v, "PART-HOLD-BACK").unwrap().parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            p.media_sequence = v.parse().unwrap();
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART:") {
+            let (m, n) = part_uri(attr(v, "URI").unwrap());
+            let d = attr(v, "DURATION").unwrap().parse().unwrap();
+            p.parts.push((m, n, d, v.contains("INDEPENDENT=YES")));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
+            assert_eq!(attr(v, "TYPE"), Some("PART"), "{line}");
+            p.hint = Some(part_uri(attr(v, "URI").unwrap()));
+        } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+            extinf = Some(v.trim_end_matches(',').parse::<f64>().unwrap());
+        } else if line == "#EXT-X-ENDLIST" {
+            p.ended = true;
+        } else if let Some(seg) = line.strip_prefix("seg") {
+            let msn = seg.split(".m4s").next().unwrap().parse().unwrap();
+            p.segments
+                .push((msn, extinf.take().expect("EXTINF before a segment URI")));
+        }
+    }
+    p
+}
+
+/// The RFC 8216bis rules a low-latency media playlist must keep.
+fn check_rules(p: &Playlist, text: &str) {
+    assert!(p.target >= 1.0, "{text}");
+    assert!(p.part_target > 0.0 && p.can_block, "{text}");
+    assert!(
+        p.part_hold_back >= 2.0 * p.part_target,
+        "PART-HOLD-BACK: {text}"
+    );
+    for (i, (msn, d)) in p.segments.iter().enumerate() {
+        assert_eq!(
+            *msn,
+            p.media_sequence + i as u64,
+            "segment numbering: {text}"
+        );
+        assert!(d.round() <= p.target, "EXTINF over the target: {text}");
+    }
+    let open = p.segments.last().map_or(p.media_sequence, |s| s.0 + 1);
+    let mut last: Option<(u64, usize)> = None;
+    for (i, &(msn, n, d, independent)) in p.parts.iter().enumerate() {
+        assert!(d <= p.part_target + 0.0005, "part over PART-TARGET: {text}");
+        assert!(msn <= open, "a part of an unlisted segment: {text}");
+        match last {
+            Some((m, k)) if m == msn => assert_eq!(n, k + 1, "part numbering: {text}"),
+            _ => {
+                assert_eq!(n, 0, "a segment's parts start at 0: {text}");
+                assert!(
+                    independent,
+                    "a segment starts with an independent part: {text}"
+                );
+            }
+        }
+        let last_of_segment = p.parts.get(i + 1).is_none_or(|next| next.0 != msn);
+        if !last_of_segment && !independent {
+            assert!(
+                d >= 0.85 * p.part_target,
+                "a part under 85% of PART-TARGET: {text}"
+            );
+        }
+        last = Some((msn, n));
+    }
+    // A complete segment's parts add up to its EXTINF.
+    for &(msn, d) in &p.segments {
+        let parts: Vec<f64> = p.parts.iter().filter(|x| x.0 == msn).map(|x| x.2).collect();
+        if !parts.is_empty() {
+            assert!(
+                (parts.iter().sum::<f64>() - d).abs() < 0.01,
+                "{msn}: {text}"
+            );
+        }
+    }
+    if !p.ended {
+        let hint = p.hint.expect("a live playlist has a preload hint");
+        let expected = match last {
+            Some((m, k)) if m == open => (m, k + 1),
+            _ => (open, 0),
+        };
+        assert_eq!(hint, expected, "the hint names the next part: {text}");
+    }
+}
+
+#[test]
+fn ll_hls_playlists_keep_the_rfc_rules_and_blocking_reloads_answer_in_time() {
+    let node = Node::start_with(2, &["--media-listen", "127.0.0.1:0"]);
+    let media = node.media.unwrap();
+    let publisher = publish(&node.url("ll"), 20);
+    wait_live(&node.url("ll"));
+    let mut conn = KeepAlive::connect(media);
+    // The first playlist waits for a whole segment.
+    let (status, body) = conn.get("/live/ll/index.m3u8");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8(body).unwrap();
+    let mut p = parse_playlist(&text);
+    check_rules(&p, &text);
+    assert!(!p.parts.is_empty() && !p.segments.is_empty(), "{text}");
+    let (status, init) = conn.get("/live/ll/init1.mp4");
+    assert_eq!(status, 200);
+    assert_eq!(&init[4..8], b"ftyp");
+    // Follow the live edge with blocking reloads for a while, on this
+    // connection and on fresh ones (which may land on the other shard: the
+    // numbering must agree).
+    let mut waits = Vec::new();
+    let mut durations = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut round = 0;
+    while Instant::now() < deadline {
+        let (m, n) = p.hint.unwrap();
+        let path = format!("/live/ll/index.m3u8?_HLS_msn={m}&_HLS_part={n}");
+        let started = Instant::now();
+        let (status, body) = if round % 3 == 2 {
+            KeepAlive::connect(media).get(&path)
+        } else {
+            conn.get(&path)
+        };
+        waits.push(started.elapsed());
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).unwrap();
+        let next = parse_playlist(&text);
+        check_rules(&next, &text);
+        assert!(next.media_sequence >= p.media_sequence, "{text}");
+        assert!(
+            next.parts.iter().any(|x| (x.0, x.1) == (m, n))
+                || next.segments.iter().any(|s| s.0 == m),
+            "the blocking reload for {m}.{n} came back without it: {text}"
+        );
+        for &(msn, d) in &next.segments {
+            assert_eq!(
+                *durations.entry(msn).or_insert(d),
+                d,
+                "segment {msn} changed"
+            );
+        }
+        // The part it waited for is there, and is a fragment.
+        let (status, part) = conn.get(&format!("/live/ll/part{m}.{n}.m4s"));
+        assert_eq!(status, 200);
+        assert_eq!(&part[4..8], b"moof");
+        p = next;
+        round += 1;
+    }
+    assert!(round >= 15, "only {round} blocking reloads in 5 s");
+    let slowest = waits.iter().max().unwrap().as_secs_f64();
+    assert!(
+        slowest <= p.part_target + 0.15,
+        "a blocking reload took {slowest:.3} s (part target {})",
+        p.part_target
+    );
+    // A request for the hinted part blocks until it exists.
+    let (m, n) = p.hint.unwrap();
+    let (status, part) = conn.get(&format!("/live/ll/part{m}.{n}.m4s"));
+    assert_eq!(status, 200);
+    assert_eq!(&part[4..8], b"moof");
+    // Bad requests: too far ahead, not in the window, no such stream.
+    let far = p.segments.last().unwrap().0 + 5;
+    let (status, _) = conn.get(&format!("/live/ll/index.m3u8?_HLS_msn={far}"));
+    assert_eq!(status, 400);
+    let (status, _) = raw_http(media, b"GET /live/ll/part0.99.m4s HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = raw_http(media, b"GET /live/nobody/index.m3u8 HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    assert!(metric(&node, "tributary_hls_parts_total", "") > 20);
+    assert!(metric(&node, "tributary_hls_segments_total", "") >= 2);
+    drop(publisher);
+}
+
+#[test]
+fn ll_hls_plays_in_ffmpeg_from_a_node_other_than_the_publishers() {
+    let nats = NatsServer::start("ll-hls");
+    let a = cluster_node(&nats, "a", 1, &[]);
+    let b = cluster_node(&nats, "b", 2, &["--media-listen", "127.0.0.1:0"]);
+    let publisher = publish(&a.url("far"), 16);
+    wait_live(&a.url("far"));
+    let file = temp_file("ll-hls-remote.mp4");
+    let url = format!("http://{}/live/far/index.m3u8", b.media.unwrap());
+    ffmpeg_player(&url, &file, Some(4))
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    check_recording(&file, 75);
+    check_frames_fit_duration(&file);
+    drop(publisher);
+}

@@ -90,7 +90,7 @@ pub fn unix_micros() -> u64 {
 }
 
 /// The auth rules, then the webhook if one applies.
-async fn authorize(
+pub async fn authorize(
     action: Action,
     who: &Asker<'_>,
     ctx: &ConnectionContext,
@@ -168,6 +168,23 @@ pub struct Playing {
 
 pub async fn play(who: &Asker<'_>, ctx: &ConnectionContext) -> Result<Playing, Refusal> {
     authorize(Action::Play, who, ctx).await?;
+    let (key, live, wait) = locate(who, ctx).await?;
+    let place = ctx.gate.player(&key).map_err(|_| Refusal::PlayerLimit)?;
+    Ok(Playing {
+        key,
+        live,
+        wait,
+        place,
+    })
+}
+
+/// Where the stream a play names is: live on this node (true), or how long
+/// to wait for it (its relay from another node, or its publisher); not
+/// found when it is nowhere and plays do not wait.
+pub async fn locate(
+    who: &Asker<'_>,
+    ctx: &ConnectionContext,
+) -> Result<(StreamKey, bool, Duration), Refusal> {
     let key = who.key();
     let (mut live, wait) = ctx.hub.read(|h| (h.is_live(&key), h.play_wait()));
     // Not on this node: maybe on another node of the cluster.
@@ -179,17 +196,11 @@ pub async fn play(who: &Asker<'_>, ctx: &ConnectionContext) -> Result<Playing, R
     if !live && !remote && wait.is_none() {
         return Err(Refusal::NotFound);
     }
-    let place = ctx.gate.player(&key).map_err(|_| Refusal::PlayerLimit)?;
     let wait = match (remote, wait) {
         (true, w) => w.unwrap_or(RELAY_START_WAIT).max(RELAY_START_WAIT),
         (false, w) => w.unwrap_or(RELAY_START_WAIT),
     };
-    Ok(Playing {
-        key,
-        live,
-        wait,
-        place,
-    })
+    Ok((key, live, wait))
 }
 
 #[cfg(test)]

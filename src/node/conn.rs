@@ -160,6 +160,14 @@ impl Conn {
         }
     }
 
+    /// A connection with no socket, for a consumer on the shard (the
+    /// LL-HLS packager): what the hub queues waits in its output queue, and
+    /// its own ring queue's notify wakes that consumer.
+    pub(super) fn detached(id: u64) -> (Rc<Conn>, Rc<RingQueue>) {
+        let queue = Rc::new(RingQueue::default());
+        (Rc::new(Conn::new(id, u32::MAX, queue.clone(), None)), queue)
+    }
+
     pub(super) fn slot(&self) -> u32 {
         self.slot
     }

@@ -8,6 +8,11 @@
 //!   stream does (the connection closes). Any stream live anywhere in the
 //!   cluster plays, relayed as an RTMP play is; the `[auth]` play rules
 //!   apply (a `?token=`, the webhook). The slow-player rules are RTMP's.
+//! - `GET /APP/KEY/index.m3u8` is Low-Latency HLS (see [`super::hls`]):
+//!   the playlist, with blocking reload (`_HLS_msn`, `_HLS_part`); its
+//!   `init*.mp4`, `seg*.m4s` and `part*.*.m4s` beside it, from memory. A
+//!   request for the part the playlist hints at waits for it. These answers
+//!   keep the connection open for the next request.
 //! - `HEAD` answers the same headers without a body; `OPTIONS` answers a
 //!   CORS preflight.
 //! - Bad input gets a clear 4xx with the reason in the body and closes that
@@ -22,7 +27,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -33,6 +38,8 @@ use super::admission::{self, Asker, Refusal};
 use super::conn::{Conn, End, Input, Notice};
 use super::connection::{decrypt, ConnectionContext};
 use super::gate::Ticket;
+use super::hls::run::HlsShard;
+use super::hls::{self, lock, Block, Ready, Resource};
 use super::hub::{PlayOutcome, Player};
 use super::ring::SocketRing;
 use super::StreamKey;
@@ -46,6 +53,7 @@ const MAX_HEADERS: usize = 48;
 pub struct HttpContext {
     /// `Access-Control-Allow-Origin`; empty = no CORS headers.
     pub cors_origin: String,
+    pub hls: Rc<HlsShard>,
 }
 
 /// What a request asks for.
@@ -54,6 +62,13 @@ enum Route<'a> {
     /// HTTP-FLV of `app`/`name` (`name` with its `?query`, where tokens
     /// live).
     Flv { app: &'a str, name: String },
+    /// LL-HLS: a resource of `app`/`key`, with the request's query.
+    Hls {
+        app: &'a str,
+        key: &'a str,
+        resource: Resource,
+        query: &'a str,
+    },
     /// A CORS preflight.
     Preflight,
 }
@@ -80,6 +95,7 @@ impl Failure {
 fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        304 => "Not Modified",
         204 => "No Content",
         400 => "Bad Request",
         403 => "Forbidden",
@@ -91,11 +107,14 @@ fn status_text(status: u16) -> &'static str {
     }
 }
 
-/// A parsed request head: the method and the path with its query.
+/// A parsed request head: the method, the path with its query, whether
+/// the client keeps the connection open, and the head's length.
 #[derive(Debug, PartialEq, Eq)]
 struct Request {
     method: String,
     target: String,
+    keep_alive: bool,
+    len: usize,
 }
 
 /// Parses a request head from `buf`: None while it is incomplete.
@@ -114,10 +133,20 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
             "header_too_large",
             format!("the request head is over {MAX_REQUEST_HEAD} bytes"),
         )),
-        Ok(httparse::Status::Complete(_)) => Ok(Some(Request {
-            method: req.method.unwrap_or_default().to_owned(),
-            target: req.path.unwrap_or_default().to_owned(),
-        })),
+        Ok(httparse::Status::Complete(len)) => {
+            let close = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && String::from_utf8_lossy(h.value)
+                        .split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+            });
+            Ok(Some(Request {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                keep_alive: req.version == Some(1) && !close,
+                len,
+            }))
+        }
         Err(httparse::Error::TooManyHeaders) => Err(Failure::new(
             431,
             "header_too_large",
@@ -149,9 +178,32 @@ fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
         Some((p, q)) => (p, Some(q)),
         None => (req.target.as_str(), None),
     };
-    let not_found = || Failure::new(404, "not_found", "no such path (try /APP/KEY.flv)");
+    let not_found = || {
+        Failure::new(
+            404,
+            "not_found",
+            "no such path (try /APP/KEY.flv or /APP/KEY/index.m3u8)",
+        )
+    };
     let path = path.strip_prefix('/').ok_or_else(not_found)?;
-    let (app, file) = path.rsplit_once('/').ok_or_else(not_found)?;
+    let (dir, file) = path.rsplit_once('/').ok_or_else(not_found)?;
+    if let Some(resource) = Resource::parse(file) {
+        let (app, key) = dir.rsplit_once('/').ok_or_else(not_found)?;
+        if app.is_empty() || key.is_empty() {
+            return Err(not_found());
+        }
+        let query = query.unwrap_or("");
+        return Ok((
+            Route::Hls {
+                app,
+                key,
+                resource,
+                query,
+            },
+            head,
+        ));
+    }
+    let app = dir;
     if let Some(key) = file.strip_suffix(".flv") {
         if app.is_empty() || key.is_empty() {
             return Err(not_found());
@@ -173,11 +225,20 @@ fn refusal_failure(r: &Refusal) -> Failure {
     }
 }
 
-/// The head of an answer, CORS headers included when configured.
+/// The head of an answer that closes the connection, CORS headers included
+/// when configured.
 fn response_head(status: u16, headers: &[(&str, &str)], cors: &str) -> BytesMut {
+    head_with(status, headers, cors, false)
+}
+
+fn head_with(status: u16, headers: &[(&str, &str)], cors: &str, keep_alive: bool) -> BytesMut {
     let mut out = BytesMut::with_capacity(256);
     out.put_slice(format!("HTTP/1.1 {status} {}\r\n", status_text(status)).as_bytes());
-    out.put_slice(b"Server: tributary\r\nConnection: close\r\n");
+    out.put_slice(if keep_alive {
+        b"Server: tributary\r\nConnection: keep-alive\r\n".as_slice()
+    } else {
+        b"Server: tributary\r\nConnection: close\r\n".as_slice()
+    });
     for (name, value) in headers {
         out.put_slice(format!("{name}: {value}\r\n").as_bytes());
     }
@@ -283,29 +344,79 @@ pub async fn serve(
         }
         head.extend_from_slice(&input[..input.len().min(MAX_REQUEST_HEAD + 1 - head.len())]);
         drop(lease);
-        let req = match parse_head(&head) {
-            Ok(None) => continue,
-            Ok(Some(req)) => req,
-            Err(f) => break Some(fail(&conn, &ctx, &f, cors)),
-        };
-        conn.set_connected();
-        ctx.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-        let (route, head_only) = match route(&req) {
-            Ok(r) => r,
-            Err(f) => break Some(fail(&conn, &ctx, &f, cors)),
-        };
-        match route {
-            Route::Preflight => {
-                conn.push_urgent(preflight_response(cors));
-                break None;
-            }
-            Route::Flv { app, name } => {
-                match start_flv(&conn, peer, app, &name, head_only, &ctx, cors).await {
-                    Ok(Some(v)) => viewer = Some(v),
-                    Ok(None) => break None,
-                    Err(f) => break Some(fail(&conn, &ctx, &f, cors)),
+        // Every complete request in the buffer, in order (keep-alive and
+        // pipelining); the loop ends when the head is incomplete again.
+        let mut done: Option<Option<String>> = None;
+        while done.is_none() {
+            let req = match parse_head(&head) {
+                Ok(None) => break,
+                Ok(Some(req)) => req,
+                Err(f) => {
+                    done = Some(Some(fail(&conn, &ctx, &f, cors)));
+                    break;
+                }
+            };
+            head.drain(..req.len);
+            conn.set_connected();
+            ctx.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+            let (route, head_only) = match route(&req) {
+                Ok(r) => r,
+                Err(f) => {
+                    done = Some(Some(fail(&conn, &ctx, &f, cors)));
+                    break;
+                }
+            };
+            match route {
+                Route::Preflight => {
+                    conn.push_urgent(preflight_response(cors));
+                    done = Some(None);
+                }
+                Route::Flv { app, name } => {
+                    match start_flv(&conn, peer, app, &name, head_only, &ctx, cors).await {
+                        Ok(Some(v)) => viewer = Some(v),
+                        Ok(None) => {}
+                        Err(f) => done = Some(Some(fail(&conn, &ctx, &f, cors))),
+                    }
+                    // The FLV body runs until the stream ends; a HEAD closes.
+                    if viewer.is_none() && done.is_none() {
+                        done = Some(None);
+                    }
+                    break;
+                }
+                Route::Hls {
+                    app,
+                    key,
+                    resource,
+                    query,
+                } => {
+                    let who = HlsAsk {
+                        conn: &conn,
+                        peer,
+                        app,
+                        key,
+                        query,
+                    };
+                    match serve_hls(&who, resource, &ctx, &http, &ring).await {
+                        Ok(answer) => {
+                            let keep = req.keep_alive;
+                            answer.send(&conn, head_only, cors, keep);
+                            if !keep {
+                                done = Some(None);
+                            }
+                        }
+                        Err(f) => done = Some(Some(fail(&conn, &ctx, &f, cors))),
+                    }
                 }
             }
+        }
+        if let Some(reason) = done {
+            break reason;
+        }
+        if viewer.is_some() {
+            continue;
+        }
+        if conn.is_closed() {
+            break None;
         }
     };
     if let Some(reason) = reason {
@@ -400,6 +511,311 @@ async fn start_flv(
     }))
 }
 
+/// Who asks for an LL-HLS resource.
+struct HlsAsk<'a> {
+    conn: &'a Rc<Conn>,
+    peer: SocketAddr,
+    app: &'a str,
+    key: &'a str,
+    query: &'a str,
+}
+
+impl HlsAsk<'_> {
+    /// The name as admission reads it: the key with the query (tokens).
+    fn name(&self) -> String {
+        if self.query.is_empty() {
+            self.key.to_owned()
+        } else {
+            format!("{}?{}", self.key, self.query)
+        }
+    }
+}
+
+/// An LL-HLS answer: its content type, caching, and body (shared `Bytes`).
+struct Answer {
+    content_type: &'static str,
+    cache: &'static str,
+    body: Vec<Bytes>,
+}
+
+impl Answer {
+    fn send(self, conn: &Conn, head_only: bool, cors: &str, keep_alive: bool) {
+        let len = self.body.iter().map(Bytes::len).sum::<usize>().to_string();
+        let head = head_with(
+            200,
+            &[
+                ("Content-Type", self.content_type),
+                ("Cache-Control", self.cache),
+                ("Content-Length", &len),
+            ],
+            cors,
+            keep_alive,
+        );
+        conn.push_urgent(head.freeze());
+        if !head_only {
+            for b in self.body {
+                conn.push_urgent(b);
+            }
+        }
+    }
+}
+
+/// The `_HLS_msn` / `_HLS_part` a playlist request blocks on, and the rest
+/// of its query (for the URIs in the playlist).
+fn blocking(query: &str) -> Result<(Option<Block>, String), Failure> {
+    let bad = |what| Failure::new(400, "bad_request", format!("bad {what}"));
+    let (mut msn, mut part, mut rest) = (None, None, Vec::new());
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("_HLS_msn", v)) => msn = Some(v.parse::<u64>().map_err(|_| bad("_HLS_msn"))?),
+            Some(("_HLS_part", v)) => {
+                part = Some(v.parse::<usize>().map_err(|_| bad("_HLS_part"))?)
+            }
+            Some(("_HLS_skip", _)) => {}
+            _ => rest.push(pair),
+        }
+    }
+    let block = match (msn, part) {
+        (Some(msn), part) => Some(Block { msn, part }),
+        (None, None) => None,
+        (None, Some(_)) => return Err(bad("_HLS_part without _HLS_msn")),
+    };
+    Ok((block, rest.join("&")))
+}
+
+/// How long a request may wait for what it names: a blocking playlist
+/// reload or the hinted part, three target durations (the RFC's limit); the
+/// first playlist of a stream, until its first part exists.
+fn wait_limit(hls: &HlsShard) -> Duration {
+    Duration::from_millis(3 * hls.targets.segment_ms as u64)
+}
+const FIRST_PLAYLIST_WAIT: Duration = Duration::from_secs(12);
+
+/// Waits until `ready` gives an answer or `deadline` passes; `ready`
+/// marks this shard as waiting on the window when it is not ready yet.
+async fn wait_for<T>(
+    hls: &HlsShard,
+    deadline: Instant,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        let seen = hls.wake.epoch();
+        if let Some(t) = ready() {
+            return Some(t);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        futures_lite::future::or(hls.wake.changed(seen), async {
+            glommio::timer::sleep(deadline - now).await;
+        })
+        .await;
+    }
+}
+
+/// The stream's window on this node, its packaging started (here, or on
+/// the shard that has the stream) if it is not yet.
+async fn window_of(
+    who: &HlsAsk<'_>,
+    ctx: &Rc<ConnectionContext>,
+    http: &HttpContext,
+    ring: &SocketRing,
+) -> Result<std::sync::Arc<std::sync::Mutex<hls::Window>>, Failure> {
+    let hls = &http.hls;
+    let name = who.name();
+    let asker = Asker {
+        conn: who.conn.id,
+        app: who.app,
+        name: &name,
+        peer: who.peer,
+    };
+    let key = asker.key();
+    if let Some(w) = hls.registry.get(&key) {
+        return Ok(w);
+    }
+    let owner = ctx.hub.read(|h| h.owner(&key));
+    match owner {
+        Some(o) if o != hls.shard => {
+            // That shard packages it; this one waits for the window.
+            ctx.hub.with(|h| h.ask_to_package(o, key.clone()));
+            let deadline = Instant::now() + FIRST_PLAYLIST_WAIT;
+            wait_for(hls, deadline, || hls.registry.get(&key))
+                .await
+                .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))
+        }
+        Some(_) => Ok(hls::run::start(
+            &key,
+            true,
+            Duration::ZERO,
+            hls,
+            ctx,
+            ring.new_id(),
+        )),
+        None => {
+            let (key, live, wait) = admission::locate(&asker, ctx)
+                .await
+                .map_err(|r| refusal_failure(&r))?;
+            if live {
+                // Published here meanwhile: ask again, it has an owner now.
+                return Err(Failure::new(503, "limit", "the stream is starting; retry"));
+            }
+            Ok(hls::run::start(&key, false, wait, hls, ctx, ring.new_id()))
+        }
+    }
+}
+
+/// Answers one LL-HLS request.
+async fn serve_hls(
+    who: &HlsAsk<'_>,
+    resource: Resource,
+    ctx: &Rc<ConnectionContext>,
+    http: &HttpContext,
+    ring: &SocketRing,
+) -> Result<Answer, Failure> {
+    let hls = &http.hls;
+    let name = who.name();
+    let asker = Asker {
+        conn: who.conn.id,
+        app: who.app,
+        name: &name,
+        peer: who.peer,
+    };
+    let refused = |refusal: Refusal| {
+        if let Refusal::Auth { kind, .. } = &refusal {
+            ctx.stats.add_auth_refused(kind);
+        }
+        tracing::info!(conn = who.conn.id, app = who.app, stream = %redact(&name), "hls play refused: {refusal}");
+        refusal_failure(&refusal)
+    };
+    let (block, query) = match resource {
+        Resource::Playlist => blocking(who.query)?,
+        _ => (None, String::new()),
+    };
+    let window = match resource {
+        // A playlist goes through the play rules and the webhook, and
+        // starts the packaging; the media it lists through the rules only.
+        Resource::Playlist => {
+            admission::authorize(crate::auth::Action::Play, &asker, ctx)
+                .await
+                .map_err(refused)?;
+            window_of(who, ctx, http, ring).await?
+        }
+        _ => {
+            let secs = admission::unix_micros() / 1_000_000;
+            if let Err(r) = ctx
+                .auth
+                .check(crate::auth::Action::Play, who.app, &name, secs)
+            {
+                return Err(refused(Refusal::Auth {
+                    reason: r.to_string(),
+                    kind: r.kind(),
+                }));
+            }
+            hls.registry
+                .get(&asker.key())
+                .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))?
+        }
+    };
+    let me = 1u64 << hls.shard.min(63);
+    let gone = || Failure::new(404, "not_found", "not in the playlist's window");
+    let timeout = || Failure::new(503, "limit", "not ready in time");
+    match resource {
+        Resource::Playlist => {
+            let limit = match block {
+                Some(_) => wait_limit(hls),
+                None => FIRST_PLAYLIST_WAIT,
+            };
+            let text = wait_for(hls, Instant::now() + limit, || {
+                let mut w = lock(&window);
+                w.last_request = Instant::now();
+                match w.ready(block) {
+                    Ready::Now => Some(Ok(w.playlist(&query))),
+                    Ready::TooFar => Some(Err(Failure::new(
+                        400,
+                        "bad_request",
+                        "_HLS_msn is more than two segments past the live edge",
+                    ))),
+                    Ready::Wait => {
+                        w.watchers |= me;
+                        None
+                    }
+                }
+            })
+            .await
+            .ok_or_else(timeout)??;
+            Ok(Answer {
+                content_type: "application/vnd.apple.mpegurl",
+                cache: "no-cache",
+                body: vec![Bytes::from(text)],
+            })
+        }
+        Resource::Init(generation) => {
+            let init = lock(&window).init_segment(generation).ok_or_else(gone)?;
+            Ok(Answer {
+                content_type: "video/mp4",
+                cache: "max-age=3600",
+                body: vec![init],
+            })
+        }
+        Resource::Segment(msn) => {
+            let body = wait_for(hls, Instant::now() + wait_limit(hls), || {
+                let mut w = lock(&window);
+                w.last_request = Instant::now();
+                match w.segment(msn) {
+                    Some(s) if s.complete => Some(Ok(s
+                        .parts
+                        .iter()
+                        .flat_map(|p| p.bytes.iter().cloned())
+                        .collect::<Vec<_>>())),
+                    // The segment being built: it will be complete soon.
+                    Some(_) if !w.ended => {
+                        w.watchers |= me;
+                        None
+                    }
+                    _ => Some(Err(gone())),
+                }
+            })
+            .await
+            .ok_or_else(timeout)??;
+            Ok(Answer {
+                content_type: "video/mp4",
+                cache: "max-age=60",
+                body,
+            })
+        }
+        Resource::Part(msn, n) => {
+            let body = wait_for(hls, Instant::now() + wait_limit(hls), || {
+                let mut w = lock(&window);
+                w.last_request = Instant::now();
+                let next = w.segments.back().map_or((0, 0), |s| {
+                    if s.complete {
+                        (s.msn + 1, 0)
+                    } else {
+                        (s.msn, s.parts.len())
+                    }
+                });
+                match w.segment(msn).and_then(|s| s.parts.get(n)) {
+                    Some(p) => Some(Ok(p.bytes.clone())),
+                    // The part the playlist hints at: wait for it.
+                    None if (msn, n) == next && !w.ended => {
+                        w.watchers |= me;
+                        None
+                    }
+                    None => Some(Err(gone())),
+                }
+            })
+            .await
+            .ok_or_else(timeout)??;
+            Ok(Answer {
+                content_type: "video/mp4",
+                cache: "max-age=60",
+                body,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,6 +824,8 @@ mod tests {
         Request {
             method: method.into(),
             target: target.into(),
+            keep_alive: true,
+            len: 0,
         }
     }
 
@@ -417,10 +835,18 @@ mod tests {
             parse_head(b"GET /live/a.flv HTTP/1.1\r\nHost: x\r\n"),
             Ok(None)
         );
+        let head = b"GET /live/a.flv?token=t HTTP/1.1\r\nHost: x\r\n\r\n";
         assert_eq!(
-            parse_head(b"GET /live/a.flv?token=t HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok(Some(req("GET", "/live/a.flv?token=t")))
+            parse_head(head),
+            Ok(Some(Request {
+                len: head.len(),
+                ..req("GET", "/live/a.flv?token=t")
+            }))
         );
+        let close = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n");
+        assert!(!close.unwrap().unwrap().keep_alive);
+        let old = parse_head(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(!old.unwrap().unwrap().keep_alive);
         let bad = parse_head(b"GET /live/a.flv HTTP/1.1\r\nHo st: x\r\n\r\n").unwrap_err();
         assert_eq!((bad.status, bad.kind), (400, "bad_request"));
         let mut huge = b"GET /live/a.flv HTTP/1.1\r\nX-Big: ".to_vec();
@@ -477,6 +903,26 @@ mod tests {
             route(&req("POST", "/live/cam.flv")).unwrap_err().status,
             405
         );
+    }
+
+    #[test]
+    fn blocking_directives_are_read_and_left_out_of_the_uris() {
+        assert_eq!(blocking("").unwrap(), (None, String::new()));
+        let (block, rest) = blocking("token=t&_HLS_msn=5&_HLS_part=2&_HLS_skip=YES").unwrap();
+        assert_eq!(
+            block,
+            Some(Block {
+                msn: 5,
+                part: Some(2)
+            })
+        );
+        assert_eq!(rest, "token=t");
+        assert_eq!(
+            blocking("_HLS_msn=7").unwrap().0,
+            Some(Block { msn: 7, part: None })
+        );
+        assert_eq!(blocking("_HLS_part=1").unwrap_err().status, 400);
+        assert_eq!(blocking("_HLS_msn=x").unwrap_err().status, 400);
     }
 
     #[test]

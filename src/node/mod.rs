@@ -10,6 +10,7 @@ mod connection;
 mod directory;
 mod gate;
 mod gop;
+mod hls;
 mod http;
 mod hub;
 mod pump;
@@ -33,6 +34,7 @@ use crate::tls::Certs;
 
 pub use directory::Directory;
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
+pub use hls::Registry as HlsRegistry;
 pub use stats::{ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS};
 
 pub use crate::stream::StreamKey;
@@ -78,6 +80,14 @@ pub enum ShardMsg {
     Moved {
         key: StreamKey,
     },
+    /// A viewer asked for `key` over LL-HLS on the sending shard: package
+    /// it here, where the stream is (the shard takes it, not the hub).
+    HlsStart {
+        key: StreamKey,
+    },
+    /// An LL-HLS window changed: wake the requests waiting on one (the
+    /// shard takes it, not the hub).
+    HlsChanged,
 }
 
 /// Why a node did not start.
@@ -110,6 +120,8 @@ pub struct Node {
     /// The HTTP and HTTPS media addresses, when on.
     pub media_addr: Option<SocketAddr>,
     pub media_tls_addr: Option<SocketAddr>,
+    /// LL-HLS windows, node-wide.
+    pub hls: Arc<hls::Registry>,
     pub auth: Arc<Auth>,
     pub certs: Option<Arc<Certs>>,
     stop: Arc<AtomicBool>,
@@ -303,6 +315,7 @@ impl Node {
             .map(|_| Arc::new(ShardStats::default()))
             .collect();
         let io_memory = config.node.io_memory_kib * 1024;
+        let hls = Arc::new(hls::Registry::default());
         let setup = {
             let failed = failed.clone();
             let (config, directory, stop, listening, drained, stats, cluster, auth, gate, tls) = (
@@ -318,6 +331,7 @@ impl Node {
                 tls.clone(),
             );
             let webhook = webhook.clone();
+            let hls = hls.clone();
             move || {
                 let setup = shard::ShardSetup {
                     config: config.clone(),
@@ -333,6 +347,7 @@ impl Node {
                     gate: gate.clone(),
                     tls: tls.clone(),
                     webhook: webhook.clone(),
+                    hls: hls.clone(),
                     failed: failed.clone(),
                 };
                 shard::run_or_park(setup)
@@ -376,6 +391,7 @@ impl Node {
             rtmps_addr: config.tls.listen,
             media_addr: config.media.listen,
             media_tls_addr: config.media.tls_listen,
+            hls,
             auth,
             certs,
             stop,

@@ -22,6 +22,9 @@ use crate::stream::ShardCommands;
 use super::conn::Notice;
 use super::connection::{serve, ConnectionContext};
 use super::directory::Directory;
+use super::hls::packager::Targets;
+use super::hls::run::HlsShard;
+use super::hls::{self};
 use super::http::{self, HttpContext};
 use super::hub::{Hub, HubConfig};
 use super::pump::SharedHub;
@@ -50,6 +53,8 @@ pub struct ShardSetup {
     /// The TLS configuration, when RTMPS or HTTPS media is on (the
     /// addresses, resolved, are in `config`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// LL-HLS windows, node-wide.
+    pub hls: Arc<super::hls::Registry>,
     /// Set when a shard failed to start.
     pub failed: Arc<AtomicBool>,
     pub webhook: Option<crate::webhook::Webhook>,
@@ -205,18 +210,6 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         .detach();
     }
 
-    // Messages from other shards, one task per peer.
-    let mut receivers = receivers;
-    for (_, mut rx) in receivers.streams() {
-        let hub = hub.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.next().await {
-                hub.with(|h| h.on_shard_message(msg, std::time::Instant::now()));
-            }
-        })
-        .detach();
-    }
-
     let ctx = Rc::new(ConnectionContext {
         open: RefCell::new(Vec::new()),
         reconnects_asked: std::cell::Cell::new(0),
@@ -236,6 +229,41 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         },
     });
 
+    let hls = Rc::new(HlsShard {
+        registry: setup.hls.clone(),
+        wake: Default::default(),
+        targets: Targets {
+            part_ms: config.media.hls_part_ms,
+            segment_ms: config.media.hls_segment_ms,
+            window_segments: config.media.hls_window_segments,
+        },
+        idle: Duration::from_millis(config.media.hls_idle_ms),
+        shard,
+    });
+
+    // Messages from other shards, one task per peer. LL-HLS's are the
+    // shard's own: start packaging a stream this shard has, or wake the
+    // requests waiting on a window.
+    let mut receivers = receivers;
+    for (_, mut rx) in receivers.streams() {
+        let (hub, hls, ctx, ring) = (hub.clone(), hls.clone(), ctx.clone(), ring.clone());
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.next().await {
+                match msg {
+                    ShardMsg::HlsChanged => hls.wake.notify(),
+                    ShardMsg::HlsStart { key } => {
+                        let mine = hub.read(|h| h.owner(&key) == Some(h.shard()));
+                        if mine && hls.registry.get(&key).is_none() {
+                            hls::run::start(&key, true, Duration::ZERO, &hls, &ctx, ring.new_id());
+                        }
+                    }
+                    msg => hub.with(|h| h.on_shard_message(msg, std::time::Instant::now())),
+                }
+            }
+        })
+        .detach();
+    }
+
     // Every accepted socket, plain or RTMPS: limits first, then the ring
     // takes it and a task serves it. Over a limit the socket is closed at
     // once (counted, not logged: a flood must not flood logs).
@@ -245,6 +273,7 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         let tls_config = setup.tls.clone();
         let http_ctx = Rc::new(HttpContext {
             cors_origin: config.media.cors_origin.clone(),
+            hls: hls.clone(),
         });
         let max_connections = config.rtmp.max_connections_per_shard as u64;
         move |fd: OwnedFd, kind: ListenKind| {
@@ -299,13 +328,16 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
     // limits, and waits for a stream to appear or come back. It runs on
     // through the drain (closing sockets have a flush deadline).
     {
-        let (hub, ring) = (hub.clone(), ring.clone());
+        let (hub, ring, hls) = (hub.clone(), ring.clone(), hls.clone());
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(SWEEP_INTERVAL).await;
                 let now = std::time::Instant::now();
                 ring.sweep(now);
                 hub.with(|h| h.tick(now));
+                // A wake from another shard may have been dropped at a
+                // full inbox: waiting LL-HLS requests look again.
+                hls.wake.notify();
             }
         })
         .detach();

@@ -66,6 +66,11 @@ pub struct ShardStats {
     /// HTTP media requests answered, and bytes written to HTTP peers.
     pub http_requests: AtomicU64,
     pub http_bytes_out: AtomicU64,
+    /// LL-HLS: streams packaged on this shard now; parts and segments
+    /// built since the start.
+    pub hls_windows: AtomicU64,
+    pub hls_parts: AtomicU64,
+    pub hls_segments: AtomicU64,
     /// Indexed like [`HTTP_REFUSALS`].
     pub http_refused: [AtomicU64; 6],
 }

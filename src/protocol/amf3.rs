@@ -1011,7 +1011,7 @@ pub(crate) mod tests {
         let mut len = Vec::new();
         put_inline_len(&mut len, 1000);
         bytes.extend_from_slice(&len);
-        bytes.extend(std::iter::repeat(b'x').take(1000));
+        bytes.extend(std::iter::repeat_n(b'x', 1000));
         for _ in 0..5000 {
             bytes.extend_from_slice(&[0x06, 0x00]);
         }
@@ -1021,7 +1021,7 @@ pub(crate) mod tests {
         traits.extend_from_slice(&header);
         traits.extend_from_slice(&[0x01, 0x0A, 0x13, 0x01]);
         traits.extend_from_slice(&len);
-        traits.extend(std::iter::repeat(b'm').take(1000));
+        traits.extend(std::iter::repeat_n(b'm', 1000));
         traits.push(0x01);
         for _ in 0..5000 {
             traits.extend_from_slice(&[0x0A, 0x01, 0x01]);
@@ -1030,7 +1030,7 @@ pub(crate) mod tests {
         // A few references are fine.
         let mut few = vec![0x09, 0x09, 0x01, 0x06];
         few.extend_from_slice(&len);
-        few.extend(std::iter::repeat(b'x').take(1000));
+        few.extend(std::iter::repeat_n(b'x', 1000));
         few.extend_from_slice(&[0x06, 0x00, 0x06, 0x00, 0x06, 0x00]);
         assert!(decode_one(&few).is_ok());
     }
@@ -1047,7 +1047,7 @@ pub(crate) mod tests {
         let objects = |levels: usize| {
             let mut b = [0x0A, 0x0B, 0x01, 0x03, b'a'].repeat(levels);
             b.push(0x01);
-            b.extend(std::iter::repeat(0x01).take(levels));
+            b.extend(std::iter::repeat_n(0x01, levels));
             b
         };
         for input in [arrays(10), objects(10)] {

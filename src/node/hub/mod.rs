@@ -162,6 +162,31 @@ impl Hub {
         }
     }
 
+    /// LL-HLS: asks `shard` to package `key` (advisory: asked again with
+    /// the next request).
+    pub fn ask_to_package(&mut self, shard: usize, key: StreamKey) {
+        self.tell(shard, ShardMsg::HlsStart { key });
+    }
+
+    /// LL-HLS: wakes the requests waiting on the shards in `shards` (a bit
+    /// each), this one excepted.
+    pub fn hls_changed(&mut self, shards: u64) {
+        for shard in 0..self.shards.min(64) {
+            if shard != self.shard && shards & (1 << shard) != 0 {
+                self.out.hint(shard, ShardMsg::HlsChanged);
+            }
+        }
+    }
+
+    /// The shard that owns `key` on this node, if any.
+    pub fn owner(&self, key: &StreamKey) -> Option<usize> {
+        self.directory.owner(key)
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
     fn tell(&mut self, shard: usize, msg: ShardMsg) {
         self.out.control(shard, msg, &self.stats);
     }
@@ -349,10 +374,10 @@ impl Hub {
     /// The publisher `conn` of stream `id` left: unregister, tell players
     /// and relaying shards.
     pub fn unpublish(&mut self, id: StreamId, conn: u64, now: Instant) {
-        if !self
+        if self
             .streams
             .get(id)
-            .is_some_and(|s| s.publisher == Some(conn))
+            .is_none_or(|s| s.publisher != Some(conn))
         {
             return;
         }

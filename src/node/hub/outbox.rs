@@ -51,7 +51,7 @@ impl Outbox {
         };
         let advisory = matches!(
             msg,
-            ShardMsg::Published { .. } | ShardMsg::Unsubscribe { .. }
+            ShardMsg::Published { .. } | ShardMsg::Unsubscribe { .. } | ShardMsg::HlsStart { .. }
         );
         if q.len() >= MESH_CONTROL_BACKLOG && advisory {
             stats.add_queue_overflow(Queue::MeshControl);
@@ -62,6 +62,15 @@ impl Outbox {
             return;
         }
         q.push_back(msg);
+    }
+
+    /// Queues a hint (an LL-HLS wake) for `shard` if nothing waits for it
+    /// there; otherwise drops it, uncounted: the shard is busy, and its
+    /// sweep wakes its waiting requests anyway.
+    pub fn hint(&mut self, shard: usize, msg: ShardMsg) {
+        if let Some(q) = self.shards.get_mut(shard).filter(|q| q.is_empty()) {
+            q.push_back(msg);
+        }
     }
 
     /// Queues media for `shard` if nothing waits for it there (its inbox

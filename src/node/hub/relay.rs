@@ -22,6 +22,8 @@ impl Hub {
         match msg {
             ShardMsg::Subscribe { key, shard, id } => self.subscribe(key, shard, id),
             ShardMsg::Published { key } => self.wake(&key, now),
+            // The shard's LL-HLS side takes these before the hub.
+            ShardMsg::HlsStart { .. } | ShardMsg::HlsChanged => {}
             ShardMsg::TakenOver { key } => {
                 if self
                     .streams

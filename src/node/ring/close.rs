@@ -43,7 +43,7 @@ impl SocketRing {
             return;
         }
         let flushed = !sock.conn.has_output()
-            && sock.send.as_ref().map_or(true, |b| b.bufs.is_empty())
+            && sock.send.as_ref().is_none_or(|b| b.bufs.is_empty())
             && !sock
                 .conn
                 .tls

@@ -305,10 +305,16 @@ impl SocketRing {
         self.queue.notify.notify();
     }
 
-    /// Takes an accepted socket into the ring and starts receiving on it.
-    pub fn register(&self, fd: OwnedFd, tls: Option<crate::tls::ServerTls>) -> Rc<Conn> {
+    /// A new connection id, unique on the node.
+    pub fn new_id(&self) -> u64 {
         let id = self.next_id.get() + 1;
         self.next_id.set(id);
+        id
+    }
+
+    /// Takes an accepted socket into the ring and starts receiving on it.
+    pub fn register(&self, fd: OwnedFd, tls: Option<crate::tls::ServerTls>) -> Rc<Conn> {
+        let id = self.new_id();
         let slot = self.free.borrow_mut().pop().unwrap_or_else(|| {
             let mut slots = self.slots.borrow_mut();
             slots.push(Slot {

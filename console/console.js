@@ -1,0 +1,192 @@
+// The Tributary web console: the cluster's streams and this node's health
+// from the admin API, a kick button, and a live preview of any stream from
+// this node's media listener (LL-HLS through hls.js, HTTP-FLV through
+// mpegts.js). window.tributary exposes the preview's state (for tests).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const tokenInput = $("token");
+tokenInput.value = localStorage.getItem("tributary-token") || "";
+tokenInput.addEventListener("change", () => {
+  localStorage.setItem("tributary-token", tokenInput.value);
+  refresh();
+});
+
+window.tributary = { kind: null, errors: [], player: null, latency: () => null };
+
+async function api(path, options = {}) {
+  const headers = {};
+  if (tokenInput.value) headers["Authorization"] = "Bearer " + tokenInput.value;
+  const response = await fetch(path, { ...options, headers });
+  const body = await response.text();
+  let json = null;
+  try { json = JSON.parse(body); } catch (_) { /* a text answer */ }
+  if (!response.ok) throw new Error((json && json.error) || body.trim() || response.statusText);
+  return json;
+}
+
+let node = null;
+let lastListing = null;
+
+function mediaBase() {
+  if (!node || !node.media_listen) return null;
+  const port = node.media_listen.split(":").pop();
+  return `${location.protocol}//${location.hostname}:${port}`;
+}
+
+function uptime(ms) {
+  if (!ms) return "";
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+}
+
+function cell(row, text, cls) {
+  const td = row.insertCell();
+  td.textContent = text == null ? "" : String(text);
+  if (cls) td.className = cls;
+  return td;
+}
+
+function button(td, label, onclick, cls) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  if (cls) b.className = cls;
+  b.addEventListener("click", onclick);
+  td.appendChild(b);
+  return b;
+}
+
+async function refresh() {
+  try {
+    node = await api("/api/node");
+    $("node-name").textContent = `node ${node.node_id}`;
+    const health = $("health");
+    health.replaceChildren();
+    const rows = [
+      ["ready", node.ready ? "yes" : "no"],
+      ["cluster", node.cluster ? "yes" : "standalone"],
+      ["shards", node.shards],
+      ["uptime", `${node.uptime_seconds} s`],
+      ["connections", node.connections],
+      ["publishers", node.publishers],
+      ["RTMP players", node.viewers.rtmp],
+      ["HTTP-FLV viewers", node.viewers.http_flv],
+      ["LL-HLS streams packaged", node.hls_streams],
+      ["RTMP", node.rtmp_listen],
+      ["media", node.media_listen || "off (--media-listen)"],
+    ];
+    for (const [k, v] of rows) {
+      const dt = document.createElement("dt"), dd = document.createElement("dd");
+      dt.textContent = k; dd.textContent = String(v);
+      health.append(dt, dd);
+    }
+    const list = await api(node.cluster ? "/api/streams?scope=cluster" : "/api/streams");
+    $("scope").textContent = `(${list.scope})`;
+    $("streams-error").textContent = "";
+    // Rebuilt only when something changed, so a button is not replaced
+    // under the pointer.
+    const seen = JSON.stringify([list.streams, !!mediaBase()]);
+    if (seen === lastListing) return;
+    lastListing = seen;
+    const tbody = $("streams").tBodies[0];
+    tbody.replaceChildren();
+    for (const s of list.streams) {
+      const key = `${s.app}/${s.name}`;
+      const row = tbody.insertRow();
+      cell(row, key);
+      cell(row, s.node);
+      cell(row, s.video_codec);
+      cell(row, s.audio_codec);
+      cell(row, s.bitrate_kbps, "num");
+      cell(row, uptime(s.started_ms), "num");
+      const p = row.insertCell();
+      for (const [label, kind] of [["LL-HLS", "hls"], ["HTTP-FLV", "flv"]]) {
+        const b = button(p, label, () => preview(s.app, s.name, kind));
+        b.dataset.preview = key;
+        b.dataset.kind = kind;
+        b.disabled = !mediaBase();
+      }
+      button(row.insertCell(), "kick", () => kick(key), "kick").dataset.kick = key;
+    }
+  } catch (e) {
+    $("streams-error").textContent = String(e.message || e);
+  }
+}
+
+async function kick(key) {
+  if (!confirm(`Disconnect the publisher of ${key}?`)) return;
+  try {
+    const r = await api(`/api/streams/${key.split("/").map(encodeURIComponent).join("/")}`, { method: "DELETE" });
+    $("notice").textContent = r.kicked ? `kicked ${key} on node ${r.node}` : "";
+  } catch (e) {
+    $("notice").textContent = String(e.message || e);
+  }
+  refresh();
+}
+
+function stopPreview() {
+  const t = window.tributary;
+  if (t.player) {
+    try { t.kind === "hls" ? t.player.destroy() : (t.player.unload(), t.player.detachMediaElement(), t.player.destroy()); } catch (_) { /* gone */ }
+  }
+  t.player = null;
+  t.kind = null;
+  t.errors = [];
+}
+
+function status(text) {
+  $("preview-status").textContent = text;
+}
+
+function preview(app, name, kind) {
+  stopPreview();
+  const video = $("video");
+  const base = mediaBase();
+  const t = window.tributary;
+  t.kind = kind;
+  $("preview-name").textContent = `${app}/${name} (${kind === "hls" ? "LL-HLS" : "HTTP-FLV"})`;
+  if (kind === "hls") {
+    if (!window.Hls || !Hls.isSupported()) return status("this browser has no Media Source Extensions");
+    const hls = new Hls({ lowLatencyMode: true, backBufferLength: 10 });
+    hls.on(Hls.Events.ERROR, (_, data) => {
+      t.errors.push(`${data.type}: ${data.details}${data.fatal ? " (fatal)" : ""}`);
+      status(`hls.js: ${data.details}`);
+    });
+    hls.loadSource(`${base}/${app}/${name}/index.m3u8`);
+    hls.attachMedia(video);
+    t.player = hls;
+    // How far behind the live edge playback is, seconds.
+    t.latency = () => (hls.latency == null ? null : hls.latency);
+  } else {
+    if (!window.mpegts || !mpegts.isSupported()) return status("this browser has no Media Source Extensions");
+    const player = mpegts.createPlayer(
+      { type: "flv", isLive: true, url: `${base}/${app}/${name}.flv` },
+      { enableStashBuffer: false, liveBufferLatencyChasing: true, liveBufferLatencyMaxLatency: 0.7, liveBufferLatencyMinRemain: 0.3 },
+    );
+    player.on(mpegts.Events.ERROR, (type, detail) => {
+      t.errors.push(`${type}: ${detail}`);
+      status(`mpegts.js: ${type} ${detail}`);
+    });
+    player.attachMediaElement(video);
+    player.load();
+    t.player = player;
+    t.latency = () => {
+      const b = video.buffered;
+      return b.length ? b.end(b.length - 1) - video.currentTime : null;
+    };
+  }
+  video.play().catch(() => { /* muted autoplay may need a click elsewhere */ });
+  status("starting");
+}
+
+setInterval(() => {
+  const t = window.tributary, video = $("video");
+  if (t.kind && !video.paused) {
+    const l = t.latency();
+    status(`playing ${video.currentTime.toFixed(1)} s, ${l == null ? "?" : l.toFixed(2)} s behind the live edge`);
+  }
+}, 500);
+
+refresh();
+setInterval(refresh, 3000);

@@ -1,0 +1,532 @@
+//! Low-Latency HLS (RFC 8216bis with its low-latency extensions) from
+//! every node: fMP4 (CMAF) parts and segments in memory, playlists with
+//! `EXT-X-PART`, `EXT-X-PRELOAD-HINT`, `EXT-X-SERVER-CONTROL` and blocking
+//! reload (`_HLS_msn` / `_HLS_part`). Players without LL-HLS read the same
+//! playlist as ordinary HLS (they ignore the part tags).
+//!
+//! - One packager per stream per node, started by the first request, on
+//!   the shard that has the stream (its publisher, or its relay from another
+//!   node; a request on another shard asks that shard to start it). It is a
+//!   player of the stream like any other, fed the FLV tags HTTP-FLV viewers
+//!   get, through a [`Conn`](super::conn::Conn) with no socket.
+//! - Its [`Window`] is shared node-wide (`Arc<Mutex>`), so a viewer's
+//!   requests agree on segment numbers whichever shard takes them. Requests
+//!   take the lock briefly; the packager once per part. A request that
+//!   blocks waits on its shard's [`Wake`]; the packager's shard wakes its
+//!   own and tells the other shards over the mesh.
+//! - A window keeps `media.hls_window_segments` segments, and is freed when
+//!   its stream ends (after a grace for players to read the end) or when
+//!   nobody has asked for it for `media.hls_idle_ms`.
+//!
+//! Playlists are written here rather than with `m3u8-rs`, which knows none
+//! of the low-latency tags (PART, PART-INF, PRELOAD-HINT, SERVER-CONTROL).
+
+pub mod fmp4;
+pub mod packager;
+pub mod run;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::StreamKey;
+
+/// One partial segment: a `moof` + `mdat` as shared `Bytes`.
+#[derive(Debug)]
+pub struct Part {
+    pub bytes: Vec<Bytes>,
+    pub size: usize,
+    /// Seconds.
+    pub duration: f64,
+    /// Starts with a keyframe.
+    pub independent: bool,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub msn: u64,
+    /// The init segment it needs (its generation).
+    pub init: u32,
+    pub parts: Vec<Arc<Part>>,
+    pub complete: bool,
+}
+
+impl Segment {
+    pub fn duration(&self) -> f64 {
+        self.parts.iter().map(|p| p.duration).sum()
+    }
+}
+
+/// A stream's LL-HLS window, as every shard serves it.
+#[derive(Debug)]
+pub struct Window {
+    /// Each init segment still needed, by generation.
+    inits: VecDeque<(u32, Bytes)>,
+    pub init: Option<Bytes>,
+    init_gen: u32,
+    pub segments: VecDeque<Segment>,
+    next_msn: u64,
+    /// Seconds: the part target as configured, and the target duration
+    /// (which only grows, never shrinks).
+    pub part_target: f64,
+    target_duration: u32,
+    pub ended: bool,
+    /// When someone last asked for it.
+    pub last_request: Instant,
+    /// Shards with a request waiting on this window (bit per shard).
+    pub watchers: u64,
+    /// Bumped on every change; and what was built since the start.
+    pub version: u64,
+    pub parts_built: u64,
+    pub segments_built: u64,
+}
+
+/// What a blocking playlist request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub msn: u64,
+    pub part: Option<usize>,
+}
+
+/// What a playlist request asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    Now,
+    /// Not yet: wait.
+    Wait,
+    /// Too far ahead of the live edge (the RFC's 400).
+    TooFar,
+}
+
+impl Window {
+    pub fn new(part_target_ms: u32, segment_target_ms: u32, now: Instant) -> Self {
+        Self {
+            inits: VecDeque::new(),
+            init: None,
+            init_gen: 0,
+            segments: VecDeque::new(),
+            next_msn: 0,
+            part_target: part_target_ms as f64 / 1000.0,
+            target_duration: segment_target_ms.div_ceil(1000).max(1),
+            ended: false,
+            last_request: now,
+            watchers: 0,
+            version: 0,
+            parts_built: 0,
+            segments_built: 0,
+        }
+    }
+
+    pub fn set_init(&mut self, init: Bytes) {
+        self.init_gen += 1;
+        self.inits.push_back((self.init_gen, init.clone()));
+        self.init = Some(init);
+    }
+
+    pub fn init_segment(&self, generation: u32) -> Option<Bytes> {
+        self.inits
+            .iter()
+            .find(|(g, _)| *g == generation)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// Adds a part to the open segment (opening one if none is).
+    pub fn push_part(&mut self, part: Arc<Part>, keep: usize) {
+        if self.segments.back().is_none_or(|s| s.complete) {
+            self.segments.push_back(Segment {
+                msn: self.next_msn,
+                init: self.init_gen,
+                parts: Vec::new(),
+                complete: false,
+            });
+            self.next_msn += 1;
+            while self.segments.iter().filter(|s| s.complete).count() > keep.max(1) {
+                self.segments.pop_front();
+            }
+            let oldest = self.segments.front().map_or(0, |s| s.init);
+            self.inits.retain(|(g, _)| *g >= oldest);
+        }
+        if let Some(s) = self.segments.back_mut() {
+            s.parts.push(part);
+        }
+        self.parts_built += 1;
+        self.version += 1;
+    }
+
+    /// The stream ended: the playlist says so.
+    pub fn end(&mut self) {
+        self.ended = true;
+        self.version += 1;
+    }
+
+    pub fn close_segment(&mut self) {
+        if let Some(s) = self.segments.back_mut() {
+            s.complete = true;
+            let d = s.duration().round() as u32;
+            self.target_duration = self.target_duration.max(d);
+            self.segments_built += 1;
+            self.version += 1;
+        }
+    }
+
+    pub fn segment(&self, msn: u64) -> Option<&Segment> {
+        let first = self.segments.front()?.msn;
+        self.segments.get(msn.checked_sub(first)? as usize)
+    }
+
+    /// Whether the playlist holds what a blocking request waits for.
+    pub fn ready(&self, block: Option<Block>) -> Ready {
+        let Some(b) = block else {
+            // Players without LL-HLS need a whole segment to start with.
+            return if !self.segments.iter().any(|s| s.complete) && !self.ended {
+                Ready::Wait
+            } else {
+                Ready::Now
+            };
+        };
+        if self.ended {
+            return Ready::Now;
+        }
+        let Some(last) = self.segments.back() else {
+            return if b.msn <= 1 {
+                Ready::Wait
+            } else {
+                Ready::TooFar
+            };
+        };
+        if b.msn > last.msn + 2 {
+            return Ready::TooFar;
+        }
+        let have = match b.part {
+            // Segment M complete, or a later one started.
+            None => b.msn < last.msn || (b.msn == last.msn && last.complete),
+            Some(p) => {
+                b.msn < last.msn || (b.msn == last.msn && (last.complete || p < last.parts.len()))
+            }
+        };
+        if have {
+            Ready::Now
+        } else {
+            Ready::Wait
+        }
+    }
+
+    /// The media playlist. `query` (a token, say) is appended to every URI
+    /// so that each request carries it.
+    pub fn playlist(&self, query: &str) -> String {
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let mut out = String::with_capacity(2048);
+        let _ = write!(
+            out,
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{}\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}\n\
+             #EXT-X-PART-INF:PART-TARGET={:.3}\n#EXT-X-MEDIA-SEQUENCE:{}\n",
+            self.target_duration,
+            self.part_target * 3.0,
+            self.part_target,
+            self.segments.front().map_or(0, |s| s.msn)
+        );
+        // Parts are listed for the last segments only (about three target
+        // durations back from the live edge), as the RFC recommends.
+        let with_parts = self.segments.len().saturating_sub(3);
+        let mut init = None;
+        for (i, s) in self.segments.iter().enumerate() {
+            if init != Some(s.init) {
+                if init.is_some() {
+                    out.push_str("#EXT-X-DISCONTINUITY\n");
+                }
+                let _ = writeln!(out, "#EXT-X-MAP:URI=\"init{}.mp4{q}\"", s.init);
+                init = Some(s.init);
+            }
+            if i >= with_parts {
+                for (n, p) in s.parts.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "#EXT-X-PART:DURATION={:.3},URI=\"part{}.{n}.m4s{q}\"{}",
+                        p.duration,
+                        s.msn,
+                        if p.independent {
+                            ",INDEPENDENT=YES"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            if s.complete {
+                let _ = writeln!(out, "#EXTINF:{:.3},\nseg{}.m4s{q}", s.duration(), s.msn);
+            }
+        }
+        if self.ended {
+            out.push_str("#EXT-X-ENDLIST\n");
+        } else {
+            let (msn, part) = match self.segments.back() {
+                Some(s) if !s.complete => (s.msn, s.parts.len()),
+                Some(s) => (s.msn + 1, 0),
+                None => (0, 0),
+            };
+            let _ = writeln!(
+                out,
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part{msn}.{part}.m4s{q}\""
+            );
+        }
+        out
+    }
+}
+
+/// What an LL-HLS media request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Playlist,
+    Init(u32),
+    Segment(u64),
+    Part(u64, usize),
+}
+
+impl Resource {
+    pub fn parse(file: &str) -> Option<Resource> {
+        if file == "index.m3u8" {
+            return Some(Resource::Playlist);
+        }
+        if let Some(g) = file
+            .strip_prefix("init")
+            .and_then(|f| f.strip_suffix(".mp4"))
+        {
+            return g.parse().ok().map(Resource::Init);
+        }
+        if let Some(m) = file
+            .strip_prefix("seg")
+            .and_then(|f| f.strip_suffix(".m4s"))
+        {
+            return m.parse().ok().map(Resource::Segment);
+        }
+        let p = file.strip_prefix("part")?.strip_suffix(".m4s")?;
+        let (m, n) = p.split_once('.')?;
+        Some(Resource::Part(m.parse().ok()?, n.parse().ok()?))
+    }
+}
+
+/// The windows of this node's packaged streams.
+#[derive(Default)]
+pub struct Registry {
+    windows: Mutex<HashMap<StreamKey, Arc<Mutex<Window>>>>,
+}
+
+impl Registry {
+    pub fn get(&self, key: &StreamKey) -> Option<Arc<Mutex<Window>>> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Registers a new window for `key`, unless one is there already.
+    pub fn insert(&self, key: &StreamKey, window: Arc<Mutex<Window>>) -> bool {
+        let mut map = self.lock();
+        if map.contains_key(key) {
+            return false;
+        }
+        map.insert(key.clone(), window);
+        true
+    }
+
+    pub fn remove(&self, key: &StreamKey, window: &Arc<Mutex<Window>>) {
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|w| Arc::ptr_eq(w, window)) {
+            map.remove(key);
+        }
+    }
+
+    /// Windows and the bytes their parts hold (memory per stream).
+    pub fn usage(&self) -> (usize, usize) {
+        let map = self.lock();
+        let bytes = map
+            .values()
+            .map(|w| {
+                let w = lock(w);
+                w.segments
+                    .iter()
+                    .flat_map(|s| &s.parts)
+                    .map(|p| p.size)
+                    .sum::<usize>()
+            })
+            .sum();
+        (map.len(), bytes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, Arc<Mutex<Window>>>> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Locks a window (a poisoned lock is still usable: nothing panics with
+/// it held but a bug, and the process aborts on a panic anyway).
+pub fn lock(w: &Mutex<Window>) -> std::sync::MutexGuard<'_, Window> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A shard's wake-up for its waiting LL-HLS requests: any window changed.
+#[derive(Default)]
+pub struct Wake {
+    epoch: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Wake {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    pub fn notify(&self) {
+        self.epoch.set(self.epoch.get() + 1);
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Ready once the epoch passes `seen`.
+    pub fn changed(&self, seen: u64) -> Changed<'_> {
+        Changed { wake: self, seen }
+    }
+}
+
+pub struct Changed<'a> {
+    wake: &'a Wake,
+    seen: u64,
+}
+
+impl Future for Changed<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.wake.epoch.get() > self.seen {
+            return Poll::Ready(());
+        }
+        self.wake.wakers.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(ms: u32, independent: bool) -> Arc<Part> {
+        Arc::new(Part {
+            bytes: vec![Bytes::from_static(b"x")],
+            size: 1,
+            duration: ms as f64 / 1000.0,
+            independent,
+        })
+    }
+
+    #[test]
+    fn resources_parse_from_their_names() {
+        assert_eq!(Resource::parse("index.m3u8"), Some(Resource::Playlist));
+        assert_eq!(Resource::parse("init3.mp4"), Some(Resource::Init(3)));
+        assert_eq!(Resource::parse("seg12.m4s"), Some(Resource::Segment(12)));
+        assert_eq!(Resource::parse("part12.4.m4s"), Some(Resource::Part(12, 4)));
+        for bad in [
+            "seg.m4s",
+            "part1.m4s",
+            "partx.1.m4s",
+            "index.m3u",
+            "init.mp4",
+        ] {
+            assert_eq!(Resource::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn blocking_reload_waits_for_the_part_it_names() {
+        let now = Instant::now();
+        let mut w = Window::new(200, 1000, now);
+        assert_eq!(w.ready(None), Ready::Wait, "nothing to list yet");
+        w.set_init(Bytes::from_static(b"init"));
+        w.push_part(part(200, true), 4);
+        w.push_part(part(200, false), 4);
+        let at = |msn, part| Some(Block { msn, part });
+        assert_eq!(w.ready(None), Ready::Wait, "no whole segment yet");
+        assert_eq!(w.ready(at(0, Some(1))), Ready::Now);
+        assert_eq!(w.ready(at(0, Some(2))), Ready::Wait);
+        assert_eq!(w.ready(at(0, None)), Ready::Wait, "segment 0 is open");
+        assert_eq!(w.ready(at(1, Some(0))), Ready::Wait);
+        assert_eq!(w.ready(at(3, None)), Ready::TooFar);
+        w.close_segment();
+        assert_eq!(w.ready(None), Ready::Now);
+        assert_eq!(w.ready(at(0, None)), Ready::Now);
+        assert_eq!(
+            w.ready(at(0, Some(7))),
+            Ready::Now,
+            "a closed segment has all its parts"
+        );
+        w.push_part(part(200, true), 4);
+        assert_eq!(w.ready(at(1, Some(0))), Ready::Now);
+    }
+
+    #[test]
+    fn the_playlist_lists_parts_segments_and_the_preload_hint() {
+        let mut w = Window::new(200, 1000, Instant::now());
+        w.set_init(Bytes::from_static(b"i"));
+        for seg in 0..5 {
+            for n in 0..5 {
+                w.push_part(part(200, n == 0), 3);
+            }
+            if seg < 4 {
+                w.close_segment();
+            }
+        }
+        let text = w.playlist("token=t");
+        assert!(text.starts_with("#EXTM3U\n"), "{text}");
+        assert!(text.contains("#EXT-X-TARGETDURATION:1\n"), "{text}");
+        assert!(
+            text.contains("CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#EXT-X-PART-INF:PART-TARGET=0.200\n"),
+            "{text}"
+        );
+        // Three complete segments kept (1, 2, 3) and the open one (4).
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:1\n"), "{text}");
+        assert!(
+            text.contains("#EXT-X-MAP:URI=\"init1.mp4?token=t\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#EXTINF:1.000,\nseg3.m4s?token=t\n"),
+            "{text}"
+        );
+        assert!(!text.contains("seg4.m4s"), "{text}");
+        assert!(!text.contains("part1.0.m4s"), "{text}");
+        assert!(
+            text.contains(
+                "#EXT-X-PART:DURATION=0.200,URI=\"part4.0.m4s?token=t\",INDEPENDENT=YES\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part4.5.m4s?token=t\"\n"),
+            "{text}"
+        );
+        // A new configuration: a discontinuity and a new map.
+        w.close_segment();
+        w.set_init(Bytes::from_static(b"j"));
+        w.push_part(part(200, true), 3);
+        w.ended = true;
+        let text = w.playlist("");
+        assert!(
+            text.contains("#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init2.mp4\"\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
+        assert!(w.init_segment(1).is_some() && w.init_segment(2).is_some());
+    }
+}

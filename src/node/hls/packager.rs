@@ -1,0 +1,554 @@
+//! The LL-HLS packager of one stream: RTMP/FLV messages in, fMP4 parts
+//! and segments out, into the stream's [`Window`]. Deterministic (no clock,
+//! no I/O): the same messages give the same window.
+//!
+//! - Samples: H.264, HEVC and AV1 video (legacy FLV and Enhanced RTMP,
+//!   single track), AAC and Opus audio. A sample's duration is the gap to
+//!   the next one of its track, so each sample waits for its successor.
+//! - Parts close before the video (or, with no video, the audio) would
+//!   pass the part target; a segment closes at the first keyframe at or
+//!   past the segment target, so every segment starts with a keyframe.
+//! - New decoder configuration mid-stream starts a new init segment and a
+//!   discontinuity.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::protocol::amf0::{Amf0Reader, Amf0Value};
+use crate::protocol::{MessageType, RawMessage};
+
+use super::fmp4::{
+    aac_rate_channels, fragment, init_segment, AudioKind, AudioTrack, Sample, VideoKind,
+    VideoTrack, AUDIO_TRACK, VIDEO_TIMESCALE, VIDEO_TRACK,
+};
+use super::{Part, Window};
+
+/// What one media message is to the packager.
+#[derive(Debug, PartialEq, Eq)]
+enum Unit {
+    VideoConfig(VideoKind, Bytes),
+    Video { key: bool, cts_ms: i32, data: Bytes },
+    AudioConfig(AudioKind, Bytes),
+    Audio(Bytes),
+    Skip,
+}
+
+fn si24(b: &[u8]) -> i32 {
+    let v = ((b[0] as i32) << 16) | ((b[1] as i32) << 8) | b[2] as i32;
+    (v << 8) >> 8
+}
+
+fn video_unit(p: &Bytes) -> Unit {
+    let Some(&b0) = p.first() else {
+        return Unit::Skip;
+    };
+    let key = (b0 >> 4) & 0x07 == 1;
+    if b0 & 0x80 == 0 {
+        // Legacy: CodecID 7 (AVC) or 12 (HEVC), AVCPacketType, SI24 cts.
+        let kind = match b0 & 0x0F {
+            7 => VideoKind::Avc,
+            12 => VideoKind::Hevc,
+            _ => return Unit::Skip,
+        };
+        if p.len() < 5 {
+            return Unit::Skip;
+        }
+        return match p[1] {
+            0 => Unit::VideoConfig(kind, p.slice(5..)),
+            1 => Unit::Video {
+                key,
+                cts_ms: si24(&p[2..5]),
+                data: p.slice(5..),
+            },
+            _ => Unit::Skip,
+        };
+    }
+    // Enhanced RTMP, one track: PacketType in the low nibble, FourCC.
+    if p.len() < 5 {
+        return Unit::Skip;
+    }
+    let kind = match &p[1..5] {
+        b"avc1" => VideoKind::Avc,
+        b"hvc1" => VideoKind::Hevc,
+        b"av01" => VideoKind::Av1,
+        _ => return Unit::Skip,
+    };
+    match b0 & 0x0F {
+        0 => Unit::VideoConfig(kind, p.slice(5..)),
+        // CodedFrames: AVC and HEVC carry an SI24 composition time.
+        1 if kind != VideoKind::Av1 => {
+            if p.len() < 8 {
+                return Unit::Skip;
+            }
+            Unit::Video {
+                key,
+                cts_ms: si24(&p[5..8]),
+                data: p.slice(8..),
+            }
+        }
+        1 | 3 => Unit::Video {
+            key,
+            cts_ms: 0,
+            data: p.slice(5..),
+        },
+        _ => Unit::Skip,
+    }
+}
+
+fn audio_unit(p: &Bytes) -> Unit {
+    let Some(&b0) = p.first() else {
+        return Unit::Skip;
+    };
+    match b0 >> 4 {
+        // Legacy AAC: AACPacketType 0 = AudioSpecificConfig, 1 = raw.
+        10 if p.len() >= 2 => match p[1] {
+            0 => Unit::AudioConfig(AudioKind::Aac, p.slice(2..)),
+            1 => Unit::Audio(p.slice(2..)),
+            _ => Unit::Skip,
+        },
+        // Enhanced audio, one track.
+        9 if p.len() >= 5 => {
+            let kind = match &p[1..5] {
+                b"mp4a" => AudioKind::Aac,
+                b"Opus" => AudioKind::Opus,
+                _ => return Unit::Skip,
+            };
+            match b0 & 0x0F {
+                0 => Unit::AudioConfig(kind, p.slice(5..)),
+                1 => Unit::Audio(p.slice(5..)),
+                _ => Unit::Skip,
+            }
+        }
+        _ => Unit::Skip,
+    }
+}
+
+/// Width and height from onMetaData, when it names them.
+fn metadata_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let mut r = Amf0Reader::new(payload, 4);
+    while !r.is_empty() {
+        let v = r.read_value().ok()?;
+        if let (Some(w), Some(h)) = (
+            v.property("width").and_then(Amf0Value::as_number),
+            v.property("height").and_then(Amf0Value::as_number),
+        ) {
+            return Some((w as u16, h as u16));
+        }
+    }
+    None
+}
+
+/// A track's timeline: RTMP's 32-bit millisecond clock, unwrapped, and the
+/// sample that waits for its successor to learn its duration.
+#[derive(Default)]
+struct Timeline {
+    last_ms: Option<(u32, i64)>,
+    waiting: Option<(i64, Sample)>,
+}
+
+impl Timeline {
+    /// Milliseconds since the stream's start, across 32-bit wraps.
+    fn unwrap(&mut self, ts: u32) -> i64 {
+        let ms = match self.last_ms {
+            None => ts as i64,
+            Some((last, at)) => at + ts.wrapping_sub(last) as i32 as i64,
+        };
+        self.last_ms = Some((ts, ms));
+        ms
+    }
+}
+
+/// Part and segment targets, and how many segments the window keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Targets {
+    pub part_ms: u32,
+    pub segment_ms: u32,
+    pub window_segments: usize,
+}
+
+pub struct Packager {
+    targets: Targets,
+    window: Arc<Mutex<Window>>,
+    video: Option<VideoTrack>,
+    audio: Option<AudioTrack>,
+    size: Option<(u16, u16)>,
+    /// The init segment must be rebuilt (new configuration).
+    init_dirty: bool,
+    /// The stream's first timestamp, ms: timelines start at zero.
+    origin_ms: Option<i64>,
+    vt: Timeline,
+    at: Timeline,
+    /// Samples of the part being built, per track.
+    part_video: Vec<Sample>,
+    part_audio: Vec<Sample>,
+    /// Length of the part and segment being built, ms.
+    part_ms: f64,
+    segment_ms: f64,
+    /// The part being built starts with a keyframe.
+    part_independent: bool,
+    fragment_seq: u32,
+    /// Whether a segment is open (it has parts).
+    segment_open: bool,
+}
+
+impl Packager {
+    pub fn new(targets: Targets, window: Arc<Mutex<Window>>) -> Self {
+        Self {
+            targets,
+            window,
+            video: None,
+            audio: None,
+            size: None,
+            init_dirty: false,
+            origin_ms: None,
+            vt: Timeline::default(),
+            at: Timeline::default(),
+            part_video: Vec::new(),
+            part_audio: Vec::new(),
+            part_ms: 0.0,
+            segment_ms: 0.0,
+            part_independent: false,
+            fragment_seq: 0,
+            segment_open: false,
+        }
+    }
+
+    pub fn window(&self) -> &Arc<Mutex<Window>> {
+        &self.window
+    }
+
+    fn with_window<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut w)
+    }
+
+    /// Takes one message of the stream, in order.
+    pub fn push(&mut self, m: &RawMessage) {
+        let unit = match m.type_id {
+            MessageType::VIDEO => video_unit(&m.payload),
+            MessageType::AUDIO => audio_unit(&m.payload),
+            MessageType::DATA_AMF0 => {
+                if let Some(size) = metadata_size(&m.payload) {
+                    self.size = Some(size);
+                }
+                Unit::Skip
+            }
+            _ => Unit::Skip,
+        };
+        match unit {
+            Unit::VideoConfig(kind, config) => {
+                let (width, height) = self.size.unwrap_or((0, 0));
+                let track = VideoTrack {
+                    kind,
+                    config,
+                    width,
+                    height,
+                };
+                if self.video.as_ref() != Some(&track) {
+                    self.video = Some(track);
+                    self.init_dirty = true;
+                }
+            }
+            Unit::AudioConfig(kind, config) => {
+                let (rate, channels) = match kind {
+                    AudioKind::Aac => aac_rate_channels(&config).unwrap_or((44_100, 2)),
+                    AudioKind::Opus => (48_000, config.get(9).copied().unwrap_or(2) as u16),
+                };
+                let track = AudioTrack {
+                    kind,
+                    config,
+                    rate,
+                    channels,
+                };
+                if self.audio.as_ref() != Some(&track) {
+                    self.audio = Some(track);
+                    self.init_dirty = true;
+                }
+            }
+            Unit::Video { key, cts_ms, data } if self.video.is_some() => {
+                let ms = self.rebase(m.timestamp, true);
+                let sample = Sample {
+                    dts: (ms.max(0) as u64) * (VIDEO_TIMESCALE as u64 / 1000),
+                    duration: 0,
+                    cts: cts_ms * (VIDEO_TIMESCALE as i32 / 1000),
+                    key,
+                    data,
+                };
+                if let Some((prev_ms, mut prev)) = self.vt.waiting.replace((ms, sample)) {
+                    prev.duration = ((ms - prev_ms).max(0) as u32) * (VIDEO_TIMESCALE / 1000);
+                    self.add_video(prev, (ms - prev_ms).max(0) as f64);
+                }
+            }
+            Unit::Audio(data) if self.audio.is_some() => {
+                let rate = self.audio.as_ref().map_or(48_000, |a| a.rate) as i64;
+                let ms = self.rebase(m.timestamp, false);
+                let sample = Sample {
+                    dts: (ms.max(0) * rate / 1000) as u64,
+                    duration: 0,
+                    cts: 0,
+                    key: true,
+                    data,
+                };
+                if let Some((prev_ms, mut prev)) = self.at.waiting.replace((ms, sample)) {
+                    let end = (ms.max(0) * rate / 1000) as u64;
+                    prev.duration = end.saturating_sub(prev.dts) as u32;
+                    self.add_audio(prev, (ms - prev_ms).max(0) as f64);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The message's time on its track, ms since the stream's origin.
+    fn rebase(&mut self, ts: u32, video: bool) -> i64 {
+        let ms = if video {
+            self.vt.unwrap(ts)
+        } else {
+            self.at.unwrap(ts)
+        };
+        self.origin_ms.get_or_insert(ms);
+        ms - self.origin_ms.unwrap_or(0)
+    }
+
+    /// A segment has begun (a keyframe is in it).
+    fn building(&self) -> bool {
+        self.segment_open || !self.part_video.is_empty()
+    }
+
+    fn add_video(&mut self, s: Sample, ms: f64) {
+        let length = self.segment_ms + self.part_ms;
+        if s.key && self.building() && length >= self.targets.segment_ms as f64 {
+            // A keyframe past the segment target starts a new segment.
+            self.close_part();
+            self.close_segment();
+        } else if !self.part_video.is_empty() && self.part_ms + ms > self.targets.part_ms as f64 {
+            self.close_part();
+        }
+        if !self.building() && !s.key {
+            // Nothing before the first keyframe: no segment could start.
+            return;
+        }
+        if self.part_video.is_empty() {
+            self.part_independent = s.key;
+        }
+        self.part_ms += ms;
+        self.part_video.push(s);
+    }
+
+    fn add_audio(&mut self, s: Sample, ms: f64) {
+        if self.video.is_some() {
+            if self.building() {
+                self.part_audio.push(s);
+            }
+            return;
+        }
+        // Audio only: audio cuts the parts, and every sample is independent.
+        if self.part_audio.is_empty() {
+            self.part_independent = true;
+        } else if self.part_ms + ms > self.targets.part_ms as f64 {
+            self.close_part();
+            if self.segment_ms >= self.targets.segment_ms as f64 {
+                self.close_segment();
+            }
+            self.part_independent = true;
+        }
+        self.part_ms += ms;
+        self.part_audio.push(s);
+    }
+
+    fn close_part(&mut self) {
+        if self.part_video.is_empty() && self.part_audio.is_empty() {
+            return;
+        }
+        if self.init_dirty || !self.segment_open && self.with_window(|w| w.init.is_none()) {
+            self.publish_init();
+        }
+        self.fragment_seq = self.fragment_seq.wrapping_add(1);
+        let video = std::mem::take(&mut self.part_video);
+        let audio = std::mem::take(&mut self.part_audio);
+        let bytes = fragment(
+            self.fragment_seq,
+            &[(VIDEO_TRACK, &video[..]), (AUDIO_TRACK, &audio[..])],
+        );
+        let duration = self.part_ms / 1000.0;
+        self.segment_ms += self.part_ms;
+        self.part_ms = 0.0;
+        let Ok(bytes) = bytes else {
+            tracing::warn!("LL-HLS: a part could not be written; dropped");
+            return;
+        };
+        let part = Part {
+            size: bytes.iter().map(Bytes::len).sum(),
+            bytes,
+            duration,
+            independent: self.part_independent,
+        };
+        self.segment_open = true;
+        let keep = self.targets.window_segments;
+        self.with_window(|w| w.push_part(Arc::new(part), keep));
+    }
+
+    fn publish_init(&mut self) {
+        self.init_dirty = false;
+        match init_segment(self.video.as_ref(), self.audio.as_ref()) {
+            Ok(init) => self.with_window(|w| w.set_init(init)),
+            Err(e) => tracing::warn!("LL-HLS: no init segment: {e}"),
+        }
+    }
+
+    fn close_segment(&mut self) {
+        if self.segment_open {
+            self.with_window(|w| w.close_segment());
+        }
+        self.segment_open = false;
+        self.segment_ms = 0.0;
+        if self.init_dirty {
+            self.publish_init();
+        }
+    }
+
+    /// The stream ended: what waits is written, and the playlist ends.
+    pub fn finish(&mut self) {
+        for video in [true, false] {
+            let tl = if video { &mut self.vt } else { &mut self.at };
+            if let Some((_, mut s)) = tl.waiting.take() {
+                let (duration, ms) = if video {
+                    (VIDEO_TIMESCALE / 25, 40.0)
+                } else {
+                    (1024, 0.0)
+                };
+                s.duration = duration;
+                if video {
+                    self.add_video(s, ms);
+                } else {
+                    self.add_audio(s, ms);
+                }
+            }
+        }
+        self.close_part();
+        self.close_segment();
+        self.with_window(|w| w.end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_from_legacy_and_enhanced_payloads() {
+        let avc_header = Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(
+            video_unit(&avc_header),
+            Unit::VideoConfig(VideoKind::Avc, Bytes::from_static(&[1, 2]))
+        );
+        let frame = Bytes::from_static(&[0x27, 1, 0xFF, 0xFF, 0xFE, 9]);
+        assert_eq!(
+            video_unit(&frame),
+            Unit::Video {
+                key: false,
+                cts_ms: -2,
+                data: Bytes::from_static(&[9])
+            }
+        );
+        let hevc = Bytes::from_static(&[0x91, b'h', b'v', b'c', b'1', 0, 0, 40, 7]);
+        assert_eq!(
+            video_unit(&hevc),
+            Unit::Video {
+                key: true,
+                cts_ms: 40,
+                data: Bytes::from_static(&[7])
+            }
+        );
+        let av1x = Bytes::from_static(&[0x93, b'a', b'v', b'0', b'1', 5]);
+        assert!(matches!(video_unit(&av1x), Unit::Video { key: true, .. }));
+        let aac = Bytes::from_static(&[0xAF, 0, 0x12, 0x10]);
+        assert_eq!(
+            audio_unit(&aac),
+            Unit::AudioConfig(AudioKind::Aac, Bytes::from_static(&[0x12, 0x10]))
+        );
+        let opus = Bytes::from_static(&[0x91, b'O', b'p', b'u', b's', 3]);
+        assert_eq!(audio_unit(&opus), Unit::Audio(Bytes::from_static(&[3])));
+        for junk in [&[][..], &[0x17][..], &[0x9F, b'x'][..], &[0x22, 0][..]] {
+            let b = Bytes::copy_from_slice(junk);
+            assert_eq!(video_unit(&b), Unit::Skip, "{junk:?}");
+            assert_eq!(audio_unit(&b), Unit::Skip, "{junk:?}");
+        }
+        assert_eq!(aac_rate_channels(&[0x12, 0x10]), Some((44_100, 2)));
+        assert_eq!(aac_rate_channels(&[0x11, 0x90]), Some((48_000, 2)));
+    }
+
+    #[test]
+    fn timelines_unwrap_the_32_bit_clock() {
+        let mut t = Timeline::default();
+        assert_eq!(t.unwrap(u32::MAX - 10), (u32::MAX - 10) as i64);
+        assert_eq!(t.unwrap(5), u32::MAX as i64 + 6);
+        assert_eq!(
+            t.unwrap(3),
+            u32::MAX as i64 + 4,
+            "a step back stays a step back"
+        );
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn video(ts: u32, key: bool) -> RawMessage {
+        let b0 = if key { 0x17 } else { 0x27 };
+        RawMessage {
+            csid: 6,
+            timestamp: ts,
+            type_id: MessageType::VIDEO,
+            stream_id: 1,
+            payload: Bytes::from(vec![b0, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]),
+        }
+    }
+
+    #[test]
+    fn parts_and_segments_follow_the_targets() {
+        let window = Arc::new(Mutex::new(Window::new(200, 1000, Instant::now())));
+        let mut p = Packager::new(
+            Targets {
+                part_ms: 200,
+                segment_ms: 1000,
+                window_segments: 10,
+            },
+            window.clone(),
+        );
+        // A minimal avcC: version 1, profile, compat, level, 0xFF, 0 SPS, 0 PPS.
+        p.push(&RawMessage {
+            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE0, 0]),
+            ..video(0, true)
+        });
+        for i in 0..100u32 {
+            p.push(&video(1000 + i * 40, i % 25 == 0));
+        }
+        let w = window.lock().unwrap();
+        let segs: Vec<_> = w
+            .segments
+            .iter()
+            .map(|s| {
+                (
+                    s.complete,
+                    s.parts.len(),
+                    (s.duration() * 1000.0).round() as u32,
+                )
+            })
+            .collect();
+        assert_eq!(
+            segs,
+            vec![
+                (true, 5, 1000),
+                (true, 5, 1000),
+                (true, 5, 1000),
+                (false, 4, 800)
+            ],
+            "{w:?}"
+        );
+        assert!(w.init.is_some());
+    }
+}

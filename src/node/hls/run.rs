@@ -1,0 +1,210 @@
+//! A stream's packager task, on the shard that has the stream: a player of
+//! the stream in the hub (FLV tags through a socketless `Conn`), feeding
+//! the [`Packager`], waking waiting requests when the window changes, and
+//! letting go when the stream ends or nobody asks for it.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::protocol::flv::TAG_HEADER_LEN;
+use crate::protocol::server::redact;
+use crate::protocol::{MessageType, RawMessage};
+
+use super::super::conn::{Conn, Input, Notice};
+use super::super::connection::ConnectionContext;
+use super::super::hub::{PlayOutcome, Player};
+use super::super::StreamKey;
+use super::packager::{Packager, Targets};
+use super::{lock, Registry, Wake, Window};
+
+/// A window stays this long after its stream ended, so players read the
+/// end of the playlist.
+const ENDED_GRACE: Duration = Duration::from_secs(10);
+/// How often an idle packager checks whether anyone still asks.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The shard's LL-HLS state.
+pub struct HlsShard {
+    /// Node-wide: every shard's requests read the same windows.
+    pub registry: Arc<Registry>,
+    /// Wakes this shard's waiting requests.
+    pub wake: Wake,
+    pub targets: Targets,
+    pub idle: Duration,
+    pub shard: usize,
+}
+
+/// Parses one FLV tag (as the hub encodes one per message) back into the
+/// message, sharing its payload.
+fn message(tag: bytes::Bytes) -> Option<RawMessage> {
+    if tag.len() < TAG_HEADER_LEN + 4 {
+        return None;
+    }
+    let size = u32::from_be_bytes([0, tag[1], tag[2], tag[3]]) as usize;
+    let timestamp = u32::from_be_bytes([tag[7], tag[4], tag[5], tag[6]]);
+    if tag.len() < TAG_HEADER_LEN + size {
+        return None;
+    }
+    Some(RawMessage {
+        csid: 0,
+        timestamp,
+        type_id: MessageType(tag[0]),
+        stream_id: 0,
+        payload: tag.slice(TAG_HEADER_LEN..TAG_HEADER_LEN + size),
+    })
+}
+
+/// Starts packaging `key` on this shard, unless some shard already does;
+/// returns the window either way. `live`: the stream is on this shard now;
+/// otherwise the packager waits `wait` for it (its relay from another node).
+pub fn start(
+    key: &StreamKey,
+    live: bool,
+    wait: Duration,
+    hls: &Rc<HlsShard>,
+    ctx: &Rc<ConnectionContext>,
+    id: u64,
+) -> Arc<Mutex<Window>> {
+    let now = Instant::now();
+    let window = Arc::new(Mutex::new(Window::new(
+        hls.targets.part_ms,
+        hls.targets.segment_ms,
+        now,
+    )));
+    if !hls.registry.insert(key, window.clone()) {
+        if let Some(w) = hls.registry.get(key) {
+            return w;
+        }
+    }
+    let (conn, queue) = Conn::detached(id);
+    let player = Player::flv(id, conn.clone());
+    let outcome = if live {
+        ctx.hub.with(|h| h.play(key, player))
+    } else {
+        ctx.hub.with(|h| h.park(key, player, wait, now))
+    };
+    if let PlayOutcome::NotFound = outcome {
+        hls.registry.remove(key, &window);
+        lock(&window).end();
+        return window;
+    }
+    ctx.stats.hls_windows.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(stream = %redact(key), "LL-HLS packaging");
+    let task = run(
+        key.clone(),
+        conn,
+        queue,
+        Packager::new(hls.targets, window.clone()),
+        hls.clone(),
+        ctx.clone(),
+    );
+    glommio::spawn_local(task).detach();
+    hls.wake.notify();
+    window
+}
+
+async fn run(
+    key: StreamKey,
+    conn: Rc<Conn>,
+    queue: Rc<super::super::conn::RingQueue>,
+    mut packager: Packager,
+    hls: Rc<HlsShard>,
+    ctx: Rc<ConnectionContext>,
+) {
+    let window = packager.window().clone();
+    let (mut version, mut parts, mut segments) = (0, 0, 0);
+    loop {
+        // Take what the hub queued (unscheduled first, so that anything
+        // queued meanwhile notifies again).
+        conn.unschedule();
+        queue.dirty.borrow_mut().clear();
+        while let Some(tag) = conn.pop_output() {
+            conn.sent(tag.len());
+            if let Some(m) = message(tag) {
+                packager.push(&m);
+            }
+        }
+        let (now, watchers, last_request, built) = {
+            let w = lock(&window);
+            (
+                w.version,
+                w.watchers,
+                w.last_request,
+                (w.parts_built, w.segments_built),
+            )
+        };
+        if now != version {
+            version = now;
+            ctx.stats
+                .hls_parts
+                .fetch_add(built.0 - parts, Ordering::Relaxed);
+            ctx.stats
+                .hls_segments
+                .fetch_add(built.1 - segments, Ordering::Relaxed);
+            (parts, segments) = built;
+            wake_all(&hls, &ctx, watchers);
+        }
+        if last_request.elapsed() > hls.idle {
+            tracing::debug!(stream = %redact(&key), "LL-HLS: nobody asks any more");
+            break;
+        }
+        let input = futures_lite::future::or(
+            async {
+                queue.notify.wait().await;
+                None
+            },
+            futures_lite::future::or(async { Some(conn.next_input().await) }, async {
+                glommio::timer::sleep(IDLE_CHECK).await;
+                None
+            }),
+        )
+        .await;
+        match input {
+            None | Some(Input::Data(_)) => {}
+            Some(Input::Notice(Notice::Ended { waiting: true, .. })) => {}
+            Some(Input::Notice(Notice::Republished { stream_id })) => {
+                ctx.hub.with(|h| h.resume(&key, conn.id, stream_id));
+            }
+            // The stream ended (or never came), the node stops, or the hub
+            // cut the packager as a slow player.
+            Some(_) => break,
+        }
+    }
+    ctx.hub.with(|h| h.leave(conn.id));
+    conn.close();
+    packager.finish();
+    let watchers = lock(&window).watchers;
+    wake_all(&hls, &ctx, watchers);
+    // Players read the end of the playlist for a while, then it goes.
+    glommio::timer::sleep(ENDED_GRACE).await;
+    hls.registry.remove(&key, &window);
+    ctx.stats.hls_windows.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Wakes the requests waiting on a window: this shard's now, the others'
+/// through the mesh.
+fn wake_all(hls: &HlsShard, ctx: &ConnectionContext, watchers: u64) {
+    hls.wake.notify();
+    if watchers & !(1 << hls.shard.min(63)) != 0 {
+        ctx.hub.with(|h| h.hls_changed(watchers));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn an_flv_tag_turns_back_into_its_message() {
+        let mut out = BytesMut::new();
+        crate::protocol::flv::write_tag(&mut out, 9, 0x0102_0304, b"abc");
+        let m = message(out.freeze()).unwrap();
+        assert_eq!(m.type_id, MessageType::VIDEO);
+        assert_eq!(m.timestamp, 0x0102_0304);
+        assert_eq!(&m.payload[..], b"abc");
+        assert!(message(bytes::Bytes::from_static(b"short")).is_none());
+    }
+}

@@ -1,0 +1,116 @@
+//! A real browser: Debian's Chromium, headless, driven by playwright-core
+//! (tests/browser/preview.mjs; scripts/test installs both). It opens the
+//! web console of one node, starts the preview of a stream that ffmpeg
+//! publishes to another node of the cluster, and reports what the page saw:
+//! the video's currentTime must advance, no hls.js or mpegts.js error may
+//! fire, and playback must stay close to the live edge (LL-HLS ≤ 2 s,
+//! HTTP-FLV ≤ 1 s). Each run saves a screenshot in target/browser/.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+mod common;
+use common::{cluster_node, publish, wait_live, NatsServer};
+
+/// What the page saw, as preview.mjs prints it.
+#[derive(Debug)]
+struct Seen {
+    times: Vec<f64>,
+    latencies: Vec<f64>,
+    errors: Vec<String>,
+}
+
+fn driver_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+fn run_preview(console: &str, stream: &str, kind: &str, seconds: u32) -> Seen {
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let shot = out_dir.join(format!("preview-{kind}.png"));
+    let _ = std::fs::remove_file(&shot);
+    let output = Command::new("node")
+        .arg(driver_dir().join("preview.mjs"))
+        .args([console, stream, kind])
+        .arg(&shot)
+        .arg(seconds.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .expect(
+            "node is required (scripts/test installs it, and playwright-core into tests/browser)",
+        );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the browser driver failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("driver output is not JSON ({e}): {stdout}"));
+    let samples = v["samples"].as_array().expect("samples").clone();
+    let mut errors: Vec<String> = v["pageErrors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("page: {e}"))
+        .collect();
+    if let Some(last) = samples.last() {
+        errors.extend(
+            last["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e.as_str().unwrap_or("").to_owned()),
+        );
+    }
+    Seen {
+        times: samples
+            .iter()
+            .filter_map(|s| s["currentTime"].as_f64())
+            .collect(),
+        latencies: samples
+            .iter()
+            .filter_map(|s| s["latency"].as_f64())
+            .collect(),
+        errors,
+    }
+}
+
+fn check(seen: &Seen, seconds: u32, max_latency: f64) {
+    assert!(seen.errors.is_empty(), "player errors: {:?}", seen.errors);
+    let first = seen.times.iter().copied().find(|t| *t > 0.0);
+    let last = seen.times.last().copied().unwrap_or(0.0);
+    let played = first.map_or(0.0, |f| last - f);
+    assert!(
+        played >= seconds as f64 / 2.0,
+        "currentTime advanced {played:.2} s in {seconds} s: {:?}",
+        seen.times
+    );
+    // Once playing has settled (the last third of the run), playback stays
+    // near the live edge.
+    let settled = &seen.latencies[seen.latencies.len() * 2 / 3..];
+    assert!(!settled.is_empty(), "no latency reading: {seen:?}");
+    let worst = settled.iter().copied().fold(0.0, f64::max);
+    eprintln!("settled latency behind the live edge: worst {worst:.2} s of {settled:?}");
+    assert!(
+        worst <= max_latency,
+        "{worst:.2} s behind the live edge (limit {max_latency} s): {:?}",
+        seen.latencies
+    );
+}
+
+#[test]
+fn the_console_previews_a_stream_of_another_node_in_chromium() {
+    let nats = NatsServer::start("browser");
+    let a = cluster_node(&nats, "a", 1, &[]);
+    let b = cluster_node(&nats, "b", 2, &["--media-listen", "127.0.0.1:0"]);
+    let publisher = publish(&a.url("cam"), 40);
+    wait_live(&a.url("cam"));
+    let console = format!("http://{}/console/", b.http);
+    let seen = run_preview(&console, "live/cam", "hls", 10);
+    check(&seen, 10, 2.0);
+    let seen = run_preview(&console, "live/cam", "flv", 8);
+    check(&seen, 8, 1.0);
+    drop(publisher);
+}
