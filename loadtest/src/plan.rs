@@ -25,7 +25,9 @@ Connections take the resolved URLs round-robin; a host name counts once per A re
 )]
 pub struct Cli {
     /// rtmp://host[:port]/app[/key]; repeatable. Publishers and players
-    /// take them round-robin (a name: each of its A records).
+    /// take them round-robin (a name: each of its A records). An http://
+    /// URL makes players HTTP-FLV viewers (publishers then need
+    /// --publish-url).
     #[arg(long = "url", value_name = "URL")]
     pub urls: Vec<String>,
     /// Where publishers go, when not the --url list (repeatable).
@@ -213,6 +215,11 @@ impl LoadPlan {
         } else {
             urls.clone()
         };
+        for u in &publish_urls {
+            if crate::target::RtmpUrl::parse(u)?.http {
+                bail!("{u}: publishers need an rtmp:// URL (--publish-url)");
+            }
+        }
         let publishers = cli.publishers.or(sc.publishers).unwrap_or(1);
         let players = cli.players.or(sc.players).unwrap_or(0);
         if publishers + players == 0 {

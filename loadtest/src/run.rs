@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
+use crate::http_player::run_flv_player;
 use crate::plan::{LoadPlan, SourcePlan};
 use crate::player::{run_player, PlayerOutcome, PlayerSpec};
 use crate::publisher::{run_publisher, PublisherOutcome, PublisherSpec};
@@ -236,9 +237,11 @@ async fn start_connections(
         sleep_until(started + step * slot).await;
         slot += 1;
         let now = Instant::now();
-        players.push(tokio::spawn(run_player(PlayerSpec {
+        let target = targets[j % targets.len()].clone();
+        let http = target.url.http;
+        let spec = PlayerSpec {
             index: j,
-            target: targets[j % targets.len()].clone(),
+            target,
             key: plan.stream_keys[j % plan.stream_keys.len()].clone(),
             setup_deadline: (now + plan.setup_timeout).min(drain_until),
             first_frame_timeout: plan.first_frame_timeout,
@@ -246,7 +249,14 @@ async fn start_connections(
             drain_until,
             steady_after_us,
             stats: stats.clone(),
-        })));
+        };
+        players.push(tokio::spawn(async move {
+            if http {
+                run_flv_player(spec).await
+            } else {
+                run_player(spec).await
+            }
+        }));
     }
     let hard = drain_until + JOIN_GRACE;
     let mut pub_out = Vec::with_capacity(publishers.len());

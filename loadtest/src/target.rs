@@ -1,4 +1,6 @@
-//! Where connections go: `rtmp://host[:port]/app[/key]` URLs. A host name
+//! Where connections go: `rtmp://host[:port]/app[/key]` URLs, and for
+//! players `http://host[:port]/app[/key]`, which makes them HTTP-FLV
+//! viewers (`GET /app/key.flv`). A host name
 //! stands for every A record it resolves to, and connections take the
 //! resolved addresses round-robin, the way clients behind DNS round-robin
 //! spread over nodes. The tcUrl keeps the name as the user wrote it.
@@ -8,6 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use anyhow::{bail, Context};
 
 pub const DEFAULT_RTMP_PORT: u16 = 1935;
+pub const DEFAULT_HTTP_PORT: u16 = 80;
 
 /// One parsed URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,13 +20,22 @@ pub struct RtmpUrl {
     pub app: String,
     /// The stream key part, if the URL has one.
     pub key: Option<String>,
+    /// An `http://` URL: players are HTTP-FLV viewers.
+    pub http: bool,
 }
 
 impl RtmpUrl {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("rtmp://")
-            .with_context(|| format!("{url}: only rtmp:// URLs are supported"))?;
+        let (rest, http) = match (url.strip_prefix("rtmp://"), url.strip_prefix("http://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => bail!("{url}: only rtmp:// and http:// URLs are supported"),
+        };
+        let default_port = if http {
+            DEFAULT_HTTP_PORT
+        } else {
+            DEFAULT_RTMP_PORT
+        };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.is_empty() => (
@@ -31,7 +43,7 @@ impl RtmpUrl {
                 p.parse()
                     .with_context(|| format!("{url}: bad port {p:?}"))?,
             ),
-            _ => (authority.to_owned(), DEFAULT_RTMP_PORT),
+            _ => (authority.to_owned(), default_port),
         };
         if host.is_empty() {
             bail!("{url}: no host");
@@ -49,6 +61,7 @@ impl RtmpUrl {
             port,
             app,
             key,
+            http,
         })
     }
 
@@ -107,7 +120,9 @@ mod tests {
         assert_eq!(u.key.as_deref(), Some("cam?token=1"));
         let u = RtmpUrl::parse("rtmp://localhost/live").unwrap();
         assert_eq!((u.port, u.key), (1935, None));
-        assert!(RtmpUrl::parse("http://x/live").is_err());
+        let h = RtmpUrl::parse("http://x/live/cam").unwrap();
+        assert!(h.http && h.port == 80 && h.key.as_deref() == Some("cam"));
+        assert!(RtmpUrl::parse("https://x/live").is_err());
         assert!(RtmpUrl::parse("rtmp://x").is_err());
         assert!(RtmpUrl::parse("rtmp://x:notaport/live").is_err());
     }

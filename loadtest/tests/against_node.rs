@@ -51,11 +51,17 @@ fn node_binary() -> PathBuf {
 struct Node {
     child: Child,
     addr: SocketAddr,
+    /// The HTTP media listener, when started with one.
+    media: Option<SocketAddr>,
     log: std::sync::Arc<Mutex<String>>,
 }
 
 impl Node {
     fn start() -> Node {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Node {
         let mut child = Command::new(node_binary())
             .args([
                 "--rtmp-listen",
@@ -65,6 +71,7 @@ impl Node {
                 "--shards",
                 "1",
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -76,18 +83,30 @@ impl Node {
         let sink = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("rtmp listening on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                for prefix in ["rtmp listening on ", "media listening on "] {
+                    if let Some(addr) = line.split(prefix).nth(1) {
+                        let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send((prefix, addr));
+                    }
                 }
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()))
-            .parse()
-            .expect("node prints its address");
-        Node { child, addr, log }
+        let next = || {
+            rx.recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("node did not start: {}", log.lock().unwrap()))
+        };
+        // The RTMP address is logged first, then the media one (if any).
+        let addr = next().1.parse().expect("node prints its address");
+        let media = extra
+            .contains(&"--media-listen")
+            .then(|| next().1.parse().expect("node prints its media address"));
+        Node {
+            child,
+            addr,
+            media,
+            log,
+        }
     }
 
     fn url(&self) -> String {
@@ -238,6 +257,49 @@ fn one_publisher_three_players_every_frame_accounted_for() {
     }
     assert!(r["duration_s"].as_f64().unwrap() >= 3.0);
     assert!(run.stdout.contains("players"), "{}", run.stdout);
+}
+
+#[test]
+fn http_flv_viewers_are_checked_like_rtmp_players() {
+    let node = Node::start_with(&["--media-listen", "127.0.0.1:0"]);
+    let media = format!("http://{}/live", node.media.unwrap());
+    let run = run_load(
+        &[
+            "--publish-url",
+            &node.url(),
+            "--url",
+            &media,
+            "--publishers",
+            "1",
+            "--players",
+            "3",
+            "--duration",
+            "3",
+            "--drain",
+            "3",
+            "--require-all-holding",
+        ],
+        Duration::from_secs(25),
+    );
+    let r = &run.report;
+    assert_eq!(
+        run.status,
+        0,
+        "{}\nnode log:\n{}",
+        run.stdout,
+        node.log.lock().unwrap()
+    );
+    assert_eq!(n(r, "players.connected"), 3);
+    assert_eq!(n(r, "players.holding"), 3);
+    assert_eq!(n(r, "players.saw_end"), 3, "the body ends with the stream");
+    let expected = n(r, "players.video_frames_expected");
+    assert!(expected > 3 * 30, "{expected}");
+    assert_eq!(n(r, "players.video_frames"), expected);
+    assert_eq!(n(r, "players.gaps"), 0);
+    assert_eq!(n(r, "players.bad_messages"), 0);
+    assert_eq!(n(r, "players.first_video_not_key"), 0);
+    assert!(n(r, "latency_ms.samples") > 0);
+    assert_eq!(n(r, "first_frame_ms.samples"), 3);
 }
 
 #[test]
