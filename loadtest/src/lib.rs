@@ -18,6 +18,7 @@
 pub mod chart;
 pub mod clock_sei;
 pub mod connection;
+pub mod hls_player;
 pub mod http_player;
 pub mod plan;
 pub mod player;

@@ -33,6 +33,10 @@ pub struct Cli {
     /// Where publishers go, when not the --url list (repeatable).
     #[arg(long = "publish-url", value_name = "URL")]
     pub publish_urls: Vec<String>,
+    /// What players of http:// URLs are: "flv" (HTTP-FLV, the default) or
+    /// "hls" (LL-HLS: blocking reloads, parts).
+    #[arg(long, value_name = "flv|hls")]
+    pub http_viewers: Option<String>,
     /// A scenario file (TOML, same keys as the long options).
     #[arg(long)]
     pub scenario: Option<PathBuf>,
@@ -115,6 +119,7 @@ pub struct Scenario {
     pub publish_url: Vec<String>,
     pub publishers: Option<usize>,
     pub players: Option<usize>,
+    pub http_viewers: Option<String>,
     pub streams: Option<usize>,
     pub key: Option<String>,
     pub file: Option<PathBuf>,
@@ -153,6 +158,8 @@ pub struct LoadPlan {
     pub publish_urls: Vec<String>,
     pub publishers: usize,
     pub players: usize,
+    /// Players of http:// URLs are LL-HLS viewers (else HTTP-FLV).
+    pub http_hls: bool,
     pub stream_keys: Vec<String>,
     pub source: SourcePlan,
     pub duration: Duration,
@@ -220,6 +227,11 @@ impl LoadPlan {
                 bail!("{u}: publishers need an rtmp:// URL (--publish-url)");
             }
         }
+        let http_hls = match cli.http_viewers.or(sc.http_viewers).as_deref() {
+            None | Some("flv") => false,
+            Some("hls") => true,
+            Some(other) => bail!("--http-viewers {other:?}: flv or hls"),
+        };
         let publishers = cli.publishers.or(sc.publishers).unwrap_or(1);
         let players = cli.players.or(sc.players).unwrap_or(0);
         if publishers + players == 0 {
@@ -286,6 +298,7 @@ impl LoadPlan {
             publish_urls,
             publishers,
             players,
+            http_hls,
             stream_keys,
             source,
             duration: seconds(

@@ -43,6 +43,11 @@ pub struct PlayerOutcome {
     pub first_frame_ms: Option<f64>,
     /// The publisher's end (UnpublishNotify or StreamEOF) arrived.
     pub saw_end: bool,
+    /// LL-HLS viewers: blocking playlist reloads, parts fetched, and how
+    /// often the media fetched fell behind real time.
+    pub hls_reloads: u64,
+    pub hls_parts: u64,
+    pub stalls: u64,
 }
 
 impl PlayerOutcome {

@@ -77,6 +77,11 @@ pub struct PlayerTotals {
     pub unstamped_video: u64,
     /// Players that saw their publisher's end (UnpublishNotify/StreamEOF).
     pub saw_end: u64,
+    /// LL-HLS viewers: blocking playlist reloads, parts fetched, stalls
+    /// (the media fetched fell behind real time).
+    pub hls_reloads: u64,
+    pub hls_parts: u64,
+    pub stalls: u64,
     pub gbit_per_s: f64,
     pub failures: BTreeMap<String, u64>,
 }
@@ -203,6 +208,9 @@ pub fn build(r: RunResults) -> Report {
         players.video_before_first_key += c.video_frames_before_key;
         players.unstamped_video += c.unstamped_video;
         players.saw_end += u64::from(p.saw_end);
+        players.hls_reloads += p.hls_reloads;
+        players.hls_parts += p.hls_parts;
+        players.stalls += p.stalls;
         if let Some(f) = &p.failure {
             players.failed += 1;
             *players.failures.entry(f.clone()).or_default() += 1;
@@ -298,6 +306,13 @@ pub fn table(r: &Report) -> String {
         "checks: timestamp regressions {}, bad messages {}, first video not a keyframe {}, unstamped video {}; publisher max lag {} ms",
         m.timestamp_regressions, m.bad_messages, m.first_video_not_key, m.unstamped_video, p.max_lag_ms
     );
+    if m.hls_parts > 0 {
+        let _ = writeln!(
+            s,
+            "LL-HLS: {} parts fetched after {} blocking reloads; {} stalls",
+            m.hls_parts, m.hls_reloads, m.stalls
+        );
+    }
     let pct = |name: &str, q: &Percentiles| {
         format!(
             "{name:<18} p50 {:>9.1}  p90 {:>9.1}  p99 {:>9.1}  max {:>9.1}  ({} samples)",
@@ -367,6 +382,7 @@ pub fn compare_table(reports: &[(String, serde_json::Value)]) -> String {
         ("players failed", "players.failed"),
         ("video frames missing", "players.video_frames_missing"),
         ("gaps", "players.gaps"),
+        ("LL-HLS stalls", "players.stalls"),
         ("publishers connected", "publishers.connected"),
         ("publishers failed", "publishers.failed"),
         ("Gbit/s to players", "players.gbit_per_s"),

@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
+use crate::hls_player::run_hls_player;
 use crate::http_player::run_flv_player;
 use crate::plan::{LoadPlan, SourcePlan};
 use crate::player::{run_player, PlayerOutcome, PlayerSpec};
@@ -239,6 +240,7 @@ async fn start_connections(
         let now = Instant::now();
         let target = targets[j % targets.len()].clone();
         let http = target.url.http;
+        let hls = plan.http_hls;
         let spec = PlayerSpec {
             index: j,
             target,
@@ -251,7 +253,9 @@ async fn start_connections(
             stats: stats.clone(),
         };
         players.push(tokio::spawn(async move {
-            if http {
+            if http && hls {
+                run_hls_player(spec).await
+            } else if http {
                 run_flv_player(spec).await
             } else {
                 run_player(spec).await

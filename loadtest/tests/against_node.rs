@@ -303,6 +303,54 @@ fn http_flv_viewers_are_checked_like_rtmp_players() {
 }
 
 #[test]
+fn ll_hls_viewers_follow_the_live_edge_part_by_part() {
+    let node = Node::start_with(&["--media-listen", "127.0.0.1:0"]);
+    let media = format!("http://{}/live", node.media.unwrap());
+    let run = run_load(
+        &[
+            "--publish-url",
+            &node.url(),
+            "--url",
+            &media,
+            "--http-viewers",
+            "hls",
+            "--publishers",
+            "1",
+            "--players",
+            "3",
+            "--duration",
+            "6",
+            "--drain",
+            "3",
+        ],
+        Duration::from_secs(30),
+    );
+    let r = &run.report;
+    assert_eq!(
+        run.status,
+        0,
+        "{}\nnode log:\n{}",
+        run.stdout,
+        node.log.lock().unwrap()
+    );
+    assert_eq!(n(r, "players.connected"), 3);
+    assert_eq!(n(r, "players.failed"), 0, "{}", run.stdout);
+    // Every frame from each viewer's first keyframe on, in order.
+    let expected = n(r, "players.video_frames_expected");
+    assert!(expected > 3 * 60, "{expected}");
+    assert_eq!(n(r, "players.video_frames"), expected, "{}", run.stdout);
+    assert_eq!(n(r, "players.gaps"), 0);
+    assert_eq!(n(r, "players.bad_messages"), 0);
+    assert_eq!(n(r, "players.timestamp_regressions"), 0);
+    assert_eq!(n(r, "players.first_video_not_key"), 0);
+    // Part by part, each after a blocking reload.
+    assert!(n(r, "players.hls_parts") > 3 * 15, "{}", run.stdout);
+    assert!(n(r, "players.hls_reloads") > 3 * 10, "{}", run.stdout);
+    assert!(n(r, "latency_ms.samples") > 0);
+    assert!(run.stdout.contains("LL-HLS:"), "{}", run.stdout);
+}
+
+#[test]
 fn failed_connections_are_reported_with_their_reason() {
     let node = Node::start();
     // A port nobody listens on: bind one, then free it.
