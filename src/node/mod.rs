@@ -2,7 +2,10 @@
 //! share. Streams are owned by the shard of their publisher; other shards
 //! subscribe once per stream over a bounded channel mesh and fan out locally.
 //! The only node-wide state is the stream directory (rare path, behind a
-//! mutex) and counters.
+//! mutex), the LL-HLS windows (`hls::Registry`: read per HTTP request,
+//! written once per part, so that every shard serves the same segment
+//! numbers) and counters. HTTP media (`http`, `hls`) is served by the same
+//! shards, rings and hubs as RTMP.
 
 mod admission;
 mod conn;
