@@ -125,6 +125,11 @@ async function kick(key) {
   refresh();
 }
 
+// An app name (which may hold slashes) as a URL path.
+function path(app) {
+  return app.split("/").map(encodeURIComponent).join("/");
+}
+
 function stopPreview() {
   const t = window.tributary;
   if (t.player) {
@@ -148,12 +153,14 @@ function preview(app, name, kind) {
   $("preview-name").textContent = `${app}/${name} (${kind === "hls" ? "LL-HLS" : "HTTP-FLV"})`;
   if (kind === "hls") {
     if (!window.Hls || !Hls.isSupported()) return status("this browser has no Media Source Extensions");
-    const hls = new Hls({ lowLatencyMode: true, backBufferLength: 10 });
+    // Low-latency mode holds PART-HOLD-BACK behind the live edge; a
+    // player that fell behind (a slow start) plays up to 1.5x to catch up.
+    const hls = new Hls({ lowLatencyMode: true, backBufferLength: 10, maxLiveSyncPlaybackRate: 1.5 });
     hls.on(Hls.Events.ERROR, (_, data) => {
       t.errors.push(`${data.type}: ${data.details}${data.fatal ? " (fatal)" : ""}`);
       status(`hls.js: ${data.details}`);
     });
-    hls.loadSource(`${base}/${app}/${name}/index.m3u8`);
+    hls.loadSource(`${base}/${path(app)}/${encodeURIComponent(name)}/index.m3u8`);
     hls.attachMedia(video);
     t.player = hls;
     // How far behind the live edge playback is, seconds.
@@ -161,7 +168,7 @@ function preview(app, name, kind) {
   } else {
     if (!window.mpegts || !mpegts.isSupported()) return status("this browser has no Media Source Extensions");
     const player = mpegts.createPlayer(
-      { type: "flv", isLive: true, url: `${base}/${app}/${name}.flv` },
+      { type: "flv", isLive: true, url: `${base}/${path(app)}/${encodeURIComponent(name)}.flv` },
       { enableStashBuffer: false, liveBufferLatencyChasing: true, liveBufferLatencyMaxLatency: 0.7, liveBufferLatencyMinRemain: 0.3 },
     );
     player.on(mpegts.Events.ERROR, (type, detail) => {

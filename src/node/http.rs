@@ -48,6 +48,11 @@ use super::StreamKey;
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// The most headers a request may carry.
 const MAX_HEADERS: usize = 48;
+/// The most input held for requests not yet answered (pipelining).
+const MAX_PIPELINED: usize = 64 * 1024;
+/// Answers queued and not yet sent past which the next pipelined request
+/// waits (a client that asks faster than it reads).
+const MAX_ANSWER_BACKLOG: usize = 4 * 1024 * 1024;
 
 /// Settings of the HTTP media listener.
 pub struct HttpContext {
@@ -299,6 +304,8 @@ pub async fn serve(
     let mut head: Vec<u8> = Vec::new();
     let mut plain = Vec::new();
     let mut viewer: Option<Viewer> = None;
+    // The LL-HLS stream this connection's playlists were authorized for.
+    let mut authorized: Option<String> = None;
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
@@ -342,12 +349,25 @@ pub async fn serve(
         if input.is_empty() {
             continue;
         }
-        head.extend_from_slice(&input[..input.len().min(MAX_REQUEST_HEAD + 1 - head.len())]);
+        if head.len() + input.len() > MAX_PIPELINED {
+            let f = Failure::new(
+                431,
+                "header_too_large",
+                "too much input ahead of the answers",
+            );
+            break Some(fail(&conn, &ctx, &f, cors));
+        }
+        head.extend_from_slice(input);
         drop(lease);
         // Every complete request in the buffer, in order (keep-alive and
         // pipelining); the loop ends when the head is incomplete again.
         let mut done: Option<Option<String>> = None;
         while done.is_none() {
+            // A client that asks faster than it reads waits for its answers
+            // to drain (the write-stall limit cuts one that stops reading).
+            while conn.queued_bytes() > MAX_ANSWER_BACKLOG && !conn.is_closed() {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
             let req = match parse_head(&head) {
                 Ok(None) => break,
                 Ok(Some(req)) => req,
@@ -396,7 +416,7 @@ pub async fn serve(
                         key,
                         query,
                     };
-                    match serve_hls(&who, resource, &ctx, &http, &ring).await {
+                    match serve_hls(&who, resource, &mut authorized, &ctx, &http, &ring).await {
                         Ok(answer) => {
                             let keep = req.keep_alive;
                             answer.send(&conn, head_only, cors, keep);
@@ -583,11 +603,11 @@ fn blocking(query: &str) -> Result<(Option<Block>, String), Failure> {
     Ok((block, rest.join("&")))
 }
 
-/// How long a request may wait for what it names: a blocking playlist
-/// reload or the hinted part, three target durations (the RFC's limit); the
-/// first playlist of a stream, until its first part exists.
-fn wait_limit(hls: &HlsShard) -> Duration {
-    Duration::from_millis(3 * hls.targets.segment_ms as u64)
+/// How long a request may wait for what it names (a blocking playlist
+/// reload, the hinted part, the segment being built): three target
+/// durations, the RFC's limit.
+fn wait_limit(window: &std::sync::Mutex<hls::Window>) -> Duration {
+    Duration::from_secs(3 * lock(window).target_duration as u64)
 }
 const FIRST_PLAYLIST_WAIT: Duration = Duration::from_secs(12);
 
@@ -631,8 +651,20 @@ async fn window_of(
         peer: who.peer,
     };
     let key = asker.key();
+    let not_found = || Failure::new(404, "not_found", "no such stream");
     if let Some(w) = hls.registry.get(&key) {
-        return Ok(w);
+        if !lock(&w).ended {
+            return Ok(w);
+        }
+        // Its stream ended. If the key is live again (here or anywhere in
+        // the cluster), a new window starts now rather than after the old
+        // one's grace; otherwise players read its end.
+        match admission::locate(&asker, ctx).await {
+            Ok((_, live, _)) if live || ctx.cluster.is_some() => {
+                hls.registry.remove(&key, &w);
+            }
+            _ => return Ok(w),
+        }
     }
     let owner = ctx.hub.read(|h| h.owner(&key));
     match owner {
@@ -642,16 +674,10 @@ async fn window_of(
             let deadline = Instant::now() + FIRST_PLAYLIST_WAIT;
             wait_for(hls, deadline, || hls.registry.get(&key))
                 .await
-                .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))
+                .ok_or_else(not_found)
         }
-        Some(_) => Ok(hls::run::start(
-            &key,
-            true,
-            Duration::ZERO,
-            hls,
-            ctx,
-            ring.new_id(),
-        )),
+        Some(_) => hls::run::start(&key, true, Duration::ZERO, hls, ctx, ring.new_id())
+            .ok_or_else(not_found),
         None => {
             let (key, live, wait) = admission::locate(&asker, ctx)
                 .await
@@ -660,15 +686,17 @@ async fn window_of(
                 // Published here meanwhile: ask again, it has an owner now.
                 return Err(Failure::new(503, "limit", "the stream is starting; retry"));
             }
-            Ok(hls::run::start(&key, false, wait, hls, ctx, ring.new_id()))
+            hls::run::start(&key, false, wait, hls, ctx, ring.new_id()).ok_or_else(not_found)
         }
     }
 }
 
-/// Answers one LL-HLS request.
+/// Answers one LL-HLS request. A playlist is authorized once per
+/// connection and stream (the webhook is not asked again for each reload).
 async fn serve_hls(
     who: &HlsAsk<'_>,
     resource: Resource,
+    authorized: &mut Option<String>,
     ctx: &Rc<ConnectionContext>,
     http: &HttpContext,
     ring: &SocketRing,
@@ -696,9 +724,24 @@ async fn serve_hls(
         // A playlist goes through the play rules and the webhook, and
         // starts the packaging; the media it lists through the rules only.
         Resource::Playlist => {
-            admission::authorize(crate::auth::Action::Play, &asker, ctx)
-                .await
-                .map_err(refused)?;
+            // Asked with the query the playlist's URIs carry (the token,
+            // say), without the blocking directives.
+            let name = if query.is_empty() {
+                who.key.to_owned()
+            } else {
+                format!("{}?{query}", who.key)
+            };
+            let stream = format!("{}/{name}", who.app);
+            if authorized.as_deref() != Some(stream.as_str()) {
+                let asker = Asker {
+                    name: &name,
+                    ..asker
+                };
+                admission::authorize(crate::auth::Action::Play, &asker, ctx)
+                    .await
+                    .map_err(refused)?;
+                *authorized = Some(stream);
+            }
             window_of(who, ctx, http, ring).await?
         }
         _ => {
@@ -723,7 +766,7 @@ async fn serve_hls(
     match resource {
         Resource::Playlist => {
             let limit = match block {
-                Some(_) => wait_limit(hls),
+                Some(_) => wait_limit(&window),
                 None => FIRST_PLAYLIST_WAIT,
             };
             let text = wait_for(hls, Instant::now() + limit, || {
@@ -759,7 +802,7 @@ async fn serve_hls(
             })
         }
         Resource::Segment(msn) => {
-            let body = wait_for(hls, Instant::now() + wait_limit(hls), || {
+            let body = wait_for(hls, Instant::now() + wait_limit(&window), || {
                 let mut w = lock(&window);
                 w.last_request = Instant::now();
                 match w.segment(msn) {
@@ -785,7 +828,7 @@ async fn serve_hls(
             })
         }
         Resource::Part(msn, n) => {
-            let body = wait_for(hls, Instant::now() + wait_limit(hls), || {
+            let body = wait_for(hls, Instant::now() + wait_limit(&window), || {
                 let mut w = lock(&window);
                 w.last_request = Instant::now();
                 let next = w.segments.back().map_or((0, 0), |s| {

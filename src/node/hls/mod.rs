@@ -73,10 +73,13 @@ pub struct Window {
     init_gen: u32,
     pub segments: VecDeque<Segment>,
     next_msn: u64,
-    /// Seconds: the part target as configured, and the target duration
-    /// (which only grows, never shrinks).
+    /// Seconds: the part target as configured, and the target duration,
+    /// fixed for the window's life (the packager never makes a segment
+    /// longer).
     pub part_target: f64,
-    target_duration: u32,
+    pub target_duration: u32,
+    /// Discontinuities that left the window (EXT-X-DISCONTINUITY-SEQUENCE).
+    discontinuity_sequence: u64,
     pub ended: bool,
     /// When someone last asked for it.
     pub last_request: Instant,
@@ -105,16 +108,27 @@ pub enum Ready {
     TooFar,
 }
 
+/// The target duration for a segment target: half as long again, rounded
+/// up to whole seconds. Segments close at the first keyframe past the
+/// segment target, and at the latest at this (so a long GOP is cut).
+pub fn target_duration(segment_target_ms: u32) -> u32 {
+    (segment_target_ms as u64 * 3).div_ceil(2000).max(1) as u32
+}
+
 impl Window {
-    pub fn new(part_target_ms: u32, segment_target_ms: u32, now: Instant) -> Self {
+    /// `first` numbers the first segment and init segment: a clock value,
+    /// so that a later window of the same key never reuses a URI that a
+    /// cache may hold.
+    pub fn new(part_target_ms: u32, segment_target_ms: u32, first: u64, now: Instant) -> Self {
         Self {
             inits: VecDeque::new(),
             init: None,
-            init_gen: 0,
+            init_gen: first as u32,
             segments: VecDeque::new(),
-            next_msn: 0,
+            next_msn: first,
             part_target: part_target_ms as f64 / 1000.0,
-            target_duration: segment_target_ms.div_ceil(1000).max(1),
+            target_duration: target_duration(segment_target_ms),
+            discontinuity_sequence: 0,
             ended: false,
             last_request: now,
             watchers: 0,
@@ -137,8 +151,10 @@ impl Window {
             .map(|(_, b)| b.clone())
     }
 
-    /// Adds a part to the open segment (opening one if none is).
-    pub fn push_part(&mut self, part: Arc<Part>, keep: usize) {
+    /// Adds a part to the open segment (opening one if none is), and with
+    /// `close` completes that segment in the same step (so no playlist
+    /// ever hints at a part that will not come).
+    pub fn push_part(&mut self, part: Arc<Part>, keep: usize, close: bool) {
         if self.segments.back().is_none_or(|s| s.complete) {
             self.segments.push_back(Segment {
                 msn: self.next_msn,
@@ -148,7 +164,11 @@ impl Window {
             });
             self.next_msn += 1;
             while self.segments.iter().filter(|s| s.complete).count() > keep.max(1) {
-                self.segments.pop_front();
+                let gone = self.segments.pop_front();
+                let next = self.segments.front().map(|s| s.init);
+                if gone.is_some_and(|g| Some(g.init) != next) {
+                    self.discontinuity_sequence += 1;
+                }
             }
             let oldest = self.segments.front().map_or(0, |s| s.init);
             self.inits.retain(|(g, _)| *g >= oldest);
@@ -158,6 +178,9 @@ impl Window {
         }
         self.parts_built += 1;
         self.version += 1;
+        if close {
+            self.close_segment();
+        }
     }
 
     /// The stream ended: the playlist says so.
@@ -167,10 +190,8 @@ impl Window {
     }
 
     pub fn close_segment(&mut self) {
-        if let Some(s) = self.segments.back_mut() {
+        if let Some(s) = self.segments.back_mut().filter(|s| !s.complete) {
             s.complete = true;
-            let d = s.duration().round() as u32;
-            self.target_duration = self.target_duration.max(d);
             self.segments_built += 1;
             self.version += 1;
         }
@@ -231,11 +252,13 @@ impl Window {
             out,
             "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{}\n\
              #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}\n\
-             #EXT-X-PART-INF:PART-TARGET={:.3}\n#EXT-X-MEDIA-SEQUENCE:{}\n",
+             #EXT-X-PART-INF:PART-TARGET={:.3}\n#EXT-X-MEDIA-SEQUENCE:{}\n\
+             #EXT-X-DISCONTINUITY-SEQUENCE:{}\n",
             self.target_duration,
             self.part_target * 3.0,
             self.part_target,
-            self.segments.front().map_or(0, |s| s.msn)
+            self.segments.front().map_or(self.next_msn, |s| s.msn),
+            self.discontinuity_sequence,
         );
         // Parts are listed for the last segments only (about three target
         // durations back from the live edge), as the RFC recommends.
@@ -274,7 +297,7 @@ impl Window {
             let (msn, part) = match self.segments.back() {
                 Some(s) if !s.complete => (s.msn, s.parts.len()),
                 Some(s) => (s.msn + 1, 0),
-                None => (0, 0),
+                None => (self.next_msn, 0),
             };
             let _ = writeln!(
                 out,
@@ -346,6 +369,7 @@ impl Registry {
     }
 
     /// Windows and the bytes their parts hold (memory per stream).
+    /// (Also: the waiting shards, read and cleared by the packager.)
     pub fn usage(&self) -> (usize, usize) {
         let map = self.lock();
         let bytes = map
@@ -447,11 +471,11 @@ mod tests {
     #[test]
     fn blocking_reload_waits_for_the_part_it_names() {
         let now = Instant::now();
-        let mut w = Window::new(200, 1000, now);
+        let mut w = Window::new(200, 1000, 0, now);
         assert_eq!(w.ready(None), Ready::Wait, "nothing to list yet");
         w.set_init(Bytes::from_static(b"init"));
-        w.push_part(part(200, true), 4);
-        w.push_part(part(200, false), 4);
+        w.push_part(part(200, true), 4, false);
+        w.push_part(part(200, false), 4, false);
         let at = |msn, part| Some(Block { msn, part });
         assert_eq!(w.ready(None), Ready::Wait, "no whole segment yet");
         assert_eq!(w.ready(at(0, Some(1))), Ready::Now);
@@ -467,25 +491,23 @@ mod tests {
             Ready::Now,
             "a closed segment has all its parts"
         );
-        w.push_part(part(200, true), 4);
+        w.push_part(part(200, true), 4, false);
         assert_eq!(w.ready(at(1, Some(0))), Ready::Now);
     }
 
     #[test]
     fn the_playlist_lists_parts_segments_and_the_preload_hint() {
-        let mut w = Window::new(200, 1000, Instant::now());
+        let mut w = Window::new(200, 1000, 0, Instant::now());
         w.set_init(Bytes::from_static(b"i"));
         for seg in 0..5 {
             for n in 0..5 {
-                w.push_part(part(200, n == 0), 3);
-            }
-            if seg < 4 {
-                w.close_segment();
+                w.push_part(part(200, n == 0), 3, seg < 4 && n == 4);
             }
         }
         let text = w.playlist("token=t");
         assert!(text.starts_with("#EXTM3U\n"), "{text}");
-        assert!(text.contains("#EXT-X-TARGETDURATION:1\n"), "{text}");
+        assert!(text.contains("#EXT-X-TARGETDURATION:2\n"), "{text}");
+        assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:0\n"), "{text}");
         assert!(
             text.contains("CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600"),
             "{text}"
@@ -519,7 +541,7 @@ mod tests {
         // A new configuration: a discontinuity and a new map.
         w.close_segment();
         w.set_init(Bytes::from_static(b"j"));
-        w.push_part(part(200, true), 3);
+        w.push_part(part(200, true), 3, false);
         w.ended = true;
         let text = w.playlist("");
         assert!(
@@ -528,5 +550,18 @@ mod tests {
         );
         assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
         assert!(w.init_segment(1).is_some() && w.init_segment(2).is_some());
+        // Once the last segment of the first init leaves the window, the
+        // discontinuity sequence counts it.
+        for _ in 0..4 {
+            w.push_part(part(200, true), 3, true);
+        }
+        let text = w.playlist("");
+        assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"), "{text}");
+        assert!(!text.contains("init1.mp4"), "{text}");
+        assert!(Window::new(200, 2000, 1_700_000_000, Instant::now())
+            .playlist("")
+            .contains("#EXT-X-MEDIA-SEQUENCE:1700000000\n"));
+        assert_eq!(target_duration(2000), 3);
+        assert_eq!(target_duration(1000), 2);
     }
 }

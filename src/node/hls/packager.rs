@@ -159,6 +159,10 @@ impl Timeline {
     }
 }
 
+/// The longest a sample may last: a longer gap in a track's timestamps (a
+/// pause, a jump) is taken as this, so no part or segment balloons.
+const MAX_SAMPLE_MS: i64 = 1000;
+
 /// Part and segment targets, and how many segments the window keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Targets {
@@ -175,6 +179,8 @@ pub struct Packager {
     size: Option<(u16, u16)>,
     /// The init segment must be rebuilt (new configuration).
     init_dirty: bool,
+    /// The last init segment was written (parts are dropped otherwise).
+    init_ok: bool,
     /// The stream's first timestamp, ms: timelines start at zero.
     origin_ms: Option<i64>,
     vt: Timeline,
@@ -184,6 +190,7 @@ pub struct Packager {
     part_audio: Vec<Sample>,
     /// Length of the part and segment being built, ms.
     part_ms: f64,
+    part_audio_ms: f64,
     segment_ms: f64,
     /// The part being built starts with a keyframe.
     part_independent: bool,
@@ -201,12 +208,14 @@ impl Packager {
             audio: None,
             size: None,
             init_dirty: false,
+            init_ok: false,
             origin_ms: None,
             vt: Timeline::default(),
             at: Timeline::default(),
             part_video: Vec::new(),
             part_audio: Vec::new(),
             part_ms: 0.0,
+            part_audio_ms: 0.0,
             segment_ms: 0.0,
             part_independent: false,
             fragment_seq: 0,
@@ -276,8 +285,9 @@ impl Packager {
                     data,
                 };
                 if let Some((prev_ms, mut prev)) = self.vt.waiting.replace((ms, sample)) {
-                    prev.duration = ((ms - prev_ms).max(0) as u32) * (VIDEO_TIMESCALE / 1000);
-                    self.add_video(prev, (ms - prev_ms).max(0) as f64);
+                    let gap = (ms - prev_ms).clamp(0, MAX_SAMPLE_MS);
+                    prev.duration = gap as u32 * (VIDEO_TIMESCALE / 1000);
+                    self.add_video(prev, gap as f64);
                 }
             }
             Unit::Audio(data) if self.audio.is_some() => {
@@ -291,9 +301,10 @@ impl Packager {
                     data,
                 };
                 if let Some((prev_ms, mut prev)) = self.at.waiting.replace((ms, sample)) {
-                    let end = (ms.max(0) * rate / 1000) as u64;
+                    let gap = (ms - prev_ms).clamp(0, MAX_SAMPLE_MS);
+                    let end = ((prev_ms + gap).max(0) * rate / 1000) as u64;
                     prev.duration = end.saturating_sub(prev.dts) as u32;
-                    self.add_audio(prev, (ms - prev_ms).max(0) as f64);
+                    self.add_audio(prev, gap as f64);
                 }
             }
             _ => {}
@@ -316,14 +327,21 @@ impl Packager {
         self.segment_open || !self.part_video.is_empty()
     }
 
+    /// The longest a segment may grow: the playlist's target duration.
+    fn hard_max_ms(&self) -> f64 {
+        super::target_duration(self.targets.segment_ms) as f64 * 1000.0
+    }
+
     fn add_video(&mut self, s: Sample, ms: f64) {
         let length = self.segment_ms + self.part_ms;
-        if s.key && self.building() && length >= self.targets.segment_ms as f64 {
-            // A keyframe past the segment target starts a new segment.
-            self.close_part();
-            self.close_segment();
+        // A new segment at a keyframe past the segment target, or at once
+        // on a new configuration; without a keyframe only at the target
+        // duration (a GOP longer than that is cut).
+        let at_key = s.key && (length >= self.targets.segment_ms as f64 || self.init_dirty);
+        if self.building() && (at_key || length + ms > self.hard_max_ms()) {
+            self.cut(true);
         } else if !self.part_video.is_empty() && self.part_ms + ms > self.targets.part_ms as f64 {
-            self.close_part();
+            self.cut(false);
         }
         if !self.building() && !s.key {
             // Nothing before the first keyframe: no segment could start.
@@ -337,79 +355,116 @@ impl Packager {
     }
 
     fn add_audio(&mut self, s: Sample, ms: f64) {
+        let part_target = self.targets.part_ms as f64;
         if self.video.is_some() {
-            if self.building() {
-                self.part_audio.push(s);
+            if !self.building() {
+                return;
+            }
+            self.part_audio.push(s);
+            self.part_audio_ms += ms;
+            // Video stopped while audio goes on: audio cuts the parts.
+            if self.part_video.is_empty() && self.part_audio_ms >= 2.0 * part_target {
+                let end = self.segment_ms + self.part_audio_ms >= self.hard_max_ms();
+                self.cut(end);
             }
             return;
         }
         // Audio only: audio cuts the parts, and every sample is independent.
+        if !self.part_audio.is_empty() && self.part_audio_ms + ms > part_target {
+            let end = self.segment_ms + self.part_audio_ms >= self.targets.segment_ms as f64;
+            self.cut(end);
+        }
         if self.part_audio.is_empty() {
             self.part_independent = true;
-        } else if self.part_ms + ms > self.targets.part_ms as f64 {
-            self.close_part();
-            if self.segment_ms >= self.targets.segment_ms as f64 {
-                self.close_segment();
-            }
-            self.part_independent = true;
         }
-        self.part_ms += ms;
+        self.part_audio_ms += ms;
         self.part_audio.push(s);
     }
 
-    fn close_part(&mut self) {
-        if self.part_video.is_empty() && self.part_audio.is_empty() {
-            return;
-        }
-        if self.init_dirty || !self.segment_open && self.with_window(|w| w.init.is_none()) {
+    /// Closes the part being built (if it has samples) and, with
+    /// `end_segment`, its segment, in one step of the window.
+    fn cut(&mut self, end_segment: bool) {
+        let has_samples = !self.part_video.is_empty() || !self.part_audio.is_empty();
+        if has_samples && (self.init_dirty && !self.segment_open || !self.init_ok) {
             self.publish_init();
         }
-        self.fragment_seq = self.fragment_seq.wrapping_add(1);
-        let video = std::mem::take(&mut self.part_video);
-        let audio = std::mem::take(&mut self.part_audio);
-        let bytes = fragment(
-            self.fragment_seq,
-            &[(VIDEO_TRACK, &video[..]), (AUDIO_TRACK, &audio[..])],
-        );
-        let duration = self.part_ms / 1000.0;
-        self.segment_ms += self.part_ms;
-        self.part_ms = 0.0;
-        let Ok(bytes) = bytes else {
-            tracing::warn!("LL-HLS: a part could not be written; dropped");
-            return;
-        };
-        let part = Part {
-            size: bytes.iter().map(Bytes::len).sum(),
-            bytes,
-            duration,
-            independent: self.part_independent,
-        };
-        self.segment_open = true;
         let keep = self.targets.window_segments;
-        self.with_window(|w| w.push_part(Arc::new(part), keep));
+        if has_samples {
+            self.fragment_seq = self.fragment_seq.wrapping_add(1);
+            let video = std::mem::take(&mut self.part_video);
+            let audio = std::mem::take(&mut self.part_audio);
+            let ms = if video.is_empty() {
+                self.part_audio_ms
+            } else {
+                self.part_ms
+            };
+            self.segment_ms += ms;
+            let bytes = fragment(
+                self.fragment_seq,
+                &[(VIDEO_TRACK, &video[..]), (AUDIO_TRACK, &audio[..])],
+            );
+            match bytes {
+                // Parts without an init segment that players could decode
+                // them with are dropped.
+                Ok(bytes) if self.init_ok => {
+                    let part = Part {
+                        size: bytes.iter().map(Bytes::len).sum(),
+                        bytes,
+                        duration: ms / 1000.0,
+                        independent: self.part_independent,
+                    };
+                    self.segment_open = true;
+                    self.with_window(|w| w.push_part(Arc::new(part), keep, end_segment));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("LL-HLS: a part could not be written ({e}); dropped"),
+            }
+        } else if end_segment && self.segment_open {
+            self.with_window(|w| w.close_segment());
+        }
+        self.part_ms = 0.0;
+        self.part_audio_ms = 0.0;
+        if end_segment {
+            self.segment_open = false;
+            self.segment_ms = 0.0;
+        }
     }
 
     fn publish_init(&mut self) {
         self.init_dirty = false;
         match init_segment(self.video.as_ref(), self.audio.as_ref()) {
-            Ok(init) => self.with_window(|w| w.set_init(init)),
-            Err(e) => tracing::warn!("LL-HLS: no init segment: {e}"),
+            Ok(init) => {
+                self.init_ok = true;
+                self.with_window(|w| w.set_init(init));
+            }
+            Err(e) => {
+                self.init_ok = false;
+                tracing::warn!("LL-HLS: no init segment: {e}");
+            }
         }
     }
 
-    fn close_segment(&mut self) {
-        if self.segment_open {
-            self.with_window(|w| w.close_segment());
-        }
-        self.segment_open = false;
-        self.segment_ms = 0.0;
-        if self.init_dirty {
-            self.publish_init();
-        }
+    /// The stream came back with a new publisher: what waits is written,
+    /// then timestamps start again after a discontinuity (a new init
+    /// segment, even when the configuration is the same).
+    pub fn restart(&mut self) {
+        self.flush_waiting();
+        self.cut(true);
+        self.vt = Timeline::default();
+        self.at = Timeline::default();
+        self.origin_ms = None;
+        self.init_dirty = true;
     }
 
     /// The stream ended: what waits is written, and the playlist ends.
     pub fn finish(&mut self) {
+        self.flush_waiting();
+        self.cut(true);
+        self.with_window(|w| w.end());
+    }
+
+    /// The samples waiting for a successor get a nominal duration.
+    fn flush_waiting(&mut self) {
         for video in [true, false] {
             let tl = if video { &mut self.vt } else { &mut self.at };
             if let Some((_, mut s)) = tl.waiting.take() {
@@ -426,9 +481,6 @@ impl Packager {
                 }
             }
         }
-        self.close_part();
-        self.close_segment();
-        self.with_window(|w| w.end());
     }
 }
 
@@ -510,7 +562,7 @@ mod stream_tests {
 
     #[test]
     fn parts_and_segments_follow_the_targets() {
-        let window = Arc::new(Mutex::new(Window::new(200, 1000, Instant::now())));
+        let window = Arc::new(Mutex::new(Window::new(200, 1000, 0, Instant::now())));
         let mut p = Packager::new(
             Targets {
                 part_ms: 200,
@@ -550,5 +602,43 @@ mod stream_tests {
             "{w:?}"
         );
         assert!(w.init.is_some());
+    }
+
+    #[test]
+    fn a_new_publisher_continues_the_numbering_after_a_discontinuity() {
+        let window = Arc::new(Mutex::new(Window::new(200, 1000, 0, Instant::now())));
+        let targets = Targets {
+            part_ms: 200,
+            segment_ms: 1000,
+            window_segments: 10,
+        };
+        let mut p = Packager::new(targets, window.clone());
+        let header = RawMessage {
+            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE0, 0]),
+            ..video(0, true)
+        };
+        p.push(&header);
+        for i in 0..50u32 {
+            p.push(&video(90_000 + i * 40, i % 25 == 0));
+        }
+        // The new publisher's clock starts again near zero.
+        p.restart();
+        p.push(&header);
+        for i in 0..50u32 {
+            p.push(&video(i * 40, i % 25 == 0));
+        }
+        p.finish();
+        let w = window.lock().unwrap();
+        let msns: Vec<u64> = w.segments.iter().map(|s| s.msn).collect();
+        assert_eq!(msns, (0..msns.len() as u64).collect::<Vec<_>>(), "{msns:?}");
+        let inits: Vec<u32> = w.segments.iter().map(|s| s.init).collect();
+        assert_eq!(inits.first(), Some(&1));
+        assert_eq!(
+            inits.last(),
+            Some(&2),
+            "a new init after the restart: {inits:?}"
+        );
+        assert!(w.playlist("").contains("#EXT-X-DISCONTINUITY\n"));
+        assert!(w.ended);
     }
 }

@@ -66,16 +66,18 @@ pub fn start(
     hls: &Rc<HlsShard>,
     ctx: &Rc<ConnectionContext>,
     id: u64,
-) -> Arc<Mutex<Window>> {
+) -> Option<Arc<Mutex<Window>>> {
     let now = Instant::now();
+    let first = super::super::admission::unix_micros() / 1_000_000;
     let window = Arc::new(Mutex::new(Window::new(
         hls.targets.part_ms,
         hls.targets.segment_ms,
+        first,
         now,
     )));
     if !hls.registry.insert(key, window.clone()) {
         if let Some(w) = hls.registry.get(key) {
-            return w;
+            return Some(w);
         }
     }
     let (conn, queue) = Conn::detached(id);
@@ -87,8 +89,7 @@ pub fn start(
     };
     if let PlayOutcome::NotFound = outcome {
         hls.registry.remove(key, &window);
-        lock(&window).end();
-        return window;
+        return None;
     }
     ctx.stats.hls_windows.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(stream = %redact(key), "LL-HLS packaging");
@@ -101,8 +102,10 @@ pub fn start(
         ctx.clone(),
     );
     glommio::spawn_local(task).detach();
+    // Requests on any shard may be waiting for this window to exist.
     hls.wake.notify();
-    window
+    ctx.hub.with(|h| h.hls_changed(u64::MAX));
+    Some(window)
 }
 
 async fn run(
@@ -115,6 +118,7 @@ async fn run(
 ) {
     let window = packager.window().clone();
     let (mut version, mut parts, mut segments) = (0, 0, 0);
+    let mut idle = false;
     loop {
         // Take what the hub queued (unscheduled first, so that anything
         // queued meanwhile notifies again).
@@ -148,6 +152,7 @@ async fn run(
         }
         if last_request.elapsed() > hls.idle {
             tracing::debug!(stream = %redact(&key), "LL-HLS: nobody asks any more");
+            idle = true;
             break;
         }
         let input = futures_lite::future::or(
@@ -165,6 +170,9 @@ async fn run(
             None | Some(Input::Data(_)) => {}
             Some(Input::Notice(Notice::Ended { waiting: true, .. })) => {}
             Some(Input::Notice(Notice::Republished { stream_id })) => {
+                // A new publisher: new timestamps, maybe a new
+                // configuration; a discontinuity in the same playlist.
+                packager.restart();
                 ctx.hub.with(|h| h.resume(&key, conn.id, stream_id));
             }
             // The stream ended (or never came), the node stops, or the hub
@@ -174,13 +182,17 @@ async fn run(
     }
     ctx.hub.with(|h| h.leave(conn.id));
     conn.close();
-    packager.finish();
-    let watchers = lock(&window).watchers;
-    wake_all(&hls, &ctx, watchers);
-    // Players read the end of the playlist for a while, then it goes.
-    glommio::timer::sleep(ENDED_GRACE).await;
-    hls.registry.remove(&key, &window);
     ctx.stats.hls_windows.fetch_sub(1, Ordering::Relaxed);
+    if !idle {
+        // The stream ended: players read the end of the playlist for a
+        // while (a playlist request for the key once it is live again, here
+        // or in the cluster, starts a new window at once), then it goes.
+        packager.finish();
+        let watchers = std::mem::take(&mut lock(&window).watchers);
+        wake_all(&hls, &ctx, watchers);
+        glommio::timer::sleep(ENDED_GRACE).await;
+    }
+    hls.registry.remove(&key, &window);
 }
 
 /// Wakes the requests waiting on a window: this shard's now, the others'
