@@ -199,6 +199,7 @@ async fn route(
                         .saturating_sub(ShardStats::get(&s.flv_viewers))
                         .saturating_sub(ShardStats::get(&s.hls_windows))),
                     "http_flv": sum(|s| ShardStats::get(&s.flv_viewers)),
+                    "ll_hls": sum(|s| ShardStats::get(&s.hls_viewers)),
                 },
                 "hls_streams": sum(|s| ShardStats::get(&s.hls_windows)),
             });
@@ -541,7 +542,7 @@ impl Metrics {
         let viewers = IntGaugeVec::new(
             Opts::new(
                 "tributary_viewers",
-                "Players by protocol (rtmp, http-flv; LL-HLS viewers are sessionless: see tributary_hls_*)",
+                "Players by protocol: rtmp, http-flv, and ll-hls (open connections that fetched a playlist)",
             ),
             &["shard", "protocol"],
         )?;
@@ -722,7 +723,8 @@ impl Metrics {
             let rtmp = ShardStats::get(&s.players)
                 .saturating_sub(flv)
                 .saturating_sub(ShardStats::get(&s.hls_windows));
-            for (protocol, n) in [("rtmp", rtmp), ("http-flv", flv)] {
+            let hls = ShardStats::get(&s.hls_viewers);
+            for (protocol, n) in [("rtmp", rtmp), ("http-flv", flv), ("ll-hls", hls)] {
                 self.viewers
                     .with_label_values(&[&shard, protocol])
                     .set(n as i64);

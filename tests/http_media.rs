@@ -541,10 +541,20 @@ fn ll_hls_playlists_keep_the_rfc_rules_and_blocking_reloads_answer_in_time() {
     let (status, part) = conn.get(&format!("/live/ll/part{m}.{n}.m4s"));
     assert_eq!(status, 200);
     assert_eq!(&part[4..8], b"moof");
+    // The keep-alive connection counts as a viewer (the fresh ones left).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&node, "tributary_viewers", "ll-hls") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "LL-HLS viewers: {}",
+            get(node.http, "/metrics").1
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     // Bad requests: too far ahead, not in the window, no such stream.
     let far = p.segments.last().unwrap().0 + 5;
     let (status, _) = conn.get(&format!("/live/ll/index.m3u8?_HLS_msn={far}"));
-    assert_eq!(status, 400);
+    assert_eq!(status, 400, "(and it closes the connection)");
     let (status, _) = raw_http(media, b"GET /live/ll/part0.99.m4s HTTP/1.1\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     let (status, _) = raw_http(media, b"GET /live/nobody/index.m3u8 HTTP/1.1\r\n\r\n");

@@ -304,8 +304,10 @@ pub async fn serve(
     let mut head: Vec<u8> = Vec::new();
     let mut plain = Vec::new();
     let mut viewer: Option<Viewer> = None;
-    // The LL-HLS stream this connection's playlists were authorized for.
+    // The LL-HLS stream this connection's playlists were authorized for
+    // (and, once one was answered, it counts as an LL-HLS viewer).
     let mut authorized: Option<String> = None;
+    let mut hls_viewer = false;
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
@@ -418,6 +420,10 @@ pub async fn serve(
                     };
                     match serve_hls(&who, resource, &mut authorized, &ctx, &http, &ring).await {
                         Ok(answer) => {
+                            if resource == Resource::Playlist && !hls_viewer {
+                                hls_viewer = true;
+                                ctx.stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
+                            }
                             let keep = req.keep_alive;
                             answer.send(&conn, head_only, cors, keep);
                             if !keep {
@@ -444,6 +450,9 @@ pub async fn serve(
     }
     if viewer.take().is_some() {
         ctx.stats.flv_viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+    if hls_viewer {
+        ctx.stats.hls_viewers.fetch_sub(1, Ordering::Relaxed);
     }
     ctx.hub.with(|h| h.leave(conn.id));
     ring.finish(&conn);
