@@ -238,25 +238,7 @@ fn an_http_flv_viewer_that_stops_reading_is_cut_like_a_slow_player() {
         ],
     );
     let url = node.url("slow");
-    // Lossless video, tens of Mbit/s: loopback socket buffers hold
-    // megabytes, and they must fill before the node's queue grows.
-    let publisher = Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg").args(common::LIVE_LAVFI_INPUT).args([
-            "testsrc2=size=640x480:rate=25:duration=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-qp",
-            "0",
-            "-g",
-            "25",
-            "-f",
-            "flv",
-            &url,
-        ]),
-    );
+    let publisher = common::publish_lossless(&url);
     wait_live(&url);
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -192,25 +192,7 @@ fn a_player_that_stops_reading_loses_frames_then_is_cut() {
     .unwrap();
     let node = Node::start_with(1, &["--config", config.to_str().unwrap()]);
     let url = node.url("slow");
-    // Lossless video, tens of Mbit/s: socket buffers on loopback hold
-    // megabytes, and they must fill before the node's queue grows.
-    let publisher = Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg").args(common::LIVE_LAVFI_INPUT).args([
-            "testsrc2=size=640x480:rate=25:duration=30",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-qp",
-            "0",
-            "-g",
-            "25",
-            "-f",
-            "flv",
-            &url,
-        ]),
-    );
+    let publisher = common::publish_lossless(&url);
     wait_live(&url);
 
     // A real RTMP player with a tiny receive buffer that stops reading as

@@ -18,7 +18,7 @@ use tributary::protocol::message::{MessageType, RawMessage};
 
 use crate::connection::io_reason;
 use crate::player::{PlayerOutcome, PlayerSpec};
-use crate::player_check::{MediaSeen, PlayerCheck};
+use crate::player_check::PlayerCheck;
 use crate::publisher::wall_clock_us;
 use crate::stats::LiveCounters;
 
@@ -339,21 +339,11 @@ async fn play(
         outcome.hls_parts += 1;
         let (messages, secs) = samples(&part, &tracks)?;
         let now_us = wall_clock_us();
-        let check = &mut outcome.check;
-        let lost_before = check.frames_lost;
+        let lost_before = outcome.check.frames_lost;
         for msg in &messages {
-            if check.on_media(msg, now_us) == MediaSeen::FirstKeyframe {
-                let ms = asked_at.elapsed().as_secs_f64() * 1000.0;
-                outcome.first_frame_ms = Some(ms);
-                spec.stats.record_first_frame((ms * 1000.0) as u64);
-            }
-            if check.latency_batch_full() {
-                spec.stats.record_latencies(check.take_latencies());
-            }
+            outcome.on_message(msg, now_us, asked_at, &spec.stats);
         }
-        spec.stats.record_latencies(check.take_latencies());
-        LiveCounters::add(&live.frames_in, messages.len() as u64);
-        LiveCounters::add(&live.frames_lost, check.frames_lost - lost_before);
+        outcome.after_read(messages.len() as u64, lost_before, &spec.stats);
         // Playing from the first part on: a part that arrives after the
         // media before it has run out is a stall.
         let now = Instant::now();

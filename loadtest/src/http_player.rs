@@ -12,7 +12,7 @@ use tributary::protocol::message::MessageType;
 
 use crate::connection::{io_reason, READ_BUFFER_BYTES};
 use crate::player::{PlayerOutcome, PlayerSpec};
-use crate::player_check::{MediaSeen, PlayerCheck};
+use crate::player_check::PlayerCheck;
 use crate::publisher::wall_clock_us;
 use crate::stats::LiveCounters;
 
@@ -113,31 +113,18 @@ async fn play(
         outcome.bytes += n as u64;
         LiveCounters::add(&live.bytes_in, n as u64);
         let now_us = wall_clock_us();
-        let check = &mut outcome.check;
-        let lost_before = check.frames_lost;
+        let lost_before = outcome.check.frames_lost;
         let mut frames = 0u64;
-        if reader.parsed_header().is_none() && reader.header().map_err(flv_reason)?.is_none() {
-            // Not the whole FLV header yet.
-        } else {
+        if reader.parsed_header().is_some() || reader.header().map_err(flv_reason)?.is_some() {
             while let Some(tag) = reader.next_tag().map_err(flv_reason)? {
                 let m = tag.into_message(0, 1);
-                if !matches!(m.type_id, MessageType::AUDIO | MessageType::VIDEO) {
-                    continue;
-                }
-                frames += 1;
-                if check.on_media(&m, now_us) == MediaSeen::FirstKeyframe {
-                    let ms = asked_at.elapsed().as_secs_f64() * 1000.0;
-                    outcome.first_frame_ms = Some(ms);
-                    spec.stats.record_first_frame((ms * 1000.0) as u64);
-                }
-                if check.latency_batch_full() {
-                    spec.stats.record_latencies(check.take_latencies());
+                if matches!(m.type_id, MessageType::AUDIO | MessageType::VIDEO) {
+                    frames += 1;
+                    outcome.on_message(&m, now_us, asked_at, &spec.stats);
                 }
             }
         }
-        spec.stats.record_latencies(check.take_latencies());
-        LiveCounters::add(&live.frames_in, frames);
-        LiveCounters::add(&live.frames_lost, check.frames_lost - lost_before);
+        outcome.after_read(frames, lost_before, &spec.stats);
         let deadline = if outcome.first_frame_ms.is_none() {
             first_frame_deadline.min(spec.drain_until)
         } else {

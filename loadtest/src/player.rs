@@ -64,6 +64,38 @@ impl PlayerOutcome {
     }
 }
 
+impl PlayerOutcome {
+    /// Checks one audio or video message an HTTP viewer took in: the first
+    /// keyframe's arrival is recorded, latencies handed over in batches.
+    pub fn on_message(
+        &mut self,
+        m: &tributary::protocol::message::RawMessage,
+        now_us: u64,
+        asked_at: Instant,
+        stats: &RunStats,
+    ) {
+        if self.check.on_media(m, now_us) == MediaSeen::FirstKeyframe {
+            let ms = asked_at.elapsed().as_secs_f64() * 1000.0;
+            self.first_frame_ms = Some(ms);
+            stats.record_first_frame((ms * 1000.0) as u64);
+        }
+        if self.check.latency_batch_full() {
+            stats.record_latencies(self.check.take_latencies());
+        }
+    }
+
+    /// After a read: latencies handed over, and the frames taken in and
+    /// lost since `lost_before` counted live.
+    pub fn after_read(&mut self, frames: u64, lost_before: u64, stats: &RunStats) {
+        stats.record_latencies(self.check.take_latencies());
+        LiveCounters::add(&stats.live.frames_in, frames);
+        LiveCounters::add(
+            &stats.live.frames_lost,
+            self.check.frames_lost - lost_before,
+        );
+    }
+}
+
 pub async fn run_player(spec: PlayerSpec) -> PlayerOutcome {
     let mut outcome = PlayerOutcome {
         key: spec.key.clone(),

@@ -487,14 +487,12 @@ impl ConnState {
         flush(session, outbox);
         let player = Player::new(self.conn, stream_id, session.chunk_size(), outbox.clone());
         let key = admitted.key;
-        let outcome = if admitted.live {
-            ctx.hub.with(|h| h.play(&key, player))
-        } else {
-            // Play.Start now; media once the key is published here or its
-            // relay from another node starts.
-            let now = Instant::now();
-            ctx.hub.with(|h| h.park(&key, player, admitted.wait, now))
-        };
+        // Play.Start now; media once the key is published here or its
+        // relay from another node starts (when it is not live yet).
+        let (live, wait, now) = (admitted.live, admitted.wait, Instant::now());
+        let outcome = ctx
+            .hub
+            .with(|h| h.start_player(&key, player, live, wait, now));
         match outcome {
             // It ended between the check and now.
             PlayOutcome::NotFound => session.notify_unpublish(stream_id),

@@ -522,12 +522,10 @@ async fn start_flv(
     conn.set_read_only_peer();
     let player = Player::flv(conn.id, conn.clone());
     let key = admitted.key;
-    let outcome = if admitted.live {
-        ctx.hub.with(|h| h.play(&key, player))
-    } else {
-        let now = Instant::now();
-        ctx.hub.with(|h| h.park(&key, player, admitted.wait, now))
-    };
+    let (live, wait, now) = (admitted.live, admitted.wait, Instant::now());
+    let outcome = ctx
+        .hub
+        .with(|h| h.start_player(&key, player, live, wait, now));
     if let PlayOutcome::NotFound = outcome {
         // It ended between the check and now: an empty body.
         return Ok(None);
@@ -568,6 +566,15 @@ struct Answer {
 }
 
 impl Answer {
+    /// An init segment, segment or part.
+    fn media(body: Vec<Bytes>, cache: &'static str) -> Self {
+        Self {
+            content_type: "video/mp4",
+            cache,
+            body,
+        }
+    }
+
     fn send(self, conn: &Conn, head_only: bool, cors: &str, keep_alive: bool) {
         let len = self.body.iter().map(Bytes::len).sum::<usize>().to_string();
         let head = head_with(
@@ -804,11 +811,7 @@ async fn serve_hls(
         }
         Resource::Init(generation) => {
             let init = lock(&window).init_segment(generation).ok_or_else(gone)?;
-            Ok(Answer {
-                content_type: "video/mp4",
-                cache: "max-age=3600",
-                body: vec![init],
-            })
+            Ok(Answer::media(vec![init], "max-age=3600"))
         }
         Resource::Segment(msn) => {
             let body = wait_for(hls, Instant::now() + wait_limit(&window), || {
@@ -830,11 +833,7 @@ async fn serve_hls(
             })
             .await
             .ok_or_else(timeout)??;
-            Ok(Answer {
-                content_type: "video/mp4",
-                cache: "max-age=60",
-                body,
-            })
+            Ok(Answer::media(body, "max-age=60"))
         }
         Resource::Part(msn, n) => {
             let body = wait_for(hls, Instant::now() + wait_limit(&window), || {
@@ -859,11 +858,7 @@ async fn serve_hls(
             })
             .await
             .ok_or_else(timeout)??;
-            Ok(Answer {
-                content_type: "video/mp4",
-                cache: "max-age=60",
-                body,
-            })
+            Ok(Answer::media(body, "max-age=60"))
         }
     }
 }

@@ -103,6 +103,29 @@ pub fn publish(url: &str, seconds: u32) -> Proc {
     )
 }
 
+/// ffmpeg publishing 30 s of lossless 640x480 video, tens of Mbit/s: loopback
+/// socket buffers hold megabytes, and a stalled player's must fill before
+/// the node's queue for it grows.
+pub fn publish_lossless(url: &str) -> Proc {
+    Proc::spawn(
+        "ffmpeg",
+        Command::new("ffmpeg").args(LIVE_LAVFI_INPUT).args([
+            "testsrc2=size=640x480:rate=25:duration=30",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-qp",
+            "0",
+            "-g",
+            "25",
+            "-f",
+            "flv",
+            url,
+        ]),
+    )
+}
+
 /// Polls until the stream answers a play (an ffprobe that finds a video
 /// stream), with a deadline.
 pub fn wait_live(url: &str) {

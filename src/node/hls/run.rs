@@ -82,11 +82,9 @@ pub fn start(
     }
     let (conn, queue) = Conn::detached(id);
     let player = Player::flv(id, conn.clone());
-    let outcome = if live {
-        ctx.hub.with(|h| h.play(key, player))
-    } else {
-        ctx.hub.with(|h| h.park(key, player, wait, now))
-    };
+    let outcome = ctx
+        .hub
+        .with(|h| h.start_player(key, player, live, wait, now));
     if let PlayOutcome::NotFound = outcome {
         hls.registry.remove(key, &window);
         return None;

@@ -475,6 +475,23 @@ impl Hub {
         PlayOutcome::Subscribing
     }
 
+    /// Starts a player admission let in: attached now when its stream was
+    /// live on this node at admission, else parked for up to `wait`.
+    pub fn start_player(
+        &mut self,
+        key: &StreamKey,
+        player: Player,
+        live: bool,
+        wait: Duration,
+        now: Instant,
+    ) -> PlayOutcome {
+        if live {
+            self.play(key, player)
+        } else {
+            self.park(key, player, wait, now)
+        }
+    }
+
     /// Parks players that were watching `key` until it is live again.
     fn park_resumed(&mut self, key: &StreamKey, players: Vec<Player>, now: Instant) {
         let deadline = now + self.config.unpublish_wait.unwrap_or(TAKEOVER_WAIT);
