@@ -85,6 +85,10 @@ async function refresh() {
     const list = await api(node.cluster ? "/api/streams?scope=cluster" : "/api/streams");
     $("scope").textContent = `(${list.scope})`;
     $("streams-error").textContent = "";
+    // Viewers are summed over the nodes that answered in time.
+    const missing = list.viewers_missing || [];
+    $("viewers-missing").textContent = missing.length
+      ? `viewers not counted from node${missing.length > 1 ? "s" : ""} ${missing.join(", ")} (no answer)` : "";
     // Rebuilt only when something changed, so a button is not replaced
     // under the pointer.
     const seen = JSON.stringify([list.streams, !!mediaBase()]);
@@ -101,6 +105,10 @@ async function refresh() {
       cell(row, s.audio_codec);
       cell(row, s.bitrate_kbps, "num");
       cell(row, uptime(s.started_ms), "num");
+      const v = s.viewers || {};
+      for (const protocol of ["rtmp", "http_flv", "ll_hls"]) {
+        cell(row, v[protocol] || 0, "num").dataset.viewers = `${key} ${protocol}`;
+      }
       const p = row.insertCell();
       for (const [label, kind] of [["LL-HLS", "hls"], ["HTTP-FLV", "flv"]]) {
         const b = button(p, label, () => preview(s.app, s.name, kind));

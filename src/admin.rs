@@ -1,7 +1,8 @@
 //! The HTTP admin plane, on the control-plane thread (a tokio
 //! current-thread runtime, the only place tokio runs): `/metrics`
 //! (Prometheus text, per shard), `/healthz`, `/readyz`, `/api/node` and
-//! `/api/streams` (JSON; `?scope=cluster` asks the cluster registry). It
+//! `/api/streams` (JSON, with each stream's viewers by protocol;
+//! `?scope=cluster` asks the cluster registry and every node). It
 //! reads the shards' counters, the stream directory and the cluster
 //! counters; it is never on the media path. `DELETE /api/streams/APP/KEY`
 //! kicks that publisher on whatever node of the cluster has it. With
@@ -10,7 +11,7 @@
 //! included; request headers, time per request and per connection, and
 //! connections at once are bounded.
 //!
-//! Long (about 610 lines): the HTTP routes and the Prometheus families they
+//! Long (about 770 lines): the HTTP routes and the Prometheus families they
 //! render, one per counter the node keeps.
 
 use std::net::SocketAddr;
@@ -212,21 +213,30 @@ async fn route(
                     "this node is not in a cluster (cluster.nats is empty)\n",
                 );
             };
-            match cluster.list().await {
+            let (list, viewers) = tokio::join!(cluster.list(), cluster.viewers());
+            match list {
                 Ok(list) => {
+                    // Without the viewers (NATS answered the listing but not
+                    // the heartbeats) the streams are still listed.
+                    let audience = viewers.unwrap_or_default();
                     let streams: Vec<_> = list
                         .into_iter()
                         .map(|(key, reg)| {
                             let (app, name) = key.split_once('/').unwrap_or(("", &key));
+                            let viewers = audience.streams.get(&key).copied().unwrap_or_default();
                             serde_json::json!({
                                 "app": app, "name": name, "node": reg.node,
                                 "shard": reg.shard, "started_ms": reg.started_ms,
                                 "video_codec": reg.video_codec, "audio_codec": reg.audio_codec,
                                 "bitrate_kbps": reg.bitrate_kbps,
+                                "viewers": viewers, "viewers_total": viewers.total(),
                             })
                         })
                         .collect();
-                    let body = serde_json::json!({ "scope": "cluster", "streams": streams });
+                    let body = serde_json::json!({
+                        "scope": "cluster", "streams": streams,
+                        "viewers_from": audience.answered, "viewers_missing": audience.missing,
+                    });
                     json(StatusCode::OK, &body)
                 }
                 Err(e) => json(
@@ -251,15 +261,20 @@ async fn route(
             }
         }
         "/api/streams" => {
+            let audience = state.gate.audience();
             let streams: Vec<_> = state
                 .directory
                 .snapshot()
                 .into_iter()
-                .map(|(key, shard, relayed)| {
-                    let (app, name) = key.split_once('/').unwrap_or(("", &key));
+                .map(|l| {
+                    let (app, name) = l.key.split_once('/').unwrap_or(("", &l.key));
+                    let viewers = audience.of(&l.key);
                     serde_json::json!({
                         "app": app, "name": name, "node": state.node_id,
-                        "shard": shard, "relayed": relayed,
+                        "shard": l.shard, "relayed": l.relayed, "started_ms": l.started_ms,
+                        "video_codec": l.report.video_codec, "audio_codec": l.report.audio_codec,
+                        "bitrate_kbps": l.report.bitrate_kbps,
+                        "viewers": viewers, "viewers_total": viewers.total(),
                     })
                 })
                 .collect();
@@ -323,8 +338,8 @@ async fn kick(state: &AdminState, target: &str) -> Reply {
         .directory
         .snapshot()
         .into_iter()
-        .find(|(k, _, relayed)| *k == key && !relayed)
-        .map(|(_, shard, _)| shard);
+        .find(|l| l.key == key && !l.relayed)
+        .map(|l| l.shard);
     let mut result = Err(crate::cluster::RegistryError::NoSuchStream);
     if let Some(tx) = local.and_then(|shard| state.commands.get(shard)) {
         let (reply, rx) = tokio::sync::oneshot::channel();

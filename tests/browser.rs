@@ -4,7 +4,9 @@
 //! publishes to another node of the cluster, and reports what the page saw:
 //! the video's currentTime must advance, no hls.js or mpegts.js error may
 //! fire, and playback must stay close to the live edge (LL-HLS ≤ 2 s,
-//! HTTP-FLV ≤ 1 s). Each run saves a screenshot in target/browser/.
+//! HTTP-FLV ≤ 1 s). The console's table must count the preview among the
+//! stream's viewers by protocol, beside an RTMP player on the publisher's
+//! node. Each run saves a screenshot in target/browser/.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,6 +20,8 @@ struct Seen {
     times: Vec<f64>,
     latencies: Vec<f64>,
     errors: Vec<String>,
+    /// The stream's viewers by protocol in the console's table at the end.
+    viewers: serde_json::Value,
 }
 
 fn driver_dir() -> PathBuf {
@@ -74,6 +78,7 @@ fn run_preview(console: &str, stream: &str, kind: &str, seconds: u32) -> Seen {
             .filter_map(|s| s["latency"].as_f64())
             .collect(),
         errors,
+        viewers: v["viewers"].clone(),
     }
 }
 
@@ -100,6 +105,24 @@ fn check(seen: &Seen, seconds: u32, max_latency: f64) {
     );
 }
 
+/// Node B's console counts its own preview (over `protocol`) and node A's
+/// RTMP player among the stream's viewers.
+fn check_viewers(seen: &Seen, protocol: &str) {
+    let n = |p: &str| seen.viewers[p].as_u64();
+    assert_eq!(
+        n("rtmp"),
+        Some(1),
+        "viewers in the console: {}",
+        seen.viewers
+    );
+    // hls.js may hold more than one connection that fetched the playlist.
+    assert!(
+        n(protocol).is_some_and(|v| v >= 1),
+        "viewers in the console: {}",
+        seen.viewers
+    );
+}
+
 #[test]
 fn the_console_previews_a_stream_of_another_node_in_chromium() {
     let nats = NatsServer::start("browser");
@@ -107,10 +130,14 @@ fn the_console_previews_a_stream_of_another_node_in_chromium() {
     let b = cluster_node(&nats, "b", 2, &["--media-listen", "127.0.0.1:0"]);
     let publisher = publish(&a.url("cam"), 40);
     wait_live(&a.url("cam"));
+    let rtmp = common::LibPlayer::start(a.addr, "cam");
     let console = format!("http://{}/console/", b.http);
     let seen = run_preview(&console, "live/cam", "hls", 10);
     check(&seen, 10, 2.0);
+    check_viewers(&seen, "ll_hls");
     let seen = run_preview(&console, "live/cam", "flv", 8);
     check(&seen, 8, 1.0);
+    check_viewers(&seen, "http_flv");
+    drop(rtmp);
     drop(publisher);
 }

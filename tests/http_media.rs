@@ -562,3 +562,139 @@ fn ll_hls_plays_in_ffmpeg_from_a_node_other_than_the_publishers() {
     check_frames_fit_duration(&file);
     drop(publisher);
 }
+
+/// The viewers `/api/streams` (at `path`) shows for `key`:
+/// (rtmp, http_flv, ll_hls), None while the stream is not listed.
+fn listed_viewers(node: &Node, path: &str, key: &str) -> Option<(u64, u64, u64)> {
+    let (status, body) = get(node.http, path);
+    if !status.contains("200") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let (app, name) = key.split_once('/').unwrap();
+    let s = v["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["app"] == app && s["name"] == name)?;
+    let n = |p: &str| s["viewers"][p].as_u64().unwrap_or(0);
+    assert_eq!(
+        s["viewers_total"].as_u64(),
+        Some(n("rtmp") + n("http_flv") + n("ll_hls")),
+        "{body}"
+    );
+    Some((n("rtmp"), n("http_flv"), n("ll_hls")))
+}
+
+/// Polls until `node`'s listing at `path` shows `want` viewers of `key`.
+fn wait_viewers(node: &Node, path: &str, key: &str, want: (u64, u64, u64)) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        seen = listed_viewers(node, path, key);
+        if seen == Some(want) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{path} never showed {want:?} viewers of {key} (last: {seen:?})");
+}
+
+#[test]
+fn viewers_by_protocol_per_stream_are_summed_over_the_cluster() {
+    let nats = NatsServer::start("viewers");
+    let a = cluster_node(&nats, "a", 1, &["--media-listen", "127.0.0.1:0"]);
+    let b = cluster_node(&nats, "b", 2, &["--media-listen", "127.0.0.1:0"]);
+    let publisher = publish(&a.url("seen"), 40);
+    wait_live(&a.url("seen"));
+    // An RTMP player on the publisher's node, an HTTP-FLV viewer and an
+    // LL-HLS viewer on the other.
+    let rtmp = common::LibPlayer::start(a.addr, "seen");
+    let mut flv = TcpStream::connect(b.media.unwrap()).unwrap();
+    flv.write_all(b"GET /live/seen.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut drain = flv.try_clone().unwrap();
+    let drained = thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let mut hls = KeepAlive::connect(b.media.unwrap());
+    let (status, _) = hls.get("/live/seen/index.m3u8");
+    assert_eq!(status, 200);
+
+    // Each node's own listing shows its viewers; the cluster's, the sums.
+    wait_viewers(&a, "/api/streams", "live/seen", (1, 0, 0));
+    wait_viewers(&b, "/api/streams", "live/seen", (0, 1, 1));
+    for node in [&a, &b] {
+        wait_viewers(node, "/api/streams?scope=cluster", "live/seen", (1, 1, 1));
+    }
+    let (_, body) = get(a.http, "/api/streams?scope=cluster");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["viewers_from"], serde_json::json!(["a", "b"]), "{body}");
+    assert_eq!(v["viewers_missing"], serde_json::json!([]), "{body}");
+    // A standalone reading of the node's streams has their codecs too (from
+    // the hub's stream reports, every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = get(b.http, "/api/streams");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let s = &v["streams"][0];
+        if s["video_codec"] == "h264" && s["audio_codec"] == "aac" {
+            assert_eq!(s["relayed"], true, "{body}");
+            assert!(s["bitrate_kbps"].as_u64().unwrap() > 0, "{body}");
+            assert!(s["started_ms"].as_u64().unwrap() > 0, "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no codecs in {body}");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // Viewers that leave are taken out of the sums.
+    flv.shutdown(std::net::Shutdown::Both).unwrap();
+    drained.join().unwrap();
+    drop(hls);
+    wait_viewers(&a, "/api/streams?scope=cluster", "live/seen", (1, 0, 0));
+    wait_viewers(&b, "/api/streams", "live/seen", (0, 0, 0));
+    drop(rtmp);
+    drop(publisher);
+}
+
+#[test]
+fn the_player_limit_per_stream_counts_ll_hls_viewers() {
+    let config = write_config("http-limit.toml", "[players]\nmax_per_stream = 1\n");
+    let node = Node::start_with(
+        1,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let media = node.media.unwrap();
+    let publisher = publish(&node.url("one"), 30);
+    wait_live(&node.url("one"));
+    let mut first = KeepAlive::connect(media);
+    assert_eq!(first.get("/live/one/index.m3u8").0, 200);
+    wait_viewers(&node, "/api/streams", "live/one", (0, 0, 1));
+    // The same connection reloads its playlist: still one viewer.
+    assert_eq!(first.get("/live/one/index.m3u8").0, 200);
+    // Another connection is a second viewer, over the limit: 503, whether
+    // it asks for the playlist or for HTTP-FLV.
+    let (status, text) = raw_http(
+        media,
+        b"GET /live/one/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{text}");
+    assert!(text.contains("player limit"), "{text}");
+    let (status, _) = raw_http(media, b"GET /live/one.flv HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    // Its place comes back when the connection closes.
+    drop(first);
+    wait_viewers(&node, "/api/streams", "live/one", (0, 0, 0));
+    let (status, _) = raw_http(
+        media,
+        b"GET /live/one/index.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    drop(publisher);
+}

@@ -13,11 +13,15 @@
 //!   while some node is attached (`trib.attach.<node>`, renewed); a relaying
 //!   node fetches the snapshot (`trib.snap.<node>`) and splices it with the
 //!   live subject by sequence number.
+//! - Viewers: each node answers `trib.viewers.<node>` with its viewers of
+//!   each stream by protocol; `/api/streams?scope=cluster` asks every node
+//!   with a live heartbeat and sums.
 
 mod control;
 pub mod splice;
 pub mod wire;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::RawMessage;
-use crate::stream::StreamKey;
+use crate::stream::{Audience, StreamKey, Viewers};
 pub use crate::stream::{ShardCommand, SnapshotReply};
 
 /// Requests from shards to the control thread (claims, lookups,
@@ -58,6 +62,9 @@ pub struct ClusterSettings {
     pub max_snapshot_bytes: usize,
     /// What the heartbeat advertises.
     pub rtmp_addr: String,
+    /// This node's viewers of each stream, by protocol: what it answers
+    /// when a node sums the cluster's (`trib.viewers.<node>`).
+    pub audience: Arc<Audience>,
 }
 
 impl ClusterSettings {
@@ -145,6 +152,11 @@ pub enum Request {
     Nodes {
         reply: oneshot::Sender<Result<Vec<NodeInfo>, RegistryError>>,
     },
+    /// Every node's viewers of each stream, summed, for
+    /// `/api/streams?scope=cluster`.
+    Viewers {
+        reply: oneshot::Sender<Result<ClusterAudience, RegistryError>>,
+    },
     /// Answered once everything asked before it is done and sent (shutdown).
     Flush { reply: oneshot::Sender<()> },
     /// Kick the publisher of `key` on whatever node has it; answers the node.
@@ -179,6 +191,24 @@ pub struct NodeInfo {
     pub started_ms: u64,
     /// Streams published on it.
     pub streams: usize,
+}
+
+/// The cluster's viewers of each stream (by its key, `app/name`), summed
+/// over the nodes that answered in time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterAudience {
+    pub streams: HashMap<String, Viewers>,
+    /// The nodes whose viewers are in the sums (this one included).
+    pub answered: Vec<String>,
+    /// Nodes with a live heartbeat that did not answer in time.
+    pub missing: Vec<String>,
+}
+
+/// What a node answers on `trib.viewers.<node>`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeAudience {
+    pub node: String,
+    pub streams: Vec<(String, Viewers)>,
 }
 
 /// Cluster counters, written by the control thread (and the drop counter by
@@ -336,6 +366,11 @@ impl ClusterHandle {
     /// Every node of the cluster that is alive (its heartbeat not expired).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
         self.ask(|reply| Request::Nodes { reply }).await
+    }
+
+    /// Every stream's viewers on every node that answers, by protocol.
+    pub async fn viewers(&self) -> Result<ClusterAudience, RegistryError> {
+        self.ask(|reply| Request::Viewers { reply }).await
     }
 
     /// Kicks the publisher of `key` wherever it is; answers its node.

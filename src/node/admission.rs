@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Action;
 use crate::cluster::{ClaimResult, Located, Request};
+use crate::stream::Protocol;
 
 use super::conn::Conn;
 use super::connection::ConnectionContext;
@@ -166,10 +167,17 @@ pub struct Playing {
     pub place: Ticket,
 }
 
-pub async fn play(who: &Asker<'_>, ctx: &ConnectionContext) -> Result<Playing, Refusal> {
+pub async fn play(
+    who: &Asker<'_>,
+    protocol: Protocol,
+    ctx: &ConnectionContext,
+) -> Result<Playing, Refusal> {
     authorize(Action::Play, who, ctx).await?;
     let (key, live, wait) = locate(who, ctx).await?;
-    let place = ctx.gate.player(&key).map_err(|_| Refusal::PlayerLimit)?;
+    let place = ctx
+        .gate
+        .player(&key, protocol)
+        .map_err(|_| Refusal::PlayerLimit)?;
     Ok(Playing {
         key,
         live,

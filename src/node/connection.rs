@@ -18,6 +18,7 @@ use crate::auth::{Action, Auth};
 use crate::cluster::ClusterHandle;
 use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
+use crate::stream::Protocol;
 
 use super::admission::{self, Asker, Refusal};
 use super::conn::{Conn, End, Input, Notice};
@@ -467,7 +468,7 @@ impl ConnState {
     ) {
         let app = app_of(session);
         let who = self.asker(&app, name);
-        let admitted = match admission::play(&who, ctx).await {
+        let admitted = match admission::play(&who, Protocol::Rtmp, ctx).await {
             Ok(p) => p,
             Err(refusal) => {
                 return refuse(

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::StreamKey;
+use crate::stream::{Audience, Protocol, StreamKey};
 
 /// What a limit refused, as counted and exported.
 pub const REFUSED_KINDS: [&str; 4] = [
@@ -48,7 +48,9 @@ pub struct Gate {
     connections: AtomicU64,
     publishers: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
-    per_stream: Mutex<HashMap<StreamKey, u32>>,
+    /// Players per stream, by protocol (shared with the admin plane and
+    /// the cluster's control thread, which read it).
+    audience: Arc<Audience>,
     /// Refusals, indexed like [`REFUSED_KINDS`].
     pub refused: [AtomicU64; 4],
 }
@@ -64,7 +66,7 @@ pub struct Ticket {
 enum TicketKind {
     Connection(IpAddr),
     Publisher,
-    Player(StreamKey),
+    Player(StreamKey, Protocol),
 }
 
 impl Drop for Ticket {
@@ -86,15 +88,7 @@ impl Drop for Ticket {
             TicketKind::Publisher => {
                 gate.publishers.fetch_sub(1, Ordering::Relaxed);
             }
-            TicketKind::Player(key) => {
-                let mut per_stream = gate.per_stream.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(n) = per_stream.get_mut(key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per_stream.remove(key);
-                    }
-                }
-            }
+            TicketKind::Player(key, protocol) => gate.audience.leave(key, *protocol),
         }
     }
 }
@@ -152,21 +146,28 @@ impl Gate {
         })
     }
 
-    pub fn player(self: &Arc<Self>, key: &StreamKey) -> Result<Ticket, Refused> {
-        let mut per_stream = self.per_stream.lock().unwrap_or_else(|e| e.into_inner());
-        let n = per_stream.entry(key.clone()).or_insert(0);
-        if self.limits.players_per_stream > 0 && *n >= self.limits.players_per_stream {
-            if *n == 0 {
-                per_stream.remove(key);
-            }
-            drop(per_stream);
+    /// A player of `key` watching over `protocol`; the limit per stream
+    /// counts every protocol.
+    pub fn player(
+        self: &Arc<Self>,
+        key: &StreamKey,
+        protocol: Protocol,
+    ) -> Result<Ticket, Refused> {
+        if !self
+            .audience
+            .join(key, protocol, self.limits.players_per_stream)
+        {
             return Err(self.refuse(Refused::StreamPlayers));
         }
-        *n += 1;
         Ok(Ticket {
             gate: self.clone(),
-            kind: TicketKind::Player(key.clone()),
+            kind: TicketKind::Player(key.clone(), protocol),
         })
+    }
+
+    /// The players of each stream on this node, by protocol.
+    pub fn audience(&self) -> &Arc<Audience> {
+        &self.audience
     }
 
     pub fn connections(&self) -> u64 {
@@ -203,12 +204,21 @@ mod tests {
         let _p = gate.publisher().unwrap();
 
         let key = StreamKey::from("live/x");
-        let v1 = gate.player(&key).unwrap();
-        let _v2 = gate.player(&key).unwrap();
-        assert_eq!(gate.player(&key).unwrap_err(), Refused::StreamPlayers);
-        let _other = gate.player(&StreamKey::from("live/y")).unwrap();
+        let v1 = gate.player(&key, Protocol::Rtmp).unwrap();
+        let v2 = gate.player(&key, Protocol::LlHls).unwrap();
+        assert_eq!(
+            gate.player(&key, Protocol::HttpFlv).unwrap_err(),
+            Refused::StreamPlayers
+        );
+        let _other = gate
+            .player(&StreamKey::from("live/y"), Protocol::Rtmp)
+            .unwrap();
         drop(v1);
-        let _v3 = gate.player(&key).unwrap();
+        let _v3 = gate.player(&key, Protocol::HttpFlv).unwrap();
+        let v = gate.audience().of("live/x");
+        assert_eq!((v.rtmp, v.http_flv, v.ll_hls), (0, 1, 1));
+        drop(v2);
+        assert_eq!(gate.audience().of("live/x").ll_hls, 0);
         assert_eq!(
             gate.refused
                 .iter()

@@ -23,6 +23,10 @@
 //!
 //! Requests are parsed with `httparse` straight from the ring's buffers
 //! (copied only while a request head is split across reads).
+//!
+//! Long (about 1000 lines, an eighth of them tests): one connection loop
+//! serves both media kinds, and the routes, answers and admission of each
+//! kind sit beside it.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -33,6 +37,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::flv::{write_header, FlvHeader};
 use crate::protocol::server::redact;
+use crate::stream::Protocol;
 
 use super::admission::{self, Asker, Refusal};
 use super::conn::{Conn, End, Input, Notice};
@@ -304,10 +309,9 @@ pub async fn serve(
     let mut head: Vec<u8> = Vec::new();
     let mut plain = Vec::new();
     let mut viewer: Option<Viewer> = None;
-    // The LL-HLS stream this connection's playlists were authorized for
-    // (and, once one was answered, it counts as an LL-HLS viewer).
-    let mut authorized: Option<String> = None;
-    let mut hls_viewer = false;
+    // The LL-HLS stream this connection's playlists were authorized for:
+    // while it has one, it is one of that stream's viewers.
+    let mut authorized: Option<HlsViewer> = None;
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
@@ -420,10 +424,6 @@ pub async fn serve(
                     };
                     match serve_hls(&who, resource, &mut authorized, &ctx, &http, &ring).await {
                         Ok(answer) => {
-                            if resource == Resource::Playlist && !hls_viewer {
-                                hls_viewer = true;
-                                ctx.stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
-                            }
                             let keep = req.keep_alive;
                             answer.send(&conn, head_only, cors, keep);
                             if !keep {
@@ -451,7 +451,7 @@ pub async fn serve(
     if viewer.take().is_some() {
         ctx.stats.flv_viewers.fetch_sub(1, Ordering::Relaxed);
     }
-    if hls_viewer {
+    if authorized.take().is_some() {
         ctx.stats.hls_viewers.fetch_sub(1, Ordering::Relaxed);
     }
     ctx.hub.with(|h| h.leave(conn.id));
@@ -483,7 +483,7 @@ async fn start_flv(
         name,
         peer,
     };
-    let admitted = match admission::play(&who, ctx).await {
+    let admitted = match admission::play(&who, Protocol::HttpFlv, ctx).await {
         Ok(p) => p,
         Err(refusal) => {
             if let Refusal::Auth { kind, .. } = &refusal {
@@ -707,12 +707,20 @@ async fn window_of(
     }
 }
 
+/// The LL-HLS stream (with the query its playlist was asked with) that a
+/// connection was authorized for, and its place among the stream's players.
+struct HlsViewer {
+    stream: String,
+    _place: Ticket,
+}
+
 /// Answers one LL-HLS request. A playlist is authorized once per
-/// connection and stream (the webhook is not asked again for each reload).
+/// connection and stream (the webhook is not asked again for each reload);
+/// from then on the connection counts as one of the stream's viewers.
 async fn serve_hls(
     who: &HlsAsk<'_>,
     resource: Resource,
-    authorized: &mut Option<String>,
+    authorized: &mut Option<HlsViewer>,
     ctx: &Rc<ConnectionContext>,
     http: &HttpContext,
     ring: &SocketRing,
@@ -748,7 +756,7 @@ async fn serve_hls(
                 format!("{}?{query}", who.key)
             };
             let stream = format!("{}/{name}", who.app);
-            if authorized.as_deref() != Some(stream.as_str()) {
+            if authorized.as_ref().map(|v| v.stream.as_str()) != Some(stream.as_str()) {
                 let asker = Asker {
                     name: &name,
                     ..asker
@@ -756,7 +764,17 @@ async fn serve_hls(
                 admission::authorize(crate::auth::Action::Play, &asker, ctx)
                     .await
                     .map_err(refused)?;
-                *authorized = Some(stream);
+                let place = ctx
+                    .gate
+                    .player(&asker.key(), Protocol::LlHls)
+                    .map_err(|_| refused(Refusal::PlayerLimit))?;
+                if authorized.is_none() {
+                    ctx.stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
+                }
+                *authorized = Some(HlsViewer {
+                    stream,
+                    _place: place,
+                });
             }
             window_of(who, ctx, http, ring).await?
         }

@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::protocol::RawMessage;
 use crate::tls::Certs;
 
-pub use directory::Directory;
+pub use directory::{Directory, Listing, Report};
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
 pub use hls::Registry as HlsRegistry;
 pub use stats::{ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS};
@@ -292,6 +292,7 @@ impl Node {
                 max_snapshot_bytes: config.streams.gop_cache_max_bytes
                     + 3 * config.limits.max_message_len as usize,
                 rtmp_addr: addr.to_string(),
+                audience: gate.audience().clone(),
             };
             let handle = cluster::start(settings, command_senders.clone())?;
             Some(handle)

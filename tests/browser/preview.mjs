@@ -1,7 +1,8 @@
 // Drives Debian's Chromium, headless, through the web console's preview:
 // opens the console, clicks the preview button of a stream, samples the
-// video element and the player's state, saves a screenshot, and prints
-// what it saw as JSON (tests/browser.rs judges it).
+// video element and the player's state, reads the stream's viewers from
+// the console's table, saves a screenshot, and prints what it saw as JSON
+// (tests/browser.rs judges it).
 //
 // node preview.mjs CONSOLE_URL APP/KEY hls|flv SCREENSHOT SECONDS
 import { chromium } from "playwright-core";
@@ -45,6 +46,15 @@ try {
       }),
     );
   }
+  // The stream's viewers by protocol, as the console's table shows them.
+  result.viewers = await page.evaluate((stream) => {
+    const out = {};
+    for (const td of document.querySelectorAll("td[data-viewers]")) {
+      const [key, protocol] = td.dataset.viewers.split(" ");
+      if (key === stream) out[protocol] = Number(td.textContent);
+    }
+    return out;
+  }, stream);
   await page.screenshot({ path: screenshot });
 } finally {
   await browser.close();

@@ -82,7 +82,7 @@ impl Control {
         }
     }
 
-    /// Attach, snapshot, ping and detach requests from other nodes.
+    /// Attach, snapshot, ping, viewers and detach requests from other nodes.
     pub(super) async fn serve_requests(self: Rc<Self>) {
         let subject = format!("trib.*.{}", self.me);
         let mut sub = loop {
@@ -104,6 +104,10 @@ impl Control {
                 match verb.as_str() {
                     "ping" => {
                         let _ = c.client.publish(reply, Bytes::from_static(b"pong")).await;
+                    }
+                    "viewers" => {
+                        let body = serde_json::to_vec(&c.local_audience()).unwrap_or_default();
+                        let _ = c.client.publish(reply, body.into()).await;
                     }
                     "attach" => {
                         let ok = c.on_attach(&msg.payload).await;

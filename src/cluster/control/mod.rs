@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::wire::{self, Frame, Joiner};
 use super::{
-    unix_ms, ClaimResult, ClusterError, ClusterSettings, ClusterStats, Export, Located, NodeInfo,
-    Registration, RegistryError, Request, ShardCommand,
+    unix_ms, ClaimResult, ClusterAudience, ClusterError, ClusterSettings, ClusterStats, Export,
+    Located, NodeAudience, NodeInfo, Registration, RegistryError, Request, ShardCommand,
 };
 use crate::protocol::RawMessage;
 use crate::stream::StreamKey;
@@ -44,6 +44,8 @@ const MAX_MISSED_RENEWALS: u32 = 3;
 const PUBLISH_WAIT: Duration = Duration::from_millis(50);
 /// One registry or request round trip.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node summing the cluster's viewers waits for each answer.
+const VIEWERS_WAIT: Duration = Duration::from_millis(800);
 /// How long a relaying node waits for a whole snapshot.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Housekeeping tick: attachments, wants, refresh and heartbeats.
@@ -255,6 +257,9 @@ fn refuse(req: Request) {
         Request::Nodes { reply } => {
             let _ = reply.send(Err(RegistryError::NotConfigured));
         }
+        Request::Viewers { reply } => {
+            let _ = reply.send(Err(RegistryError::NotConfigured));
+        }
         Request::Flush { reply } => {
             let _ = reply.send(());
         }
@@ -429,6 +434,12 @@ impl Control {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
                     let _ = reply.send(c.nodes().await);
+                });
+            }
+            Request::Viewers { reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.viewers().await);
                 });
             }
             Request::Kick { key, reply } => {

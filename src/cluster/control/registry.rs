@@ -1,6 +1,7 @@
 //! The registry side of the control thread: publish claims (atomic
 //! create, takeover by revision), refreshes of this node's entries and
-//! heartbeat, lookups, listings and cluster-wide kicks.
+//! heartbeat, lookups, listings, the cluster's viewers and cluster-wide
+//! kicks.
 
 use super::*;
 
@@ -334,6 +335,60 @@ impl Control {
         })
         .await
         .map_err(|_| RegistryError::Timeout("node listing"))?
+    }
+
+    /// This node's viewers of each stream, as it answers other nodes.
+    pub(super) fn local_audience(&self) -> NodeAudience {
+        NodeAudience {
+            node: self.s.node_id.clone(),
+            streams: self
+                .s
+                .audience
+                .snapshot()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
+
+    /// Every stream's viewers, summed over this node and every node with a
+    /// live heartbeat that answers within [`VIEWERS_WAIT`] (asked all at
+    /// once); the others are named as missing.
+    pub(super) async fn viewers(&self) -> Result<ClusterAudience, RegistryError> {
+        let nodes = self.nodes().await?;
+        let mut asks = tokio::task::JoinSet::new();
+        for info in nodes.into_iter().filter(|n| n.node != self.s.node_id) {
+            let client = self.client.clone();
+            let subject = format!("trib.viewers.{}", wire::token(&info.node));
+            count(&self.stats.registry_ops);
+            asks.spawn_local(async move {
+                let answer =
+                    tokio::time::timeout(VIEWERS_WAIT, client.request(subject, Bytes::new())).await;
+                let audience = match answer {
+                    Ok(Ok(msg)) => serde_json::from_slice::<NodeAudience>(&msg.payload).ok(),
+                    _ => None,
+                };
+                (info.node, audience)
+            });
+        }
+        let mut out = ClusterAudience::default();
+        let add = |out: &mut ClusterAudience, a: NodeAudience| {
+            for (key, v) in a.streams {
+                out.streams.entry(key).or_default().add(&v);
+            }
+            out.answered.push(a.node);
+        };
+        add(&mut out, self.local_audience());
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok((_, Some(a))) => add(&mut out, a),
+                Ok((node, None)) => out.missing.push(node),
+                Err(_) => {}
+            }
+        }
+        out.answered.sort();
+        out.missing.sort();
+        Ok(out)
     }
 
     /// Refreshes every owned entry by compare-and-set, registers the ones

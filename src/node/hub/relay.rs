@@ -8,6 +8,7 @@ use crate::cluster::Request;
 use crate::protocol::RawMessage;
 use crate::stream::ShardCommand;
 
+use super::super::directory::Report;
 use super::super::gop::GopCache;
 use super::super::{ShardMsg, StreamKey};
 use super::fanout::{attach, fan_out};
@@ -231,29 +232,39 @@ impl Hub {
         }
     }
 
-    /// Tells the cluster each local stream's codecs and bitrate, for its
-    /// registry entry.
+    /// Writes each stream's codecs and bitrate into the node's directory
+    /// (`/api/streams`), and tells the cluster those of local streams, for
+    /// their registry entries.
     pub(super) fn report_streams(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.reported);
-        if !self.clustered || elapsed < STREAM_REPORT_INTERVAL {
+        if elapsed < STREAM_REPORT_INTERVAL {
             return;
         }
         self.reported = now;
         let ms = elapsed.as_millis().max(1) as u64;
         let mut reports = Vec::new();
         for stream in self.streams.iter_mut() {
-            if !stream.is_local() {
+            if !stream.is_local() && !stream.is_node_relay() {
                 continue;
             }
             let (video, audio) = stream.gop.codecs();
-            reports.push(Request::StreamInfo {
-                key: stream.key.clone(),
-                shard: self.shard,
+            let report = Report {
                 video_codec: video.unwrap_or_default(),
                 audio_codec: audio.unwrap_or_default(),
                 bitrate_kbps: stream.bytes * 8 / ms,
-            });
+            };
             stream.bytes = 0;
+            self.directory
+                .report(&stream.key, self.shard, report.clone());
+            if self.clustered && stream.is_local() {
+                reports.push(Request::StreamInfo {
+                    key: stream.key.clone(),
+                    shard: self.shard,
+                    video_codec: report.video_codec,
+                    audio_codec: report.audio_codec,
+                    bitrate_kbps: report.bitrate_kbps,
+                });
+            }
         }
         for r in reports {
             self.tell_cluster(r);
