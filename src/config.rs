@@ -216,7 +216,8 @@ pub struct PlayersConfig {
     pub queue_max_bytes: usize,
     /// A player that stays behind (dropping) this long is disconnected.
     pub max_lag_ms: u64,
-    /// Players of one stream on this node; 0 = no limit.
+    /// Players of one stream on this node, every protocol together (RTMP,
+    /// HTTP-FLV, LL-HLS connections); 0 = no limit.
     pub max_per_stream: u32,
     /// Media waits up to this long so that one send carries several
     /// messages (fewer packets, wakes and syscalls per byte); 0 = send at once.
