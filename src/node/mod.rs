@@ -136,21 +136,24 @@ pub struct Node {
 /// glommio refuses to start an executor with less locked memory than this.
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 
-/// Raises RLIMIT_MEMLOCK's soft limit to its hard limit: io_uring needs
-/// locked memory, and containers often start with little.
-fn raise_memlock() -> (u64, u64) {
+/// Raises a resource's soft limit to its hard limit; returns both. Used
+/// for RLIMIT_MEMLOCK (io_uring needs locked memory, and containers often
+/// start with little) and RLIMIT_NOFILE (a socket per connection, and the
+/// rings' fixed-file tables are bounded by it), as nginx's
+/// `worker_rlimit_nofile` does.
+fn raise_limit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(resource, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit {
                 rlim_cur: lim.rlim_max,
                 rlim_max: lim.rlim_max,
             };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+            if libc::setrlimit(resource, &raised) == 0 {
                 lim = raised;
             }
         }
@@ -219,7 +222,8 @@ impl Node {
         } else {
             config.node.shards
         };
-        let (memlock, memlock_max) = raise_memlock();
+        raise_limit(libc::RLIMIT_NOFILE);
+        let (memlock, memlock_max) = raise_limit(libc::RLIMIT_MEMLOCK);
         if memlock < GLOMMIO_MIN_MEMLOCK {
             return Err(NodeError::Start(format!(
                 "RLIMIT_MEMLOCK is {memlock} bytes (hard limit {memlock_max}); io_uring needs at least {GLOMMIO_MIN_MEMLOCK} \

@@ -55,6 +55,22 @@ impl SocketRing {
         if let Some(sock) = s.socket.take() {
             sock.conn.drop_input();
             sock.conn.discard_output();
+            if sock.fixed {
+                // Nothing is in flight on it: the table's reference goes
+                // first, so closing the fd closes the socket.
+                if let Err(e) = self
+                    .ring
+                    .borrow()
+                    .submitter()
+                    .register_files_update(slot, &[-1])
+                {
+                    // The table keeps the socket open until the slot is
+                    // reused; the peer hears the end now all the same.
+                    tracing::warn!("fixed-file slot {slot} not cleared: {e}");
+                    // SAFETY: shutdown on an fd we own, nothing in flight.
+                    unsafe { libc::shutdown(sock.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                }
+            }
             drop(sock.fd);
         }
         // Completions carry 28 bits of it (see `user_data`).
@@ -112,6 +128,16 @@ impl SocketRing {
             self.arm_accept(i);
         }
         self.queue.notify.notify();
+    }
+
+    /// Whether the socket at `slot` is named through the fixed-file table.
+    #[cfg(test)]
+    pub(super) fn is_fixed(&self, slot: u32) -> bool {
+        self.slots
+            .borrow()
+            .get(slot as usize)
+            .and_then(|s| s.socket.as_ref())
+            .is_some_and(|s| s.fixed)
     }
 
     /// Sockets open on this ring (closing ones included).

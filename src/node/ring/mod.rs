@@ -9,6 +9,10 @@
 //! - Writes: a connection's queued `Bytes` leave as one SENDMSG with an
 //!   iovec each (no copy), at most one in flight per socket; a short send
 //!   resumes where it stopped.
+//! - Sockets are registered files: each accepted socket also sits in the
+//!   ring's fixed-file table at its slot, so receives and sends name it by
+//!   index and the kernel looks up no fd per operation. Its slot is cleared
+//!   before the fd is closed (the table holds its own reference).
 //! - One task drives it from glommio: the ring signals an eventfd that the
 //!   task awaits through glommio; each wake reaps every completion, then
 //!   submits all queued work with one `io_uring_enter`.
@@ -57,11 +61,28 @@ const MAX_IOVECS: usize = 64;
 const MAX_SEND_BYTES: usize = 1 << 20;
 /// A closing connection gets this long to flush what it has queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// The most sockets a shard's fixed-file table holds (the open-files limit
+/// bounds it too); sockets at slots past it are named by fd.
+const MAX_FIXED_FILES: u32 = 65536;
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
 const KIND_CANCEL: u64 = 4;
+
+/// How many sockets the fixed-file table holds: [`MAX_FIXED_FILES`], or
+/// fewer under the open-files limit (the kernel refuses a larger table).
+fn fixed_file_limit() -> u32 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    lim.rlim_cur.min(MAX_FIXED_FILES as u64) as u32
+}
 
 fn user_data(kind: u64, slot: u32, generation: u32) -> u64 {
     (kind << 60) | (((generation & 0x0FFF_FFFF) as u64) << 32) | slot as u64
@@ -118,6 +139,8 @@ impl Future for NotifyWait<'_> {
 
 struct Socket {
     fd: OwnedFd,
+    /// It is in the ring's fixed-file table, at its slot.
+    fixed: bool,
     conn: Rc<Conn>,
     recv_armed: bool,
     /// EOF or an error: never receive again.
@@ -197,6 +220,8 @@ pub struct SocketRing {
     flush_due: Cell<Option<Instant>>,
     /// Under load, completions are reaped at most once per this interval.
     wake_interval: Duration,
+    /// The size of the ring's fixed-file table (0: none).
+    fixed_files: u32,
 }
 
 impl SocketRing {
@@ -231,6 +256,15 @@ impl SocketRing {
             unsafe { libc::close(efd) };
             return Err(RingError::EventFd(e));
         }
+        // A sparse table (5.19): every entry empty until a socket is put in.
+        let fixed_files = fixed_file_limit();
+        let fixed_files = match ring.submitter().register_files_sparse(fixed_files) {
+            Ok(()) => fixed_files,
+            Err(e) => {
+                tracing::warn!("no fixed-file table ({e}); sockets are named by fd");
+                0
+            }
+        };
         Ok(Rc::new(SocketRing {
             ring: RefCell::new(ring),
             pool,
@@ -247,6 +281,7 @@ impl SocketRing {
             coalesce,
             flush_due: Cell::new(None),
             wake_interval,
+            fixed_files,
         }))
     }
 
@@ -325,8 +360,18 @@ impl SocketRing {
         });
         let conn = Rc::new(Conn::new(id, slot, self.queue.clone(), tls));
         let now = Instant::now();
+        // The table takes its own reference to the socket; the slot was
+        // cleared when its last socket closed (`maybe_close`).
+        let fixed = slot < self.fixed_files
+            && self
+                .ring
+                .borrow()
+                .submitter()
+                .register_files_update(slot, &[fd.as_raw_fd()])
+                .is_ok();
         self.slots.borrow_mut()[slot as usize].socket = Some(Socket {
             fd,
+            fixed,
             conn: conn.clone(),
             recv_armed: false,
             read_done: false,
@@ -358,9 +403,13 @@ impl SocketRing {
                 return;
             }
             sock.recv_armed = true;
-            opcode::RecvMulti::new(types::Fd(sock.fd.as_raw_fd()), BUFFER_GROUP)
-                .build()
-                .user_data(user_data(KIND_RECV, slot, s.generation))
+            let entry = match sock.fixed {
+                true => opcode::RecvMulti::new(types::Fixed(slot), BUFFER_GROUP).build(),
+                false => {
+                    opcode::RecvMulti::new(types::Fd(sock.fd.as_raw_fd()), BUFFER_GROUP).build()
+                }
+            };
+            entry.user_data(user_data(KIND_RECV, slot, s.generation))
         };
         self.push(entry);
     }
@@ -382,9 +431,10 @@ impl SocketRing {
         }
         let mut ring = self.ring.borrow_mut();
         // SAFETY: every entry points only at memory that outlives its
-        // completion: listener and socket fds stay open until their last
-        // completion, send buffers live in their socket's boxed SendBuf
-        // until the send completes, and receives select from the pool.
+        // completion: listener and socket fds (and fixed-file slots) stay
+        // open until their last completion, send buffers live in their
+        // socket's boxed SendBuf until the send completes, and receives
+        // select from the pool.
         let pushed = unsafe { ring.submission().push(&entry).is_ok() };
         if pushed {
             return;
@@ -758,17 +808,16 @@ mod tests {
         assert!(send.bufs.is_empty());
     }
 
-    /// The ring end to end inside a real glommio shard: an echo server on
-    /// the socket ring with a two-buffer pool of 1 KiB, so receives run out
-    /// of buffers (ENOBUFS) again and again. 4 MiB through it must come
-    /// back byte for byte (multishot receive re-armed, leases handed back,
-    /// SENDMSG with partial sends resumed), and the exhaustion be counted.
-    /// The executor is never dropped: its thread parks with the ring.
-    #[test]
-    fn an_echo_through_a_starved_ring_loses_nothing() {
-        let stats = Arc::new(ShardStats::default());
+    /// A socket ring in a real glommio shard on its own thread, listening on
+    /// a loopback port (returned); `serve` runs on each accepted
+    /// connection's task. The executor is never dropped: its thread parks
+    /// with the ring.
+    fn ring_server<F, Fut>(buffers: usize, size: usize, stats: Arc<ShardStats>, serve: F) -> u16
+    where
+        F: Fn(Rc<SocketRing>, Rc<Conn>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let shard_stats = stats.clone();
         std::thread::spawn(move || {
             let ex = glommio::LocalExecutorBuilder::default()
                 .io_memory(512 * 1024)
@@ -781,9 +830,9 @@ mod tests {
                     write: Duration::from_secs(60),
                 };
                 let ring = SocketRing::new(
-                    2,
-                    1024,
-                    shard_stats,
+                    buffers,
+                    size,
+                    stats,
                     timeouts,
                     Duration::ZERO,
                     Duration::ZERO,
@@ -797,26 +846,35 @@ mod tests {
                     let ring = ring.clone();
                     move |fd: OwnedFd, _kind: ListenKind| {
                         let conn = ring.register(fd, None);
-                        let ring = ring.clone();
-                        glommio::spawn_local(async move {
-                            while let Input::Data(lease) = conn.next_input().await {
-                                // Hold the input a moment (a yield) so other
-                                // receives find the pool empty.
-                                futures_lite::future::yield_now().await;
-                                conn.push(Bytes::copy_from_slice(&lease));
-                            }
-                            ring.finish(&conn);
-                        })
-                        .detach();
+                        glommio::spawn_local(serve(ring.clone(), conn)).detach();
                     }
                 };
                 glommio::spawn_local(ring.clone().drive(on_accept)).detach();
                 std::future::pending::<()>().await;
             });
         });
-        let port = port_rx
+        port_rx
             .recv_timeout(Duration::from_secs(10))
-            .expect("the ring listens");
+            .expect("the ring listens")
+    }
+
+    /// The ring end to end inside a real glommio shard: an echo server on
+    /// the socket ring with a two-buffer pool of 1 KiB, so receives run out
+    /// of buffers (ENOBUFS) again and again. 4 MiB through it must come
+    /// back byte for byte (multishot receive re-armed, leases handed back,
+    /// SENDMSG with partial sends resumed), and the exhaustion be counted.
+    #[test]
+    fn an_echo_through_a_starved_ring_loses_nothing() {
+        let stats = Arc::new(ShardStats::default());
+        let port = ring_server(2, 1024, stats.clone(), |ring, conn| async move {
+            while let Input::Data(lease) = conn.next_input().await {
+                // Hold the input a moment (a yield) so other receives find
+                // the pool empty.
+                futures_lite::future::yield_now().await;
+                conn.push(Bytes::copy_from_slice(&lease));
+            }
+            ring.finish(&conn);
+        });
         let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -839,5 +897,43 @@ mod tests {
             stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
             data.len() as u64
         );
+    }
+
+    /// Sockets live in the ring's fixed-file table, which holds its own
+    /// reference to each: a connection the server ends must still reach its
+    /// peer as an end (the slot is cleared before the fd is closed), and the
+    /// slot must then serve the next socket. Each connection gets its
+    /// greeting echoed, then the server closes it.
+    #[test]
+    fn fixed_file_sockets_close_and_their_slots_serve_again() {
+        let stats = Arc::new(ShardStats::default());
+        let fixed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = fixed.clone();
+        let port = ring_server(8, 4096, stats, move |ring, conn| {
+            let seen = seen.clone();
+            async move {
+                if ring.is_fixed(conn.slot()) {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let Input::Data(lease) = conn.next_input().await {
+                    conn.push(Bytes::copy_from_slice(&lease));
+                }
+                ring.finish(&conn);
+            }
+        });
+        for i in 0..3 {
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let hello = format!("hello {i}");
+            client.write_all(hello.as_bytes()).unwrap();
+            let mut back = Vec::new();
+            client
+                .read_to_end(&mut back)
+                .expect("the echo, then the end of the connection");
+            assert_eq!(back, hello.as_bytes());
+        }
+        assert_eq!(fixed.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 }

@@ -178,7 +178,11 @@ impl SocketRing {
             };
             sock.sending = true;
             let msg = send.prepare();
-            opcode::SendMsg::new(types::Fd(sock.fd.as_raw_fd()), msg)
+            let entry = match sock.fixed {
+                true => opcode::SendMsg::new(types::Fixed(slot), msg),
+                false => opcode::SendMsg::new(types::Fd(sock.fd.as_raw_fd()), msg),
+            };
+            entry
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
                 .user_data(user_data(KIND_SEND, slot, generation))
