@@ -153,13 +153,26 @@ function status(text) {
   $("preview-status").textContent = text;
 }
 
-function preview(app, name, kind) {
+let previewGeneration = 0;
+
+async function preview(app, name, kind) {
   stopPreview();
+  const generation = ++previewGeneration;
   const video = $("video");
   const base = mediaBase();
   const t = window.tributary;
   t.kind = kind;
   $("preview-name").textContent = `${app}/${name} (${kind === "hls" ? "LL-HLS" : "HTTP-FLV"})`;
+  // What the play rules ask of this stream's players (a token, for a token
+  // app), from the admin API.
+  let query = "";
+  try {
+    const play = await api(`/api/play?stream=${encodeURIComponent(`${app}/${name}`)}`);
+    if (play.query) query = `?${play.query}`;
+  } catch (e) {
+    return status(`no play token: ${e.message || e}`);
+  }
+  if (generation !== previewGeneration) return; // another preview started meanwhile
   if (kind === "hls") {
     if (!window.Hls || !Hls.isSupported()) return status("this browser has no Media Source Extensions");
     // Low-latency mode holds PART-HOLD-BACK behind the live edge; a
@@ -169,7 +182,7 @@ function preview(app, name, kind) {
       t.errors.push(`${data.type}: ${data.details}${data.fatal ? " (fatal)" : ""}`);
       status(`hls.js: ${data.details}`);
     });
-    hls.loadSource(`${base}/${path(app)}/${encodeURIComponent(name)}/index.m3u8`);
+    hls.loadSource(`${base}/${path(app)}/${encodeURIComponent(name)}/index.m3u8${query}`);
     hls.attachMedia(video);
     t.player = hls;
     // How far behind the live edge playback is, seconds.
@@ -177,7 +190,7 @@ function preview(app, name, kind) {
   } else {
     if (!window.mpegts || !mpegts.isSupported()) return status("this browser has no Media Source Extensions");
     const player = mpegts.createPlayer(
-      { type: "flv", isLive: true, url: `${base}/${path(app)}/${encodeURIComponent(name)}.flv` },
+      { type: "flv", isLive: true, url: `${base}/${path(app)}/${encodeURIComponent(name)}.flv${query}` },
       { enableStashBuffer: false, liveBufferLatencyChasing: true, liveBufferLatencyMaxLatency: 0.7, liveBufferLatencyMinRemain: 0.3 },
     );
     player.on(mpegts.Events.ERROR, (type, detail) => {

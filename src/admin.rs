@@ -5,7 +5,9 @@
 //! `?scope=cluster` asks the cluster registry and every node). It
 //! reads the shards' counters, the stream directory and the cluster
 //! counters; it is never on the media path. `DELETE /api/streams/APP/KEY`
-//! kicks that publisher on whatever node of the cluster has it. With
+//! kicks that publisher on whatever node of the cluster has it;
+//! `/api/play?stream=APP/KEY` answers the query a play needs under the play
+//! rules (a signed token for a token app), for the console's previews. With
 //! `http.admin_token` set, `/api/*` asks for `Authorization: Bearer TOKEN`
 //! (`/metrics` and the probes stay open). HTTP/1.1 by hyper, keep-alive
 //! included; request headers, time per request and per connection, and
@@ -50,7 +52,12 @@ pub struct AdminState {
     pub media_addr: Option<SocketAddr>,
     /// The node's LL-HLS windows (their memory, for the metrics).
     pub hls: Arc<crate::node::HlsRegistry>,
+    /// The play rules (the console's preview asks for a play token).
+    pub auth: Arc<crate::auth::Auth>,
 }
+
+/// How long a play token that `/api/play` hands out is valid.
+const PREVIEW_TOKEN_TTL_SECS: u64 = 3600;
 
 const MAX_REQUEST: usize = 8 * 1024;
 /// The longest a client may take to send a request's headers.
@@ -244,6 +251,27 @@ async fn route(
                     &serde_json::json!({ "error": e.to_string() }),
                 ),
             }
+        }
+        "/api/play" => {
+            // What a play of `stream=APP/KEY` must add to its URL under the
+            // play rules (a token valid for an hour, or nothing): the
+            // console's previews of token apps use it.
+            let stream = query
+                .split('&')
+                .find_map(|q| q.strip_prefix("stream="))
+                .and_then(|s| crate::cluster::wire::unescape(s, b'%'));
+            let Some((app, name)) = stream.as_deref().and_then(|s| s.rsplit_once('/')) else {
+                return text(StatusCode::BAD_REQUEST, "GET /api/play?stream=APP/KEY\n");
+            };
+            let now = crate::cluster::unix_ms() / 1000;
+            let query = state
+                .auth
+                .play_query(app, name, now, PREVIEW_TOKEN_TTL_SECS);
+            let expires = (!query.is_empty()).then_some(now + PREVIEW_TOKEN_TTL_SECS);
+            let body = serde_json::json!({
+                "stream": format!("{app}/{name}"), "query": query, "expires": expires,
+            });
+            json(StatusCode::OK, &body)
         }
         "/api/nodes" => {
             let Some(cluster) = &state.cluster else {

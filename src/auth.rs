@@ -223,6 +223,22 @@ impl Auth {
         }
     }
 
+    /// The query a play of `app/stream` needs under the rules, valid for
+    /// `ttl` seconds from `now` (Unix seconds): empty for an app open to
+    /// players, `token=HEX&expires=N` for a token app. The admin API hands
+    /// it to the web console, so that its previews pass the play rules.
+    pub fn play_query(&self, app: &str, stream: &str, now: u64, ttl: u64) -> String {
+        let rule = self.apps.get(app).unwrap_or(&self.default);
+        match rule.play {
+            PlayAuth::Open => String::new(),
+            PlayAuth::Token => {
+                let expires = now.saturating_add(ttl);
+                let token = sign(&self.secret, Action::Play, app, stream, expires);
+                format!("token={token}&expires={expires}")
+            }
+        }
+    }
+
     fn check_token(
         &self,
         action: Action,
@@ -282,6 +298,34 @@ mod tests {
         );
         c.apps.insert("open".into(), AppAuth::default());
         c
+    }
+
+    #[test]
+    fn the_play_query_passes_the_play_rules() {
+        let auth = Auth::new(&config()).unwrap();
+        let now = 1_790_000_000;
+        let q = auth.play_query("paid", "cam", now, 3600);
+        assert!(
+            q.starts_with("token=") && q.ends_with("&expires=1790003600"),
+            "{q}"
+        );
+        let name = format!("cam?{q}");
+        assert_eq!(auth.check(Action::Play, "paid", &name, now), Ok(()));
+        // It names its stream, its action, and it expires.
+        assert_eq!(
+            auth.check(Action::Play, "paid", &format!("other?{q}"), now),
+            Err(Refusal::BadToken)
+        );
+        assert_eq!(
+            auth.check(Action::Publish, "paid", &name, now),
+            Err(Refusal::BadToken)
+        );
+        assert_eq!(
+            auth.check(Action::Play, "paid", &name, now + 3601),
+            Err(Refusal::Expired)
+        );
+        // Players of an open app need nothing.
+        assert_eq!(auth.play_query("live", "cam", now, 3600), "");
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn main() -> ExitCode {
         admin_token,
         hls: node.hls.clone(),
         media_addr: node.media_addr,
+        auth: node.auth.clone(),
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

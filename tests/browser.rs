@@ -1,7 +1,9 @@
 //! A real browser: Debian's Chromium, headless, driven by playwright-core
 //! (tests/browser/preview.mjs; scripts/test installs both). It opens the
 //! web console of one node, starts the preview of a stream that ffmpeg
-//! publishes to another node of the cluster, and reports what the page saw:
+//! publishes to another node of the cluster (an app whose players need a
+//! signed token, which the console gets from the admin API), and reports
+//! what the page saw:
 //! the video's currentTime must advance, no hls.js or mpegts.js error may
 //! fire, and playback must stay close to the live edge (LL-HLS ≤ 2 s,
 //! HTTP-FLV ≤ 1 s). The console's table must count the preview among the
@@ -125,12 +127,36 @@ fn check_viewers(seen: &Seen, protocol: &str) {
 
 #[test]
 fn the_console_previews_a_stream_of_another_node_in_chromium() {
+    // Players of `live` need a signed token: the console asks the admin
+    // API for one (`/api/play`) before it starts a preview.
+    let secret = "a-secret-of-sixteen-bytes";
+    let config = common::temp_file("browser-auth.toml");
+    std::fs::write(
+        &config,
+        format!("[auth]\ntoken_secret = \"{secret}\"\n[auth.apps.live]\nplay = \"token\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
     let nats = NatsServer::start("browser");
-    let a = cluster_node(&nats, "a", 1, &[]);
-    let b = cluster_node(&nats, "b", 2, &["--media-listen", "127.0.0.1:0"]);
+    let a = cluster_node(&nats, "a", 1, &["--config", config]);
+    let b = cluster_node(
+        &nats,
+        "b",
+        2,
+        &["--config", config, "--media-listen", "127.0.0.1:0"],
+    );
     let publisher = publish(&a.url("cam"), 40);
-    wait_live(&a.url("cam"));
-    let rtmp = common::LibPlayer::start(a.addr, "cam");
+    let expires = tributary::cluster::unix_ms() / 1000 + 600;
+    let token = tributary::auth::sign(
+        secret.as_bytes(),
+        tributary::auth::Action::Play,
+        "live",
+        "cam",
+        expires,
+    );
+    let play = format!("cam?token={token}&expires={expires}");
+    wait_live(&format!("{}?token={token}&expires={expires}", a.url("cam")));
+    let rtmp = common::LibPlayer::start(a.addr, &play);
     let console = format!("http://{}/console/", b.http);
     let seen = run_preview(&console, "live/cam", "hls", 10);
     check(&seen, 10, 2.0);

@@ -698,3 +698,50 @@ fn the_player_limit_per_stream_counts_ll_hls_viewers() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     drop(publisher);
 }
+
+#[test]
+fn the_admin_api_hands_out_play_tokens_that_pass_the_play_rules() {
+    let config = write_config(
+        "http-play-token.toml",
+        "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.paid]\nplay = \"token\"\n[http]\nadmin_token = \"adm\"\n",
+    );
+    let node = Node::start_with(
+        1,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let media = node.media.unwrap();
+    let publisher = publish(&format!("rtmp://{}/paid/cam", node.addr), 30);
+    let (status, _) = common::http(node.http, "GET", "/api/play?stream=paid/cam", None);
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let (status, body) = common::http(node.http, "GET", "/api/play?stream=paid%2Fcam", Some("adm"));
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let query = v["query"].as_str().unwrap().to_owned();
+    assert!(query.starts_with("token="), "{body}");
+    assert!(v["expires"].as_u64().is_some(), "{body}");
+    // An open app needs nothing.
+    let (_, body) = common::http(node.http, "GET", "/api/play?stream=live/cam", Some("adm"));
+    assert!(body.contains(r#""query":"""#), "{body}");
+    let (status, _) = common::http(node.http, "GET", "/api/play", Some("adm"));
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    // The token plays; without it the play is refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = format!("HEAD /paid/cam.flv?{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, text) = raw_http(media, request.as_bytes());
+        if status == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(status.contains("404"), "{text}");
+        assert!(Instant::now() < deadline, "the stream never went live");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = raw_http(media, b"HEAD /paid/cam.flv HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
+    drop(publisher);
+}
