@@ -87,8 +87,10 @@ async function refresh() {
     $("streams-error").textContent = "";
     // Viewers are summed over the nodes that answered in time.
     const missing = list.viewers_missing || [];
-    $("viewers-missing").textContent = missing.length
-      ? `viewers not counted from node${missing.length > 1 ? "s" : ""} ${missing.join(", ")} (no answer)` : "";
+    $("viewers-missing").textContent = list.viewers_error
+      ? `viewers of this node only: ${list.viewers_error}`
+      : missing.length
+        ? `viewers not counted from node${missing.length > 1 ? "s" : ""} ${missing.join(", ")} (no answer)` : "";
     // Rebuilt only when something changed, so a button is not replaced
     // under the pointer.
     const seen = JSON.stringify([list.streams, !!mediaBase()]);

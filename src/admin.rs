@@ -29,7 +29,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::cluster::{ClusterHandle, ClusterStats};
+use crate::cluster::{ClusterAudience, ClusterHandle, ClusterStats};
 use crate::node::{
     Directory, Gate, ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS, REFUSED_KINDS,
 };
@@ -223,13 +223,24 @@ async fn route(
             let (list, viewers) = tokio::join!(cluster.list(), cluster.viewers());
             match list {
                 Ok(list) => {
-                    // Without the viewers (NATS answered the listing but not
-                    // the heartbeats) the streams are still listed.
-                    let audience = viewers.unwrap_or_default();
+                    // Without the cluster's viewers the streams are still
+                    // listed, with this node's viewers and the reason.
+                    let audience = viewers.unwrap_or_else(|e| ClusterAudience {
+                        streams: state
+                            .gate
+                            .audience()
+                            .snapshot()
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect(),
+                        answered: vec![state.node_id.clone()],
+                        missing: Vec::new(),
+                        error: Some(e.to_string()),
+                    });
                     let streams: Vec<_> = list
                         .into_iter()
                         .map(|(key, reg)| {
-                            let (app, name) = key.split_once('/').unwrap_or(("", &key));
+                            let (app, name) = key.rsplit_once('/').unwrap_or(("", &key));
                             let viewers = audience.streams.get(&key).copied().unwrap_or_default();
                             serde_json::json!({
                                 "app": app, "name": name, "node": reg.node,
@@ -243,6 +254,7 @@ async fn route(
                     let body = serde_json::json!({
                         "scope": "cluster", "streams": streams,
                         "viewers_from": audience.answered, "viewers_missing": audience.missing,
+                        "viewers_error": audience.error,
                     });
                     json(StatusCode::OK, &body)
                 }
@@ -295,7 +307,7 @@ async fn route(
                 .snapshot()
                 .into_iter()
                 .map(|l| {
-                    let (app, name) = l.key.split_once('/').unwrap_or(("", &l.key));
+                    let (app, name) = l.key.rsplit_once('/').unwrap_or(("", &l.key));
                     let viewers = audience.of(&l.key);
                     serde_json::json!({
                         "app": app, "name": name, "node": state.node_id,

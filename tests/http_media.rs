@@ -676,8 +676,11 @@ fn the_player_limit_per_stream_counts_ll_hls_viewers() {
     let mut first = KeepAlive::connect(media);
     assert_eq!(first.get("/live/one/index.m3u8").0, 200);
     wait_viewers(&node, "/api/streams", "live/one", (0, 0, 1));
-    // The same connection reloads its playlist: still one viewer.
+    // The same connection reloads its playlist, and asks it with another
+    // query (a new token, say): still one viewer, not over the limit.
     assert_eq!(first.get("/live/one/index.m3u8").0, 200);
+    assert_eq!(first.get("/live/one/index.m3u8?session=2").0, 200);
+    wait_viewers(&node, "/api/streams", "live/one", (0, 0, 1));
     // Another connection is a second viewer, over the limit: 503, whether
     // it asks for the playlist or for HTTP-FLV.
     let (status, text) = raw_http(

@@ -202,6 +202,9 @@ pub struct ClusterAudience {
     pub answered: Vec<String>,
     /// Nodes with a live heartbeat that did not answer in time.
     pub missing: Vec<String>,
+    /// Why the other nodes were not asked (their heartbeats could not be
+    /// read): the sums are this node's alone.
+    pub error: Option<String>,
 }
 
 /// What a node answers on `trib.viewers.<node>`.

@@ -711,6 +711,7 @@ async fn window_of(
 /// connection was authorized for, and its place among the stream's players.
 struct HlsViewer {
     stream: String,
+    key: StreamKey,
     _place: Ticket,
 }
 
@@ -764,17 +765,26 @@ async fn serve_hls(
                 admission::authorize(crate::auth::Action::Play, &asker, ctx)
                     .await
                     .map_err(refused)?;
-                let place = ctx
-                    .gate
-                    .player(&asker.key(), Protocol::LlHls)
-                    .map_err(|_| refused(Refusal::PlayerLimit))?;
-                if authorized.is_none() {
-                    ctx.stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
+                let key = asker.key();
+                match authorized {
+                    // The same stream with another query (a new token):
+                    // the same viewer, its place kept.
+                    Some(v) if v.key == key => v.stream = stream,
+                    _ => {
+                        let place = ctx
+                            .gate
+                            .player(&key, Protocol::LlHls)
+                            .map_err(|_| refused(Refusal::PlayerLimit))?;
+                        if authorized.is_none() {
+                            ctx.stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *authorized = Some(HlsViewer {
+                            stream,
+                            key,
+                            _place: place,
+                        });
+                    }
                 }
-                *authorized = Some(HlsViewer {
-                    stream,
-                    _place: place,
-                });
             }
             window_of(who, ctx, http, ring).await?
         }

@@ -139,8 +139,8 @@ const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 /// Raises a resource's soft limit to its hard limit; returns both. Used
 /// for RLIMIT_MEMLOCK (io_uring needs locked memory, and containers often
 /// start with little) and RLIMIT_NOFILE (a socket per connection, and the
-/// rings' fixed-file tables are bounded by it), as nginx's
-/// `worker_rlimit_nofile` does.
+/// rings' fixed-file tables are bounded by it). The hard limit is the
+/// operator's bound (systemd `LimitNOFILE=`, Docker `--ulimit`).
 fn raise_limit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

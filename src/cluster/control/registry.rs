@@ -353,24 +353,9 @@ impl Control {
 
     /// Every stream's viewers, summed over this node and every node with a
     /// live heartbeat that answers within [`VIEWERS_WAIT`] (asked all at
-    /// once); the others are named as missing.
+    /// once); the others are named as missing. If the heartbeats cannot be
+    /// read, the sums are this node's alone and `error` says why.
     pub(super) async fn viewers(&self) -> Result<ClusterAudience, RegistryError> {
-        let nodes = self.nodes().await?;
-        let mut asks = tokio::task::JoinSet::new();
-        for info in nodes.into_iter().filter(|n| n.node != self.s.node_id) {
-            let client = self.client.clone();
-            let subject = format!("trib.viewers.{}", wire::token(&info.node));
-            count(&self.stats.registry_ops);
-            asks.spawn_local(async move {
-                let answer =
-                    tokio::time::timeout(VIEWERS_WAIT, client.request(subject, Bytes::new())).await;
-                let audience = match answer {
-                    Ok(Ok(msg)) => serde_json::from_slice::<NodeAudience>(&msg.payload).ok(),
-                    _ => None,
-                };
-                (info.node, audience)
-            });
-        }
         let mut out = ClusterAudience::default();
         let add = |out: &mut ClusterAudience, a: NodeAudience| {
             for (key, v) in a.streams {
@@ -379,13 +364,38 @@ impl Control {
             out.answered.push(a.node);
         };
         add(&mut out, self.local_audience());
+        let nodes = match self.nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                Vec::new()
+            }
+        };
+        let mut asked = Vec::new();
+        let mut asks = tokio::task::JoinSet::new();
+        for info in nodes.into_iter().filter(|n| n.node != self.s.node_id) {
+            let client = self.client.clone();
+            let subject = format!("trib.viewers.{}", wire::token(&info.node));
+            asked.push(info.node);
+            count(&self.stats.registry_ops);
+            asks.spawn_local(async move {
+                let answer =
+                    tokio::time::timeout(VIEWERS_WAIT, client.request(subject, Bytes::new())).await;
+                match answer {
+                    Ok(Ok(msg)) => serde_json::from_slice::<NodeAudience>(&msg.payload).ok(),
+                    _ => None,
+                }
+            });
+        }
         while let Some(done) = asks.join_next().await {
-            match done {
-                Ok((_, Some(a))) => add(&mut out, a),
-                Ok((node, None)) => out.missing.push(node),
-                Err(_) => {}
+            if let Ok(Some(a)) = done {
+                add(&mut out, a);
             }
         }
+        out.missing = asked
+            .into_iter()
+            .filter(|n| !out.answered.contains(n))
+            .collect();
         out.answered.sort();
         out.missing.sort();
         Ok(out)

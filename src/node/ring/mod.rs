@@ -9,10 +9,11 @@
 //! - Writes: a connection's queued `Bytes` leave as one SENDMSG with an
 //!   iovec each (no copy), at most one in flight per socket; a short send
 //!   resumes where it stopped.
-//! - Sockets are registered files: each accepted socket also sits in the
-//!   ring's fixed-file table at its slot, so receives and sends name it by
-//!   index and the kernel looks up no fd per operation. Its slot is cleared
-//!   before the fd is closed (the table holds its own reference).
+//! - Sockets are registered files (Linux 6.13 and newer): each accepted
+//!   socket also sits in the ring's fixed-file table at its slot, so
+//!   receives and sends name it by index and the kernel looks up no fd per
+//!   operation. Its slot is cleared before the fd is closed (the table
+//!   holds its own reference).
 //! - One task drives it from glommio: the ring signals an eventfd that the
 //!   task awaits through glommio; each wake reaps every completion, then
 //!   submits all queued work with one `io_uring_enter`.
@@ -256,14 +257,22 @@ impl SocketRing {
             unsafe { libc::close(efd) };
             return Err(RingError::EventFd(e));
         }
-        // A sparse table (5.19): every entry empty until a socket is put in.
-        let fixed_files = fixed_file_limit();
-        let fixed_files = match ring.submitter().register_files_sparse(fixed_files) {
-            Ok(()) => fixed_files,
-            Err(e) => {
-                tracing::warn!("no fixed-file table ({e}); sockets are named by fd");
-                0
-            }
+        // A sparse table: every entry empty until a socket is put in. Only
+        // where a file leaves the table on its own (see
+        // `probe::PER_FILE_FIXED_FILES`); elsewhere sockets are named by fd.
+        let fixed_files = match probe::kernel_version().1 >= probe::PER_FILE_FIXED_FILES {
+            true => fixed_file_limit(),
+            false => 0,
+        };
+        let fixed_files = match fixed_files {
+            0 => 0,
+            n => match ring.submitter().register_files_sparse(n) {
+                Ok(()) => n,
+                Err(e) => {
+                    tracing::warn!("no fixed-file table ({e}); sockets are named by fd");
+                    0
+                }
+            },
         };
         Ok(Rc::new(SocketRing {
             ring: RefCell::new(ring),
@@ -363,12 +372,18 @@ impl SocketRing {
         // The table takes its own reference to the socket; the slot was
         // cleared when its last socket closed (`maybe_close`).
         let fixed = slot < self.fixed_files
-            && self
+            && match self
                 .ring
                 .borrow()
                 .submitter()
                 .register_files_update(slot, &[fd.as_raw_fd()])
-                .is_ok();
+            {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::debug!("fixed-file slot {slot}: {e}; this socket is named by fd");
+                    false
+                }
+            };
         self.slots.borrow_mut()[slot as usize].socket = Some(Socket {
             fd,
             fixed,
@@ -921,6 +936,9 @@ mod tests {
                 ring.finish(&conn);
             }
         });
+        // A connection that stays open, its multishot receive armed, while
+        // the others come and go: their ends must not wait for its requests.
+        let keeper = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         for i in 0..3 {
             let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
             client
@@ -934,6 +952,20 @@ mod tests {
                 .expect("the echo, then the end of the connection");
             assert_eq!(back, hello.as_bytes());
         }
-        assert_eq!(fixed.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // Where the kernel has per-file fixed files, every socket used the
+        // table (the keeper too).
+        let expected = match probe::kernel_version().1 >= probe::PER_FILE_FIXED_FILES {
+            true => 4,
+            false => 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fixed.load(std::sync::atomic::Ordering::Relaxed) != expected {
+            assert!(
+                Instant::now() < deadline,
+                "{fixed:?} sockets in the table, not {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(keeper);
     }
 }

@@ -9,6 +9,14 @@ use io_uring::{opcode, IoUring, Probe};
 /// (Debian 12's kernel).
 pub const MIN_KERNEL: (u32, u32) = (6, 1);
 
+/// From this kernel on, each fixed file has its own reference count, so a
+/// socket taken out of the table is released as soon as its own requests
+/// are done. Before it, removed files were released in order, only once
+/// every request issued before the removal had completed: one long-lived
+/// multishot receive would keep every socket closed after it open. The
+/// socket ring uses its fixed-file table only from this version on.
+pub const PER_FILE_FIXED_FILES: (u32, u32) = (6, 13);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
