@@ -141,6 +141,7 @@ pub fn fan_out(
 ) {
     memo.clear();
     let before = players.len();
+    let mut sent = 0;
     players.retain_mut(|p| {
         if p.out.is_closed() {
             return false;
@@ -167,9 +168,10 @@ pub fn fan_out(
             return true;
         }
         send(p, m, memo);
-        stats.add_message_out();
+        sent += 1;
         true
     });
+    stats.add_messages_out(sent);
     let left = (before - players.len()) as u64;
     if left > 0 {
         stats.players.fetch_sub(left, Ordering::Relaxed);
