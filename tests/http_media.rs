@@ -158,13 +158,10 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn bad_requests_get_a_clear_4xx_and_close_only_their_connection() {
-    let config = write_config(
-        "http-auth.toml",
-        "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.paid]\nplay = \"token\"\n",
-    );
-    let node = Node::start_with(
+/// A one-shard node with the config `text` and a media listener.
+fn media_node_with_config(name: &str, text: &str) -> Node {
+    let config = write_config(name, text);
+    Node::start_with(
         1,
         &[
             "--config",
@@ -172,7 +169,12 @@ fn bad_requests_get_a_clear_4xx_and_close_only_their_connection() {
             "--media-listen",
             "127.0.0.1:0",
         ],
-    );
+    )
+}
+
+#[test]
+fn bad_requests_get_a_clear_4xx_and_close_only_their_connection() {
+    let node = media_node_with_config("http-auth.toml", "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.paid]\nplay = \"token\"\n");
     let media = node.media.unwrap();
     let publisher = publish(&node.url("cam"), 20);
     wait_live(&node.url("cam"));
@@ -224,18 +226,9 @@ fn bad_requests_get_a_clear_4xx_and_close_only_their_connection() {
 
 #[test]
 fn an_http_flv_viewer_that_stops_reading_is_cut_like_a_slow_player() {
-    let config = write_config(
+    let node = media_node_with_config(
         "http-slow.toml",
         "[players]\nqueue_max_bytes = 65536\nmax_lag_ms = 1500\n",
-    );
-    let node = Node::start_with(
-        1,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--media-listen",
-            "127.0.0.1:0",
-        ],
     );
     let url = node.url("slow");
     let publisher = common::publish_lossless(&url);
@@ -660,16 +653,7 @@ fn viewers_by_protocol_per_stream_are_summed_over_the_cluster() {
 
 #[test]
 fn the_player_limit_per_stream_counts_ll_hls_viewers() {
-    let config = write_config("http-limit.toml", "[players]\nmax_per_stream = 1\n");
-    let node = Node::start_with(
-        1,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--media-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let node = media_node_with_config("http-limit.toml", "[players]\nmax_per_stream = 1\n");
     let media = node.media.unwrap();
     let publisher = publish(&node.url("one"), 30);
     wait_live(&node.url("one"));
@@ -704,19 +688,7 @@ fn the_player_limit_per_stream_counts_ll_hls_viewers() {
 
 #[test]
 fn the_admin_api_hands_out_play_tokens_that_pass_the_play_rules() {
-    let config = write_config(
-        "http-play-token.toml",
-        "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.paid]\nplay = \"token\"\n[http]\nadmin_token = \"adm\"\n",
-    );
-    let node = Node::start_with(
-        1,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--media-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let node = media_node_with_config("http-play-token.toml", "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.paid]\nplay = \"token\"\n[http]\nadmin_token = \"adm\"\n");
     let media = node.media.unwrap();
     let publisher = publish(&format!("rtmp://{}/paid/cam", node.addr), 30);
     let (status, _) = common::http(node.http, "GET", "/api/play?stream=paid/cam", None);
