@@ -171,6 +171,10 @@ pub struct Targets {
     pub window_segments: usize,
 }
 
+/// Audio samples kept while no segment is open, for the one the next
+/// keyframe starts (only those playing from the keyframe on are used).
+const MAX_WAITING_AUDIO: usize = 16;
+
 pub struct Packager {
     targets: Targets,
     window: Arc<Mutex<Window>>,
@@ -197,6 +201,9 @@ pub struct Packager {
     fragment_seq: u32,
     /// Whether a segment is open (it has parts).
     segment_open: bool,
+    /// Test only: each part's first video and audio time (ms) as written.
+    #[cfg(test)]
+    starts: Vec<(Option<f64>, Option<f64>)>,
 }
 
 impl Packager {
@@ -220,6 +227,8 @@ impl Packager {
             part_independent: false,
             fragment_seq: 0,
             segment_open: false,
+            #[cfg(test)]
+            starts: Vec::new(),
         }
     }
 
@@ -338,14 +347,33 @@ impl Packager {
         // on a new configuration; without a keyframe only at the target
         // duration (a GOP longer than that is cut).
         let at_key = s.key && (length >= self.targets.segment_ms as f64 || self.init_dirty);
+        // Where the next part's video begins: audio from there on goes with it.
+        let next_ms = s.dts as f64 * 1000.0 / VIDEO_TIMESCALE as f64;
         if self.building() && (at_key || length + ms > self.hard_max_ms()) {
-            self.cut(true);
+            self.cut_at(true, Some(next_ms));
         } else if !self.part_video.is_empty() && self.part_ms + ms > self.targets.part_ms as f64 {
-            self.cut(false);
+            self.cut_at(false, Some(next_ms));
         }
-        if !self.building() && !s.key {
-            // Nothing before the first keyframe: no segment could start.
-            return;
+        if !self.building() {
+            if !s.key {
+                // Nothing before the first keyframe: no segment could
+                // start (nor does the audio waiting for one).
+                self.part_audio.clear();
+                self.part_audio_ms = 0.0;
+                return;
+            }
+            // A segment starts: of the audio that waited, what plays from
+            // the keyframe on.
+            if let Some(rate) = self.audio.as_ref().map(|a| a.rate as f64) {
+                let t = next_ms;
+                self.part_audio
+                    .retain(|a| (a.dts + a.duration as u64) as f64 * 1000.0 / rate > t);
+                self.part_audio_ms = self
+                    .part_audio
+                    .iter()
+                    .map(|a| a.duration as f64 * 1000.0 / rate)
+                    .sum();
+            }
         }
         if self.part_video.is_empty() {
             self.part_independent = s.key;
@@ -358,6 +386,11 @@ impl Packager {
         let part_target = self.targets.part_ms as f64;
         if self.video.is_some() {
             if !self.building() {
+                // Kept for the segment a keyframe may start (a few frames).
+                if self.part_audio.len() >= MAX_WAITING_AUDIO {
+                    self.part_audio.remove(0);
+                }
+                self.part_audio.push(s);
                 return;
             }
             self.part_audio.push(s);
@@ -384,6 +417,36 @@ impl Packager {
     /// Closes the part being built (if it has samples) and, with
     /// `end_segment`, its segment, in one step of the window.
     fn cut(&mut self, end_segment: bool) {
+        self.cut_at(end_segment, None);
+    }
+
+    /// [`Packager::cut`] where the next part's video begins at `next_ms`:
+    /// the audio samples that end after that time (the one playing across
+    /// it included) move to the next part, so that its audio starts no later
+    /// than its video. A sample is complete only once its successor arrives,
+    /// so audio reaches the packager up to a frame later than the video it
+    /// plays with; left in the part that closes, it would make the next
+    /// part's audio start after its video, and a player that starts there
+    /// would find a hole at the start of its buffer (hls.js reports
+    /// `bufferSeekOverHole`).
+    fn cut_at(&mut self, end_segment: bool, next_ms: Option<f64>) {
+        if self.video.is_some() && !self.building() {
+            // Audio waiting for a keyframe is no part of its own.
+            self.part_audio.clear();
+            self.part_audio_ms = 0.0;
+        }
+        let rate = self.audio.as_ref().map(|a| a.rate as f64);
+        let carried = match (next_ms, rate) {
+            (Some(t), Some(rate)) if !self.part_video.is_empty() => {
+                let from = self
+                    .part_audio
+                    .iter()
+                    .position(|a| (a.dts + a.duration as u64) as f64 * 1000.0 / rate > t);
+                from.map(|i| self.part_audio.split_off(i))
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         let has_samples = !self.part_video.is_empty() || !self.part_audio.is_empty();
         if has_samples && (self.init_dirty && !self.segment_open || !self.init_ok) {
             self.publish_init();
@@ -393,6 +456,16 @@ impl Packager {
             self.fragment_seq = self.fragment_seq.wrapping_add(1);
             let video = std::mem::take(&mut self.part_video);
             let audio = std::mem::take(&mut self.part_audio);
+            #[cfg(test)]
+            self.starts.push((
+                video
+                    .first()
+                    .map(|v| v.dts as f64 * 1000.0 / VIDEO_TIMESCALE as f64),
+                audio
+                    .first()
+                    .zip(rate)
+                    .map(|(a, rate)| a.dts as f64 * 1000.0 / rate),
+            ));
             let ms = if video.is_empty() {
                 self.part_audio_ms
             } else {
@@ -423,7 +496,14 @@ impl Packager {
             self.with_window(|w| w.close_segment());
         }
         self.part_ms = 0.0;
-        self.part_audio_ms = 0.0;
+        self.part_audio_ms = match rate {
+            Some(rate) => carried
+                .iter()
+                .map(|a| a.duration as f64 * 1000.0 / rate)
+                .sum(),
+            None => 0.0,
+        };
+        self.part_audio = carried;
         if end_segment {
             self.segment_open = false;
             self.segment_ms = 0.0;
@@ -557,6 +637,68 @@ mod stream_tests {
             type_id: MessageType::VIDEO,
             stream_id: 1,
             payload: Bytes::from(vec![b0, 1, 0, 0, 0, 0, 0, 0, 1, 0x65]),
+        }
+    }
+
+    fn aac(ts: u32, header: bool) -> RawMessage {
+        RawMessage {
+            csid: 4,
+            timestamp: ts,
+            type_id: MessageType::AUDIO,
+            stream_id: 1,
+            // AAC, 48 kHz stereo config (0x11 0x90), or one raw frame.
+            payload: Bytes::from(match header {
+                true => vec![0xAF, 0, 0x11, 0x90],
+                false => vec![0xAF, 1, 0x21, 0x10],
+            }),
+        }
+    }
+
+    /// Audio and video interleaved as an encoder sends them (30 fps video,
+    /// 48 kHz AAC frames of 21.33 ms): every part's audio must start no
+    /// later than its video, so a player starting at any part finds no hole
+    /// at the start of its buffer; and audio stays contiguous across parts.
+    #[test]
+    fn each_part_has_audio_from_the_start_of_its_video() {
+        let window = Arc::new(Mutex::new(Window::new(200, 1000, 0, Instant::now())));
+        let mut p = Packager::new(
+            Targets {
+                part_ms: 200,
+                segment_ms: 1000,
+                window_segments: 10,
+            },
+            window.clone(),
+        );
+        p.push(&RawMessage {
+            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE0, 0]),
+            ..video(0, true)
+        });
+        p.push(&aac(0, true));
+        let (mut v, mut a) = (0u32, 0u32);
+        while v < 300 {
+            let vt = v * 1000 / 30;
+            let at = a * 1024 * 1000 / 48_000;
+            if at <= vt {
+                p.push(&aac(at, false));
+                a += 1;
+            } else {
+                p.push(&video(vt, v % 30 == 0));
+                v += 1;
+            }
+        }
+        assert!(p.starts.len() > 20, "{:?}", p.starts);
+        for (i, (video, audio)) in p.starts.iter().enumerate() {
+            let (Some(video), Some(audio)) = (video, audio) else {
+                panic!("part {i} lacks a track: {:?}", p.starts);
+            };
+            assert!(
+                audio <= video,
+                "part {i}: audio from {audio} ms, video from {video} ms"
+            );
+            assert!(
+                video - audio < 21.34,
+                "part {i}: audio from {audio} ms, video from {video} ms"
+            );
         }
     }
 
