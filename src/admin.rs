@@ -29,7 +29,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::cluster::{ClusterAudience, ClusterHandle, ClusterStats};
+use crate::cluster::{ClusterAudience, ClusterHandle, ClusterStats, NodeAudience};
 use crate::node::{
     Directory, Gate, ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS, REFUSED_KINDS,
 };
@@ -225,17 +225,13 @@ async fn route(
                 Ok(list) => {
                     // Without the cluster's viewers the streams are still
                     // listed, with this node's viewers and the reason.
-                    let audience = viewers.unwrap_or_else(|e| ClusterAudience {
-                        streams: state
-                            .gate
-                            .audience()
-                            .snapshot()
-                            .into_iter()
-                            .map(|(k, v)| (k.to_string(), v))
-                            .collect(),
-                        answered: vec![state.node_id.clone()],
-                        missing: Vec::new(),
-                        error: Some(e.to_string()),
+                    let audience = viewers.unwrap_or_else(|e| {
+                        let mut own = ClusterAudience {
+                            error: Some(e.to_string()),
+                            ..ClusterAudience::default()
+                        };
+                        own.add(NodeAudience::of(&state.node_id, state.gate.audience()));
+                        own
                     });
                     let streams: Vec<_> = list
                         .into_iter()

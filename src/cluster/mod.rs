@@ -207,11 +207,35 @@ pub struct ClusterAudience {
     pub error: Option<String>,
 }
 
+impl ClusterAudience {
+    /// Adds one node's viewers to the sums.
+    pub fn add(&mut self, a: NodeAudience) {
+        for (key, v) in a.streams {
+            self.streams.entry(key).or_default().add(&v);
+        }
+        self.answered.push(a.node);
+    }
+}
+
 /// What a node answers on `trib.viewers.<node>`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeAudience {
     pub node: String,
     pub streams: Vec<(String, Viewers)>,
+}
+
+impl NodeAudience {
+    /// The viewers of each stream on `node`, from its audience.
+    pub fn of(node: &str, audience: &Audience) -> NodeAudience {
+        NodeAudience {
+            node: node.to_owned(),
+            streams: audience
+                .snapshot()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
+    }
 }
 
 /// Cluster counters, written by the control thread (and the drop counter by

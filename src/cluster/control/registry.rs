@@ -339,16 +339,7 @@ impl Control {
 
     /// This node's viewers of each stream, as it answers other nodes.
     pub(super) fn local_audience(&self) -> NodeAudience {
-        NodeAudience {
-            node: self.s.node_id.clone(),
-            streams: self
-                .s
-                .audience
-                .snapshot()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        }
+        NodeAudience::of(&self.s.node_id, &self.s.audience)
     }
 
     /// Every stream's viewers, summed over this node and every node with a
@@ -357,13 +348,7 @@ impl Control {
     /// read, the sums are this node's alone and `error` says why.
     pub(super) async fn viewers(&self) -> Result<ClusterAudience, RegistryError> {
         let mut out = ClusterAudience::default();
-        let add = |out: &mut ClusterAudience, a: NodeAudience| {
-            for (key, v) in a.streams {
-                out.streams.entry(key).or_default().add(&v);
-            }
-            out.answered.push(a.node);
-        };
-        add(&mut out, self.local_audience());
+        out.add(self.local_audience());
         let nodes = match self.nodes().await {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -389,7 +374,7 @@ impl Control {
         }
         while let Some(done) = asks.join_next().await {
             if let Ok(Some(a)) = done {
-                add(&mut out, a);
+                out.add(a);
             }
         }
         out.missing = asked
