@@ -175,6 +175,19 @@ pub struct Targets {
 /// keyframe starts (only those playing from the keyframe on are used).
 const MAX_WAITING_AUDIO: usize = 16;
 
+/// When an audio sample ends, ms, at `rate` samples a second.
+fn audio_end_ms(a: &Sample, rate: f64) -> f64 {
+    (a.dts + a.duration as u64) as f64 * 1000.0 / rate
+}
+
+/// How long audio samples play, ms.
+fn audio_ms(samples: &[Sample], rate: f64) -> f64 {
+    samples
+        .iter()
+        .map(|a| a.duration as f64 * 1000.0 / rate)
+        .sum()
+}
+
 pub struct Packager {
     targets: Targets,
     window: Arc<Mutex<Window>>,
@@ -365,14 +378,8 @@ impl Packager {
             // A segment starts: of the audio that waited, what plays from
             // the keyframe on.
             if let Some(rate) = self.audio.as_ref().map(|a| a.rate as f64) {
-                let t = next_ms;
-                self.part_audio
-                    .retain(|a| (a.dts + a.duration as u64) as f64 * 1000.0 / rate > t);
-                self.part_audio_ms = self
-                    .part_audio
-                    .iter()
-                    .map(|a| a.duration as f64 * 1000.0 / rate)
-                    .sum();
+                self.part_audio.retain(|a| audio_end_ms(a, rate) > next_ms);
+                self.part_audio_ms = audio_ms(&self.part_audio, rate);
             }
         }
         if self.part_video.is_empty() {
@@ -441,7 +448,7 @@ impl Packager {
                 let from = self
                     .part_audio
                     .iter()
-                    .position(|a| (a.dts + a.duration as u64) as f64 * 1000.0 / rate > t);
+                    .position(|a| audio_end_ms(a, rate) > t);
                 from.map(|i| self.part_audio.split_off(i))
                     .unwrap_or_default()
             }
@@ -496,13 +503,7 @@ impl Packager {
             self.with_window(|w| w.close_segment());
         }
         self.part_ms = 0.0;
-        self.part_audio_ms = match rate {
-            Some(rate) => carried
-                .iter()
-                .map(|a| a.duration as f64 * 1000.0 / rate)
-                .sum(),
-            None => 0.0,
-        };
+        self.part_audio_ms = rate.map_or(0.0, |rate| audio_ms(&carried, rate));
         self.part_audio = carried;
         if end_segment {
             self.segment_open = false;
@@ -640,6 +641,26 @@ mod stream_tests {
         }
     }
 
+    /// A packager of 200 ms parts and 1 s segments that has seen an H.264
+    /// configuration (a minimal avcC: version 1, profile, compat, level,
+    /// 0xFF, no SPS, no PPS).
+    fn h264_packager() -> (Arc<Mutex<Window>>, Packager) {
+        let window = Arc::new(Mutex::new(Window::new(200, 1000, 0, Instant::now())));
+        let mut p = Packager::new(
+            Targets {
+                part_ms: 200,
+                segment_ms: 1000,
+                window_segments: 10,
+            },
+            window.clone(),
+        );
+        p.push(&RawMessage {
+            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE0, 0]),
+            ..video(0, true)
+        });
+        (window, p)
+    }
+
     fn aac(ts: u32, header: bool) -> RawMessage {
         RawMessage {
             csid: 4,
@@ -660,19 +681,7 @@ mod stream_tests {
     /// at the start of its buffer; and audio stays contiguous across parts.
     #[test]
     fn each_part_has_audio_from_the_start_of_its_video() {
-        let window = Arc::new(Mutex::new(Window::new(200, 1000, 0, Instant::now())));
-        let mut p = Packager::new(
-            Targets {
-                part_ms: 200,
-                segment_ms: 1000,
-                window_segments: 10,
-            },
-            window.clone(),
-        );
-        p.push(&RawMessage {
-            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE0, 0]),
-            ..video(0, true)
-        });
+        let (_, mut p) = h264_packager();
         p.push(&aac(0, true));
         let (mut v, mut a) = (0u32, 0u32);
         while v < 300 {
@@ -704,20 +713,7 @@ mod stream_tests {
 
     #[test]
     fn parts_and_segments_follow_the_targets() {
-        let window = Arc::new(Mutex::new(Window::new(200, 1000, 0, Instant::now())));
-        let mut p = Packager::new(
-            Targets {
-                part_ms: 200,
-                segment_ms: 1000,
-                window_segments: 10,
-            },
-            window.clone(),
-        );
-        // A minimal avcC: version 1, profile, compat, level, 0xFF, 0 SPS, 0 PPS.
-        p.push(&RawMessage {
-            payload: Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE0, 0]),
-            ..video(0, true)
-        });
+        let (window, mut p) = h264_packager();
         for i in 0..100u32 {
             p.push(&video(1000 + i * 40, i % 25 == 0));
         }
