@@ -125,27 +125,13 @@ async fn play(
             }
         }
         outcome.after_read(frames, lost_before, &spec.stats);
-        let deadline = if outcome.first_frame_ms.is_none() {
-            first_frame_deadline.min(spec.drain_until)
-        } else {
-            spec.drain_until
-        };
-        n = match timeout_at(deadline, socket.read(&mut buf)).await {
-            Err(_) if outcome.first_frame_ms.is_none() => {
-                return Err(format!(
-                    "no keyframe within {} s",
-                    spec.first_frame_timeout.as_secs()
-                ))
-            }
-            Err(_) => return Ok(()),
-            Ok(Err(e)) => return Err(io_reason("read", &e)),
-            // The body ends with the stream.
-            Ok(Ok(0)) if Instant::now() >= spec.stop_at && outcome.first_frame_ms.is_some() => {
-                outcome.saw_end = true;
-                return Ok(());
-            }
-            Ok(Ok(0)) => return Err("closed by server".into()),
-            Ok(Ok(n)) => n,
+        // The body ends with the stream.
+        n = match outcome
+            .timed_read(spec, first_frame_deadline, socket.read(&mut buf))
+            .await?
+        {
+            Some(n) => n,
+            None => return Ok(()),
         };
         reader.push(&buf[..n]);
     }

@@ -84,6 +84,37 @@ impl PlayerOutcome {
         }
     }
 
+    /// A player's next read, under its deadline (the first frame's until it
+    /// has one, then the end of the drain): `Some(n)` bytes read, `None` when
+    /// the player is done (the drain is over, or the stream ended once the
+    /// publishers stopped), or why it failed.
+    pub async fn timed_read(
+        &mut self,
+        spec: &PlayerSpec,
+        first_frame_deadline: Instant,
+        read: impl std::future::Future<Output = std::io::Result<usize>>,
+    ) -> Result<Option<usize>, String> {
+        let deadline = if self.first_frame_ms.is_none() {
+            first_frame_deadline.min(spec.drain_until)
+        } else {
+            spec.drain_until
+        };
+        match timeout_at(deadline, read).await {
+            Err(_) if self.first_frame_ms.is_none() => Err(format!(
+                "no keyframe within {} s",
+                spec.first_frame_timeout.as_secs()
+            )),
+            Err(_) => Ok(None),
+            Ok(Err(e)) => Err(io_reason("read", &e)),
+            Ok(Ok(0)) if Instant::now() >= spec.stop_at && self.first_frame_ms.is_some() => {
+                self.saw_end = true;
+                Ok(None)
+            }
+            Ok(Ok(0)) => Err("closed by server".into()),
+            Ok(Ok(n)) => Ok(Some(n)),
+        }
+    }
+
     /// After a read: latencies handed over, and the frames taken in and
     /// lost since `lost_before` counted live.
     pub fn after_read(&mut self, frames: u64, lost_before: u64, stats: &RunStats) {
@@ -193,26 +224,12 @@ async fn play(
             }
             return Ok(());
         }
-        let deadline = if outcome.first_frame_ms.is_none() {
-            first_frame_deadline.min(spec.drain_until)
-        } else {
-            spec.drain_until
-        };
-        match timeout_at(deadline, conn.read()).await {
-            Err(_) if outcome.first_frame_ms.is_none() => {
-                return Err(format!(
-                    "no keyframe within {} s",
-                    spec.first_frame_timeout.as_secs()
-                ))
-            }
-            Err(_) => return Ok(()),
-            Ok(Err(e)) => return Err(io_reason("read", &e)),
-            Ok(Ok(0)) if Instant::now() >= spec.stop_at && outcome.first_frame_ms.is_some() => {
-                outcome.saw_end = true;
-                return Ok(());
-            }
-            Ok(Ok(0)) => return Err("closed by server".into()),
-            Ok(Ok(_)) => {}
+        if outcome
+            .timed_read(spec, first_frame_deadline, conn.read())
+            .await?
+            .is_none()
+        {
+            return Ok(());
         }
     }
 }
