@@ -131,7 +131,7 @@ http_get() {
   {
     ip netns exec "$ns" bash -c '
       exec 3<>"/dev/tcp/$1/$2" || exit 0
-      printf "GET %s HTTP/1.0\r\nHost: local\r\n\r\n" "$3" >&3
+      printf "GET %s HTTP/1.0\r\nHost: %s:%s\r\n\r\n" "$3" "$1" "$2" >&3
       timeout 5 cat <&3' _ "$1" "$2" "$3" 2>/dev/null |
       tr -d '\r' | awk 'NR == 1 { printf "%s\t", $2; next } body { print } /^$/ { body = 1 }'
   } || true

@@ -9,11 +9,13 @@
 //! `/api/play?stream=APP/KEY` answers the query a play needs under the play
 //! rules (a signed token for a token app), for the console's previews. With
 //! `http.admin_token` set, `/api/*` asks for `Authorization: Bearer TOKEN`
-//! (`/metrics` and the probes stay open). HTTP/1.1 by hyper, keep-alive
+//! (`/metrics` and the probes stay open); without it, `/api/*` answers only
+//! requests whose `Host` is an IP address or localhost, against DNS
+//! rebinding. HTTP/1.1 by hyper, keep-alive
 //! included; request headers, time per request and per connection, and
 //! connections at once are bounded.
 //!
-//! Long (about 770 lines): the HTTP routes and the Prometheus families they
+//! Long (about 900 lines): the HTTP routes and the Prometheus families they
 //! render, one per counter the node keeps.
 
 use std::net::SocketAddr;
@@ -25,7 +27,7 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, StatusCode};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -136,6 +138,19 @@ async fn route(
 ) -> Reply {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
+    if path.starts_with("/api/") && state.admin_token.is_empty() {
+        // An open API answers only what a browser sends to an address or to
+        // localhost: a page whose name was rebound to this address (DNS
+        // rebinding) would otherwise read it and kick publishers as if it
+        // were the console. With a token, the token is the check.
+        let host = req.headers().get(HOST).map(HeaderValue::as_bytes);
+        if !host.is_none_or(host_is_address) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "with http.admin_token empty, /api/* answers only requests to an IP address or localhost (Host header); set http.admin_token to use a host name\n",
+            );
+        }
+    }
     if path.starts_with("/api/") && !state.admin_token.is_empty() {
         let presented = req
             .headers()
@@ -356,6 +371,39 @@ fn console(path: &str) -> Option<Reply> {
         _ => return None,
     };
     Some(reply(StatusCode::OK, ctype, Bytes::from_static(body)))
+}
+
+/// Whether a `Host` header names an IP address or localhost (RFC 6761:
+/// `localhost` and `*.localhost` never go to DNS), with or without a port.
+fn host_is_address(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if !(after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok()))
+        {
+            return false;
+        }
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -806,5 +854,44 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_is_address;
+
+    #[test]
+    fn only_addresses_and_localhost_pass_as_the_host_of_an_open_api() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+            "localhost",
+            "LocalHost:8080",
+            "localhost.:8080",
+            "console.localhost:8080",
+        ] {
+            assert!(host_is_address(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "x",
+            "rebind.example",
+            "rebind.example:8080",
+            "localhost.example:8080",
+            "127.0.0.1.nip.io",
+            "127.0.0.1:http",
+            "127.0.0.1:99999",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[fe80::1%eth0]",
+            "",
+        ] {
+            assert!(!host_is_address(bad.as_bytes()), "{bad}");
+        }
+        assert!(!host_is_address(b"\xff127.0.0.1"));
     }
 }

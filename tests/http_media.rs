@@ -704,6 +704,15 @@ fn the_admin_api_hands_out_play_tokens_that_pass_the_play_rules() {
     assert!(body.contains(r#""query":"""#), "{body}");
     let (status, _) = common::http(node.http, "GET", "/api/play", Some("adm"));
     assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    // With a token set, the token is the check: a host name is fine.
+    let (status, _) = common::http_to(
+        node.http,
+        "admin.example",
+        "GET",
+        "/api/play?stream=live/cam",
+        Some("adm"),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
     // The token plays; without it the play is refused.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

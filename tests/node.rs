@@ -1015,3 +1015,31 @@ fn the_admin_api_keeps_connections_alive_and_refuses_huge_headers() {
     // The server is fine.
     assert_eq!(get(node.http, "/healthz").0, "HTTP/1.1 200 OK");
 }
+
+#[test]
+fn an_open_admin_api_answers_only_requests_to_an_address_or_localhost() {
+    // No admin token: a page whose host name was rebound to the admin
+    // address (DNS rebinding) must not read the API or kick publishers.
+    let node = Node::start(1);
+    let port = node.http.port();
+    for host in [
+        node.http.to_string(),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = common::http_to(node.http, &host, "GET", "/api/streams", None);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{host}: {body}");
+    }
+    for host in [format!("rebind.example:{port}"), "127.0.0.1.nip.io".into()] {
+        for (method, path) in [("GET", "/api/streams"), ("DELETE", "/api/streams/live/cam")] {
+            let (status, body) = common::http_to(node.http, &host, method, path, None);
+            assert_eq!(status, "HTTP/1.1 403 Forbidden", "{host} {method} {path}");
+            assert!(body.contains("http.admin_token"), "{body}");
+        }
+        // Metrics, probes and the console's own pages stay open.
+        for path in ["/metrics", "/healthz", "/console/"] {
+            let (status, _) = common::http_to(node.http, &host, "GET", path, None);
+            assert_eq!(status, "HTTP/1.1 200 OK", "{host} {path}");
+        }
+    }
+}

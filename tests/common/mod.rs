@@ -558,6 +558,17 @@ pub fn nats_cluster(name: &str) -> Vec<NatsServer> {
 /// An HTTP request against the admin server with an optional bearer token:
 /// (status line, body).
 pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (String, String) {
+    http_to(addr, &addr.to_string(), method, path, token)
+}
+
+/// As [`http`], with `host` in the `Host` header.
+pub fn http_to(
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = token
@@ -565,7 +576,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> 
         .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}\r\n"
     )
     .unwrap();
     let mut text = String::new();
