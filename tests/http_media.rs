@@ -438,6 +438,45 @@ fn check_rules(p: &Playlist, text: &str) {
     }
 }
 
+/// A viewer's first playlist request (`base`/index.m3u8, `query` added):
+/// the multivariant playlist that names its session, checked; then the
+/// media playlist it names. (The query every later request carries, that
+/// media playlist.)
+fn open_session(conn: &mut KeepAlive, base: &str, query: &str) -> (String, String) {
+    let path = match query {
+        "" => format!("{base}/index.m3u8"),
+        q => format!("{base}/index.m3u8?{q}"),
+    };
+    let (status, body) = conn.get(&path);
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("#EXTM3U"), "{text}");
+    let inf = lines.next().unwrap_or("");
+    let bandwidth: u64 = inf
+        .strip_prefix("#EXT-X-STREAM-INF:BANDWIDTH=")
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("no EXT-X-STREAM-INF:BANDWIDTH: {text}"));
+    // The stream is some hundreds of kbit/s: a measured peak.
+    assert!(bandwidth > 50_000, "{text}");
+    let uri = lines.next().unwrap_or("");
+    let session = uri
+        .strip_prefix("index.m3u8?")
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("hls_session=")))
+        .unwrap_or_else(|| panic!("no session in the variant's URI: {text}"));
+    assert_eq!(session.len(), 32, "{text}");
+    assert!(
+        uri.contains(query),
+        "the variant's URI keeps the query: {text}"
+    );
+    let later = uri.strip_prefix("index.m3u8?").unwrap().to_owned();
+    let (status, body) = conn.get(&format!("{base}/{uri}"));
+    let media = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{media}");
+    assert!(media.contains("#EXT-X-PART-INF"), "{media}");
+    (later, media)
+}
+
 #[test]
 fn ll_hls_playlists_keep_the_rfc_rules_and_blocking_reloads_answer_in_time() {
     let node = Node::start_with(2, &["--media-listen", "127.0.0.1:0"]);
@@ -445,10 +484,13 @@ fn ll_hls_playlists_keep_the_rfc_rules_and_blocking_reloads_answer_in_time() {
     let publisher = publish(&node.url("ll"), 20);
     wait_live(&node.url("ll"));
     let mut conn = KeepAlive::connect(media);
-    // The first playlist waits for a whole segment.
-    let (status, body) = conn.get("/live/ll/index.m3u8");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let text = String::from_utf8(body).unwrap();
+    // The first playlist waits for a whole segment; it names the viewer's
+    // session, which every later URI carries.
+    let (session, text) = open_session(&mut conn, "/live/ll", "");
+    assert!(
+        text.contains(&format!(".m4s?{session}\"")),
+        "the URIs carry the session: {text}"
+    );
     let mut p = parse_playlist(&text);
     check_rules(&p, &text);
     assert!(!p.parts.is_empty() && !p.segments.is_empty(), "{text}");
@@ -465,7 +507,7 @@ fn ll_hls_playlists_keep_the_rfc_rules_and_blocking_reloads_answer_in_time() {
     let mut round = 0;
     while Instant::now() < deadline {
         let (m, n) = p.hint.unwrap();
-        let path = format!("/live/ll/index.m3u8?_HLS_msn={m}&_HLS_part={n}");
+        let path = format!("/live/ll/index.m3u8?{session}&_HLS_msn={m}&_HLS_part={n}");
         let started = Instant::now();
         let (status, body) = if round % 3 == 2 {
             KeepAlive::connect(media).get(&path)
@@ -516,7 +558,7 @@ fn ll_hls_playlists_keep_the_rfc_rules_and_blocking_reloads_answer_in_time() {
     let (status, part) = conn.get(&format!("/live/ll/part{m}.{n}.m4s"));
     assert_eq!(status, 200);
     assert_eq!(&part[4..8], b"moof");
-    // The keep-alive connection counts as a viewer (the fresh ones left).
+    // One viewer, whichever connections its requests took.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&node, "tributary_viewers", "ll-hls") != 1 {
         assert!(
@@ -528,7 +570,7 @@ fn ll_hls_playlists_keep_the_rfc_rules_and_blocking_reloads_answer_in_time() {
     }
     // Bad requests: too far ahead, not in the window, no such stream.
     let far = p.segments.last().unwrap().0 + 5;
-    let (status, _) = conn.get(&format!("/live/ll/index.m3u8?_HLS_msn={far}"));
+    let (status, _) = conn.get(&format!("/live/ll/index.m3u8?{session}&_HLS_msn={far}"));
     assert_eq!(status, 400, "(and it closes the connection)");
     let (status, _) = raw_http(media, b"GET /live/ll/part0.99.m4s HTTP/1.1\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
@@ -611,8 +653,7 @@ fn viewers_by_protocol_per_stream_are_summed_over_the_cluster() {
         while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
     });
     let mut hls = KeepAlive::connect(b.media.unwrap());
-    let (status, _) = hls.get("/live/seen/index.m3u8");
-    assert_eq!(status, 200);
+    let (session, _) = open_session(&mut hls, "/live/seen", "");
 
     // Each node's own listing shows its viewers; the cluster's, the sums.
     wait_viewers(&a, "/api/streams", "live/seen", (1, 0, 0));
@@ -641,10 +682,17 @@ fn viewers_by_protocol_per_stream_are_summed_over_the_cluster() {
         thread::sleep(Duration::from_millis(100));
     }
 
-    // Viewers that leave are taken out of the sums.
+    // The LL-HLS viewer's requests on a new connection are the same viewer.
+    let mut again = KeepAlive::connect(b.media.unwrap());
+    let (status, _) = again.get(&format!("/live/seen/index.m3u8?{session}"));
+    assert_eq!(status, 200);
+    wait_viewers(&b, "/api/streams", "live/seen", (0, 1, 1));
+
+    // Viewers that leave are taken out of the sums: an HTTP-FLV viewer when
+    // its connection closes, an LL-HLS viewer when it stops asking.
     flv.shutdown(std::net::Shutdown::Both).unwrap();
     drained.join().unwrap();
-    drop(hls);
+    drop((hls, again));
     wait_viewers(&a, "/api/streams?scope=cluster", "live/seen", (1, 0, 0));
     wait_viewers(&b, "/api/streams", "live/seen", (0, 0, 0));
     drop(rtmp);
@@ -658,15 +706,18 @@ fn the_player_limit_per_stream_counts_ll_hls_viewers() {
     let publisher = publish(&node.url("one"), 30);
     wait_live(&node.url("one"));
     let mut first = KeepAlive::connect(media);
-    assert_eq!(first.get("/live/one/index.m3u8").0, 200);
+    let (session, _) = open_session(&mut first, "/live/one", "");
     wait_viewers(&node, "/api/streams", "live/one", (0, 0, 1));
-    // The same connection reloads its playlist, and asks it with another
-    // query (a new token, say): still one viewer, not over the limit.
-    assert_eq!(first.get("/live/one/index.m3u8").0, 200);
-    assert_eq!(first.get("/live/one/index.m3u8?session=2").0, 200);
+    // The same viewer reloads its playlist, on another connection too, and
+    // asks it with another query (a new token, say): still one viewer, not
+    // over the limit.
+    let reload = format!("/live/one/index.m3u8?{session}");
+    assert_eq!(first.get(&reload).0, 200);
+    assert_eq!(KeepAlive::connect(media).get(&reload).0, 200);
+    assert_eq!(first.get(&format!("{reload}&token=2")).0, 200);
     wait_viewers(&node, "/api/streams", "live/one", (0, 0, 1));
-    // Another connection is a second viewer, over the limit: 503, whether
-    // it asks for the playlist or for HTTP-FLV.
+    // A request without the session is a second viewer, over the limit:
+    // 503, whether it asks for the playlist or for HTTP-FLV.
     let (status, text) = raw_http(
         media,
         b"GET /live/one/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -675,14 +726,19 @@ fn the_player_limit_per_stream_counts_ll_hls_viewers() {
     assert!(text.contains("player limit"), "{text}");
     let (status, _) = raw_http(media, b"GET /live/one.flv HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
-    // Its place comes back when the connection closes.
+    // Its place comes back when the viewer stops asking (its session idles
+    // out, three target durations and a second).
     drop(first);
     wait_viewers(&node, "/api/streams", "live/one", (0, 0, 0));
+    let mut next = KeepAlive::connect(media);
+    open_session(&mut next, "/live/one", "");
+    // A session the node no longer knows (it idled out) is authorized and
+    // admitted again: here over the limit, since `next` holds the place.
     let (status, _) = raw_http(
         media,
-        b"GET /live/one/index.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        format!("GET {reload} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
     );
-    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
     drop(publisher);
 }
 

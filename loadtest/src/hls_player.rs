@@ -130,6 +130,15 @@ impl Playlist {
     }
 }
 
+/// The first variant's URI, when `text` is a multivariant playlist.
+fn variant_uri(text: &str) -> Option<&str> {
+    let mut lines = text.lines();
+    lines.find(|l| l.starts_with("#EXT-X-STREAM-INF:"))?;
+    lines
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
 fn attr<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let at = line.find(&format!("{name}="))? + name.len() + 1;
     let rest = &line[at..];
@@ -267,7 +276,35 @@ async fn play(
     if status != 200 {
         return Err(format!("http {status}"));
     }
-    let mut playlist = Playlist::parse(&String::from_utf8_lossy(&body));
+    // A multivariant playlist (Tributary's names the viewer's session):
+    // its media playlist, whose query every later request carries.
+    let mut body = String::from_utf8_lossy(&body).into_owned();
+    let mut query = String::new();
+    if let Some(uri) = variant_uri(&body) {
+        if !uri.starts_with("index.m3u8") {
+            return Err(format!("multivariant playlist: unexpected URI {uri}"));
+        }
+        query = uri
+            .split_once('?')
+            .map(|(_, q)| q.to_owned())
+            .unwrap_or_default();
+        let (status, media) = http.get(&format!("{base}/{uri}"), first_deadline).await?;
+        if status != 200 {
+            return Err(format!("media playlist: http {status}"));
+        }
+        body = String::from_utf8_lossy(&media).into_owned();
+    }
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    let and = if query.is_empty() {
+        String::new()
+    } else {
+        format!("{query}&")
+    };
+    let mut playlist = Playlist::parse(&body);
     let map = playlist.map.clone().ok_or("playlist: no EXT-X-MAP")?;
     let (status, init) = http.get(&format!("{base}/{map}"), first_deadline).await?;
     if status != 200 {
@@ -307,7 +344,7 @@ async fn play(
                     false => Err("stream ended early".into()),
                 };
             }
-            let path = format!("{base}/index.m3u8?_HLS_msn={m}&_HLS_part={n}");
+            let path = format!("{base}/index.m3u8?{and}_HLS_msn={m}&_HLS_part={n}");
             let (status, body) = match http.get(&path, deadline).await {
                 Err(e) if Instant::now() >= spec.stop_at => {
                     outcome.saw_end = true;
@@ -329,7 +366,7 @@ async fn play(
             continue;
         }
         let (status, part) = http
-            .get(&format!("{base}/part{m}.{n}.m4s"), deadline)
+            .get(&format!("{base}/part{m}.{n}.m4s{q}"), deadline)
             .await?;
         if status != 200 {
             return Err(format!("part: http {status}"));
@@ -377,5 +414,12 @@ mod tests {
         assert_eq!(p.complete, vec![4]);
         assert!(!p.ended);
         assert!(Playlist::parse("#EXTM3U\n#EXT-X-ENDLIST\n").ended);
+        assert_eq!(variant_uri(text), None);
+    }
+
+    #[test]
+    fn a_multivariant_playlist_names_its_media_playlist() {
+        let text = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1200000\n\nindex.m3u8?hls_session=ab\n";
+        assert_eq!(variant_uri(text), Some("index.m3u8?hls_session=ab"));
     }
 }

@@ -9,7 +9,9 @@
 //!   cluster plays, relayed as an RTMP play is; the `[auth]` play rules
 //!   apply (a `?token=`, the webhook). The slow-player rules are RTMP's.
 //! - `GET /APP/KEY/index.m3u8` is Low-Latency HLS (see [`super::hls`]):
-//!   the playlist, with blocking reload (`_HLS_msn`, `_HLS_part`); its
+//!   a viewer's first request gets a multivariant playlist naming its
+//!   session ([`super::hls::session`]), its reloads the media playlist,
+//!   with blocking reload (`_HLS_msn`, `_HLS_part`); its
 //!   `init*.mp4`, `seg*.m4s` and `part*.*.m4s` beside it, from memory. A
 //!   request for the part the playlist hints at waits for it. These answers
 //!   keep the connection open for the next request.
@@ -44,7 +46,7 @@ use super::conn::{Conn, End, Input, Notice};
 use super::connection::{decrypt, ConnectionContext};
 use super::gate::Ticket;
 use super::hls::run::HlsShard;
-use super::hls::{self, lock, Block, Ready, Resource};
+use super::hls::{self, lock, session, Block, Ready, Resource};
 use super::hub::{PlayOutcome, Player};
 use super::ring::SocketRing;
 use super::StreamKey;
@@ -309,9 +311,6 @@ pub async fn serve(
     let mut head: Vec<u8> = Vec::new();
     let mut plain = Vec::new();
     let mut viewer: Option<Viewer> = None;
-    // The LL-HLS stream this connection's playlists were authorized for:
-    // while it has one, it is one of that stream's viewers.
-    let mut authorized: Option<HlsViewer> = None;
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
@@ -422,7 +421,7 @@ pub async fn serve(
                         key,
                         query,
                     };
-                    match serve_hls(&who, resource, &mut authorized, &ctx, &http, &ring).await {
+                    match serve_hls(&who, resource, &ctx, &http, &ring).await {
                         Ok(answer) => {
                             let keep = req.keep_alive;
                             answer.send(&conn, head_only, cors, keep);
@@ -450,9 +449,6 @@ pub async fn serve(
     }
     if viewer.take().is_some() {
         ctx.stats.flv_viewers.fetch_sub(1, Ordering::Relaxed);
-    }
-    if authorized.take().is_some() {
-        ctx.stats.hls_viewers.fetch_sub(1, Ordering::Relaxed);
     }
     ctx.hub.with(|h| h.leave(conn.id));
     ring.finish(&conn);
@@ -707,21 +703,14 @@ async fn window_of(
     }
 }
 
-/// The LL-HLS stream (with the query its playlist was asked with) that a
-/// connection was authorized for, and its place among the stream's players.
-struct HlsViewer {
-    stream: String,
-    key: StreamKey,
-    _place: Ticket,
-}
-
-/// Answers one LL-HLS request. A playlist is authorized once per
-/// connection and stream (the webhook is not asked again for each reload);
-/// from then on the connection counts as one of the stream's viewers.
+/// Answers one LL-HLS request. A viewer's first playlist request goes
+/// through the play rules (and the webhook) and gets a multivariant
+/// playlist naming its session; its reloads, parts and segments name the
+/// session, which keeps its place among the stream's viewers
+/// ([`hls::session`]).
 async fn serve_hls(
     who: &HlsAsk<'_>,
     resource: Resource,
-    authorized: &mut Option<HlsViewer>,
     ctx: &Rc<ConnectionContext>,
     http: &HttpContext,
     ring: &SocketRing,
@@ -745,48 +734,58 @@ async fn serve_hls(
         Resource::Playlist => blocking(who.query)?,
         _ => (None, String::new()),
     };
+    // What the playlist's URIs carry: the query without the blocking
+    // directives, the viewer's session last.
+    let (session_id, query) = session::split(&query);
+    let mut uri_query = String::new();
+    // A first request (no session named): answered with the multivariant
+    // playlist that names the new session.
+    let mut first = false;
     let window = match resource {
-        // A playlist goes through the play rules and the webhook, and
-        // starts the packaging; the media it lists through the rules only.
+        // A playlist goes through the play rules and the webhook (once per
+        // viewer), and starts the packaging; the media it lists through
+        // the rules only.
         Resource::Playlist => {
-            // Asked with the query the playlist's URIs carry (the token,
-            // say), without the blocking directives.
             let name = if query.is_empty() {
                 who.key.to_owned()
             } else {
                 format!("{}?{query}", who.key)
             };
-            let stream = format!("{}/{name}", who.app);
-            if authorized.as_ref().map(|v| v.stream.as_str()) != Some(stream.as_str()) {
-                let asker = Asker {
-                    name: &name,
-                    ..asker
-                };
+            let asker = Asker {
+                name: &name,
+                ..asker
+            };
+            let key = asker.key();
+            let now = Instant::now();
+            let known = session_id.is_some_and(|id| {
+                hls.registry
+                    .get(&key)
+                    .is_some_and(|w| lock(&w).touch(id, now))
+            });
+            if !known {
                 admission::authorize(crate::auth::Action::Play, &asker, ctx)
                     .await
                     .map_err(refused)?;
-                let key = asker.key();
-                match authorized {
-                    // The same stream with another query (a new token):
-                    // the same viewer, its place kept.
-                    Some(v) if v.key == key => v.stream = stream,
-                    _ => {
-                        let place = ctx
-                            .gate
-                            .player(&key, Protocol::LlHls)
-                            .map_err(|_| refused(Refusal::PlayerLimit))?;
-                        if authorized.is_none() {
-                            ctx.stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
-                        }
-                        *authorized = Some(HlsViewer {
-                            stream,
-                            key,
-                            _place: place,
-                        });
-                    }
-                }
             }
-            window_of(who, ctx, http, ring).await?
+            let window = window_of(who, ctx, http, ring).await?;
+            let id = match session_id {
+                Some(id) => id.to_owned(),
+                None => session::new_id()
+                    .ok_or_else(|| Failure::new(503, "limit", "no random source for a session"))?,
+            };
+            if !known {
+                let place = ctx
+                    .gate
+                    .player(&key, Protocol::LlHls)
+                    .map_err(|_| refused(Refusal::PlayerLimit))?;
+                let viewer = session::Session::new(place, ctx.stats.clone(), now);
+                if !lock(&window).admit(id.clone(), viewer) {
+                    return Err(refused(Refusal::PlayerLimit));
+                }
+                first = session_id.is_none();
+            }
+            uri_query = session::with(&query, &id);
+            window
         }
         _ => {
             let secs = admission::unix_micros() / 1_000_000;
@@ -799,9 +798,14 @@ async fn serve_hls(
                     kind: r.kind(),
                 }));
             }
-            hls.registry
+            let window = hls
+                .registry
                 .get(&asker.key())
-                .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))?
+                .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))?;
+            if let Some(id) = session::split(who.query).0 {
+                lock(&window).touch(id, Instant::now());
+            }
+            window
         }
     };
     let me = 1u64 << hls.shard.min(63);
@@ -817,7 +821,8 @@ async fn serve_hls(
                 let mut w = lock(&window);
                 w.last_request = Instant::now();
                 match w.ready(block) {
-                    Ready::Now => Some(Ok(w.playlist(&query))),
+                    Ready::Now if first => Some(Ok(w.multivariant(&uri_query))),
+                    Ready::Now => Some(Ok(w.playlist(&uri_query))),
                     Ready::TooFar => Some(Err(Failure::new(
                         400,
                         "bad_request",

@@ -17,6 +17,8 @@
 //! - A window keeps `media.hls_window_segments` segments, and is freed when
 //!   its stream ends (after a grace for players to read the end) or when
 //!   nobody has asked for it for `media.hls_idle_ms`.
+//! - A viewer is a session its requests name (see [`session`]), kept in
+//!   its window.
 //!
 //! Playlists are written here rather than with `m3u8-rs`, which knows none
 //! of the low-latency tags (PART, PART-INF, PRELOAD-HINT, SERVER-CONTROL).
@@ -24,6 +26,7 @@
 pub mod fmp4;
 pub mod packager;
 pub mod run;
+pub mod session;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -89,6 +92,8 @@ pub struct Window {
     pub version: u64,
     pub parts_built: u64,
     pub segments_built: u64,
+    /// Its viewers, by session ID (see [`session`]).
+    sessions: HashMap<String, session::Session>,
 }
 
 /// What a blocking playlist request waits for.
@@ -107,6 +112,10 @@ pub enum Ready {
     /// Too far ahead of the live edge (the RFC's 400).
     TooFar,
 }
+
+/// The most viewers' sessions one window holds (each is a player's place,
+/// so `players.max_per_stream` bounds them first where it is set).
+pub const MAX_SESSIONS: usize = 100_000;
 
 /// The target duration for a segment target: half as long again, rounded
 /// up to whole seconds. Segments close at the first keyframe past the
@@ -135,7 +144,76 @@ impl Window {
             version: 0,
             parts_built: 0,
             segments_built: 0,
+            sessions: HashMap::new(),
         }
+    }
+
+    /// How long a viewer's session lasts without a request: three target
+    /// durations (the longest a blocking request may wait, and past the
+    /// reload interval of a player without LL-HLS), and a second.
+    pub fn session_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(3 * self.target_duration as u64 + 1)
+    }
+
+    /// Marks session `id` as seen; false if the window does not know it.
+    pub fn touch(&mut self, id: &str, now: Instant) -> bool {
+        match self.sessions.get_mut(id) {
+            Some(s) => {
+                s.last_seen = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a viewer's session; false (and the session dropped, its place
+    /// given back) when the window holds [`MAX_SESSIONS`] already.
+    pub fn admit(&mut self, id: String, session: session::Session) -> bool {
+        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(&id) {
+            return false;
+        }
+        self.sessions.insert(id, session);
+        true
+    }
+
+    /// Lets go of the sessions idle for longer than [`Self::session_idle`]
+    /// (all of them when `all`); how many are left.
+    pub fn expire_sessions(&mut self, now: Instant, all: bool) -> usize {
+        let idle = self.session_idle();
+        self.sessions
+            .retain(|_, s| !all && now.saturating_duration_since(s.last_seen) <= idle);
+        self.sessions.len()
+    }
+
+    /// The highest bitrate of its complete segments, in bits per second
+    /// (the multivariant playlist's BANDWIDTH); of its parts before that.
+    pub fn peak_bitrate(&self) -> u64 {
+        let rate = |bytes: usize, secs: f64| {
+            if secs > 0.0 {
+                (bytes as f64 * 8.0 / secs) as u64
+            } else {
+                0
+            }
+        };
+        let segments = self.segments.iter().filter(|s| s.complete);
+        let peak = segments
+            .map(|s| rate(s.parts.iter().map(|p| p.size).sum(), s.duration()))
+            .max()
+            .unwrap_or(0);
+        if peak > 0 {
+            return peak;
+        }
+        let parts = self.segments.iter().flat_map(|s| s.parts.iter());
+        parts.map(|p| rate(p.size, p.duration)).max().unwrap_or(0)
+    }
+
+    /// The multivariant playlist a viewer's first request gets: one
+    /// variant, this media playlist, with `query` (its session in it).
+    pub fn multivariant(&self, query: &str) -> String {
+        format!(
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH={}\nindex.m3u8?{query}\n",
+            self.peak_bitrate().max(1),
+        )
     }
 
     pub fn set_init(&mut self, init: Bytes) {
@@ -449,6 +527,76 @@ mod tests {
             duration: ms as f64 / 1000.0,
             independent,
         })
+    }
+
+    #[test]
+    fn sessions_hold_their_places_until_they_idle_out() {
+        use crate::node::{Gate, GateLimits, ShardStats};
+        use crate::stream::Protocol;
+        use std::sync::atomic::Ordering;
+        let gate = Gate::new(GateLimits::default());
+        let stats = Arc::new(ShardStats::default());
+        let key: StreamKey = "live/cam".into();
+        let t0 = Instant::now();
+        let mut w = Window::new(200, 2000, 1, t0);
+        let idle = w.session_idle();
+        assert_eq!(idle, std::time::Duration::from_secs(3 * 3 + 1));
+        for id in ["a", "b"] {
+            let place = gate.player(&key, Protocol::LlHls).unwrap();
+            let viewer = session::Session::new(place, stats.clone(), t0);
+            assert!(w.admit(id.into(), viewer));
+        }
+        let viewers = || gate.audience().of(&key).ll_hls;
+        assert_eq!(
+            (viewers(), stats.hls_viewers.load(Ordering::Relaxed)),
+            (2, 2)
+        );
+        assert!(!w.touch("c", t0));
+        // `a` asks again later; `b` does not.
+        assert!(w.touch("a", t0 + idle / 2));
+        assert_eq!(w.expire_sessions(t0 + idle, false), 2);
+        assert_eq!(w.expire_sessions(t0 + idle + idle / 4, false), 1);
+        assert!(w.touch("a", t0 + idle) && !w.touch("b", t0 + idle));
+        assert_eq!(
+            (viewers(), stats.hls_viewers.load(Ordering::Relaxed)),
+            (1, 1)
+        );
+        // Readmitting a known ID replaces it: still one place.
+        let place = gate.player(&key, Protocol::LlHls).unwrap();
+        assert!(w.admit("a".into(), session::Session::new(place, stats.clone(), t0)));
+        assert_eq!(viewers(), 1);
+        assert_eq!(w.expire_sessions(t0, true), 0);
+        assert_eq!(
+            (viewers(), stats.hls_viewers.load(Ordering::Relaxed)),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn the_multivariant_playlist_names_the_media_playlist_at_its_peak_rate() {
+        let mut w = Window::new(200, 400, 1, Instant::now());
+        // Nothing built yet: a nominal rate.
+        assert_eq!(
+            w.multivariant("hls_session=x"),
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nindex.m3u8?hls_session=x\n"
+        );
+        let sized = |bytes: usize, ms: u32| {
+            Arc::new(Part {
+                bytes: vec![Bytes::from(vec![0; bytes])],
+                size: bytes,
+                duration: ms as f64 / 1000.0,
+                independent: true,
+            })
+        };
+        // A part of 5000 bytes in 200 ms: 200 kbit/s, while no segment is
+        // complete; then the segments' peak.
+        w.push_part(sized(5000, 200), 4, false);
+        assert_eq!(w.peak_bitrate(), 200_000);
+        w.push_part(sized(1000, 200), 4, true);
+        w.push_part(sized(20000, 200), 4, false);
+        w.push_part(sized(20000, 200), 4, true);
+        assert_eq!(w.peak_bitrate(), 800_000);
+        assert!(w.multivariant("q").contains("BANDWIDTH=800000\n"));
     }
 
     #[test]

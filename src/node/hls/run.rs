@@ -117,6 +117,7 @@ async fn run(
     let window = packager.window().clone();
     let (mut version, mut parts, mut segments) = (0, 0, 0);
     let mut idle = false;
+    let mut expired_at = Instant::now();
     loop {
         // Take what the hub queued (unscheduled first, so that anything
         // queued meanwhile notifies again).
@@ -129,7 +130,13 @@ async fn run(
             }
         }
         let (now, watchers, last_request, built) = {
-            let w = lock(&window);
+            let mut w = lock(&window);
+            // Viewers that stopped asking give back their places (once a
+            // check, at most).
+            if expired_at.elapsed() >= IDLE_CHECK {
+                expired_at = Instant::now();
+                w.expire_sessions(expired_at, false);
+            }
             (
                 w.version,
                 w.watchers,
@@ -191,6 +198,9 @@ async fn run(
         glommio::timer::sleep(ENDED_GRACE).await;
     }
     hls.registry.remove(&key, &window);
+    // Its viewers' places go with it (a request that names one of them
+    // later starts over: authorized, and counted, again).
+    lock(&window).expire_sessions(Instant::now(), true);
 }
 
 /// Wakes the requests waiting on a window: this shard's now, the others'
