@@ -72,7 +72,7 @@ async function refresh() {
       ["publishers", node.publishers],
       ["RTMP players", node.viewers.rtmp],
       ["HTTP-FLV viewers", node.viewers.http_flv],
-      ["LL-HLS viewers (connections)", node.viewers.ll_hls],
+      ["LL-HLS viewers", node.viewers.ll_hls],
       ["LL-HLS streams packaged", node.hls_streams],
       ["RTMP", node.rtmp_listen],
       ["media", node.media_listen || "off (--media-listen)"],

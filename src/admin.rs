@@ -641,7 +641,7 @@ impl Metrics {
         let viewers = IntGaugeVec::new(
             Opts::new(
                 "tributary_viewers",
-                "Players by protocol: rtmp, http-flv, and ll-hls (open connections that fetched a playlist)",
+                "Players by protocol: rtmp, http-flv, and ll-hls (viewers' sessions, counted on the shard that admitted them)",
             ),
             &["shard", "protocol"],
         )?;

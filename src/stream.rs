@@ -83,7 +83,7 @@ pub enum Protocol {
     Rtmp,
     /// `GET /APP/KEY.flv`.
     HttpFlv,
-    /// An HTTP connection that fetched the stream's LL-HLS playlist.
+    /// An LL-HLS viewer: a session its playlist requests name.
     LlHls,
 }
 

@@ -277,7 +277,7 @@ async fn play(
         return Err(format!("http {status}"));
     }
     // A multivariant playlist (Tributary's names the viewer's session):
-    // its media playlist, whose query every later request carries.
+    // its media playlist, whose query every reload carries.
     let mut body = String::from_utf8_lossy(&body).into_owned();
     let mut query = String::new();
     if let Some(uri) = variant_uri(&body) {
@@ -294,11 +294,6 @@ async fn play(
         }
         body = String::from_utf8_lossy(&media).into_owned();
     }
-    let q = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{query}")
-    };
     let and = if query.is_empty() {
         String::new()
     } else {
@@ -366,7 +361,7 @@ async fn play(
             continue;
         }
         let (status, part) = http
-            .get(&format!("{base}/part{m}.{n}.m4s{q}"), deadline)
+            .get(&format!("{base}/part{m}.{n}.m4s"), deadline)
             .await?;
         if status != 200 {
             return Err(format!("part: http {status}"));

@@ -311,6 +311,9 @@ pub async fn serve(
     let mut head: Vec<u8> = Vec::new();
     let mut plain = Vec::new();
     let mut viewer: Option<Viewer> = None;
+    // The LL-HLS session this connection was last given (it gets the same
+    // one when it asks again without naming it).
+    let mut given: Option<session::Given> = None;
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
@@ -421,7 +424,7 @@ pub async fn serve(
                         key,
                         query,
                     };
-                    match serve_hls(&who, resource, &ctx, &http, &ring).await {
+                    match serve_hls(&who, resource, &mut given, &ctx, &http, &ring).await {
                         Ok(answer) => {
                             let keep = req.keep_alive;
                             answer.send(&conn, head_only, cors, keep);
@@ -674,6 +677,9 @@ async fn window_of(
         match admission::locate(&asker, ctx).await {
             Ok((_, live, _)) if live || ctx.cluster.is_some() => {
                 hls.registry.remove(&key, &w);
+                // Its viewers give back their places now: their next
+                // requests are admitted to the new window.
+                lock(&w).expire_sessions(Instant::now(), true);
             }
             _ => return Ok(w),
         }
@@ -711,6 +717,7 @@ async fn window_of(
 async fn serve_hls(
     who: &HlsAsk<'_>,
     resource: Resource,
+    given: &mut Option<session::Given>,
     ctx: &Rc<ConnectionContext>,
     http: &HttpContext,
     ring: &SocketRing,
@@ -734,13 +741,15 @@ async fn serve_hls(
         Resource::Playlist => blocking(who.query)?,
         _ => (None, String::new()),
     };
-    // What the playlist's URIs carry: the query without the blocking
-    // directives, the viewer's session last.
-    let (session_id, query) = session::split(&query);
-    let mut uri_query = String::new();
-    // A first request (no session named): answered with the multivariant
-    // playlist that names the new session.
-    let mut first = false;
+    // The viewer's session, and the rest of the query (what the media URIs
+    // carry: the token, say).
+    let (named, query) = session::split(&query);
+    let peer = who.peer.ip();
+    // A session to admit once the answer is ready.
+    let mut admit: Option<(String, session::Session)> = None;
+    // The multivariant playlist's query (with the session), when this
+    // request is a viewer's first.
+    let mut multivariant: Option<String> = None;
     let window = match resource {
         // A playlist goes through the play rules and the webhook (once per
         // viewer), and starts the packaging; the media it lists through
@@ -757,10 +766,17 @@ async fn serve_hls(
             };
             let key = asker.key();
             let now = Instant::now();
-            let known = session_id.is_some_and(|id| {
+            // A first request on a connection that was given a session
+            // for this stream and query gets that session again.
+            let again = given
+                .as_ref()
+                .filter(|g| named.is_none() && g.key == key && g.query == query)
+                .map(|g| g.id.clone());
+            let id = named.map(str::to_owned).or(again);
+            let known = id.as_deref().is_some_and(|id| {
                 hls.registry
                     .get(&key)
-                    .is_some_and(|w| lock(&w).touch(id, now))
+                    .is_some_and(|w| lock(&w).touch(id, peer, now))
             });
             if !known {
                 admission::authorize(crate::auth::Action::Play, &asker, ctx)
@@ -768,8 +784,8 @@ async fn serve_hls(
                     .map_err(refused)?;
             }
             let window = window_of(who, ctx, http, ring).await?;
-            let id = match session_id {
-                Some(id) => id.to_owned(),
+            let id = match id {
+                Some(id) => id,
                 None => session::new_id()
                     .ok_or_else(|| Failure::new(503, "limit", "no random source for a session"))?,
             };
@@ -778,13 +794,17 @@ async fn serve_hls(
                     .gate
                     .player(&key, Protocol::LlHls)
                     .map_err(|_| refused(Refusal::PlayerLimit))?;
-                let viewer = session::Session::new(place, ctx.stats.clone(), now);
-                if !lock(&window).admit(id.clone(), viewer) {
-                    return Err(refused(Refusal::PlayerLimit));
-                }
-                first = session_id.is_none();
+                let viewer = session::Session::new(place, ctx.stats.clone(), peer, now);
+                admit = Some((id.clone(), viewer));
             }
-            uri_query = session::with(&query, &id);
+            if named.is_none() {
+                multivariant = Some(session::with(&query, &id));
+                *given = Some(session::Given {
+                    key,
+                    query: query.clone(),
+                    id,
+                });
+            }
             window
         }
         _ => {
@@ -798,14 +818,9 @@ async fn serve_hls(
                     kind: r.kind(),
                 }));
             }
-            let window = hls
-                .registry
+            hls.registry
                 .get(&asker.key())
-                .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))?;
-            if let Some(id) = session::split(who.query).0 {
-                lock(&window).touch(id, Instant::now());
-            }
-            window
+                .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))?
         }
     };
     let me = 1u64 << hls.shard.min(63);
@@ -821,8 +836,10 @@ async fn serve_hls(
                 let mut w = lock(&window);
                 w.last_request = Instant::now();
                 match w.ready(block) {
-                    Ready::Now if first => Some(Ok(w.multivariant(&uri_query))),
-                    Ready::Now => Some(Ok(w.playlist(&uri_query))),
+                    Ready::Now => Some(Ok(match &multivariant {
+                        Some(q) => w.multivariant(q),
+                        None => w.playlist(&query),
+                    })),
                     Ready::TooFar => Some(Err(Failure::new(
                         400,
                         "bad_request",
@@ -836,6 +853,12 @@ async fn serve_hls(
             })
             .await
             .ok_or_else(timeout)??;
+            // Answered: the viewer's session takes its place.
+            if let Some((id, viewer)) = admit {
+                if !lock(&window).admit(id, viewer) {
+                    return Err(refused(Refusal::PlayerLimit));
+                }
+            }
             Ok(Answer {
                 content_type: "application/vnd.apple.mpegurl",
                 cache: "no-cache",

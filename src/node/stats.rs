@@ -65,8 +65,7 @@ pub struct ShardStats {
     pub queue_overflow: [AtomicU64; 4],
     /// HTTP-FLV viewers now (they are among `players` too).
     pub flv_viewers: AtomicU64,
-    /// Connections that have fetched an LL-HLS playlist and are still open
-    /// (LL-HLS viewers are sessionless: a player keeps one or two).
+    /// LL-HLS viewers (sessions) this shard admitted and still counted.
     pub hls_viewers: AtomicU64,
     /// HTTP media requests answered, and bytes written to HTTP peers.
     pub http_requests: AtomicU64,

@@ -114,8 +114,9 @@ pub enum Ready {
 }
 
 /// The most viewers' sessions one window holds (each is a player's place,
-/// so `players.max_per_stream` bounds them first where it is set).
-pub const MAX_SESSIONS: usize = 100_000;
+/// so `players.max_per_stream` bounds them first where it is set; each
+/// takes some 0.6 KB).
+pub const MAX_SESSIONS: usize = 50_000;
 
 /// The target duration for a segment target: half as long again, rounded
 /// up to whole seconds. Segments close at the first keyframe past the
@@ -155,14 +156,22 @@ impl Window {
         std::time::Duration::from_secs(3 * self.target_duration as u64 + 1)
     }
 
-    /// Marks session `id` as seen; false if the window does not know it.
-    pub fn touch(&mut self, id: &str, now: Instant) -> bool {
+    /// How long a session given out waits for its first request: a
+    /// target duration and a second.
+    pub fn session_pending(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.target_duration as u64 + 1)
+    }
+
+    /// Marks session `id` as seen from `peer`; false if the window does not
+    /// know it, or knows it as another address's.
+    pub fn touch(&mut self, id: &str, peer: std::net::IpAddr, now: Instant) -> bool {
         match self.sessions.get_mut(id) {
-            Some(s) => {
+            Some(s) if s.peer == peer => {
                 s.last_seen = now;
+                s.confirmed = true;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -176,12 +185,16 @@ impl Window {
         true
     }
 
-    /// Lets go of the sessions idle for longer than [`Self::session_idle`]
-    /// (all of them when `all`); how many are left.
+    /// Lets go of the sessions idle for longer than [`Self::session_idle`],
+    /// and of those given out and never named for
+    /// [`Self::session_pending`] (all of them when `all`); how many are
+    /// left.
     pub fn expire_sessions(&mut self, now: Instant, all: bool) -> usize {
-        let idle = self.session_idle();
-        self.sessions
-            .retain(|_, s| !all && now.saturating_duration_since(s.last_seen) <= idle);
+        let (idle, pending) = (self.session_idle(), self.session_pending());
+        self.sessions.retain(|_, s| {
+            let limit = if s.confirmed { idle } else { pending };
+            !all && now.saturating_duration_since(s.last_seen) <= limit
+        });
         self.sessions.len()
     }
 
@@ -533,43 +546,49 @@ mod tests {
     fn sessions_hold_their_places_until_they_idle_out() {
         use crate::node::{Gate, GateLimits, ShardStats};
         use crate::stream::Protocol;
+        use std::net::{IpAddr, Ipv4Addr};
         use std::sync::atomic::Ordering;
         let gate = Gate::new(GateLimits::default());
         let stats = Arc::new(ShardStats::default());
         let key: StreamKey = "live/cam".into();
+        let (here, there) = (
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        );
         let t0 = Instant::now();
         let mut w = Window::new(200, 2000, 1, t0);
-        let idle = w.session_idle();
+        let (idle, pending) = (w.session_idle(), w.session_pending());
         assert_eq!(idle, std::time::Duration::from_secs(3 * 3 + 1));
-        for id in ["a", "b"] {
+        assert_eq!(pending, std::time::Duration::from_secs(3 + 1));
+        let session = |peer| {
             let place = gate.player(&key, Protocol::LlHls).unwrap();
-            let viewer = session::Session::new(place, stats.clone(), t0);
-            assert!(w.admit(id.into(), viewer));
+            session::Session::new(place, stats.clone(), peer, t0)
+        };
+        for id in ["a", "b", "c"] {
+            assert!(w.admit(id.into(), session(here)));
         }
         let viewers = || gate.audience().of(&key).ll_hls;
-        assert_eq!(
-            (viewers(), stats.hls_viewers.load(Ordering::Relaxed)),
-            (2, 2)
-        );
-        assert!(!w.touch("c", t0));
-        // `a` asks again later; `b` does not.
-        assert!(w.touch("a", t0 + idle / 2));
+        let gauge = || stats.hls_viewers.load(Ordering::Relaxed);
+        assert_eq!((viewers(), gauge()), (3, 3));
+        // A session is its address's: another one naming it is a stranger.
+        assert!(!w.touch("x", here, t0) && !w.touch("a", there, t0));
+        // `a` and `b` are named (confirmed); `c` never is, and goes after
+        // the pending time; `a` asks again later, `b` does not.
+        assert!(w.touch("a", here, t0) && w.touch("b", here, t0));
+        assert_eq!(w.expire_sessions(t0 + pending / 2, false), 3);
+        assert_eq!(w.expire_sessions(t0 + pending * 2, false), 2);
+        assert!(w.touch("a", here, t0 + idle / 2));
         assert_eq!(w.expire_sessions(t0 + idle, false), 2);
         assert_eq!(w.expire_sessions(t0 + idle + idle / 4, false), 1);
-        assert!(w.touch("a", t0 + idle) && !w.touch("b", t0 + idle));
-        assert_eq!(
-            (viewers(), stats.hls_viewers.load(Ordering::Relaxed)),
-            (1, 1)
-        );
-        // Readmitting a known ID replaces it: still one place.
-        let place = gate.player(&key, Protocol::LlHls).unwrap();
-        assert!(w.admit("a".into(), session::Session::new(place, stats.clone(), t0)));
+        assert!(w.touch("a", here, t0 + idle) && !w.touch("b", here, t0 + idle));
+        assert_eq!((viewers(), gauge()), (1, 1));
+        // Readmitting a known ID (its viewer moved to another address)
+        // replaces it: still one place.
+        assert!(w.admit("a".into(), session(there)));
         assert_eq!(viewers(), 1);
+        assert!(w.touch("a", there, t0 + idle));
         assert_eq!(w.expire_sessions(t0, true), 0);
-        assert_eq!(
-            (viewers(), stats.hls_viewers.load(Ordering::Relaxed)),
-            (0, 0)
-        );
+        assert_eq!((viewers(), gauge()), (0, 0));
     }
 
     #[test]

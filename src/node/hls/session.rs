@@ -5,16 +5,23 @@
 //! `hls_ctx`, the first playlist request of a viewer (one whose query has
 //! no `hls_session`) is authorized under the play rules and answered with
 //! a multivariant playlist of one variant: the same media playlist, its
-//! URI carrying `hls_session=ID`. Every HLS player follows it, and then
-//! reloads that URI, and the media playlist appends the query to every
-//! part and segment URI, so each request names its viewer.
+//! URI carrying `hls_session=ID`. Every HLS player follows it and reloads
+//! that URI, so each playlist request names its viewer. Parts, segments
+//! and init segments keep URIs shared by every viewer (a cache in front
+//! serves them to all).
 //!
 //! A session holds its viewer's place among the stream's players (the
-//! [`Ticket`]), and is let go when its viewer has asked nothing for
-//! [`Window::session_idle`](super::Window::session_idle). A request naming
-//! a session the window does not know (it idled out, or the window is
-//! new) is authorized again and takes the place again.
+//! [`Ticket`]). It is admitted once its multivariant playlist is answered,
+//! is pending until a request names it (a client that never follows the
+//! playlist holds a place only briefly), and is let go when its viewer has
+//! asked nothing for [`Window::session_idle`](super::Window::session_idle).
+//! It is bound to its viewer's address: a request naming a session the
+//! window does not know (it idled out, the window is new, or another
+//! address names it) is authorized again and takes the place again. A
+//! connection that asks again without a session gets the session it was
+//! given, so one connection holds one place per stream.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,18 +41,32 @@ const ID_LEN: usize = 32;
 pub struct Session {
     _place: Ticket,
     stats: Arc<ShardStats>,
+    /// The address of the viewer it was given to.
+    pub peer: IpAddr,
     pub last_seen: Instant,
+    /// A request has named it since it was given out.
+    pub confirmed: bool,
 }
 
 impl Session {
-    pub fn new(place: Ticket, stats: Arc<ShardStats>, now: Instant) -> Session {
+    pub fn new(place: Ticket, stats: Arc<ShardStats>, peer: IpAddr, now: Instant) -> Session {
         stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
         Session {
             _place: place,
             stats,
+            peer,
             last_seen: now,
+            confirmed: false,
         }
     }
+}
+
+/// The session a connection was given for a stream (asked with `query`).
+#[derive(Debug)]
+pub struct Given {
+    pub key: crate::node::StreamKey,
+    pub query: String,
+    pub id: String,
 }
 
 impl Drop for Session {
