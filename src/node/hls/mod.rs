@@ -115,7 +115,7 @@ pub enum Ready {
 
 /// The most viewers' sessions one window holds (each is a player's place,
 /// so `players.max_per_stream` bounds them first where it is set; each
-/// takes some 0.6 KB).
+/// takes about 1 KB).
 pub const MAX_SESSIONS: usize = 50_000;
 
 /// The target duration for a segment target: half as long again, rounded
