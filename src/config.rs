@@ -71,6 +71,12 @@ pub struct MediaConfig {
     pub hls_window_segments: usize,
     /// A stream nobody has asked for this long stops being packaged.
     pub hls_idle_ms: u64,
+    /// LL-HLS viewers get a session in their playlist's URL (a
+    /// multivariant playlist names it), so each is counted once whichever
+    /// connections it uses. Off: the media playlist at once, and a viewer
+    /// is a connection (for a cache in front that collapses playlist
+    /// requests: per-viewer playlist URLs defeat it).
+    pub hls_sessions: bool,
 }
 
 impl Default for MediaConfig {
@@ -83,6 +89,7 @@ impl Default for MediaConfig {
             hls_segment_ms: 2000,
             hls_window_segments: 6,
             hls_idle_ms: 30_000,
+            hls_sessions: true,
         }
     }
 }

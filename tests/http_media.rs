@@ -746,6 +746,32 @@ fn the_player_limit_per_stream_counts_ll_hls_viewers() {
 }
 
 #[test]
+fn without_hls_sessions_the_playlist_comes_at_once_and_a_viewer_is_a_connection() {
+    let node = media_node_with_config("http-no-sessions.toml", "[media]\nhls_sessions = false\n");
+    let media = node.media.unwrap();
+    let publisher = publish(&node.url("plain"), 30);
+    wait_live(&node.url("plain"));
+    let mut one = KeepAlive::connect(media);
+    for _ in 0..2 {
+        let (status, body) = one.get("/live/plain/index.m3u8");
+        let text = String::from_utf8(body).unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("#EXT-X-PART-INF"), "{text}");
+        assert!(
+            !text.contains("EXT-X-STREAM-INF") && !text.contains("hls_session"),
+            "{text}"
+        );
+    }
+    wait_viewers(&node, "/api/streams", "live/plain", (0, 0, 1));
+    let mut two = KeepAlive::connect(media);
+    assert_eq!(two.get("/live/plain/index.m3u8").0, 200);
+    wait_viewers(&node, "/api/streams", "live/plain", (0, 0, 2));
+    drop((one, two));
+    wait_viewers(&node, "/api/streams", "live/plain", (0, 0, 0));
+    drop(publisher);
+}
+
+#[test]
 fn the_admin_api_hands_out_play_tokens_that_pass_the_play_rules() {
     let node = media_node_with_config("http-play-token.toml", "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.paid]\nplay = \"token\"\n[http]\nadmin_token = \"adm\"\n");
     let media = node.media.unwrap();

@@ -65,6 +65,9 @@ const MAX_ANSWER_BACKLOG: usize = 4 * 1024 * 1024;
 pub struct HttpContext {
     /// `Access-Control-Allow-Origin`; empty = no CORS headers.
     pub cors_origin: String,
+    /// LL-HLS viewers named by a session in their playlist URL (else a
+    /// viewer is a connection).
+    pub hls_sessions: bool,
     pub hls: Rc<HlsShard>,
 }
 
@@ -798,7 +801,11 @@ async fn serve_hls(
                 admit = Some((id.clone(), viewer));
             }
             if named.is_none() {
-                multivariant = Some(session::with(&query, &id));
+                // Without sessions in URLs, the connection's own session
+                // (`given`) is the viewer, and the playlist comes at once.
+                if http.hls_sessions {
+                    multivariant = Some(session::with(&query, &id));
+                }
                 *given = Some(session::Given {
                     key,
                     query: query.clone(),

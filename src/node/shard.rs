@@ -273,6 +273,7 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         let tls_config = setup.tls.clone();
         let http_ctx = Rc::new(HttpContext {
             cors_origin: config.media.cors_origin.clone(),
+            hls_sessions: config.media.hls_sessions,
             hls: hls.clone(),
         });
         let max_connections = config.rtmp.max_connections_per_shard as u64;
