@@ -714,9 +714,9 @@ async fn window_of(
 
 /// Answers one LL-HLS request. A viewer's first playlist request goes
 /// through the play rules (and the webhook) and gets a multivariant
-/// playlist naming its session; its reloads, parts and segments name the
-/// session, which keeps its place among the stream's viewers
-/// ([`hls::session`]).
+/// playlist naming its session; its reloads name the session, which keeps
+/// its place among the stream's viewers ([`hls::session`]). Its parts and
+/// segments have URIs every viewer shares.
 async fn serve_hls(
     who: &HlsAsk<'_>,
     resource: Resource,
