@@ -860,8 +860,10 @@ async fn serve_hls(
             })
             .await
             .ok_or_else(timeout)??;
-            // Answered: the viewer's session takes its place.
-            if let Some((id, viewer)) = admit {
+            // Answered: the viewer's session takes its place, pending from
+            // now (the first answer may have waited for a segment).
+            if let Some((id, mut viewer)) = admit {
+                viewer.last_seen = Instant::now();
                 if !lock(&window).admit(id, viewer) {
                     return Err(refused(Refusal::PlayerLimit));
                 }
