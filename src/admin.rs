@@ -35,6 +35,7 @@ use crate::cluster::{ClusterAudience, ClusterHandle, ClusterStats, NodeAudience}
 use crate::node::{
     Directory, Gate, ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS, REFUSED_KINDS,
 };
+use crate::stream::StreamKey;
 
 /// What the admin plane reports on.
 pub struct AdminState {
@@ -251,10 +252,13 @@ async fn route(
                     let streams: Vec<_> = list
                         .into_iter()
                         .map(|(key, reg)| {
-                            let (app, name) = key.rsplit_once('/').unwrap_or(("", &key));
-                            let viewers = audience.streams.get(&key).copied().unwrap_or_default();
+                            let viewers = audience
+                                .streams
+                                .get(key.as_str())
+                                .copied()
+                                .unwrap_or_default();
                             serde_json::json!({
-                                "app": app, "name": name, "node": reg.node,
+                                "app": key.app(), "name": key.name(), "node": reg.node,
                                 "shard": reg.shard, "started_ms": reg.started_ms,
                                 "video_codec": reg.video_codec, "audio_codec": reg.audio_codec,
                                 "bitrate_kbps": reg.bitrate_kbps,
@@ -279,20 +283,19 @@ async fn route(
             // What a play of `stream=APP/KEY` must add to its URL under the
             // play rules (a token valid for an hour, or nothing): the
             // console's previews of token apps use it.
-            let stream = query
-                .split('&')
-                .find_map(|q| q.strip_prefix("stream="))
-                .and_then(|s| crate::cluster::wire::unescape(s, b'%'));
-            let Some((app, name)) = stream.as_deref().and_then(|s| s.rsplit_once('/')) else {
+            let Some(stream) = query.split('&').find_map(|q| q.strip_prefix("stream=")) else {
                 return text(StatusCode::BAD_REQUEST, "GET /api/play?stream=APP/KEY\n");
             };
+            let key = match StreamKey::from_url_path(stream) {
+                Ok(key) => key,
+                Err(e) => return bad_name(e),
+            };
             let now = crate::cluster::unix_ms() / 1000;
-            let query = state
-                .auth
-                .play_query(app, name, now, PREVIEW_TOKEN_TTL_SECS);
+            let query = state.auth.play_query(&key, now, PREVIEW_TOKEN_TTL_SECS);
             let expires = (!query.is_empty()).then_some(now + PREVIEW_TOKEN_TTL_SECS);
             let body = serde_json::json!({
-                "stream": format!("{app}/{name}"), "query": query, "expires": expires,
+                "stream": key.as_str(), "app": key.app(), "name": key.name(),
+                "query": query, "expires": expires,
             });
             json(StatusCode::OK, &body)
         }
@@ -318,10 +321,9 @@ async fn route(
                 .snapshot()
                 .into_iter()
                 .map(|l| {
-                    let (app, name) = l.key.rsplit_once('/').unwrap_or(("", &l.key));
                     let viewers = audience.of(&l.key);
                     serde_json::json!({
-                        "app": app, "name": name, "node": state.node_id,
+                        "app": l.key.app(), "name": l.key.name(), "node": state.node_id,
                         "shard": l.shard, "relayed": l.relayed, "started_ms": l.started_ms,
                         "video_codec": l.report.video_codec, "audio_codec": l.report.audio_codec,
                         "bitrate_kbps": l.report.bitrate_kbps,
@@ -406,6 +408,12 @@ fn host_is_address(host: &[u8]) -> bool {
         || name.ends_with(".localhost")
 }
 
+/// A 400 for a stream the naming rule refuses, with its reason.
+fn bad_name(e: crate::stream::NameError) -> Reply {
+    let body = format!("not a stream name (APP/NAME): {e}\n");
+    reply(StatusCode::BAD_REQUEST, "text/plain", Bytes::from(body))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -414,10 +422,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// on the node of the cluster that has it; its players are told the stream
 /// ended.
 async fn kick(state: &AdminState, target: &str) -> Reply {
-    let Some(key) = crate::cluster::wire::unescape(target, b'%').filter(|k| k.contains('/')) else {
-        return text(StatusCode::BAD_REQUEST, "DELETE /api/streams/APP/KEY\n");
+    let key = match StreamKey::from_url_path(target) {
+        Ok(key) => key,
+        Err(e) => return bad_name(e),
     };
-    let key = crate::node::StreamKey::from(key.as_str());
     let local = state
         .directory
         .snapshot()

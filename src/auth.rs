@@ -18,6 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::{AuthConfig, PlayAuth, PublishAuth};
+use crate::stream::StreamKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -199,9 +200,26 @@ impl Auth {
         Ok(true)
     }
 
-    /// May `action` go ahead on `app` / `name` (the stream name as the
-    /// client sent it, with its query)? `now` is Unix time in seconds.
-    pub fn check(&self, action: Action, app: &str, name: &str, now: u64) -> Result<(), Refusal> {
+    /// May `action` go ahead on `key`, asked with `query` (the part after
+    /// `?`, where tokens live)? The rules are the key's app's: the app as
+    /// [`StreamKey`]'s one naming rule reads it. `now` is Unix seconds.
+    pub fn check(
+        &self,
+        action: Action,
+        key: &StreamKey,
+        query: &str,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let name = if query.is_empty() {
+            key.name().to_owned()
+        } else {
+            format!("{}?{query}", key.name())
+        };
+        self.check_name(action, key.app(), &name, now)
+    }
+
+    /// [`Auth::check`] on an app and a name with its `?query`, as parsed.
+    fn check_name(&self, action: Action, app: &str, name: &str, now: u64) -> Result<(), Refusal> {
         let rule = self.apps.get(app).unwrap_or(&self.default);
         let stream = name.split('?').next().unwrap_or("");
         match (action, rule.publish, rule.play) {
@@ -227,7 +245,8 @@ impl Auth {
     /// `ttl` seconds from `now` (Unix seconds): empty for an app open to
     /// players, `token=HEX&expires=N` for a token app. The admin API hands
     /// it to the web console, so that its previews pass the play rules.
-    pub fn play_query(&self, app: &str, stream: &str, now: u64, ttl: u64) -> String {
+    pub fn play_query(&self, key: &StreamKey, now: u64, ttl: u64) -> String {
+        let (app, stream) = (key.app(), key.name());
         let rule = self.apps.get(app).unwrap_or(&self.default);
         match rule.play {
             PlayAuth::Open => String::new(),
@@ -304,42 +323,51 @@ mod tests {
     fn the_play_query_passes_the_play_rules() {
         let auth = Auth::new(&config()).unwrap();
         let now = 1_790_000_000;
-        let q = auth.play_query("paid", "cam", now, 3600);
+        let q = auth.play_query(&StreamKey::parse("paid/cam").unwrap(), now, 3600);
         assert!(
             q.starts_with("token=") && q.ends_with("&expires=1790003600"),
             "{q}"
         );
         let name = format!("cam?{q}");
-        assert_eq!(auth.check(Action::Play, "paid", &name, now), Ok(()));
+        assert_eq!(auth.check_name(Action::Play, "paid", &name, now), Ok(()));
         // It names its stream, its action, and it expires.
         assert_eq!(
-            auth.check(Action::Play, "paid", &format!("other?{q}"), now),
+            auth.check_name(Action::Play, "paid", &format!("other?{q}"), now),
             Err(Refusal::BadToken)
         );
         assert_eq!(
-            auth.check(Action::Publish, "paid", &name, now),
+            auth.check_name(Action::Publish, "paid", &name, now),
             Err(Refusal::BadToken)
         );
         assert_eq!(
-            auth.check(Action::Play, "paid", &name, now + 3601),
+            auth.check_name(Action::Play, "paid", &name, now + 3601),
             Err(Refusal::Expired)
         );
         // Players of an open app need nothing.
-        assert_eq!(auth.play_query("live", "cam", now, 3600), "");
+        assert_eq!(
+            auth.play_query(&StreamKey::parse("live/cam").unwrap(), now, 3600),
+            ""
+        );
     }
 
     #[test]
     fn keys_per_app_and_default() {
         let auth = Auth::new(&config()).unwrap();
         assert!(!auth.is_open());
-        assert_eq!(auth.check(Action::Publish, "live", "k1", 0), Ok(()));
-        assert_eq!(auth.check(Action::Publish, "live", "k1?x=1", 0), Ok(()));
+        assert_eq!(auth.check_name(Action::Publish, "live", "k1", 0), Ok(()));
         assert_eq!(
-            auth.check(Action::Publish, "live", "k2", 0),
+            auth.check_name(Action::Publish, "live", "k1?x=1", 0),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check_name(Action::Publish, "live", "k2", 0),
             Err(Refusal::BadKey)
         );
-        assert_eq!(auth.check(Action::Play, "live", "anything", 0), Ok(()));
-        assert_eq!(auth.check(Action::Publish, "open", "anything", 0), Ok(()));
+        assert_eq!(auth.check_name(Action::Play, "live", "anything", 0), Ok(()));
+        assert_eq!(
+            auth.check_name(Action::Publish, "open", "anything", 0),
+            Ok(())
+        );
     }
 
     #[test]
@@ -347,35 +375,35 @@ mod tests {
         let auth = Auth::new(&config()).unwrap();
         let t = sign(b"s3cret", Action::Publish, "paid", "cam", 1000);
         let name = format!("cam?token={t}&expires=1000");
-        assert_eq!(auth.check(Action::Publish, "paid", &name, 999), Ok(()));
+        assert_eq!(auth.check_name(Action::Publish, "paid", &name, 999), Ok(()));
         assert_eq!(
-            auth.check(Action::Publish, "paid", &name, 1001),
+            auth.check_name(Action::Publish, "paid", &name, 1001),
             Err(Refusal::Expired)
         );
         // Another action, stream, expiry or secret: invalid.
         assert_eq!(
-            auth.check(Action::Play, "paid", &name, 999),
+            auth.check_name(Action::Play, "paid", &name, 999),
             Err(Refusal::BadToken)
         );
         let other = format!("cam2?token={t}&expires=1000");
         assert_eq!(
-            auth.check(Action::Publish, "paid", &other, 999),
+            auth.check_name(Action::Publish, "paid", &other, 999),
             Err(Refusal::BadToken)
         );
         let later = format!("cam?token={t}&expires=2000");
         assert_eq!(
-            auth.check(Action::Publish, "paid", &later, 999),
+            auth.check_name(Action::Publish, "paid", &later, 999),
             Err(Refusal::BadToken)
         );
         let forged = sign(b"guess", Action::Publish, "paid", "cam", 1000);
         let forged = format!("cam?token={forged}&expires=1000");
         assert_eq!(
-            auth.check(Action::Publish, "paid", &forged, 999),
+            auth.check_name(Action::Publish, "paid", &forged, 999),
             Err(Refusal::BadToken)
         );
         for bad in ["cam", "cam?token=zz&expires=1000", "cam?token=ab&expires=x"] {
             assert!(
-                auth.check(Action::Publish, "paid", bad, 0).is_err(),
+                auth.check_name(Action::Publish, "paid", bad, 0).is_err(),
                 "{bad}"
             );
         }
@@ -390,10 +418,16 @@ mod tests {
         let mut c = config();
         c.keys_file = path.to_string_lossy().into_owned();
         let auth = Auth::new(&c).unwrap();
-        assert_eq!(auth.check(Action::Publish, "live", "filekey", 0), Ok(()));
-        assert_eq!(auth.check(Action::Publish, "live", "onlylive", 0), Ok(()));
         assert_eq!(
-            auth.check(Action::Publish, "other", "onlylive", 0),
+            auth.check_name(Action::Publish, "live", "filekey", 0),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check_name(Action::Publish, "live", "onlylive", 0),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check_name(Action::Publish, "other", "onlylive", 0),
             Err(Refusal::BadKey)
         );
         // A rewrite with a later mtime replaces the keys.
@@ -407,9 +441,12 @@ mod tests {
             .unwrap();
         assert_eq!(auth.reload(), Ok(true));
         assert_eq!(auth.reload(), Ok(false));
-        assert_eq!(auth.check(Action::Publish, "live", "newkey", 0), Ok(()));
         assert_eq!(
-            auth.check(Action::Publish, "live", "filekey", 0),
+            auth.check_name(Action::Publish, "live", "newkey", 0),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check_name(Action::Publish, "live", "filekey", 0),
             Err(Refusal::BadKey)
         );
     }

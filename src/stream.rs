@@ -8,8 +8,204 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::RawMessage;
 
-/// A stream's node-wide name: `app/stream` (no query string).
-pub type StreamKey = Arc<str>;
+/// A stream's name: its app and its name within the app, joined as
+/// `app/name`, made only by the parsers below, under one rule:
+///
+/// - the **app is one path segment**: everything up to the first `/`;
+/// - the **name may hold `/`** (an OBS stream key `s/t`): everything after;
+/// - every segment of either is non-empty, is not `.` or `..`, and holds no
+///   control character, no whitespace and none of `? # % \`;
+/// - the app is at most [`MAX_APP`] bytes, the whole key [`MAX_KEY`].
+///
+/// So `rtmp://HOST/paid/s/t` names app `paid`, name `s/t`, whether the
+/// client sent connect's app `paid` and the name `s/t` (OBS) or app
+/// `paid/s` and the name `t` (ffmpeg, librtmp), and so does
+/// `http://HOST/paid/s/t.flv`. An HTTP path is percent-decoded once, in
+/// [`StreamKey::from_url_path`]; since no name holds `%`, a name that
+/// decodes to another escape is refused, never decoded again. The auth
+/// rules, the registry, the NATS subjects and the admin API all take this
+/// key, so each sees the same app.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamKey(Arc<str>);
+
+/// The longest app, in bytes.
+pub const MAX_APP: usize = 128;
+/// The longest key (`app/name`), in bytes.
+pub const MAX_KEY: usize = 512;
+
+/// Why a stream name was refused: the text a client or operator reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NameError(String);
+
+impl NameError {
+    fn new(why: impl Into<String>) -> Self {
+        Self(why.into())
+    }
+}
+
+/// Checks one segment of an app or a name.
+fn check_segment(segment: &str, what: &str) -> Result<(), NameError> {
+    if segment.is_empty() {
+        return Err(NameError::new(format!("the {what} has an empty part")));
+    }
+    if segment == "." || segment == ".." {
+        return Err(NameError::new(format!("the {what} has a `{segment}` part")));
+    }
+    if let Some(c) = segment
+        .chars()
+        .find(|&c| c.is_control() || c.is_whitespace() || matches!(c, '?' | '#' | '%' | '\\'))
+    {
+        return Err(NameError::new(format!(
+            "the {what} holds {c:?}, which no stream name may hold"
+        )));
+    }
+    Ok(())
+}
+
+impl StreamKey {
+    /// The key of `app` and `name` (neither with a query): the app one
+    /// segment, the name one or more.
+    pub fn new(app: &str, name: &str) -> Result<Self, NameError> {
+        if app.contains('/') {
+            return Err(NameError::new("an app is one path segment (no `/`)"));
+        }
+        check_segment(app, "app")?;
+        if app.len() > MAX_APP {
+            return Err(NameError::new(format!("the app is over {MAX_APP} bytes")));
+        }
+        if name.is_empty() {
+            return Err(NameError::new("no stream name"));
+        }
+        for segment in name.split('/') {
+            check_segment(segment, "stream name")?;
+        }
+        let key = format!("{app}/{name}");
+        if key.len() > MAX_KEY {
+            return Err(NameError::new(format!(
+                "the stream name is over {MAX_KEY} bytes with its app"
+            )));
+        }
+        Ok(Self(key.into()))
+    }
+
+    /// The key of `app/name` as one string (a registry entry, an admin
+    /// path after decoding): the app up to the first `/`.
+    pub fn parse(joined: &str) -> Result<Self, NameError> {
+        match joined.split_once('/') {
+            Some((app, name)) => Self::new(app, name),
+            None => Err(NameError::new("a stream is named APP/NAME")),
+        }
+    }
+
+    /// The key an RTMP client names with connect's `app` (which may hold
+    /// `/` and a `?query`), its `tcUrl` (where the app is missing) and the
+    /// play or publish name (with its `?query`); and the query, where
+    /// tokens live: the name's, then the app's.
+    pub fn from_rtmp(
+        app: &str,
+        tc_url: Option<&str>,
+        name: &str,
+    ) -> Result<(Self, String), NameError> {
+        let (app, app_query) = app.split_once('?').unwrap_or((app, ""));
+        let mut app = app.trim_matches('/').to_owned();
+        if app.is_empty() {
+            // The app from the tcUrl's path: rtmp://host[:port]/APP[?q].
+            let path = tc_url
+                .and_then(|u| u.split_once("://"))
+                .and_then(|(_, rest)| rest.split_once('/'))
+                .map_or("", |(_, path)| path);
+            let path = path.split('?').next().unwrap_or("");
+            app = path.trim_matches('/').to_owned();
+        }
+        if app.is_empty() {
+            return Err(NameError::new("connect named no app"));
+        }
+        let (stream, name_query) = name.split_once('?').unwrap_or((name, ""));
+        let key = Self::parse(&format!("{app}/{stream}"))?;
+        let query = match (name_query, app_query) {
+            (q, "") | ("", q) => q.to_owned(),
+            (q, a) => format!("{q}&{a}"),
+        };
+        Ok((key, query))
+    }
+
+    /// The key an HTTP path names (`APP/NAME`, percent-encoded, no leading
+    /// `/`, no query), decoded once.
+    pub fn from_url_path(path: &str) -> Result<Self, NameError> {
+        Self::parse(&percent_decode(path)?)
+    }
+
+    /// The app: the first segment.
+    pub fn app(&self) -> &str {
+        self.0.split_once('/').map_or("", |(app, _)| app)
+    }
+
+    /// The name within the app (may hold `/`).
+    pub fn name(&self) -> &str {
+        self.0.split_once('/').map_or("", |(_, name)| name)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Decodes `%XX` escapes once; refuses a broken escape or bytes that are
+/// not UTF-8.
+pub fn percent_decode(s: &str) -> Result<String, NameError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let byte = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| NameError::new("a broken %-escape"))?;
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| NameError::new("the name is not UTF-8"))
+}
+
+impl std::ops::Deref for StreamKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for StreamKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for StreamKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Unit tests name their streams as literals that the rule takes.
+#[cfg(test)]
+impl From<&str> for StreamKey {
+    fn from(joined: &str) -> Self {
+        Self::parse(joined).expect("a test's stream name that the rule takes")
+    }
+}
+
+impl std::fmt::Display for StreamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Commands from the control thread to each shard (relayed media included).
 pub const SHARD_QUEUE: usize = 4096;
@@ -177,6 +373,107 @@ impl Audience {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every way a client names `paid` + `s/t` is that one key, and what
+    /// the rule cannot name as one reading is refused.
+    #[test]
+    fn one_rule_names_each_stream_the_same_from_rtmp_http_and_the_admin_api() {
+        let want = ("paid", "s/t");
+        // RTMP: (connect's app, tcUrl, play/publish name) → (key, query).
+        let rtmp: &[(&str, Option<&str>, &str, &str)] = &[
+            // OBS: server rtmp://HOST/paid, stream key s/t.
+            ("paid", Some("rtmp://h:1935/paid"), "s/t", ""),
+            // ffmpeg rtmp://HOST/paid/s/t: app up to the last slash.
+            ("paid/s", Some("rtmp://h/paid/s"), "t", ""),
+            // ffmpeg -rtmp_app paid -rtmp_playpath s/t.
+            ("paid", Some("rtmp://h/paid/s/t"), "s/t", ""),
+            // GStreamer's rtmp2sink and librtmp (rtmpdump, rtmpsink):
+            // app/appinstance, then the playpath; a token in its query.
+            (
+                "paid/s",
+                Some("rtmp://h/paid/s"),
+                "t?token=ab&expires=9",
+                "token=ab&expires=9",
+            ),
+            // A trailing slash on the app, as some encoders send it.
+            ("paid/", Some("rtmp://h/paid/"), "s/t", ""),
+            // A query on the app (Wowza style), and on both.
+            ("paid?token=ab", None, "s/t", "token=ab"),
+            ("paid/s?a=1", None, "t?b=2", "b=2&a=1"),
+            // No app in connect: the tcUrl's path is the app.
+            ("", Some("rtmps://h:443/paid?x"), "s/t", ""),
+        ];
+        for &(app, tc_url, name, query) in rtmp {
+            let (key, q) = StreamKey::from_rtmp(app, tc_url, name)
+                .unwrap_or_else(|e| panic!("{app:?} {name:?}: {e}"));
+            assert_eq!((key.app(), key.name()), want, "{app:?} {name:?}");
+            assert_eq!(&*key, "paid/s/t");
+            assert_eq!(q, query, "{app:?} {name:?}");
+        }
+        // HTTP paths (after /, before the .flv or /index.m3u8) and admin
+        // paths: encoded or not, one reading.
+        for path in [
+            "paid/s/t",
+            "paid%2Fs/t",
+            "paid/s%2Ft",
+            "paid%2fs%2ft",
+            "%70aid/s/t",
+        ] {
+            let key = StreamKey::from_url_path(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!((key.app(), key.name()), want, "{path}");
+        }
+        assert_eq!(StreamKey::parse("paid/s/t"), StreamKey::new("paid", "s/t"));
+        // Refused, each with its reason.
+        let refused: &[(&str, Option<&str>, &str)] = &[
+            ("", None, "s/t"),
+            ("", Some("rtmp://h"), "t"),
+            ("paid", None, ""),
+            ("paid", None, "?token=1"),
+            ("paid", None, "s//t"),
+            ("paid", None, "/t"),
+            ("paid", None, "t/"),
+            ("paid", None, "../live/t"),
+            ("paid/.", None, "t"),
+            ("pa id", None, "t"),
+            ("paid", None, "s\t"),
+            ("paid", None, "s\u{0}t"),
+            ("paid", None, "s%2Ft"),
+            ("paid", None, "s#t"),
+        ];
+        for &(app, tc_url, name) in refused {
+            assert!(
+                StreamKey::from_rtmp(app, tc_url, name).is_err(),
+                "{app:?} {name:?} was taken"
+            );
+        }
+        for path in [
+            "paid",
+            "paid/",
+            "/paid/s",
+            "paid//t",
+            "paid/s%252Ft",
+            "paid/%2e%2e/live/t",
+            "paid/s%2",
+            "paid/s%zz",
+            "paid/%ff",
+            "paid/s%3Ftoken=1",
+            "paid/s%00",
+        ] {
+            assert!(StreamKey::from_url_path(path).is_err(), "{path} was taken");
+        }
+        let long = "n".repeat(MAX_KEY);
+        assert!(StreamKey::new("live", &long).is_err());
+        assert!(StreamKey::new(&"a".repeat(MAX_APP + 1), "n").is_err());
+        assert!(StreamKey::new(&"a".repeat(MAX_APP), "n").is_ok());
+        assert!(StreamKey::new("pa/id", "n").is_err());
+        // Names beyond ASCII are names like any other.
+        assert_eq!(
+            StreamKey::from_url_path("live/caf%C3%A9").unwrap().name(),
+            "café"
+        );
+        let err = StreamKey::from_url_path("paid/s//t").unwrap_err();
+        assert_eq!(err.to_string(), "the stream name has an empty part");
+    }
 
     #[test]
     fn audience_counts_by_protocol_under_one_limit() {

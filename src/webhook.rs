@@ -97,15 +97,14 @@ impl Webhook {
     pub async fn ask(
         &self,
         action: Action,
-        app: &str,
-        name: &str,
+        key: &crate::stream::StreamKey,
+        query: &str,
         client_ip: &str,
     ) -> Result<(), HookRefusal> {
-        let (stream, query) = name.split_once('?').unwrap_or((name, ""));
         let query = HookQuery {
             action: action.as_str(),
-            app: app.to_owned(),
-            stream: stream.to_owned(),
+            app: key.app().to_owned(),
+            stream: key.name().to_owned(),
             query: query.to_owned(),
             client_ip: client_ip.to_owned(),
             node: self.settings.node_id.clone(),

@@ -288,6 +288,11 @@ impl KeepAlive {
     /// (status code, body).
     fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
         write!(self.stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        self.read_answer()
+    }
+
+    /// The next answer on the connection: (status code, body).
+    fn read_answer(&mut self) -> (u16, Vec<u8>) {
         let mut chunk = [0u8; 16384];
         loop {
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -812,5 +817,138 @@ fn the_admin_api_hands_out_play_tokens_that_pass_the_play_rules() {
     }
     let (status, _) = raw_http(media, b"HEAD /paid/cam.flv HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 403 Forbidden");
+    drop(publisher);
+}
+
+/// The status of `HEAD path` on the media listener, polled until it is not
+/// a 404 (the stream is not live yet).
+fn head_status_once_live(media: std::net::SocketAddr, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, text) = raw_http(media, request.as_bytes());
+        if !status.contains("404") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{path} never went live: {text}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_token_app_protects_its_streams_whichever_way_a_client_splits_the_url() {
+    let node = media_node_with_config("http-split.toml", "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.paid]\nplay = \"token\"\n[http]\nadmin_token = \"adm\"\n");
+    let media = node.media.unwrap();
+    // OBS's split: server rtmp://HOST/paid, stream key s/t.
+    let publisher = common::publish_with(
+        &["-rtmp_app", "paid", "-rtmp_playpath", "s/t"],
+        &format!("rtmp://{}/paid", node.addr),
+        30,
+    );
+    let (status, body) = common::http(node.http, "GET", "/api/play?stream=paid/s/t", Some("adm"));
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let query = v["query"].as_str().unwrap().to_owned();
+    assert!(query.starts_with("token="), "{body}");
+    assert_eq!(
+        head_status_once_live(media, &format!("/paid/s/t.flv?{query}")),
+        "HTTP/1.1 200 OK"
+    );
+    // Every HTTP reading of the name is the app `paid`, so none plays
+    // without the token: plain, and with the slashes percent-encoded.
+    for path in [
+        "/paid/s/t.flv",
+        "/paid/s/t/index.m3u8",
+        "/paid%2Fs/t.flv",
+        "/paid/s%2Ft.flv",
+        "/paid%2Fs%2Ft/index.m3u8",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, text) = raw_http(media, request.as_bytes());
+        assert_eq!(status, "HTTP/1.1 403 Forbidden", "{path}: {text}");
+    }
+    // The LL-HLS playlist with the token plays.
+    let mut conn = KeepAlive::connect(media);
+    let (status, body) = conn.get(&format!("/paid/s/t/index.m3u8?{query}"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    // A name that is not one reading is refused, not guessed at.
+    for path in ["/paid/s//t.flv", "/paid/../live/t.flv", "/paid/s%252Ft.flv"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, text) = raw_http(media, request.as_bytes());
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{path}: {text}");
+    }
+    // The admin API names it as the rule does: app `paid`, name `s/t`.
+    let (_, body) = common::http(node.http, "GET", "/api/streams", Some("adm"));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let stream = &v["streams"][0];
+    assert_eq!(
+        (stream["app"].as_str(), stream["name"].as_str()),
+        (Some("paid"), Some("s/t")),
+        "{body}"
+    );
+    // ffmpeg's own split of rtmp://HOST/paid/s/t (app `paid/s`, name `t`)
+    // is the same stream under the same rule: refused without the token,
+    // played with it.
+    let rtmp = format!("rtmp://{}/paid/s/t", node.addr);
+    let refused = Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "10000000", &rtmp])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "played without a token");
+    let played = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "10000000",
+            "-show_streams",
+            &format!("{rtmp}?{query}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&played.stdout).contains("codec_type=video"),
+        "{}",
+        String::from_utf8_lossy(&played.stderr)
+    );
+    drop(publisher);
+}
+
+#[test]
+fn a_request_with_a_body_gets_400_and_exactly_one_answer() {
+    let node = media_node_with_config("http-framing.toml", "");
+    let media = node.media.unwrap();
+    let smuggled = "GET /live/cam.flv HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases = [
+        format!("GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{smuggled}", smuggled.len()),
+        format!("HEAD /live/cam.flv HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("OPTIONS /live/cam.flv HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx{smuggled}"),
+        format!("GET /live/cam.flv HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n{smuggled}"),
+        format!("GET /live/cam.flv HTTP/1.1\r\nHost: x\r\nContent-Length: +0\r\n\r\n{smuggled}"),
+        format!("GET /live/cam.flv HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n{smuggled}"),
+    ];
+    for request in &cases {
+        let (status, text) = raw_http(media, request.as_bytes());
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{request:?}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{request:?}: {text}");
+    }
+    assert!(metric(&node, "tributary_http_refused_total", "bad_request") >= cases.len() as u64);
+    // A Content-Length of 0 is no body: the request is served as usual.
+    let (status, _) = raw_http(
+        media,
+        b"GET /live/nobody.flv HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    // Pipelined requests without bodies are each answered, in order.
+    let publisher = publish(&node.url("cam"), 20);
+    wait_live(&node.url("cam"));
+    let mut conn = KeepAlive::connect(media);
+    conn.stream
+        .write_all(b"GET /live/cam/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\nGET /live/cam/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (first, a) = conn.read_answer();
+    let (second, b) = conn.read_answer();
+    assert_eq!((first, second), (200, 200));
+    assert_eq!(a, b, "the same connection is given the same session");
     drop(publisher);
 }

@@ -146,7 +146,7 @@ pub enum Request {
     Release { key: StreamKey },
     /// Every stream of the cluster, for `/api/streams?scope=cluster`.
     List {
-        reply: oneshot::Sender<Result<Vec<(String, Registration)>, RegistryError>>,
+        reply: oneshot::Sender<Result<Vec<(StreamKey, Registration)>, RegistryError>>,
     },
     /// Every node's heartbeat, for `/api/nodes`.
     Nodes {
@@ -386,7 +386,7 @@ impl ClusterHandle {
     }
 
     /// Every registered stream of the cluster.
-    pub async fn list(&self) -> Result<Vec<(String, Registration)>, RegistryError> {
+    pub async fn list(&self) -> Result<Vec<(StreamKey, Registration)>, RegistryError> {
         self.ask(|reply| Request::List { reply }).await
     }
 

@@ -37,6 +37,10 @@ pub enum Refusal {
     PlayerLimit,
     #[error("no such stream")]
     NotFound,
+    /// The name is not one reading under the naming rule
+    /// ([`StreamKey`]); the reason says why.
+    #[error("not a stream name: {0}")]
+    BadName(String),
 }
 
 fn in_use_where(node: &Option<String>) -> String {
@@ -51,34 +55,34 @@ impl Refusal {
     /// The onStatus code the client hears.
     pub fn code(&self, action: Action) -> &'static str {
         match (self, action) {
-            (Refusal::InUse { .. }, _) => "NetStream.Publish.BadName",
+            (Refusal::InUse { .. } | Refusal::BadName(_), Action::Publish) => {
+                "NetStream.Publish.BadName"
+            }
             (Refusal::NotFound, _) => "NetStream.Play.StreamNotFound",
             (_, Action::Publish) => "NetStream.Publish.Rejected",
             (_, Action::Play) => "NetStream.Play.Failed",
         }
     }
 
-    /// Whether the connection closes after the answer (an auth refusal:
-    /// the client has nothing more to try here).
+    /// Whether the connection closes after the answer (an auth refusal or
+    /// a name no stream has: the client has nothing more to try here).
     pub fn closes(&self) -> bool {
-        matches!(self, Refusal::Auth { .. })
+        matches!(self, Refusal::Auth { .. } | Refusal::BadName(_))
     }
 }
 
-/// Who asks: the connection's app (from `connect`), the name it asked for
-/// (with its `?query`, where tokens live), and the peer.
+/// Who asks: the stream as the naming rule read it, the query it was asked
+/// with (where tokens live), and the peer.
 pub struct Asker<'a> {
     pub conn: u64,
-    pub app: &'a str,
-    pub name: &'a str,
+    pub key: &'a StreamKey,
+    pub query: &'a str,
     pub peer: SocketAddr,
 }
 
 impl Asker<'_> {
-    /// The stream key: the app and the name without its query.
     pub fn key(&self) -> StreamKey {
-        let name = self.name.split('?').next().unwrap_or("");
-        StreamKey::from(format!("{}/{name}", self.app))
+        self.key.clone()
     }
 }
 
@@ -97,7 +101,7 @@ pub async fn authorize(
     ctx: &ConnectionContext,
 ) -> Result<(), Refusal> {
     let secs = unix_micros() / 1_000_000;
-    if let Err(refusal) = ctx.auth.check(action, who.app, who.name, secs) {
+    if let Err(refusal) = ctx.auth.check(action, who.key, who.query, secs) {
         return Err(Refusal::Auth {
             reason: refusal.to_string(),
             kind: refusal.kind(),
@@ -105,7 +109,7 @@ pub async fn authorize(
     }
     match &ctx.webhook {
         Some(hook) if hook.applies_to(action) => hook
-            .ask(action, who.app, who.name, &who.peer.ip().to_string())
+            .ask(action, who.key, who.query, &who.peer.ip().to_string())
             .await
             .map_err(|refusal| Refusal::Auth {
                 reason: refusal.0,
@@ -248,16 +252,5 @@ mod tests {
             kind: "token",
         };
         assert!(auth.closes() && !Refusal::NotFound.closes());
-    }
-
-    #[test]
-    fn the_key_is_the_app_and_the_name_without_its_query() {
-        let who = Asker {
-            conn: 1,
-            app: "live",
-            name: "cam?token=abc",
-            peer: "127.0.0.1:1".parse().unwrap(),
-        };
-        assert_eq!(&*who.key(), "live/cam");
     }
 }

@@ -124,6 +124,9 @@ pub struct Conn {
     /// HTTP media: its bytes out are also counted as HTTP bytes.
     http: Cell<bool>,
     waker: Cell<Option<Waker>>,
+    /// The task waiting for its output to fall to a bound, and the bound
+    /// (an HTTP connection whose client asks faster than it reads).
+    room: Cell<Option<(usize, Waker)>>,
     /// RTMPS: close_notify has been queued.
     pub(super) close_notified: Cell<bool>,
     /// RTMPS: the TLS session the ring encrypts output through and the
@@ -155,6 +158,7 @@ impl Conn {
             read_only_peer: Cell::new(false),
             http: Cell::new(false),
             waker: Cell::new(None),
+            room: Cell::new(None),
             close_notified: Cell::new(false),
             tls: tls.map(|t| Box::new(RefCell::new(t))),
         }
@@ -210,6 +214,24 @@ impl Conn {
     pub fn close(&self) {
         if !self.closed.replace(true) {
             self.wake();
+            self.wake_room();
+        }
+    }
+
+    /// Resolves once at most `limit` bytes are queued or in flight, or the
+    /// connection is closed: woken by the send completions that make the
+    /// room, never polled on a timer. One task waits at a time.
+    pub fn room(&self, limit: usize) -> Room<'_> {
+        Room { conn: self, limit }
+    }
+
+    fn wake_room(&self) {
+        if let Some((limit, waker)) = self.room.take() {
+            if self.closed.get() || self.bytes.get() <= limit {
+                waker.wake();
+            } else {
+                self.room.set(Some((limit, waker)));
+            }
         }
     }
 
@@ -271,6 +293,7 @@ impl Conn {
     /// `n` bytes left the queue for good (sent, or turned into TLS records).
     pub(super) fn sent(&self, n: usize) {
         self.bytes.set(self.bytes.get().saturating_sub(n));
+        self.wake_room();
     }
 
     /// `n` bytes joined the count without passing through the queue (TLS
@@ -284,6 +307,7 @@ impl Conn {
         self.queue.borrow_mut().clear();
         self.bytes.set(0);
         self.closed.set(true);
+        self.wake_room();
     }
 
     // ----- input (the ring fills, the task reads)
@@ -404,5 +428,64 @@ impl Future for NextInput<'_> {
         }
         conn.waker.set(Some(cx.waker().clone()));
         Poll::Pending
+    }
+}
+
+/// See [`Conn::room`].
+pub struct Room<'a> {
+    conn: &'a Conn,
+    limit: usize,
+}
+
+impl Future for Room<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let conn = self.conn;
+        if conn.closed.get() || conn.bytes.get() <= self.limit {
+            return Poll::Ready(());
+        }
+        conn.room.set(Some((self.limit, cx.waker().clone())));
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn room_wakes_when_sends_make_it_and_when_the_connection_closes() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (conn, _queue) = Conn::detached(1);
+        conn.push(Bytes::from(vec![0u8; 100]));
+        let mut room = std::pin::pin!(conn.room(40));
+        assert!(room.as_mut().poll(&mut cx).is_pending());
+        // A send that leaves too much queued does not wake it.
+        conn.sent(50);
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        conn.sent(10);
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(room.as_mut().poll(&mut cx).is_ready());
+        // Waiting again, a close wakes it and it resolves.
+        conn.push(Bytes::from(vec![0u8; 100]));
+        let mut room = std::pin::pin!(conn.room(40));
+        assert!(room.as_mut().poll(&mut cx).is_pending());
+        conn.close();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert!(room.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -56,12 +56,13 @@ fn flush(session: &mut ServerSession, out: &Conn) {
     out.push_urgent(bytes.freeze());
 }
 
-/// The app the connection's `connect` named.
-fn app_of(session: &ServerSession) -> String {
-    session
+/// The stream a publish or play of `name` names on this connection (its
+/// `connect`'s app and tcUrl, under the one naming rule), and the query.
+fn key_of(session: &ServerSession, name: &str) -> Result<(StreamKey, String), Refusal> {
+    let (app, tc_url) = session
         .connect_info()
-        .map(|c| c.app.clone())
-        .unwrap_or_default()
+        .map_or(("", None), |c| (c.app.as_str(), c.tc_url.as_deref()));
+    StreamKey::from_rtmp(app, tc_url, name).map_err(|e| Refusal::BadName(e.to_string()))
 }
 
 /// Answers a refused publish or play with the refusal's status and reason,
@@ -70,7 +71,7 @@ fn app_of(session: &ServerSession) -> String {
 fn refuse(
     action: Action,
     stream_id: u32,
-    who: &Asker<'_>,
+    (conn, name): (u64, &str),
     refusal: &Refusal,
     session: &mut ServerSession,
     outbox: &Conn,
@@ -84,7 +85,7 @@ fn refuse(
     if let Refusal::Auth { kind, .. } = refusal {
         ctx.stats.add_auth_refused(kind);
     }
-    tracing::info!(conn = who.conn, app = %who.app, stream = %redact(who.name), "{} refused: {reason}", action.as_str());
+    tracing::info!(conn, stream = %redact(name), "{} refused: {reason}", action.as_str());
     if refusal.closes() {
         flush(session, outbox);
         outbox.close();
@@ -414,11 +415,11 @@ impl ConnState {
         }
     }
 
-    fn asker<'a>(&self, app: &'a str, name: &'a str) -> Asker<'a> {
+    fn asker<'a>(&self, key: &'a StreamKey, query: &'a str) -> Asker<'a> {
         Asker {
             conn: self.conn,
-            app,
-            name,
+            key,
+            query,
             peer: self.peer,
         }
     }
@@ -432,11 +433,12 @@ impl ConnState {
         outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) {
-        let app = app_of(session);
-        let who = self.asker(&app, name);
-        let admitted = match self.publishing {
-            Some(_) => Err(Refusal::InUse { node: None }),
-            None => admission::publish(&who, outbox, ctx).await,
+        let admitted = match (&self.publishing, key_of(session, name)) {
+            (Some(_), _) => Err(Refusal::InUse { node: None }),
+            (None, Err(refusal)) => Err(refusal),
+            (None, Ok((key, query))) => {
+                admission::publish(&self.asker(&key, &query), outbox, ctx).await
+            }
         };
         match admitted {
             Ok(p) => {
@@ -448,7 +450,7 @@ impl ConnState {
             Err(refusal) => refuse(
                 Action::Publish,
                 stream_id,
-                &who,
+                (self.conn, name),
                 &refusal,
                 session,
                 outbox,
@@ -466,15 +468,19 @@ impl ConnState {
         outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) {
-        let app = app_of(session);
-        let who = self.asker(&app, name);
-        let admitted = match admission::play(&who, Protocol::Rtmp, ctx).await {
+        let admitted = match key_of(session, name) {
+            Ok((key, query)) => {
+                admission::play(&self.asker(&key, &query), Protocol::Rtmp, ctx).await
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let admitted = match admitted {
             Ok(p) => p,
             Err(refusal) => {
                 return refuse(
                     Action::Play,
                     stream_id,
-                    &who,
+                    (self.conn, name),
                     &refusal,
                     session,
                     outbox,

@@ -74,13 +74,11 @@ pub struct HttpContext {
 /// What a request asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
-    /// HTTP-FLV of `app`/`name` (`name` with its `?query`, where tokens
-    /// live).
-    Flv { app: &'a str, name: String },
-    /// LL-HLS: a resource of `app`/`key`, with the request's query.
+    /// HTTP-FLV of `key`, with the request's query (where tokens live).
+    Flv { key: StreamKey, query: &'a str },
+    /// LL-HLS: a resource of `key`, with the request's query.
     Hls {
-        app: &'a str,
-        key: &'a str,
+        key: StreamKey,
         resource: Resource,
         query: &'a str,
     },
@@ -149,6 +147,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
             format!("the request head is over {MAX_REQUEST_HEAD} bytes"),
         )),
         Ok(httparse::Status::Complete(len)) => {
+            check_no_body(req.headers)?;
             let close = req.headers.iter().any(|h| {
                 h.name.eq_ignore_ascii_case("connection")
                     && String::from_utf8_lossy(h.value)
@@ -173,6 +172,49 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
             format!("malformed request: {e}"),
         )),
     }
+}
+
+/// Refuses a request that carries a body or frames one ambiguously: every
+/// method served here (GET, HEAD, OPTIONS) has none, and reading a body's
+/// bytes as the next request would answer requests nobody sent (request
+/// smuggling behind a proxy that keeps connections open). A
+/// `Transfer-Encoding` of any kind, a `Content-Length` other than `0`, or
+/// more than one `Content-Length` is a 400 that closes the connection.
+fn check_no_body(headers: &[httparse::Header<'_>]) -> Result<(), Failure> {
+    let bad = |why: &str| Failure::new(400, "bad_request", why);
+    let mut lengths = 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(bad("a request here carries no body (Transfer-Encoding)"));
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            if lengths > 1 {
+                return Err(bad("more than one Content-Length"));
+            }
+            let value = h.value.trim_ascii();
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return Err(bad("a malformed Content-Length"));
+            }
+            if value.iter().any(|&d| d != b'0') {
+                return Err(bad("a request here carries no body (Content-Length)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `input` may join the `held` bytes of requests not yet answered
+/// (pipelining is bounded by [`MAX_PIPELINED`]).
+fn may_hold(held: usize, input: usize) -> Result<(), Failure> {
+    if held + input > MAX_PIPELINED {
+        return Err(Failure::new(
+            431,
+            "pipeline_overflow",
+            format!("over {MAX_PIPELINED} bytes of requests ahead of their answers"),
+        ));
+    }
+    Ok(())
 }
 
 /// Where a request goes, from its method and target.
@@ -201,16 +243,21 @@ fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
         )
     };
     let path = path.strip_prefix('/').ok_or_else(not_found)?;
+    // The path is decoded once, here; the stream's name is then read by
+    // the one rule (`StreamKey`), which refuses a `%` left after decoding.
+    let bad_name = |e: crate::stream::NameError| {
+        Failure::new(400, "bad_request", format!("not a stream name: {e}"))
+    };
+    let path = crate::stream::percent_decode(path).map_err(bad_name)?;
+    let query = query.unwrap_or("");
     let (dir, file) = path.rsplit_once('/').ok_or_else(not_found)?;
     if let Some(resource) = Resource::parse(file) {
-        let (app, key) = dir.rsplit_once('/').ok_or_else(not_found)?;
-        if app.is_empty() || key.is_empty() {
+        if !dir.contains('/') {
             return Err(not_found());
         }
-        let query = query.unwrap_or("");
+        let key = StreamKey::parse(dir).map_err(bad_name)?;
         return Ok((
             Route::Hls {
-                app,
                 key,
                 resource,
                 query,
@@ -218,16 +265,9 @@ fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
             head,
         ));
     }
-    let app = dir;
-    if let Some(key) = file.strip_suffix(".flv") {
-        if app.is_empty() || key.is_empty() {
-            return Err(not_found());
-        }
-        let name = match query {
-            Some(q) => format!("{key}?{q}"),
-            None => key.to_owned(),
-        };
-        return Ok((Route::Flv { app, name }, head));
+    if let Some(joined) = path.strip_suffix(".flv") {
+        let key = StreamKey::parse(joined).map_err(bad_name)?;
+        return Ok((Route::Flv { key, query }, head));
     }
     Err(not_found())
 }
@@ -236,6 +276,7 @@ fn refusal_failure(r: &Refusal) -> Failure {
     match r {
         Refusal::Auth { reason, .. } => Failure::new(403, "forbidden", reason.clone()),
         Refusal::NotFound => Failure::new(404, "not_found", "no such stream"),
+        Refusal::BadName(_) => Failure::new(400, "bad_request", r.to_string()),
         other => Failure::new(503, "limit", other.to_string()),
     }
 }
@@ -360,12 +401,7 @@ pub async fn serve(
         if input.is_empty() {
             continue;
         }
-        if head.len() + input.len() > MAX_PIPELINED {
-            let f = Failure::new(
-                431,
-                "header_too_large",
-                "too much input ahead of the answers",
-            );
+        if let Err(f) = may_hold(head.len(), input.len()) {
             break Some(fail(&conn, &ctx, &f, cors));
         }
         head.extend_from_slice(input);
@@ -376,9 +412,7 @@ pub async fn serve(
         while done.is_none() {
             // A client that asks faster than it reads waits for its answers
             // to drain (the write-stall limit cuts one that stops reading).
-            while conn.queued_bytes() > MAX_ANSWER_BACKLOG && !conn.is_closed() {
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
+            conn.room(MAX_ANSWER_BACKLOG).await;
             let req = match parse_head(&head) {
                 Ok(None) => break,
                 Ok(Some(req)) => req,
@@ -402,8 +436,8 @@ pub async fn serve(
                     conn.push_urgent(preflight_response(cors));
                     done = Some(None);
                 }
-                Route::Flv { app, name } => {
-                    match start_flv(&conn, peer, app, &name, head_only, &ctx, cors).await {
+                Route::Flv { key, query } => {
+                    match start_flv(&conn, peer, &key, query, head_only, &ctx, cors).await {
                         Ok(Some(v)) => viewer = Some(v),
                         Ok(None) => {}
                         Err(f) => done = Some(Some(fail(&conn, &ctx, &f, cors))),
@@ -415,7 +449,6 @@ pub async fn serve(
                     break;
                 }
                 Route::Hls {
-                    app,
                     key,
                     resource,
                     query,
@@ -423,7 +456,6 @@ pub async fn serve(
                     let who = HlsAsk {
                         conn: &conn,
                         peer,
-                        app,
                         key,
                         query,
                     };
@@ -473,16 +505,16 @@ fn fail(conn: &Conn, ctx: &ConnectionContext, f: &Failure, cors: &str) -> String
 async fn start_flv(
     conn: &Rc<Conn>,
     peer: SocketAddr,
-    app: &str,
-    name: &str,
+    key: &StreamKey,
+    query: &str,
     head_only: bool,
     ctx: &ConnectionContext,
     cors: &str,
 ) -> Result<Option<Viewer>, Failure> {
     let who = Asker {
         conn: conn.id,
-        app,
-        name,
+        key,
+        query,
         peer,
     };
     let admitted = match admission::play(&who, Protocol::HttpFlv, ctx).await {
@@ -491,7 +523,7 @@ async fn start_flv(
             if let Refusal::Auth { kind, .. } = &refusal {
                 ctx.stats.add_auth_refused(kind);
             }
-            tracing::info!(conn = conn.id, app, stream = %redact(name), "http-flv play refused: {refusal}");
+            tracing::info!(conn = conn.id, stream = %redact(key), "http-flv play refused: {refusal}");
             return Err(refusal_failure(&refusal));
         }
     };
@@ -544,18 +576,18 @@ async fn start_flv(
 struct HlsAsk<'a> {
     conn: &'a Rc<Conn>,
     peer: SocketAddr,
-    app: &'a str,
-    key: &'a str,
+    key: StreamKey,
     query: &'a str,
 }
 
 impl HlsAsk<'_> {
-    /// The name as admission reads it: the key with the query (tokens).
-    fn name(&self) -> String {
-        if self.query.is_empty() {
-            self.key.to_owned()
-        } else {
-            format!("{}?{}", self.key, self.query)
+    /// The asker as admission reads it: the key and the request's query.
+    fn asker(&self) -> Asker<'_> {
+        Asker {
+            conn: self.conn.id,
+            key: &self.key,
+            query: self.query,
+            peer: self.peer,
         }
     }
 }
@@ -661,13 +693,7 @@ async fn window_of(
     ring: &SocketRing,
 ) -> Result<std::sync::Arc<std::sync::Mutex<hls::Window>>, Failure> {
     let hls = &http.hls;
-    let name = who.name();
-    let asker = Asker {
-        conn: who.conn.id,
-        app: who.app,
-        name: &name,
-        peer: who.peer,
-    };
+    let asker = who.asker();
     let key = asker.key();
     let not_found = || Failure::new(404, "not_found", "no such stream");
     if let Some(w) = hls.registry.get(&key) {
@@ -726,18 +752,12 @@ async fn serve_hls(
     ring: &SocketRing,
 ) -> Result<Answer, Failure> {
     let hls = &http.hls;
-    let name = who.name();
-    let asker = Asker {
-        conn: who.conn.id,
-        app: who.app,
-        name: &name,
-        peer: who.peer,
-    };
+    let asker = who.asker();
     let refused = |refusal: Refusal| {
         if let Refusal::Auth { kind, .. } = &refusal {
             ctx.stats.add_auth_refused(kind);
         }
-        tracing::info!(conn = who.conn.id, app = who.app, stream = %redact(&name), "hls play refused: {refusal}");
+        tracing::info!(conn = who.conn.id, stream = %redact(&who.key), "hls play refused: {refusal}");
         refusal_failure(&refusal)
     };
     let (block, query) = match resource {
@@ -758,13 +778,8 @@ async fn serve_hls(
         // viewer), and starts the packaging; the media it lists through
         // the rules only.
         Resource::Playlist => {
-            let name = if query.is_empty() {
-                who.key.to_owned()
-            } else {
-                format!("{}?{query}", who.key)
-            };
             let asker = Asker {
-                name: &name,
+                query: &query,
                 ..asker
             };
             let key = asker.key();
@@ -818,7 +833,7 @@ async fn serve_hls(
             let secs = admission::unix_micros() / 1_000_000;
             if let Err(r) = ctx
                 .auth
-                .check(crate::auth::Action::Play, who.app, &name, secs)
+                .check(crate::auth::Action::Play, &who.key, who.query, secs)
             {
                 return Err(refused(Refusal::Auth {
                     reason: r.to_string(),
@@ -973,27 +988,70 @@ mod tests {
     }
 
     #[test]
-    fn routes_name_the_app_the_key_and_its_query() {
+    fn a_request_that_carries_a_body_is_refused() {
+        for head in [
+            "Content-Length: 40",
+            "content-length: 1",
+            "Content-Length: 00001",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: identity",
+            "Content-Length: 0\r\nContent-Length: 0",
+            "Content-Length: 0\r\nTransfer-Encoding: chunked",
+            "Content-Length: +0",
+            "Content-Length: -0",
+            "Content-Length: 0x0",
+            "Content-Length: 0, 0",
+            "Content-Length: ",
+        ] {
+            let request = format!("GET /live/a.flv HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n");
+            let f = parse_head(request.as_bytes()).unwrap_err();
+            assert_eq!((f.status, f.kind), (400, "bad_request"), "{head}");
+        }
+        for head in ["Content-Length: 0", "Content-Length:  000 ", "X-Length: 5"] {
+            let request = format!("HEAD /live/a.flv HTTP/1.1\r\n{head}\r\n\r\n");
+            assert!(parse_head(request.as_bytes()).unwrap().is_some(), "{head}");
+        }
+    }
+
+    #[test]
+    fn pipelined_input_is_bounded_under_its_own_reason() {
+        assert!(may_hold(MAX_PIPELINED - 10, 10).is_ok());
+        let f = may_hold(MAX_PIPELINED - 10, 11).unwrap_err();
+        assert_eq!((f.status, f.kind), (431, "pipeline_overflow"));
+    }
+
+    #[test]
+    fn routes_name_the_stream_by_the_one_rule_and_keep_its_query() {
         assert_eq!(
             route(&req("GET", "/live/cam.flv?token=abc")).unwrap(),
             (
                 Route::Flv {
-                    app: "live",
-                    name: "cam?token=abc".into()
+                    key: StreamKey::from("live/cam"),
+                    query: "token=abc"
                 },
                 false
             )
         );
-        assert_eq!(
-            route(&req("HEAD", "/a/b/cam.flv")).unwrap(),
-            (
+        // The app is the first segment, whatever the path looks like.
+        for target in ["/a/b/cam.flv", "/a%2Fb/cam.flv", "/a/b%2Fcam.flv"] {
+            let request = req("HEAD", target);
+            let (route, head) = route(&request).unwrap();
+            assert!(head);
+            assert_eq!(
+                route,
                 Route::Flv {
-                    app: "a/b",
-                    name: "cam".into()
+                    key: StreamKey::from("a/b/cam"),
+                    query: ""
                 },
-                true
-            )
-        );
+                "{target}"
+            );
+        }
+        match route(&req("GET", "/a/b/cam/index.m3u8?x=1")).unwrap().0 {
+            Route::Hls { key, query, .. } => {
+                assert_eq!((key.app(), key.name(), query), ("a", "b/cam", "x=1"))
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             route(&req("OPTIONS", "/live/cam.flv")).unwrap().0,
             Route::Preflight
@@ -1001,15 +1059,26 @@ mod tests {
         for target in [
             "/",
             "/cam.flv",
-            "/live/.flv",
             "/live/cam.mp4",
             "live/cam.flv",
+            "/index.m3u8",
         ] {
             assert_eq!(
                 route(&req("GET", target)).unwrap_err().status,
                 404,
                 "{target}"
             );
+        }
+        // A name that is not one reading: 400 with the reason.
+        for target in [
+            "/live/.flv",
+            "/live//cam.flv",
+            "/live/../x/cam.flv",
+            "/live/cam%252F.flv",
+            "/live/c%zzam.flv",
+        ] {
+            let f = route(&req("GET", target)).unwrap_err();
+            assert_eq!((f.status, f.kind), (400, "bad_request"), "{target}");
         }
         assert_eq!(
             route(&req("POST", "/live/cam.flv")).unwrap_err().status,

@@ -12,9 +12,10 @@ pub const ERROR_KINDS: [&str; 5] = ["handshake", "chunk", "command", "sequence",
 
 /// Why an HTTP media request was refused, as counted and exported
 /// (`tributary_http_refused_total{reason}`).
-pub const HTTP_REFUSALS: [&str; 6] = [
+pub const HTTP_REFUSALS: [&str; 7] = [
     "bad_request",
     "header_too_large",
+    "pipeline_overflow",
     "method",
     "not_found",
     "forbidden",
@@ -76,7 +77,7 @@ pub struct ShardStats {
     pub hls_parts: AtomicU64,
     pub hls_segments: AtomicU64,
     /// Indexed like [`HTTP_REFUSALS`].
-    pub http_refused: [AtomicU64; 6],
+    pub http_refused: [AtomicU64; 7],
 }
 
 /// Adds `n` to a counter that only this shard's thread writes: a relaxed

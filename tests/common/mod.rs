@@ -76,30 +76,39 @@ pub const LIVE_LAVFI_INPUT: [&str; 7] = [
 /// ffmpeg publishing `seconds` of H.264 + AAC at real-time pace, a keyframe
 /// every second.
 pub fn publish(url: &str, seconds: u32) -> Proc {
+    publish_with(&[], url, seconds)
+}
+
+/// [`publish`] with ffmpeg output options before the URL (`-rtmp_app`,
+/// `-rtmp_playpath`: how OBS splits a server URL and a stream key).
+pub fn publish_with(options: &[&str], url: &str, seconds: u32) -> Proc {
     Proc::spawn(
         "ffmpeg",
-        Command::new("ffmpeg").args(LIVE_LAVFI_INPUT).args([
-            &format!("testsrc2=size=320x240:rate=25:duration={seconds}"),
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency=440:duration={seconds}"),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-f",
-            "flv",
-            url,
-        ]),
+        Command::new("ffmpeg")
+            .args(LIVE_LAVFI_INPUT)
+            .args([
+                &format!("testsrc2=size=320x240:rate=25:duration={seconds}"),
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("sine=frequency=440:duration={seconds}"),
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+                "-g",
+                "25",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+                "-f",
+                "flv",
+            ])
+            .args(options)
+            .arg(url),
     )
 }
 

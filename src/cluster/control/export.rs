@@ -124,8 +124,13 @@ impl Control {
                     }
                     "snap" => c.on_snapshot(&msg.payload, reply).await,
                     "kick" => {
-                        let key = String::from_utf8_lossy(&msg.payload);
-                        let done = c.kick_local(&StreamKey::from(key.as_ref())).await;
+                        let key = std::str::from_utf8(&msg.payload)
+                            .ok()
+                            .and_then(|k| StreamKey::parse(k).ok());
+                        let done = match key {
+                            Some(key) => c.kick_local(&key).await,
+                            None => false,
+                        };
                         let body: &'static [u8] = if done { b"ok" } else { b"no" };
                         let _ = c.client.publish(reply, Bytes::from_static(body)).await;
                     }
@@ -137,6 +142,9 @@ impl Control {
 
     pub(super) async fn on_attach(&self, payload: &[u8]) -> bool {
         let Ok(r) = serde_json::from_slice::<AttachRequest>(payload) else {
+            return false;
+        };
+        let Ok(key) = StreamKey::parse(&r.key) else {
             return false;
         };
         let start = {
@@ -154,32 +162,30 @@ impl Control {
             // Awaited before the reply, so the shard exports before it
             // takes the snapshot the attached node asks for next.
             let _ = self.shards[shard]
-                .send(ShardCommand::Export {
-                    key: StreamKey::from(r.key.as_str()),
-                    on: true,
-                })
+                .send(ShardCommand::Export { key, on: true })
                 .await;
         }
         true
     }
 
     pub(super) async fn on_snapshot(&self, payload: &[u8], reply: async_nats::Subject) {
-        let key = std::str::from_utf8(payload).unwrap_or("");
-        let shard = self.owned.borrow().get(key).map(|o| o.shard);
-        let snapshot = match shard {
-            Some(shard) => {
+        let key = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|k| StreamKey::parse(k).ok());
+        let shard = key
+            .as_ref()
+            .and_then(|k| self.owned.borrow().get(k).map(|o| o.shard));
+        let snapshot = match (shard, key) {
+            (Some(shard), Some(key)) => {
                 let (tx, rx) = oneshot::channel();
-                let cmd = ShardCommand::Snapshot {
-                    key: StreamKey::from(key),
-                    reply: tx,
-                };
+                let cmd = ShardCommand::Snapshot { key, reply: tx };
                 if self.shards[shard].send(cmd).await.is_ok() {
                     rx.await.ok().flatten()
                 } else {
                     None
                 }
             }
-            None => None,
+            _ => None,
         };
         let Some((messages, last)) = snapshot else {
             let _ = self.client.publish(reply, wire::encode_end()).await;

@@ -285,7 +285,7 @@ impl Control {
         }
     }
 
-    pub(super) async fn list(&self) -> Result<Vec<(String, Registration)>, RegistryError> {
+    pub(super) async fn list(&self) -> Result<Vec<(StreamKey, Registration)>, RegistryError> {
         let kv = self.streams_kv().ok_or(RegistryError::NotOpen)?;
         let keys = tokio::time::timeout(OP_TIMEOUT, async {
             let mut keys = kv.keys().await.map_err(RegistryError::nats)?;
@@ -299,7 +299,8 @@ impl Control {
         .map_err(|_| RegistryError::Timeout("registry listing"))??;
         let mut out = Vec::new();
         for token in keys {
-            let Some(key) = wire::untoken(&token) else {
+            // A key the naming rule refuses names no stream here.
+            let Some(key) = wire::untoken(&token).and_then(|k| StreamKey::parse(&k).ok()) else {
                 continue;
             };
             if let Ok(Some((reg, _))) = self.entry(&key).await {

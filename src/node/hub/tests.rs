@@ -188,7 +188,7 @@ impl Shards {
 }
 
 fn key(name: &str) -> StreamKey {
-    StreamKey::from(format!("live/{name}"))
+    StreamKey::from(format!("live/{name}").as_str())
 }
 
 #[test]
