@@ -239,7 +239,7 @@ pub struct HttpConfig {
     pub admin_token: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Human,
@@ -594,6 +594,15 @@ impl Config {
             return Err(invalid("node.io_memory_kib", "must be at least 64"));
         }
         let a = &self.auth;
+        for app in a.apps.keys() {
+            // A rule no stream's app can match would protect nothing.
+            if let Err(e) = crate::stream::StreamKey::new(app, "name") {
+                return Err(invalid(
+                    "auth.apps",
+                    format!("{app:?} is not an app name (one path segment): {e}"),
+                ));
+            }
+        }
         let rules = std::iter::once((a.publish, a.play, &a.keys))
             .chain(a.apps.values().map(|r| (r.publish, r.play, &r.keys)));
         for (publish, play, keys) in rules {
@@ -714,6 +723,9 @@ pub struct Cli {
     /// RTMPS private key (PEM) [tls.key]
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Log lines as text or one JSON object each [log.format]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
 impl Cli {
@@ -755,6 +767,9 @@ impl Cli {
         if let Some(p) = &self.tls_key {
             config.tls.key = p.clone();
         }
+        if let Some(f) = self.log_format {
+            config.log.format = f;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -785,6 +800,10 @@ mod tests {
         assert_eq!(c.node.id, "n1");
         assert_eq!(c.cluster.nats.len(), 2);
         assert_eq!(c.node.shards, 2);
+        assert_eq!(c.log.format, LogFormat::Human);
+        let c = parse("--log-format json").unwrap().resolve().unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(parse("--log-format xml").is_err());
     }
 
     #[test]
@@ -813,6 +832,14 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
+        let err = Config::from_toml(
+            "[auth.apps.\"paid/s\"]\nplay = \"open\"",
+            Path::new("x.toml"),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("auth.apps"), "{err}");
         assert!(parse("--shards two").is_err());
         assert!(parse("--bogus").is_err());
         assert!(parse("--rtmp-listen").is_err());

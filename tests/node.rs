@@ -1043,3 +1043,23 @@ fn an_open_admin_api_answers_only_requests_to_an_address_or_localhost() {
         }
     }
 }
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes_and_json_is_one_object_a_line() {
+    // stderr is a pipe here, as it is for a file or journald.
+    let human = Node::start(1);
+    let log = human.log.lock().unwrap().clone();
+    assert!(log.contains("rtmp listening on"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI escapes in a piped log: {log:?}"
+    );
+    let json = Node::start_with(1, &["--log-format", "json"]);
+    let log = json.log.lock().unwrap().clone();
+    assert!(!log.is_empty());
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+}

@@ -14,10 +14,10 @@ use crate::auth::Action;
 use crate::cluster::{ClaimResult, Located, Request};
 use crate::stream::Protocol;
 
-use super::conn::Conn;
-use super::connection::ConnectionContext;
+use super::context::ConnectionContext;
 use super::gate::Ticket;
 use super::hub::{StreamId, RELAY_START_WAIT};
+use super::ring::conn::Conn;
 use super::StreamKey;
 
 /// Why a publish or a play was refused.

@@ -8,8 +8,7 @@
 //! shards, rings and hubs as RTMP.
 
 mod admission;
-mod conn;
-mod connection;
+mod context;
 mod directory;
 mod gate;
 mod gop;
@@ -18,6 +17,7 @@ mod http;
 mod hub;
 mod pump;
 pub mod ring;
+mod rtmp;
 mod shard;
 mod stats;
 

@@ -19,8 +19,7 @@ use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
 use crate::stream::ShardCommands;
 
-use super::conn::Notice;
-use super::connection::{serve, ConnectionContext};
+use super::context::ConnectionContext;
 use super::directory::Directory;
 use super::hls::packager::Targets;
 use super::hls::run::HlsShard;
@@ -28,7 +27,9 @@ use super::hls::{self};
 use super::http::{self, HttpContext};
 use super::hub::{Hub, HubConfig};
 use super::pump::SharedHub;
+use super::ring::conn::Notice;
 use super::ring::{ListenKind, SocketRing, Timeouts};
+use super::rtmp::serve;
 use super::stats::ShardStats;
 use super::ShardMsg;
 

@@ -319,7 +319,13 @@ impl Node {
                     "http listening on ",
                 ] {
                     if let Some(addr) = line.split(prefix).nth(1) {
-                        let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
+                        // Up to a space, or the quote that ends a JSON
+                        // log line's message.
+                        let addr = addr
+                            .split(|c: char| c.is_whitespace() || c == '"')
+                            .next()
+                            .unwrap_or("")
+                            .to_owned();
                         let _ = tx.send((prefix, addr));
                     }
                 }

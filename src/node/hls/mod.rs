@@ -8,11 +8,11 @@
 //!   the shard that has the stream (its publisher, or its relay from another
 //!   node; a request on another shard asks that shard to start it). It is a
 //!   player of the stream like any other, fed the FLV tags HTTP-FLV viewers
-//!   get, through a [`Conn`](super::conn::Conn) with no socket.
+//!   get, through a [`Conn`](super::ring::conn::Conn) with no socket.
 //! - Its [`Window`] is shared node-wide (`Arc<Mutex>`), so a viewer's
 //!   requests agree on segment numbers whichever shard takes them. Requests
 //!   take the lock briefly; the packager once per part. A request that
-//!   blocks waits on its shard's [`Wake`]; the packager's shard wakes its
+//!   blocks waits on its shard's [`Notify`](super::ring::Notify); the packager's shard wakes its
 //!   own and tells the other shards over the mesh.
 //! - A window keeps `media.hls_window_segments` segments, and is freed when
 //!   its stream ends (after a grace for players to read the end) or when
@@ -28,13 +28,9 @@ pub mod packager;
 pub mod run;
 pub mod session;
 
-use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -486,47 +482,6 @@ impl Registry {
 /// it held but a bug, and the process aborts on a panic anyway).
 pub fn lock(w: &Mutex<Window>) -> std::sync::MutexGuard<'_, Window> {
     w.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A shard's wake-up for its waiting LL-HLS requests: any window changed.
-#[derive(Default)]
-pub struct Wake {
-    epoch: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl Wake {
-    pub fn epoch(&self) -> u64 {
-        self.epoch.get()
-    }
-
-    pub fn notify(&self) {
-        self.epoch.set(self.epoch.get() + 1);
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    /// Ready once the epoch passes `seen`.
-    pub fn changed(&self, seen: u64) -> Changed<'_> {
-        Changed { wake: self, seen }
-    }
-}
-
-pub struct Changed<'a> {
-    wake: &'a Wake,
-    seen: u64,
-}
-
-impl Future for Changed<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.wake.epoch.get() > self.seen {
-            return Poll::Ready(());
-        }
-        self.wake.wakers.borrow_mut().push(cx.waker().clone());
-        Poll::Pending
-    }
 }
 
 #[cfg(test)]

@@ -12,12 +12,13 @@ use crate::protocol::flv::TAG_HEADER_LEN;
 use crate::protocol::server::redact;
 use crate::protocol::{MessageType, RawMessage};
 
-use super::super::conn::{Conn, Input, Notice};
-use super::super::connection::ConnectionContext;
+use super::super::context::ConnectionContext;
 use super::super::hub::{PlayOutcome, Player};
+use super::super::ring::conn::{Conn, Input, Notice};
+use super::super::ring::Notify;
 use super::super::StreamKey;
 use super::packager::{Packager, Targets};
-use super::{lock, Registry, Wake, Window};
+use super::{lock, Registry, Window};
 
 /// A window stays this long after its stream ended, so players read the
 /// end of the playlist.
@@ -30,7 +31,7 @@ pub struct HlsShard {
     /// Node-wide: every shard's requests read the same windows.
     pub registry: Arc<Registry>,
     /// Wakes this shard's waiting requests.
-    pub wake: Wake,
+    pub wake: Notify,
     pub targets: Targets,
     pub idle: Duration,
     pub shard: usize,
@@ -109,7 +110,7 @@ pub fn start(
 async fn run(
     key: StreamKey,
     conn: Rc<Conn>,
-    queue: Rc<super::super::conn::RingQueue>,
+    queue: Rc<super::super::ring::conn::RingQueue>,
     mut packager: Packager,
     hls: Rc<HlsShard>,
     ctx: Rc<ConnectionContext>,

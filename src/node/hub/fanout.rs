@@ -13,8 +13,8 @@ use crate::protocol::flv;
 use crate::protocol::server::encode_for_player;
 use crate::protocol::{MessageType, RawMessage};
 
-use super::super::conn::{Conn, Notice};
 use super::super::gop::{GopCache, Kind};
+use super::super::ring::conn::{Conn, Notice};
 use super::super::stats::ShardStats;
 use super::HubConfig;
 

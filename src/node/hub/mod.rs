@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use crate::cluster::{Export, Request};
 use crate::protocol::RawMessage;
 
-use super::conn::{Conn, Notice};
 use super::directory::{Claim, Directory};
+use super::ring::conn::{Conn, Notice};
 use super::stats::ShardStats;
 use super::{ShardMsg, StreamKey};
 

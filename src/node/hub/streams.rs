@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::super::conn::Conn;
 use super::super::gop::GopCache;
+use super::super::ring::conn::Conn;
 use super::super::StreamKey;
 use super::{Player, RELAY_CONN};
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::super::conn::{Conn, Notice, RingQueue};
 use super::super::directory::Directory;
+use super::super::ring::conn::{Conn, Notice, RingQueue};
 use super::super::stats::ShardStats;
 use super::super::StreamKey;
 use super::outbox::MESH_CONTROL_BACKLOG;

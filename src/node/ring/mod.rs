@@ -31,27 +31,28 @@
 
 pub mod buffers;
 mod close;
+pub mod conn;
 pub mod probe;
 mod send;
+pub mod tls;
+pub mod wake;
+
+pub use wake::Notify;
 
 use send::SendBuf;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::Future;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use self::buffers::{BufPool, BUFFER_GROUP};
-use super::conn::{Conn, End, RingQueue, MAX_HELD_BUFFERS};
+use self::conn::{Conn, End, RingQueue, MAX_HELD_BUFFERS};
 use super::stats::ShardStats;
 
 /// Submission queue entries per shard ring (completions: four times this).
@@ -103,39 +104,6 @@ pub enum RingError {
     BufRing(std::io::Error),
     #[error("cannot set up the ring's eventfd: {0}")]
     EventFd(std::io::Error),
-}
-
-/// A wake-up flag with one waiter (the ring's driver task).
-#[derive(Default)]
-pub struct Notify {
-    set: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl Notify {
-    pub fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    pub fn wait(&self) -> NotifyWait<'_> {
-        NotifyWait(self)
-    }
-}
-
-pub struct NotifyWait<'a>(&'a Notify);
-
-impl Future for NotifyWait<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.set.replace(false) {
-            return Poll::Ready(());
-        }
-        self.0.waker.set(Some(cx.waker().clone()));
-        Poll::Pending
-    }
 }
 
 struct Socket {
@@ -794,9 +762,9 @@ impl SocketRing {
 
 #[cfg(test)]
 mod tests {
+    use super::conn::Input;
     use super::*;
-    use crate::node::conn::Input;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     #[test]
     fn user_data_round_trips() {
@@ -830,7 +798,7 @@ mod tests {
     fn ring_server<F, Fut>(buffers: usize, size: usize, stats: Arc<ShardStats>, serve: F) -> u16
     where
         F: Fn(Rc<SocketRing>, Rc<Conn>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
     {
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

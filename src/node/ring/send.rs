@@ -205,27 +205,7 @@ fn gather(conn: &Conn, send: &mut SendBuf) {
         }
         return;
     };
-    let mut tls = tls.borrow_mut();
-    if !tls.is_handshaking() {
-        while let Some(b) = conn.pop_output() {
-            // The buffer limit is off (see `tls::ServerTls`): all is taken.
-            let _ = tls.writer().write_all(&b);
-            conn.sent(b.len());
-        }
-        // Closing: close_notify goes after the last queued message.
-        if conn.is_closed() && !conn.close_notified.replace(true) {
-            tls.send_close_notify();
-        }
-    }
-    let mut records = Vec::new();
-    while tls.wants_write() {
-        match tls.write_tls(&mut records) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    if !records.is_empty() {
-        conn.added(records.len());
-        send.bufs.push_back(Bytes::from(records));
+    if let Some(records) = super::tls::encrypt(conn, tls) {
+        send.bufs.push_back(records);
     }
 }

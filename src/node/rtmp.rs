@@ -5,49 +5,26 @@
 //! only, with one log line naming the peer and the reason (never a stream
 //! key in clear).
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::auth::{Action, Auth};
-use crate::cluster::ClusterHandle;
-use crate::protocol::server::{redact, ServerConfig, ServerEvent, ServerSession, SessionError};
+use crate::auth::Action;
+use crate::protocol::server::{redact, ServerEvent, ServerSession, SessionError};
 use crate::protocol::RawMessage;
 use crate::stream::Protocol;
 
 use super::admission::{self, Asker, Refusal};
-use super::conn::{Conn, End, Input, Notice};
-use super::gate::{Gate, Ticket};
+use super::context::ConnectionContext;
+use super::gate::Ticket;
 use super::hub::{PlayOutcome, Player, StreamId};
-use super::pump::SharedHub;
-use super::ring::buffers::Lease;
+use super::ring::conn::{Conn, End, Input, Notice};
+use super::ring::tls::decrypt;
 use super::ring::SocketRing;
-use super::stats::ShardStats;
 use super::StreamKey;
-
-/// What a connection needs from its shard.
-pub struct ConnectionContext {
-    /// Every open connection, so shutdown can tell them all.
-    pub open: RefCell<Vec<Weak<Conn>>>,
-    /// Encoders asked to reconnect elsewhere at shutdown.
-    pub reconnects_asked: Cell<usize>,
-    pub hub: Rc<SharedHub>,
-    pub stats: Arc<ShardStats>,
-    pub shard: usize,
-    pub auth: Arc<Auth>,
-    pub webhook: Option<crate::webhook::Webhook>,
-    pub gate: Arc<Gate>,
-    /// Ingest cap per publisher (0 = none).
-    pub max_ingest_bytes_per_sec: u64,
-    /// Set when the node is in a cluster: publish claims and remote plays.
-    pub cluster: Option<ClusterHandle>,
-    pub session: ServerConfig,
-}
 
 /// Queues what the session has to send (replies the peer waits for).
 fn flush(session: &mut ServerSession, out: &Conn) {
@@ -192,45 +169,6 @@ pub async fn serve(
     // while, then closes the socket.
     ring.finish(&conn);
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Why TLS input could not be decrypted.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum TlsInputError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Tls(#[from] rustls::Error),
-    #[error("TLS input not taken")]
-    Stuck,
-}
-
-/// Feeds received TLS records to rustls and appends the plaintext to
-/// `plain`.
-pub(super) fn decrypt(
-    tls: &RefCell<crate::tls::ServerTls>,
-    lease: &mut Lease,
-    plain: &mut Vec<u8>,
-) -> Result<(), TlsInputError> {
-    let mut tls = tls.borrow_mut();
-    while !lease.is_empty() {
-        let mut input: &[u8] = lease;
-        let before = input.len();
-        tls.read_tls(&mut input)?;
-        let used = before - input.len();
-        lease.consume(used);
-        let state = tls.process_new_packets()?;
-        let n = state.plaintext_bytes_to_read();
-        if n > 0 {
-            let at = plain.len();
-            plain.resize(at + n, 0);
-            std::io::Read::read_exact(&mut tls.reader(), &mut plain[at..])?;
-        }
-        if used == 0 && n == 0 {
-            return Err(TlsInputError::Stuck);
-        }
-    }
-    Ok(())
 }
 
 fn error_kind(e: &SessionError) -> &'static str {

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
-use super::ring::buffers::Lease;
+use super::buffers::Lease;
 
 /// Why a connection's input ended.
 #[derive(Debug)]
@@ -87,7 +87,7 @@ pub struct RingQueue {
     pub reconcile: RefCell<Vec<u32>>,
     /// Some output is a reply a peer waits for: send without coalescing.
     pub urgent: Cell<bool>,
-    pub notify: super::ring::Notify,
+    pub notify: super::wake::Notify,
 }
 
 /// A connection holds at most this many received buffers; past it the ring
@@ -112,7 +112,7 @@ pub struct Conn {
     notices: RefCell<VecDeque<Notice>>,
     end: RefCell<Option<End>>,
     /// The ring stopped receiving for it (inbox full or paced).
-    pub(super) paused: Cell<bool>,
+    pub(in crate::node) paused: Cell<bool>,
     /// The task holds input back (ingest cap): the ring pauses receiving.
     held: Cell<bool>,
     /// The RTMP handshake and connect are done (the handshake deadline no
@@ -128,14 +128,14 @@ pub struct Conn {
     /// (an HTTP connection whose client asks faster than it reads).
     room: Cell<Option<(usize, Waker)>>,
     /// RTMPS: close_notify has been queued.
-    pub(super) close_notified: Cell<bool>,
+    pub(in crate::node) close_notified: Cell<bool>,
     /// RTMPS: the TLS session the ring encrypts output through and the
     /// task decrypts input through.
     pub tls: Option<Box<RefCell<crate::tls::ServerTls>>>,
 }
 
 impl Conn {
-    pub(super) fn new(
+    pub(in crate::node) fn new(
         id: u64,
         slot: u32,
         ring: Rc<RingQueue>,
@@ -167,12 +167,12 @@ impl Conn {
     /// A connection with no socket, for a consumer on the shard (the
     /// LL-HLS packager): what the hub queues waits in its output queue, and
     /// its own ring queue's notify wakes that consumer.
-    pub(super) fn detached(id: u64) -> (Rc<Conn>, Rc<RingQueue>) {
+    pub(in crate::node) fn detached(id: u64) -> (Rc<Conn>, Rc<RingQueue>) {
         let queue = Rc::new(RingQueue::default());
         (Rc::new(Conn::new(id, u32::MAX, queue.clone(), None)), queue)
     }
 
-    pub(super) fn slot(&self) -> u32 {
+    pub(in crate::node) fn slot(&self) -> u32 {
         self.slot
     }
 
@@ -238,14 +238,14 @@ impl Conn {
     /// Queues a notice for the connection task (see [`Notice`]). False if
     /// the connection is closed, or had [`MAX_NOTICES`] waiting (it is
     /// closed then).
-    pub fn notice(&self, notice: Notice, stats: &super::stats::ShardStats) -> bool {
+    pub fn notice(&self, notice: Notice, stats: &crate::node::stats::ShardStats) -> bool {
         if self.closed.get() {
             return false;
         }
         let mut notices = self.notices.borrow_mut();
         if notices.len() >= MAX_NOTICES {
             drop(notices);
-            stats.add_queue_overflow(super::stats::Queue::Notices);
+            stats.add_queue_overflow(crate::node::stats::Queue::Notices);
             self.close();
             return false;
         }
@@ -257,12 +257,12 @@ impl Conn {
 
     /// The next notice, as the connection task would get it (tests).
     #[cfg(test)]
-    pub(super) fn take_notice(&self) -> Option<Notice> {
+    pub(in crate::node) fn take_notice(&self) -> Option<Notice> {
         self.notices.borrow_mut().pop_front()
     }
 
     /// Puts the connection on the ring's list of sockets to send for.
-    pub(super) fn schedule(&self) {
+    pub(in crate::node) fn schedule(&self) {
         if !self.scheduled.replace(true) {
             self.ring.dirty.borrow_mut().push(self.slot);
             self.ring.notify.notify();
@@ -271,13 +271,13 @@ impl Conn {
 
     // ----- the ring's side of output
 
-    pub(super) fn unschedule(&self) {
+    pub(in crate::node) fn unschedule(&self) {
         self.scheduled.set(false);
     }
 
     /// Pops queued output for a send. A queue that grew for a burst (a
     /// new player's GOP cache) gives the memory back once it drains.
-    pub(super) fn pop_output(&self) -> Option<Bytes> {
+    pub(in crate::node) fn pop_output(&self) -> Option<Bytes> {
         let mut queue = self.queue.borrow_mut();
         let b = queue.pop_front();
         if queue.is_empty() && queue.capacity() > KEPT_QUEUE_CAPACITY {
@@ -286,24 +286,24 @@ impl Conn {
         b
     }
 
-    pub(super) fn has_output(&self) -> bool {
+    pub(in crate::node) fn has_output(&self) -> bool {
         !self.queue.borrow().is_empty()
     }
 
     /// `n` bytes left the queue for good (sent, or turned into TLS records).
-    pub(super) fn sent(&self, n: usize) {
+    pub(in crate::node) fn sent(&self, n: usize) {
         self.bytes.set(self.bytes.get().saturating_sub(n));
         self.wake_room();
     }
 
     /// `n` bytes joined the count without passing through the queue (TLS
     /// records in flight).
-    pub(super) fn added(&self, n: usize) {
+    pub(in crate::node) fn added(&self, n: usize) {
         self.bytes.set(self.bytes.get() + n);
     }
 
     /// Output nobody will send any more (the socket is gone).
-    pub(super) fn discard_output(&self) {
+    pub(in crate::node) fn discard_output(&self) {
         self.queue.borrow_mut().clear();
         self.bytes.set(0);
         self.closed.set(true);
@@ -312,7 +312,7 @@ impl Conn {
 
     // ----- input (the ring fills, the task reads)
 
-    pub(super) fn push_input(&self, lease: Lease) -> bool {
+    pub(in crate::node) fn push_input(&self, lease: Lease) -> bool {
         let mut inbox = self.inbox.borrow_mut();
         inbox.push_back(lease);
         let full = inbox.len() >= MAX_HELD_BUFFERS;
@@ -321,17 +321,17 @@ impl Conn {
         full
     }
 
-    pub(super) fn inbox_len(&self) -> usize {
+    pub(in crate::node) fn inbox_len(&self) -> usize {
         self.inbox.borrow().len()
     }
 
-    pub(super) fn drop_input(&self) {
+    pub(in crate::node) fn drop_input(&self) {
         self.inbox.borrow_mut().clear();
     }
 
     /// Ends the connection's input: the task sees it after the buffers
     /// already received. The first reason wins.
-    pub(super) fn end(&self, why: End) {
+    pub(in crate::node) fn end(&self, why: End) {
         let mut end = self.end.borrow_mut();
         if end.is_none() {
             *end = Some(why);
@@ -340,7 +340,7 @@ impl Conn {
         self.wake();
     }
 
-    pub(super) fn is_connected(&self) -> bool {
+    pub(in crate::node) fn is_connected(&self) -> bool {
         self.connected.get()
     }
 
@@ -353,7 +353,7 @@ impl Conn {
         self.read_only_peer.set(true);
     }
 
-    pub(super) fn expects_input(&self) -> bool {
+    pub(in crate::node) fn expects_input(&self) -> bool {
         !self.read_only_peer.get()
     }
 
@@ -362,7 +362,7 @@ impl Conn {
         self.http.set(true);
     }
 
-    pub(super) fn is_http(&self) -> bool {
+    pub(in crate::node) fn is_http(&self) -> bool {
         self.http.get()
     }
 
@@ -373,7 +373,7 @@ impl Conn {
         self.ask_reconcile();
     }
 
-    pub(super) fn is_held(&self) -> bool {
+    pub(in crate::node) fn is_held(&self) -> bool {
         self.held.get()
     }
 

@@ -1,0 +1,426 @@
+//! A request on the media listener, before it is served: its head parsed
+//! and bounded ([`parse_head`]: no body, one framing), its target routed to
+//! a stream under the one naming rule ([`route`]), and the answers that end
+//! an exchange (failures, the CORS preflight) with their heads.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::node::admission::Refusal;
+use crate::node::hls::Resource;
+use crate::node::StreamKey;
+
+/// The largest request head (request line and headers) taken.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// The most headers a request may carry.
+pub(super) const MAX_HEADERS: usize = 48;
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Route<'a> {
+    /// HTTP-FLV of `key`, with the request's query (where tokens live).
+    Flv { key: StreamKey, query: &'a str },
+    /// LL-HLS: a resource of `key`, with the request's query.
+    Hls {
+        key: StreamKey,
+        resource: Resource,
+        query: &'a str,
+    },
+    /// A CORS preflight.
+    Preflight,
+}
+
+/// An answer that ends the exchange, and how it is counted.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Failure {
+    pub(super) status: u16,
+    pub(super) reason: String,
+    /// As in [`super::stats::HTTP_REFUSALS`].
+    pub(super) kind: &'static str,
+}
+
+impl Failure {
+    pub(super) fn new(status: u16, kind: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            kind,
+        }
+    }
+}
+
+pub(super) fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        304 => "Not Modified",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// A parsed request head: the method, the path with its query, whether
+/// the client keeps the connection open, and the head's length.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Request {
+    pub(super) method: String,
+    pub(super) target: String,
+    pub(super) keep_alive: bool,
+    pub(super) len: usize,
+}
+
+/// Parses a request head from `buf`: None while it is incomplete.
+pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD => Err(Failure::new(
+            431,
+            "header_too_large",
+            format!("the request head is over {MAX_REQUEST_HEAD} bytes"),
+        )),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST_HEAD => Err(Failure::new(
+            431,
+            "header_too_large",
+            format!("the request head is over {MAX_REQUEST_HEAD} bytes"),
+        )),
+        Ok(httparse::Status::Complete(len)) => {
+            check_no_body(req.headers)?;
+            let close = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection")
+                    && String::from_utf8_lossy(h.value)
+                        .split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+            });
+            Ok(Some(Request {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                keep_alive: req.version == Some(1) && !close,
+                len,
+            }))
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(Failure::new(
+            431,
+            "header_too_large",
+            format!("more than {MAX_HEADERS} headers"),
+        )),
+        Err(e) => Err(Failure::new(
+            400,
+            "bad_request",
+            format!("malformed request: {e}"),
+        )),
+    }
+}
+
+/// Refuses a request that carries a body or frames one ambiguously: every
+/// method served here (GET, HEAD, OPTIONS) has none, and reading a body's
+/// bytes as the next request would answer requests nobody sent (request
+/// smuggling behind a proxy that keeps connections open). A
+/// `Transfer-Encoding` of any kind, a `Content-Length` other than `0`, or
+/// more than one `Content-Length` is a 400 that closes the connection.
+pub(super) fn check_no_body(headers: &[httparse::Header<'_>]) -> Result<(), Failure> {
+    let bad = |why: &str| Failure::new(400, "bad_request", why);
+    let mut lengths = 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(bad("a request here carries no body (Transfer-Encoding)"));
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            if lengths > 1 {
+                return Err(bad("more than one Content-Length"));
+            }
+            let value = h.value.trim_ascii();
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return Err(bad("a malformed Content-Length"));
+            }
+            if value.iter().any(|&d| d != b'0') {
+                return Err(bad("a request here carries no body (Content-Length)"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a request goes, from its method and target.
+pub(super) fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
+    let head = match req.method.as_str() {
+        "GET" => false,
+        "HEAD" => true,
+        "OPTIONS" => return Ok((Route::Preflight, false)),
+        other => {
+            return Err(Failure::new(
+                405,
+                "method",
+                format!("method {other} is not served here (GET, HEAD, OPTIONS)"),
+            ))
+        }
+    };
+    let (path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.target.as_str(), None),
+    };
+    let not_found = || {
+        Failure::new(
+            404,
+            "not_found",
+            "no such path (try /APP/KEY.flv or /APP/KEY/index.m3u8)",
+        )
+    };
+    let path = path.strip_prefix('/').ok_or_else(not_found)?;
+    // The path is decoded once, here; the stream's name is then read by
+    // the one rule (`StreamKey`), which refuses a `%` left after decoding.
+    let bad_name = |e: crate::stream::NameError| {
+        Failure::new(400, "bad_request", format!("not a stream name: {e}"))
+    };
+    let path = crate::stream::percent_decode(path).map_err(bad_name)?;
+    let query = query.unwrap_or("");
+    let (dir, file) = path.rsplit_once('/').ok_or_else(not_found)?;
+    if let Some(resource) = Resource::parse(file) {
+        if !dir.contains('/') {
+            return Err(not_found());
+        }
+        let key = StreamKey::parse(dir).map_err(bad_name)?;
+        return Ok((
+            Route::Hls {
+                key,
+                resource,
+                query,
+            },
+            head,
+        ));
+    }
+    if let Some(joined) = path.strip_suffix(".flv") {
+        let key = StreamKey::parse(joined).map_err(bad_name)?;
+        return Ok((Route::Flv { key, query }, head));
+    }
+    Err(not_found())
+}
+
+pub(super) fn refusal_failure(r: &Refusal) -> Failure {
+    match r {
+        Refusal::Auth { reason, .. } => Failure::new(403, "forbidden", reason.clone()),
+        Refusal::NotFound => Failure::new(404, "not_found", "no such stream"),
+        Refusal::BadName(_) => Failure::new(400, "bad_request", r.to_string()),
+        other => Failure::new(503, "limit", other.to_string()),
+    }
+}
+
+/// The head of an answer that closes the connection, CORS headers included
+/// when configured.
+pub(super) fn response_head(status: u16, headers: &[(&str, &str)], cors: &str) -> BytesMut {
+    head_with(status, headers, cors, false)
+}
+
+pub(super) fn head_with(
+    status: u16,
+    headers: &[(&str, &str)],
+    cors: &str,
+    keep_alive: bool,
+) -> BytesMut {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(format!("HTTP/1.1 {status} {}\r\n", status_text(status)).as_bytes());
+    out.put_slice(if keep_alive {
+        b"Server: tributary\r\nConnection: keep-alive\r\n".as_slice()
+    } else {
+        b"Server: tributary\r\nConnection: close\r\n".as_slice()
+    });
+    for (name, value) in headers {
+        out.put_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    if !cors.is_empty() {
+        out.put_slice(format!("Access-Control-Allow-Origin: {cors}\r\n").as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    out
+}
+
+pub(super) fn failure_response(f: &Failure, cors: &str) -> Bytes {
+    let body = format!("{}\n", f.reason);
+    let len = body.len().to_string();
+    let mut out = response_head(
+        f.status,
+        &[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", &len),
+        ],
+        cors,
+    );
+    out.put_slice(body.as_bytes());
+    out.freeze()
+}
+
+pub(super) fn preflight_response(cors: &str) -> Bytes {
+    let mut headers = vec![("Content-Length", "0")];
+    if !cors.is_empty() {
+        headers.push(("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"));
+        headers.push(("Access-Control-Allow-Headers", "*"));
+        headers.push(("Access-Control-Max-Age", "86400"));
+    }
+    response_head(204, &headers, cors).freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, target: &str) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+            keep_alive: true,
+            len: 0,
+        }
+    }
+
+    #[test]
+    fn a_request_head_is_taken_whole_and_bounded() {
+        assert_eq!(
+            parse_head(b"GET /live/a.flv HTTP/1.1\r\nHost: x\r\n"),
+            Ok(None)
+        );
+        let head = b"GET /live/a.flv?token=t HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_head(head),
+            Ok(Some(Request {
+                len: head.len(),
+                ..req("GET", "/live/a.flv?token=t")
+            }))
+        );
+        let close = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n");
+        assert!(!close.unwrap().unwrap().keep_alive);
+        let old = parse_head(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(!old.unwrap().unwrap().keep_alive);
+        let bad = parse_head(b"GET /live/a.flv HTTP/1.1\r\nHo st: x\r\n\r\n").unwrap_err();
+        assert_eq!((bad.status, bad.kind), (400, "bad_request"));
+        let mut huge = b"GET /live/a.flv HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.resize(MAX_REQUEST_HEAD, b'a');
+        assert_eq!(parse_head(&huge).unwrap_err().status, 431);
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_head(&many).unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn a_request_that_carries_a_body_is_refused() {
+        for head in [
+            "Content-Length: 40",
+            "content-length: 1",
+            "Content-Length: 00001",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: identity",
+            "Content-Length: 0\r\nContent-Length: 0",
+            "Content-Length: 0\r\nTransfer-Encoding: chunked",
+            "Content-Length: +0",
+            "Content-Length: -0",
+            "Content-Length: 0x0",
+            "Content-Length: 0, 0",
+            "Content-Length: ",
+        ] {
+            let request = format!("GET /live/a.flv HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n");
+            let f = parse_head(request.as_bytes()).unwrap_err();
+            assert_eq!((f.status, f.kind), (400, "bad_request"), "{head}");
+        }
+        for head in ["Content-Length: 0", "Content-Length:  000 ", "X-Length: 5"] {
+            let request = format!("HEAD /live/a.flv HTTP/1.1\r\n{head}\r\n\r\n");
+            assert!(parse_head(request.as_bytes()).unwrap().is_some(), "{head}");
+        }
+    }
+
+    #[test]
+    fn routes_name_the_stream_by_the_one_rule_and_keep_its_query() {
+        assert_eq!(
+            route(&req("GET", "/live/cam.flv?token=abc")).unwrap(),
+            (
+                Route::Flv {
+                    key: StreamKey::from("live/cam"),
+                    query: "token=abc"
+                },
+                false
+            )
+        );
+        // The app is the first segment, whatever the path looks like.
+        for target in ["/a/b/cam.flv", "/a%2Fb/cam.flv", "/a/b%2Fcam.flv"] {
+            let request = req("HEAD", target);
+            let (route, head) = route(&request).unwrap();
+            assert!(head);
+            assert_eq!(
+                route,
+                Route::Flv {
+                    key: StreamKey::from("a/b/cam"),
+                    query: ""
+                },
+                "{target}"
+            );
+        }
+        match route(&req("GET", "/a/b/cam/index.m3u8?x=1")).unwrap().0 {
+            Route::Hls { key, query, .. } => {
+                assert_eq!((key.app(), key.name(), query), ("a", "b/cam", "x=1"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            route(&req("OPTIONS", "/live/cam.flv")).unwrap().0,
+            Route::Preflight
+        );
+        for target in [
+            "/",
+            "/cam.flv",
+            "/live/cam.mp4",
+            "live/cam.flv",
+            "/index.m3u8",
+        ] {
+            assert_eq!(
+                route(&req("GET", target)).unwrap_err().status,
+                404,
+                "{target}"
+            );
+        }
+        // A name that is not one reading: 400 with the reason.
+        for target in [
+            "/live/.flv",
+            "/live//cam.flv",
+            "/live/../x/cam.flv",
+            "/live/cam%252F.flv",
+            "/live/c%zzam.flv",
+        ] {
+            let f = route(&req("GET", target)).unwrap_err();
+            assert_eq!((f.status, f.kind), (400, "bad_request"), "{target}");
+        }
+        assert_eq!(
+            route(&req("POST", "/live/cam.flv")).unwrap_err().status,
+            405
+        );
+    }
+
+    #[test]
+    fn answers_carry_their_status_reason_and_cors() {
+        let f = Failure::new(403, "forbidden", "bad token");
+        let text = String::from_utf8(failure_response(&f, "*").to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
+        assert!(
+            text.contains("Access-Control-Allow-Origin: *\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Content-Length: 10\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nbad token\n"), "{text}");
+        let text = String::from_utf8(preflight_response("").to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+        assert!(!text.contains("Access-Control"), "{text}");
+        assert_eq!(
+            refusal_failure(&Refusal::NotFound).status,
+            404,
+            "an unknown stream"
+        );
+        assert_eq!(refusal_failure(&Refusal::PlayerLimit).status, 503);
+    }
+}
