@@ -27,6 +27,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod container;
 pub mod control_thread;
 pub mod node;
 pub mod protocol;

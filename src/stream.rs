@@ -475,6 +475,41 @@ mod tests {
         assert_eq!(err.to_string(), "the stream name has an empty part");
     }
 
+    /// What any parser takes is one reading: its app is one segment, and
+    /// its joined form, its parts and its fully percent-encoded path all
+    /// parse back to it (the fuzz target `stream_name` checks the same).
+    fn one_reading(key: &StreamKey) {
+        let (app, name) = (key.app(), key.name());
+        assert!(!app.is_empty() && !app.contains('/'), "{key:?}");
+        assert!(!key.contains('%') && !key.contains('?'), "{key:?}");
+        assert_eq!(StreamKey::parse(key).as_ref(), Ok(key));
+        assert_eq!(StreamKey::new(app, name).as_ref(), Ok(key));
+        let encoded: String = key
+            .bytes()
+            .map(|b| match b {
+                b'/' => "/".to_owned(),
+                b => format!("%{b:02X}"),
+            })
+            .collect();
+        assert_eq!(StreamKey::from_url_path(&encoded).as_ref(), Ok(key));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_name_taken_is_one_reading(
+            path in "[a-z/%.?#2Ff ]{0,24}",
+            app in "[a-z/?.]{0,8}",
+            name in "[a-z/?=&.%]{0,12}",
+        ) {
+            if let Ok(key) = StreamKey::from_url_path(&path) {
+                one_reading(&key);
+            }
+            if let Ok((key, _)) = StreamKey::from_rtmp(&app, None, &name) {
+                one_reading(&key);
+            }
+        }
+    }
+
     #[test]
     fn audience_counts_by_protocol_under_one_limit() {
         let audience = Audience::default();

@@ -385,6 +385,104 @@ fn classify_enhanced_audio(payload: &[u8]) -> Result<AudioInfo, MediaError> {
     })
 }
 
+/// A single-track coded video tag body, as a muxer reads it: what it is,
+/// its composition time, and where its codec data starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoBody {
+    pub info: VideoInfo,
+    /// The decoder configuration record (legacy AVCPacketType 0, or
+    /// Enhanced SequenceStart), not an MPEG-2 TS descriptor.
+    pub config: bool,
+    /// Composition time offset, ms (legacy AVC/HEVC and Enhanced
+    /// CodedFrames of AVC/HEVC carry one; 0 otherwise).
+    pub cts_ms: i32,
+    /// Where the configuration record or the coded frame data starts.
+    pub data_at: usize,
+}
+
+/// A single-track audio tag body: what it is and where its codec data
+/// starts (the AudioSpecificConfig or the raw frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioBody {
+    pub info: AudioInfo,
+    pub data_at: usize,
+}
+
+fn si24(b: [u8; 3]) -> i32 {
+    (i32::from_be_bytes([b[0], b[1], b[2], 0])) >> 8
+}
+
+/// Reads a video tag body's header (legacy or Enhanced RTMP, ModEx
+/// skipped) to its codec data. Multitrack packets, command frames and
+/// Metadata are classified but carry no single track's data: their
+/// `data_at` is the payload's end.
+pub fn video_body(payload: &[u8]) -> Result<VideoBody, MediaError> {
+    let info = classify_video(payload)?;
+    let single =
+        !info.multitrack && matches!(info.kind, PacketKind::SequenceHeader | PacketKind::Frame);
+    if !single {
+        return Ok(VideoBody {
+            info,
+            config: false,
+            cts_ms: 0,
+            data_at: payload.len(),
+        });
+    }
+    let mut r = Reader::new(payload);
+    let flags = r.u8()?;
+    let avc_like = matches!(info.codec, VideoCodec::Avc | VideoCodec::Hevc);
+    let (config, cts) = if !info.enhanced {
+        if !avc_like {
+            // Legacy codecs without a packet type: the frame follows.
+            return Ok(VideoBody {
+                info,
+                config: false,
+                cts_ms: 0,
+                data_at: 1,
+            });
+        }
+        let packet_type = r.u8()?;
+        (packet_type == 0, si24(r.take::<3>()?))
+    } else {
+        let packet_type = r.skip_mod_ex(flags & 0x0F, VIDEO_MOD_EX)?;
+        r.fourcc()?;
+        let cts = if packet_type == VIDEO_CODED_FRAMES && avc_like {
+            si24(r.take::<3>()?)
+        } else {
+            0
+        };
+        (packet_type == VIDEO_SEQUENCE_START, cts)
+    };
+    Ok(VideoBody {
+        info,
+        config,
+        cts_ms: cts,
+        data_at: r.pos,
+    })
+}
+
+/// Reads an audio tag body's header to its codec data (AAC's packet type,
+/// Enhanced RTMP's FourCC, ModEx skipped). Multitrack and MultichannelConfig
+/// packets carry no single track's data: `data_at` is the payload's end.
+pub fn audio_body(payload: &[u8]) -> Result<AudioBody, MediaError> {
+    let info = classify_audio(payload)?;
+    let single =
+        !info.multitrack && matches!(info.kind, PacketKind::SequenceHeader | PacketKind::Frame);
+    let data_at = match (single, info.enhanced, info.codec) {
+        (false, _, _) => payload.len(),
+        (true, false, AudioCodec::Aac) => 2,
+        (true, false, _) => 1,
+        (true, true, _) => {
+            let mut r = Reader::new(payload);
+            let flags = r.u8()?;
+            r.skip_mod_ex(flags & 0x0F, AUDIO_MOD_EX)?;
+            r.fourcc()?;
+            r.pos
+        }
+    };
+    Ok(AudioBody { info, data_at })
+}
+
 /// The track an Enhanced RTMP multitrack audio packet names (its first
 /// track's id); 0 for every other audio packet. A stream keeps one sequence
 /// header per track, so a player that joins later can decode every track.
@@ -497,6 +595,54 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_bodies_are_read_to_their_codec_data() {
+        // Legacy AVC: a keyframe with a negative composition time.
+        let b = video_body(&[0x17, 1, 0xFF, 0xFF, 0xFE, 9]).unwrap();
+        assert_eq!(
+            (b.info.keyframe, b.config, b.cts_ms, b.data_at),
+            (true, false, -2, 5)
+        );
+        let b = video_body(&[0x17, 0, 0, 0, 0, 1, 2]).unwrap();
+        assert_eq!((b.config, b.data_at), (true, 5));
+        // Enhanced: HEVC SequenceStart, AVC CodedFrames (with cts) and
+        // CodedFramesX (without), AV1 CodedFrames (no cts), and a ModEx
+        // block before the packet type.
+        let b = video_body(&[0x90, b'h', b'v', b'c', b'1', 7]).unwrap();
+        assert_eq!(
+            (b.info.codec, b.config, b.data_at),
+            (VideoCodec::Hevc, true, 5)
+        );
+        let b = video_body(&[0x91, b'a', b'v', b'c', b'1', 0, 0, 3, 9]).unwrap();
+        assert_eq!((b.cts_ms, b.data_at), (3, 8));
+        let b = video_body(&[0xA3, b'a', b'v', b'c', b'1', 9]).unwrap();
+        assert_eq!((b.info.keyframe, b.cts_ms, b.data_at), (false, 0, 5));
+        let b = video_body(&[0x91, b'a', b'v', b'0', b'1', 9]).unwrap();
+        assert_eq!((b.cts_ms, b.data_at), (0, 5));
+        let b = video_body(&[0x97, 0, 0xAA, 0x01, b'a', b'v', b'0', b'1', 9]).unwrap();
+        assert_eq!((b.info.codec, b.data_at), (VideoCodec::Av1, 8));
+        // MPEG2TSSequenceStart is a sequence header, not a config record.
+        assert!(
+            !video_body(&[0x95, b'a', b'v', b'0', b'1', 9])
+                .unwrap()
+                .config
+        );
+        // A legacy codec without a packet type, and truncated headers.
+        assert_eq!(video_body(&[0x22, 9]).unwrap().data_at, 1);
+        assert!(video_body(&[0x17, 1, 0]).is_err());
+        assert!(video_body(&[0x91, b'a', b'v', b'c', b'1', 0]).is_err());
+        // Audio: legacy AAC, Enhanced Opus, and a legacy codec.
+        let a = audio_body(&[0xAF, 0, 0x12, 0x10]).unwrap();
+        assert_eq!((a.info.kind, a.data_at), (PacketKind::SequenceHeader, 2));
+        let a = audio_body(&[0x91, b'O', b'p', b'u', b's', 3]).unwrap();
+        assert_eq!(
+            (a.info.codec, a.info.kind, a.data_at),
+            (AudioCodec::Opus, PacketKind::Frame, 5)
+        );
+        assert_eq!(audio_body(&[0x2F, 1]).unwrap().data_at, 1);
+        assert!(audio_body(&[0xAF]).is_err());
+    }
 
     /// A real AVCDecoderConfigurationRecord (x264 baseline 320x240: SPS and
     /// PPS) behind the legacy `0x17 0x00 000000` header.

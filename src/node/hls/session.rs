@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use crate::container::window::Session;
 use crate::node::gate::Ticket;
 use crate::node::ShardStats;
 
@@ -35,30 +36,32 @@ pub const PARAM: &str = "hls_session";
 /// A session ID: 128 random bits, as 32 lowercase hex digits.
 const ID_LEN: usize = 32;
 
-/// One LL-HLS viewer: its place among the stream's players, counted in
-/// the LL-HLS viewers of the shard that admitted it.
-#[derive(Debug)]
-pub struct Session {
+/// What an LL-HLS viewer's session holds while it lasts: its place among
+/// the stream's players, counted in the LL-HLS viewers of the shard that
+/// admitted it.
+struct Place {
     _place: Ticket,
     stats: Arc<ShardStats>,
-    /// The address of the viewer it was given to.
-    pub peer: IpAddr,
-    pub last_seen: Instant,
-    /// A request has named it since it was given out.
-    pub confirmed: bool,
 }
 
-impl Session {
-    pub fn new(place: Ticket, stats: Arc<ShardStats>, peer: IpAddr, now: Instant) -> Session {
-        stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
-        Session {
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.stats.hls_viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A viewer's session at `peer`, holding `place` until its window lets it
+/// go.
+pub fn viewer(place: Ticket, stats: Arc<ShardStats>, peer: IpAddr, now: Instant) -> Session {
+    stats.hls_viewers.fetch_add(1, Ordering::Relaxed);
+    Session::new(
+        Place {
             _place: place,
             stats,
-            peer,
-            last_seen: now,
-            confirmed: false,
-        }
-    }
+        },
+        peer,
+        now,
+    )
 }
 
 /// The session a connection was given for a stream (asked with `query`).
@@ -67,12 +70,6 @@ pub struct Given {
     pub key: crate::node::StreamKey,
     pub query: String,
     pub id: String,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.stats.hls_viewers.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A new session ID, from the kernel's random source; None if it fails
@@ -124,6 +121,55 @@ pub fn with(query: &str, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_hold_their_places_until_they_idle_out() {
+        use crate::container::window::Window;
+        use crate::node::{Gate, GateLimits, StreamKey};
+        use crate::stream::Protocol;
+        use std::net::Ipv4Addr;
+        let gate = Gate::new(GateLimits::default());
+        let stats = Arc::new(ShardStats::default());
+        let key = StreamKey::from("live/cam");
+        let (here, there) = (
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        );
+        let t0 = Instant::now();
+        let mut w = Window::new(200, 2000, 1, t0);
+        let (idle, pending) = (w.session_idle(), w.session_pending());
+        assert_eq!(idle, std::time::Duration::from_secs(3 * 3 + 1));
+        assert_eq!(pending, std::time::Duration::from_secs(3 + 1));
+        let session = |peer| {
+            let place = gate.player(&key, Protocol::LlHls).unwrap();
+            viewer(place, stats.clone(), peer, t0)
+        };
+        for id in ["a", "b", "c"] {
+            assert!(w.admit(id.into(), session(here)));
+        }
+        let viewers = || gate.audience().of(&key).ll_hls;
+        let gauge = || stats.hls_viewers.load(Ordering::Relaxed);
+        assert_eq!((viewers(), gauge()), (3, 3));
+        // A session is its address's: another one naming it is a stranger.
+        assert!(!w.touch("x", here, t0) && !w.touch("a", there, t0));
+        // `a` and `b` are named (confirmed); `c` never is, and goes after
+        // the pending time; `a` asks again later, `b` does not.
+        assert!(w.touch("a", here, t0) && w.touch("b", here, t0));
+        assert_eq!(w.expire_sessions(t0 + pending / 2, false), 3);
+        assert_eq!(w.expire_sessions(t0 + pending * 2, false), 2);
+        assert!(w.touch("a", here, t0 + idle / 2));
+        assert_eq!(w.expire_sessions(t0 + idle, false), 2);
+        assert_eq!(w.expire_sessions(t0 + idle + idle / 4, false), 1);
+        assert!(w.touch("a", here, t0 + idle) && !w.touch("b", here, t0 + idle));
+        assert_eq!((viewers(), gauge()), (1, 1));
+        // Readmitting a known ID (its viewer moved to another address)
+        // replaces it: still one place.
+        assert!(w.admit("a".into(), session(there)));
+        assert_eq!(viewers(), 1);
+        assert!(w.touch("a", there, t0 + idle));
+        assert_eq!(w.expire_sessions(t0, true), 0);
+        assert_eq!((viewers(), gauge()), (0, 0));
+    }
 
     #[test]
     fn session_ids_are_random_hex_and_read_back_from_a_query() {

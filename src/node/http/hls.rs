@@ -264,7 +264,7 @@ pub(super) async fn serve_hls(
                     .gate
                     .player(&key, Protocol::LlHls)
                     .map_err(|_| refused(Refusal::PlayerLimit))?;
-                let viewer = session::Session::new(place, ctx.stats.clone(), peer, now);
+                let viewer = session::viewer(place, ctx.stats.clone(), peer, now);
                 admit = Some((id.clone(), viewer));
             }
             if named.is_none() {

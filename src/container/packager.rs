@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::protocol::amf0::{Amf0Reader, Amf0Value};
+use crate::protocol::media::{self, AudioCodec, PacketKind, VideoCodec};
 use crate::protocol::{MessageType, RawMessage};
 
 use super::fmp4::{
     aac_rate_channels, fragment, init_segment, AudioKind, AudioTrack, Sample, VideoKind,
     VideoTrack, AUDIO_TRACK, VIDEO_TIMESCALE, VIDEO_TRACK,
 };
-use super::{Part, Window};
+use super::window::{target_duration, Part, Window};
 
 /// What one media message is to the packager.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,92 +35,49 @@ enum Unit {
     Skip,
 }
 
-fn si24(b: &[u8]) -> i32 {
-    let v = ((b[0] as i32) << 16) | ((b[1] as i32) << 8) | b[2] as i32;
-    (v << 8) >> 8
-}
-
+/// A video message as the packager takes it, read by `protocol::media`'s
+/// tag model: a single-track H.264, HEVC or AV1 configuration or frame;
+/// anything else is skipped.
 fn video_unit(p: &Bytes) -> Unit {
-    let Some(&b0) = p.first() else {
+    let Ok(body) = media::video_body(p) else {
         return Unit::Skip;
     };
-    let key = (b0 >> 4) & 0x07 == 1;
-    if b0 & 0x80 == 0 {
-        // Legacy: CodecID 7 (AVC) or 12 (HEVC), AVCPacketType, SI24 cts.
-        let kind = match b0 & 0x0F {
-            7 => VideoKind::Avc,
-            12 => VideoKind::Hevc,
-            _ => return Unit::Skip,
-        };
-        if p.len() < 5 {
-            return Unit::Skip;
-        }
-        return match p[1] {
-            0 => Unit::VideoConfig(kind, p.slice(5..)),
-            1 => Unit::Video {
-                key,
-                cts_ms: si24(&p[2..5]),
-                data: p.slice(5..),
-            },
-            _ => Unit::Skip,
-        };
-    }
-    // Enhanced RTMP, one track: PacketType in the low nibble, FourCC.
-    if p.len() < 5 {
-        return Unit::Skip;
-    }
-    let kind = match &p[1..5] {
-        b"avc1" => VideoKind::Avc,
-        b"hvc1" => VideoKind::Hevc,
-        b"av01" => VideoKind::Av1,
+    let kind = match body.info.codec {
+        VideoCodec::Avc => VideoKind::Avc,
+        VideoCodec::Hevc => VideoKind::Hevc,
+        VideoCodec::Av1 => VideoKind::Av1,
         _ => return Unit::Skip,
     };
-    match b0 & 0x0F {
-        0 => Unit::VideoConfig(kind, p.slice(5..)),
-        // CodedFrames: AVC and HEVC carry an SI24 composition time.
-        1 if kind != VideoKind::Av1 => {
-            if p.len() < 8 {
-                return Unit::Skip;
-            }
-            Unit::Video {
-                key,
-                cts_ms: si24(&p[5..8]),
-                data: p.slice(8..),
-            }
-        }
-        1 | 3 => Unit::Video {
-            key,
-            cts_ms: 0,
-            data: p.slice(5..),
+    let data = p.slice(body.data_at..);
+    match body.info.kind {
+        _ if body.info.multitrack => Unit::Skip,
+        PacketKind::SequenceHeader if body.config => Unit::VideoConfig(kind, data),
+        PacketKind::Frame => Unit::Video {
+            key: body.info.keyframe,
+            cts_ms: body.cts_ms,
+            data,
         },
         _ => Unit::Skip,
     }
 }
 
+/// An audio message as the packager takes it: a single-track AAC or Opus
+/// configuration or frame; anything else is skipped.
 fn audio_unit(p: &Bytes) -> Unit {
-    let Some(&b0) = p.first() else {
+    let Ok(body) = media::audio_body(p) else {
         return Unit::Skip;
     };
-    match b0 >> 4 {
-        // Legacy AAC: AACPacketType 0 = AudioSpecificConfig, 1 = raw.
-        10 if p.len() >= 2 => match p[1] {
-            0 => Unit::AudioConfig(AudioKind::Aac, p.slice(2..)),
-            1 => Unit::Audio(p.slice(2..)),
-            _ => Unit::Skip,
-        },
-        // Enhanced audio, one track.
-        9 if p.len() >= 5 => {
-            let kind = match &p[1..5] {
-                b"mp4a" => AudioKind::Aac,
-                b"Opus" => AudioKind::Opus,
-                _ => return Unit::Skip,
-            };
-            match b0 & 0x0F {
-                0 => Unit::AudioConfig(kind, p.slice(5..)),
-                1 => Unit::Audio(p.slice(5..)),
-                _ => Unit::Skip,
-            }
-        }
+    let kind = match body.info.codec {
+        AudioCodec::Aac => AudioKind::Aac,
+        // Opus over FLV is Enhanced RTMP only.
+        AudioCodec::Opus if body.info.enhanced => AudioKind::Opus,
+        _ => return Unit::Skip,
+    };
+    let data = p.slice(body.data_at..);
+    match body.info.kind {
+        _ if body.info.multitrack => Unit::Skip,
+        PacketKind::SequenceHeader => Unit::AudioConfig(kind, data),
+        PacketKind::Frame => Unit::Audio(data),
         _ => Unit::Skip,
     }
 }
@@ -351,7 +309,7 @@ impl Packager {
 
     /// The longest a segment may grow: the playlist's target duration.
     fn hard_max_ms(&self) -> f64 {
-        super::target_duration(self.targets.segment_ms) as f64 * 1000.0
+        target_duration(self.targets.segment_ms) as f64 * 1000.0
     }
 
     fn add_video(&mut self, s: Sample, ms: f64) {

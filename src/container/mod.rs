@@ -1,0 +1,14 @@
+//! Media containers, sans-IO: what turns RTMP/FLV messages into files a
+//! player reads, with no socket, no clock and no lock of its own, so that
+//! each is tested (and fuzzed) on bytes alone. The node runs them on its
+//! shards (`node::hls`); nothing here imports from `node`.
+//!
+//! - [`fmp4`]: fragmented-MP4 (CMAF) boxes: init segments and fragments.
+//! - [`packager`]: one stream's LL-HLS packager, messages in, parts and
+//!   segments out, into its [`window::Window`].
+//! - [`window`]: the window those parts live in, its playlists and its
+//!   viewers' sessions.
+
+pub mod fmp4;
+pub mod packager;
+pub mod window;
