@@ -15,8 +15,8 @@
 //! included; request headers, time per request and per connection, and
 //! connections at once are bounded.
 //!
-//! Long (about 900 lines): the HTTP routes and the Prometheus families they
-//! render, one per counter the node keeps.
+//! This file is the server and its routes; [`metrics`] renders the
+//! Prometheus families, one per counter the node keeps.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,13 +29,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, StatusCode};
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::cluster::{ClusterAudience, ClusterHandle, ClusterStats, NodeAudience};
-use crate::node::{
-    Directory, Gate, ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS, REFUSED_KINDS,
-};
+use crate::node::{Directory, Gate, ShardStats};
 use crate::stream::StreamKey;
+
+mod metrics;
+use metrics::Metrics;
 
 /// What the admin plane reports on.
 pub struct AdminState {
@@ -352,23 +352,23 @@ fn console(path: &str) -> Option<Reply> {
         }
         "/console/" | "/console/index.html" => (
             "text/html; charset=utf-8",
-            include_bytes!("../console/index.html"),
+            include_bytes!("../../console/index.html"),
         ),
         "/console/console.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../console/console.js"),
+            include_bytes!("../../console/console.js"),
         ),
         "/console/vendor/hls.min.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../console/vendor/hls.min.js"),
+            include_bytes!("../../console/vendor/hls.min.js"),
         ),
         "/console/vendor/mpegts.js" => (
             "text/javascript; charset=utf-8",
-            include_bytes!("../console/vendor/mpegts.js"),
+            include_bytes!("../../console/vendor/mpegts.js"),
         ),
         "/console/vendor/LICENSES.txt" => (
             "text/plain; charset=utf-8",
-            include_bytes!("../console/vendor/LICENSES.txt"),
+            include_bytes!("../../console/vendor/LICENSES.txt"),
         ),
         _ => return None,
     };
@@ -460,408 +460,6 @@ async fn kick(state: &AdminState, target: &str) -> Reply {
             StatusCode::NOT_FOUND,
             &serde_json::json!({ "kicked": false, "error": e.to_string() }),
         ),
-    }
-}
-
-/// Reads one counter of a shard.
-type Read = fn(&ShardStats) -> u64;
-
-/// Prometheus families, filled from the shards' atomics at scrape time.
-struct Metrics {
-    registry: Registry,
-    gauges: Vec<(IntGaugeVec, Read)>,
-    counters: Vec<(IntCounterVec, Read)>,
-    dropped: IntCounterVec,
-    errors: IntCounterVec,
-    overflow: IntCounterVec,
-    refused: IntCounterVec,
-    http_refused: IntCounterVec,
-    viewers: IntGaugeVec,
-    hls_bytes: prometheus::IntGauge,
-    limited: IntCounterVec,
-    cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
-    cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
-    /// Admin connections closed at accept: `MAX_CONNECTIONS` were open.
-    admin_refused: prometheus::IntCounter,
-}
-
-/// Reads one cluster counter.
-type ClusterRead = fn(&ClusterStats) -> u64;
-
-impl Metrics {
-    fn new() -> prometheus::Result<Self> {
-        let registry = Registry::new();
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["shard"])?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let gauges: Vec<(IntGaugeVec, Read)> = vec![
-            (
-                gauge("tributary_connections", "Open RTMP connections")?,
-                |s| ShardStats::get(&s.connections),
-            ),
-            (
-                gauge("tributary_publishers", "Streams being published")?,
-                |s| ShardStats::get(&s.publishers),
-            ),
-            (
-                gauge("tributary_players", "Players attached to a stream")?,
-                |s| ShardStats::get(&s.players),
-            ),
-            (
-                gauge(
-                    "tributary_hls_streams",
-                    "Streams packaged for LL-HLS (each is one player among tributary_players)",
-                )?,
-                |s| ShardStats::get(&s.hls_windows),
-            ),
-        ];
-        let counters: Vec<(IntCounterVec, Read)> = vec![
-            (
-                counter(
-                    "tributary_bytes_in_total",
-                    "Bytes read from RTMP peers",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.bytes_in),
-            ),
-            (
-                counter(
-                    "tributary_bytes_out_total",
-                    "Bytes written to RTMP peers",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.bytes_out),
-            ),
-            (
-                counter(
-                    "tributary_connections_total",
-                    "RTMP connections accepted",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.connections_total),
-            ),
-            (
-                counter("tributary_publishes_total", "Publishes started", &["shard"])?,
-                |s| ShardStats::get(&s.publishes_total),
-            ),
-            (
-                counter("tributary_plays_total", "Plays started", &["shard"])?,
-                |s| ShardStats::get(&s.plays_total),
-            ),
-            (
-                counter(
-                    "tributary_messages_in_total",
-                    "Audio and video messages received from publishers",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.messages_in),
-            ),
-            (
-                counter(
-                    "tributary_messages_out_total",
-                    "Audio, video and data messages queued to players",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.messages_out),
-            ),
-            (
-                counter(
-                    "tributary_slow_players_disconnected_total",
-                    "Players cut for staying behind past players.max_lag_ms",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.disconnected_slow),
-            ),
-            (
-                counter(
-                    "tributary_http_requests_total",
-                    "HTTP media requests taken (each answered or refused)",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.http_requests),
-            ),
-            (
-                counter(
-                    "tributary_http_bytes_out_total",
-                    "Bytes written to HTTP media peers (among tributary_bytes_out_total)",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.http_bytes_out),
-            ),
-            (
-                counter(
-                    "tributary_hls_parts_total",
-                    "LL-HLS partial segments built",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.hls_parts),
-            ),
-            (
-                counter(
-                    "tributary_hls_segments_total",
-                    "LL-HLS segments completed",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.hls_segments),
-            ),
-            (
-                counter(
-                    "tributary_recv_no_buffers_total",
-                    "Receives that found the shard's buffer ring empty (ENOBUFS) and were re-armed",
-                    &["shard"],
-                )?,
-                |s| ShardStats::get(&s.recv_no_buffers),
-            ),
-        ];
-        let dropped = counter(
-            "tributary_dropped_frames_total",
-            "Frames not delivered, by reason",
-            &["shard", "reason"],
-        )?;
-        let errors = counter(
-            "tributary_protocol_errors_total",
-            "Connections closed for a protocol error, by kind",
-            &["shard", "kind"],
-        )?;
-        let overflow = counter(
-            "tributary_queue_overflow_total",
-            "Items dropped because a bounded queue was full, by queue",
-            &["shard", "queue"],
-        )?;
-        let refused = counter(
-            "tributary_auth_refused_total",
-            "Publishes and plays refused by the auth rules, by reason",
-            &["shard", "reason"],
-        )?;
-        let http_refused = counter(
-            "tributary_http_refused_total",
-            "HTTP media requests refused, by reason",
-            &["shard", "reason"],
-        )?;
-        let viewers = IntGaugeVec::new(
-            Opts::new(
-                "tributary_viewers",
-                "Players by protocol: rtmp, http-flv, and ll-hls (viewers' sessions, counted on the shard that admitted them)",
-            ),
-            &["shard", "protocol"],
-        )?;
-        registry.register(Box::new(viewers.clone()))?;
-        let hls_bytes = prometheus::IntGauge::new(
-            "tributary_hls_window_bytes",
-            "Bytes of LL-HLS parts and segments held in memory, all streams",
-        )?;
-        registry.register(Box::new(hls_bytes.clone()))?;
-        let limited = counter(
-            "tributary_limit_refused_total",
-            "Connections, publishes and plays refused by a limit, by limit",
-            &["limit"],
-        )?;
-        let mut cluster_gauges = Vec::new();
-        for (name, help, read) in [
-            (
-                "tributary_nats_connected",
-                "1 while connected to a NATS server",
-                (|c| ClusterStats::get(&c.connected)) as ClusterRead,
-            ),
-            (
-                "tributary_relayed_streams",
-                "Streams relayed here from other nodes",
-                |c| ClusterStats::get(&c.relayed_streams),
-            ),
-            (
-                "tributary_exported_streams",
-                "Streams of this node that other nodes relay",
-                |c| ClusterStats::get(&c.exported_streams),
-            ),
-            (
-                "tributary_snapshot_max_microseconds",
-                "Longest snapshot fetch from another node",
-                |c| ClusterStats::get(&c.snapshot_max_micros),
-            ),
-        ] {
-            let g = prometheus::IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            cluster_gauges.push((g, read));
-        }
-        let mut cluster_counters = Vec::new();
-        for (name, help, read) in [
-            (
-                "tributary_nats_connects_total",
-                "Connections made to a NATS server",
-                (|c| ClusterStats::get(&c.reconnects)) as ClusterRead,
-            ),
-            (
-                "tributary_nats_bytes_out_total",
-                "Media bytes published to NATS",
-                |c| ClusterStats::get(&c.nats_bytes_out),
-            ),
-            (
-                "tributary_nats_messages_out_total",
-                "Media frames published to NATS",
-                |c| ClusterStats::get(&c.nats_messages_out),
-            ),
-            (
-                "tributary_nats_bytes_in_total",
-                "Media bytes received from NATS",
-                |c| ClusterStats::get(&c.nats_bytes_in),
-            ),
-            (
-                "tributary_nats_messages_in_total",
-                "Media frames received from NATS",
-                |c| ClusterStats::get(&c.nats_messages_in),
-            ),
-            (
-                "tributary_relay_gaps_total",
-                "Gaps in relayed streams (resumed at the next keyframe)",
-                |c| ClusterStats::get(&c.relay_gaps),
-            ),
-            (
-                "tributary_export_drops_total",
-                "Messages not exported: the control queue was full",
-                |c| ClusterStats::get(&c.export_drops),
-            ),
-            (
-                "tributary_registry_operations_total",
-                "Registry (JetStream KV) operations",
-                |c| ClusterStats::get(&c.registry_ops),
-            ),
-            (
-                "tributary_registry_errors_total",
-                "Registry operations that failed",
-                |c| ClusterStats::get(&c.registry_errors),
-            ),
-            (
-                "tributary_registry_conflicts_total",
-                "Publishes refused, taken over or fenced for another node's entry",
-                |c| ClusterStats::get(&c.registry_conflicts),
-            ),
-            (
-                "tributary_snapshots_total",
-                "Snapshots fetched from other nodes",
-                |c| ClusterStats::get(&c.snapshots),
-            ),
-            (
-                "tributary_snapshot_microseconds_total",
-                "Time spent fetching snapshots",
-                |c| ClusterStats::get(&c.snapshot_micros),
-            ),
-        ] {
-            let c = prometheus::IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            cluster_counters.push((c, read));
-        }
-        let admin_refused = prometheus::IntCounter::new(
-            "tributary_admin_connections_refused_total",
-            "HTTP admin connections closed at accept because 256 were already open",
-        )?;
-        registry.register(Box::new(admin_refused.clone()))?;
-        Ok(Self {
-            admin_refused,
-            registry,
-            gauges,
-            counters,
-            dropped,
-            errors,
-            overflow,
-            refused,
-            http_refused,
-            viewers,
-            hls_bytes,
-            limited,
-            cluster_gauges,
-            cluster_counters,
-        })
-    }
-
-    fn render(&self, state: &AdminState) -> Vec<u8> {
-        for (i, s) in state.shards.iter().enumerate() {
-            let shard = i.to_string();
-            for (g, read) in &self.gauges {
-                g.with_label_values(&[&shard]).set(read(s) as i64);
-            }
-            let set = |c: &IntCounterVec, labels: &[&str], v: u64| {
-                let c = c.with_label_values(labels);
-                c.reset();
-                c.inc_by(v);
-            };
-            for (c, read) in &self.counters {
-                set(c, &[&shard], read(s));
-            }
-            set(
-                &self.dropped,
-                &[&shard, "slow_player"],
-                ShardStats::get(&s.dropped_frames_slow),
-            );
-            set(
-                &self.dropped,
-                &[&shard, "shard_queue_full"],
-                ShardStats::get(&s.dropped_frames_shard),
-            );
-            for (k, kind) in crate::auth::REFUSAL_KINDS.iter().enumerate() {
-                set(
-                    &self.refused,
-                    &[&shard, kind],
-                    ShardStats::get(&s.auth_refused[k]),
-                );
-            }
-            for (k, kind) in ERROR_KINDS.iter().enumerate() {
-                set(
-                    &self.errors,
-                    &[&shard, kind],
-                    ShardStats::get(&s.protocol_errors[k]),
-                );
-            }
-            for (k, reason) in HTTP_REFUSALS.iter().enumerate() {
-                set(
-                    &self.http_refused,
-                    &[&shard, reason],
-                    ShardStats::get(&s.http_refused[k]),
-                );
-            }
-            let flv = ShardStats::get(&s.flv_viewers);
-            let rtmp = ShardStats::get(&s.players)
-                .saturating_sub(flv)
-                .saturating_sub(ShardStats::get(&s.hls_windows));
-            let hls = ShardStats::get(&s.hls_viewers);
-            for (protocol, n) in [("rtmp", rtmp), ("http-flv", flv), ("ll-hls", hls)] {
-                self.viewers
-                    .with_label_values(&[&shard, protocol])
-                    .set(n as i64);
-            }
-            for (k, queue) in QUEUE_KINDS.iter().enumerate() {
-                set(
-                    &self.overflow,
-                    &[&shard, queue],
-                    ShardStats::get(&s.queue_overflow[k]),
-                );
-            }
-        }
-        for (i, kind) in REFUSED_KINDS.iter().enumerate() {
-            let c = self.limited.with_label_values(&[kind]);
-            c.reset();
-            c.inc_by(state.gate.refused[i].load(Ordering::Relaxed));
-        }
-        if let Some(cluster) = &state.cluster {
-            for (g, read) in &self.cluster_gauges {
-                g.set(read(&cluster.stats) as i64);
-            }
-            for (c, read) in &self.cluster_counters {
-                c.reset();
-                c.inc_by(read(&cluster.stats));
-            }
-        }
-        self.hls_bytes.set(state.hls.usage().1 as i64);
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        out
     }
 }
 
