@@ -911,6 +911,33 @@ fn a_token_app_protects_its_streams_whichever_way_a_client_splits_the_url() {
         "{}",
         String::from_utf8_lossy(&played.stderr)
     );
+    // The admin API takes the same rule: names it cannot read are a 400
+    // with the reason, and the kick names the stream however it is
+    // encoded.
+    for path in [
+        "/api/play?stream=paid//t",
+        "/api/play?stream=paid%252Fs%252Ft",
+        "/api/play?stream=paid",
+    ] {
+        let (status, body) = common::http(node.http, "GET", path, Some("adm"));
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{path}: {body}");
+    }
+    for path in [
+        "/api/streams/paid/..%2Fs/t",
+        "/api/streams/paid/s/t%3F",
+        "/api/streams/paid%",
+    ] {
+        let (status, body) = common::http(node.http, "DELETE", path, Some("adm"));
+        assert_eq!(status, "HTTP/1.1 400 Bad Request", "{path}: {body}");
+    }
+    let (status, body) = common::http(
+        node.http,
+        "DELETE",
+        "/api/streams/paid%2Fs%2Ft",
+        Some("adm"),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains(r#""kicked":true"#), "{body}");
     drop(publisher);
 }
 

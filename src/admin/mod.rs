@@ -139,32 +139,9 @@ async fn route(
 ) -> Reply {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
-    if path.starts_with("/api/") && state.admin_token.is_empty() {
-        // An open API answers only what a browser sends to an address or to
-        // localhost: a page whose name was rebound to this address (DNS
-        // rebinding) would otherwise read it and kick publishers as if it
-        // were the console. With a token, the token is the check.
-        let host = req.headers().get(HOST).map(HeaderValue::as_bytes);
-        if !host.is_none_or(host_is_address) {
-            return text(
-                StatusCode::FORBIDDEN,
-                "with http.admin_token empty, /api/* answers only requests to an IP address or localhost (Host header); set http.admin_token to use a host name\n",
-            );
-        }
-    }
-    if path.starts_with("/api/") && !state.admin_token.is_empty() {
-        let presented = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().strip_prefix("Bearer "))
-            .map(str::trim);
-        if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()))
-        {
-            return text(
-                StatusCode::UNAUTHORIZED,
-                "Authorization: Bearer <http.admin_token> required\n",
-            );
+    if path.starts_with("/api/") {
+        if let Some(refusal) = api_refusal(&req, state) {
+            return refusal;
         }
     }
     if req.method() == Method::DELETE {
@@ -183,159 +160,217 @@ async fn route(
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            // A cluster node cut off from NATS can serve only its own
-            // streams: not ready, so health-checked DNS sends players elsewhere.
-            let nats_down = state
-                .cluster
-                .as_ref()
-                .is_some_and(|c| ClusterStats::get(&c.stats.connected) == 0);
-            let ready = state.ready.load(Ordering::Relaxed);
-            if nats_down && ready {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
-            } else if ready {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
+        "/readyz" => readyz(state),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             metrics.render(state),
         ),
-        "/api/node" => {
-            let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
-            let body = serde_json::json!({
-                "node_id": state.node_id,
-                "version": env!("CARGO_PKG_VERSION"),
-                "rtmp_listen": state.rtmp_addr.to_string(),
-                "shards": state.shards.len(),
-                "uptime_seconds": state.started.elapsed().as_secs(),
-                "ready": state.ready.load(Ordering::Relaxed),
-                "cluster": state.cluster.is_some(),
-                "connections": sum(|s| ShardStats::get(&s.connections)),
-                "publishers": sum(|s| ShardStats::get(&s.publishers)),
-                "players": sum(|s| ShardStats::get(&s.players)),
-                "media_listen": state.media_addr.map(|a| a.to_string()),
-                "viewers": {
-                    "rtmp": sum(|s| ShardStats::get(&s.players)
-                        .saturating_sub(ShardStats::get(&s.flv_viewers))
-                        .saturating_sub(ShardStats::get(&s.hls_windows))),
-                    "http_flv": sum(|s| ShardStats::get(&s.flv_viewers)),
-                    "ll_hls": sum(|s| ShardStats::get(&s.hls_viewers)),
-                },
-                "hls_streams": sum(|s| ShardStats::get(&s.hls_windows)),
-            });
-            json(StatusCode::OK, &body)
-        }
+        "/api/node" => node_info(state),
         "/api/streams" if query.split('&').any(|q| q == "scope=cluster") => {
-            let Some(cluster) = &state.cluster else {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "this node is not in a cluster (cluster.nats is empty)\n",
-                );
-            };
-            let (list, viewers) = tokio::join!(cluster.list(), cluster.viewers());
-            match list {
-                Ok(list) => {
-                    // Without the cluster's viewers the streams are still
-                    // listed, with this node's viewers and the reason.
-                    let audience = viewers.unwrap_or_else(|e| {
-                        let mut own = ClusterAudience {
-                            error: Some(e.to_string()),
-                            ..ClusterAudience::default()
-                        };
-                        own.add(NodeAudience::of(&state.node_id, state.gate.audience()));
-                        own
-                    });
-                    let streams: Vec<_> = list
-                        .into_iter()
-                        .map(|(key, reg)| {
-                            let viewers = audience
-                                .streams
-                                .get(key.as_str())
-                                .copied()
-                                .unwrap_or_default();
-                            serde_json::json!({
-                                "app": key.app(), "name": key.name(), "node": reg.node,
-                                "shard": reg.shard, "started_ms": reg.started_ms,
-                                "video_codec": reg.video_codec, "audio_codec": reg.audio_codec,
-                                "bitrate_kbps": reg.bitrate_kbps,
-                                "viewers": viewers, "viewers_total": viewers.total(),
-                            })
-                        })
-                        .collect();
-                    let body = serde_json::json!({
-                        "scope": "cluster", "streams": streams,
-                        "viewers_from": audience.answered, "viewers_missing": audience.missing,
-                        "viewers_error": audience.error,
-                    });
-                    json(StatusCode::OK, &body)
-                }
-                Err(e) => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({ "error": e.to_string() }),
-                ),
-            }
+            cluster_streams(state).await
         }
-        "/api/play" => {
-            // What a play of `stream=APP/KEY` must add to its URL under the
-            // play rules (a token valid for an hour, or nothing): the
-            // console's previews of token apps use it.
-            let Some(stream) = query.split('&').find_map(|q| q.strip_prefix("stream=")) else {
-                return text(StatusCode::BAD_REQUEST, "GET /api/play?stream=APP/KEY\n");
-            };
-            let key = match StreamKey::from_url_path(stream) {
-                Ok(key) => key,
-                Err(e) => return bad_name(e),
-            };
-            let now = crate::cluster::unix_ms() / 1000;
-            let query = state.auth.play_query(&key, now, PREVIEW_TOKEN_TTL_SECS);
-            let expires = (!query.is_empty()).then_some(now + PREVIEW_TOKEN_TTL_SECS);
-            let body = serde_json::json!({
-                "stream": key.as_str(), "app": key.app(), "name": key.name(),
-                "query": query, "expires": expires,
+        "/api/play" => play_query(state, query),
+        "/api/nodes" => nodes(state).await,
+        "/api/streams" => node_streams(state),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Why a request to `/api/*` is refused, if it is: without
+/// `http.admin_token`, a `Host` that is not an address or localhost; with
+/// it, a missing or wrong bearer token.
+fn api_refusal(req: &hyper::Request<hyper::body::Incoming>, state: &AdminState) -> Option<Reply> {
+    if state.admin_token.is_empty() {
+        // An open API answers only what a browser sends to an address or to
+        // localhost: a page whose name was rebound to this address (DNS
+        // rebinding) would otherwise read it and kick publishers as if it
+        // were the console. With a token, the token is the check.
+        let host = req.headers().get(HOST).map(HeaderValue::as_bytes);
+        if !host.is_none_or(host_is_address) {
+            return Some(text(
+                StatusCode::FORBIDDEN,
+                "with http.admin_token empty, /api/* answers only requests to an IP address or localhost (Host header); set http.admin_token to use a host name\n",
+            ));
+        }
+    }
+    if !state.admin_token.is_empty() {
+        let presented = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("Bearer "))
+            .map(str::trim);
+        if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()))
+        {
+            return Some(text(
+                StatusCode::UNAUTHORIZED,
+                "Authorization: Bearer <http.admin_token> required\n",
+            ));
+        }
+    }
+    None
+}
+
+/// `/readyz`: ready unless draining, or cut off from NATS in a cluster.
+fn readyz(state: &AdminState) -> Reply {
+    // A cluster node cut off from NATS can serve only its own
+    // streams: not ready, so health-checked DNS sends players elsewhere.
+    let nats_down = state
+        .cluster
+        .as_ref()
+        .is_some_and(|c| ClusterStats::get(&c.stats.connected) == 0);
+    let ready = state.ready.load(Ordering::Relaxed);
+    if nats_down && ready {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
+    } else if ready {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// `/api/node`: this node, its counters summed over its shards.
+fn node_info(state: &AdminState) -> Reply {
+    let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
+    let body = serde_json::json!({
+        "node_id": state.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "rtmp_listen": state.rtmp_addr.to_string(),
+        "shards": state.shards.len(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "ready": state.ready.load(Ordering::Relaxed),
+        "cluster": state.cluster.is_some(),
+        "connections": sum(|s| ShardStats::get(&s.connections)),
+        "publishers": sum(|s| ShardStats::get(&s.publishers)),
+        "players": sum(|s| ShardStats::get(&s.players)),
+        "media_listen": state.media_addr.map(|a| a.to_string()),
+        "viewers": {
+            "rtmp": sum(|s| ShardStats::get(&s.players)
+                .saturating_sub(ShardStats::get(&s.flv_viewers))
+                .saturating_sub(ShardStats::get(&s.hls_windows))),
+            "http_flv": sum(|s| ShardStats::get(&s.flv_viewers)),
+            "ll_hls": sum(|s| ShardStats::get(&s.hls_viewers)),
+        },
+        "hls_streams": sum(|s| ShardStats::get(&s.hls_windows)),
+    });
+    json(StatusCode::OK, &body)
+}
+
+/// `/api/streams?scope=cluster`: the registry's streams with the
+/// viewers summed over every node that answered.
+async fn cluster_streams(state: &AdminState) -> Reply {
+    let Some(cluster) = &state.cluster else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this node is not in a cluster (cluster.nats is empty)\n",
+        );
+    };
+    let (list, viewers) = tokio::join!(cluster.list(), cluster.viewers());
+    match list {
+        Ok(list) => {
+            // Without the cluster's viewers the streams are still
+            // listed, with this node's viewers and the reason.
+            let audience = viewers.unwrap_or_else(|e| {
+                let mut own = ClusterAudience {
+                    error: Some(e.to_string()),
+                    ..ClusterAudience::default()
+                };
+                own.add(NodeAudience::of(&state.node_id, state.gate.audience()));
+                own
             });
-            json(StatusCode::OK, &body)
-        }
-        "/api/nodes" => {
-            let Some(cluster) = &state.cluster else {
-                let body = serde_json::json!({ "nodes": [{
-                    "node": state.node_id, "rtmp": state.rtmp_addr.to_string(),
-                }]});
-                return json(StatusCode::OK, &body);
-            };
-            match cluster.nodes().await {
-                Ok(nodes) => json(StatusCode::OK, &serde_json::json!({ "nodes": nodes })),
-                Err(e) => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({ "error": e.to_string() }),
-                ),
-            }
-        }
-        "/api/streams" => {
-            let audience = state.gate.audience();
-            let streams: Vec<_> = state
-                .directory
-                .snapshot()
+            let streams: Vec<_> = list
                 .into_iter()
-                .map(|l| {
-                    let viewers = audience.of(&l.key);
+                .map(|(key, reg)| {
+                    let viewers = audience
+                        .streams
+                        .get(key.as_str())
+                        .copied()
+                        .unwrap_or_default();
                     serde_json::json!({
-                        "app": l.key.app(), "name": l.key.name(), "node": state.node_id,
-                        "shard": l.shard, "relayed": l.relayed, "started_ms": l.started_ms,
-                        "video_codec": l.report.video_codec, "audio_codec": l.report.audio_codec,
-                        "bitrate_kbps": l.report.bitrate_kbps,
+                        "app": key.app(), "name": key.name(), "node": reg.node,
+                        "shard": reg.shard, "started_ms": reg.started_ms,
+                        "video_codec": reg.video_codec, "audio_codec": reg.audio_codec,
+                        "bitrate_kbps": reg.bitrate_kbps,
                         "viewers": viewers, "viewers_total": viewers.total(),
                     })
                 })
                 .collect();
-            let body = serde_json::json!({ "scope": "node", "streams": streams });
+            let body = serde_json::json!({
+                "scope": "cluster", "streams": streams,
+                "viewers_from": audience.answered, "viewers_missing": audience.missing,
+                "viewers_error": audience.error,
+            });
             json(StatusCode::OK, &body)
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": e.to_string() }),
+        ),
     }
+}
+
+/// `/api/play?stream=APP/KEY`: what a play of it must add to its URL
+/// under the play rules (a token valid for an hour, or nothing): the
+/// console's previews of token apps use it.
+fn play_query(state: &AdminState, query: &str) -> Reply {
+    // What a play of `stream=APP/KEY` must add to its URL under the
+    // play rules (a token valid for an hour, or nothing): the
+    // console's previews of token apps use it.
+    let Some(stream) = query.split('&').find_map(|q| q.strip_prefix("stream=")) else {
+        return text(StatusCode::BAD_REQUEST, "GET /api/play?stream=APP/KEY\n");
+    };
+    let key = match StreamKey::from_url_path(stream) {
+        Ok(key) => key,
+        Err(e) => return bad_name(e),
+    };
+    let now = crate::cluster::unix_ms() / 1000;
+    let query = state.auth.play_query(&key, now, PREVIEW_TOKEN_TTL_SECS);
+    let expires = (!query.is_empty()).then_some(now + PREVIEW_TOKEN_TTL_SECS);
+    let body = serde_json::json!({
+        "stream": key.as_str(), "app": key.app(), "name": key.name(),
+        "query": query, "expires": expires,
+    });
+    json(StatusCode::OK, &body)
+}
+
+/// `/api/nodes`: the cluster's nodes, or this one alone.
+async fn nodes(state: &AdminState) -> Reply {
+    let Some(cluster) = &state.cluster else {
+        let body = serde_json::json!({ "nodes": [{
+            "node": state.node_id, "rtmp": state.rtmp_addr.to_string(),
+        }]});
+        return json(StatusCode::OK, &body);
+    };
+    match cluster.nodes().await {
+        Ok(nodes) => json(StatusCode::OK, &serde_json::json!({ "nodes": nodes })),
+        Err(e) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+/// `/api/streams`: this node's streams, with their viewers here.
+fn node_streams(state: &AdminState) -> Reply {
+    let audience = state.gate.audience();
+    let streams: Vec<_> = state
+        .directory
+        .snapshot()
+        .into_iter()
+        .map(|l| {
+            let viewers = audience.of(&l.key);
+            serde_json::json!({
+                "app": l.key.app(), "name": l.key.name(), "node": state.node_id,
+                "shard": l.shard, "relayed": l.relayed, "started_ms": l.started_ms,
+                "video_codec": l.report.video_codec, "audio_codec": l.report.audio_codec,
+                "bitrate_kbps": l.report.bitrate_kbps,
+                "viewers": viewers, "viewers_total": viewers.total(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "scope": "node", "streams": streams });
+    json(StatusCode::OK, &body)
 }
 
 /// The web console: static files embedded in the binary (`console/`),
