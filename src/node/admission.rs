@@ -18,7 +18,7 @@ use super::context::ConnectionContext;
 use super::gate::Ticket;
 use super::hub::{StreamId, RELAY_START_WAIT};
 use super::ring::conn::Conn;
-use super::StreamKey;
+use crate::stream::StreamKey;
 
 /// Why a publish or a play was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::StreamKey;
+use crate::stream::StreamKey;
 
 /// What a publish claim got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,6 @@ use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 use crate::auth::Auth;
 use crate::cluster::{self, ClusterHandle, ClusterSettings};
 use crate::config::Config;
-use crate::protocol::RawMessage;
 use crate::tls::Certs;
 
 pub use directory::{Directory, Listing, Report};
@@ -41,57 +40,6 @@ pub use hls::Registry as HlsRegistry;
 pub use stats::{ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS};
 
 pub use crate::stream::StreamKey;
-
-/// What shards tell each other about streams. Cloning shares payloads.
-/// Per-message traffic (snapshot, media, end) names the subscriber's own
-/// `hub::StreamId` for the stream, so the receiver hashes no key.
-#[derive(Debug, Clone)]
-pub enum ShardMsg {
-    /// `shard` has players for `key` (its relay `id`): send it the
-    /// snapshot, then live media.
-    Subscribe {
-        key: StreamKey,
-        shard: usize,
-        id: hub::StreamId,
-    },
-    Unsubscribe {
-        key: StreamKey,
-        shard: usize,
-    },
-    /// Metadata, sequence headers and the last GOP, in order.
-    Snapshot {
-        id: hub::StreamId,
-        messages: Vec<RawMessage>,
-    },
-    Media {
-        id: hub::StreamId,
-        message: RawMessage,
-    },
-    /// The publisher left (or the stream was never here).
-    Ended {
-        id: hub::StreamId,
-    },
-    /// `key` was just published (on the sending shard): attach waiting players.
-    Published {
-        key: StreamKey,
-    },
-    /// A new publisher on the sending shard took `key` over from this one.
-    TakenOver {
-        key: StreamKey,
-    },
-    /// The stream this shard relays moved to another owner: re-subscribe.
-    Moved {
-        key: StreamKey,
-    },
-    /// A viewer asked for `key` over LL-HLS on the sending shard: package
-    /// it here, where the stream is (the shard takes it, not the hub).
-    HlsStart {
-        key: StreamKey,
-    },
-    /// An LL-HLS window changed: wake the requests waiting on one (the
-    /// shard takes it, not the hub).
-    HlsChanged,
-}
 
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]

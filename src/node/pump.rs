@@ -16,8 +16,8 @@ use glommio::{GlommioError, ResourceType};
 use crate::cluster::ClusterHandle;
 
 use super::hub::Hub;
+use super::hub::ShardMsg;
 use super::ring::Notify;
-use super::ShardMsg;
 
 pub struct SharedHub {
     hub: RefCell<Hub>,

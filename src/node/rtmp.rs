@@ -24,7 +24,7 @@ use super::hub::{PlayOutcome, Player, StreamId};
 use super::ring::conn::{Conn, End, Input, Notice};
 use super::ring::tls::decrypt;
 use super::ring::SocketRing;
-use super::StreamKey;
+use crate::stream::StreamKey;
 
 /// Queues what the session has to send (replies the peer waits for).
 fn flush(session: &mut ServerSession, out: &Conn) {

@@ -25,13 +25,13 @@ use super::hls::packager::Targets;
 use super::hls::run::HlsShard;
 use super::hls::{self};
 use super::http::{self, HttpContext};
+use super::hub::ShardMsg;
 use super::hub::{Hub, HubConfig};
 use super::pump::SharedHub;
 use super::ring::conn::Notice;
 use super::ring::{ListenKind, SocketRing, Timeouts};
 use super::rtmp::serve;
 use super::stats::ShardStats;
-use super::ShardMsg;
 
 pub struct ShardSetup {
     pub config: Arc<Config>,
@@ -50,7 +50,7 @@ pub struct ShardSetup {
     /// Every shard's command queue (this shard takes its own).
     pub commands: ShardCommands,
     pub auth: Arc<crate::auth::Auth>,
-    pub gate: Arc<super::Gate>,
+    pub gate: Arc<super::gate::Gate>,
     /// The TLS configuration, when RTMPS or HTTPS media is on (the
     /// addresses, resolved, are in `config`).
     pub tls: Option<Arc<rustls::ServerConfig>>,

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 pub use crate::container::packager;
 pub use crate::container::window::{Block, Ready, Resource, Window};
 
-use super::StreamKey;
+use crate::stream::StreamKey;
 
 /// The windows of this node's packaged streams.
 #[derive(Default)]

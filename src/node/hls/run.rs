@@ -16,9 +16,9 @@ use super::super::context::ConnectionContext;
 use super::super::hub::{PlayOutcome, Player};
 use super::super::ring::conn::{Conn, Input, Notice};
 use super::super::ring::Notify;
-use super::super::StreamKey;
 use super::packager::{Packager, Targets};
 use super::{lock, Registry, Window};
+use crate::stream::StreamKey;
 
 /// A window stays this long after its stream ended, so players read the
 /// end of the playlist.

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 pub use crate::container::window::Session;
 use crate::node::gate::Ticket;
-use crate::node::ShardStats;
+use crate::node::stats::ShardStats;
 
 /// The query parameter that names a viewer's session.
 pub const PARAM: &str = "hls_session";
@@ -67,7 +67,7 @@ pub fn viewer(place: Ticket, stats: Arc<ShardStats>, peer: IpAddr, now: Instant)
 /// The session a connection was given for a stream (asked with `query`).
 #[derive(Debug)]
 pub struct Given {
-    pub key: crate::node::StreamKey,
+    pub key: crate::stream::StreamKey,
     pub query: String,
     pub id: String,
 }

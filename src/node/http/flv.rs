@@ -16,7 +16,7 @@ use crate::node::context::ConnectionContext;
 use crate::node::gate::Ticket;
 use crate::node::hub::{PlayOutcome, Player};
 use crate::node::ring::conn::Conn;
-use crate::node::StreamKey;
+use crate::stream::StreamKey;
 
 use super::request::{refusal_failure, response_head, Failure};
 

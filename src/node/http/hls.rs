@@ -18,7 +18,7 @@ use crate::node::hls::run::HlsShard;
 use crate::node::hls::{self, lock, session, Block, Ready, Resource};
 use crate::node::ring::conn::Conn;
 use crate::node::ring::SocketRing;
-use crate::node::StreamKey;
+use crate::stream::StreamKey;
 
 use super::request::{head_with, refusal_failure, Failure};
 use super::HttpContext;

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::node::admission::Refusal;
 use crate::node::hls::Resource;
-use crate::node::StreamKey;
+use crate::stream::StreamKey;
 
 /// The largest request head (request line and headers) taken.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;

@@ -22,6 +22,7 @@
 //! `relay.rs`, the fan-out `fanout.rs`, the slab `streams.rs`.
 
 mod fanout;
+mod mesh;
 mod outbox;
 mod relay;
 mod streams;
@@ -40,7 +41,8 @@ use crate::protocol::RawMessage;
 use super::directory::{Claim, Directory};
 use super::ring::conn::{Conn, Notice};
 use super::stats::ShardStats;
-use super::{ShardMsg, StreamKey};
+use crate::stream::StreamKey;
+pub use mesh::ShardMsg;
 
 pub use fanout::Player;
 use fanout::{attach, end_players, fan_out, Memo};

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use crate::cluster::{Export, Request};
 
 use super::super::stats::{Queue, ShardStats};
-use super::super::ShardMsg;
+use super::ShardMsg;
 
 /// Control messages queued for one other shard while its mesh inbox is
 /// full. Past this, advisory ones (published, unsubscribe) are dropped,

@@ -10,10 +10,11 @@ use crate::stream::ShardCommand;
 
 use super::super::directory::Report;
 use super::super::gop::GopCache;
-use super::super::{ShardMsg, StreamKey};
 use super::fanout::{attach, fan_out};
 use super::streams::{RemoteSubscriber, Stream, StreamId};
+use super::ShardMsg;
 use super::{Hub, RELAY_CONN, RELAY_IDLE_GRACE, STREAM_REPORT_INTERVAL};
+use crate::stream::StreamKey;
 
 impl Hub {
     // ----- other shards

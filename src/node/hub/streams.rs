@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use super::super::gop::GopCache;
 use super::super::ring::conn::Conn;
-use super::super::StreamKey;
 use super::{Player, RELAY_CONN};
+use crate::stream::StreamKey;
 
 /// A stream's handle on its shard: a slot and that slot's generation, so a
 /// handle kept past its stream's end finds nothing.

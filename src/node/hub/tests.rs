@@ -16,10 +16,10 @@ use proptest::prelude::*;
 use super::super::directory::Directory;
 use super::super::ring::conn::{Conn, Notice, RingQueue};
 use super::super::stats::ShardStats;
-use super::super::StreamKey;
 use super::outbox::MESH_CONTROL_BACKLOG;
 use super::*;
 use crate::stream::ShardCommand;
+use crate::stream::StreamKey;
 
 const VIDEO: u8 = 9;
 const AUDIO: u8 = 8;
