@@ -7,15 +7,20 @@
 //! - [`node`]: the data plane. One glommio executor per core (a shard), each
 //!   with its own io_uring socket ring, its hub (a deterministic core: the
 //!   streams, players and fan-out of that shard) and its end of the bounded
-//!   channel mesh between shards; RTMP and HTTP media (HTTP-FLV) are served
-//!   by the same shards over the same send path. Media is `bytes::Bytes`, shared by
-//!   reference count, never copied per player, never behind a lock.
-//! - [`stream`]: what the node and the cluster both speak: the stream key
+//!   channel mesh between shards; RTMP and HTTP media (HTTP-FLV, LL-HLS)
+//!   are served by the same shards over the same send path. Media is
+//!   `bytes::Bytes`, shared by reference count, never copied per player,
+//!   never behind a lock. Its files are in layers (`tests/layers.rs`).
+//! - [`container`]: sans-IO media containers: fMP4, the LL-HLS packager and
+//!   its window and playlists.
+//! - [`stream`]: what the node and the cluster both speak: the stream name
+//!   ([`stream::StreamKey`], one rule for RTMP, HTTP, the API and NATS),
 //!   and the commands a shard takes from outside it.
 //! - [`cluster`]: with NATS configured, one control thread (tokio) keeps the
 //!   cluster-wide stream registry and relays media between nodes; shards
 //!   reach it through bounded channels only.
-//! - [`admin`]: the HTTP admin plane (hyper): metrics, probes, the API.
+//! - [`admin`]: the HTTP admin plane (hyper): metrics, probes, the API, the
+//!   console.
 //! - [`auth`]: stream keys and signed tokens; [`webhook`]: the auth service
 //!   asked over HTTP; [`tls`]: RTMPS certificates (SNI, reload).
 //! - [`config`]: the TOML configuration and the command line.

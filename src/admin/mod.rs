@@ -15,7 +15,7 @@
 //! included; request headers, time per request and per connection, and
 //! connections at once are bounded.
 //!
-//! This file is the server and its routes; [`metrics`] renders the
+//! This file is the server and its routes; `metrics.rs` renders the
 //! Prometheus families, one per counter the node keeps.
 
 use std::net::SocketAddr;

@@ -12,8 +12,8 @@
 //! then `poll_transmit` to collect what must be sent, until `is_done`. An
 //! error means the peer cannot be served; drop the connection.
 //!
-//! Long (about 1,000 lines): the simple and the digest handshake in both
-//! roles, and their tests inline (about 480 lines).
+//! The simple and the digest handshake in both roles, and their tests
+//! inline.
 
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};

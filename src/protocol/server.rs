@@ -14,8 +14,7 @@
 //! [`PLAYER_VIDEO_CSID`] / [`PLAYER_DATA_CSID`] at [`ServerSession::chunk_size`]
 //! and writes the same bytes to every player whose stream id matches.
 //!
-//! Long (about 870 lines): one state machine, the server side of an RTMP
-//! session; split, its states would have to share their fields across files.
+//! One state machine, the server side of an RTMP session; split, its states would have to share their fields across files.
 //! Its tests are `tests/session_pair.rs`.
 
 use std::collections::VecDeque;

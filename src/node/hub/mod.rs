@@ -16,8 +16,7 @@
 //! paths (publish, play) and by [`StreamId`] per message: no string is
 //! hashed per message.
 //!
-//! Long (about 650 lines): the publish, play, wait and leave lifecycle in one
-//! `impl`, because each step keeps the gauges and the waiting list consistent
+//! The publish, play, wait and leave lifecycle is one `impl`, because each step keeps the gauges and the waiting list consistent
 //! with the others; the traffic with other shards and the cluster is
 //! `relay.rs`, the fan-out `fanout.rs`, the slab `streams.rs`.
 

@@ -2,8 +2,8 @@
 //! outboxes routed by hand, players' output read back from their queues,
 //! time passed in. No sockets, no executor, no sleeps.
 //!
-//! Long (about 700 lines): the hub's unit tests and its property test, with
-//! the in-memory shards they share.
+//! The hub's unit tests and its property test, with the in-memory shards
+//! they share.
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering;

@@ -25,9 +25,10 @@
 //! nothing is in flight on it; the ring itself is never dropped (a shard
 //! parks at shutdown; a panic aborts the process).
 //!
-//! Long (about 810 lines): the driver (submit, wait, reap, dispatch) and the
-//! accept and receive paths over one slot table, plus the ring's own tests;
-//! the write path is `send.rs`, closing and the sweep `close.rs`.
+//! This file is the driver (submit, wait, reap, dispatch) and the accept
+//! and receive paths over one slot table, with the ring's own tests; the
+//! write path is `send.rs`, closing and the sweep `close.rs`, TLS both ways
+//! `tls.rs`, the per-socket handle `conn.rs`, the wake primitive `wake.rs`.
 
 pub mod buffers;
 mod close;

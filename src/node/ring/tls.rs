@@ -1,6 +1,6 @@
 //! TLS on the ring's sockets (RTMPS, HTTPS media): the connection's
 //! rustls session encrypts its queued output into records as the ring
-//! gathers a send ([`encrypt`]), and decrypts the records the ring received
+//! gathers a send (`encrypt`), and decrypts the records the ring received
 //! into plaintext for the connection task ([`decrypt`]). Both directions
 //! sit here, beside the per-socket handle that holds the session.
 
