@@ -21,7 +21,7 @@ impl SocketRing {
             sock.closing = Some(Instant::now() + CLOSE_FLUSH);
             sock.conn.close();
             sock.recv_armed
-                .then(|| user_data(KIND_RECV, slot, generation))
+                .then(|| user_data(Op::Recv, slot, generation))
         };
         if let Some(ud) = cancel {
             self.cancel(ud);
@@ -74,7 +74,7 @@ impl SocketRing {
             drop(sock.fd);
         }
         // Completions carry 28 bits of it (see `user_data`).
-        s.generation = s.generation.wrapping_add(1) & 0x0FFF_FFFF;
+        s.generation = s.generation.wrapping_add(1) & UserData::GENERATION_MASK;
         self.free.borrow_mut().push(slot);
     }
 

@@ -44,7 +44,7 @@ use send::SendBuf;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,10 +68,64 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 /// bounds it too); sockets at slots past it are named by fd.
 const MAX_FIXED_FILES: u32 = 65536;
 
-const KIND_ACCEPT: u64 = 1;
-const KIND_RECV: u64 = 2;
-const KIND_SEND: u64 = 3;
-const KIND_CANCEL: u64 = 4;
+/// What a submission was: its completion is dispatched by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Cancel = 4,
+}
+
+/// A submission's `user_data`: the operation, the slot it is for (a socket,
+/// or a listener's index for an accept) and the slot's generation when it
+/// was submitted, so that a completion for a socket since closed and its
+/// slot reused is known for stale. Packed as 4 bits of op, 28 of
+/// generation, 32 of slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UserData {
+    op: Op,
+    slot: u32,
+    generation: u32,
+}
+
+impl UserData {
+    const GENERATION_MASK: u32 = 0x0FFF_FFFF;
+
+    fn new(op: Op, slot: u32, generation: u32) -> Self {
+        Self {
+            op,
+            slot,
+            generation: generation & Self::GENERATION_MASK,
+        }
+    }
+
+    fn encode(self) -> u64 {
+        ((self.op as u64) << 60) | ((self.generation as u64) << 32) | self.slot as u64
+    }
+
+    /// None for a value no submission of this ring carries.
+    fn decode(ud: u64) -> Option<Self> {
+        let op = match ud >> 60 {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Cancel,
+            _ => return None,
+        };
+        Some(Self {
+            op,
+            slot: ud as u32,
+            generation: ((ud >> 32) as u32) & Self::GENERATION_MASK,
+        })
+    }
+
+    /// Whether this names the slot's current socket (generations wrap at
+    /// 28 bits, as they are packed).
+    fn is_current(self, generation: u32) -> bool {
+        self.generation == generation & Self::GENERATION_MASK
+    }
+}
 
 /// How many sockets the fixed-file table holds: [`MAX_FIXED_FILES`], or
 /// fewer under the open-files limit (the kernel refuses a larger table).
@@ -87,12 +141,8 @@ fn fixed_file_limit() -> u32 {
     lim.rlim_cur.min(MAX_FIXED_FILES as u64) as u32
 }
 
-fn user_data(kind: u64, slot: u32, generation: u32) -> u64 {
-    (kind << 60) | (((generation & 0x0FFF_FFFF) as u64) << 32) | slot as u64
-}
-
-fn split_user_data(ud: u64) -> (u64, u32, u32) {
-    (ud >> 60, ((ud >> 32) & 0x0FFF_FFFF) as u32, ud as u32)
+fn user_data(op: Op, slot: u32, generation: u32) -> u64 {
+    UserData::new(op, slot, generation).encode()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,9 +228,9 @@ pub struct SocketRing {
     starved: RefCell<Vec<(u32, u64)>>,
     /// Entries that did not fit in the submission queue.
     backlog: RefCell<VecDeque<squeue::Entry>>,
-    /// The eventfd the ring signals completions on (owned by the driver's
-    /// glommio file once `drive` starts).
-    efd: RawFd,
+    /// The eventfd the ring signals completions on, until `drive` hands it
+    /// to its glommio file.
+    efd: Cell<Option<OwnedFd>>,
     stats: Arc<ShardStats>,
     timeouts: Timeouts,
     next_id: Cell<u64>,
@@ -217,15 +267,17 @@ impl SocketRing {
                 .map_err(RingError::BufRing)?;
         }
         // SAFETY: eventfd takes no pointers.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if efd < 0 {
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
             return Err(RingError::EventFd(std::io::Error::last_os_error()));
         }
-        if let Err(e) = ring.submitter().register_eventfd(efd) {
-            // SAFETY: efd is ours and nothing else uses it yet.
-            unsafe { libc::close(efd) };
-            return Err(RingError::EventFd(e));
-        }
+        // SAFETY: a new eventfd that nothing else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // The kernel takes its own reference to the eventfd: it stays
+        // valid for the ring even if ours is closed.
+        ring.submitter()
+            .register_eventfd(efd.as_raw_fd())
+            .map_err(RingError::EventFd)?;
         // A sparse table: every entry empty until a socket is put in. Only
         // where a file leaves the table on its own (see
         // `probe::PER_FILE_FIXED_FILES`); elsewhere sockets are named by fd.
@@ -252,7 +304,7 @@ impl SocketRing {
             listeners: RefCell::new(Vec::new()),
             starved: RefCell::new(Vec::new()),
             backlog: RefCell::new(VecDeque::new()),
-            efd,
+            efd: Cell::new(Some(efd)),
             stats,
             timeouts,
             next_id: Cell::new(first_id),
@@ -295,7 +347,7 @@ impl SocketRing {
             opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
-                .user_data(user_data(KIND_ACCEPT, index as u32, 0))
+                .user_data(user_data(Op::Accept, index as u32, 0))
         };
         self.push(entry);
     }
@@ -307,7 +359,7 @@ impl SocketRing {
         for (i, l) in self.listeners.borrow_mut().iter_mut().enumerate() {
             l.stopping = true;
             if l.armed {
-                cancels.push(user_data(KIND_ACCEPT, i as u32, 0));
+                cancels.push(user_data(Op::Accept, i as u32, 0));
             } else {
                 l.fd = None;
             }
@@ -393,7 +445,7 @@ impl SocketRing {
                     opcode::RecvMulti::new(types::Fd(sock.fd.as_raw_fd()), BUFFER_GROUP).build()
                 }
             };
-            entry.user_data(user_data(KIND_RECV, slot, s.generation))
+            entry.user_data(user_data(Op::Recv, slot, s.generation))
         };
         self.push(entry);
     }
@@ -402,7 +454,7 @@ impl SocketRing {
         self.push(
             opcode::AsyncCancel::new(target)
                 .build()
-                .user_data(user_data(KIND_CANCEL, 0, 0)),
+                .user_data(user_data(Op::Cancel, 0, 0)),
         );
     }
 
@@ -468,9 +520,13 @@ impl SocketRing {
     /// Runs the ring until the process exits. `on_accept` gets every
     /// accepted socket and what its listener serves.
     pub async fn drive(self: Rc<Self>, mut on_accept: impl FnMut(OwnedFd, ListenKind)) {
+        let Some(efd) = self.efd.take() else {
+            tracing::error!("the socket ring is driven once only");
+            return;
+        };
         // SAFETY: the eventfd is ours and used by nothing else; glommio's
         // file owns it from here (and is never dropped: see the module doc).
-        let file = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(self.efd) });
+        let file = Rc::new(unsafe { glommio::io::BufferedFile::from_raw_fd(efd.into_raw_fd()) });
         let wait_kernel = |file: Rc<glommio::io::BufferedFile>| async move {
             let _ = file.read_at(0, 8).await;
         };
@@ -561,12 +617,14 @@ impl SocketRing {
         now: Instant,
         on_accept: &mut impl FnMut(OwnedFd, ListenKind),
     ) {
-        let (kind, generation, slot) = split_user_data(ud);
-        match kind {
-            KIND_ACCEPT => self.accepted(slot as usize, res, flags, now, on_accept),
-            KIND_RECV => self.received(slot, generation, res, flags, now),
-            KIND_SEND => self.sent(slot, generation, res, now),
-            _ => {}
+        let Some(ud) = UserData::decode(ud) else {
+            return;
+        };
+        match ud.op {
+            Op::Accept => self.accepted(ud.slot as usize, res, flags, now, on_accept),
+            Op::Recv => self.received(ud, res, flags, now),
+            Op::Send => self.sent(ud, res, now),
+            Op::Cancel => {}
         }
     }
 
@@ -619,7 +677,8 @@ impl SocketRing {
         }
     }
 
-    fn received(&self, slot: u32, generation: u32, res: i32, flags: u32, now: Instant) {
+    fn received(&self, ud: UserData, res: i32, flags: u32, now: Instant) {
+        let slot = ud.slot;
         let lease = match cqueue::buffer_select(flags) {
             Some(bid) => {
                 let lease = self.pool.lease(bid, res.max(0) as usize);
@@ -638,11 +697,12 @@ impl SocketRing {
             let mut slots = self.slots.borrow_mut();
             let Some(s) = slots
                 .get_mut(slot as usize)
-                .filter(|s| s.generation == generation)
+                .filter(|s| ud.is_current(s.generation))
             else {
                 // A stale completion: `lease` drops, the buffer goes back.
                 return;
             };
+            let generation = s.generation;
             let Some(sock) = s.socket.as_mut() else {
                 return;
             };
@@ -656,7 +716,7 @@ impl SocketRing {
                     Some(lease) if sock.closing.is_none() => {
                         let full = sock.conn.push_input(lease);
                         if full && !sock.conn.paused.replace(true) && more {
-                            cancel = Some(user_data(KIND_RECV, slot, generation));
+                            cancel = Some(user_data(Op::Recv, slot, generation));
                         }
                     }
                     Some(_) => {}
@@ -715,7 +775,7 @@ impl SocketRing {
                     let first = !conn.paused.replace(true);
                     (
                         false,
-                        (first && sock.recv_armed).then(|| user_data(KIND_RECV, slot, generation)),
+                        (first && sock.recv_armed).then(|| user_data(Op::Recv, slot, generation)),
                     )
                 } else {
                     conn.paused.set(false);
@@ -768,11 +828,159 @@ mod tests {
     use std::io::{Read, Write};
 
     #[test]
-    fn user_data_round_trips() {
-        let ud = user_data(KIND_SEND, 123_456, 0x0ABC_DEF1);
-        assert_eq!(split_user_data(ud), (KIND_SEND, 0x0ABC_DEF1, 123_456));
-        let ud = user_data(KIND_RECV, u32::MAX, u32::MAX);
-        assert_eq!(split_user_data(ud), (KIND_RECV, 0x0FFF_FFFF, u32::MAX));
+    fn user_data_round_trips_and_knows_a_stale_generation() {
+        let ud = UserData::new(Op::Send, 123_456, 0x0ABC_DEF1);
+        assert_eq!(UserData::decode(ud.encode()), Some(ud));
+        let ud = UserData::new(Op::Recv, u32::MAX, u32::MAX);
+        let back = UserData::decode(ud.encode()).unwrap();
+        assert_eq!(
+            (back.op, back.slot, back.generation),
+            (Op::Recv, u32::MAX, 0x0FFF_FFFF)
+        );
+        // The slot's own generation, wrapped as packed, is current; the one
+        // before it (the socket that had the slot) is stale.
+        assert!(back.is_current(u32::MAX));
+        assert!(!UserData::new(Op::Recv, 7, 41).is_current(42));
+        assert!(UserData::new(Op::Recv, 7, 42).is_current(42));
+        for op in [Op::Accept, Op::Recv, Op::Send, Op::Cancel] {
+            let ud = UserData::new(op, 1, 2);
+            assert_eq!(UserData::decode(ud.encode()), Some(ud));
+        }
+        // Nothing this ring submits has op 0 or 5..15.
+        assert_eq!(UserData::decode(0), None);
+        assert_eq!(UserData::decode(5 << 60), None);
+    }
+
+    /// A ring that is never submitted to: the completions a test feeds
+    /// `complete` are the only ones it sees (the seam quinn-proto's tests
+    /// use for packets). Its sockets are one end of a Unix socket pair.
+    fn fed_ring(stats: Arc<ShardStats>) -> Rc<SocketRing> {
+        let timeouts = Timeouts {
+            handshake: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+        };
+        SocketRing::new(8, 4096, stats, timeouts, Duration::ZERO, Duration::ZERO, 0)
+            .expect("the socket ring")
+    }
+
+    fn fed_socket(ring: &SocketRing) -> (Rc<Conn>, u32, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = ring.register(OwnedFd::from(ours), None);
+        let slot = conn.slot();
+        let generation = ring.slots.borrow()[slot as usize].generation;
+        (conn, generation, theirs)
+    }
+
+    fn recv_armed(ring: &SocketRing, slot: u32) -> bool {
+        ring.slots.borrow()[slot as usize]
+            .socket
+            .as_ref()
+            .is_some_and(|s| s.recv_armed)
+    }
+
+    fn poll_input(conn: &Conn) -> Option<Input> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::future::Future::poll(std::pin::pin!(conn.next_input()), &mut cx) {
+            std::task::Poll::Ready(input) => Some(input),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn fed_completions_a_stale_one_enobufs_and_a_cancel_racing_a_receive() {
+        let stats = Arc::new(ShardStats::default());
+        let ring = fed_ring(stats.clone());
+        let mut on_accept = |_: OwnedFd, _: ListenKind| panic!("no listener here");
+        let now = Instant::now();
+        let (conn, generation, _peer) = fed_socket(&ring);
+        let slot = conn.slot();
+        assert!(recv_armed(&ring, slot), "registering arms the receive");
+        let more = 1 << 1; // IORING_CQE_F_MORE: the multishot goes on.
+        assert!(cqueue::more(more));
+
+        // A completion for the socket that had the slot before: nothing.
+        let stale = UserData::new(Op::Recv, slot, generation.wrapping_sub(1)).encode();
+        ring.complete(stale, 0, 0, now, &mut on_accept);
+        assert!(poll_input(&conn).is_none() && recv_armed(&ring, slot));
+        // A value no submission carries, and a cancel's own completion.
+        ring.complete(0, 5, 0, now, &mut on_accept);
+        ring.complete(
+            user_data(Op::Cancel, 0, 0),
+            -libc::ENOENT,
+            0,
+            now,
+            &mut on_accept,
+        );
+        assert!(poll_input(&conn).is_none());
+
+        // ENOBUFS ends the multishot: counted, the socket waits for buffers
+        // (re-armed by `rearm_starved`), and the connection loses nothing.
+        let recv = UserData::new(Op::Recv, slot, generation).encode();
+        ring.complete(recv, -libc::ENOBUFS, 0, now, &mut on_accept);
+        assert_eq!(ShardStats::get(&stats.recv_no_buffers), 1);
+        assert_eq!(*ring.starved.borrow(), vec![(slot, conn.id)]);
+        assert!(!recv_armed(&ring, slot) && poll_input(&conn).is_none());
+        ring.rearm_starved();
+        assert!(recv_armed(&ring, slot), "buffers are free: armed again");
+
+        // A cancel (the connection paused) racing a receive: the cancel's
+        // ECANCELED ends the multishot and re-arms it once the connection
+        // has resumed, never while it is paused.
+        conn.paused.set(true);
+        ring.complete(recv, -libc::ECANCELED, 0, now, &mut on_accept);
+        assert!(!recv_armed(&ring, slot) && poll_input(&conn).is_none());
+        conn.paused.set(false);
+        ring.queue.reconcile.borrow_mut().push(slot);
+        ring.reconcile();
+        assert!(recv_armed(&ring, slot), "resumed: armed again");
+        // Unpaused, an ECANCELED re-arms at once.
+        ring.complete(recv, -libc::ECANCELED, 0, now, &mut on_accept);
+        assert!(recv_armed(&ring, slot));
+
+        // Bytes the kernel says it put in no buffer of the pool end the
+        // connection with that reason, whatever the multishot does next.
+        ring.complete(recv, 5, more, now, &mut on_accept);
+        match poll_input(&conn) {
+            Some(Input::End(End::Read(e))) => {
+                assert!(e.to_string().contains("outside the pool"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The kernel keeps a reference to the ring's fds: never dropped.
+        std::mem::forget(ring);
+    }
+
+    #[test]
+    fn a_fed_eof_ends_the_connection_and_a_send_error_closes_it() {
+        let stats = Arc::new(ShardStats::default());
+        let ring = fed_ring(stats);
+        let mut on_accept = |_: OwnedFd, _: ListenKind| panic!("no listener here");
+        let now = Instant::now();
+        let (conn, generation, _peer) = fed_socket(&ring);
+        let slot = conn.slot();
+        ring.complete(
+            UserData::new(Op::Recv, slot, generation).encode(),
+            0,
+            0,
+            now,
+            &mut on_accept,
+        );
+        assert!(matches!(poll_input(&conn), Some(Input::End(End::Eof))));
+        assert!(!recv_armed(&ring, slot), "never armed after EOF");
+        // A send that fails (the peer is gone) closes the connection.
+        let (conn, generation, _peer) = fed_socket(&ring);
+        conn.push(Bytes::from_static(b"hello"));
+        ring.send_round(now);
+        ring.complete(
+            UserData::new(Op::Send, conn.slot(), generation).encode(),
+            -libc::EPIPE,
+            0,
+            now,
+            &mut on_accept,
+        );
+        assert!(conn.is_closed());
+        std::mem::forget(ring);
     }
 
     #[test]

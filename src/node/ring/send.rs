@@ -77,13 +77,14 @@ impl SocketRing {
         None
     }
 
-    pub(super) fn sent(&self, slot: u32, generation: u32, res: i32, now: Instant) {
+    pub(super) fn sent(&self, ud: UserData, res: i32, now: Instant) {
+        let slot = ud.slot;
         let mut resend = false;
         {
             let mut slots = self.slots.borrow_mut();
             let Some(sock) = slots
                 .get_mut(slot as usize)
-                .filter(|s| s.generation == generation)
+                .filter(|s| ud.is_current(s.generation))
                 .and_then(|s| s.socket.as_mut())
             else {
                 return;
@@ -185,7 +186,7 @@ impl SocketRing {
             entry
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
-                .user_data(user_data(KIND_SEND, slot, generation))
+                .user_data(user_data(Op::Send, slot, generation))
         };
         self.push(entry);
     }
