@@ -112,9 +112,10 @@ pub enum ShardError {
     NoCommandQueue(usize),
 }
 
-async fn run(setup: ShardSetup) -> Result<(), ShardError> {
+async fn run(mut setup: ShardSetup) -> Result<(), ShardError> {
     let (senders, receivers) = setup
         .mesh
+        .take()
         .ok_or(ShardError::NoMesh)?
         .join()
         .await
@@ -126,6 +127,36 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         .cloned()
         .ok_or(ShardError::NoCounters)?;
     let config = &setup.config;
+    let ring = open_ring(shard, config, &stats)?;
+    setup.listening.fetch_add(1, Ordering::SeqCst);
+    let hub = start_hub(shard, &setup, &stats, Rc::new(senders));
+    take_commands(shard, &setup, &hub)?;
+    let ctx = connection_context(shard, &setup, &stats, &hub);
+    let hls = hls_shard(shard, &setup);
+    take_mesh(receivers, &hub, &hls, &ctx, &ring);
+    let on_accept = accept_handler(shard, &setup, &stats, &ring, &ctx, &hls);
+    glommio::spawn_local(ring.clone().drive(on_accept)).detach();
+    spawn_sweep(&hub, &ring, &hls);
+
+    while !setup.stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    ring.stop_accepting();
+    drain(shard, &hub, &ctx, &stats, &ring).await;
+    setup.drained.fetch_add(1, Ordering::SeqCst);
+    // Never return: tearing the executor down with io_uring operations in
+    // flight (mesh receivers, timers, the socket ring) corrupts memory. The
+    // process exits from main once every shard has drained.
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The shard's socket ring, listening on every configured address.
+fn open_ring(
+    shard: usize,
+    config: &Config,
+    stats: &Arc<ShardStats>,
+) -> Result<Rc<SocketRing>, ShardError> {
     let ring = SocketRing::new(
         config.node.recv_buffers,
         config.node.recv_buffer_kib * 1024,
@@ -167,9 +198,17 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
     for (fd, kind) in fds {
         ring.listen(fd, kind);
     }
-    setup.listening.fetch_add(1, Ordering::SeqCst);
+    Ok(ring)
+}
 
-    let mesh = Rc::new(senders);
+/// The shard's hub and the pumps that move its outbox.
+fn start_hub(
+    shard: usize,
+    setup: &ShardSetup,
+    stats: &Arc<ShardStats>,
+    mesh: Rc<glommio::channels::channel_mesh::Senders<ShardMsg>>,
+) -> Rc<SharedHub> {
+    let config = &setup.config;
     let hub = Hub::new(
         shard,
         mesh.nr_consumers(),
@@ -190,9 +229,12 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
     );
     let hub = SharedHub::new(hub, mesh, setup.cluster.clone());
     hub.spawn_pumps(shard);
+    hub
+}
 
-    // Commands from the cluster's control thread (relayed media among them).
-    // (The admin plane kicks publishers through the same queue.)
+/// Commands from the cluster's control thread (relayed media among them),
+/// and the admin plane's kicks through the same queue, into the hub.
+fn take_commands(shard: usize, setup: &ShardSetup, hub: &Rc<SharedHub>) -> Result<(), ShardError> {
     {
         let rx = setup
             .commands
@@ -210,8 +252,18 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         })
         .detach();
     }
+    Ok(())
+}
 
-    let ctx = Rc::new(ConnectionContext {
+/// What every connection task of this shard shares.
+fn connection_context(
+    shard: usize,
+    setup: &ShardSetup,
+    stats: &Arc<ShardStats>,
+    hub: &Rc<SharedHub>,
+) -> Rc<ConnectionContext> {
+    let config = &setup.config;
+    Rc::new(ConnectionContext {
         open: RefCell::new(Vec::new()),
         reconnects_asked: std::cell::Cell::new(0),
         hub: hub.clone(),
@@ -228,9 +280,13 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
             window_ack_size: config.rtmp.window_ack_size,
             max_streams: config.rtmp.max_streams_per_connection,
         },
-    });
+    })
+}
 
-    let hls = Rc::new(HlsShard {
+/// The shard's side of LL-HLS: the node's windows, its wake, the targets.
+fn hls_shard(shard: usize, setup: &ShardSetup) -> Rc<HlsShard> {
+    let config = &setup.config;
+    Rc::new(HlsShard {
         registry: setup.hls.clone(),
         wake: Default::default(),
         targets: Targets {
@@ -240,12 +296,19 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         },
         idle: Duration::from_millis(config.media.hls_idle_ms),
         shard,
-    });
+    })
+}
 
-    // Messages from other shards, one task per peer. LL-HLS's are the
-    // shard's own: start packaging a stream this shard has, or wake the
-    // requests waiting on a window.
-    let mut receivers = receivers;
+/// Messages from other shards, one task per peer. LL-HLS's are the
+/// shard's own: start packaging a stream this shard has, or wake the
+/// requests waiting on a window.
+fn take_mesh(
+    mut receivers: glommio::channels::channel_mesh::Receivers<ShardMsg>,
+    hub: &Rc<SharedHub>,
+    hls: &Rc<HlsShard>,
+    ctx: &Rc<ConnectionContext>,
+    ring: &Rc<SocketRing>,
+) {
     for (_, mut rx) in receivers.streams() {
         let (hub, hls, ctx, ring) = (hub.clone(), hls.clone(), ctx.clone(), ring.clone());
         glommio::spawn_local(async move {
@@ -264,11 +327,21 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         })
         .detach();
     }
+}
 
-    // Every accepted socket, plain or RTMPS: limits first, then the ring
-    // takes it and a task serves it. Over a limit the socket is closed at
-    // once (counted, not logged: a flood must not flood logs).
-    let on_accept = {
+/// Every accepted socket, plain or TLS, RTMP or HTTP: limits first, then
+/// the ring takes it and a task serves it. Over a limit the socket is
+/// closed at once (counted, not logged: a flood must not flood logs).
+fn accept_handler(
+    shard: usize,
+    setup: &ShardSetup,
+    stats: &Arc<ShardStats>,
+    ring: &Rc<SocketRing>,
+    ctx: &Rc<ConnectionContext>,
+    hls: &Rc<HlsShard>,
+) -> impl FnMut(OwnedFd, ListenKind) + 'static {
+    let config = &setup.config;
+    {
         let (ring, ctx, gate, stats) =
             (ring.clone(), ctx.clone(), setup.gate.clone(), stats.clone());
         let tls_config = setup.tls.clone();
@@ -323,12 +396,13 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
                 glommio::spawn_local(serve(conn, peer, ctx.clone(), ring.clone(), ticket)).detach();
             }
         }
-    };
-    glommio::spawn_local(ring.clone().drive(on_accept)).detach();
+    }
+}
 
-    // The one deadline sweep: connections' handshake, idle and write-stall
-    // limits, and waits for a stream to appear or come back. It runs on
-    // through the drain (closing sockets have a flush deadline).
+/// The one deadline sweep: connections' handshake, idle and write-stall
+/// limits, and waits for a stream to appear or come back. It runs on
+/// through the drain (closing sockets have a flush deadline).
+fn spawn_sweep(hub: &Rc<SharedHub>, ring: &Rc<SocketRing>, hls: &Rc<HlsShard>) {
     {
         let (hub, ring, hls) = (hub.clone(), ring.clone(), hls.clone());
         glommio::spawn_local(async move {
@@ -344,21 +418,24 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
         })
         .detach();
     }
+}
 
-    while !setup.stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
-    ring.stop_accepting();
-
-    // Drain: players hear the stream ended, every connection flushes what it
-    // has queued and closes, within a bounded time. Encoders that said they
-    // can (Enhanced RTMP v2 capsEx Reconnect) are asked to reconnect, which
-    // through DNS lands them on another node, and keep their connection
-    // until they go or the grace ends (see `Notice::Shutdown`).
+/// Drain: players hear the stream ended, every connection flushes what it
+/// has queued and closes, within a bounded time. Encoders that said they
+/// can (Enhanced RTMP v2 capsEx Reconnect) are asked to reconnect, which
+/// through DNS lands them on another node, and keep their connection
+/// until they go or the grace ends (see `Notice::Shutdown`).
+async fn drain(
+    shard: usize,
+    hub: &Rc<SharedHub>,
+    ctx: &Rc<ConnectionContext>,
+    stats: &Arc<ShardStats>,
+    ring: &Rc<SocketRing>,
+) {
     hub.with(|h| h.shutdown());
     for conn in ctx.open.borrow().iter() {
         if let Some(conn) = conn.upgrade() {
-            conn.notice(Notice::Shutdown, &stats);
+            conn.notice(Notice::Shutdown, stats);
         }
     }
     let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
@@ -387,12 +464,6 @@ async fn run(setup: ShardSetup) -> Result<(), ShardError> {
     while ring.open_sockets() > 0 && std::time::Instant::now() < flushed {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    setup.drained.fetch_add(1, Ordering::SeqCst);
-    // Never return: tearing the executor down with io_uring operations in
-    // flight (mesh receivers, timers, the socket ring) corrupts memory. The
-    // process exits from main once every shard has drained.
-    std::future::pending::<()>().await;
-    Ok(())
 }
 
 /// How often the shard sweeps its deadlines.
