@@ -160,6 +160,91 @@ fn reload(auth: &Auth, certs: Option<&Certs>, force: bool) {
     }
 }
 
+/// Raises the open-files limit, and the locked-memory limit io_uring
+/// needs; refuses to start below [`GLOMMIO_MIN_MEMLOCK`]. Returns the
+/// locked-memory limit (soft, hard).
+fn raise_limits() -> Result<(u64, u64), NodeError> {
+    raise_limit(libc::RLIMIT_NOFILE);
+    let (memlock, memlock_max) = raise_limit(libc::RLIMIT_MEMLOCK);
+    if memlock < GLOMMIO_MIN_MEMLOCK {
+        return Err(NodeError::Start(format!(
+            "RLIMIT_MEMLOCK is {memlock} bytes (hard limit {memlock_max}); io_uring needs at least {GLOMMIO_MIN_MEMLOCK} \
+             per shard to start. Raise it: systemd LimitMEMLOCK=infinity in the unit, docker --ulimit memlock=-1, \
+             or ulimit -l unlimited in the shell that starts tributary"
+        )));
+    }
+    Ok((memlock, memlock_max))
+}
+
+/// Resolves every listen address (port 0 to a real port, held by a
+/// placeholder socket until the shards listen with `SO_REUSEPORT`).
+fn resolve_listeners(config: &mut Config) -> Result<Vec<socket2::Socket>, NodeError> {
+    let mut placeholders = Vec::new();
+    let mut resolve = |listen: SocketAddr| -> Result<SocketAddr, NodeError> {
+        let (addr, placeholder) = resolve_listen(listen)?;
+        placeholders.extend(placeholder);
+        Ok(addr)
+    };
+    config.rtmp.listen = resolve(config.rtmp.listen)?;
+    config.tls.listen = config.tls.listen.map(&mut resolve).transpose()?;
+    config.media.listen = config.media.listen.map(&mut resolve).transpose()?;
+    config.media.tls_listen = config.media.tls_listen.map(&mut resolve).transpose()?;
+    Ok(placeholders)
+}
+
+/// The publish/play webhook's thread, when `auth.webhook_url` is set.
+fn start_webhook(
+    config: &Config,
+    node_id: &str,
+) -> Result<Option<crate::webhook::Webhook>, NodeError> {
+    if config.auth.webhook_url.is_empty() {
+        return Ok(None);
+    }
+    let settings = crate::webhook::WebhookSettings {
+        url: config.auth.webhook_url.clone(),
+        timeout: Duration::from_millis(config.auth.webhook_timeout_ms),
+        fail_closed: config.auth.webhook_fail_closed,
+        on_play: config.auth.webhook_on_play,
+        node_id: node_id.to_owned(),
+    };
+    crate::webhook::Webhook::start(settings)
+        .map(Some)
+        .map_err(|e| NodeError::Start(format!("webhook thread: {e}")))
+}
+
+/// The cluster's control thread, when `cluster.nats` names servers.
+fn start_cluster(
+    config: &Config,
+    node_id: &str,
+    addr: SocketAddr,
+    gate: &Gate,
+    command_senders: &[tokio::sync::mpsc::Sender<crate::stream::ShardCommand>],
+) -> Result<Option<ClusterHandle>, NodeError> {
+    if config.cluster.nats.is_empty() {
+        return Ok(None);
+    }
+    let c = &config.cluster;
+    let settings = ClusterSettings {
+        node_id: node_id.to_owned(),
+        servers: c.nats.clone(),
+        user: c.user.clone(),
+        password: c.password.clone(),
+        token: c.token.clone(),
+        creds_file: c.creds_file.clone(),
+        nkey_seed: c.nkey_seed.clone(),
+        tls_ca_file: c.tls_ca_file.clone(),
+        require_tls: c.require_tls,
+        registry_ttl: Duration::from_millis(c.registry_ttl_ms),
+        kv_replicas: c.kv_replicas,
+        max_message_len: config.limits.max_message_len,
+        max_snapshot_bytes: config.streams.gop_cache_max_bytes
+            + 3 * config.limits.max_message_len as usize,
+        rtmp_addr: addr.to_string(),
+        audience: gate.audience().clone(),
+    };
+    Ok(Some(cluster::start(settings, command_senders.to_vec())?))
+}
+
 impl Node {
     /// Starts the shards and returns once every one of them listens.
     pub fn start(mut config: Config) -> Result<Node, NodeError> {
@@ -170,29 +255,9 @@ impl Node {
         } else {
             config.node.shards
         };
-        raise_limit(libc::RLIMIT_NOFILE);
-        let (memlock, memlock_max) = raise_limit(libc::RLIMIT_MEMLOCK);
-        if memlock < GLOMMIO_MIN_MEMLOCK {
-            return Err(NodeError::Start(format!(
-                "RLIMIT_MEMLOCK is {memlock} bytes (hard limit {memlock_max}); io_uring needs at least {GLOMMIO_MIN_MEMLOCK} \
-                 per shard to start. Raise it: systemd LimitMEMLOCK=infinity in the unit, docker --ulimit memlock=-1, \
-                 or ulimit -l unlimited in the shell that starts tributary"
-            )));
-        }
-        let (addr, placeholder) = resolve_listen(config.rtmp.listen)?;
-        config.rtmp.listen = addr;
-        let mut placeholders = Vec::new();
-        let mut resolve = |listen: Option<SocketAddr>| -> Result<Option<SocketAddr>, NodeError> {
-            let Some(listen) = listen else {
-                return Ok(None);
-            };
-            let (addr, placeholder) = resolve_listen(listen)?;
-            placeholders.extend(placeholder);
-            Ok(Some(addr))
-        };
-        config.tls.listen = resolve(config.tls.listen)?;
-        config.media.listen = resolve(config.media.listen)?;
-        config.media.tls_listen = resolve(config.media.tls_listen)?;
+        let (memlock, memlock_max) = raise_limits()?;
+        let placeholders = resolve_listeners(&mut config)?;
+        let addr = config.rtmp.listen;
         let (tls, certs) = if config.tls.listen.is_some() || config.media.tls_listen.is_some() {
             let certs = Certs::load(&config.tls)?;
             let acceptor = crate::tls::server_config(certs.clone())?;
@@ -202,21 +267,7 @@ impl Node {
         };
         let node_id = config.node_id();
         let auth = Arc::new(Auth::new(&config.auth)?);
-        let webhook = if config.auth.webhook_url.is_empty() {
-            None
-        } else {
-            let settings = crate::webhook::WebhookSettings {
-                url: config.auth.webhook_url.clone(),
-                timeout: Duration::from_millis(config.auth.webhook_timeout_ms),
-                fail_closed: config.auth.webhook_fail_closed,
-                on_play: config.auth.webhook_on_play,
-                node_id: node_id.clone(),
-            };
-            Some(
-                crate::webhook::Webhook::start(settings)
-                    .map_err(|e| NodeError::Start(format!("webhook thread: {e}")))?,
-            )
-        };
+        let webhook = start_webhook(&config, &node_id)?;
         let gate = Gate::new(GateLimits {
             connections: config.rtmp.max_connections,
             connections_per_ip: config.rtmp.max_connections_per_ip,
@@ -224,31 +275,7 @@ impl Node {
             players_per_stream: config.players.max_per_stream,
         });
         let (command_senders, commands) = crate::stream::command_channels(shards);
-        let cluster = if config.cluster.nats.is_empty() {
-            None
-        } else {
-            let c = &config.cluster;
-            let settings = ClusterSettings {
-                node_id: node_id.clone(),
-                servers: c.nats.clone(),
-                user: c.user.clone(),
-                password: c.password.clone(),
-                token: c.token.clone(),
-                creds_file: c.creds_file.clone(),
-                nkey_seed: c.nkey_seed.clone(),
-                tls_ca_file: c.tls_ca_file.clone(),
-                require_tls: c.require_tls,
-                registry_ttl: Duration::from_millis(c.registry_ttl_ms),
-                kv_replicas: c.kv_replicas,
-                max_message_len: config.limits.max_message_len,
-                max_snapshot_bytes: config.streams.gop_cache_max_bytes
-                    + 3 * config.limits.max_message_len as usize,
-                rtmp_addr: addr.to_string(),
-                audience: gate.audience().clone(),
-            };
-            let handle = cluster::start(settings, command_senders.clone())?;
-            Some(handle)
-        };
+        let cluster = start_cluster(&config, &node_id, addr, &gate, &command_senders)?;
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
@@ -332,7 +359,6 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        drop(placeholder);
         drop(placeholders);
         spawn_reload(auth.clone(), certs.clone(), stop.clone());
         Ok(Node {
