@@ -297,57 +297,91 @@ pub(super) async fn serve_hls(
                 .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))?
         }
     };
-    let me = 1u64 << hls.shard.min(63);
-    let gone = || Failure::new(404, "not_found", "not in the playlist's window");
-    let timeout = || Failure::new(503, "limit", "not ready in time");
-    match resource {
+    let text = match resource {
         Resource::Playlist => {
-            let limit = match block {
-                Some(_) => wait_limit(&window),
-                None => FIRST_PLAYLIST_WAIT,
-            };
-            let text = wait_for(hls, Instant::now() + limit, || {
-                let mut w = lock(&window);
-                w.last_request = Instant::now();
-                match w.ready(block) {
-                    Ready::Now => Some(Ok(match &multivariant {
-                        Some(q) => w.multivariant(q),
-                        None => w.playlist(&query),
-                    })),
-                    Ready::TooFar => Some(Err(Failure::new(
-                        400,
-                        "bad_request",
-                        "_HLS_msn is more than two segments past the live edge",
-                    ))),
-                    Ready::Wait => {
-                        w.watchers |= me;
-                        None
-                    }
-                }
-            })
-            .await
-            .ok_or_else(timeout)??;
-            // Answered: the viewer's session takes its place, pending from
-            // now (the first answer may have waited for a segment).
-            if let Some((id, mut viewer)) = admit {
-                viewer.last_seen = Instant::now();
-                if !lock(&window).admit(id, viewer) {
-                    return Err(refused(Refusal::PlayerLimit));
-                }
-            }
-            Ok(Answer {
-                content_type: "application/vnd.apple.mpegurl",
-                cache: "no-cache",
-                body: vec![Bytes::from(text)],
-            })
+            playlist_text(hls, &window, block, multivariant.as_deref(), &query).await?
         }
+        _ => return media(hls, &window, resource).await,
+    };
+    // Answered: the viewer's session takes its place, pending from now
+    // (the first answer may have waited for a segment).
+    if let Some((id, mut viewer)) = admit {
+        viewer.last_seen = Instant::now();
+        if !lock(&window).admit(id, viewer) {
+            return Err(refused(Refusal::PlayerLimit));
+        }
+    }
+    Ok(Answer {
+        content_type: "application/vnd.apple.mpegurl",
+        cache: "no-cache",
+        body: vec![Bytes::from(text)],
+    })
+}
+
+fn gone() -> Failure {
+    Failure::new(404, "not_found", "not in the playlist's window")
+}
+
+fn timeout() -> Failure {
+    Failure::new(503, "limit", "not ready in time")
+}
+
+/// A playlist once the window can answer `block` (at once without one):
+/// the multivariant playlist with `multivariant`'s query for a viewer's
+/// first request, else the media playlist with `query`.
+async fn playlist_text(
+    hls: &HlsShard,
+    window: &std::sync::Mutex<hls::Window>,
+    block: Option<Block>,
+    multivariant: Option<&str>,
+    query: &str,
+) -> Result<String, Failure> {
+    let me = 1u64 << hls.shard.min(63);
+    let limit = match block {
+        Some(_) => wait_limit(window),
+        None => FIRST_PLAYLIST_WAIT,
+    };
+    wait_for(hls, Instant::now() + limit, || {
+        let mut w = lock(window);
+        w.last_request = Instant::now();
+        match w.ready(block) {
+            Ready::Now => Some(Ok(match multivariant {
+                Some(q) => w.multivariant(q),
+                None => w.playlist(query),
+            })),
+            Ready::TooFar => Some(Err(Failure::new(
+                400,
+                "bad_request",
+                "_HLS_msn is more than two segments past the live edge",
+            ))),
+            Ready::Wait => {
+                w.watchers |= me;
+                None
+            }
+        }
+    })
+    .await
+    .ok_or_else(timeout)?
+}
+
+/// An init segment, a segment or a part of the window; a segment being
+/// built, or the part the playlist hints at, is waited for.
+async fn media(
+    hls: &HlsShard,
+    window: &std::sync::Mutex<hls::Window>,
+    resource: Resource,
+) -> Result<Answer, Failure> {
+    let me = 1u64 << hls.shard.min(63);
+    match resource {
+        // Playlists are answered by `playlist_text`, never here.
+        Resource::Playlist => Err(gone()),
         Resource::Init(generation) => {
-            let init = lock(&window).init_segment(generation).ok_or_else(gone)?;
+            let init = lock(window).init_segment(generation).ok_or_else(gone)?;
             Ok(Answer::media(vec![init], "max-age=3600"))
         }
         Resource::Segment(msn) => {
-            let body = wait_for(hls, Instant::now() + wait_limit(&window), || {
-                let mut w = lock(&window);
+            let body = wait_for(hls, Instant::now() + wait_limit(window), || {
+                let mut w = lock(window);
                 w.last_request = Instant::now();
                 match w.segment(msn) {
                     Some(s) if s.complete => Some(Ok(s
@@ -368,8 +402,8 @@ pub(super) async fn serve_hls(
             Ok(Answer::media(body, "max-age=60"))
         }
         Resource::Part(msn, n) => {
-            let body = wait_for(hls, Instant::now() + wait_limit(&window), || {
-                let mut w = lock(&window);
+            let body = wait_for(hls, Instant::now() + wait_limit(window), || {
+                let mut w = lock(window);
                 w.last_request = Instant::now();
                 let next = w.segments.back().map_or((0, 0), |s| {
                     if s.complete {
