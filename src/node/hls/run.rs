@@ -1,5 +1,6 @@
 //! A stream's packager task, on the shard that has the stream: a player of
-//! the stream in the hub (FLV tags through a socketless `Conn`), feeding
+//! the stream in the hub (its messages, payloads shared, through a
+//! socketless `Conn`: nothing is encoded for it), feeding
 //! the [`Packager`], waking waiting requests when the window changes, and
 //! letting go when the stream ends or nobody asks for it.
 
@@ -8,9 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::protocol::flv::TAG_HEADER_LEN;
 use crate::protocol::server::redact;
-use crate::protocol::{MessageType, RawMessage};
 
 use super::super::context::ConnectionContext;
 use super::super::hub::{PlayOutcome, Player};
@@ -35,26 +34,6 @@ pub struct HlsShard {
     pub targets: Targets,
     pub idle: Duration,
     pub shard: usize,
-}
-
-/// Parses one FLV tag (as the hub encodes one per message) back into the
-/// message, sharing its payload.
-fn message(tag: bytes::Bytes) -> Option<RawMessage> {
-    if tag.len() < TAG_HEADER_LEN + 4 {
-        return None;
-    }
-    let size = u32::from_be_bytes([0, tag[1], tag[2], tag[3]]) as usize;
-    let timestamp = u32::from_be_bytes([tag[7], tag[4], tag[5], tag[6]]);
-    if tag.len() < TAG_HEADER_LEN + size {
-        return None;
-    }
-    Some(RawMessage {
-        csid: 0,
-        timestamp,
-        type_id: MessageType(tag[0]),
-        stream_id: 0,
-        payload: tag.slice(TAG_HEADER_LEN..TAG_HEADER_LEN + size),
-    })
 }
 
 /// Starts packaging `key` on this shard, unless some shard already does;
@@ -82,7 +61,7 @@ pub fn start(
         }
     }
     let (conn, queue) = Conn::detached(id);
-    let player = Player::flv(id, conn.clone());
+    let player = Player::local(id, conn.clone());
     let outcome = ctx
         .hub
         .with(|h| h.start_player(key, player, live, wait, now));
@@ -124,11 +103,8 @@ async fn run(
         // queued meanwhile notifies again).
         conn.unschedule();
         queue.dirty.borrow_mut().clear();
-        while let Some(tag) = conn.pop_output() {
-            conn.sent(tag.len());
-            if let Some(m) = message(tag) {
-                packager.push(&m);
-            }
+        while let Some(m) = conn.pop_message() {
+            packager.push(&m);
         }
         let (now, watchers, last_request, built) = {
             let mut w = lock(&window);
@@ -210,22 +186,5 @@ fn wake_all(hls: &HlsShard, ctx: &ConnectionContext, watchers: u64) {
     hls.wake.notify();
     if watchers & !(1 << hls.shard.min(63)) != 0 {
         ctx.hub.with(|h| h.hls_changed(watchers));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::BytesMut;
-
-    #[test]
-    fn an_flv_tag_turns_back_into_its_message() {
-        let mut out = BytesMut::new();
-        crate::protocol::flv::write_tag(&mut out, 9, 0x0102_0304, b"abc");
-        let m = message(out.freeze()).unwrap();
-        assert_eq!(m.type_id, MessageType::VIDEO);
-        assert_eq!(m.timestamp, 0x0102_0304);
-        assert_eq!(&m.payload[..], b"abc");
-        assert!(message(bytes::Bytes::from_static(b"short")).is_none());
     }
 }

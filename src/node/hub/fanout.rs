@@ -25,6 +25,9 @@ pub enum Format {
     Rtmp,
     /// FLV tags (HTTP-FLV).
     Flv,
+    /// The messages themselves, for a consumer on the shard (the LL-HLS
+    /// packager): nothing is encoded.
+    Local,
 }
 
 /// A player attached to a stream on this shard.
@@ -64,6 +67,15 @@ impl Player {
         }
     }
 
+    /// A consumer on the shard that takes the messages as they are, from a
+    /// detached `Conn` (`Conn::pop_message`).
+    pub fn local(conn: u64, out: Rc<Conn>) -> Self {
+        Self {
+            format: Format::Local,
+            ..Self::new(conn, 1, 0, out)
+        }
+    }
+
     pub(super) fn is(&self, conn: u64, stream_id: u32) -> bool {
         self.conn == conn && self.stream_id == stream_id
     }
@@ -87,7 +99,7 @@ pub fn attach(gop: &GopCache, players: &mut Vec<Player>, mut player: Player, mem
 fn encoded(player: &Player, m: &RawMessage, memo: &mut Memo) -> Bytes {
     let key = match player.format {
         Format::Rtmp => (Format::Rtmp, player.stream_id, player.chunk_size),
-        Format::Flv => (Format::Flv, 0, 0),
+        Format::Flv | Format::Local => (player.format, 0, 0),
     };
     if let Some((_, b)) = memo.iter().find(|(k, _)| *k == key) {
         return b.clone();
@@ -95,29 +107,42 @@ fn encoded(player: &Player, m: &RawMessage, memo: &mut Memo) -> Bytes {
     let mut out = BytesMut::new();
     match player.format {
         Format::Rtmp => encode_for_player(&mut out, player.chunk_size, player.stream_id, m),
-        // Audio, video and AMF0 data (metadata) have FLV tag types of the
-        // same numbers; nothing else reaches players. An RTMP message's
-        // length fits an FLV tag's (both 24 bits).
+        // Nothing but media reaches players. An RTMP message's length fits
+        // an FLV tag's (both 24 bits).
         Format::Flv => {
-            if matches!(
-                m.type_id,
-                MessageType::AUDIO | MessageType::VIDEO | MessageType::DATA_AMF0
-            ) {
+            if is_media(m) {
                 out.reserve(flv::TAG_HEADER_LEN + m.payload.len() + 4);
                 flv::write_tag(&mut out, m.type_id.0, m.timestamp, &m.payload);
             }
         }
+        Format::Local => {}
     }
     let b = out.freeze();
     memo.push((key, b.clone()));
     b
 }
 
+/// Audio, video and AMF0 data (metadata): what FLV carries (with tag
+/// types of the same numbers) and what the packager reads.
+fn is_media(m: &RawMessage) -> bool {
+    matches!(
+        m.type_id,
+        MessageType::AUDIO | MessageType::VIDEO | MessageType::DATA_AMF0
+    )
+}
+
 /// Queues `m` for `player`. A video frame starts the shard's next send
 /// round at once; audio and data may wait for it (up to
 /// `players.send_coalesce_ms`), so that a player's audio leaves in the same
-/// send as the next video frame instead of a packet of its own.
+/// send as the next video frame instead of a packet of its own. A local
+/// consumer gets the message itself.
 fn send(player: &Player, m: &RawMessage, memo: &mut Memo) {
+    if player.format == Format::Local {
+        if is_media(m) {
+            player.out.push_message(m);
+        }
+        return;
+    }
     let b = encoded(player, m, memo);
     if m.type_id == MessageType::VIDEO {
         player.out.push_urgent(b);

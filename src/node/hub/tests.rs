@@ -785,3 +785,67 @@ fn players_resume_when_the_republish_on_a_third_shard_came_before_the_end() {
     node.route();
     assert_eq!(node.players(2), 1);
 }
+
+#[test]
+fn a_local_consumer_gets_the_messages_themselves_under_the_slow_player_rules() {
+    let mut node = Shards::new(1, config(), false);
+    let (k, publisher) = (key("local"), node.conn());
+    let (consumer, _queue) = Conn::detached(99);
+    let id = node.publish(0, &k, &publisher).unwrap();
+    let keyframe = frame(true, 33, 1000);
+    for m in [metadata(), video_header(), keyframe.clone()] {
+        node.send(0, id, m);
+    }
+    let outcome = node.hubs[0].play(&k, Player::local(99, consumer.clone()));
+    node.route();
+    assert!(matches!(outcome, PlayOutcome::Attached));
+    // Nothing is encoded for it: no bytes in its output queue, and the
+    // cached messages arrive as they came, payloads shared.
+    assert!(!consumer.has_output());
+    let got: Vec<_> = std::iter::from_fn(|| consumer.pop_message()).collect();
+    assert_eq!(
+        got.iter().map(|m| m.type_id).collect::<Vec<_>>(),
+        vec![
+            crate::protocol::MessageType::DATA_AMF0,
+            crate::protocol::MessageType::VIDEO,
+            crate::protocol::MessageType::VIDEO
+        ]
+    );
+    assert_eq!(
+        got[2].payload.as_ptr(),
+        keyframe.payload.as_ptr(),
+        "not copied"
+    );
+    assert_eq!(consumer.queued_bytes(), 0, "taken messages leave the count");
+    // Live media follows; while it is not taken, it counts against the
+    // player's queue limit like bytes, and a consumer that falls behind
+    // drops to the next keyframe.
+    node.send(0, id, audio(40));
+    assert_eq!(consumer.queued_bytes(), audio(40).payload.len());
+    let limit = config().queue_max_bytes;
+    let mut t = 50;
+    for _ in 0..limit / 10_000 + 2 {
+        node.send(0, id, frame(false, t, 10_000));
+        t += 33;
+    }
+    let queued = consumer.queued_bytes();
+    assert!(
+        queued <= limit,
+        "{queued} bytes queued past the limit {limit}"
+    );
+    node.send(0, id, frame(false, t, 10_000));
+    assert_eq!(consumer.queued_bytes(), queued, "dropped while behind");
+    // Taken again, it resumes at the next keyframe.
+    while consumer.pop_message().is_some() {}
+    node.send(0, id, frame(false, t + 33, 100));
+    assert!(
+        consumer.pop_message().is_none(),
+        "still waiting for a keyframe"
+    );
+    node.send(0, id, frame(true, t + 66, 100));
+    assert!(consumer.pop_message().is_some());
+    // A socket's Conn takes no messages.
+    let plain = node.conn();
+    plain.push_message(&audio(1));
+    assert_eq!(plain.queued_bytes(), 0);
+}

@@ -18,6 +18,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 
 use super::buffers::Lease;
+use crate::protocol::RawMessage;
 
 /// Why a connection's input ended.
 #[derive(Debug)]
@@ -127,6 +128,9 @@ pub struct Conn {
     /// The task waiting for its output to fall to a bound, and the bound
     /// (an HTTP connection whose client asks faster than it reads).
     room: Cell<Option<(usize, Waker)>>,
+    /// A consumer on the shard (the LL-HLS packager) takes messages, not
+    /// bytes: what the hub queues for it, payloads shared.
+    messages: Option<Box<RefCell<VecDeque<RawMessage>>>>,
     /// RTMPS: close_notify has been queued.
     pub(in crate::node) close_notified: Cell<bool>,
     /// RTMPS: the TLS session the ring encrypts output through and the
@@ -159,17 +163,43 @@ impl Conn {
             http: Cell::new(false),
             waker: Cell::new(None),
             room: Cell::new(None),
+            messages: None,
             close_notified: Cell::new(false),
             tls: tls.map(|t| Box::new(RefCell::new(t))),
         }
     }
 
     /// A connection with no socket, for a consumer on the shard (the
-    /// LL-HLS packager): what the hub queues waits in its output queue, and
-    /// its own ring queue's notify wakes that consumer.
+    /// LL-HLS packager): the messages the hub queues wait in it as they
+    /// are ([`Conn::pop_message`]), and its own ring queue's notify wakes
+    /// that consumer.
     pub(in crate::node) fn detached(id: u64) -> (Rc<Conn>, Rc<RingQueue>) {
         let queue = Rc::new(RingQueue::default());
-        (Rc::new(Conn::new(id, u32::MAX, queue.clone(), None)), queue)
+        let mut conn = Conn::new(id, u32::MAX, queue.clone(), None);
+        conn.messages = Some(Box::default());
+        (Rc::new(conn), queue)
+    }
+
+    /// Queues a message for a consumer on the shard (a detached `Conn`):
+    /// counted in [`Conn::queued_bytes`] as bytes are, so the slow-player
+    /// rules hold for it too. Nothing for a socket's `Conn`.
+    pub fn push_message(&self, m: &RawMessage) {
+        let Some(messages) = &self.messages else {
+            return;
+        };
+        if self.closed.get() {
+            return;
+        }
+        self.bytes.set(self.bytes.get() + m.payload.len());
+        messages.borrow_mut().push_back(m.clone());
+        self.schedule();
+    }
+
+    /// The next message queued for a consumer on the shard.
+    pub(in crate::node) fn pop_message(&self) -> Option<RawMessage> {
+        let m = self.messages.as_ref()?.borrow_mut().pop_front()?;
+        self.sent(m.payload.len());
+        Some(m)
     }
 
     pub(in crate::node) fn slot(&self) -> u32 {
