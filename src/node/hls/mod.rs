@@ -7,8 +7,9 @@
 //! - One packager per stream per node, started by the first request, on
 //!   the shard that has the stream (its publisher, or its relay from another
 //!   node; a request on another shard asks that shard to start it). It is a
-//!   player of the stream like any other, fed the FLV tags HTTP-FLV viewers
-//!   get, through a [`Conn`](super::ring::conn::Conn) with no socket.
+//!   player of the stream like any other, under the same slow-player
+//!   rules, that takes the messages themselves (nothing encoded) from a
+//!   [`Conn`](super::ring::conn::Conn) with no socket.
 //! - Its [`Window`] is shared node-wide (`Arc<Mutex>`), so a viewer's
 //!   requests agree on segment numbers whichever shard takes them. Requests
 //!   take the lock briefly; the packager once per part. A request that
