@@ -18,9 +18,12 @@ impl SocketRing {
             let Some(sock) = s.socket.as_mut().filter(|sock| sock.conn.id == conn.id) else {
                 return;
             };
-            sock.closing = Some(Instant::now() + CLOSE_FLUSH);
+            if sock.life != Life::Forced {
+                sock.life = Life::Closing(Instant::now() + CLOSE_FLUSH);
+            }
             sock.conn.close();
-            sock.recv_armed
+            sock.recv
+                .in_flight()
                 .then(|| user_data(Op::Recv, slot, generation))
         };
         if let Some(ud) = cancel {
@@ -39,7 +42,7 @@ impl SocketRing {
         let Some(sock) = s.socket.as_ref() else {
             return;
         };
-        if sock.closing.is_none() || sock.recv_armed || sock.sending {
+        if !sock.life.closing() || sock.recv.in_flight() || sock.sending {
             return;
         }
         let flushed = !sock.conn.has_output()
@@ -49,7 +52,7 @@ impl SocketRing {
                 .tls
                 .as_ref()
                 .is_some_and(|t| t.borrow().wants_write());
-        if !(flushed || sock.forced) {
+        if !(flushed || sock.life == Life::Forced) {
             return;
         }
         if let Some(sock) = s.socket.take() {
@@ -87,9 +90,9 @@ impl SocketRing {
             let Some(sock) = s.socket.as_mut() else {
                 continue;
             };
-            if let Some(deadline) = sock.closing {
-                if now >= deadline && !sock.forced {
-                    sock.forced = true;
+            if sock.life.closing() {
+                if matches!(sock.life, Life::Closing(deadline) if now >= deadline) {
+                    sock.life = Life::Forced;
                     // SAFETY: shutdown on an fd we own; it makes any send or
                     // receive in flight on it complete.
                     unsafe { libc::shutdown(sock.fd.as_raw_fd(), libc::SHUT_RDWR) };

@@ -162,18 +162,69 @@ struct Socket {
     /// It is in the ring's fixed-file table, at its slot.
     fixed: bool,
     conn: Rc<Conn>,
-    recv_armed: bool,
-    /// EOF or an error: never receive again.
-    read_done: bool,
+    recv: Recv,
     send: Option<Box<SendBuf>>,
     sending: bool,
     accepted_at: Instant,
     last_read: Instant,
     /// The last time a send made progress (or began from idle).
     last_progress: Instant,
-    /// Closing: flush until this deadline, then force.
-    closing: Option<Instant>,
-    forced: bool,
+    life: Life,
+}
+
+/// Where a socket's receive stands. The fd closes only once no receive is
+/// in flight, so an ended receive still remembers one that is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    /// None in flight; one may be armed.
+    Idle,
+    /// A multishot receive is in flight.
+    Armed,
+    /// EOF or an error: never receive again.
+    Ended,
+    /// Ended, with the multishot still in flight (its completions drop).
+    EndedInFlight,
+}
+
+impl Recv {
+    fn in_flight(self) -> bool {
+        matches!(self, Recv::Armed | Recv::EndedInFlight)
+    }
+
+    /// The multishot stopped (its last completion).
+    fn stopped(self) -> Recv {
+        match self {
+            Recv::Armed => Recv::Idle,
+            Recv::EndedInFlight => Recv::Ended,
+            other => other,
+        }
+    }
+
+    /// Nothing more is to be read.
+    fn end(self) -> Recv {
+        if self.in_flight() {
+            Recv::EndedInFlight
+        } else {
+            Recv::Ended
+        }
+    }
+}
+
+/// Where a socket stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Open,
+    /// Its task is done: flush what is queued until this deadline.
+    Closing(Instant),
+    /// The flush deadline passed: shut down, closed once nothing is in
+    /// flight.
+    Forced,
+}
+
+impl Life {
+    fn closing(self) -> bool {
+        self != Life::Open
+    }
 }
 
 struct Slot {
@@ -409,15 +460,13 @@ impl SocketRing {
             fd,
             fixed,
             conn: conn.clone(),
-            recv_armed: false,
-            read_done: false,
+            recv: Recv::Idle,
             send: None,
             sending: false,
             accepted_at: now,
             last_read: now,
             last_progress: now,
-            closing: None,
-            forced: false,
+            life: Life::Open,
         });
         self.arm_recv(slot);
         if conn.tls.is_some() {
@@ -435,10 +484,10 @@ impl SocketRing {
             let Some(sock) = s.socket.as_mut() else {
                 return;
             };
-            if sock.recv_armed || sock.read_done || sock.closing.is_some() {
+            if sock.recv != Recv::Idle || sock.life.closing() {
                 return;
             }
-            sock.recv_armed = true;
+            sock.recv = Recv::Armed;
             let entry = match sock.fixed {
                 true => opcode::RecvMulti::new(types::Fixed(slot), BUFFER_GROUP).build(),
                 false => {
@@ -707,13 +756,13 @@ impl SocketRing {
                 return;
             };
             if !more {
-                sock.recv_armed = false;
+                sock.recv = sock.recv.stopped();
             }
             if res > 0 {
                 sock.last_read = now;
                 self.stats.add_in(res as u64);
                 match lease {
-                    Some(lease) if sock.closing.is_none() => {
+                    Some(lease) if !sock.life.closing() => {
                         let full = sock.conn.push_input(lease);
                         if full && !sock.conn.paused.replace(true) && more {
                             cancel = Some(user_data(Op::Recv, slot, generation));
@@ -721,24 +770,24 @@ impl SocketRing {
                     }
                     Some(_) => {}
                     None => {
-                        sock.read_done = true;
+                        sock.recv = sock.recv.end();
                         sock.conn.end(End::Read(std::io::Error::other(
                             "the kernel named a receive buffer outside the pool",
                         )));
                     }
                 }
             } else if res == 0 {
-                sock.read_done = true;
+                sock.recv = sock.recv.end();
                 sock.conn.end(End::Eof);
             } else if res == -libc::ENOBUFS {
                 self.stats.add_recv_no_buffers();
                 self.starved.borrow_mut().push((slot, sock.conn.id));
             } else if res != -libc::ECANCELED {
-                sock.read_done = true;
+                sock.recv = sock.recv.end();
                 sock.conn
                     .end(End::Read(std::io::Error::from_raw_os_error(-res)));
             }
-            if !sock.recv_armed && res != -libc::ENOBUFS {
+            if sock.recv == Recv::Idle && res != -libc::ENOBUFS {
                 if sock.conn.is_held() || sock.conn.paused.get() {
                     // Paused: the connection asks to resume once it has
                     // caught up (or its hold ends), and `reconcile` re-arms.
@@ -775,11 +824,12 @@ impl SocketRing {
                     let first = !conn.paused.replace(true);
                     (
                         false,
-                        (first && sock.recv_armed).then(|| user_data(Op::Recv, slot, generation)),
+                        (first && sock.recv.in_flight())
+                            .then(|| user_data(Op::Recv, slot, generation)),
                     )
                 } else {
                     conn.paused.set(false);
-                    (!sock.recv_armed, None)
+                    (sock.recv == Recv::Idle, None)
                 }
             };
             if let Some(ud) = cancel {
@@ -876,7 +926,7 @@ mod tests {
         ring.slots.borrow()[slot as usize]
             .socket
             .as_ref()
-            .is_some_and(|s| s.recv_armed)
+            .is_some_and(|s| s.recv == Recv::Armed)
     }
 
     fn poll_input(conn: &Conn) -> Option<Input> {
@@ -947,6 +997,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Its multishot is still in flight: the fd stays open until it
+        // stops. The task's finish cancels it; the cancel's last completion
+        // lets the socket close.
+        ring.finish(&conn);
+        assert_eq!(ring.open_sockets(), 1);
+        ring.complete(recv, 5, more, now, &mut on_accept);
+        assert_eq!(ring.open_sockets(), 1, "still in flight");
+        ring.complete(recv, -libc::ECANCELED, 0, now, &mut on_accept);
+        assert_eq!(ring.open_sockets(), 0);
+        // A completion for the closed socket's slot is stale now.
+        ring.complete(recv, 0, 0, now, &mut on_accept);
         // The kernel keeps a reference to the ring's fds: never dropped.
         std::mem::forget(ring);
     }
@@ -981,6 +1042,17 @@ mod tests {
         );
         assert!(conn.is_closed());
         std::mem::forget(ring);
+    }
+
+    #[test]
+    fn a_receive_that_ended_remembers_one_in_flight() {
+        assert_eq!(Recv::Armed.end(), Recv::EndedInFlight);
+        assert_eq!(Recv::Idle.end(), Recv::Ended);
+        assert_eq!(Recv::EndedInFlight.stopped(), Recv::Ended);
+        assert_eq!(Recv::Armed.stopped(), Recv::Idle);
+        assert_eq!(Recv::Ended.stopped(), Recv::Ended);
+        assert!(Recv::EndedInFlight.in_flight() && !Recv::Ended.in_flight());
+        assert!(Life::Forced.closing() && !Life::Open.closing());
     }
 
     #[test]

@@ -111,9 +111,9 @@ impl SocketRing {
                     .tls
                     .as_ref()
                     .is_some_and(|t| t.borrow().wants_write());
-                if !send.bufs.is_empty() && !sock.forced {
+                if !send.bufs.is_empty() && sock.life != Life::Forced {
                     resend = true;
-                } else if sock.conn.has_output() || tls_pending || sock.closing.is_some() {
+                } else if sock.conn.has_output() || tls_pending || sock.life.closing() {
                     sock.conn.schedule();
                 }
             } else {
@@ -140,7 +140,7 @@ impl SocketRing {
                     continue;
                 };
                 sock.conn.unschedule();
-                if sock.sending || sock.forced {
+                if sock.sending || sock.life == Life::Forced {
                     continue;
                 }
                 let send = sock.send.get_or_insert_with(SendBuf::new);
