@@ -35,6 +35,15 @@ enum Unit {
     Skip,
 }
 
+/// The window keeps its own copy of each sample and configuration, exact
+/// in size: a slice of the message would pin the publisher's chunk arena
+/// (`protocol::chunk::decoder`, shared by several messages) for the
+/// window's whole life, seconds past the GOP cache's. One copy per stream,
+/// never per viewer.
+fn compact(data: &[u8]) -> Bytes {
+    Bytes::copy_from_slice(data)
+}
+
 /// A video message as the packager takes it, read by `protocol::media`'s
 /// tag model: a single-track H.264, HEVC or AV1 configuration or frame;
 /// anything else is skipped.
@@ -48,7 +57,7 @@ fn video_unit(p: &Bytes) -> Unit {
         VideoCodec::Av1 => VideoKind::Av1,
         _ => return Unit::Skip,
     };
-    let data = p.slice(body.data_at..);
+    let data = compact(&p[body.data_at..]);
     match body.info.kind {
         _ if body.info.multitrack => Unit::Skip,
         PacketKind::SequenceHeader if body.config => Unit::VideoConfig(kind, data),
@@ -73,7 +82,7 @@ fn audio_unit(p: &Bytes) -> Unit {
         AudioCodec::Opus if body.info.enhanced => AudioKind::Opus,
         _ => return Unit::Skip,
     };
-    let data = p.slice(body.data_at..);
+    let data = compact(&p[body.data_at..]);
     match body.info.kind {
         _ if body.info.multitrack => Unit::Skip,
         PacketKind::SequenceHeader => Unit::AudioConfig(kind, data),
