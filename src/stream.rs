@@ -107,16 +107,18 @@ impl StreamKey {
         tc_url: Option<&str>,
         name: &str,
     ) -> Result<(Self, String), NameError> {
-        let (app, app_query) = app.split_once('?').unwrap_or((app, ""));
+        let (app, mut app_query) = app.split_once('?').unwrap_or((app, ""));
         let mut app = app.trim_matches('/').to_owned();
         if app.is_empty() {
-            // The app from the tcUrl's path: rtmp://host[:port]/APP[?q].
+            // The app from the tcUrl's path, and its query with it:
+            // rtmp://host[:port]/APP[?q].
             let path = tc_url
                 .and_then(|u| u.split_once("://"))
                 .and_then(|(_, rest)| rest.split_once('/'))
                 .map_or("", |(_, path)| path);
-            let path = path.split('?').next().unwrap_or("");
+            let (path, query) = path.split_once('?').unwrap_or((path, ""));
             app = path.trim_matches('/').to_owned();
+            app_query = query;
         }
         if app.is_empty() {
             return Err(NameError::new("connect named no app"));
@@ -159,8 +161,11 @@ pub fn percent_decode(s: &str) -> Result<String, NameError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Two hex digits exactly (`from_str_radix` alone would take a
+            // sign: `%+9`).
             let byte = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| NameError::new("a broken %-escape"))?;
@@ -400,8 +405,10 @@ mod tests {
             // A query on the app (Wowza style), and on both.
             ("paid?token=ab", None, "s/t", "token=ab"),
             ("paid/s?a=1", None, "t?b=2", "b=2&a=1"),
-            // No app in connect: the tcUrl's path is the app.
-            ("", Some("rtmps://h:443/paid?x"), "s/t", ""),
+            // No app in connect: the tcUrl's path is the app, its query
+            // the app's.
+            ("", Some("rtmps://h:443/paid?x=1"), "s/t", "x=1"),
+            ("", Some("rtmp://h/paid"), "s/t?y=2", "y=2"),
         ];
         for &(app, tc_url, name, query) in rtmp {
             let (key, q) = StreamKey::from_rtmp(app, tc_url, name)
@@ -458,6 +465,8 @@ mod tests {
             "paid/%ff",
             "paid/s%3Ftoken=1",
             "paid/s%00",
+            "paid/s%+9",
+            "paid/s%-1",
         ] {
             assert!(StreamKey::from_url_path(path).is_err(), "{path} was taken");
         }

@@ -257,7 +257,11 @@ pub fn unescape(s: &str, marker: u8) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == marker {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -388,5 +392,6 @@ mod tests {
         assert_ne!(token("a/b"), token("a_b"));
         assert_eq!(untoken("=Z1"), None);
         assert_eq!(untoken("=4"), None);
+        assert_eq!(untoken("=+9"), None, "two hex digits, no sign");
     }
 }

@@ -181,6 +181,15 @@ pub(super) fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
     };
     let path = crate::stream::percent_decode(path).map_err(bad_name)?;
     let query = query.unwrap_or("");
+    // The query goes into playlists' quoted URI attributes as it came:
+    // a `"` would end the attribute and add others (send it as %22).
+    if query.contains('"') {
+        return Err(Failure::new(
+            400,
+            "bad_request",
+            "a query with a '\"' (send it as %22)",
+        ));
+    }
     let (dir, file) = path.rsplit_once('/').ok_or_else(not_found)?;
     if let Some(resource) = Resource::parse(file) {
         if !dir.contains('/') {
@@ -392,6 +401,10 @@ mod tests {
             "/live/../x/cam.flv",
             "/live/cam%252F.flv",
             "/live/c%zzam.flv",
+            "/live/c%+9am.flv",
+            // A quote would end a playlist's URI attribute and add others.
+            "/live/cam/index.m3u8?a=\",BYTERANGE=\"1@0",
+            "/live/cam/part1.0.m4s?t=\"",
         ] {
             let f = route(&req("GET", target)).unwrap_err();
             assert_eq!((f.status, f.kind), (400, "bad_request"), "{target}");
