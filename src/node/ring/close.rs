@@ -42,7 +42,7 @@ impl SocketRing {
         let Some(sock) = s.socket.as_ref() else {
             return;
         };
-        if !sock.life.closing() || sock.recv.in_flight() || sock.sending {
+        if !sock.life.closing() || sock.recv.in_flight() || sock.send_op == SendOp::InFlight {
             return;
         }
         let flushed = !sock.conn.has_output()
@@ -112,7 +112,8 @@ impl SocketRing {
             } else if conn.expects_input() && now.duration_since(sock.last_read) > t.idle {
                 conn.end(End::Timeout("idle timeout"));
             }
-            if sock.sending && now.duration_since(sock.last_progress) > t.write {
+            if sock.send_op == SendOp::InFlight && now.duration_since(sock.last_progress) > t.write
+            {
                 conn.end(End::Stalled(t.write));
             }
         }

@@ -163,8 +163,9 @@ struct Socket {
     fixed: bool,
     conn: Rc<Conn>,
     recv: Recv,
+    /// Its send's buffers (kept between sends for their capacity).
     send: Option<Box<SendBuf>>,
-    sending: bool,
+    send_op: SendOp,
     accepted_at: Instant,
     last_read: Instant,
     /// The last time a send made progress (or began from idle).
@@ -208,6 +209,14 @@ impl Recv {
             Recv::Ended
         }
     }
+}
+
+/// Whether a send is in flight (one at most per socket: its `SendBuf`
+/// must outlive it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendOp {
+    Idle,
+    InFlight,
 }
 
 /// Where a socket stands in its life.
@@ -462,7 +471,7 @@ impl SocketRing {
             conn: conn.clone(),
             recv: Recv::Idle,
             send: None,
-            sending: false,
+            send_op: SendOp::Idle,
             accepted_at: now,
             last_read: now,
             last_progress: now,

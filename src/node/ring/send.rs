@@ -89,7 +89,7 @@ impl SocketRing {
             else {
                 return;
             };
-            sock.sending = false;
+            sock.send_op = SendOp::Idle;
             let Some(send) = sock.send.as_mut() else {
                 return;
             };
@@ -140,7 +140,7 @@ impl SocketRing {
                     continue;
                 };
                 sock.conn.unschedule();
-                if sock.sending || sock.life == Life::Forced {
+                if sock.send_op == SendOp::InFlight || sock.life == Life::Forced {
                     continue;
                 }
                 let send = sock.send.get_or_insert_with(SendBuf::new);
@@ -177,7 +177,7 @@ impl SocketRing {
             let Some(send) = sock.send.as_mut() else {
                 return;
             };
-            sock.sending = true;
+            sock.send_op = SendOp::InFlight;
             let msg = send.prepare();
             let entry = match sock.fixed {
                 true => opcode::SendMsg::new(types::Fixed(slot), msg),
