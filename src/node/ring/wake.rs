@@ -51,8 +51,12 @@ impl Notify {
 
     fn register(&self, waker: &Waker) {
         let mut wakers = self.wakers.borrow_mut();
-        // A task polled again before an event is still waiting once.
-        if !wakers.iter().any(|w| w.will_wake(waker)) {
+        // A task polled again before an event (the ring's driver, between
+        // its timers) is still waiting once. Only the last waker is
+        // compared: with a thousand LL-HLS requests waiting, a scan of all
+        // would be quadratic; their repeats are bounded by their polls and
+        // go at the next event.
+        if !wakers.last().is_some_and(|w| w.will_wake(waker)) {
             wakers.push(waker.clone());
         }
     }
