@@ -482,23 +482,13 @@ impl Future for Room<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::wake::tests::counter;
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn room_wakes_when_sends_make_it_and_when_the_connection_closes() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counter();
         let mut cx = Context::from_waker(&waker);
         let (conn, _queue) = Conn::detached(1);
         conn.push(Bytes::from(vec![0u8; 100]));

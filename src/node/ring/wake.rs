@@ -95,13 +95,14 @@ impl Future for Wait<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::task::Wake;
 
-    struct Count(AtomicUsize);
+    /// Counts its wakes.
+    pub(in crate::node::ring) struct Count(pub(in crate::node::ring) AtomicUsize);
 
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
@@ -109,7 +110,8 @@ mod tests {
         }
     }
 
-    fn counter() -> (Arc<Count>, Waker) {
+    /// A waker and the count of its wakes.
+    pub(in crate::node::ring) fn counter() -> (Arc<Count>, Waker) {
         let c = Arc::new(Count(AtomicUsize::new(0)));
         (c.clone(), Waker::from(c))
     }
