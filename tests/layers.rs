@@ -139,8 +139,18 @@ fn imports(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<Strin
 /// A file's code as the layers see it: no comments, and no inline test
 /// module (whose `super` is the file itself).
 fn code_of(text: &str) -> String {
-    let text = text.split("#[cfg(test)]\nmod tests {").next().unwrap_or("");
-    text.lines()
+    // The inline test module, `pub(super)` or not.
+    let end = text
+        .match_indices("#[cfg(test)]\n")
+        .map(|(at, m)| (at, &text[at + m.len()..]))
+        .find(|(_, rest)| {
+            rest.lines()
+                .next()
+                .is_some_and(|l| l.trim_end().ends_with("mod tests {"))
+        })
+        .map_or(text.len(), |(at, _)| at);
+    text[..end]
+        .lines()
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
         .join("\n")
@@ -243,4 +253,9 @@ fn the_layer_check_sees_an_import_that_runs_up() {
         "hub"
     );
     assert_eq!(module_of(Path::new("/n"), Path::new("/n/mod.rs")), "");
+    // An inline test module is not the file's code, whatever its visibility.
+    for head in ["mod tests {", "pub(super) mod tests {"] {
+        let file = format!("use super::conn;\n#[cfg(test)]\n{head}\n    use super::*;\n}}\n");
+        assert_eq!(code_of(&file), "use super::conn;");
+    }
 }
