@@ -156,27 +156,31 @@ impl StreamKey {
 /// Decodes `%XX` escapes once; refuses a broken escape or bytes that are
 /// not UTF-8.
 pub fn percent_decode(s: &str) -> Result<String, NameError> {
+    unescape(s, b'%')
+        .ok_or_else(|| NameError::new("a broken %-escape, or bytes that are not UTF-8"))
+}
+
+/// Decodes `<marker>XX` hex escapes (`%XX` in URL paths, `=XX` in NATS
+/// subject tokens); None for a broken escape (two hex digits exactly, no
+/// sign) or bytes that are not UTF-8.
+pub fn unescape(s: &str, marker: u8) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // Two hex digits exactly (`from_str_radix` alone would take a
-            // sign: `%+9`).
-            let byte = bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| NameError::new("a broken %-escape"))?;
-            out.push(byte);
+        if bytes[i] == marker {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| NameError::new("the name is not UTF-8"))
+    String::from_utf8(out).ok()
 }
 
 impl std::ops::Deref for StreamKey {

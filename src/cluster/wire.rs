@@ -246,30 +246,7 @@ pub fn token(key: &str) -> String {
 
 /// The inverse of [`token`]; None for anything `token` cannot produce.
 pub fn untoken(token: &str) -> Option<String> {
-    unescape(token, b'=')
-}
-
-/// Decodes `<marker>XX` hex escapes (`=XX` in tokens, `%XX` in URL paths);
-/// None for a broken escape or bytes that are not UTF-8.
-pub fn unescape(s: &str, marker: u8) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == marker {
-            let hex = bytes.get(i + 1..i + 3)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::stream::unescape(token, b'=')
 }
 
 #[cfg(test)]
