@@ -49,6 +49,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub media: MediaConfig,
+    pub push: PushConfig,
 }
 
 /// HTTP media for browsers and HTTP players (HTTP-FLV), served by every
@@ -327,6 +328,104 @@ impl Default for AuthConfig {
             webhook_on_play: false,
             apps: BTreeMap::new(),
         }
+    }
+}
+
+/// Restreaming (`[push]`): where each app's streams are pushed, and how.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// The first wait after a failed try; it doubles up to the maximum.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// PEM certificates trusted for rtmps:// targets besides the system's
+    /// roots (a private CA). Empty = the system's only.
+    pub ca_file: PathBuf,
+    /// Targets one stream may have, static and added over the API.
+    pub max_per_stream: usize,
+    /// `[push.apps.NAME] targets = [...]`: URL templates each stream of
+    /// the app is pushed to.
+    pub apps: BTreeMap<String, AppPush>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            backoff_min_ms: 1_000,
+            backoff_max_ms: 30_000,
+            ca_file: PathBuf::new(),
+            max_per_stream: 16,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+/// One app's push targets.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppPush {
+    pub targets: Vec<String>,
+}
+
+impl PushConfig {
+    /// Each app's templates, checked (`validate` has refused bad ones).
+    pub fn templates(&self) -> BTreeMap<String, Vec<crate::output::push::Template>> {
+        self.apps
+            .iter()
+            .map(|(app, p)| {
+                let t = p
+                    .targets
+                    .iter()
+                    .filter_map(|t| crate::output::push::Template::parse(t).ok())
+                    .collect();
+                (app.clone(), t)
+            })
+            .collect()
+    }
+
+    pub fn backoff(&self) -> crate::output::push::Backoff {
+        crate::output::push::Backoff {
+            min: std::time::Duration::from_millis(self.backoff_min_ms),
+            max: std::time::Duration::from_millis(self.backoff_max_ms),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(100..=60_000).contains(&self.backoff_min_ms) {
+            return Err(invalid("push.backoff_min_ms", "must be 100..=60000"));
+        }
+        if self.backoff_max_ms < self.backoff_min_ms || self.backoff_max_ms > 3_600_000 {
+            return Err(invalid(
+                "push.backoff_max_ms",
+                "must be at least push.backoff_min_ms and at most 3600000",
+            ));
+        }
+        if !(1..=256).contains(&self.max_per_stream) {
+            return Err(invalid("push.max_per_stream", "must be 1..=256"));
+        }
+        for (app, p) in &self.apps {
+            if let Err(e) = crate::stream::StreamKey::new(app, "name") {
+                return Err(invalid(
+                    "push.apps",
+                    format!("{app:?} is not an app name (one path segment): {e}"),
+                ));
+            }
+            if p.targets.len() > self.max_per_stream {
+                return Err(invalid(
+                    "push.apps.targets",
+                    format!("app {app:?} lists more targets than push.max_per_stream"),
+                ));
+            }
+            for t in &p.targets {
+                if let Err(e) = crate::output::push::Template::parse(t) {
+                    return Err(invalid(
+                        "push.apps.targets",
+                        format!("app {app:?}: `{t}`: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -670,6 +769,7 @@ impl Config {
                 "RTMPS (tls.listen) needs tls.cert and tls.key",
             ));
         }
+        self.push.validate()?;
         for url in &self.cluster.nats {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 return Err(invalid(
@@ -840,6 +940,38 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.to_string().contains("auth.apps"), "{err}");
+        // Push targets: templates are checked at load, naming the app.
+        let ok = Config::from_toml(
+            "[push.apps.live]\ntargets = [\"rtmp://a.example/live2/{name}\"]",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.push.templates()["live"].len(), 1);
+        for (bad, says) in [
+            ("[push.apps.live]\ntargets = [\"http://a/b/c\"]", "scheme"),
+            (
+                "[push.apps.live]\ntargets = [\"rtmp://a/b/{nam}\"]",
+                "unknown placeholder",
+            ),
+            (
+                "[push.apps.live]\ntargets = [\"rtmp://a/{app}\"]",
+                "no stream key",
+            ),
+            ("[push.apps.\"a/b\"]\ntargets = []", "push.apps"),
+            ("[push]\nbackoff_min_ms = 0", "push.backoff_min_ms"),
+            (
+                "[push]\nbackoff_min_ms = 5000\nbackoff_max_ms = 1000",
+                "push.backoff_max_ms",
+            ),
+            ("[push]\nmax_per_stream = 0", "push.max_per_stream"),
+        ] {
+            let err = Config::from_toml(bad, Path::new("x.toml"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
         assert!(parse("--shards two").is_err());
         assert!(parse("--bogus").is_err());
         assert!(parse("--rtmp-listen").is_err());

@@ -35,6 +35,7 @@ pub mod config;
 pub mod container;
 pub mod control_thread;
 pub mod node;
+pub mod output;
 pub mod protocol;
 pub mod stream;
 pub mod synthetic;

@@ -263,6 +263,31 @@ pub enum ShardCommand {
         key: StreamKey,
         reply: oneshot::Sender<bool>,
     },
+    /// The admin API on the push targets of a stream published here.
+    Push(PushCommand),
+}
+
+/// Admin plane → the shard that publishes `key`: its push targets.
+#[derive(Debug)]
+pub enum PushCommand {
+    /// Each target's status (JSON objects); None: not published here.
+    List {
+        key: StreamKey,
+        reply: oneshot::Sender<Option<Vec<serde_json::Value>>>,
+    },
+    /// Adds a target (a URL checked by `output::push::PushUrl::parse`);
+    /// answers its id, or why not.
+    Add {
+        key: StreamKey,
+        url: crate::output::push::PushUrl,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
+    /// Removes a target; answers whether the stream had it.
+    Remove {
+        key: StreamKey,
+        id: u64,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// The per-shard ends of the command channels, taken once by each shard.

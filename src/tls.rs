@@ -160,9 +160,10 @@ impl ResolvesServerCert for Certs {
     }
 }
 
-/// One RTMPS connection's TLS state: the shard's socket ring feeds it the
-/// bytes received and sends the records it produces.
-pub type ServerTls = rustls::ServerConnection;
+/// One TLS connection's state on the shard's socket ring, server side
+/// (RTMPS, HTTPS media) or client side (an rtmps:// push target): the ring
+/// feeds it the bytes received and sends the records it produces.
+pub type RingTls = rustls::Connection;
 
 /// The configuration every shard's RTMPS listener uses: TLS 1.2/1.3, no
 /// client certificates, certificates from `certs` (by SNI, reloadable).
@@ -178,8 +179,53 @@ pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, Tls
 /// A new server-side TLS session. Its buffer limit is off: what it holds is
 /// bounded by the connection's output queue limits instead, and the ring
 /// hands it whole messages.
-pub fn accept(config: &Arc<rustls::ServerConfig>) -> Result<ServerTls, rustls::Error> {
+pub fn accept(config: &Arc<rustls::ServerConfig>) -> Result<RingTls, rustls::Error> {
     let mut tls = rustls::ServerConnection::new(config.clone())?;
     tls.set_buffer_limit(None);
-    Ok(tls)
+    Ok(RingTls::Server(tls))
+}
+
+/// The configuration of rtmps:// push targets: TLS 1.2/1.3, the system's
+/// roots and, for a private target, the certificates of `ca_file`.
+pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::debug!("system root certificates: {e}");
+    }
+    let (added, _) = roots.add_parsable_certificates(system.certs);
+    if !ca_file.as_os_str().is_empty() {
+        let pem = |source| TlsError::Pem {
+            path: ca_file.to_owned(),
+            source,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+            .map_err(pem)?
+            .collect::<Result<_, _>>()
+            .map_err(pem)?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCertificate(ca_file.to_owned()));
+        }
+        for cert in certs {
+            roots.add(cert)?;
+        }
+    } else if added == 0 {
+        tracing::warn!("no system root certificates: rtmps:// push targets will not verify");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A new client-side TLS session to `host` (its SNI and the name its
+/// certificate must carry); its buffer limit is off as `accept`'s is.
+pub fn connect(config: &Arc<rustls::ClientConfig>, host: &str) -> Result<RingTls, rustls::Error> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|_| rustls::Error::General(format!("{host:?} is not a server name")))?;
+    let mut tls = rustls::ClientConnection::new(config.clone(), name)?;
+    tls.set_buffer_limit(None);
+    Ok(RingTls::Client(tls))
 }

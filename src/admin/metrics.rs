@@ -70,6 +70,13 @@ impl Metrics {
                 )?,
                 |s| ShardStats::get(&s.hls_windows),
             ),
+            (
+                gauge(
+                    "tributary_push_live",
+                    "Push targets publishing now (each is one player among tributary_players)",
+                )?,
+                |s| ShardStats::get(&s.push_live),
+            ),
         ];
         let counters: Vec<(IntCounterVec, Read)> = vec![
             (
@@ -103,6 +110,30 @@ impl Metrics {
             (
                 counter("tributary_plays_total", "Plays started", &["shard"])?,
                 |s| ShardStats::get(&s.plays_total),
+            ),
+            (
+                counter(
+                    "tributary_push_connects_total",
+                    "Connections opened to push targets",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.push_connects),
+            ),
+            (
+                counter(
+                    "tributary_push_failures_total",
+                    "Push tries that failed (each is followed by a backoff)",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.push_failures),
+            ),
+            (
+                counter(
+                    "tributary_push_bytes_total",
+                    "Bytes written to push targets, counted as each connection ends",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.push_bytes),
             ),
             (
                 counter(

@@ -35,6 +35,7 @@ use crate::node::{Directory, Gate, ShardStats};
 use crate::stream::StreamKey;
 
 mod metrics;
+mod pushes;
 use metrics::Metrics;
 
 /// What the admin plane reports on.
@@ -144,15 +145,19 @@ async fn route(
             return refusal;
         }
     }
-    if req.method() == Method::DELETE {
-        if let Some(target) = path.strip_prefix("/api/streams/") {
+    if let Some(target) = path.strip_prefix("/api/streams/") {
+        if let Some((stream, id)) = pushes::parse(target, req.method()) {
+            let (stream, id) = (stream.to_owned(), id.map(str::to_owned));
+            return pushes::serve(req, state, &stream, id.as_deref()).await;
+        }
+        if req.method() == Method::DELETE {
             return kick(state, target).await;
         }
     }
     if req.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET, or DELETE /api/streams/APP/KEY\n",
+            "GET; DELETE /api/streams/APP/KEY; POST /api/streams/APP/KEY/pushes\n",
         );
     }
     if let Some(answer) = console(path) {

@@ -14,6 +14,7 @@ use crate::protocol::server::ServerConfig;
 
 use super::gate::Gate;
 use super::pump::SharedHub;
+use super::push::Pushes;
 use super::ring::conn::Conn;
 use super::stats::ShardStats;
 
@@ -34,4 +35,6 @@ pub struct ConnectionContext {
     /// Set when the node is in a cluster: publish claims and remote plays.
     pub cluster: Option<ClusterHandle>,
     pub session: ServerConfig,
+    /// The push targets of the streams published on this shard.
+    pub pushes: Rc<Pushes>,
 }

@@ -16,6 +16,7 @@ mod hls;
 mod http;
 mod hub;
 mod pump;
+mod push;
 pub mod ring;
 mod rtmp;
 mod shard;
@@ -160,6 +161,20 @@ fn reload(auth: &Auth, certs: Option<&Certs>, force: bool) {
     }
 }
 
+/// What every shard's pushes share: the app templates (checked by the
+/// config's validation), the backoff and the TLS client configuration.
+fn push_settings(config: &Config) -> Result<Arc<push::PushSettings>, NodeError> {
+    let p = &config.push;
+    Ok(Arc::new(push::PushSettings {
+        templates: p.templates(),
+        backoff: p.backoff(),
+        tls: crate::tls::client_config(&p.ca_file)?,
+        max_per_stream: p.max_per_stream,
+        chunk_size: config.rtmp.chunk_size,
+        limits: config.protocol_limits(),
+    }))
+}
+
 /// Raises the open-files limit, and the locked-memory limit io_uring
 /// needs; refuses to start below [`GLOMMIO_MIN_MEMLOCK`]. Returns the
 /// locked-memory limit (soft, hard).
@@ -266,6 +281,7 @@ impl Node {
             (None, None)
         };
         let node_id = config.node_id();
+        let push = push_settings(&config)?;
         let auth = Arc::new(Auth::new(&config.auth)?);
         let webhook = start_webhook(&config, &node_id)?;
         let gate = Gate::new(GateLimits {
@@ -315,6 +331,7 @@ impl Node {
             );
             let webhook = webhook.clone();
             let hls = hls.clone();
+            let push = push.clone();
             move || {
                 let setup = shard::ShardSetup {
                     config: config.clone(),
@@ -332,6 +349,7 @@ impl Node {
                     webhook: webhook.clone(),
                     hls: hls.clone(),
                     failed: failed.clone(),
+                    push: push.clone(),
                 };
                 shard::run_or_park(setup)
             }

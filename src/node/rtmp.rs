@@ -371,10 +371,12 @@ impl ConnState {
         outbox: &Rc<Conn>,
         ctx: &ConnectionContext,
     ) {
+        let mut query = String::new();
         let admitted = match (&self.publishing, key_of(session, name)) {
             (Some(_), _) => Err(Refusal::InUse { node: None }),
             (None, Err(refusal)) => Err(refusal),
-            (None, Ok((key, query))) => {
+            (None, Ok((key, q))) => {
+                query = q;
                 admission::publish(&self.asker(&key, &query), outbox, ctx).await
             }
         };
@@ -382,6 +384,7 @@ impl ConnState {
             Ok(p) => {
                 session.accept_publish(stream_id);
                 tracing::info!(conn = self.conn, stream = %redact(&p.key), "publishing");
+                ctx.pushes.started(&p.key, &query);
                 self.publishing = Some((p.key, p.id, stream_id));
                 self.publisher_place = Some(p.place);
             }
@@ -458,6 +461,7 @@ impl ConnState {
     fn stop_publishing(&mut self, ctx: &ConnectionContext, now: Instant) {
         if let Some((key, id, _)) = self.publishing.take() {
             ctx.hub.with(|h| h.unpublish(id, self.conn, now));
+            ctx.pushes.stopped(&key);
             tracing::info!(conn = self.conn, stream = %redact(&key), "unpublished");
         }
         self.publisher_place = None;

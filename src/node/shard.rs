@@ -17,7 +17,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use crate::cluster::ClusterHandle;
 use crate::config::{Config, DuplicatePublish, OnUnpublish, PlayUnknown};
 use crate::protocol::server::ServerConfig;
-use crate::stream::ShardCommands;
+use crate::stream::{ShardCommand, ShardCommands};
 
 use super::context::ConnectionContext;
 use super::directory::Directory;
@@ -28,6 +28,7 @@ use super::http::{self, HttpContext};
 use super::hub::ShardMsg;
 use super::hub::{Hub, HubConfig};
 use super::pump::SharedHub;
+use super::push::Pushes;
 use super::ring::conn::Notice;
 use super::ring::{ListenKind, SocketRing, Timeouts};
 use super::rtmp::serve;
@@ -59,6 +60,7 @@ pub struct ShardSetup {
     /// Set when a shard failed to start.
     pub failed: Arc<AtomicBool>,
     pub webhook: Option<crate::webhook::Webhook>,
+    pub push: Arc<super::push::PushSettings>,
 }
 
 /// Runs a shard; on an error it logs, counts the shard as failed and parks
@@ -130,8 +132,8 @@ async fn run(mut setup: ShardSetup) -> Result<(), ShardError> {
     let ring = open_ring(shard, config, &stats)?;
     setup.listening.fetch_add(1, Ordering::SeqCst);
     let hub = start_hub(shard, &setup, &stats, Rc::new(senders));
-    take_commands(shard, &setup, &hub)?;
-    let ctx = connection_context(shard, &setup, &stats, &hub);
+    let ctx = connection_context(shard, &setup, &stats, &hub, &ring);
+    take_commands(shard, &setup, &hub, &ctx.pushes)?;
     let hls = hls_shard(shard, &setup);
     take_mesh(receivers, &hub, &hls, &ctx, &ring);
     let on_accept = accept_handler(shard, &setup, &stats, &ring, &ctx, &hls);
@@ -234,7 +236,12 @@ fn start_hub(
 
 /// Commands from the cluster's control thread (relayed media among them),
 /// and the admin plane's kicks through the same queue, into the hub.
-fn take_commands(shard: usize, setup: &ShardSetup, hub: &Rc<SharedHub>) -> Result<(), ShardError> {
+fn take_commands(
+    shard: usize,
+    setup: &ShardSetup,
+    hub: &Rc<SharedHub>,
+    pushes: &Rc<Pushes>,
+) -> Result<(), ShardError> {
     {
         let rx = setup
             .commands
@@ -245,9 +252,13 @@ fn take_commands(shard: usize, setup: &ShardSetup, hub: &Rc<SharedHub>) -> Resul
             return Err(ShardError::NoCommandQueue(shard));
         };
         let hub = hub.clone();
+        let pushes = pushes.clone();
         glommio::spawn_local(async move {
             while let Some(cmd) = rx.recv().await {
-                hub.with(|h| h.on_cluster(cmd, std::time::Instant::now()));
+                match cmd {
+                    ShardCommand::Push(cmd) => pushes.command(cmd),
+                    cmd => hub.with(|h| h.on_cluster(cmd, std::time::Instant::now())),
+                }
             }
         })
         .detach();
@@ -261,9 +272,12 @@ fn connection_context(
     setup: &ShardSetup,
     stats: &Arc<ShardStats>,
     hub: &Rc<SharedHub>,
+    ring: &Rc<SocketRing>,
 ) -> Rc<ConnectionContext> {
     let config = &setup.config;
+    let pushes = Pushes::new(setup.push.clone(), hub.clone(), ring.clone(), stats.clone());
     Rc::new(ConnectionContext {
+        pushes,
         open: RefCell::new(Vec::new()),
         reconnects_asked: std::cell::Cell::new(0),
         hub: hub.clone(),

@@ -78,6 +78,13 @@ pub struct ShardStats {
     pub hls_segments: AtomicU64,
     /// Indexed like [`HTTP_REFUSALS`].
     pub http_refused: [AtomicU64; 7],
+    /// Push targets publishing now (they are among `players` too).
+    pub push_live: AtomicU64,
+    /// Connections opened to push targets, tries that failed, and bytes
+    /// written to targets (counted when each connection ends).
+    pub push_connects: AtomicU64,
+    pub push_failures: AtomicU64,
+    pub push_bytes: AtomicU64,
 }
 
 /// Adds `n` to a counter that only this shard's thread writes: a relaxed
@@ -88,6 +95,10 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 impl ShardStats {
+    /// Adds `n` to one of this shard's counters (see [`add`]).
+    pub fn bump(c: &AtomicU64, n: u64) {
+        add(c, n);
+    }
     pub fn add_dropped_frames_slow(&self) {
         add(&self.dropped_frames_slow, 1);
     }

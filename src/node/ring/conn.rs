@@ -133,9 +133,11 @@ pub struct Conn {
     messages: Option<Box<RefCell<VecDeque<RawMessage>>>>,
     /// RTMPS: close_notify has been queued.
     pub(in crate::node) close_notified: Cell<bool>,
+    /// Bytes the socket took, since it opened (TLS records included).
+    written: Cell<u64>,
     /// RTMPS: the TLS session the ring encrypts output through and the
     /// task decrypts input through.
-    pub tls: Option<Box<RefCell<crate::tls::ServerTls>>>,
+    pub tls: Option<Box<RefCell<crate::tls::RingTls>>>,
 }
 
 impl Conn {
@@ -143,7 +145,7 @@ impl Conn {
         id: u64,
         slot: u32,
         ring: Rc<RingQueue>,
-        tls: Option<crate::tls::ServerTls>,
+        tls: Option<crate::tls::RingTls>,
     ) -> Self {
         Self {
             id,
@@ -165,6 +167,7 @@ impl Conn {
             room: Cell::new(None),
             messages: None,
             close_notified: Cell::new(false),
+            written: Cell::new(0),
             tls: tls.map(|t| Box::new(RefCell::new(t))),
         }
     }
@@ -326,6 +329,16 @@ impl Conn {
         self.wake_room();
     }
 
+    /// The socket took `n` bytes.
+    pub(in crate::node) fn wrote(&self, n: usize) {
+        self.written.set(self.written.get() + n as u64);
+    }
+
+    /// Bytes the socket took since it opened.
+    pub fn written(&self) -> u64 {
+        self.written.get()
+    }
+
     /// `n` bytes joined the count without passing through the queue (TLS
     /// records in flight).
     pub(in crate::node) fn added(&self, n: usize) {
@@ -434,10 +447,11 @@ impl Future for NextInput<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Input> {
         let conn = self.conn;
         if conn.closed.get() {
-            // A write error closes output too: report why.
+            // Why it closed, when the socket said (a write or read error,
+            // a limit); a close of our own has no reason.
             return Poll::Ready(match conn.end.borrow_mut().take() {
-                Some(e @ End::Write(_)) => Input::End(e),
-                _ => Input::Closed,
+                Some(e) => Input::End(e),
+                None => Input::Closed,
             });
         }
         if let Some(notice) = conn.notices.borrow_mut().pop_front() {

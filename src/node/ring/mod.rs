@@ -438,7 +438,7 @@ impl SocketRing {
     }
 
     /// Takes an accepted socket into the ring and starts receiving on it.
-    pub fn register(&self, fd: OwnedFd, tls: Option<crate::tls::ServerTls>) -> Rc<Conn> {
+    pub fn register(&self, fd: OwnedFd, tls: Option<crate::tls::RingTls>) -> Rc<Conn> {
         let id = self.new_id();
         let slot = self.free.borrow_mut().pop().unwrap_or_else(|| {
             let mut slots = self.slots.borrow_mut();

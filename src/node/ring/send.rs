@@ -101,6 +101,7 @@ impl SocketRing {
                     send.iov.shrink_to(16);
                 }
                 sock.conn.sent(n);
+                sock.conn.wrote(n);
                 self.stats.add_out(n as u64);
                 if sock.conn.is_http() {
                     self.stats.add_http_out(n as u64);

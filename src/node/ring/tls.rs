@@ -11,16 +11,16 @@ use bytes::Bytes;
 
 use super::buffers::Lease;
 use super::conn::Conn;
-use crate::tls::ServerTls;
+use crate::tls::RingTls;
 
 /// Encrypts everything `conn` has queued (after the handshake) into TLS
 /// records, with close_notify after the last message once the connection
 /// is closing; None when there is nothing to send.
-pub(super) fn encrypt(conn: &Conn, tls: &RefCell<ServerTls>) -> Option<Bytes> {
+pub(super) fn encrypt(conn: &Conn, tls: &RefCell<RingTls>) -> Option<Bytes> {
     let mut tls = tls.borrow_mut();
     if !tls.is_handshaking() {
         while let Some(b) = conn.pop_output() {
-            // The buffer limit is off (see `tls::ServerTls`): all is taken.
+            // The buffer limit is off (see `tls::RingTls`): all is taken.
             let _ = tls.writer().write_all(&b);
             conn.sent(b.len());
         }
@@ -57,7 +57,7 @@ pub enum TlsInputError {
 /// Feeds received TLS records to rustls and appends the plaintext to
 /// `plain`.
 pub fn decrypt(
-    tls: &RefCell<ServerTls>,
+    tls: &RefCell<RingTls>,
     lease: &mut Lease,
     plain: &mut Vec<u8>,
 ) -> Result<(), TlsInputError> {

@@ -1,0 +1,557 @@
+//! Restreaming against real targets: Debian's nginx-rtmp, another
+//! Tributary over RTMPS with a private CA, a port nobody listens on and a
+//! socket that accepts and never reads; ffmpeg publishes, ffmpeg players on
+//! each side record, ffprobe counts what arrived. The admin API's push
+//! routes, tried as an attacker would too.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// nginx-rtmp (Debian's libnginx-mod-rtmp) on a free loopback port, one
+/// process (no master), killed by its PID when dropped.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(name: &str) -> Nginx {
+        Self::start_on(name, None)
+    }
+
+    /// On `port` if given, else on a free port.
+    fn start_on(name: &str, fixed: Option<u16>) -> Nginx {
+        let dir = temp_file(&format!("nginx-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for _ in 0..20 {
+            let port = fixed.unwrap_or_else(free_port);
+            let conf = format!(
+                "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+                 daemon off;\nmaster_process off;\nworker_processes 1;\n\
+                 error_log {dir}/error.log info;\npid {dir}/nginx.pid;\n\
+                 events {{ worker_connections 256; }}\n\
+                 rtmp {{ server {{ listen 127.0.0.1:{port}; application live2 {{ live on; }} }} }}\n",
+                dir = dir.display()
+            );
+            std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+            let mut child = Command::new("nginx")
+                .arg("-p")
+                .arg(&dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx is required (apt-get install nginx libnginx-mod-rtmp)");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Nginx { child, port, dir };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            // The port was taken between the probe and nginx's bind.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nginx-rtmp did not start");
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live2/{key}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private CA and a certificate it signed for 127.0.0.1: (ca, cert, key).
+fn private_ca(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let f = |s: &str| temp_file(&format!("{name}-{s}"));
+    let (ca_key, ca, key, csr, cert, ext) = (
+        f("ca.key"),
+        f("ca.crt"),
+        f("leaf.key"),
+        f("leaf.csr"),
+        f("leaf.crt"),
+        f("leaf.ext"),
+    );
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is required")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Tributary test CA",
+        "-keyout",
+        &p(&ca_key),
+        "-out",
+        &p(&ca),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&cert),
+    ]);
+    (ca, cert, key)
+}
+
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = temp_file(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The node's RTMPS address, from its log.
+fn rtmps_addr(node: &Node) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = node.log.lock().unwrap().clone();
+        if let Some(rest) = log.split("rtmps listening on ").nth(1) {
+            return rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no RTMPS address logged:\n{log}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP request with a body to the admin API: (status line, body).
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The stream's push targets; Null while it is not published.
+fn pushes(node: &Node, stream: &str) -> serde_json::Value {
+    let (status, body) = get(node.http, &format!("/api/streams/{stream}/pushes"));
+    if status == "HTTP/1.1 404 Not Found" {
+        return serde_json::Value::Null;
+    }
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["pushes"].clone()
+}
+
+/// Polls the push list until `pred` holds for it, with a deadline.
+fn wait_pushes(
+    node: &Node,
+    stream: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = pushes(node, stream);
+        if pred(&list) {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {list:#}\n{}",
+            log_tail(node)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn state_of(list: &serde_json::Value, port: u16) -> Option<&serde_json::Value> {
+    list.as_array()?.iter().find(|t| {
+        t["url"]
+            .as_str()
+            .is_some_and(|u| u.contains(&format!(":{port}/")))
+    })
+}
+
+fn log_tail(node: &Node) -> String {
+    let log = node.log.lock().unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+const SECONDS: u32 = 20;
+/// 25 frames a second (`common::publish`); 95% must arrive.
+const MIN_FRAMES: usize = (SECONDS as usize * 25) * 95 / 100;
+
+#[test]
+fn a_stream_is_pushed_to_nginx_rtmp_and_to_a_tributary_over_rtmps_with_a_private_ca() {
+    let nginx = Nginx::start("a");
+    let (ca, cert, key) = private_ca("push-a");
+    let target = Node::start_with(
+        1,
+        &[
+            "--config",
+            write_config(
+                "push-target.toml",
+                "[streams]\nplay_unknown = \"wait\"\nplay_wait_timeout_ms = 30000\n",
+            )
+            .to_str()
+            .unwrap(),
+            "--rtmps-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let tls = rtmps_addr(&target);
+    let config = write_config(
+        "push-source.toml",
+        &format!(
+            "[push]\nca_file = \"{}\"\n[push.apps.live]\ntargets = [\"rtmp://127.0.0.1:{}/live2/{{name}}\", \"rtmps://{tls}/live/{{app}}-{{name}}\"]\n",
+            ca.display(),
+            nginx.port
+        ),
+    );
+    let source = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+
+    // Players on both targets first (both wait for the stream), so that
+    // every published frame can be counted.
+    let at_nginx = temp_file("push-nginx.flv");
+    let at_target = temp_file("push-target.flv");
+    let p1 = ffmpeg_player(&nginx.url("cam"), &at_nginx, None);
+    let p2 = ffmpeg_player(&target.url("live-cam"), &at_target, None);
+    thread::sleep(Duration::from_millis(300)); // the players' connect, not a settle: counted below
+    let publisher = publish(&source.url("cam"), SECONDS);
+    let list = wait_pushes(&source, "live/cam", "both targets live", |l| {
+        l.as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|t| t["state"] == "live"))
+    });
+    assert!(list.to_string().contains("rtmps://"), "{list}");
+    publisher
+        .wait(Duration::from_secs(SECONDS as u64 + 20))
+        .unwrap();
+    // The publisher ended: each target's player ends (on the unpublish, or
+    // its read timeout); how it exits does not matter, what it wrote does.
+    let _ = p1.wait(Duration::from_secs(20));
+    let _ = p2.wait(Duration::from_secs(20));
+    for (what, file) in [
+        ("nginx-rtmp", &at_nginx),
+        ("tributary over rtmps", &at_target),
+    ] {
+        let p = probe(file);
+        eprintln!("{what}: {} of {} frames", p.video_frames, SECONDS * 25);
+        assert!(
+            p.video_frames >= MIN_FRAMES,
+            "{what}: {} of {} frames\n{}",
+            p.video_frames,
+            SECONDS * 25,
+            log_tail(&source)
+        );
+        check_recording(file, MIN_FRAMES);
+    }
+    // The stream is gone: so are its targets.
+    let (status, _) = get(source.http, "/api/streams/live/cam/pushes");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+/// A socket that accepts and then never reads nor writes.
+fn silent_listener() -> (u16, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut held = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok((s, _)) = listener.accept() {
+                held.push(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    (port, handle)
+}
+
+#[test]
+fn a_refusing_and_a_silent_target_cost_the_healthy_one_and_the_players_nothing() {
+    let wait = "[streams]\nplay_unknown = \"wait\"\nplay_wait_timeout_ms = 30000\n";
+    let healthy = Node::start_with(
+        1,
+        &[
+            "--config",
+            write_config("ind-healthy.toml", wait).to_str().unwrap(),
+        ],
+    );
+    let refusing = free_port();
+    let (silent, _held) = silent_listener();
+    let config = write_config(
+        "ind-source.toml",
+        &format!(
+            "{wait}[rtmp]\nhandshake_timeout_ms = 1500\n[push]\nbackoff_min_ms = 500\nbackoff_max_ms = 2000\n\
+             [push.apps.live]\ntargets = [\"rtmp://{}/live/{{name}}\", \"rtmp://127.0.0.1:{refusing}/live2/{{name}}\", \"rtmp://127.0.0.1:{silent}/live/{{name}}\"]\n",
+            healthy.addr
+        ),
+    );
+    let source = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+    let at_healthy = temp_file("ind-healthy.flv");
+    let at_source = temp_file("ind-source.flv");
+    let p1 = ffmpeg_player(&healthy.url("cam"), &at_healthy, None);
+    let p2 = ffmpeg_player(&source.url("cam"), &at_source, None);
+    thread::sleep(Duration::from_millis(300)); // the players' connect, not a settle: counted below
+    let publisher = publish(&source.url("cam"), SECONDS);
+
+    // The dead ones show their state and the error as the socket said it.
+    let list = wait_pushes(
+        &source,
+        "live/cam",
+        "healthy live, the others failing",
+        |l| {
+            let healthy = state_of(l, healthy.addr.port()).is_some_and(|t| t["state"] == "live");
+            let refused = state_of(l, refusing).is_some_and(|t| {
+                t["error"].as_str().is_some_and(|e| e.contains("refused"))
+                    && t["reconnects"].as_u64() >= Some(1)
+            });
+            let silent = state_of(l, silent).is_some_and(|t| {
+                t["error"].as_str().is_some_and(|e| e.contains("timeout"))
+                    && t["reconnects"].as_u64() >= Some(1)
+            });
+            healthy && refused && silent
+        },
+    );
+    eprintln!("{list:#}");
+    // And the metrics count them.
+    let (_, text) = get(source.http, "/metrics");
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("tributary_push_live"), 1, "{text}");
+    assert!(sum("tributary_push_failures_total") >= 2, "{text}");
+    assert!(sum("tributary_push_connects_total") >= 3, "{text}");
+
+    // A target added over the API while the stream is live, then removed:
+    // nothing else is disturbed (the frame counts below).
+    let nginx = Nginx::start("ind");
+    let at_nginx = temp_file("ind-nginx.flv");
+    let p3 = ffmpeg_player(&nginx.url("extra"), &at_nginx, None);
+    let (status, body) = send(
+        source.http,
+        "POST",
+        "/api/streams/live/cam/pushes",
+        "application/json",
+        &format!("{{\"url\": \"{}\"}}", nginx.url("extra")),
+    );
+    assert_eq!(status, "HTTP/1.1 201 Created", "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    wait_pushes(&source, "live/cam", "the added target live", |l| {
+        state_of(l, nginx.port).is_some_and(|t| t["state"] == "live" && t["origin"] == "api")
+    });
+    // It reaches nginx: the player there gets a few seconds of it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::metadata(&at_nginx).map_or(0, |m| m.len()) < 50_000 {
+        assert!(Instant::now() < deadline, "nothing arrived at nginx");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = send(
+        source.http,
+        "DELETE",
+        &format!("/api/streams/live/cam/pushes/{id}"),
+        "application/json",
+        "",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    wait_pushes(&source, "live/cam", "the removed target gone", |l| {
+        state_of(l, nginx.port).is_none()
+    });
+    let _ = p3.wait(Duration::from_secs(15));
+    check_recording(&at_nginx, 25);
+
+    // The refusing one comes up: it gets the stream within the backoff.
+    let late = Nginx::start_on("late", Some(refusing));
+    wait_pushes(&source, "live/cam", "the late target live", |l| {
+        state_of(l, refusing).is_some_and(|t| t["state"] == "live")
+    });
+    wait_live(&late.url("cam"));
+
+    publisher
+        .wait(Duration::from_secs(SECONDS as u64 + 20))
+        .unwrap();
+    let _ = p1.wait(Duration::from_secs(20));
+    let _ = p2.wait(Duration::from_secs(20));
+    for (what, file) in [
+        ("the healthy target", &at_healthy),
+        ("a player of the source", &at_source),
+    ] {
+        let p = probe(file);
+        eprintln!("{what}: {} of {} frames", p.video_frames, SECONDS * 25);
+        assert!(
+            p.video_frames >= (SECONDS as usize * 25) * 99 / 100,
+            "{what}: {} frames\n{}",
+            p.video_frames,
+            log_tail(&source)
+        );
+        check_recording(file, MIN_FRAMES);
+    }
+}
+
+#[test]
+fn the_push_api_refuses_what_it_cannot_use_and_names_the_field() {
+    let garbage = TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_port = garbage.local_addr().unwrap().port();
+    thread::spawn(move || {
+        // A "server" that answers the handshake with noise, then closes.
+        for mut s in garbage.incoming().take(50).flatten() {
+            let _ = s.write_all(&[0x42; 4000]);
+        }
+    });
+    let source = Node::start_with(1, &[]);
+    let publisher = publish(&source.url("api"), 15);
+    wait_live(&source.url("api"));
+    let path = "/api/streams/live/api/pushes";
+    let post = |content_type: &str, body: &str| send(source.http, "POST", path, content_type, body);
+
+    // A form or text/plain (what a page can send without a preflight).
+    let (s, b) = post("text/plain", "{\"url\": \"rtmp://127.0.0.1:1/a/b\"}");
+    assert_eq!(s, "HTTP/1.1 415 Unsupported Media Type", "{b}");
+    let (s, _) = post(
+        "application/x-www-form-urlencoded",
+        "url=rtmp://127.0.0.1:1/a/b",
+    );
+    assert_eq!(s, "HTTP/1.1 415 Unsupported Media Type");
+    // Bodies that are not one URL field, each refused naming the part.
+    for (body, says) in [
+        ("{\"url\": \"http://127.0.0.1/a/b\"}", "url: the scheme"),
+        ("{\"url\": \"rtmp://127.0.0.1/a\"}", "url: no stream key"),
+        ("{\"url\": \"rtmp://u:p@127.0.0.1/a/b\"}", "url: user info"),
+        (
+            "{\"url\": \"rtmp://127.0.0.1/a/b\\n\"}",
+            "url: the URL holds whitespace",
+        ),
+        ("{\"url\": 5}", "invalid type"),
+        ("{\"uri\": \"rtmp://127.0.0.1/a/b\"}", "unknown field `uri`"),
+        ("{}", "missing field `url`"),
+        ("not json", "body:"),
+    ] {
+        let (s, b) = post("application/json", body);
+        assert_eq!(s, "HTTP/1.1 400 Bad Request", "{body}: {b}");
+        assert!(b.contains(says), "{body}: {b}");
+    }
+    let huge = format!("{{\"url\": \"rtmp://127.0.0.1/a/{}\"}}", "k".repeat(9000));
+    let (s, _) = post("application/json", &huge);
+    assert_eq!(s, "HTTP/1.1 413 Payload Too Large");
+    // Streams that are not published here, and names the rule refuses.
+    let (s, _) = send(
+        source.http,
+        "POST",
+        "/api/streams/live/nobody/pushes",
+        "application/json",
+        "{\"url\": \"rtmp://127.0.0.1:1/a/b\"}",
+    );
+    assert_eq!(s, "HTTP/1.1 404 Not Found");
+    let (s, _) = get(source.http, "/api/streams/live/%2e%2e/pushes");
+    assert_eq!(s, "HTTP/1.1 400 Bad Request");
+    let (s, _) = send(
+        source.http,
+        "DELETE",
+        &format!("{path}/999"),
+        "application/json",
+        "",
+    );
+    assert_eq!(s, "HTTP/1.1 404 Not Found");
+
+    // A target that answers with garbage costs only its own connection.
+    let url = format!("{{\"url\": \"rtmp://127.0.0.1:{garbage_port}/live/x\"}}");
+    let (s, b) = post("application/json", &url);
+    assert_eq!(s, "HTTP/1.1 201 Created", "{b}");
+    let (s, b) = post("application/json", &url);
+    assert_eq!(s, "HTTP/1.1 409 Conflict", "the same target twice: {b}");
+    wait_pushes(&source, "live/api", "the garbage target failing", |l| {
+        state_of(l, garbage_port).is_some_and(|t| {
+            t["state"] == "backing_off"
+                && t["error"].as_str().is_some_and(|e| e.contains("handshake"))
+        })
+    });
+    // The stream and the node are fine.
+    let file = temp_file("api-player.flv");
+    ffmpeg_player(&source.url("api"), &file, Some(3))
+        .wait(Duration::from_secs(20))
+        .unwrap();
+    check_recording(&file, 25);
+    drop(publisher);
+}
