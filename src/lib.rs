@@ -13,6 +13,8 @@
 //!   never behind a lock. Its files are in layers (`tests/layers.rs`).
 //! - [`container`]: sans-IO media containers: fMP4, the LL-HLS packager and
 //!   its window and playlists.
+//! - [`output`]: sans-IO stream outputs: push targets (URL templates, the
+//!   target's app/key split, the connect/live/backoff lifecycle).
 //! - [`stream`]: what the node and the cluster both speak: the stream name
 //!   ([`stream::StreamKey`], one rule for RTMP, HTTP, the API and NATS),
 //!   and the commands a shard takes from outside it.

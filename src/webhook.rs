@@ -2,7 +2,9 @@
 //! a publish (and, if asked, a play) goes ahead, the node POSTs what it knows
 //! to an HTTP service and waits for its answer, up to a timeout. 2xx allows;
 //! any other status refuses, with the response body (its first line, up to
-//! 200 bytes) as the reason the client sees. When the service cannot be
+//! 200 bytes) as the reason the client sees. A 2xx answer to a publish may
+//! carry JSON `{"push": ["rtmp://...", ...]}`: more push targets for that
+//! stream (as SRS's `on_forward` backend answers). When the service cannot be
 //! reached in time, `fail_closed` decides. The HTTP client (hyper) runs on a
 //! control-plane thread of its own; shards wait on a oneshot with their own
 //! timer and never block.
@@ -19,6 +21,10 @@ use crate::auth::Action;
 
 /// Requests queued to the webhook thread; more wait (they are rare).
 const QUEUE: usize = 1024;
+/// The largest allowing answer read for push targets.
+const MAX_ANSWER: usize = 16 * 1024;
+/// The most push targets one answer may name.
+const MAX_PUSHES: usize = 64;
 /// The longest reason passed on to the client.
 const MAX_REASON: usize = 200;
 
@@ -44,6 +50,19 @@ pub struct HookQuery {
     pub node: String,
 }
 
+/// What an allowing answer carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookAnswer {
+    /// Push targets for the stream (URLs, checked by the caller).
+    pub push: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerBody {
+    #[serde(default)]
+    push: Vec<String>,
+}
+
 /// Why the webhook refuses: the service said no (its reason), or it could
 /// not be asked and `fail_closed` is on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,7 +82,7 @@ enum CallError {
 
 struct Job {
     query: HookQuery,
-    reply: oneshot::Sender<Result<(), HookRefusal>>,
+    reply: oneshot::Sender<Result<HookAnswer, HookRefusal>>,
 }
 
 /// The shards' way to the webhook thread. Cheap to clone.
@@ -100,7 +119,7 @@ impl Webhook {
         key: &crate::stream::StreamKey,
         query: &str,
         client_ip: &str,
-    ) -> Result<(), HookRefusal> {
+    ) -> Result<HookAnswer, HookRefusal> {
         let query = HookQuery {
             action: action.as_str(),
             app: key.app().to_owned(),
@@ -128,8 +147,41 @@ impl Webhook {
         }
     }
 
-    fn unreachable(&self, why: &str) -> Result<(), HookRefusal> {
+    fn unreachable(&self, why: &str) -> Result<HookAnswer, HookRefusal> {
         unreachable(&self.settings, why)
+    }
+}
+
+/// What an allowing answer to a publish carries: its push targets, when
+/// its body is JSON with a `push` list; nothing otherwise (an empty body,
+/// text, JSON without the field). A list past [`MAX_PUSHES`] is cut.
+async fn allowing(action: &str, body: hyper::body::Incoming) -> HookAnswer {
+    if action != Action::Publish.as_str() {
+        return HookAnswer::default();
+    }
+    let Ok(body) = http_body_util::Limited::new(body, MAX_ANSWER)
+        .collect()
+        .await
+    else {
+        tracing::warn!("webhook: an allowing answer longer than {MAX_ANSWER} bytes: its push targets are ignored");
+        return HookAnswer::default();
+    };
+    let body = body.to_bytes();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return HookAnswer::default();
+    }
+    match serde_json::from_slice::<AnswerBody>(&body) {
+        Ok(mut a) => {
+            if a.push.len() > MAX_PUSHES {
+                tracing::warn!(
+                    "webhook: {} push targets in an answer; the first {MAX_PUSHES} are used",
+                    a.push.len()
+                );
+                a.push.truncate(MAX_PUSHES);
+            }
+            HookAnswer { push: a.push }
+        }
+        Err(_) => HookAnswer::default(),
     }
 }
 
@@ -153,12 +205,12 @@ async fn serve(settings: std::sync::Arc<WebhookSettings>, mut jobs: mpsc::Receiv
     }
 }
 
-fn unreachable(settings: &WebhookSettings, why: &str) -> Result<(), HookRefusal> {
+fn unreachable(settings: &WebhookSettings, why: &str) -> Result<HookAnswer, HookRefusal> {
     if settings.fail_closed {
         Err(HookRefusal(why.to_owned()))
     } else {
         tracing::warn!("webhook: {why}; allowing (fail_closed = false)");
-        Ok(())
+        Ok(HookAnswer::default())
     }
 }
 
@@ -167,7 +219,7 @@ async fn call(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     url: &str,
     query: &HookQuery,
-) -> Result<Result<(), HookRefusal>, CallError> {
+) -> Result<Result<HookAnswer, HookRefusal>, CallError> {
     let body = serde_json::to_vec(query)?;
     let request = hyper::Request::post(url)
         .header("content-type", "application/json")
@@ -179,7 +231,7 @@ async fn call(
     let response = client.request(request).await?;
     let status = response.status();
     if status.is_success() {
-        return Ok(Ok(()));
+        return Ok(Ok(allowing(query.action, response.into_body()).await));
     }
     // The reason: the first line of a short body, else the status.
     let body = http_body_util::Limited::new(response.into_body(), 4096)

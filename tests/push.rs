@@ -535,6 +535,18 @@ fn the_push_api_refuses_what_it_cannot_use_and_names_the_field() {
     );
     assert_eq!(s, "HTTP/1.1 404 Not Found");
 
+    // A push to the node itself is refused as a loop, and not retried.
+    let (s, b) = post(
+        "application/json",
+        &format!("{{\"url\": \"rtmp://{}/live/again\"}}", source.addr),
+    );
+    assert_eq!(s, "HTTP/1.1 201 Created", "{b}");
+    wait_pushes(&source, "live/api", "the push to itself failed", |l| {
+        state_of(l, source.addr.port()).is_some_and(|t| {
+            t["state"] == "failed" && t["error"].as_str().is_some_and(|e| e.contains("loop"))
+        })
+    });
+
     // A target that answers with garbage costs only its own connection.
     let url = format!("{{\"url\": \"rtmp://127.0.0.1:{garbage_port}/live/x\"}}");
     let (s, b) = post("application/json", &url);
@@ -553,5 +565,145 @@ fn the_push_api_refuses_what_it_cannot_use_and_names_the_field() {
         .wait(Duration::from_secs(20))
         .unwrap();
     check_recording(&file, 25);
+    drop(publisher);
+}
+
+/// How many streams the node lists as live.
+fn live_streams(node: &Node) -> usize {
+    let (_, body) = get(node.http, "/api/streams");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["streams"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn in_a_cluster_only_the_owner_pushes_and_a_failover_pushes_again_from_the_new_owner() {
+    // The target refuses a second publisher of a live key: two pushes at
+    // once would show as a refusal in its log.
+    let target = Node::start_with(1, &[]);
+    let config = write_config(
+        "push-cluster.toml",
+        &format!(
+            "[cluster]\nregistry_ttl_ms = 3000\n[push]\nbackoff_min_ms = 200\nbackoff_max_ms = 1000\n\
+             [push.apps.live]\ntargets = [\"rtmp://{}/live/{{name}}\"]\n",
+            target.addr
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let nats = NatsServer::start("push-cluster");
+    let mut a = cluster_node(&nats, "a", 1, &["--config", config]);
+    let b = cluster_node(&nats, "b", 1, &["--config", config]);
+    let first = publish(&a.url("cam"), 60);
+    wait_pushes(&a, "live/cam", "A pushes", |l| l[0]["state"] == "live");
+    wait_live(&target.url("cam"));
+    // B knows the stream (a player there would get it) but does not push.
+    let (status, body) = get(b.http, "/api/streams/live/cam/pushes");
+    assert_eq!(status, "HTTP/1.1 404 Not Found", "{body}");
+    assert!(body.contains("\"node\":\"a\""), "{body}");
+    assert_eq!(live_streams(&target), 1);
+    // A push from A to B, a node of the same cluster, would loop: B
+    // refuses it and A stops trying.
+    let (status, body) = send(
+        a.http,
+        "POST",
+        "/api/streams/live/cam/pushes",
+        "application/json",
+        &format!("{{\"url\": \"rtmp://{}/live/copy\"}}", b.addr),
+    );
+    assert_eq!(status, "HTTP/1.1 201 Created", "{body}");
+    wait_pushes(&a, "live/cam", "the push to B refused as a loop", |l| {
+        state_of(l, b.addr.port()).is_some_and(|t| {
+            t["state"] == "failed" && t["error"].as_str().is_some_and(|e| e.contains("loop"))
+        })
+    });
+    assert!(b.log.lock().unwrap().contains("would loop"));
+
+    a.child.kill().unwrap(); // SIGKILL: A's sockets close with it.
+    drop(first);
+    // The encoder re-publishes to B at once: B's claim waits for the
+    // registry to find A gone, and A's push died with A.
+    let second = publish(&b.url("cam"), 60);
+    wait_pushes(&b, "live/cam", "B pushes after the failover", |l| {
+        l[0]["state"] == "live"
+    });
+    wait_live(&target.url("cam"));
+    let log = target.log.lock().unwrap().clone();
+    assert!(
+        !log.contains("publish refused"),
+        "two pushes at once:\n{log}"
+    );
+    let publishes = log.matches("publishing").count();
+    assert_eq!(publishes, 2, "one push from A, then one from B:\n{log}");
+    drop(second);
+}
+
+/// A publish webhook on a free port that allows everything and names, in
+/// its answer, the push targets `targets` (JSON strings).
+fn hook_naming(targets: String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut conn in listener.incoming().take(20).flatten() {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // The request: headers, then a body of Content-Length bytes.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = std::io::Read::read(&mut conn, &mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_lowercase();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let body = format!("{{\"push\": [{targets}]}}");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn the_publish_webhook_names_push_targets_in_its_answer() {
+    let target = Node::start_with(1, &[]);
+    let hook = hook_naming(format!(
+        "\"rtmp://{}/live/from-hook\", \"ftp://not.a.target/x/y\"",
+        target.addr
+    ));
+    let config = write_config(
+        "push-hook.toml",
+        &format!("[auth]\nwebhook_url = \"http://{hook}/on_publish\"\n"),
+    );
+    let source = Node::start_with(1, &["--config", config.to_str().unwrap()]);
+    let publisher = publish(&source.url("hooked"), 15);
+    let list = wait_pushes(&source, "live/hooked", "the webhook's targets", |l| {
+        l.as_array().is_some_and(|a| a.len() == 2)
+            && state_of(l, target.addr.port()).is_some_and(|t| t["state"] == "live")
+    });
+    let hooked = state_of(&list, target.addr.port()).unwrap();
+    assert_eq!(hooked["origin"], "webhook", "{list:#}");
+    // The URL that is not one is listed, failed, with the reason.
+    let bad = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["state"] == "failed")
+        .unwrap_or_else(|| panic!("{list:#}"));
+    assert!(bad["error"].as_str().unwrap().contains("scheme"), "{bad}");
+    wait_live(&target.url("from-hook"));
     drop(publisher);
 }

@@ -15,6 +15,9 @@
 //! included; request headers, time per request and per connection, and
 //! connections at once are bounded.
 //!
+//! `/api/streams/APP/KEY/pushes` lists, adds and removes a stream's push
+//! targets (`pushes.rs`).
+//!
 //! This file is the server and its routes; `metrics.rs` renders the
 //! Prometheus families, one per counter the node keeps.
 

@@ -191,6 +191,10 @@ pub struct NodeInfo {
     pub started_ms: u64,
     /// Streams published on it.
     pub streams: usize,
+    /// Its process's `output::push::instance` (0 from a node that predates
+    /// it): a push that names it comes from this cluster.
+    #[serde(default)]
+    pub instance: u64,
 }
 
 /// The cluster's viewers of each stream (by its key, `app/name`), summed
@@ -347,6 +351,15 @@ impl ClusterHandle {
         })
         .await
         .flatten()
+    }
+
+    /// Whether the process `instance` of node `node` is a node of this
+    /// cluster (its heartbeat is in the registry), from a shard; false when
+    /// the registry does not answer.
+    pub async fn is_node(&self, node: &str, instance: u64) -> bool {
+        let nodes = self.ask_within(|reply| Request::Nodes { reply }).await;
+        matches!(nodes, Some(Ok(list))
+            if list.iter().any(|n| n.node == node && n.instance == instance))
     }
 
     /// Claims `key` cluster-wide for this node (from a shard).

@@ -41,6 +41,13 @@ pub enum Refusal {
     /// ([`StreamKey`]); the reason says why.
     #[error("not a stream name: {0}")]
     BadName(String),
+    /// A push from this node or another node of its cluster (its connect's
+    /// `flashVer` says so): taking it would loop the stream back.
+    #[error(
+        "{}: node {node} pushes to this cluster itself; refused, it would loop",
+        crate::output::push::LOOP_REFUSED
+    )]
+    Loop { node: String },
 }
 
 fn in_use_where(node: &Option<String>) -> String {
@@ -67,7 +74,10 @@ impl Refusal {
     /// Whether the connection closes after the answer (an auth refusal or
     /// a name no stream has: the client has nothing more to try here).
     pub fn closes(&self) -> bool {
-        matches!(self, Refusal::Auth { .. } | Refusal::BadName(_))
+        matches!(
+            self,
+            Refusal::Auth { .. } | Refusal::BadName(_) | Refusal::Loop { .. }
+        )
     }
 }
 
@@ -94,12 +104,13 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// The auth rules, then the webhook if one applies.
+/// The auth rules, then the webhook if one applies; Ok carries the push
+/// targets the webhook's answer named (a publish only).
 pub async fn authorize(
     action: Action,
     who: &Asker<'_>,
     ctx: &ConnectionContext,
-) -> Result<(), Refusal> {
+) -> Result<Vec<String>, Refusal> {
     let secs = unix_micros() / 1_000_000;
     if let Err(refusal) = ctx.auth.check(action, who.key, who.query, secs) {
         return Err(Refusal::Auth {
@@ -111,11 +122,12 @@ pub async fn authorize(
         Some(hook) if hook.applies_to(action) => hook
             .ask(action, who.key, who.query, &who.peer.ip().to_string())
             .await
+            .map(|answer| answer.push)
             .map_err(|refusal| Refusal::Auth {
                 reason: refusal.0,
                 kind: "webhook",
             }),
-        _ => Ok(()),
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -125,6 +137,8 @@ pub struct Publishing {
     pub key: StreamKey,
     pub id: StreamId,
     pub place: Ticket,
+    /// Push targets the webhook named for it (URLs, not yet checked).
+    pub pushes: Vec<String>,
 }
 
 pub async fn publish(
@@ -132,7 +146,7 @@ pub async fn publish(
     out: &Rc<Conn>,
     ctx: &ConnectionContext,
 ) -> Result<Publishing, Refusal> {
-    authorize(Action::Publish, who, ctx).await?;
+    let pushes = authorize(Action::Publish, who, ctx).await?;
     let place = ctx.gate.publisher().map_err(|_| Refusal::PublisherLimit)?;
     let key = who.key();
     if let Some(cluster) = &ctx.cluster {
@@ -156,7 +170,12 @@ pub async fn publish(
         });
         return Err(Refusal::InUse { node: None });
     };
-    Ok(Publishing { key, id, place })
+    Ok(Publishing {
+        key,
+        id,
+        place,
+        pushes,
+    })
 }
 
 /// A play that may start: where its stream is, and how long to wait for it

@@ -172,6 +172,7 @@ fn push_settings(config: &Config) -> Result<Arc<push::PushSettings>, NodeError> 
         max_per_stream: p.max_per_stream,
         chunk_size: config.rtmp.chunk_size,
         limits: config.protocol_limits(),
+        node_id: config.node_id(),
     }))
 }
 

@@ -52,6 +52,9 @@ pub struct PushSettings {
     /// encoding of each message serves both.
     pub chunk_size: u32,
     pub limits: Limits,
+    /// Sent in connect's flashVer (`output::push::flash_ver`), so that a
+    /// node of this cluster that gets the push refuses it as a loop.
+    pub node_id: String,
 }
 
 /// Who asked for a target.
@@ -62,6 +65,8 @@ pub enum Origin {
     Config,
     /// `POST /api/streams/APP/KEY/pushes`.
     Api,
+    /// The publish webhook's answer.
+    Webhook,
 }
 
 /// One target of one stream, as the API shows it.
@@ -97,6 +102,8 @@ pub enum AddError {
 struct Target {
     id: u64,
     url: PushUrl,
+    /// What the API and the logs show: the URL, its key cut short.
+    shown: String,
     origin: Origin,
     life: RefCell<Lifecycle>,
     /// The connection of the try in progress.
@@ -109,10 +116,15 @@ struct Target {
 }
 
 impl Target {
-    fn stop(&self) {
+    /// Stops the target: a connection in progress ends its publish the way
+    /// ffmpeg does (told by a notice, so that what is queued goes first), a
+    /// backoff wait ends.
+    fn stop(&self, stats: &ShardStats) {
         self.stopped.set(true);
         if let Some(conn) = self.conn.borrow().as_ref() {
-            conn.close();
+            if !conn.notice(Notice::Shutdown, stats) {
+                conn.close();
+            }
         }
         self.wake.notify();
     }
@@ -122,7 +134,7 @@ impl Target {
         let live_bytes = self.conn.borrow().as_ref().map_or(0, |c| c.written());
         PushStatus {
             id: self.id,
-            url: self.url.redacted(),
+            url: self.shown.clone(),
             origin: self.origin,
             state: life.state(),
             for_ms: now.saturating_duration_since(life.since()).as_millis() as u64,
@@ -164,30 +176,44 @@ impl Pushes {
     }
 
     /// `key` is published on this shard (with `query`): its app's targets
-    /// start. A template the publish cannot fill (a query parameter it
-    /// names is missing) shows as a failed target.
-    pub fn started(self: &Rc<Self>, key: &StreamKey, query: &str) {
+    /// start, and those the publish webhook named (`hooked`). A template
+    /// the publish cannot fill (a query parameter it names is missing), or
+    /// a URL from the webhook that is not one, shows as a failed target.
+    pub fn started(self: &Rc<Self>, key: &StreamKey, query: &str, hooked: &[String]) {
         self.stopped(key);
         self.streams.borrow_mut().insert(key.clone(), Vec::new());
         let templates = self.settings.templates.get(key.app()).cloned();
-        for template in templates.unwrap_or_default() {
-            match template.expand(key, query) {
-                Ok(url) => {
-                    if let Err(e) = self.add(key, url, Origin::Config) {
-                        tracing::warn!(stream = %redact(key), "push target not started: {e}");
-                    }
+        let configured = templates.unwrap_or_default().into_iter().map(|t| {
+            let url = t.expand(key, query);
+            (url, t.redacted(), Origin::Config)
+        });
+        let from_hook = hooked.iter().map(|u| {
+            let url = PushUrl::parse(u);
+            let shown = match &url {
+                Ok(url) => url.redacted(),
+                Err(_) => crate::output::push::redact_url(u),
+            };
+            (url, shown, Origin::Webhook)
+        });
+        for (url, shown, origin) in configured.chain(from_hook) {
+            let added = match url {
+                Ok(url) => self.add(key, url, origin).map(|_| ()),
+                Err(e) => {
+                    self.add_failed(key, shown.clone(), origin, e);
+                    Ok(())
                 }
-                Err(e) => self.add_failed(key, &template, e),
+            };
+            if let Err(e) = added {
+                tracing::warn!(stream = %redact(key), target = %shown, "push target not started: {e}");
             }
         }
     }
 
     /// The publisher of `key` left: its targets end their publish and go.
     pub fn stopped(&self, key: &StreamKey) {
-        if let Some(targets) = self.streams.borrow_mut().remove(key) {
-            for t in targets {
-                t.stop();
-            }
+        let targets = self.streams.borrow_mut().remove(key);
+        for t in targets.unwrap_or_default() {
+            t.stop(&self.stats);
         }
     }
 
@@ -207,21 +233,23 @@ impl Pushes {
             if targets.iter().any(|t| t.url == url) {
                 return Err(AddError::Duplicate);
             }
-            let target = self.new_target(url, origin);
+            let shown = url.redacted();
+            let target = self.new_target(url, shown, origin);
             targets.push(target.clone());
             target
         };
-        tracing::info!(stream = %redact(key), target = %target.url.redacted(), "pushing");
+        tracing::info!(stream = %redact(key), target = %target.shown, "pushing");
         glommio::spawn_local(self.clone().run(key.clone(), target.clone())).detach();
         Ok(target.id)
     }
 
-    fn new_target(&self, url: PushUrl, origin: Origin) -> Rc<Target> {
+    fn new_target(&self, url: PushUrl, shown: String, origin: Origin) -> Rc<Target> {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         Rc::new(Target {
             id,
             url,
+            shown,
             origin,
             life: RefCell::new(Lifecycle::new(self.settings.backoff, Instant::now())),
             conn: RefCell::new(None),
@@ -231,18 +259,19 @@ impl Pushes {
         })
     }
 
-    /// A configured template this publish cannot fill: listed, failed.
-    fn add_failed(&self, key: &StreamKey, template: &Template, e: PushUrlError) {
-        tracing::warn!(stream = %redact(key), "push target {template} cannot be used: {e}");
-        // The template's own text stands in for the URL it could not make.
+    /// A template this publish cannot fill, or a URL the webhook named that
+    /// is not one: listed, failed.
+    fn add_failed(&self, key: &StreamKey, shown: String, origin: Origin, e: PushUrlError) {
+        tracing::warn!(stream = %redact(key), "push target {shown} cannot be used: {e}");
+        // Never connected to: the URL is a stand-in, the template is shown.
         let url = PushUrl {
             tls: false,
-            host: "unexpanded".into(),
-            port: 1935,
-            app: "template".into(),
-            key: template.as_str().to_owned(),
+            host: String::new(),
+            port: 0,
+            app: String::new(),
+            key: String::new(),
         };
-        let target = self.new_target(url, Origin::Config);
+        let target = self.new_target(url, shown, origin);
         target
             .life
             .borrow_mut()
@@ -263,8 +292,8 @@ impl Pushes {
             return false;
         };
         let target = targets.remove(at);
-        tracing::info!(stream = %redact(key), target = %target.url.redacted(), "push removed");
-        target.stop();
+        tracing::info!(stream = %redact(key), target = %target.shown, "push removed");
+        target.stop(&self.stats);
         true
     }
 
@@ -307,6 +336,16 @@ impl Pushes {
             let error = match result {
                 // The stream ended under the target: it stops with it.
                 Ok(()) => break,
+                Err(e) if e.starts_with(crate::output::push::LOOP_REFUSED) => {
+                    // The target is this cluster: no retry can help.
+                    tracing::warn!(
+                        stream = %redact(&key),
+                        target = %target.shown,
+                        "push refused by its target as a loop (the target is this cluster): {e}"
+                    );
+                    target.life.borrow_mut().give_up(Instant::now(), e);
+                    break;
+                }
                 Err(e) => e,
             };
             ShardStats::bump(&self.stats.push_failures, 1);
@@ -316,7 +355,7 @@ impl Pushes {
             let at = target.life.borrow_mut().failed(now, error.clone(), jitter);
             tracing::warn!(
                 stream = %redact(&key),
-                target = %target.url.redacted(),
+                target = %target.shown,
                 "push failed: {error}; next try in {} ms",
                 at.saturating_duration_since(now).as_millis()
             );
@@ -377,6 +416,7 @@ impl Pushes {
         let mut config = ClientConfig::new(Role::Publish, &url.tc_url(), &url.app, &url.key);
         config.chunk_size = self.settings.chunk_size;
         config.limits = self.settings.limits;
+        config.flash_ver = crate::output::push::flash_ver(&self.settings.node_id);
         let mut session = ClientSession::new(config, 0, jitter_seed(conn.id));
         flush(&mut session, conn);
         // TLS only: decrypted bytes the session has not taken yet.
@@ -406,7 +446,7 @@ impl Pushes {
             };
             let input = match &conn.tls {
                 None => {
-                    let r = self.take_input(key, conn, &mut session, &lease[..], live);
+                    let r = self.take_input(key, target, conn, &mut session, &lease[..], live);
                     let n = lease.len();
                     lease.consume(n);
                     r
@@ -414,7 +454,7 @@ impl Pushes {
                 Some(tls) => {
                     decrypt(tls, &mut lease, &mut plain).map_err(|e| format!("TLS: {e}"))?;
                     drop(lease);
-                    let r = self.take_input(key, conn, &mut session, &plain, live);
+                    let r = self.take_input(key, target, conn, &mut session, &plain, live);
                     plain.clear();
                     r
                 }
@@ -439,6 +479,7 @@ impl Pushes {
     fn take_input(
         &self,
         key: &StreamKey,
+        target: &Target,
         conn: &Rc<Conn>,
         session: &mut ClientSession,
         mut input: &[u8],
@@ -451,10 +492,16 @@ impl Pushes {
             while let Some(event) = session.poll_event() {
                 match event {
                     ClientEvent::ConnectRejected { description } => {
-                        return Err(format!("connect refused: {description}"))
+                        return Err(format!("connect refused: {}", said(&description)))
                     }
                     ClientEvent::StreamRejected { code, description } => {
-                        return Err(format!("{code}: {description}"))
+                        let description = said(&description);
+                        return Err(
+                            match description.starts_with(crate::output::push::LOOP_REFUSED) {
+                                true => description,
+                                false => format!("{}: {description}", said(&code)),
+                            },
+                        );
                     }
                     ClientEvent::PublishStarted { stream_id } if !*live => {
                         let player =
@@ -469,9 +516,7 @@ impl Pushes {
                         // A target may say nothing while it takes media.
                         conn.set_read_only_peer();
                         self.stats.push_live.fetch_add(1, Ordering::Relaxed);
-                        if let Some(t) = self.target_of(key, conn) {
-                            t.life.borrow_mut().live(Instant::now());
-                        }
+                        target.life.borrow_mut().live(Instant::now());
                     }
                     _ => {}
                 }
@@ -488,18 +533,15 @@ impl Pushes {
         }
         Ok(true)
     }
+}
 
-    fn target_of(&self, key: &StreamKey, conn: &Rc<Conn>) -> Option<Rc<Target>> {
-        let streams = self.streams.borrow();
-        streams.get(key)?.iter().find_map(|t| {
-            let same = t
-                .conn
-                .borrow()
-                .as_ref()
-                .is_some_and(|c| Rc::ptr_eq(c, conn));
-            same.then(|| t.clone())
-        })
-    }
+/// What a target said, as the API and the logs show it: at most 200
+/// characters, control characters replaced (a target's text is untrusted).
+fn said(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Queues what the session has to send.

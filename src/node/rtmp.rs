@@ -42,6 +42,22 @@ fn key_of(session: &ServerSession, name: &str) -> Result<(StreamKey, String), Re
     StreamKey::from_rtmp(app, tc_url, name).map_err(|e| Refusal::BadName(e.to_string()))
 }
 
+/// A publish that is a push from this node or from another node of its
+/// cluster (its connect's `flashVer` names the node): refused, a loop.
+async fn push_loop(session: &ServerSession, ctx: &ConnectionContext) -> Option<Refusal> {
+    let flash_ver = session.connect_info()?.flash_ver.as_deref()?;
+    let pusher = crate::output::push::pushed_by(flash_ver)?;
+    // This process, or a node of this cluster.
+    let ours = match &ctx.cluster {
+        _ if pusher.instance == crate::output::push::instance() => true,
+        Some(cluster) => cluster.is_node(pusher.node, pusher.instance).await,
+        None => false,
+    };
+    ours.then(|| Refusal::Loop {
+        node: pusher.node.to_owned(),
+    })
+}
+
 /// Answers a refused publish or play with the refusal's status and reason,
 /// counts and logs it (never the key in clear), and closes the connection
 /// after an auth refusal once the answer is written.
@@ -375,16 +391,19 @@ impl ConnState {
         let admitted = match (&self.publishing, key_of(session, name)) {
             (Some(_), _) => Err(Refusal::InUse { node: None }),
             (None, Err(refusal)) => Err(refusal),
-            (None, Ok((key, q))) => {
-                query = q;
-                admission::publish(&self.asker(&key, &query), outbox, ctx).await
-            }
+            (None, Ok((key, q))) => match push_loop(session, ctx).await {
+                Some(refusal) => Err(refusal),
+                None => {
+                    query = q;
+                    admission::publish(&self.asker(&key, &query), outbox, ctx).await
+                }
+            },
         };
         match admitted {
             Ok(p) => {
                 session.accept_publish(stream_id);
                 tracing::info!(conn = self.conn, stream = %redact(&p.key), "publishing");
-                ctx.pushes.started(&p.key, &query);
+                ctx.pushes.started(&p.key, &query, &p.pushes);
                 self.publishing = Some((p.key, p.id, stream_id));
                 self.publisher_place = Some(p.place);
             }

@@ -15,6 +15,50 @@ use std::time::{Duration, Instant};
 
 use crate::stream::StreamKey;
 
+/// What a push says it is in its connect's `flashVer`: a Tributary node
+/// that receives a publish saying this, from its own process or from a
+/// node of its own cluster, refuses it (a loop).
+const PUSH_FLASH_VER: &str = "FMLE/3.0 (compatible; tributary push; node=";
+
+/// Who pushed a publish, as its `flashVer` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pusher<'a> {
+    /// The node id (unique in a cluster; standalone nodes on one host
+    /// share their default, the host name).
+    pub node: &'a str,
+    /// The pushing process's [`instance`].
+    pub instance: u64,
+}
+
+/// This process's instance: a random number drawn once, which tells a
+/// node's own pushes from another process's with the same node id.
+pub fn instance() -> u64 {
+    static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INSTANCE.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
+/// The `flashVer` of a push from node `node`, this process.
+pub fn flash_ver(node: &str) -> String {
+    format!("{PUSH_FLASH_VER}{node}; instance={:016x})", instance())
+}
+
+/// Who a publish's `flashVer` says pushed it, if it is a push.
+pub fn pushed_by(flash_ver: &str) -> Option<Pusher<'_>> {
+    let rest = flash_ver.strip_prefix(PUSH_FLASH_VER)?.strip_suffix(')')?;
+    let (node, instance) = rest.rsplit_once("; instance=")?;
+    let instance = u64::from_str_radix(instance, 16).ok()?;
+    Some(Pusher { node, instance })
+}
+
+/// The start of a loop refusal's description: a push that hears it stops
+/// (no retry can succeed).
+pub const LOOP_REFUSED: &str = "a push from this cluster";
+
 /// The longest URL a target may have, once expanded.
 pub const MAX_URL_LEN: usize = 2048;
 
@@ -170,6 +214,25 @@ fn split_authority(authority: &str) -> Result<(&str, Option<&str>), PushUrlError
     Ok((host, port))
 }
 
+/// A URL (or what should be one) with what follows its app cut short: the
+/// part past `scheme://authority/app/` is a stream key, a secret. Control
+/// characters are replaced, and it is at most 200 characters.
+pub fn redact_url(url: &str) -> String {
+    let shown = match url.match_indices('/').nth(3) {
+        Some((at, _)) => format!(
+            "{}{}",
+            &url[..=at],
+            crate::protocol::server::redact(&url[at + 1..])
+        ),
+        None => crate::protocol::server::redact(url),
+    };
+    shown
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
     Text(String),
@@ -244,6 +307,12 @@ impl Template {
 
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// The template with what follows its app cut short, for logs and the
+    /// API (a literal stream key in it is a secret).
+    pub fn redacted(&self) -> String {
+        redact_url(&self.source)
     }
 
     /// The URL for one stream: its app and name, and the parameters of its
@@ -416,6 +485,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_push_names_its_node_in_flash_ver() {
+        let ours = flash_ver("node-1");
+        let pusher = pushed_by(&ours).unwrap();
+        assert_eq!((pusher.node, pusher.instance), ("node-1", instance()));
+        assert_eq!(
+            pushed_by(
+                "FMLE/3.0 (compatible; tributary push; node=a; b; instance=00000000000000ff)"
+            ),
+            Some(Pusher {
+                node: "a; b",
+                instance: 255
+            })
+        );
+        assert_eq!(
+            pushed_by("FMLE/3.0 (compatible; tributary push; node=a)"),
+            None
+        );
+        assert_eq!(pushed_by("FMLE/3.0 (compatible; FMSc/1.0)"), None);
+        assert_eq!(pushed_by("FMLE/3.0 (compatible; tributary)"), None);
+    }
+
+    #[test]
     fn urls_split_as_obs_splits_a_server_and_a_key() {
         let u = PushUrl::parse("rtmp://a.rtmp.youtube.com/live2/abcd-efgh").unwrap();
         assert_eq!(
@@ -486,6 +577,7 @@ mod tests {
             t.expand(&key, "x=1"),
             Err(PushUrlError::MissingParameter("token".into()))
         );
+        assert_eq!(t.redacted(), "rtmp://cdn.example/{app}-out/{na…");
         let plain = Template::parse("rtmp://127.0.0.1:1936/live/fixed").unwrap();
         assert_eq!(plain.expand(&key, "").unwrap().key, "fixed");
         for (bad, e) in [

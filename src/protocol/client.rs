@@ -51,6 +51,8 @@ pub struct ClientConfig {
     pub buffer_ms: u32,
     /// Enhanced RTMP v2 `capsEx` sent in connect (None = not sent).
     pub caps_ex: Option<f64>,
+    /// connect's `flashVer`: who we are to the server.
+    pub flash_ver: String,
     pub limits: Limits,
 }
 
@@ -65,6 +67,7 @@ impl ClientConfig {
             chunk_size: 4096,
             buffer_ms: 3000,
             caps_ex: None,
+            flash_ver: "FMLE/3.0 (compatible; tributary)".into(),
             limits: Limits::default(),
         }
     }
@@ -219,10 +222,7 @@ impl ClientSession {
         let mut props = vec![
             ("app", Amf0Value::String(c.app.clone())),
             ("type", Amf0Value::String("nonprivate".into())),
-            (
-                "flashVer",
-                Amf0Value::String("FMLE/3.0 (compatible; tributary)".into()),
-            ),
+            ("flashVer", Amf0Value::String(c.flash_ver.clone())),
             ("tcUrl", Amf0Value::String(c.tc_url.clone())),
         ];
         if let Some(caps) = c.caps_ex {

@@ -466,6 +466,7 @@ impl Control {
                 rtmp: self.s.rtmp_addr.clone(),
                 started_ms: self.started_ms,
                 streams: self.owned.borrow().len(),
+                instance: crate::output::push::instance(),
             };
             let body = serde_json::to_vec(&hb).unwrap_or_default();
             count(&self.stats.registry_ops);
