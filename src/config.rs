@@ -50,6 +50,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub media: MediaConfig,
     pub push: PushConfig,
+    pub exec: ExecConfig,
 }
 
 /// HTTP media for browsers and HTTP players (HTTP-FLV), served by every
@@ -429,6 +430,136 @@ impl PushConfig {
     }
 }
 
+/// Exec pipelines and hooks (`[exec]`): programs run for each stream
+/// published on this node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Processes running at once on the node, pipelines and hooks.
+    pub max_processes: usize,
+    /// The first wait before a pipeline that exited starts again; it
+    /// doubles up to the maximum.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// `[exec.apps.NAME]`: each app's pipelines and hooks.
+    pub apps: BTreeMap<String, AppExecConfig>,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            max_processes: 16,
+            backoff_min_ms: 1_000,
+            backoff_max_ms: 30_000,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+/// One app's pipelines (`[[exec.apps.NAME.pipelines]]`) and hooks.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppExecConfig {
+    pub pipelines: Vec<PipelineConfig>,
+    /// A program run once when a stream of the app is published, and when
+    /// it ends (argument lists; empty = none).
+    pub on_publish: Vec<String>,
+    pub on_unpublish: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Its rendition's suffix: `APP/NAME_PIPELINE`.
+    pub name: String,
+    pub command: Vec<String>,
+}
+
+/// The most pipelines one app may have.
+pub const MAX_PIPELINES: usize = 16;
+
+impl ExecConfig {
+    /// Each app's checked pipelines and hooks (`validate` refused bad ones).
+    pub fn apps(&self) -> BTreeMap<String, crate::exec::AppExec> {
+        use crate::output::pipeline::Pipeline;
+        let hook = |name: &str, args: &[String]| match args.is_empty() {
+            true => None,
+            false => Pipeline::new(name, args).ok(),
+        };
+        self.apps
+            .iter()
+            .map(|(app, a)| {
+                let exec = crate::exec::AppExec {
+                    pipelines: a
+                        .pipelines
+                        .iter()
+                        .filter_map(|p| Pipeline::new(&p.name, &p.command).ok())
+                        .collect(),
+                    on_publish: hook("on_publish", &a.on_publish),
+                    on_unpublish: hook("on_unpublish", &a.on_unpublish),
+                };
+                (app.clone(), exec)
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::output::pipeline::Pipeline;
+        if !(1..=1024).contains(&self.max_processes) {
+            return Err(invalid("exec.max_processes", "must be 1..=1024"));
+        }
+        if !(100..=60_000).contains(&self.backoff_min_ms) {
+            return Err(invalid("exec.backoff_min_ms", "must be 100..=60000"));
+        }
+        if self.backoff_max_ms < self.backoff_min_ms || self.backoff_max_ms > 3_600_000 {
+            return Err(invalid(
+                "exec.backoff_max_ms",
+                "must be at least exec.backoff_min_ms and at most 3600000",
+            ));
+        }
+        for (app, a) in &self.apps {
+            if let Err(e) = crate::stream::StreamKey::new(app, "name") {
+                return Err(invalid(
+                    "exec.apps",
+                    format!("{app:?} is not an app name (one path segment): {e}"),
+                ));
+            }
+            if a.pipelines.len() > MAX_PIPELINES {
+                return Err(invalid(
+                    "exec.apps.pipelines",
+                    format!("app {app:?} has more than {MAX_PIPELINES} pipelines"),
+                ));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for p in &a.pipelines {
+                if let Err(e) = Pipeline::new(&p.name, &p.command) {
+                    return Err(invalid(
+                        "exec.apps.pipelines",
+                        format!("app {app:?}, pipeline {:?}: {e}", p.name),
+                    ));
+                }
+                if !names.insert(&p.name) {
+                    return Err(invalid(
+                        "exec.apps.pipelines",
+                        format!("app {app:?} names pipeline {:?} twice", p.name),
+                    ));
+                }
+            }
+            for (key, hook) in [
+                ("exec.apps.on_publish", &a.on_publish),
+                ("exec.apps.on_unpublish", &a.on_unpublish),
+            ] {
+                if !hook.is_empty() {
+                    if let Err(e) = Pipeline::new("hook", hook) {
+                        return Err(invalid(key, format!("app {app:?}: {e}")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -770,6 +901,7 @@ impl Config {
             ));
         }
         self.push.validate()?;
+        self.exec.validate()?;
         for url in &self.cluster.nats {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 return Err(invalid(
@@ -940,6 +1072,28 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(err.to_string().contains("auth.apps"), "{err}");
+        // Exec pipelines: checked at load, naming the app and the pipeline.
+        let ok = Config::from_toml(
+            "[[exec.apps.live.pipelines]]\nname = \"360p\"\ncommand = [\"ffmpeg\", \"-i\", \"{input}\", \"{output}\"]",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.exec.apps()["live"].pipelines.len(), 1);
+        for (bad, says) in [
+            ("[[exec.apps.live.pipelines]]\nname = \"a b\"\ncommand = [\"x\"]", "pipeline \"a b\""),
+            ("[[exec.apps.live.pipelines]]\nname = \"p\"\ncommand = []", "the command is empty"),
+            ("[[exec.apps.live.pipelines]]\nname = \"p\"\ncommand = [\"x\", \"{inptu}\"]", "unknown placeholder"),
+            ("[[exec.apps.live.pipelines]]\nname = \"p\"\ncommand = [\"x\"]\n[[exec.apps.live.pipelines]]\nname = \"p\"\ncommand = [\"y\"]", "twice"),
+            ("[exec.apps.live]\non_publish = [\"\"]", "exec.apps.on_publish"),
+            ("[exec]\nmax_processes = 0", "exec.max_processes"),
+        ] {
+            let err = Config::from_toml(bad, Path::new("x.toml"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
         // Push targets: templates are checked at load, naming the app.
         let ok = Config::from_toml(
             "[push.apps.live]\ntargets = [\"rtmp://a.example/live2/{name}\"]",

@@ -27,7 +27,7 @@
 //!   asked over HTTP; [`tls`]: RTMPS certificates (SNI, reload).
 //! - [`config`]: the TOML configuration and the command line.
 //! - [`control_thread`]: the threads that run a tokio runtime beside the
-//!   shards.
+//!   shards; [`exec`]: the one that runs exec pipelines and hooks.
 //! - [`synthetic`]: the synthetic stream the tests and the load tool publish.
 
 pub mod admin;
@@ -36,6 +36,7 @@ pub mod cluster;
 pub mod config;
 pub mod container;
 pub mod control_thread;
+pub mod exec;
 pub mod node;
 pub mod output;
 pub mod protocol;

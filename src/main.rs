@@ -84,6 +84,7 @@ fn main() -> ExitCode {
         hls: node.hls.clone(),
         media_addr: node.media_addr,
         auth: node.auth.clone(),
+        exec: node.exec.clone(),
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

@@ -4,7 +4,8 @@
 //! published to a two-shard node, each played by players that join
 //! mid-stream, and judged by ffprobe on what they recorded: codecs, track
 //! count, frames, keyframe first. The single-audio-track streams are also
-//! played over HTTP-FLV and LL-HLS from the node's media listener.
+//! played over HTTP-FLV and LL-HLS from the node's media listener; and
+//! HEVC+AAC pushed to another Tributary arrives as HEVC.
 
 mod common;
 
@@ -239,5 +240,49 @@ fn h264_with_two_audio_tracks_keeps_both_for_late_players() {
         &["-c:a", "aac", "-b:a", "64k"],
         2,
         ("h264", "aac"),
+    );
+}
+
+/// A push carries Enhanced RTMP as it came: HEVC + AAC from ffmpeg 9,
+/// pushed to another Tributary, is HEVC + AAC there.
+#[test]
+fn hevc_and_aac_pushed_to_another_tributary_arrive_as_hevc() {
+    let target = Node::start(1);
+    let config = temp_file("ertmp-push.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[push.apps.live]\ntargets = [\"rtmp://{}/live/{{name}}\"]\n",
+            target.addr
+        ),
+    )
+    .unwrap();
+    let source = Node::start_with(1, &["--config", config.to_str().unwrap()]);
+    let video = [
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        "log-level=error",
+    ];
+    let publisher = publish(&source.url("hevcpush"), 9, &video, &["-c:a", "aac"], 1);
+    wait_published(&target, "hevcpush");
+    let file = temp_file("hevcpush.mkv");
+    play(&target.url("hevcpush"), &file, 3)
+        .wait(Duration::from_secs(30))
+        .expect("player");
+    drop(publisher);
+    let t = tracks(&file);
+    let video: Vec<&Track> = t.iter().filter(|t| t.kind == "video").collect();
+    let audio: Vec<&Track> = t.iter().filter(|t| t.kind == "audio").collect();
+    assert_eq!(video.len(), 1, "video tracks");
+    assert_eq!(video[0].codec, "hevc");
+    assert!(video[0].frames >= 60, "{} video frames", video[0].frames);
+    assert_eq!(audio.len(), 1, "audio tracks");
+    assert_eq!(audio[0].codec, "aac");
+    assert!(
+        first_video_is_key(&file),
+        "first video frame is not a keyframe"
     );
 }

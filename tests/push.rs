@@ -617,6 +617,28 @@ fn in_a_cluster_only_the_owner_pushes_and_a_failover_pushes_again_from_the_new_o
         })
     });
     assert!(b.log.lock().unwrap().contains("would loop"));
+    // A target added over the API on A is kept in the registry entry...
+    let late_target = Node::start_with(1, &[]);
+    let (status, body) = send(
+        a.http,
+        "POST",
+        "/api/streams/live/cam/pushes",
+        "application/json",
+        &format!("{{\"url\": \"rtmp://{}/live/kept\"}}", late_target.addr),
+    );
+    assert_eq!(status, "HTTP/1.1 201 Created", "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(b.http, "/api/streams?scope=cluster");
+        if body.contains("\"api_pushes\":1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API target never reached the registry: {body}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 
     a.child.kill().unwrap(); // SIGKILL: A's sockets close with it.
     drop(first);
@@ -627,6 +649,13 @@ fn in_a_cluster_only_the_owner_pushes_and_a_failover_pushes_again_from_the_new_o
         l[0]["state"] == "live"
     });
     wait_live(&target.url("cam"));
+    // ...and B, the new owner, pushes to it too (a loop refused is not kept).
+    let list = wait_pushes(&b, "live/cam", "B takes up the API target", |l| {
+        state_of(l, late_target.addr.port())
+            .is_some_and(|t| t["state"] == "live" && t["origin"] == "api")
+    });
+    assert!(state_of(&list, b.addr.port()).is_none(), "{list:#}");
+    wait_live(&late_target.url("kept"));
     let log = target.log.lock().unwrap().clone();
     assert!(
         !log.contains("publish refused"),

@@ -61,6 +61,8 @@ pub struct AdminState {
     pub hls: Arc<crate::node::HlsRegistry>,
     /// The play rules (the console's preview asks for a play token).
     pub auth: Arc<crate::auth::Auth>,
+    /// The exec thread, when pipelines or hooks are configured.
+    pub exec: Option<crate::exec::Exec>,
 }
 
 /// How long a play token that `/api/play` hands out is valid.
@@ -152,6 +154,9 @@ async fn route(
         if let Some((stream, id)) = pushes::parse(target, req.method()) {
             let (stream, id) = (stream.to_owned(), id.map(str::to_owned));
             return pushes::serve(req, state, &stream, id.as_deref()).await;
+        }
+        if let (Some(stream), &Method::GET) = (target.strip_suffix("/pipelines"), req.method()) {
+            return pipelines(state, stream).await;
         }
         if req.method() == Method::DELETE {
             return kick(state, target).await;
@@ -301,6 +306,7 @@ async fn cluster_streams(state: &AdminState) -> Reply {
                         "video_codec": reg.video_codec, "audio_codec": reg.audio_codec,
                         "bitrate_kbps": reg.bitrate_kbps,
                         "viewers": viewers, "viewers_total": viewers.total(),
+                        "api_pushes": reg.pushes.len(),
                     })
                 })
                 .collect();
@@ -449,6 +455,26 @@ fn host_is_address(host: &[u8]) -> bool {
     name.parse::<std::net::Ipv4Addr>().is_ok()
         || name == "localhost"
         || name.ends_with(".localhost")
+}
+
+/// GET /api/streams/APP/KEY/pipelines: the stream's exec pipelines on this
+/// node (state, pid, restarts, the last exit).
+async fn pipelines(state: &AdminState, stream: &str) -> Reply {
+    let key = match StreamKey::from_url_path(stream) {
+        Ok(key) => key,
+        Err(e) => return bad_name(e),
+    };
+    let list = match &state.exec {
+        Some(exec) => exec.status(&key).await,
+        None => None,
+    };
+    match list {
+        Some(list) => json(StatusCode::OK, &serde_json::json!({ "pipelines": list })),
+        None => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": "the stream runs no pipeline on this node" }),
+        ),
+    }
 }
 
 /// A 400 for a stream the naming rule refuses, with its reason.

@@ -89,12 +89,18 @@ pub struct Registration {
     /// Media bitrate over the last report interval.
     #[serde(default)]
     pub bitrate_kbps: u64,
+    /// The push targets added over the admin API (URLs): a new owner after
+    /// a failover takes them up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pushes: Vec<String>,
 }
 
 /// What a publish claim got from the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimResult {
-    Registered,
+    /// Ours, with the API push targets of the entry it replaced (a dead
+    /// owner's, or one taken over).
+    Registered { pushes: Vec<String> },
     /// Live on another node (named), and takeover is off.
     Refused(String),
     /// NATS is unreachable: publish locally, register when it returns.
@@ -144,6 +150,13 @@ pub enum Request {
     },
     /// Nobody on this node watches the relay of `key` any more.
     Release { key: StreamKey },
+    /// The push targets added over the API to `key`, published on `shard`,
+    /// are now `urls` (written into its registry entry at the next refresh).
+    Pushes {
+        key: StreamKey,
+        shard: usize,
+        urls: Vec<String>,
+    },
     /// Every stream of the cluster, for `/api/streams?scope=cluster`.
     List {
         reply: oneshot::Sender<Result<Vec<(StreamKey, Registration)>, RegistryError>>,

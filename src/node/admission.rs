@@ -111,6 +111,11 @@ pub async fn authorize(
     who: &Asker<'_>,
     ctx: &ConnectionContext,
 ) -> Result<Vec<String>, Refusal> {
+    // The node's own pipelines play and publish with its internal
+    // credential: the rules and the webhook are for everyone else.
+    if crate::output::pipeline::is_internal(who.query) {
+        return Ok(Vec::new());
+    }
     let secs = unix_micros() / 1_000_000;
     if let Err(refusal) = ctx.auth.check(action, who.key, who.query, secs) {
         return Err(Refusal::Auth {
@@ -139,6 +144,9 @@ pub struct Publishing {
     pub place: Ticket,
     /// Push targets the webhook named for it (URLs, not yet checked).
     pub pushes: Vec<String>,
+    /// Push targets added over the API that its registry entry kept from
+    /// a publish before (a failover).
+    pub kept: Vec<String>,
 }
 
 pub async fn publish(
@@ -147,13 +155,16 @@ pub async fn publish(
     ctx: &ConnectionContext,
 ) -> Result<Publishing, Refusal> {
     let pushes = authorize(Action::Publish, who, ctx).await?;
+    let mut kept = Vec::new();
     let place = ctx.gate.publisher().map_err(|_| Refusal::PublisherLimit)?;
     let key = who.key();
     if let Some(cluster) = &ctx.cluster {
         // The registry first: a key is live on one node only.
         let takeover = ctx.hub.read(|h| h.takeover());
-        if let ClaimResult::Refused(node) = cluster.claim(&key, ctx.shard, takeover).await {
-            return Err(Refusal::InUse { node: Some(node) });
+        match cluster.claim(&key, ctx.shard, takeover).await {
+            ClaimResult::Refused(node) => return Err(Refusal::InUse { node: Some(node) }),
+            ClaimResult::Registered { pushes } => kept = pushes,
+            ClaimResult::Unavailable => {}
         }
     }
     let now = Instant::now();
@@ -175,6 +186,7 @@ pub async fn publish(
         id,
         place,
         pushes,
+        kept,
     })
 }
 

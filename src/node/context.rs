@@ -37,4 +37,6 @@ pub struct ConnectionContext {
     pub session: ServerConfig,
     /// The push targets of the streams published on this shard.
     pub pushes: Rc<Pushes>,
+    /// The exec thread (pipelines and hooks), when configured.
+    pub exec: Option<crate::exec::Exec>,
 }

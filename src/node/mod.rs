@@ -75,6 +75,8 @@ pub struct Node {
     /// LL-HLS windows, node-wide.
     pub hls: Arc<hls::Registry>,
     pub auth: Arc<Auth>,
+    /// The exec thread, when some app has pipelines or hooks.
+    pub exec: Option<crate::exec::Exec>,
     pub certs: Option<Arc<Certs>>,
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
@@ -159,6 +161,36 @@ fn reload(auth: &Auth, certs: Option<&Certs>, force: bool) {
             Err(e) => tracing::warn!("TLS certificates: {e}; keeping the ones in use"),
         }
     }
+}
+
+/// The exec thread, when some app has pipelines or hooks. Its pipelines
+/// reach the node at `addr`, on loopback when it listens on every address.
+fn start_exec(
+    config: &Config,
+    node_id: &str,
+    addr: SocketAddr,
+) -> Result<Option<crate::exec::Exec>, NodeError> {
+    if config.exec.apps.is_empty() {
+        return Ok(None);
+    }
+    let own = match addr.ip() {
+        ip if !ip.is_unspecified() => addr,
+        std::net::IpAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+    };
+    let settings = crate::exec::ExecSettings {
+        apps: config.exec.apps(),
+        max_processes: config.exec.max_processes,
+        backoff: crate::output::push::Backoff {
+            min: Duration::from_millis(config.exec.backoff_min_ms),
+            max: Duration::from_millis(config.exec.backoff_max_ms),
+        },
+        rtmp: own.to_string(),
+        node_id: node_id.to_owned(),
+    };
+    crate::exec::Exec::start(settings)
+        .map(Some)
+        .map_err(|e| NodeError::Start(format!("cannot start the exec thread: {e}")))
 }
 
 /// What every shard's pushes share: the app templates (checked by the
@@ -293,6 +325,7 @@ impl Node {
         });
         let (command_senders, commands) = crate::stream::command_channels(shards);
         let cluster = start_cluster(&config, &node_id, addr, &gate, &command_senders)?;
+        let exec = start_exec(&config, &node_id, addr)?;
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
@@ -333,6 +366,7 @@ impl Node {
             let webhook = webhook.clone();
             let hls = hls.clone();
             let push = push.clone();
+            let exec = exec.clone();
             move || {
                 let setup = shard::ShardSetup {
                     config: config.clone(),
@@ -351,6 +385,7 @@ impl Node {
                     hls: hls.clone(),
                     failed: failed.clone(),
                     push: push.clone(),
+                    exec: exec.clone(),
                 };
                 shard::run_or_park(setup)
             }
@@ -394,6 +429,7 @@ impl Node {
             media_tls_addr: config.media.tls_listen,
             hls,
             auth,
+            exec,
             certs,
             stop,
             drained,

@@ -179,7 +179,13 @@ impl Pushes {
     /// start, and those the publish webhook named (`hooked`). A template
     /// the publish cannot fill (a query parameter it names is missing), or
     /// a URL from the webhook that is not one, shows as a failed target.
-    pub fn started(self: &Rc<Self>, key: &StreamKey, query: &str, hooked: &[String]) {
+    pub fn started(
+        self: &Rc<Self>,
+        key: &StreamKey,
+        query: &str,
+        hooked: &[String],
+        kept: &[String],
+    ) {
         self.stopped(key);
         self.streams.borrow_mut().insert(key.clone(), Vec::new());
         let templates = self.settings.templates.get(key.app()).cloned();
@@ -195,7 +201,13 @@ impl Pushes {
             };
             (url, shown, Origin::Webhook)
         });
-        for (url, shown, origin) in configured.chain(from_hook) {
+        // Added over the API to an earlier publish of this stream (on the
+        // owner before a failover): they go on here.
+        let from_api = kept.iter().map(|u| {
+            let url = PushUrl::parse(u);
+            (url, crate::output::push::redact_url(u), Origin::Api)
+        });
+        for (url, shown, origin) in configured.chain(from_hook).chain(from_api) {
             let added = match url {
                 Ok(url) => self.add(key, url, origin).map(|_| ()),
                 Err(e) => {
@@ -207,6 +219,32 @@ impl Pushes {
                 tracing::warn!(stream = %redact(key), target = %shown, "push target not started: {e}");
             }
         }
+        if !kept.is_empty() {
+            self.keep(key);
+        }
+    }
+
+    /// Tells the cluster the stream's API targets, for its registry entry
+    /// (a new owner after a failover takes them up). Nothing standalone.
+    fn keep(&self, key: &StreamKey) {
+        let urls: Vec<String> = self
+            .streams
+            .borrow()
+            .get(key)
+            .map_or_else(Vec::new, |targets| {
+                targets
+                    .iter()
+                    .filter(|t| t.origin == Origin::Api && t.life.borrow().state() != State::Failed)
+                    .map(|t| t.url.to_url())
+                    .collect()
+            });
+        let shard = self.hub.read(|h| h.shard());
+        let req = crate::cluster::Request::Pushes {
+            key: key.clone(),
+            shard,
+            urls,
+        };
+        self.hub.with(|h| h.tell_cluster(req));
     }
 
     /// The publisher of `key` left: its targets end their publish and go.
@@ -317,10 +355,18 @@ impl Pushes {
                 let _ = reply.send(list);
             }
             PushCommand::Add { key, url, reply } => {
-                let _ = reply.send(self.add(&key, url, Origin::Api).map_err(|e| e.to_string()));
+                let added = self.add(&key, url, Origin::Api).map_err(|e| e.to_string());
+                if added.is_ok() {
+                    self.keep(&key);
+                }
+                let _ = reply.send(added);
             }
             PushCommand::Remove { key, id, reply } => {
-                let _ = reply.send(self.remove(&key, id));
+                let removed = self.remove(&key, id);
+                if removed {
+                    self.keep(&key);
+                }
+                let _ = reply.send(removed);
             }
         }
     }
@@ -344,6 +390,10 @@ impl Pushes {
                         "push refused by its target as a loop (the target is this cluster): {e}"
                     );
                     target.life.borrow_mut().give_up(Instant::now(), e);
+                    if target.origin == Origin::Api {
+                        // A failover must not take it up again.
+                        self.keep(&key);
+                    }
                     break;
                 }
                 Err(e) => e,

@@ -108,6 +108,7 @@ pub async fn serve(
         peer,
         publishing: None,
         publisher_place: None,
+        exec_started: false,
         playing: Vec::new(),
         events: Vec::new(),
     };
@@ -233,6 +234,8 @@ struct ConnState {
     publishing: Option<(StreamKey, StreamId, u32)>,
     /// The node-wide publisher place this connection holds while publishing.
     publisher_place: Option<Ticket>,
+    /// Its publish started the app's exec pipelines (not a rendition).
+    exec_started: bool,
     /// Streams it plays, each with its place under the per-stream limit.
     playing: Vec<(StreamKey, u32, Ticket)>,
     events: Vec<ServerEvent>,
@@ -403,7 +406,15 @@ impl ConnState {
             Ok(p) => {
                 session.accept_publish(stream_id);
                 tracing::info!(conn = self.conn, stream = %redact(&p.key), "publishing");
-                ctx.pushes.started(&p.key, &query, &p.pushes);
+                ctx.pushes.started(&p.key, &query, &p.pushes, &p.kept);
+                // A rendition a pipeline publishes starts no pipeline.
+                self.exec_started = false;
+                if let Some(exec) = &ctx.exec {
+                    if !crate::output::pipeline::is_internal(&query) {
+                        exec.published(&p.key, &query);
+                        self.exec_started = true;
+                    }
+                }
                 self.publishing = Some((p.key, p.id, stream_id));
                 self.publisher_place = Some(p.place);
             }
@@ -481,6 +492,9 @@ impl ConnState {
         if let Some((key, id, _)) = self.publishing.take() {
             ctx.hub.with(|h| h.unpublish(id, self.conn, now));
             ctx.pushes.stopped(&key);
+            if let (Some(exec), true) = (&ctx.exec, self.exec_started) {
+                exec.unpublished(&key);
+            }
             tracing::info!(conn = self.conn, stream = %redact(&key), "unpublished");
         }
         self.publisher_place = None;

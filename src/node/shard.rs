@@ -61,6 +61,7 @@ pub struct ShardSetup {
     pub failed: Arc<AtomicBool>,
     pub webhook: Option<crate::webhook::Webhook>,
     pub push: Arc<super::push::PushSettings>,
+    pub exec: Option<crate::exec::Exec>,
 }
 
 /// Runs a shard; on an error it logs, counts the shard as failed and parks
@@ -278,6 +279,7 @@ fn connection_context(
     let pushes = Pushes::new(setup.push.clone(), hub.clone(), ring.clone(), stats.clone());
     Rc::new(ConnectionContext {
         pushes,
+        exec: setup.exec.clone(),
         open: RefCell::new(Vec::new()),
         reconnects_asked: std::cell::Cell::new(0),
         hub: hub.clone(),

@@ -6,5 +6,8 @@
 //! - [`push`]: push targets: URL templates and their expansion, the
 //!   target's address and app/key split, and the lifecycle of one target
 //!   (connecting, live, backing off, failed) with its backoff.
+//! - [`pipeline`]: exec pipelines and hooks: commands with placeholders,
+//!   the rendition a pipeline publishes, the internal credential.
 
+pub mod pipeline;
 pub mod push;

@@ -178,6 +178,11 @@ impl PushUrl {
         format!("{}://{}/{}", self.scheme(), self.authority(), self.app)
     }
 
+    /// The whole URL, as `parse` reads it back.
+    pub fn to_url(&self) -> String {
+        format!("{}/{}", self.tc_url(), self.key)
+    }
+
     /// The URL with its stream key cut to a few characters, for logs and
     /// the API (a platform's stream key is a secret).
     pub fn redacted(&self) -> String {
@@ -521,6 +526,7 @@ mod tests {
         );
         assert_eq!(u.tc_url(), "rtmp://a.rtmp.youtube.com:1935/live2");
         assert_eq!(u.redacted(), "rtmp://a.rtmp.youtube.com:1935/live2/abc…");
+        assert_eq!(PushUrl::parse(&u.to_url()), Ok(u.clone()));
         let u = PushUrl::parse("RTMPS://live-api-s.facebook.com:443/rtmp/FB-1-2?s_bl=1").unwrap();
         assert!(u.tls);
         assert_eq!((u.port, u.app.as_str()), (443, "rtmp"));

@@ -415,6 +415,13 @@ impl Control {
                     }
                 }
             }
+            Request::Pushes { key, shard, urls } => {
+                if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
+                    if o.shard == shard {
+                        o.registration.pushes = urls;
+                    }
+                }
+            }
             Request::Release { key } => {
                 // Nobody here watches it: stop wanting it too.
                 self.wanted.borrow_mut().remove(&key);

@@ -64,6 +64,7 @@ impl Control {
             video_codec: String::new(),
             audio_codec: String::new(),
             bitrate_kbps: 0,
+            pushes: Vec::new(),
         };
         // The entry goes into `owned` before the registry answers, so that
         // an Unregister arriving meanwhile (the publisher left, or the
@@ -100,10 +101,12 @@ impl Control {
             .is_some_and(|o| o.claim == claim);
         let answer = match result {
             Ok(Some(rev)) if still => {
+                let mut pushes = Vec::new();
                 if let Some(o) = self.owned.borrow_mut().get_mut(key) {
                     o.revision = Some(rev);
+                    pushes = o.registration.pushes.clone();
                 }
-                ClaimResult::Registered
+                ClaimResult::Registered { pushes }
             }
             Ok(Some(rev)) => {
                 // The publisher left while the registry answered: take the
@@ -118,7 +121,7 @@ impl Control {
                     )
                     .await;
                 }
-                ClaimResult::Registered
+                ClaimResult::Registered { pushes: Vec::new() }
             }
             Ok(None) => {
                 count(&self.stats.registry_conflicts);
@@ -178,6 +181,17 @@ impl Control {
         let stale = !ours && !takeover && !self.alive(&current.node).await;
         if !(ours || takeover || stale) {
             return Ok(None);
+        }
+        // The entry it replaces may hold API push targets: they go on with
+        // the stream on its new owner (which `claim` hands to the shard).
+        let mut value = value;
+        if registration.pushes.is_empty() && !current.pushes.is_empty() {
+            let mut inherited = registration.clone();
+            inherited.pushes = current.pushes.clone();
+            value = Self::registration_value(&inherited);
+            if let Some(o) = self.owned.borrow_mut().get_mut(key) {
+                o.registration.pushes = current.pushes;
+            }
         }
         if stale {
             tracing::info!(

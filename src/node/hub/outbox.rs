@@ -87,7 +87,10 @@ impl Outbox {
     }
 
     pub fn request(&mut self, req: Request, stats: &ShardStats) {
-        let advisory = matches!(req, Request::Want { .. } | Request::StreamInfo { .. });
+        let advisory = matches!(
+            req,
+            Request::Want { .. } | Request::StreamInfo { .. } | Request::Pushes { .. }
+        );
         if self.cluster.len() >= CLUSTER_BACKLOG && advisory {
             stats.add_queue_overflow(Queue::ClusterRequests);
             tracing::warn!("request to the cluster dropped: its queue stayed full");
