@@ -1,6 +1,7 @@
 // The Tributary web console: the cluster's streams and this node's health
-// from the admin API, a kick button, and a live preview of any stream from
-// this node's media listener (LL-HLS through hls.js, HTTP-FLV through
+// from the admin API, a kick button, the push targets of a stream this node
+// publishes (state, bytes, last error), and a live preview of any stream
+// from this node's media listener (LL-HLS through hls.js, HTTP-FLV through
 // mpegts.js). window.tributary exposes the preview's state (for tests).
 "use strict";
 
@@ -27,6 +28,8 @@ async function api(path, options = {}) {
 
 let node = null;
 let lastListing = null;
+// The stream whose push targets are shown ("app/name"), if any.
+let pushesOf = null;
 
 function mediaBase() {
   if (!node || !node.media_listen) return null;
@@ -118,10 +121,40 @@ async function refresh() {
         b.dataset.kind = kind;
         b.disabled = !mediaBase();
       }
+      const t = button(row.insertCell(), "targets", () => { pushesOf = key; showPushes(); });
+      t.dataset.pushes = key;
+      t.disabled = s.node !== node.node_id;
       button(row.insertCell(), "kick", () => kick(key), "kick").dataset.kick = key;
     }
   } catch (e) {
     $("streams-error").textContent = String(e.message || e);
+  }
+  showPushes();
+}
+
+async function showPushes() {
+  if (!pushesOf) return;
+  $("pushes-name").textContent = pushesOf;
+  const tbody = $("pushes").tBodies[0];
+  try {
+    const r = await api(`/api/streams/${pushesOf.split("/").map(encodeURIComponent).join("/")}/pushes`);
+    tbody.replaceChildren();
+    for (const p of r.pushes) {
+      const row = tbody.insertRow();
+      row.dataset.push = p.id;
+      cell(row, p.id, "num");
+      cell(row, p.url);
+      cell(row, p.origin);
+      cell(row, p.state).dataset.state = p.state;
+      cell(row, `${Math.round(p.for_ms / 1000)} s`, "num");
+      cell(row, (p.bytes / 1e6).toFixed(1), "num");
+      cell(row, p.reconnects, "num");
+      cell(row, p.error || "");
+    }
+    $("pushes-status").textContent = r.pushes.length ? "" : "no push targets";
+  } catch (e) {
+    tbody.replaceChildren();
+    $("pushes-status").textContent = String(e.message || e);
   }
 }
 

@@ -8,7 +8,9 @@
 //! fire, and playback must stay close to the live edge (LL-HLS ≤ 2 s,
 //! HTTP-FLV ≤ 1 s). The console's table must count the preview among the
 //! stream's viewers by protocol, beside an RTMP player on the publisher's
-//! node. Each run saves a screenshot in target/browser/.
+//! node. Each run saves a screenshot in target/browser/. A second test
+//! (tests/browser/pushes.mjs) reads a stream's push targets from the
+//! console's table: one live, one backing off with the error it got.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -167,4 +169,52 @@ fn the_console_previews_a_stream_of_another_node_in_chromium() {
     check_viewers(&seen, "http_flv");
     drop(rtmp);
     drop(publisher);
+}
+
+/// The console lists a stream's push targets with their state and the
+/// error a failing one got (the table refreshes with the page).
+#[test]
+fn the_console_shows_a_streams_push_targets_and_their_errors() {
+    let target = common::Node::start(1);
+    let refusing = common::free_port();
+    let config = common::temp_file("browser-push.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[push]\nbackoff_min_ms = 200\nbackoff_max_ms = 500\n[push.apps.live]\ntargets = [\"rtmp://{}/live/{{name}}\", \"rtmp://127.0.0.1:{refusing}/live/{{name}}\"]\n",
+            target.addr
+        ),
+    )
+    .unwrap();
+    let node = common::Node::start_with(1, &["--config", config.to_str().unwrap()]);
+    let _publisher = common::publish(&node.url("shown"), 30);
+    common::wait_live(&target.url("shown"));
+    let output = Command::new("node")
+        .arg(driver_dir().join("pushes.mjs"))
+        .arg(format!("http://{}/", node.http))
+        .args(["live/shown", "live", "backing_off"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("node is required (scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["pageErrors"].as_array().map(Vec::len), Some(0), "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    let state = |port: u16| {
+        rows.iter()
+            .find(|r| {
+                r[1].as_str()
+                    .is_some_and(|u| u.contains(&format!(":{port}/")))
+            })
+            .unwrap_or_else(|| panic!("no row for port {port}: {v}"))
+    };
+    assert_eq!(state(target.addr.port())[3], "live", "{v}");
+    let failing = state(refusing);
+    assert_eq!(failing[3], "backing_off", "{v}");
+    assert!(failing[7].as_str().unwrap().contains("refused"), "{v}");
 }

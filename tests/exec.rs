@@ -144,6 +144,9 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{{input}}",
     });
     let pid = again["pid"].as_u64().unwrap();
     wait_live(&rendition);
+    let (_, metrics) = get(node.http, "/metrics");
+    assert!(metrics.contains("tributary_exec_running 1\n"), "{metrics}");
+    assert!(metrics.contains("tributary_exec_starts "), "{metrics}");
 
     // The hooks: once per publish of the stream, never for the rendition.
     let text = std::fs::read_to_string(&hooks).unwrap_or_default();

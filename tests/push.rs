@@ -736,3 +736,87 @@ fn the_publish_webhook_names_push_targets_in_its_answer() {
     wait_live(&target.url("from-hook"));
     drop(publisher);
 }
+
+#[test]
+fn a_target_that_stops_reading_mid_stream_drops_to_keyframes_is_cut_and_comes_back() {
+    let healthy = Node::start_with(1, &[]);
+    let stalled = Nginx::start("stalled");
+    let config = write_config(
+        "stall-source.toml",
+        &format!(
+            "[players]\nqueue_max_bytes = 1048576\nmax_lag_ms = 4000\n[rtmp]\nhandshake_timeout_ms = 1500\n\
+             [push]\nbackoff_min_ms = 200\nbackoff_max_ms = 1000\n\
+             [push.apps.live]\ntargets = [\"rtmp://{}/live/{{name}}\", \"{}\"]\n",
+            healthy.addr,
+            stalled.url("{name}")
+        ),
+    );
+    let source = Node::start_with(1, &["--config", config.to_str().unwrap()]);
+    // Tens of Mbit/s: the loopback socket buffers of a target that stops
+    // reading fill within a second or two.
+    let publisher = publish_lossless(&source.url("big"));
+    wait_pushes(&source, "live/big", "both live", |l| {
+        l.as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|t| t["state"] == "live"))
+    });
+    // SAFETY: SIGSTOP to the nginx this test started, by its PID.
+    unsafe {
+        libc::kill(stalled.child.id() as i32, libc::SIGSTOP);
+    }
+    let list = wait_pushes(&source, "live/big", "the stalled target cut", |l| {
+        state_of(l, stalled.port).is_some_and(|t| t["reconnects"].as_u64() >= Some(1))
+    });
+    eprintln!("{list:#}");
+    let (_, text) = get(source.http, "/metrics");
+    let dropped: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("tributary_dropped_frames_total{") && l.contains("slow_player"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        dropped > 0,
+        "no frame dropped for the stalled target:\n{text}"
+    );
+    // The healthy target never noticed: live, never reconnected, and a
+    // player there gets every frame of a 4 s window.
+    let healthy_state = state_of(&list, healthy.addr.port()).unwrap();
+    assert_eq!(healthy_state["state"], "live", "{list:#}");
+    assert_eq!(healthy_state["reconnects"], 0, "{list:#}");
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "5000000",
+            "-read_intervals",
+            "%+4",
+            "-count_packets",
+        ])
+        .args([
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "stream=nb_read_packets",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(healthy.url("big"))
+        .output()
+        .unwrap();
+    let packets: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        packets >= 95,
+        "{packets} video packets in 4 s at the healthy target"
+    );
+    // SAFETY: as above: SIGCONT to our nginx.
+    unsafe {
+        libc::kill(stalled.child.id() as i32, libc::SIGCONT);
+    }
+    wait_pushes(&source, "live/big", "the stalled target back", |l| {
+        state_of(l, stalled.port).is_some_and(|t| t["state"] == "live")
+    });
+    drop(publisher);
+}

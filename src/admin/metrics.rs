@@ -29,6 +29,8 @@ pub(super) struct Metrics {
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
+    /// The exec thread's: running now, then starts, exits, refusals.
+    exec: [prometheus::IntGauge; 5],
     /// Admin connections closed at accept: `MAX_CONNECTIONS` were open.
     pub(super) admin_refused: prometheus::IntCounter,
 }
@@ -270,6 +272,33 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             cluster_gauges.push((g, read));
         }
+        let exec_family = |name: &str, help: &str| -> prometheus::Result<prometheus::IntGauge> {
+            let g = prometheus::IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let exec = [
+            exec_family(
+                "tributary_exec_running",
+                "Exec pipelines and hooks running now",
+            )?,
+            exec_family(
+                "tributary_exec_starts",
+                "Exec processes started since the node started",
+            )?,
+            exec_family(
+                "tributary_exec_exits",
+                "Exec processes that ended since the node started",
+            )?,
+            exec_family(
+                "tributary_exec_refused",
+                "Exec processes not started: exec.max_processes were running",
+            )?,
+            exec_family(
+                "tributary_exec_dropped",
+                "Exec requests from the shards dropped at a full queue",
+            )?,
+        ];
         let mut cluster_counters = Vec::new();
         for (name, help, read) in [
             (
@@ -356,6 +385,7 @@ impl Metrics {
             hls_bytes,
             limited,
             cluster_gauges,
+            exec,
             cluster_counters,
         })
     }
@@ -435,6 +465,16 @@ impl Metrics {
             for (c, read) in &self.cluster_counters {
                 c.reset();
                 c.inc_by(read(&cluster.stats));
+            }
+        }
+        if let Some(exec) = &state.exec {
+            let s = &exec.stats;
+            for (g, v) in self
+                .exec
+                .iter()
+                .zip([&s.running, &s.starts, &s.exits, &s.refused, &s.dropped])
+            {
+                g.set(v.load(Ordering::Relaxed) as i64);
             }
         }
         self.hls_bytes.set(state.hls.usage().1 as i64);
