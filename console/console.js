@@ -174,7 +174,24 @@ function path(app) {
   return app.split("/").map(encodeURIComponent).join("/");
 }
 
+// The levels of an adaptive group, as a choice beside the preview.
+function showLevels(hls, levels) {
+  const select = $("level");
+  select.replaceChildren();
+  const add = (value, label) => {
+    const o = document.createElement("option");
+    o.value = String(value);
+    o.textContent = label;
+    select.appendChild(o);
+  };
+  add(-1, "auto");
+  levels.forEach((l, i) => add(i, `${l.height ? l.height + "p" : "level " + i} (${Math.round(l.bitrate / 1000)} kbit/s)`));
+  select.hidden = levels.length < 2;
+  select.onchange = () => { hls.currentLevel = Number(select.value); };
+}
+
 function stopPreview() {
+  $("level").hidden = true;
   const t = window.tributary;
   if (t.player) {
     try { t.kind === "hls" ? t.player.destroy() : (t.player.unload(), t.player.detachMediaElement(), t.player.destroy()); } catch (_) { /* gone */ }
@@ -217,6 +234,9 @@ async function preview(app, name, kind) {
       t.errors.push(`${data.type}: ${data.details}${data.fatal ? " (fatal)" : ""}`);
       status(`hls.js: ${data.details}`);
     });
+    // A stream with renditions is an adaptive group: the levels hls.js
+    // found are offered (automatic by default).
+    hls.on(Hls.Events.MANIFEST_PARSED, (_, data) => showLevels(hls, data.levels));
     hls.loadSource(`${base}/${path(app)}/${encodeURIComponent(name)}/index.m3u8${query}`);
     hls.attachMedia(video);
     t.player = hls;

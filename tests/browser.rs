@@ -218,3 +218,84 @@ fn the_console_shows_a_streams_push_targets_and_their_errors() {
     assert_eq!(failing[3], "backing_off", "{v}");
     assert!(failing[7].as_str().unwrap().contains("refused"), "{v}");
 }
+
+/// An adaptive group in Chromium: a 720p publish and its 360p rendition
+/// (the shipped ffmpeg template's shape) play as two hls.js levels; told
+/// to switch, the preview plays frames of the other rendition.
+#[test]
+fn hls_js_plays_a_stream_and_its_rendition_as_levels_and_switches_between_them() {
+    let config = common::temp_file("browser-abr.toml");
+    std::fs::write(
+        &config,
+        r#"[[exec.apps.live.pipelines]]
+name = "360p"
+command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
+           "-vf", "scale=-2:360", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+           "-force_key_frames", "source", "-c:a", "aac", "-f", "flv", "{output}"]
+"#,
+    )
+    .unwrap();
+    let node = common::Node::start_with(
+        1,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let _publisher = common::Proc::spawn(
+        "ffmpeg",
+        Command::new("ffmpeg").args(common::LIVE_LAVFI_INPUT).args([
+            "testsrc2=size=1280x720:rate=25:duration=90",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=90",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-f",
+            "flv",
+            &node.url("group"),
+        ]),
+    );
+    common::wait_live(&node.url("group_360p"));
+    let output = Command::new("node")
+        .arg(driver_dir().join("levels.mjs"))
+        .arg(format!("http://{}/", node.http))
+        .arg("live/group")
+        .stdin(Stdio::null())
+        .output()
+        .expect("node is required (scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("{v}");
+    assert_eq!(v["pageErrors"].as_array().map(Vec::len), Some(0), "{v}");
+    let mut levels: Vec<u64> = v["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h.as_u64())
+        .collect();
+    levels.sort();
+    assert_eq!(levels, [360, 720], "{v}");
+    let (before, after) = (v["before"].as_u64(), v["after"].as_u64());
+    assert!(
+        before.is_some() && after.is_some() && before != after,
+        "{v}"
+    );
+    assert!(v["advanced"].as_f64().unwrap_or(0.0) > 1.0, "{v}");
+}

@@ -211,3 +211,122 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{{input}}", "-
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One GET on the media listener: (status line, body).
+fn media_get(node: &Node, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let (status, answer) = raw_http(node.media.unwrap(), request.as_bytes());
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// EXTINF durations of a media playlist's complete segments.
+fn segment_durations(playlist: &str) -> Vec<f64> {
+    playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .filter_map(|d| d.trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_stream_and_its_rendition_are_one_adaptive_group_in_its_multivariant_playlist() {
+    let config = temp_file("exec-abr.toml");
+    std::fs::write(
+        &config,
+        r#"[[exec.apps.live.pipelines]]
+name = "360p"
+command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
+           "-vf", "scale=-2:360", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+           "-force_key_frames", "source", "-c:a", "aac", "-f", "flv", "{output}"]
+"#,
+    )
+    .unwrap();
+    let node = Node::start_with(
+        1,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let _publisher = Proc::spawn(
+        "ffmpeg",
+        Command::new("ffmpeg").args(LIVE_LAVFI_INPUT).args([
+            "testsrc2=size=1280x720:rate=25:duration=60",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-f",
+            "flv",
+            &node.url("cam"),
+        ]),
+    );
+    wait_live(&node.url("cam_360p"));
+    // The multivariant playlist lists both, once both are packaged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (status, text) = media_get(&node, "/live/cam/index.m3u8");
+        assert!(status.ends_with("200 OK"), "{status}: {text}");
+        if text.matches("RESOLUTION=").count() == 2 && text.contains("CODECS=") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("{text}");
+    let variants: Vec<(&str, &str)> = text
+        .lines()
+        .zip(text.lines().skip(1))
+        .filter(|(inf, _)| inf.starts_with("#EXT-X-STREAM-INF:"))
+        .collect();
+    assert_eq!(variants.len(), 2, "{text}");
+    assert!(variants[0].0.contains("RESOLUTION=1280x720"), "{text}");
+    assert!(variants[1].0.contains("RESOLUTION=640x360"), "{text}");
+    for (inf, _) in &variants {
+        assert!(
+            inf.contains("CODECS=\"avc1.") && inf.contains(",mp4a.40.2\""),
+            "{inf}"
+        );
+    }
+    assert!(
+        variants[0].1.starts_with("index.m3u8?hls_session="),
+        "{text}"
+    );
+    assert!(
+        variants[1]
+            .1
+            .starts_with("../cam_360p/index.m3u8?hls_session="),
+        "{text}"
+    );
+    // Each variant's media playlist answers, and their segments line up
+    // (the rendition's keyframes are the source's).
+    let source = media_get(&node, &format!("/live/cam/{}", variants[0].1)).1;
+    let rendition = media_get(
+        &node,
+        &format!("/live/cam_360p/{}", &variants[1].1[3 + "cam_360p/".len()..]),
+    )
+    .1;
+    let (a, b) = (segment_durations(&source), segment_durations(&rendition));
+    assert!(!a.is_empty() && !b.is_empty(), "{source}\n{rendition}");
+    let (la, lb) = (a[a.len() - 1], b[b.len() - 1]);
+    assert!(
+        (la - lb).abs() < 0.1,
+        "last segments {la} s and {lb} s:\n{source}\n{rendition}"
+    );
+}

@@ -91,6 +91,36 @@ fn audio_unit(p: &Bytes) -> Unit {
     }
 }
 
+/// The RFC 6381 codecs of the tracks, for the multivariant playlist:
+/// `avc1.PPCCLL` from the avcC record, `mp4a.40.N` from the
+/// AudioSpecificConfig, `opus`; None when a track's is not known here
+/// (HEVC and AV1 strings need more of their records than is read).
+pub fn codecs(video: Option<&VideoTrack>, audio: Option<&AudioTrack>) -> Option<String> {
+    let mut out = Vec::new();
+    if let Some(v) = video {
+        match v.kind {
+            VideoKind::Avc if v.config.len() >= 4 => out.push(format!(
+                "avc1.{:02x}{:02x}{:02x}",
+                v.config[1], v.config[2], v.config[3]
+            )),
+            _ => return None,
+        }
+    }
+    if let Some(a) = audio {
+        match a.kind {
+            AudioKind::Aac => {
+                let object = a.config.first().map(|b| b >> 3)?;
+                if object == 0 || object == 31 {
+                    return None;
+                }
+                out.push(format!("mp4a.40.{object}"));
+            }
+            AudioKind::Opus => out.push("opus".into()),
+        }
+    }
+    (!out.is_empty()).then(|| out.join(","))
+}
+
 /// Width and height from onMetaData, when it names them.
 fn metadata_size(payload: &[u8]) -> Option<(u16, u16)> {
     let mut r = Amf0Reader::new(payload, 4);
@@ -483,7 +513,17 @@ impl Packager {
         match init_segment(self.video.as_ref(), self.audio.as_ref()) {
             Ok(init) => {
                 self.init_ok = true;
-                self.with_window(|w| w.set_init(init));
+                let codecs = codecs(self.video.as_ref(), self.audio.as_ref());
+                let resolution = self
+                    .video
+                    .as_ref()
+                    .map(|v| (v.width, v.height))
+                    .filter(|&(w, h)| w > 0 && h > 0);
+                self.with_window(|w| {
+                    w.set_init(init);
+                    w.codecs = codecs;
+                    w.resolution = resolution;
+                });
             }
             Err(e) => {
                 self.init_ok = false;
@@ -535,6 +575,40 @@ impl Packager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codecs_name_avc_and_aac_from_their_records_and_nothing_they_cannot() {
+        let avc = VideoTrack {
+            kind: VideoKind::Avc,
+            // avcC: version, profile 100 (High), compatibility 0, level 31.
+            config: Bytes::from_static(&[1, 0x64, 0x00, 0x1f, 0xff]),
+            width: 1280,
+            height: 720,
+        };
+        let aac = AudioTrack {
+            kind: AudioKind::Aac,
+            // AAC LC (object type 2) at 44.1 kHz, stereo.
+            config: Bytes::from_static(&[0x12, 0x10]),
+            rate: 44_100,
+            channels: 2,
+        };
+        assert_eq!(
+            codecs(Some(&avc), Some(&aac)).as_deref(),
+            Some("avc1.64001f,mp4a.40.2")
+        );
+        assert_eq!(codecs(None, Some(&aac)).as_deref(), Some("mp4a.40.2"));
+        let hevc = VideoTrack {
+            kind: VideoKind::Hevc,
+            ..avc.clone()
+        };
+        assert_eq!(codecs(Some(&hevc), Some(&aac)), None, "not read: left out");
+        let short = VideoTrack {
+            config: Bytes::from_static(&[1, 0x64]),
+            ..avc
+        };
+        assert_eq!(codecs(Some(&short), None), None);
+        assert_eq!(codecs(None, None), None);
+    }
 
     #[test]
     fn units_from_legacy_and_enhanced_payloads() {

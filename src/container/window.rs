@@ -101,6 +101,45 @@ pub struct Window {
     pub segments_built: u64,
     /// Its viewers, by session ID.
     sessions: HashMap<String, Session>,
+    /// What the multivariant playlist says of it: its tracks' RFC 6381
+    /// codecs (when every track's is known) and its picture size.
+    pub codecs: Option<String>,
+    pub resolution: Option<(u16, u16)>,
+}
+
+/// One variant of a multivariant playlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// Its media playlist, relative to the multivariant playlist.
+    pub uri: String,
+    /// Bits per second (at least 1).
+    pub bandwidth: u64,
+    pub codecs: Option<String>,
+    pub resolution: Option<(u16, u16)>,
+}
+
+/// A multivariant playlist of `variants`, the first the stream itself.
+/// CODECS is written only when every variant's is known (a player that
+/// reads CODECS on some variants may drop the others).
+pub fn multivariant_playlist(variants: &[Variant]) -> String {
+    let all_codecs = variants.iter().all(|v| v.codecs.is_some());
+    let mut out = String::from("#EXTM3U\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for v in variants {
+        out.push_str(&format!(
+            "#EXT-X-STREAM-INF:BANDWIDTH={}",
+            v.bandwidth.max(1)
+        ));
+        if let (true, Some(c)) = (all_codecs, &v.codecs) {
+            out.push_str(&format!(",CODECS=\"{c}\""));
+        }
+        if let Some((w, h)) = v.resolution.filter(|&(w, h)| w > 0 && h > 0) {
+            out.push_str(&format!(",RESOLUTION={w}x{h}"));
+        }
+        out.push('\n');
+        out.push_str(&v.uri);
+        out.push('\n');
+    }
+    out
 }
 
 /// What a blocking playlist request waits for.
@@ -153,6 +192,8 @@ impl Window {
             parts_built: 0,
             segments_built: 0,
             sessions: HashMap::new(),
+            codecs: None,
+            resolution: None,
         }
     }
 
@@ -230,10 +271,17 @@ impl Window {
     /// The multivariant playlist a viewer's first request gets: one
     /// variant, this media playlist, with `query` (its session in it).
     pub fn multivariant(&self, query: &str) -> String {
-        format!(
-            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH={}\nindex.m3u8?{query}\n",
-            self.peak_bitrate().max(1),
-        )
+        multivariant_playlist(&[self.variant(format!("index.m3u8?{query}"))])
+    }
+
+    /// This window as a variant at `uri`.
+    pub fn variant(&self, uri: String) -> Variant {
+        Variant {
+            uri,
+            bandwidth: self.peak_bitrate(),
+            codecs: self.codecs.clone(),
+            resolution: self.resolution,
+        }
     }
 
     pub fn set_init(&mut self, init: Bytes) {
@@ -452,12 +500,52 @@ mod tests {
     }
 
     #[test]
+    fn a_multivariant_playlist_lists_each_variant_with_codecs_only_when_all_have_them() {
+        let v = |uri: &str, bandwidth, codecs: Option<&str>, resolution| Variant {
+            uri: uri.into(),
+            bandwidth,
+            codecs: codecs.map(str::to_owned),
+            resolution,
+        };
+        let both = multivariant_playlist(&[
+            v(
+                "index.m3u8?s=1",
+                2_000_000,
+                Some("avc1.64001f,mp4a.40.2"),
+                Some((1280, 720)),
+            ),
+            v(
+                "../cam_360p/index.m3u8?s=1",
+                600_000,
+                Some("avc1.64001e,mp4a.40.2"),
+                Some((640, 360)),
+            ),
+        ]);
+        assert_eq!(
+            both,
+            "#EXTM3U\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=2000000,CODECS=\"avc1.64001f,mp4a.40.2\",RESOLUTION=1280x720\nindex.m3u8?s=1\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=600000,CODECS=\"avc1.64001e,mp4a.40.2\",RESOLUTION=640x360\n../cam_360p/index.m3u8?s=1\n"
+        );
+        let one_unknown = multivariant_playlist(&[
+            v("a", 0, Some("avc1.64001f"), None),
+            v("b", 5, None, Some((0, 0))),
+        ]);
+        assert!(!one_unknown.contains("CODECS"), "{one_unknown}");
+        assert!(!one_unknown.contains("RESOLUTION"), "{one_unknown}");
+        assert!(
+            one_unknown.contains("BANDWIDTH=1\na\n"),
+            "at least 1: {one_unknown}"
+        );
+    }
+
+    #[test]
     fn the_multivariant_playlist_names_the_media_playlist_at_its_peak_rate() {
         let mut w = Window::new(200, 400, 1, Instant::now());
         // Nothing built yet: a nominal rate.
         assert_eq!(
             w.multivariant("hls_session=x"),
-            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nindex.m3u8?hls_session=x\n"
+            "#EXTM3U\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-STREAM-INF:BANDWIDTH=1\nindex.m3u8?hls_session=x\n"
         );
         let sized = |bytes: usize, ms: u32| {
             Arc::new(Part {

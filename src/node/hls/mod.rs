@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use crate::container::packager;
-pub use crate::container::window::{Block, Ready, Resource, Window};
+pub use crate::container::window::{multivariant_playlist, Block, Ready, Resource, Window};
 
 use crate::stream::StreamKey;
 

@@ -297,9 +297,16 @@ pub(super) async fn serve_hls(
                 .ok_or_else(|| Failure::new(404, "not_found", "no such stream"))?
         }
     };
+    // A viewer's first request: the stream's live renditions are its
+    // other variants (their windows start packaging now).
+    let mut renditions = Vec::new();
+    if multivariant.is_some() {
+        renditions = rendition_windows(who, ctx, http, ring).await;
+    }
     let text = match resource {
         Resource::Playlist => {
-            playlist_text(hls, &window, block, multivariant.as_deref(), &query).await?
+            let variants = multivariant.as_deref().map(|q| (q, &renditions[..]));
+            playlist_text(hls, &window, block, variants, &query).await?
         }
         _ => return media(hls, &window, resource).await,
     };
@@ -326,14 +333,64 @@ fn timeout() -> Failure {
     Failure::new(503, "limit", "not ready in time")
 }
 
+/// A rendition's media playlist URI (relative to its stream's) and window.
+type Rendition = (String, std::sync::Arc<std::sync::Mutex<hls::Window>>);
+
+/// The windows of `who`'s renditions that are live (on this node or in the
+/// cluster), each with its media playlist's URI relative to the stream's:
+/// `../NAME_PIPELINE/index.m3u8`.
+async fn rendition_windows(
+    who: &HlsAsk<'_>,
+    ctx: &Rc<ConnectionContext>,
+    http: &HttpContext,
+    ring: &SocketRing,
+) -> Vec<Rendition> {
+    let mut out = Vec::new();
+    let Some(names) = http.renditions.get(who.key.app()) else {
+        return out;
+    };
+    let last = who.key.name().rsplit('/').next().unwrap_or("");
+    for pipeline in names {
+        let name = crate::output::pipeline::rendition_name(who.key.name(), pipeline);
+        let Ok(key) = StreamKey::new(who.key.app(), &name) else {
+            continue;
+        };
+        let ask = HlsAsk {
+            key: key.clone(),
+            ..*who
+        };
+        // Live here or on another node: never a play that would wait.
+        let live = ctx.hub.read(|h| h.is_live(&key))
+            || match &ctx.cluster {
+                Some(cluster) => matches!(
+                    cluster.locate(&key).await,
+                    crate::cluster::Located::Remote(_)
+                ),
+                None => false,
+            };
+        if !live {
+            continue;
+        }
+        if let Ok(w) = window_of(&ask, ctx, http, ring).await {
+            let uri = format!(
+                "../{}/index.m3u8",
+                crate::output::pipeline::rendition_name(last, pipeline)
+            );
+            out.push((uri, w));
+        }
+    }
+    out
+}
+
 /// A playlist once the window can answer `block` (at once without one):
-/// the multivariant playlist with `multivariant`'s query for a viewer's
-/// first request, else the media playlist with `query`.
+/// for a viewer's first request, the multivariant playlist with its query
+/// (`variants.0`), listing the stream and its renditions (`variants.1`);
+/// else the media playlist with `query`.
 async fn playlist_text(
     hls: &HlsShard,
     window: &std::sync::Mutex<hls::Window>,
     block: Option<Block>,
-    multivariant: Option<&str>,
+    variants: Option<(&str, &[Rendition])>,
     query: &str,
 ) -> Result<String, Failure> {
     let me = 1u64 << hls.shard.min(63);
@@ -345,8 +402,15 @@ async fn playlist_text(
         let mut w = lock(window);
         w.last_request = Instant::now();
         match w.ready(block) {
-            Ready::Now => Some(Ok(match multivariant {
-                Some(q) => w.multivariant(q),
+            Ready::Now => Some(Ok(match variants {
+                Some((q, renditions)) => {
+                    let mut list = vec![w.variant(format!("index.m3u8?{q}"))];
+                    drop(w);
+                    for (uri, r) in renditions {
+                        list.push(lock(r).variant(format!("{uri}?{q}")));
+                    }
+                    hls::multivariant_playlist(&list)
+                }
                 None => w.playlist(query),
             })),
             Ready::TooFar => Some(Err(Failure::new(

@@ -65,6 +65,10 @@ pub struct HttpContext {
     /// viewer is a connection).
     pub hls_sessions: bool,
     pub hls: Rc<HlsShard>,
+    /// Per app, the exec pipelines that publish a rendition
+    /// (`APP/NAME_PIPELINE`): a stream's multivariant playlist lists those
+    /// that are live beside it.
+    pub renditions: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Whether `input` may join the `held` bytes of requests not yet answered
