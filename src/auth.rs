@@ -247,6 +247,12 @@ impl Auth {
         }
     }
 
+    /// Whether plays of `app` need a signed token.
+    pub fn play_needs_token(&self, app: &str) -> bool {
+        let rule = self.apps.get(app).unwrap_or(&self.default);
+        rule.play == PlayAuth::Token
+    }
+
     /// The query a play of `app/stream` needs under the rules, valid for
     /// `ttl` seconds from `now` (Unix seconds): empty for an app open to
     /// players, `token=HEX&expires=N` for a token app. The admin API hands

@@ -344,6 +344,9 @@ pub struct PushConfig {
     pub ca_file: PathBuf,
     /// Targets one stream may have, static and added over the API.
     pub max_per_stream: usize,
+    /// A live target's media leaves in batches at most this many ms
+    /// apart, video included (fewer, larger sends); 0 = as players'.
+    pub send_batch_ms: u64,
     /// `[push.apps.NAME] targets = [...]`: URL templates each stream of
     /// the app is pushed to.
     pub apps: BTreeMap<String, AppPush>,
@@ -356,6 +359,7 @@ impl Default for PushConfig {
             backoff_max_ms: 30_000,
             ca_file: PathBuf::new(),
             max_per_stream: 16,
+            send_batch_ms: 100,
             apps: BTreeMap::new(),
         }
     }
@@ -403,6 +407,9 @@ impl PushConfig {
         }
         if !(1..=256).contains(&self.max_per_stream) {
             return Err(invalid("push.max_per_stream", "must be 1..=256"));
+        }
+        if self.send_batch_ms > 1000 {
+            return Err(invalid("push.send_batch_ms", "must be at most 1000"));
         }
         for (app, p) in &self.apps {
             if let Err(e) = crate::stream::StreamKey::new(app, "name") {

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::output::pipeline::{Pipeline, Vars};
@@ -66,66 +65,89 @@ pub struct ExecStats {
     pub dropped: AtomicU64,
 }
 
+/// A stream's publish or its end, in the order the shards saw them.
 #[derive(Debug)]
-enum Command {
+enum Event {
+    /// `publisher` (its connection) published `key` with `query`.
     Published {
         key: StreamKey,
+        publisher: u64,
         query: String,
     },
     Unpublished {
         key: StreamKey,
+        publisher: u64,
     },
-    Status {
-        key: StreamKey,
-        reply: oneshot::Sender<Option<Vec<serde_json::Value>>>,
-    },
+}
+
+/// Events from the shards, in order. A publish past [`QUEUE`] waiting is
+/// dropped (counted); an end never is, so no pipeline outlives its stream:
+/// ends are bounded by the publishes before them.
+#[derive(Debug, Default)]
+struct Events {
+    queue: std::sync::Mutex<std::collections::VecDeque<Event>>,
+    wake: Notify,
 }
 
 /// The shards' and the admin plane's way to the exec thread.
 #[derive(Clone, Debug)]
 pub struct Exec {
-    commands: mpsc::Sender<Command>,
+    events: Arc<Events>,
+    status: mpsc::Sender<(StreamKey, oneshot::Sender<Option<Vec<serde_json::Value>>>)>,
     pub stats: Arc<ExecStats>,
 }
 
 impl Exec {
     /// Starts the exec thread.
     pub fn start(settings: ExecSettings) -> std::io::Result<Exec> {
-        let (commands, rx) = mpsc::channel(QUEUE);
+        let (status, rx) = mpsc::channel(64);
         let stats = Arc::new(ExecStats::default());
-        let s = stats.clone();
-        crate::control_thread::spawn("tributary-exec", move || serve(settings, rx, s))?;
-        Ok(Exec { commands, stats })
+        let events = Arc::new(Events::default());
+        let (s, e) = (stats.clone(), events.clone());
+        crate::control_thread::spawn("tributary-exec", move || serve(settings, e, rx, s))?;
+        Ok(Exec {
+            events,
+            status,
+            stats,
+        })
     }
 
-    fn tell(&self, cmd: Command) {
-        if self.commands.try_send(cmd).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("exec: request dropped, its queue is full");
+    fn tell(&self, event: Event) {
+        {
+            let mut queue = self.events.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.len() >= QUEUE && matches!(event, Event::Published { .. }) {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("exec: a publish dropped, the exec queue is full");
+                return;
+            }
+            queue.push_back(event);
         }
+        self.events.wake.notify_one();
     }
 
-    /// `key` is published on this node (from a shard; never waits).
-    pub fn published(&self, key: &StreamKey, query: &str) {
-        self.tell(Command::Published {
+    /// `publisher` published `key` on this node (from a shard; never
+    /// waits).
+    pub fn published(&self, key: &StreamKey, publisher: u64, query: &str) {
+        self.tell(Event::Published {
             key: key.clone(),
+            publisher,
             query: query.to_owned(),
         });
     }
 
-    /// `key`'s publisher left (from a shard; never waits).
-    pub fn unpublished(&self, key: &StreamKey) {
-        self.tell(Command::Unpublished { key: key.clone() });
+    /// `publisher`'s publish of `key` ended (from a shard; never waits).
+    /// Nothing stops when the stream's pipelines are another publisher's.
+    pub fn unpublished(&self, key: &StreamKey, publisher: u64) {
+        self.tell(Event::Unpublished {
+            key: key.clone(),
+            publisher,
+        });
     }
 
     /// Each pipeline of `key` (JSON objects); None when it has none here.
     pub async fn status(&self, key: &StreamKey) -> Option<Vec<serde_json::Value>> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Status {
-            key: key.clone(),
-            reply,
-        };
-        self.commands.send(cmd).await.ok()?;
+        self.status.send((key.clone(), reply)).await.ok()?;
         rx.await.ok().flatten()
     }
 }
@@ -164,36 +186,68 @@ struct Supervisor {
     settings: ExecSettings,
     stats: Arc<ExecStats>,
     streams: RefCell<HashMap<StreamKey, Vec<Rc<Child>>>>,
+    /// The publish (its connection) each stream's pipelines belong to.
+    owners: RefCell<HashMap<StreamKey, u64>>,
     running: Cell<usize>,
 }
 
-async fn serve(settings: ExecSettings, mut rx: mpsc::Receiver<Command>, stats: Arc<ExecStats>) {
+async fn serve(
+    settings: ExecSettings,
+    events: Arc<Events>,
+    mut status: mpsc::Receiver<(StreamKey, oneshot::Sender<Option<Vec<serde_json::Value>>>)>,
+    stats: Arc<ExecStats>,
+) {
     let state = Rc::new(Supervisor {
         settings,
         stats,
         streams: RefCell::new(HashMap::new()),
+        owners: RefCell::new(HashMap::new()),
         running: Cell::new(0),
     });
-    while let Some(cmd) = rx.recv().await {
-        match cmd {
-            Command::Published { key, query } => state.published(key, query),
-            Command::Unpublished { key } => state.unpublished(&key),
-            Command::Status { key, reply } => {
-                let now = Instant::now();
-                let list = state
-                    .streams
-                    .borrow()
-                    .get(&key)
-                    .map(|c| c.iter().map(|c| c.status(now)).collect());
-                let _ = reply.send(list);
+    loop {
+        let asked = futures_lite::future::or(
+            async {
+                events.wake.notified().await;
+                None
+            },
+            async { Some(status.recv().await) },
+        )
+        .await;
+        if let Some(asked) = asked {
+            let Some((key, reply)) = asked else {
+                return;
+            };
+            let now = Instant::now();
+            let list = state
+                .streams
+                .borrow()
+                .get(&key)
+                .map(|c| c.iter().map(|c| c.status(now)).collect());
+            let _ = reply.send(list);
+        }
+        loop {
+            let event = events
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            match event {
+                Some(Event::Published {
+                    key,
+                    publisher,
+                    query,
+                }) => state.published(key, publisher, query),
+                Some(Event::Unpublished { key, publisher }) => state.unpublished(&key, publisher),
+                None => break,
             }
         }
     }
 }
 
 impl Supervisor {
-    fn published(self: &Rc<Self>, key: StreamKey, query: String) {
+    fn published(self: &Rc<Self>, key: StreamKey, publisher: u64, query: String) {
         self.unpublished_quietly(&key);
+        self.owners.borrow_mut().insert(key.clone(), publisher);
         let Some(app) = self.settings.apps.get(key.app()).cloned() else {
             return;
         };
@@ -225,7 +279,12 @@ impl Supervisor {
         }
     }
 
-    fn unpublished(self: &Rc<Self>, key: &StreamKey) {
+    fn unpublished(self: &Rc<Self>, key: &StreamKey, publisher: u64) {
+        // After a takeover the stream is the new publisher's.
+        if self.owners.borrow().get(key) != Some(&publisher) {
+            return;
+        }
+        self.owners.borrow_mut().remove(key);
         self.unpublished_quietly(key);
         let hook = self
             .settings
@@ -433,39 +492,84 @@ async fn stop(process: &mut tokio::process::Child) {
     }
 }
 
+/// The longest stderr line logged, in characters; the rest is dropped.
+const MAX_LINE: usize = 300;
+/// Bytes of a line read before the credential is cut out and the line
+/// cut to [`MAX_LINE`]: a credential that straddles the cut is dropped
+/// whole, never shown in part.
+const READ_LINE: usize = MAX_LINE + 100;
+
 /// Logs the child's stderr with the stream's name, at most [`LOG_LINES`]
-/// lines per [`LOG_WINDOW`] (the rest counted in one line), each line cut
-/// to 300 characters.
+/// lines per [`LOG_WINDOW`] (the rest counted in one line). Lines end at
+/// `\n` or `\r` (ffmpeg's progress line), each cut to [`MAX_LINE`] bytes
+/// as it is read: a child that never ends a line costs no more than that.
 fn log_stderr(process: &mut tokio::process::Child, key: &StreamKey, label: &str) {
-    let Some(stderr) = process.stderr.take() else {
+    let Some(mut stderr) = process.stderr.take() else {
         return;
     };
     let (key, label) = (redact(key), label.to_owned());
     tokio::task::spawn_local(async move {
-        let mut lines = tokio::io::BufReader::new(stderr).lines();
-        let mut window = Instant::now();
-        let (mut shown, mut dropped) = (0u32, 0u64);
-        while let Ok(Some(line)) = lines.next_line().await {
-            if window.elapsed() >= LOG_WINDOW {
-                if dropped > 0 {
-                    tracing::warn!(stream = %key, "{label}: {dropped} more lines not logged");
+        let mut rate = LineRate::new(Instant::now());
+        let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match tokio::io::AsyncReadExt::read(&mut stderr, &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &b in &buf[..n] {
+                if b == b'\n' || b == b'\r' {
+                    if !line.is_empty() {
+                        rate.log(&key, &label, &line);
+                        line.clear();
+                    }
+                } else if line.len() < READ_LINE {
+                    line.push(b);
                 }
-                window = Instant::now();
-                (shown, dropped) = (0, 0);
-            }
-            if shown < LOG_LINES {
-                shown += 1;
-                let line: String = line
-                    .chars()
-                    .take(300)
-                    .map(|c| if c.is_control() { '?' } else { c })
-                    .collect();
-                tracing::info!(stream = %key, "{label}: {line}");
-            } else {
-                dropped += 1;
             }
         }
+        if !line.is_empty() {
+            rate.log(&key, &label, &line);
+        }
     });
+}
+
+/// At most [`LOG_LINES`] lines per [`LOG_WINDOW`].
+struct LineRate {
+    window: Instant,
+    shown: u32,
+    dropped: u64,
+}
+
+impl LineRate {
+    fn new(now: Instant) -> Self {
+        Self {
+            window: now,
+            shown: 0,
+            dropped: 0,
+        }
+    }
+
+    fn log(&mut self, key: &str, label: &str, line: &[u8]) {
+        if self.window.elapsed() >= LOG_WINDOW {
+            if self.dropped > 0 {
+                tracing::warn!(stream = %key, "{label}: {} more lines not logged", self.dropped);
+            }
+            *self = Self::new(Instant::now());
+        }
+        if self.shown >= LOG_LINES {
+            self.dropped += 1;
+            return;
+        }
+        self.shown += 1;
+        let text = String::from_utf8_lossy(line);
+        let text: String = crate::output::pipeline::without_secret(&text)
+            .chars()
+            .take(MAX_LINE)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        tracing::info!(stream = %key, "{label}: {text}");
+    }
 }
 
 #[cfg(test)]

@@ -146,7 +146,10 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{{input}}",
     wait_live(&rendition);
     let (_, metrics) = get(node.http, "/metrics");
     assert!(metrics.contains("tributary_exec_running 1\n"), "{metrics}");
-    assert!(metrics.contains("tributary_exec_starts "), "{metrics}");
+    assert!(
+        metrics.contains("tributary_exec_starts_total "),
+        "{metrics}"
+    );
 
     // The hooks: once per publish of the stream, never for the rendition.
     let text = std::fs::read_to_string(&hooks).unwrap_or_default();

@@ -29,8 +29,9 @@ pub(super) struct Metrics {
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
-    /// The exec thread's: running now, then starts, exits, refusals.
-    exec: [prometheus::IntGauge; 5],
+    /// The exec thread's: processes running now, then its counters.
+    exec_running: prometheus::IntGauge,
+    exec: [prometheus::IntCounter; 4],
     /// Admin connections closed at accept: `MAX_CONNECTIONS` were open.
     pub(super) admin_refused: prometheus::IntCounter,
 }
@@ -272,31 +273,26 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             cluster_gauges.push((g, read));
         }
-        let exec_family = |name: &str, help: &str| -> prometheus::Result<prometheus::IntGauge> {
-            let g = prometheus::IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
+        let exec_running = prometheus::IntGauge::new(
+            "tributary_exec_running",
+            "Exec pipelines and hooks running now",
+        )?;
+        registry.register(Box::new(exec_running.clone()))?;
+        let exec_counter = |name: &str, help: &str| -> prometheus::Result<prometheus::IntCounter> {
+            let c = prometheus::IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
         };
         let exec = [
-            exec_family(
-                "tributary_exec_running",
-                "Exec pipelines and hooks running now",
-            )?,
-            exec_family(
-                "tributary_exec_starts",
-                "Exec processes started since the node started",
-            )?,
-            exec_family(
-                "tributary_exec_exits",
-                "Exec processes that ended since the node started",
-            )?,
-            exec_family(
-                "tributary_exec_refused",
+            exec_counter("tributary_exec_starts_total", "Exec processes started")?,
+            exec_counter("tributary_exec_exits_total", "Exec processes that ended")?,
+            exec_counter(
+                "tributary_exec_refused_total",
                 "Exec processes not started: exec.max_processes were running",
             )?,
-            exec_family(
-                "tributary_exec_dropped",
-                "Exec requests from the shards dropped at a full queue",
+            exec_counter(
+                "tributary_exec_dropped_total",
+                "Stream publishes the exec thread never heard of: its queue was full",
             )?,
         ];
         let mut cluster_counters = Vec::new();
@@ -385,6 +381,7 @@ impl Metrics {
             hls_bytes,
             limited,
             cluster_gauges,
+            exec_running,
             exec,
             cluster_counters,
         })
@@ -469,12 +466,15 @@ impl Metrics {
         }
         if let Some(exec) = &state.exec {
             let s = &exec.stats;
-            for (g, v) in self
+            self.exec_running
+                .set(s.running.load(Ordering::Relaxed) as i64);
+            for (c, v) in self
                 .exec
                 .iter()
-                .zip([&s.running, &s.starts, &s.exits, &s.refused, &s.dropped])
+                .zip([&s.starts, &s.exits, &s.refused, &s.dropped])
             {
-                g.set(v.load(Ordering::Relaxed) as i64);
+                c.reset();
+                c.inc_by(v.load(Ordering::Relaxed));
             }
         }
         self.hls_bytes.set(state.hls.usage().1 as i64);

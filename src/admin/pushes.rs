@@ -98,6 +98,8 @@ pub(super) async fn serve(
                     StatusCode::CREATED,
                     &serde_json::json!({ "id": id, "url": shown }),
                 ),
+                // The stream left meanwhile, or the target is refused.
+                Ok(Err(e)) if e == crate::node::PUSH_NOT_LIVE => error(StatusCode::NOT_FOUND, e),
                 Ok(Err(e)) => error(StatusCode::CONFLICT, e),
                 Err(_) => error(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -104,6 +104,30 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// A publish that is a push from this process or from another node of its
+/// cluster (its connect's `flashVer` names the node and process): a loop.
+async fn push_loop(flash_ver: Option<&str>, ctx: &ConnectionContext) -> Option<Refusal> {
+    let pusher = crate::output::push::pushed_by(flash_ver?)?;
+    let ours = match &ctx.cluster {
+        _ if pusher.instance == crate::output::push::instance() => true,
+        Some(cluster) => cluster.is_node(pusher.node, pusher.instance).await,
+        None => false,
+    };
+    ours.then(|| Refusal::Loop {
+        node: pusher.node.to_owned(),
+    })
+}
+
+/// Whether `ip` is this host: loopback, or an address of one of its
+/// interfaces (a node listening on one address reaches itself from it).
+fn is_this_host(ip: std::net::IpAddr) -> bool {
+    if ip.is_loopback() {
+        return true;
+    }
+    // Binding an address succeeds only for one of this host's own.
+    std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// The auth rules, then the webhook if one applies; Ok carries the push
 /// targets the webhook's answer named (a publish only).
 pub async fn authorize(
@@ -112,8 +136,9 @@ pub async fn authorize(
     ctx: &ConnectionContext,
 ) -> Result<Vec<String>, Refusal> {
     // The node's own pipelines play and publish with its internal
-    // credential: the rules and the webhook are for everyone else.
-    if crate::output::pipeline::is_internal(who.query) {
+    // credential, from this host: the rules and the webhook are for
+    // everyone else.
+    if crate::output::pipeline::is_internal(who.query) && is_this_host(who.peer.ip()) {
         return Ok(Vec::new());
     }
     let secs = unix_micros() / 1_000_000;
@@ -149,12 +174,21 @@ pub struct Publishing {
     pub kept: Vec<String>,
 }
 
+/// A publish that may start, through the rules, the loop check (a push
+/// from this cluster, by its `flash_ver`), the publisher limit and, in a
+/// cluster, the registry claim.
 pub async fn publish(
     who: &Asker<'_>,
+    flash_ver: Option<&str>,
     out: &Rc<Conn>,
     ctx: &ConnectionContext,
 ) -> Result<Publishing, Refusal> {
     let pushes = authorize(Action::Publish, who, ctx).await?;
+    // After the rules: an unauthorised client cannot make the node ask
+    // the registry who its nodes are.
+    if let Some(refusal) = push_loop(flash_ver, ctx).await {
+        return Err(refusal);
+    }
     let mut kept = Vec::new();
     let place = ctx.gate.publisher().map_err(|_| Refusal::PublisherLimit)?;
     let key = who.key();

@@ -38,6 +38,7 @@ use crate::tls::Certs;
 pub use directory::{Directory, Listing, Report};
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
 pub use hls::Registry as HlsRegistry;
+pub use push::PUSH_NOT_LIVE;
 pub use stats::{ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS};
 
 pub use crate::stream::StreamKey;
@@ -202,6 +203,7 @@ fn push_settings(config: &Config) -> Result<Arc<push::PushSettings>, NodeError> 
         backoff: p.backoff(),
         tls: crate::tls::client_config(&p.ca_file)?,
         max_per_stream: p.max_per_stream,
+        batch: Duration::from_millis(p.send_batch_ms),
         chunk_size: config.rtmp.chunk_size,
         limits: config.protocol_limits(),
         node_id: config.node_id(),

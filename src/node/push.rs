@@ -48,6 +48,8 @@ pub struct PushSettings {
     /// rtmps:// targets' TLS configuration (system roots and `ca_file`).
     pub tls: Arc<rustls::ClientConfig>,
     pub max_per_stream: usize,
+    /// How often a live target's media leaves (`Conn::set_batch`).
+    pub batch: Duration,
     /// The chunk size pushes send with: the players' own, so that one
     /// encoding of each message serves both.
     pub chunk_size: u32,
@@ -88,10 +90,13 @@ pub struct PushStatus {
     pub retry_in_ms: Option<u64>,
 }
 
+/// What `AddError::NotLive` says (the API answers it 404).
+pub const PUSH_NOT_LIVE: &str = "the stream is not published on this node";
+
 /// Why a target was not added.
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
-    #[error("the stream is not published on this node")]
+    #[error("{}", PUSH_NOT_LIVE)]
     NotLive,
     #[error("the stream has {0} push targets already (push.max_per_stream)")]
     TooMany(usize),
@@ -155,6 +160,8 @@ pub struct Pushes {
     ring: Rc<SocketRing>,
     stats: Arc<ShardStats>,
     streams: RefCell<HashMap<StreamKey, Vec<Rc<Target>>>>,
+    /// The connection whose publish each stream's targets belong to.
+    owners: RefCell<HashMap<StreamKey, u64>>,
     next_id: Cell<u64>,
 }
 
@@ -171,6 +178,7 @@ impl Pushes {
             ring,
             stats,
             streams: RefCell::new(HashMap::new()),
+            owners: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
         })
     }
@@ -182,11 +190,16 @@ impl Pushes {
     pub fn started(
         self: &Rc<Self>,
         key: &StreamKey,
+        publisher: u64,
         query: &str,
         hooked: &[String],
         kept: &[String],
     ) {
-        self.stopped(key);
+        let previous = self.owners.borrow().get(key).copied();
+        if let Some(previous) = previous {
+            self.stopped(key, previous);
+        }
+        self.owners.borrow_mut().insert(key.clone(), publisher);
         self.streams.borrow_mut().insert(key.clone(), Vec::new());
         let templates = self.settings.templates.get(key.app()).cloned();
         let configured = templates.unwrap_or_default().into_iter().map(|t| {
@@ -247,8 +260,14 @@ impl Pushes {
         self.hub.with(|h| h.tell_cluster(req));
     }
 
-    /// The publisher of `key` left: its targets end their publish and go.
-    pub fn stopped(&self, key: &StreamKey) {
+    /// The publisher of `key` (connection `publisher`) left: its targets
+    /// end their publish and go. Nothing when the stream's targets are
+    /// another publisher's (it took the stream over).
+    pub fn stopped(&self, key: &StreamKey, publisher: u64) {
+        if self.owners.borrow().get(key) != Some(&publisher) {
+            return;
+        }
+        self.owners.borrow_mut().remove(key);
         let targets = self.streams.borrow_mut().remove(key);
         for t in targets.unwrap_or_default() {
             t.stop(&self.stats);
@@ -537,7 +556,9 @@ impl Pushes {
     ) -> Result<bool, String> {
         let mut stalled = 0;
         while !input.is_empty() {
-            let used = session.handle_input(input).map_err(|e| e.to_string())?;
+            let used = session
+                .handle_input(input)
+                .map_err(|e| said(&e.to_string()))?;
             input = &input[used..];
             while let Some(event) = session.poll_event() {
                 match event {
@@ -563,8 +584,10 @@ impl Pushes {
                         }
                         *live = true;
                         conn.set_connected();
-                        // A target may say nothing while it takes media.
+                        // A target may say nothing while it takes media,
+                        // and waits for none of it: batched sends.
                         conn.set_read_only_peer();
+                        conn.set_batch(self.settings.batch);
                         self.stats.push_live.fetch_add(1, Ordering::Relaxed);
                         target.life.borrow_mut().live(Instant::now());
                     }

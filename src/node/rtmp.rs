@@ -42,22 +42,6 @@ fn key_of(session: &ServerSession, name: &str) -> Result<(StreamKey, String), Re
     StreamKey::from_rtmp(app, tc_url, name).map_err(|e| Refusal::BadName(e.to_string()))
 }
 
-/// A publish that is a push from this node or from another node of its
-/// cluster (its connect's `flashVer` names the node): refused, a loop.
-async fn push_loop(session: &ServerSession, ctx: &ConnectionContext) -> Option<Refusal> {
-    let flash_ver = session.connect_info()?.flash_ver.as_deref()?;
-    let pusher = crate::output::push::pushed_by(flash_ver)?;
-    // This process, or a node of this cluster.
-    let ours = match &ctx.cluster {
-        _ if pusher.instance == crate::output::push::instance() => true,
-        Some(cluster) => cluster.is_node(pusher.node, pusher.instance).await,
-        None => false,
-    };
-    ours.then(|| Refusal::Loop {
-        node: pusher.node.to_owned(),
-    })
-}
-
 /// Answers a refused publish or play with the refusal's status and reason,
 /// counts and logs it (never the key in clear), and closes the connection
 /// after an auth refusal once the answer is written.
@@ -108,7 +92,7 @@ pub async fn serve(
         peer,
         publishing: None,
         publisher_place: None,
-        exec_started: false,
+        outputs: false,
         playing: Vec::new(),
         events: Vec::new(),
     };
@@ -234,8 +218,9 @@ struct ConnState {
     publishing: Option<(StreamKey, StreamId, u32)>,
     /// The node-wide publisher place this connection holds while publishing.
     publisher_place: Option<Ticket>,
-    /// Its publish started the app's exec pipelines (not a rendition).
-    exec_started: bool,
+    /// Its publish started the stream's pushes and exec pipelines (it is
+    /// not a rendition).
+    outputs: bool,
     /// Streams it plays, each with its place under the per-stream limit.
     playing: Vec<(StreamKey, u32, Ticket)>,
     events: Vec<ServerEvent>,
@@ -394,25 +379,24 @@ impl ConnState {
         let admitted = match (&self.publishing, key_of(session, name)) {
             (Some(_), _) => Err(Refusal::InUse { node: None }),
             (None, Err(refusal)) => Err(refusal),
-            (None, Ok((key, q))) => match push_loop(session, ctx).await {
-                Some(refusal) => Err(refusal),
-                None => {
-                    query = q;
-                    admission::publish(&self.asker(&key, &query), outbox, ctx).await
-                }
-            },
+            (None, Ok((key, q))) => {
+                query = q;
+                let flash_ver = session.connect_info().and_then(|c| c.flash_ver.as_deref());
+                admission::publish(&self.asker(&key, &query), flash_ver, outbox, ctx).await
+            }
         };
         match admitted {
             Ok(p) => {
                 session.accept_publish(stream_id);
                 tracing::info!(conn = self.conn, stream = %redact(&p.key), "publishing");
-                ctx.pushes.started(&p.key, &query, &p.pushes, &p.kept);
-                // A rendition a pipeline publishes starts no pipeline.
-                self.exec_started = false;
-                if let Some(exec) = &ctx.exec {
-                    if !crate::output::pipeline::is_internal(&query) {
-                        exec.published(&p.key, &query);
-                        self.exec_started = true;
+                // A rendition a pipeline publishes starts no push and no
+                // pipeline: its outputs are its stream's.
+                self.outputs = !crate::output::pipeline::is_internal(&query);
+                if self.outputs {
+                    ctx.pushes
+                        .started(&p.key, self.conn, &query, &p.pushes, &p.kept);
+                    if let Some(exec) = &ctx.exec {
+                        exec.published(&p.key, self.conn, &query);
                     }
                 }
                 self.publishing = Some((p.key, p.id, stream_id));
@@ -491,9 +475,13 @@ impl ConnState {
     fn stop_publishing(&mut self, ctx: &ConnectionContext, now: Instant) {
         if let Some((key, id, _)) = self.publishing.take() {
             ctx.hub.with(|h| h.unpublish(id, self.conn, now));
-            ctx.pushes.stopped(&key);
-            if let (Some(exec), true) = (&ctx.exec, self.exec_started) {
-                exec.unpublished(&key);
+            // Only this publish's outputs: after a takeover the stream's
+            // are the new publisher's.
+            if self.outputs {
+                ctx.pushes.stopped(&key, self.conn);
+                if let Some(exec) = &ctx.exec {
+                    exec.unpublished(&key, self.conn);
+                }
             }
             tracing::info!(conn = self.conn, stream = %redact(&key), "unpublished");
         }

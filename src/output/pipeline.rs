@@ -17,28 +17,53 @@ pub const INTERNAL_PARAM: &str = "tributary_internal";
 /// The longest argument list a pipeline may have.
 pub const MAX_ARGS: usize = 256;
 
-/// This process's internal credential: random, drawn once, never logged
-/// nor shown by the API (only the pipelines' own URLs carry it).
+/// This process's internal credential: 128 bits from the kernel's random
+/// source, drawn once, never shown by the API, and cut out of what the
+/// node logs of its children (only the pipelines' own URLs carry it).
 pub fn internal_secret() -> &'static str {
     static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SECRET.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let word = |salt: u64| {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(salt);
-            h.write_u32(std::process::id());
-            h.finish()
-        };
-        format!("{:016x}{:016x}", word(1), word(2))
+        let mut bytes = [0u8; 16];
+        // /dev/urandom: the same source getrandom(2) reads, readable in
+        // any sandbox the node runs in; without it no credential would
+        // be safe, and pipelines cannot run.
+        let read = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+        if let Err(e) = read {
+            tracing::error!("no random source for the pipelines' credential: {e}");
+            // An empty credential matches nothing (`is_internal`).
+            return String::new();
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     })
 }
 
-/// Whether a play or publish `query` carries this process's credential.
+/// Whether a play or publish `query` carries this process's credential
+/// (compared in constant time).
 pub fn is_internal(query: &str) -> bool {
+    let secret = internal_secret().as_bytes();
+    if secret.is_empty() {
+        return false;
+    }
     query
         .trim_start_matches('?')
         .split('&')
-        .any(|kv| kv.split_once('=') == Some((INTERNAL_PARAM, internal_secret())))
+        .filter_map(|kv| kv.split_once('='))
+        .any(|(k, v)| {
+            k == INTERNAL_PARAM
+                && v.len() == secret.len()
+                && v.bytes().zip(secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        })
+}
+
+/// `text` with this process's credential cut out (a child's stderr may
+/// print its URLs).
+pub fn without_secret(text: &str) -> String {
+    let secret = internal_secret();
+    match secret.is_empty() {
+        true => text.to_owned(),
+        false => text.replace(secret, "…"),
+    }
 }
 
 /// Why a pipeline is refused at config load; the message names the part.
@@ -237,6 +262,16 @@ mod tests {
         assert!(is_internal(&format!("a=1&tributary_internal={secret}")));
         assert!(!is_internal("tributary_internal=guess"));
         assert!(!is_internal(""));
+        assert!(!is_internal(&format!(
+            "tributary_internal={}",
+            &secret[..31]
+        )));
+        assert_eq!(
+            without_secret(&format!(
+                "Error opening input rtmp://h/a/b?tributary_internal={secret}"
+            )),
+            "Error opening input rtmp://h/a/b?tributary_internal=…"
+        );
         assert_eq!(secret.len(), 32);
     }
 

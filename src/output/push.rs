@@ -223,6 +223,11 @@ fn split_authority(authority: &str) -> Result<(&str, Option<&str>), PushUrlError
 /// part past `scheme://authority/app/` is a stream key, a secret. Control
 /// characters are replaced, and it is at most 200 characters.
 pub fn redact_url(url: &str) -> String {
+    // User info (a password) before the host: nothing of it is shown.
+    let authority = url.split("://").nth(1).and_then(|r| r.split('/').next());
+    if authority.is_some_and(|a| a.contains('@')) {
+        return crate::protocol::server::redact(url);
+    }
     let shown = match url.match_indices('/').nth(3) {
         Some((at, _)) => format!(
             "{}{}",

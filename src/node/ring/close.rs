@@ -29,7 +29,7 @@ impl SocketRing {
         if let Some(ud) = cancel {
             self.cancel(ud);
         }
-        conn.schedule();
+        conn.schedule_now();
     }
 
     /// Closes a closing socket once nothing is in flight on it and its

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -88,6 +89,9 @@ pub struct RingQueue {
     pub reconcile: RefCell<Vec<u32>>,
     /// Some output is a reply a peer waits for: send without coalescing.
     pub urgent: Cell<bool>,
+    /// Batched connections (push targets) with output queued, each with
+    /// when its batch is due: they join `dirty` then.
+    pub deferred: RefCell<Vec<(u32, Instant)>>,
     pub notify: super::wake::Notify,
 }
 
@@ -135,6 +139,9 @@ pub struct Conn {
     pub(in crate::node) close_notified: Cell<bool>,
     /// Bytes the socket took, since it opened (TLS records included).
     written: Cell<u64>,
+    /// Its output leaves in batches at most this often (a push target:
+    /// see `Conn::set_batch`); None: with the shard's next send round.
+    batch: Cell<Option<Duration>>,
     /// RTMPS: the TLS session the ring encrypts output through and the
     /// task decrypts input through.
     pub tls: Option<Box<RefCell<crate::tls::RingTls>>>,
@@ -168,6 +175,7 @@ impl Conn {
             messages: None,
             close_notified: Cell::new(false),
             written: Cell::new(0),
+            batch: Cell::new(None),
             tls: tls.map(|t| Box::new(RefCell::new(t))),
         }
     }
@@ -237,14 +245,28 @@ impl Conn {
     pub fn push_urgent(&self, b: Bytes) {
         if !b.is_empty() && !self.closed.get() {
             self.push(b);
+            if self.batch.get().is_some() {
+                // Batched: nothing here is waited for.
+                return;
+            }
             self.ring.urgent.set(true);
             // Already scheduled (audio waiting): the round must start now.
             self.ring.notify.notify();
         }
     }
 
+    /// From now on, what is queued leaves at most `every` after the first
+    /// of it, video included, in one send: for a peer that takes media and
+    /// waits for nothing (a push target), fewer and larger sends. Closing
+    /// ends the batching.
+    pub fn set_batch(&self, every: Duration) {
+        self.batch.set((!every.is_zero()).then_some(every));
+    }
+
     /// Asks the connection to flush what is queued and close.
     pub fn close(&self) {
+        // What is left goes now, not a batch later.
+        self.batch.set(None);
         if !self.closed.replace(true) {
             self.wake();
             self.wake_room();
@@ -297,9 +319,25 @@ impl Conn {
     /// Puts the connection on the ring's list of sockets to send for.
     pub(in crate::node) fn schedule(&self) {
         if !self.scheduled.replace(true) {
-            self.ring.dirty.borrow_mut().push(self.slot);
+            match self.batch.get() {
+                Some(every) if !self.closed.get() => {
+                    let due = Instant::now() + every;
+                    self.ring.deferred.borrow_mut().push((self.slot, due));
+                }
+                _ => self.ring.dirty.borrow_mut().push(self.slot),
+            }
             self.ring.notify.notify();
         }
+    }
+
+    /// Schedules for the shard's next send round whatever its batching: a
+    /// batch that did not fit one send goes on at once, and a closing
+    /// connection's output does not wait. (In the dirty list twice is
+    /// harmless: the second pass finds nothing.)
+    pub(in crate::node) fn schedule_now(&self) {
+        self.scheduled.set(true);
+        self.ring.dirty.borrow_mut().push(self.slot);
+        self.ring.notify.notify();
     }
 
     // ----- the ring's side of output

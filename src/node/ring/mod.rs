@@ -1226,4 +1226,47 @@ mod tests {
         }
         drop(keeper);
     }
+
+    /// A batched connection (a push target) is left out of the send rounds
+    /// until its batch is due, urgent video included; the others are not;
+    /// a close ends the batching.
+    #[test]
+    fn a_batched_connection_waits_for_its_batch_and_the_others_do_not() {
+        let ring = fed_ring(Arc::new(ShardStats::default()));
+        let (batched, _, _peer_a) = fed_socket(&ring);
+        let (plain, _, _peer_b) = fed_socket(&ring);
+        ring.queue.dirty.borrow_mut().clear();
+        batched.unschedule();
+        plain.unschedule();
+        batched.set_batch(Duration::from_millis(100));
+        let now = Instant::now();
+        batched.push_urgent(Bytes::from_static(b"video"));
+        assert!(
+            !ring.queue.urgent.get(),
+            "a batched connection's video is not urgent"
+        );
+        assert!(ring.queue.dirty.borrow().is_empty());
+        assert_eq!(ring.queue.deferred.borrow().len(), 1);
+        plain.push_urgent(Bytes::from_static(b"video"));
+        assert_eq!(*ring.queue.dirty.borrow(), vec![plain.slot()]);
+        // This round sends the plain one; the batch waits, and the round
+        // says when it is due.
+        let due = ring.send_round(now).expect("the batch's time");
+        assert!(due > now && due <= Instant::now() + Duration::from_millis(100));
+        assert_eq!(ring.queue.deferred.borrow().len(), 1);
+        assert!(ring.queue.dirty.borrow().is_empty());
+        // Queued more meanwhile: still one entry, one send when due.
+        batched.push(Bytes::from_static(b"audio"));
+        assert_eq!(ring.queue.deferred.borrow().len(), 1);
+        assert_eq!(ring.send_round(due), None, "due: sent, nothing left");
+        assert!(ring.queue.deferred.borrow().is_empty());
+        // Closing: what is left goes with the next round, not a batch
+        // later, even when it was already waiting for one.
+        batched.set_batch(Duration::from_millis(100));
+        batched.unschedule();
+        batched.push(Bytes::from_static(b"deleteStream"));
+        assert_eq!(ring.queue.deferred.borrow().len(), 1);
+        ring.finish(&batched);
+        assert_eq!(*ring.queue.dirty.borrow(), vec![batched.slot()]);
+    }
 }

@@ -60,21 +60,38 @@ impl SocketRing {
     /// Sends for the connections with output queued, now or, when
     /// coalescing, once the round is due; returns when a round is pending.
     pub(super) fn send_round(&self, now: Instant) -> Option<Instant> {
+        // Batched connections whose batch is due join this round.
+        let mut next_batch: Option<Instant> = None;
+        {
+            let mut deferred = self.queue.deferred.borrow_mut();
+            if !deferred.is_empty() {
+                let mut dirty = self.queue.dirty.borrow_mut();
+                deferred.retain(|&(slot, due)| {
+                    if due <= now {
+                        dirty.push(slot);
+                        false
+                    } else {
+                        next_batch = Some(next_batch.map_or(due, |n| n.min(due)));
+                        true
+                    }
+                });
+            }
+        }
         if self.queue.dirty.borrow().is_empty() {
             self.flush_due.set(None);
-            return None;
+            return next_batch;
         }
         if !self.coalesce.is_zero() && !self.queue.urgent.get() {
             let due = self.flush_due.get().unwrap_or(now + self.coalesce);
             self.flush_due.set(Some(due));
             if now < due {
-                return Some(due);
+                return Some(next_batch.map_or(due, |n| n.min(due)));
             }
         }
         self.queue.urgent.set(false);
         self.flush_due.set(None);
         self.flush(now);
-        None
+        next_batch
     }
 
     pub(super) fn sent(&self, ud: UserData, res: i32, now: Instant) {
@@ -115,7 +132,8 @@ impl SocketRing {
                 if !send.bufs.is_empty() && sock.life != Life::Forced {
                     resend = true;
                 } else if sock.conn.has_output() || tls_pending || sock.life.closing() {
-                    sock.conn.schedule();
+                    // The rest of a batch that did not fit one send.
+                    sock.conn.schedule_now();
                 }
             } else {
                 send.bufs.clear();
