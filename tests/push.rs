@@ -820,3 +820,37 @@ fn a_target_that_stops_reading_mid_stream_drops_to_keyframes_is_cut_and_comes_ba
     });
     drop(publisher);
 }
+
+#[test]
+fn after_a_takeover_the_new_publisher_keeps_the_streams_targets() {
+    let target = Node::start_with(1, &[]);
+    let config = write_config(
+        "push-takeover.toml",
+        &format!(
+            "[streams]\nduplicate_publish = \"takeover\"\n[push.apps.live]\ntargets = [\"rtmp://{}/live/{{name}}\"]\n",
+            target.addr
+        ),
+    );
+    let source = Node::start_with(2, &["--config", config.to_str().unwrap()]);
+    let first = publish(&source.url("cam"), 60);
+    let list = wait_pushes(&source, "live/cam", "the first publisher's push", |l| {
+        l[0]["state"] == "live"
+    });
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let second = publish(&source.url("cam"), 60);
+    // The first publisher is let go and its connection ends ("unpublished"
+    // in the log): the stream's target is the second publisher's by then,
+    // and stays.
+    let _ = first.wait(Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !source.log.lock().unwrap().contains("unpublished") {
+        assert!(Instant::now() < deadline, "{}", log_tail(&source));
+        thread::sleep(Duration::from_millis(20));
+    }
+    let list = wait_pushes(&source, "live/cam", "the second publisher's push", |l| {
+        l.as_array().is_some_and(|a| a.len() == 1) && l[0]["state"] == "live"
+    });
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
+    wait_live(&target.url("cam"));
+    drop(second);
+}
