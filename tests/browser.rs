@@ -244,29 +244,7 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
             "127.0.0.1:0",
         ],
     );
-    let _publisher = common::Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg").args(common::LIVE_LAVFI_INPUT).args([
-            "testsrc2=size=1280x720:rate=25:duration=90",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=90",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-            &node.url("group"),
-        ]),
-    );
+    let _publisher = common::publish_sized(&[], &node.url("group"), 90, "1280x720");
     common::wait_live(&node.url("group_360p"));
     let output = Command::new("node")
         .arg(driver_dir().join("levels.mjs"))

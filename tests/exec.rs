@@ -99,29 +99,7 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{{input}}",
     )
     .unwrap();
     let mut node = Node::start_with(1, &["--config", config.to_str().unwrap()]);
-    let publisher = Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg").args(LIVE_LAVFI_INPUT).args([
-            "testsrc2=size=1280x720:rate=25:duration=60",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=60",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-            &node.url("cam"),
-        ]),
-    );
+    let publisher = publish_sized(&[], &node.url("cam"), 60, "1280x720");
 
     // The rendition is published back and is 360 lines high.
     let first = wait_pipeline(&node, "the pipeline running", |p| p["state"] == "running");
@@ -257,29 +235,7 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
             "127.0.0.1:0",
         ],
     );
-    let _publisher = Proc::spawn(
-        "ffmpeg",
-        Command::new("ffmpeg").args(LIVE_LAVFI_INPUT).args([
-            "testsrc2=size=1280x720:rate=25:duration=60",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:duration=60",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-f",
-            "flv",
-            &node.url("cam"),
-        ]),
-    );
+    let _publisher = publish_sized(&[], &node.url("cam"), 60, "1280x720");
     wait_live(&node.url("cam_360p"));
     // The multivariant playlist lists both, once both are packaged.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -82,12 +82,17 @@ pub fn publish(url: &str, seconds: u32) -> Proc {
 /// [`publish`] with ffmpeg output options before the URL (`-rtmp_app`,
 /// `-rtmp_playpath`: how OBS splits a server URL and a stream key).
 pub fn publish_with(options: &[&str], url: &str, seconds: u32) -> Proc {
+    publish_sized(options, url, seconds, "320x240")
+}
+
+/// [`publish_with`] at another picture size (`1280x720`).
+pub fn publish_sized(options: &[&str], url: &str, seconds: u32, size: &str) -> Proc {
     Proc::spawn(
         "ffmpeg",
         Command::new("ffmpeg")
             .args(LIVE_LAVFI_INPUT)
             .args([
-                &format!("testsrc2=size=320x240:rate=25:duration={seconds}"),
+                &format!("testsrc2=size={size}:rate=25:duration={seconds}"),
                 "-f",
                 "lavfi",
                 "-i",
