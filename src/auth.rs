@@ -87,6 +87,10 @@ pub struct Auth {
     secret: Vec<u8>,
     keys_file: Option<PathBuf>,
     file: RwLock<(Option<SystemTime>, Arc<FileKeys>)>,
+    /// Per app, the exec pipelines that publish renditions
+    /// (`NAME_PIPELINE`): a play token of `NAME` plays them too, so that
+    /// one token plays a whole adaptive group.
+    renditions: HashMap<String, Vec<String>>,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -159,9 +163,16 @@ impl Auth {
             secret: config.token_secret.as_bytes().to_vec(),
             keys_file: (!config.keys_file.is_empty()).then(|| PathBuf::from(&config.keys_file)),
             file: RwLock::new((None, Arc::new(FileKeys::default()))),
+            renditions: HashMap::new(),
         };
         auth.reload()?;
         Ok(auth)
+    }
+
+    /// The renditions each app's pipelines publish (see `renditions`).
+    pub fn with_renditions(mut self, renditions: HashMap<String, Vec<String>>) -> Self {
+        self.renditions = renditions;
+        self
     }
 
     /// Whether anything is checked at all.
@@ -241,16 +252,24 @@ impl Auth {
                     Err(Refusal::BadKey)
                 }
             }
-            (Action::Publish, PublishAuth::Token, _) | (Action::Play, _, PlayAuth::Token) => {
+            (Action::Play, _, PlayAuth::Token) => {
+                let own = self.check_token(action, app, stream, query, now);
+                // A rendition plays with its stream's token.
+                let group = self.renditions.get(app).and_then(|names| {
+                    names.iter().find_map(|p| {
+                        let base = stream.strip_suffix(p.as_str())?.strip_suffix('_')?;
+                        self.check_token(action, app, base, query, now).ok()
+                    })
+                });
+                match (own, group) {
+                    (Ok(()), _) | (Err(_), Some(())) => Ok(()),
+                    (Err(e), None) => Err(e),
+                }
+            }
+            (Action::Publish, PublishAuth::Token, _) => {
                 self.check_token(action, app, stream, query, now)
             }
         }
-    }
-
-    /// Whether plays of `app` need a signed token.
-    pub fn play_needs_token(&self, app: &str) -> bool {
-        let rule = self.apps.get(app).unwrap_or(&self.default);
-        rule.play == PlayAuth::Token
     }
 
     /// The query a play of `app/stream` needs under the rules, valid for
@@ -419,6 +438,39 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_streams_play_token_plays_its_renditions_and_nothing_else() {
+        let mut c = config();
+        c.apps.get_mut("paid").unwrap().play = PlayAuth::Token;
+        let renditions = HashMap::from([("paid".to_owned(), vec!["360p".to_owned()])]);
+        let auth = Auth::new(&c).unwrap().with_renditions(renditions);
+        let t = sign(c.token_secret.as_bytes(), Action::Play, "paid", "cam", 1000);
+        let q = format!("token={t}&expires=1000");
+        let play = |name: &str| auth.check_name(Action::Play, "paid", &format!("{name}?{q}"), 999);
+        assert_eq!(play("cam"), Ok(()));
+        assert_eq!(play("cam_360p"), Ok(()), "its rendition");
+        assert_eq!(play("cam_720p"), Err(Refusal::BadToken), "not a rendition");
+        assert_eq!(
+            play("other_360p"),
+            Err(Refusal::BadToken),
+            "another stream's"
+        );
+        assert_eq!(play("cam360p"), Err(Refusal::BadToken));
+        // A publish token is never stretched that way.
+        let p = sign(
+            c.token_secret.as_bytes(),
+            Action::Publish,
+            "paid",
+            "cam",
+            1000,
+        );
+        let q = format!("cam_360p?token={p}&expires=1000");
+        assert_eq!(
+            auth.check_name(Action::Publish, "paid", &q, 999),
+            Err(Refusal::BadToken)
+        );
     }
 
     #[test]

@@ -215,10 +215,15 @@ fn segment_durations(playlist: &str) -> Vec<f64> {
 
 #[test]
 fn a_stream_and_its_rendition_are_one_adaptive_group_in_its_multivariant_playlist() {
+    // A token app: the stream's play token plays the whole group.
     let config = temp_file("exec-abr.toml");
     std::fs::write(
         &config,
-        r#"[[exec.apps.live.pipelines]]
+        r#"[auth]
+token_secret = "a-secret-of-sixteen-bytes"
+[auth.apps.live]
+play = "token"
+[[exec.apps.live.pipelines]]
 name = "360p"
 command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
            "-vf", "scale=-2:360", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
@@ -236,11 +241,20 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
         ],
     );
     let _publisher = publish_sized(&[], &node.url("cam"), 60, "1280x720");
-    wait_live(&node.url("cam_360p"));
+    let (_, play) = get(node.http, "/api/play?stream=live/cam");
+    let token = serde_json::from_str::<serde_json::Value>(&play).unwrap()["query"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(token.starts_with("token="), "{play}");
+    // The rendition plays over RTMP with the stream's token, and without
+    // one it is refused.
+    wait_live(&format!("{}?{token}", node.url("cam_360p")));
+    assert_eq!(height(&node.url("cam_360p")), None);
     // The multivariant playlist lists both, once both are packaged.
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let (status, text) = media_get(&node, "/live/cam/index.m3u8");
+        let (status, text) = media_get(&node, &format!("/live/cam/index.m3u8?{token}"));
         assert!(status.ends_with("200 OK"), "{status}: {text}");
         if text.matches("RESOLUTION=").count() == 2 && text.contains("CODECS=") {
             break text;
@@ -263,16 +277,17 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
             "{inf}"
         );
     }
+    assert!(variants[0].1.starts_with("index.m3u8?"), "{text}");
     assert!(
-        variants[0].1.starts_with("index.m3u8?hls_session="),
+        variants[1].1.starts_with("../cam_360p/index.m3u8?"),
         "{text}"
     );
-    assert!(
-        variants[1]
-            .1
-            .starts_with("../cam_360p/index.m3u8?hls_session="),
-        "{text}"
-    );
+    for (_, uri) in &variants {
+        assert!(
+            uri.contains("hls_session=") && uri.contains("token="),
+            "{text}"
+        );
+    }
     // Each variant's media playlist answers, and their segments line up
     // (the rendition's keyframes are the source's).
     let source = media_get(&node, &format!("/live/cam/{}", variants[0].1)).1;

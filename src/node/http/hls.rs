@@ -349,11 +349,6 @@ async fn rendition_windows(
     let Some(names) = http.renditions.get(who.key.app()) else {
         return out;
     };
-    // A token signs one stream's name: the stream's would not play its
-    // renditions, so a token app's playlists list the stream alone.
-    if ctx.auth.play_needs_token(who.key.app()) {
-        return out;
-    }
     let last = who.key.name().rsplit('/').next().unwrap_or("");
     for pipeline in names {
         let name = crate::output::pipeline::rendition_name(who.key.name(), pipeline);
