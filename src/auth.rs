@@ -253,18 +253,25 @@ impl Auth {
                 }
             }
             (Action::Play, _, PlayAuth::Token) => {
-                let own = self.check_token(action, app, stream, query, now);
-                // A rendition plays with its stream's token.
-                let group = self.renditions.get(app).and_then(|names| {
-                    names.iter().find_map(|p| {
-                        let base = stream.strip_suffix(p.as_str())?.strip_suffix('_')?;
-                        self.check_token(action, app, base, query, now).ok()
+                // A rendition plays with its stream's token too (pipeline
+                // names hold no '_', so NAME_PIPELINE names one stream).
+                self.check_token(action, app, stream, query, now)
+                    .or_else(|e| {
+                        let names = self.renditions.get(app).map_or(&[][..], Vec::as_slice);
+                        let group = names.iter().any(|p| {
+                            stream
+                                .strip_suffix(p.as_str())
+                                .and_then(|b| b.strip_suffix('_'))
+                                .is_some_and(|base| {
+                                    self.check_token(action, app, base, query, now).is_ok()
+                                })
+                        });
+                        if group {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
                     })
-                });
-                match (own, group) {
-                    (Ok(()), _) | (Err(_), Some(())) => Ok(()),
-                    (Err(e), None) => Err(e),
-                }
             }
             (Action::Publish, PublishAuth::Token, _) => {
                 self.check_token(action, app, stream, query, now)

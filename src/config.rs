@@ -502,8 +502,8 @@ impl ExecConfig {
                         .iter()
                         .filter_map(|p| Pipeline::new(&p.name, &p.command).ok())
                         .collect(),
-                    on_publish: hook("on_publish", &a.on_publish),
-                    on_unpublish: hook("on_unpublish", &a.on_unpublish),
+                    on_publish: hook("publish", &a.on_publish),
+                    on_unpublish: hook("unpublish", &a.on_unpublish),
                 };
                 (app.clone(), exec)
             })
@@ -1087,6 +1087,17 @@ mod tests {
         .unwrap();
         ok.validate().unwrap();
         assert_eq!(ok.exec.apps()["live"].pipelines.len(), 1);
+        let hooks = Config::from_toml(
+            "[exec.apps.live]\non_publish = [\"/bin/true\"]\non_unpublish = [\"/bin/true\", \"{name}\"]",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        hooks.validate().unwrap();
+        let live = &hooks.exec.apps()["live"];
+        assert!(
+            live.on_publish.is_some() && live.on_unpublish.is_some(),
+            "{live:?}"
+        );
         for (bad, says) in [
             ("[[exec.apps.live.pipelines]]\nname = \"a b\"\ncommand = [\"x\"]", "pipeline \"a b\""),
             ("[[exec.apps.live.pipelines]]\nname = \"p\"\ncommand = []", "the command is empty"),

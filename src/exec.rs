@@ -495,9 +495,10 @@ async fn stop(process: &mut tokio::process::Child) {
 /// The longest stderr line logged, in characters; the rest is dropped.
 const MAX_LINE: usize = 300;
 /// Bytes of a line read before the credential is cut out and the line
-/// cut to [`MAX_LINE`]: a credential that straddles the cut is dropped
-/// whole, never shown in part.
-const READ_LINE: usize = MAX_LINE + 100;
+/// cut to [`MAX_LINE`] characters: four bytes a character and the
+/// credential's length more, so that a credential the read cuts starts
+/// past the characters shown, never shown in part.
+const READ_LINE: usize = 4 * MAX_LINE + 64;
 
 /// Logs the child's stderr with the stream's name, at most [`LOG_LINES`]
 /// lines per [`LOG_WINDOW`] (the rest counted in one line). Lines end at
@@ -530,6 +531,9 @@ fn log_stderr(process: &mut tokio::process::Child, key: &StreamKey, label: &str)
         }
         if !line.is_empty() {
             rate.log(&key, &label, &line);
+        }
+        if rate.dropped > 0 {
+            tracing::warn!(stream = %key, "{label}: {} more lines not logged", rate.dropped);
         }
     });
 }

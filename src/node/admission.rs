@@ -118,14 +118,12 @@ async fn push_loop(flash_ver: Option<&str>, ctx: &ConnectionContext) -> Option<R
     })
 }
 
-/// Whether `ip` is this host: loopback, or an address of one of its
-/// interfaces (a node listening on one address reaches itself from it).
-fn is_this_host(ip: std::net::IpAddr) -> bool {
-    if ip.is_loopback() {
-        return true;
-    }
-    // Binding an address succeeds only for one of this host's own.
-    std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+/// Whether a peer at `ip` is this host: loopback, or the one address the
+/// node's RTMP listener is bound to (its pipelines connect there, and a
+/// connection to an address of this host comes from that address).
+fn is_this_host(ip: std::net::IpAddr, rtmp_ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ip.is_loopback() || (!rtmp_ip.is_unspecified() && ip == rtmp_ip.to_canonical())
 }
 
 /// The auth rules, then the webhook if one applies; Ok carries the push
@@ -138,8 +136,15 @@ pub async fn authorize(
     // The node's own pipelines play and publish with its internal
     // credential, from this host: the rules and the webhook are for
     // everyone else.
-    if crate::output::pipeline::is_internal(who.query) && is_this_host(who.peer.ip()) {
-        return Ok(Vec::new());
+    if crate::output::pipeline::is_internal(who.query) {
+        if is_this_host(who.peer.ip(), ctx.rtmp_ip) {
+            return Ok(Vec::new());
+        }
+        // Never on to the rules and the webhook with the credential in it.
+        return Err(Refusal::Auth {
+            reason: "the internal credential is for this host's pipelines".into(),
+            kind: "bad_token",
+        });
     }
     let secs = unix_micros() / 1_000_000;
     if let Err(refusal) = ctx.auth.check(action, who.key, who.query, secs) {
@@ -283,6 +288,26 @@ pub async fn locate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_internal_credential_is_for_this_hosts_pipelines_only() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let bound = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mapped_lo = IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+        assert!(is_this_host(lo, any));
+        assert!(is_this_host(IpAddr::V6(Ipv6Addr::LOCALHOST), any));
+        assert!(is_this_host(mapped_lo, any), "an IPv4-mapped loopback");
+        assert!(is_this_host(bound, bound), "the listener's own address");
+        let remote = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 6));
+        assert!(!is_this_host(remote, bound));
+        assert!(
+            !is_this_host(remote, any),
+            "listening everywhere: loopback only"
+        );
+        assert!(!is_this_host(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), any));
+    }
 
     #[test]
     fn refusals_name_their_status_and_where_the_key_is_live() {

@@ -39,4 +39,7 @@ pub struct ConnectionContext {
     pub pushes: Rc<Pushes>,
     /// The exec thread (pipelines and hooks), when configured.
     pub exec: Option<crate::exec::Exec>,
+    /// The address the RTMP listener is bound to (unspecified: every one):
+    /// where the node's own pipelines connect from.
+    pub rtmp_ip: std::net::IpAddr,
 }

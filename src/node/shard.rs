@@ -280,6 +280,7 @@ fn connection_context(
     Rc::new(ConnectionContext {
         pushes,
         exec: setup.exec.clone(),
+        rtmp_ip: config.rtmp.listen.ip(),
         open: RefCell::new(Vec::new()),
         reconnects_asked: std::cell::Cell::new(0),
         hub: hub.clone(),

@@ -69,7 +69,7 @@ pub fn without_secret(text: &str) -> String {
 /// Why a pipeline is refused at config load; the message names the part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
-    #[error("the name must be 1 to 32 letters, digits, '-' or '_'")]
+    #[error("the name must be 1 to 32 letters, digits or '-' (a '_' would make rendition names ambiguous)")]
     Name,
     #[error("the command is empty")]
     Empty,
@@ -132,10 +132,9 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(name: &str, args: &[String]) -> Result<Pipeline, PipelineError> {
+        // No '_': `NAME_PIPELINE` must name one stream and one pipeline.
         let name_ok = (1..=32).contains(&name.len())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !name_ok {
             return Err(PipelineError::Name);
         }
@@ -282,6 +281,7 @@ mod tests {
             ("", args(&["ffmpeg"]), Name),
             ("a b", args(&["ffmpeg"]), Name),
             ("x/y", args(&["ffmpeg"]), Name),
+            ("hd_360p", args(&["ffmpeg"]), Name),
             ("ok", args(&[]), Empty),
             ("ok", args(&[""]), Empty),
             (
