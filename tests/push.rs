@@ -243,6 +243,38 @@ fn state_of(list: &serde_json::Value, port: u16) -> Option<&serde_json::Value> {
     })
 }
 
+/// Polls `what` until it holds, with a deadline.
+fn wait_until(what: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !holds() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Players the node counts (those waiting for their stream too).
+fn players(node: &Node) -> u64 {
+    let (_, text) = get(node.http, "/metrics");
+    text.lines()
+        .filter(|l| l.starts_with("tributary_players{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Established TCP connections to a loopback port (`ss`).
+fn connections_to(port: u16) -> usize {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( dport = :{port} )"),
+        ])
+        .output()
+        .expect("ss (iproute2) is required");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 fn log_tail(node: &Node) -> String {
     let log = node.log.lock().unwrap();
     let lines: Vec<&str> = log.lines().collect();
@@ -292,7 +324,10 @@ fn a_stream_is_pushed_to_nginx_rtmp_and_to_a_tributary_over_rtmps_with_a_private
     let at_target = temp_file("push-target.flv");
     let p1 = ffmpeg_player(&nginx.url("cam"), &at_nginx, None);
     let p2 = ffmpeg_player(&target.url("live-cam"), &at_target, None);
-    thread::sleep(Duration::from_millis(300)); // the players' connect, not a settle: counted below
+    wait_until("the player waiting at nginx", || {
+        connections_to(nginx.port) >= 1
+    });
+    wait_until("the player waiting at the target", || players(&target) >= 1);
     let publisher = publish(&source.url("cam"), SECONDS);
     let list = wait_pushes(&source, "live/cam", "both targets live", |l| {
         l.as_array()
@@ -369,7 +404,9 @@ fn a_refusing_and_a_silent_target_cost_the_healthy_one_and_the_players_nothing()
     let at_source = temp_file("ind-source.flv");
     let p1 = ffmpeg_player(&healthy.url("cam"), &at_healthy, None);
     let p2 = ffmpeg_player(&source.url("cam"), &at_source, None);
-    thread::sleep(Duration::from_millis(300)); // the players' connect, not a settle: counted below
+    wait_until("the players waiting", || {
+        players(&healthy) >= 1 && players(&source) >= 1
+    });
     let publisher = publish(&source.url("cam"), SECONDS);
 
     // The dead ones show their state and the error as the socket said it.
