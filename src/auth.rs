@@ -259,12 +259,9 @@ impl Auth {
                     .or_else(|e| {
                         let names = self.renditions.get(app).map_or(&[][..], Vec::as_slice);
                         let group = names.iter().any(|p| {
-                            stream
-                                .strip_suffix(p.as_str())
-                                .and_then(|b| b.strip_suffix('_'))
-                                .is_some_and(|base| {
-                                    self.check_token(action, app, base, query, now).is_ok()
-                                })
+                            crate::output::pipeline::rendition_of(stream, p).is_some_and(|base| {
+                                self.check_token(action, app, base, query, now).is_ok()
+                            })
                         });
                         if group {
                             Ok(())

@@ -510,6 +510,19 @@ impl ExecConfig {
             .collect()
     }
 
+    /// Per app, the names of the pipelines that publish a rendition
+    /// (`NAME_PIPELINE`): what a multivariant playlist lists and a play
+    /// token of `NAME` plays.
+    pub fn renditions(&self) -> BTreeMap<String, Vec<String>> {
+        self.apps()
+            .into_iter()
+            .map(|(app, e)| {
+                let names = e.pipelines.iter().filter(|p| p.publishes());
+                (app, names.map(|p| p.name.clone()).collect())
+            })
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         use crate::output::pipeline::Pipeline;
         if !(1..=1024).contains(&self.max_processes) {

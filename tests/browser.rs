@@ -32,6 +32,24 @@ fn driver_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
+/// Runs a driver of tests/browser/ with `args`; what it printed, as JSON.
+fn run_driver(script: &str, args: &[&str]) -> serde_json::Value {
+    let output = Command::new("node")
+        .arg(driver_dir().join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("node is required (scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script}: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{script}: output is not JSON ({e}): {stdout}"))
+}
+
 fn run_preview(console: &str, stream: &str, kind: &str, seconds: u32) -> Seen {
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -189,20 +207,15 @@ fn the_console_shows_a_streams_push_targets_and_their_errors() {
     let node = common::Node::start_with(1, &["--config", config.to_str().unwrap()]);
     let _publisher = common::publish(&node.url("shown"), 30);
     common::wait_live(&target.url("shown"));
-    let output = Command::new("node")
-        .arg(driver_dir().join("pushes.mjs"))
-        .arg(format!("http://{}/", node.http))
-        .args(["live/shown", "live", "backing_off"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("node is required (scripts/test installs it)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let v = run_driver(
+        "pushes.mjs",
+        &[
+            &format!("http://{}/", node.http),
+            "live/shown",
+            "live",
+            "backing_off",
+        ],
     );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["pageErrors"].as_array().map(Vec::len), Some(0), "{v}");
     let rows = v["rows"].as_array().unwrap();
     let state = |port: u16| {
@@ -225,16 +238,7 @@ fn the_console_shows_a_streams_push_targets_and_their_errors() {
 #[test]
 fn hls_js_plays_a_stream_and_its_rendition_as_levels_and_switches_between_them() {
     let config = common::temp_file("browser-abr.toml");
-    std::fs::write(
-        &config,
-        r#"[[exec.apps.live.pipelines]]
-name = "360p"
-command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
-           "-vf", "scale=-2:360", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-           "-force_key_frames", "source", "-c:a", "aac", "-f", "flv", "{output}"]
-"#,
-    )
-    .unwrap();
+    std::fs::write(&config, common::TRANSCODE_360P).unwrap();
     let node = common::Node::start_with(
         1,
         &[
@@ -246,20 +250,10 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
     );
     let _publisher = common::publish_sized(&[], &node.url("group"), 90, "1280x720");
     common::wait_live(&node.url("group_360p"));
-    let output = Command::new("node")
-        .arg(driver_dir().join("levels.mjs"))
-        .arg(format!("http://{}/", node.http))
-        .arg("live/group")
-        .stdin(Stdio::null())
-        .output()
-        .expect("node is required (scripts/test installs it)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let v = run_driver(
+        "levels.mjs",
+        &[&format!("http://{}/", node.http), "live/group"],
     );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     eprintln!("{v}");
     assert_eq!(v["pageErrors"].as_array().map(Vec::len), Some(0), "{v}");
     let mut levels: Vec<u64> = v["levels"]

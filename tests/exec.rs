@@ -122,6 +122,11 @@ command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{{input}}",
     });
     let pid = again["pid"].as_u64().unwrap();
     wait_live(&rendition);
+    // The route refuses what names no stream, and a stream with no pipeline.
+    let (status, _) = get(node.http, "/api/streams/live/%2e%2e/pipelines");
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    let (status, _) = get(node.http, "/api/streams/live/nobody/pipelines");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
     let (_, metrics) = get(node.http, "/metrics");
     assert!(metrics.contains("tributary_exec_running 1\n"), "{metrics}");
     assert!(
@@ -219,16 +224,9 @@ fn a_stream_and_its_rendition_are_one_adaptive_group_in_its_multivariant_playlis
     let config = temp_file("exec-abr.toml");
     std::fs::write(
         &config,
-        r#"[auth]
-token_secret = "a-secret-of-sixteen-bytes"
-[auth.apps.live]
-play = "token"
-[[exec.apps.live.pipelines]]
-name = "360p"
-command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
-           "-vf", "scale=-2:360", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-           "-force_key_frames", "source", "-c:a", "aac", "-f", "flv", "{output}"]
-"#,
+        format!(
+            "[auth]\ntoken_secret = \"a-secret-of-sixteen-bytes\"\n[auth.apps.live]\nplay = \"token\"\n{TRANSCODE_360P}"
+        ),
     )
     .unwrap();
     let node = Node::start_with(

@@ -252,13 +252,19 @@ fn wait_until(what: &str, mut holds: impl FnMut() -> bool) {
     }
 }
 
-/// Players the node counts (those waiting for their stream too).
-fn players(node: &Node) -> u64 {
+/// A metric family of the node, summed over the series whose labels hold
+/// `label` ("" for all).
+fn metric_sum(node: &Node, name: &str, label: &str) -> u64 {
     let (_, text) = get(node.http, "/metrics");
     text.lines()
-        .filter(|l| l.starts_with("tributary_players{"))
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// Players the node counts (those waiting for their stream too).
+fn players(node: &Node) -> u64 {
+    metric_sum(node, "tributary_players", "")
 }
 
 /// Established TCP connections to a loopback port (`ss`).
@@ -429,13 +435,8 @@ fn a_refusing_and_a_silent_target_cost_the_healthy_one_and_the_players_nothing()
     );
     eprintln!("{list:#}");
     // And the metrics count them.
-    let (_, text) = get(source.http, "/metrics");
-    let sum = |name: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
+    let text = get(source.http, "/metrics").1;
+    let sum = |name: &str| metric_sum(&source, name, "");
     assert_eq!(sum("tributary_push_live"), 1, "{text}");
     assert!(sum("tributary_push_failures_total") >= 2, "{text}");
     assert!(sum("tributary_push_connects_total") >= 3, "{text}");
@@ -804,12 +805,8 @@ fn a_target_that_stops_reading_mid_stream_drops_to_keyframes_is_cut_and_comes_ba
         state_of(l, stalled.port).is_some_and(|t| t["reconnects"].as_u64() >= Some(1))
     });
     eprintln!("{list:#}");
-    let (_, text) = get(source.http, "/metrics");
-    let dropped: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("tributary_dropped_frames_total{") && l.contains("slow_player"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let text = get(source.http, "/metrics").1;
+    let dropped = metric_sum(&source, "tributary_dropped_frames_total", "slow_player");
     assert!(
         dropped > 0,
         "no frame dropped for the stalled target:\n{text}"

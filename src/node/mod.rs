@@ -318,15 +318,7 @@ impl Node {
         let node_id = config.node_id();
         let push = push_settings(&config)?;
         // A play token of a stream plays its renditions too.
-        let renditions = config
-            .exec
-            .apps()
-            .into_iter()
-            .map(|(app, e)| {
-                let names = e.pipelines.iter().filter(|p| p.publishes());
-                (app, names.map(|p| p.name.clone()).collect())
-            })
-            .collect();
+        let renditions = config.exec.renditions().into_iter().collect();
         let auth = Arc::new(Auth::new(&config.auth)?.with_renditions(renditions));
         let webhook = start_webhook(&config, &node_id)?;
         let gate = Gate::new(GateLimits {

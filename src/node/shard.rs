@@ -366,15 +366,7 @@ fn accept_handler(
             cors_origin: config.media.cors_origin.clone(),
             hls_sessions: config.media.hls_sessions,
             hls: hls.clone(),
-            renditions: config
-                .exec
-                .apps()
-                .into_iter()
-                .map(|(app, e)| {
-                    let names = e.pipelines.iter().filter(|p| p.publishes());
-                    (app, names.map(|p| p.name.clone()).collect())
-                })
-                .collect(),
+            renditions: config.exec.renditions(),
         });
         let max_connections = config.rtmp.max_connections_per_shard as u64;
         move |fd: OwnedFd, kind: ListenKind| {

@@ -123,6 +123,12 @@ pub fn rendition_name(name: &str, pipeline: &str) -> String {
     format!("{name}_{pipeline}")
 }
 
+/// The stream `rendition` is `pipeline`'s rendition of, if it is one (the
+/// inverse of [`rendition_name`]; pipeline names hold no `_`).
+pub fn rendition_of<'a>(rendition: &'a str, pipeline: &str) -> Option<&'a str> {
+    rendition.strip_suffix(pipeline)?.strip_suffix('_')
+}
+
 /// A configured pipeline: its name and its checked command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pipeline {
@@ -255,6 +261,11 @@ mod tests {
             cmd[5],
             format!("rtmp://127.0.0.1:1935/live/cam_360p?tributary_internal={secret}")
         );
+        assert_eq!(
+            rendition_of(&rendition_name("cam", "360p"), "360p"),
+            Some("cam")
+        );
+        assert_eq!(rendition_of("cam360p", "360p"), None);
         let odd = StreamKey::new("live", "a{node}").unwrap();
         let vars = Vars { key: &odd, ..vars };
         assert_eq!(p.command(&vars)[4], "title=live/a{node} on n1");

@@ -85,6 +85,15 @@ pub fn publish_with(options: &[&str], url: &str, seconds: u32) -> Proc {
     publish_sized(options, url, seconds, "320x240")
 }
 
+/// A config section: the `live` app's 360p transcode, the shipped
+/// template's shape (keyframes on the source's) with a faster preset.
+pub const TRANSCODE_360P: &str = r#"[[exec.apps.live.pipelines]]
+name = "360p"
+command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", "{input}",
+           "-vf", "scale=-2:360", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+           "-force_key_frames", "source", "-c:a", "aac", "-f", "flv", "{output}"]
+"#;
+
 /// [`publish_with`] at another picture size (`1280x720`).
 pub fn publish_sized(options: &[&str], url: &str, seconds: u32, size: &str) -> Proc {
     Proc::spawn(
