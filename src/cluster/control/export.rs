@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Control {
+impl<N: Nats> Control<N> {
     /// The export queue reached a stream's end: every message before it is
     /// published, so the End frame follows them.
     pub(super) async fn export_ended(&self, key: StreamKey) {
@@ -103,16 +103,19 @@ impl Control {
             tokio::task::spawn_local(async move {
                 match verb.as_str() {
                     "ping" => {
-                        let _ = c.client.publish(reply, Bytes::from_static(b"pong")).await;
+                        let _ = c
+                            .client
+                            .publish(reply.to_string(), Bytes::from_static(b"pong"))
+                            .await;
                     }
                     "viewers" => {
                         let body = serde_json::to_vec(&c.local_audience()).unwrap_or_default();
-                        let _ = c.client.publish(reply, body.into()).await;
+                        let _ = c.client.publish(reply.to_string(), body.into()).await;
                     }
                     "attach" => {
                         let ok = c.on_attach(&msg.payload).await;
                         let body = serde_json::to_vec(&AttachReply { ok }).unwrap_or_default();
-                        let _ = c.client.publish(reply, body.into()).await;
+                        let _ = c.client.publish(reply.to_string(), body.into()).await;
                     }
                     "detach" => {
                         if let Ok(r) = serde_json::from_slice::<AttachRequest>(&msg.payload) {
@@ -120,9 +123,9 @@ impl Control {
                                 o.attached.remove(&r.node);
                             }
                         }
-                        let _ = c.client.publish(reply, Bytes::new()).await;
+                        let _ = c.client.publish(reply.to_string(), Bytes::new()).await;
                     }
-                    "snap" => c.on_snapshot(&msg.payload, reply).await,
+                    "snap" => c.on_snapshot(&msg.payload, reply.to_string()).await,
                     "kick" => {
                         let key = std::str::from_utf8(&msg.payload)
                             .ok()
@@ -132,7 +135,10 @@ impl Control {
                             None => false,
                         };
                         let body: &'static [u8] = if done { b"ok" } else { b"no" };
-                        let _ = c.client.publish(reply, Bytes::from_static(body)).await;
+                        let _ = c
+                            .client
+                            .publish(reply.to_string(), Bytes::from_static(body))
+                            .await;
                     }
                     _ => {}
                 }
@@ -168,7 +174,7 @@ impl Control {
         true
     }
 
-    pub(super) async fn on_snapshot(&self, payload: &[u8], reply: async_nats::Subject) {
+    pub(super) async fn on_snapshot(&self, payload: &[u8], reply: String) {
         let key = std::str::from_utf8(payload)
             .ok()
             .and_then(|k| StreamKey::parse(k).ok());

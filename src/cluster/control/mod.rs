@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
 use async_nats::{Client, ConnectOptions, Event};
 use bytes::Bytes;
 use futures_lite::StreamExt;
@@ -27,8 +26,15 @@ use crate::protocol::RawMessage;
 use crate::stream::StreamKey;
 
 mod export;
+#[cfg(test)]
+mod fake;
+mod nats;
 mod registry;
 mod relay;
+#[cfg(test)]
+mod tests;
+
+use nats::{Kv, KvError, Nats, NatsClient};
 
 const STREAMS_BUCKET: &str = "tributary_streams";
 const NODES_BUCKET: &str = "tributary_nodes";
@@ -101,13 +107,12 @@ struct Draining {
 /// queue can drop it) before its End frame is sent anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-struct Control {
+struct Control<N: Nats> {
     s: ClusterSettings,
     me: String,
-    client: Client,
-    js: jetstream::Context,
-    streams_kv: RefCell<Option<kv::Store>>,
-    nodes_kv: RefCell<Option<kv::Store>>,
+    client: N,
+    streams_kv: RefCell<Option<N::Kv>>,
+    nodes_kv: RefCell<Option<N::Kv>>,
     shards: Vec<mpsc::Sender<ShardCommand>>,
     stats: Arc<ClusterStats>,
     owned: RefCell<HashMap<StreamKey, Owned>>,
@@ -193,27 +198,7 @@ async fn run(
             return;
         }
     };
-    let me = wire::token(&settings.node_id);
-    let control = Rc::new(Control {
-        js: jetstream::new(client.clone()),
-        me,
-        client,
-        s: settings,
-        streams_kv: RefCell::new(None),
-        nodes_kv: RefCell::new(None),
-        shards,
-        stats,
-        owned: RefCell::new(HashMap::new()),
-        draining: RefCell::new(HashMap::new()),
-        ended_early: RefCell::new(HashMap::new()),
-        relays: RefCell::new(HashMap::new()),
-        wanted: RefCell::new(HashMap::new()),
-        next_generation: Cell::new(0),
-        pending: Cell::new(0),
-        warned: Cell::new(false),
-        refresh_now: Cell::new(true),
-        started_ms: unix_ms(),
-    });
+    let control = Control::new(settings, NatsClient::new(client), shards, stats);
     {
         let c = control.clone();
         tokio::task::spawn_local(async move {
@@ -222,6 +207,46 @@ async fn run(
             }
         });
     }
+    serve(control, requests, exports).await;
+}
+
+impl<N: Nats> Control<N> {
+    fn new(
+        settings: ClusterSettings,
+        client: N,
+        shards: Vec<mpsc::Sender<ShardCommand>>,
+        stats: Arc<ClusterStats>,
+    ) -> Rc<Control<N>> {
+        Rc::new(Control {
+            me: wire::token(&settings.node_id),
+            client,
+            s: settings,
+            streams_kv: RefCell::new(None),
+            nodes_kv: RefCell::new(None),
+            shards,
+            stats,
+            owned: RefCell::new(HashMap::new()),
+            draining: RefCell::new(HashMap::new()),
+            ended_early: RefCell::new(HashMap::new()),
+            relays: RefCell::new(HashMap::new()),
+            wanted: RefCell::new(HashMap::new()),
+            next_generation: Cell::new(0),
+            pending: Cell::new(0),
+            warned: Cell::new(false),
+            refresh_now: Cell::new(true),
+            started_ms: unix_ms(),
+        })
+    }
+}
+
+/// The control thread's tasks on the current `LocalSet`: other nodes'
+/// requests, the export queue, housekeeping, and the shards' requests
+/// until their queue closes.
+async fn serve<N: Nats>(
+    control: Rc<Control<N>>,
+    mut requests: mpsc::Receiver<Request>,
+    mut exports: mpsc::Receiver<Export>,
+) {
     tokio::task::spawn_local(control.clone().serve_requests());
     {
         // Exported media has its own queue and task: a claim never waits
@@ -285,19 +310,19 @@ fn count(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-impl Control {
+impl<N: Nats> Control<N> {
     fn connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        self.client.connected()
     }
 
     fn max_frame(&self) -> usize {
-        match self.client.server_info().max_payload {
+        match self.client.max_payload() {
             0 => 1 << 20,
             n => n,
         }
     }
 
-    fn streams_kv(&self) -> Option<kv::Store> {
+    fn streams_kv(&self) -> Option<N::Kv> {
         self.streams_kv.borrow().clone()
     }
 
@@ -332,9 +357,7 @@ impl Control {
         }
     }
 
-    /// Creates the registry buckets if missing. The KV stream is made
-    /// directly (not with `create_key_value`), which works on nats-server
-    /// 2.9 as well as on newer servers.
+    /// Opens the registry buckets, creating them if missing.
     async fn ensure_buckets(&self) -> Result<(), RegistryError> {
         for (bucket, slot) in [
             (STREAMS_BUCKET, &self.streams_kv),
@@ -343,29 +366,13 @@ impl Control {
             if slot.borrow().is_some() {
                 continue;
             }
-            let ttl = self.s.registry_ttl;
-            let config = jetstream::stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age: ttl,
-                duplicate_window: ttl.min(Duration::from_secs(120)),
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                num_replicas: self.s.kv_replicas,
-                storage: jetstream::stream::StorageType::Memory,
-                ..Default::default()
-            };
-            tokio::time::timeout(OP_TIMEOUT, self.js.get_or_create_stream(config))
-                .await
-                .map_err(|_| RegistryError::Timeout("creating a registry bucket"))?
-                .map_err(|e| RegistryError::nats(format!("creating bucket {bucket}: {e}")))?;
-            let store = tokio::time::timeout(OP_TIMEOUT, self.js.get_key_value(bucket))
+            let open = self
+                .client
+                .open_bucket(bucket, self.s.registry_ttl, self.s.kv_replicas);
+            let store = tokio::time::timeout(OP_TIMEOUT, open)
                 .await
                 .map_err(|_| RegistryError::Timeout("opening a registry bucket"))?
-                .map_err(|e| RegistryError::nats(format!("opening bucket {bucket}: {e}")))?;
+                .map_err(RegistryError::nats)?;
             *slot.borrow_mut() = Some(store);
         }
         Ok(())

@@ -5,7 +5,7 @@
 
 use super::*;
 
-impl Control {
+impl<N: Nats> Control<N> {
     pub(super) fn registration_value(reg: &Registration) -> Bytes {
         Bytes::from(serde_json::to_vec(reg).unwrap_or_default())
     }
@@ -16,14 +16,11 @@ impl Control {
     ) -> Result<Option<(Registration, u64)>, RegistryError> {
         let kv = self.streams_kv().ok_or(RegistryError::NotOpen)?;
         count(&self.stats.registry_ops);
-        let entry = tokio::time::timeout(OP_TIMEOUT, kv.entry(wire::token(key)))
+        let entry = tokio::time::timeout(OP_TIMEOUT, kv.entry(&wire::token(key)))
             .await
             .map_err(|_| RegistryError::Timeout("registry read"))?
             .map_err(RegistryError::nats)?;
         Ok(entry.and_then(|e| {
-            if e.operation != kv::Operation::Put {
-                return None;
-            }
             let reg: Registration = serde_json::from_slice(&e.value).ok()?;
             Some((reg, e.revision))
         }))
@@ -117,7 +114,7 @@ impl Control {
                     count(&self.stats.registry_ops);
                     let _ = tokio::time::timeout(
                         OP_TIMEOUT,
-                        kv.delete_expect_revision(wire::token(key), Some(rev)),
+                        kv.delete_expect_revision(&wire::token(key), rev),
                     )
                     .await;
                 }
@@ -164,7 +161,7 @@ impl Control {
         match tokio::time::timeout(OP_TIMEOUT, kv.create(&token, value.clone())).await {
             Err(_) => return Err(RegistryError::Timeout("registry create")),
             Ok(Ok(rev)) => return Ok(Some(rev)),
-            Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Ok(Err(KvError::Exists)) => {}
             Ok(Err(e)) => return Err(RegistryError::nats(e)),
         }
         let Some((current, revision)) = self.entry(key).await? else {
@@ -172,7 +169,7 @@ impl Control {
             count(&self.stats.registry_ops);
             return match tokio::time::timeout(OP_TIMEOUT, kv.create(&token, value)).await {
                 Ok(Ok(rev)) => Ok(Some(rev)),
-                Ok(Err(e)) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                Ok(Err(KvError::Exists)) => Ok(None),
                 Ok(Err(e)) => Err(RegistryError::nats(e)),
                 Err(_) => Err(RegistryError::Timeout("registry create")),
             };
@@ -210,7 +207,7 @@ impl Control {
         count(&self.stats.registry_ops);
         match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value, revision)).await {
             Ok(Ok(rev)) => Ok(Some(rev)),
-            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Ok(Err(KvError::WrongRevision)) => Ok(None),
             Ok(Err(e)) => Err(RegistryError::nats(e)),
             Err(_) => Err(RegistryError::Timeout("registry update")),
         }
@@ -257,7 +254,7 @@ impl Control {
                 count(&c.stats.registry_ops);
                 let _ = tokio::time::timeout(
                     OP_TIMEOUT,
-                    kv.delete_expect_revision(wire::token(&key), Some(rev)),
+                    kv.delete_expect_revision(&wire::token(&key), rev),
                 )
                 .await;
             }
@@ -301,16 +298,10 @@ impl Control {
 
     pub(super) async fn list(&self) -> Result<Vec<(StreamKey, Registration)>, RegistryError> {
         let kv = self.streams_kv().ok_or(RegistryError::NotOpen)?;
-        let keys = tokio::time::timeout(OP_TIMEOUT, async {
-            let mut keys = kv.keys().await.map_err(RegistryError::nats)?;
-            let mut out = Vec::new();
-            while let Some(k) = keys.next().await {
-                out.push(k.map_err(RegistryError::nats)?);
-            }
-            Ok::<_, RegistryError>(out)
-        })
-        .await
-        .map_err(|_| RegistryError::Timeout("registry listing"))??;
+        let keys = tokio::time::timeout(OP_TIMEOUT, kv.keys())
+            .await
+            .map_err(|_| RegistryError::Timeout("registry listing"))?
+            .map_err(RegistryError::nats)?;
         let mut out = Vec::new();
         for token in keys {
             // A key the naming rule refuses names no stream here.
@@ -332,15 +323,11 @@ impl Control {
             .clone()
             .ok_or(RegistryError::NotOpen)?;
         tokio::time::timeout(OP_TIMEOUT, async {
-            let mut keys = kv.keys().await.map_err(RegistryError::nats)?;
-            let mut names = Vec::new();
-            while let Some(k) = keys.next().await {
-                names.push(k.map_err(RegistryError::nats)?);
-            }
+            let names = kv.keys().await.map_err(RegistryError::nats)?;
             let mut out = Vec::new();
             for name in names {
-                if let Ok(Some(v)) = kv.get(name).await {
-                    if let Ok(info) = serde_json::from_slice::<NodeInfo>(&v) {
+                if let Ok(Some(v)) = kv.entry(&name).await {
+                    if let Ok(info) = serde_json::from_slice::<NodeInfo>(&v.value) {
                         out.push(info);
                     }
                 }
@@ -422,7 +409,7 @@ impl Control {
                 Some(rev) => {
                     match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value, rev)).await {
                         Ok(Ok(rev)) => Ok(Some(rev)),
-                        Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        Ok(Err(KvError::WrongRevision)) => {
                             // Taken over, or expired while we could not refresh.
                             self.register(&key, &reg, false).await
                         }

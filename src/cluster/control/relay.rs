@@ -5,7 +5,7 @@
 use super::*;
 use crate::cluster::splice::Splice;
 
-impl Control {
+impl<N: Nats> Control<N> {
     /// Starts relaying `key` if it is wanted, published on another node and
     /// not relayed yet. (An entry whose node is gone is left to expire: a
     /// re-publish anywhere replaces it at once, see `register`.)
@@ -55,7 +55,7 @@ impl Control {
             Ok(msg) => Ok(serde_json::from_slice::<AttachReply>(&msg.payload)
                 .map(|r| r.ok)
                 .unwrap_or(false)),
-            Err(e) => Err(e.kind()),
+            Err(e) => Err(e),
         }
     }
 

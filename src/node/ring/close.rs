@@ -61,12 +61,7 @@ impl SocketRing {
             if sock.fixed {
                 // Nothing is in flight on it: the table's reference goes
                 // first, so closing the fd closes the socket.
-                if let Err(e) = self
-                    .ring
-                    .borrow()
-                    .submitter()
-                    .register_files_update(slot, &[-1])
-                {
+                if let Err(e) = self.update_files(slot, &[-1]) {
                     // The table keeps the socket open until the slot is
                     // reused; the peer hears the end now all the same.
                     tracing::warn!("fixed-file slot {slot} not cleared: {e}");

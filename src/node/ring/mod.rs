@@ -44,7 +44,7 @@ use send::SendBuf;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -277,8 +277,31 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
+/// Where the ring's submissions go: the kernel's io_uring or, in unit
+/// tests, a list the test reads while it feeds completions to `complete`
+/// by hand (the seam quinn-proto's tests use for packets). In a build
+/// without tests the enum has one variant and every match on it is free
+/// (so the size difference between the two does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Submissions {
+    Kernel(IoUring),
+    #[cfg(test)]
+    Fed(Vec<squeue::Entry>),
+}
+
+impl Submissions {
+    /// The kernel's ring; None for a fed one.
+    fn kernel(&mut self) -> Option<&mut IoUring> {
+        match self {
+            Submissions::Kernel(ring) => Some(ring),
+            #[cfg(test)]
+            Submissions::Fed(_) => None,
+        }
+    }
+}
+
 pub struct SocketRing {
-    ring: RefCell<IoUring>,
+    ring: RefCell<Submissions>,
     pool: Rc<BufPool>,
     queue: Rc<RingQueue>,
     slots: RefCell<Vec<Slot>>,
@@ -355,7 +378,55 @@ impl SocketRing {
                 }
             },
         };
-        Ok(Rc::new(SocketRing {
+        Ok(Self::assemble(
+            Submissions::Kernel(ring),
+            pool,
+            Some(efd),
+            fixed_files,
+            stats,
+            timeouts,
+            coalesce,
+            wake_interval,
+            first_id,
+        ))
+    }
+
+    /// A ring with no kernel behind it (see [`Submissions`]): no buffer
+    /// ring, eventfd or fixed-file table; never driven.
+    #[cfg(test)]
+    fn fed(
+        recv_buffers: usize,
+        buffer_size: usize,
+        stats: Arc<ShardStats>,
+        timeouts: Timeouts,
+    ) -> Rc<SocketRing> {
+        let pool = BufPool::new(recv_buffers, buffer_size).expect("the buffer pool");
+        Self::assemble(
+            Submissions::Fed(Vec::new()),
+            pool,
+            None,
+            0,
+            stats,
+            timeouts,
+            Duration::ZERO,
+            Duration::ZERO,
+            0,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        ring: Submissions,
+        pool: Rc<BufPool>,
+        efd: Option<OwnedFd>,
+        fixed_files: u32,
+        stats: Arc<ShardStats>,
+        timeouts: Timeouts,
+        coalesce: Duration,
+        wake_interval: Duration,
+        first_id: u64,
+    ) -> Rc<SocketRing> {
+        Rc::new(SocketRing {
             ring: RefCell::new(ring),
             pool,
             queue: Rc::new(RingQueue::default()),
@@ -364,7 +435,7 @@ impl SocketRing {
             listeners: RefCell::new(Vec::new()),
             starved: RefCell::new(Vec::new()),
             backlog: RefCell::new(VecDeque::new()),
-            efd: Cell::new(Some(efd)),
+            efd: Cell::new(efd),
             stats,
             timeouts,
             next_id: Cell::new(first_id),
@@ -372,7 +443,15 @@ impl SocketRing {
             flush_due: Cell::new(None),
             wake_interval,
             fixed_files,
-        }))
+        })
+    }
+
+    /// Updates the fixed-file table from `slot` on.
+    fn update_files(&self, slot: u32, fds: &[RawFd]) -> std::io::Result<usize> {
+        match self.ring.borrow_mut().kernel() {
+            Some(ring) => ring.submitter().register_files_update(slot, fds),
+            None => Err(std::io::ErrorKind::Unsupported.into()),
+        }
     }
 
     /// Starts accepting on a listening socket.
@@ -453,12 +532,7 @@ impl SocketRing {
         // The table takes its own reference to the socket; the slot was
         // cleared when its last socket closed (`maybe_close`).
         let fixed = slot < self.fixed_files
-            && match self
-                .ring
-                .borrow()
-                .submitter()
-                .register_files_update(slot, &[fd.as_raw_fd()])
-            {
+            && match self.update_files(slot, &[fd.as_raw_fd()]) {
                 Ok(_) => true,
                 Err(e) => {
                     tracing::debug!("fixed-file slot {slot}: {e}; this socket is named by fd");
@@ -524,6 +598,13 @@ impl SocketRing {
             return;
         }
         let mut ring = self.ring.borrow_mut();
+        #[cfg(test)]
+        if let Submissions::Fed(entries) = &mut *ring {
+            return entries.push(entry);
+        }
+        let Some(ring) = ring.kernel() else {
+            return;
+        };
         // SAFETY: every entry points only at memory that outlives its
         // completion: listener and socket fds (and fixed-file slots) stay
         // open until their last completion, send buffers live in their
@@ -544,6 +625,9 @@ impl SocketRing {
     /// `io_uring_enter`, only when there is something to do.
     fn submit(&self) {
         let mut ring = self.ring.borrow_mut();
+        let Some(ring) = ring.kernel() else {
+            return;
+        };
         let mut backlog = self.backlog.borrow_mut();
         while let Some(entry) = backlog.front() {
             // SAFETY: as in `push`.
@@ -570,6 +654,9 @@ impl SocketRing {
 
     fn has_completions(&self) -> bool {
         let mut ring = self.ring.borrow_mut();
+        let Some(ring) = ring.kernel() else {
+            return false;
+        };
         let mut cq = ring.completion();
         cq.sync();
         !cq.is_empty()
@@ -650,6 +737,9 @@ impl SocketRing {
         loop {
             let n = {
                 let mut ring = self.ring.borrow_mut();
+                let Some(ring) = ring.kernel() else {
+                    return total;
+                };
                 let mut n = 0;
                 for cqe in ring.completion().take(batch.len()) {
                     batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
@@ -910,17 +1000,16 @@ mod tests {
         assert_eq!(UserData::decode(5 << 60), None);
     }
 
-    /// A ring that is never submitted to: the completions a test feeds
-    /// `complete` are the only ones it sees (the seam quinn-proto's tests
-    /// use for packets). Its sockets are one end of a Unix socket pair.
+    /// A ring with no kernel behind it: what it submits is read back with
+    /// `submitted`, the completions a test feeds `complete` are the only
+    /// ones it sees. Its sockets are one end of a Unix socket pair.
     fn fed_ring(stats: Arc<ShardStats>) -> Rc<SocketRing> {
         let timeouts = Timeouts {
             handshake: Duration::from_secs(60),
             idle: Duration::from_secs(60),
             write: Duration::from_secs(60),
         };
-        SocketRing::new(8, 4096, stats, timeouts, Duration::ZERO, Duration::ZERO, 0)
-            .expect("the socket ring")
+        SocketRing::fed(8, 4096, stats, timeouts)
     }
 
     fn fed_socket(ring: &SocketRing) -> (Rc<Conn>, u32, std::os::unix::net::UnixStream) {
@@ -929,6 +1018,18 @@ mod tests {
         let slot = conn.slot();
         let generation = ring.slots.borrow()[slot as usize].generation;
         (conn, generation, theirs)
+    }
+
+    /// What the ring submitted since the last call: each entry's op and slot.
+    fn submitted(ring: &SocketRing) -> Vec<(Op, u32)> {
+        match &mut *ring.ring.borrow_mut() {
+            Submissions::Fed(entries) => entries
+                .drain(..)
+                .filter_map(|e| UserData::decode(e.get_user_data()))
+                .map(|ud| (ud.op, ud.slot))
+                .collect(),
+            Submissions::Kernel(_) => panic!("not a fed ring"),
+        }
     }
 
     fn recv_armed(ring: &SocketRing, slot: u32) -> bool {
@@ -955,6 +1056,7 @@ mod tests {
         let (conn, generation, _peer) = fed_socket(&ring);
         let slot = conn.slot();
         assert!(recv_armed(&ring, slot), "registering arms the receive");
+        assert_eq!(submitted(&ring), [(Op::Recv, slot)]);
         let more = 1 << 1; // IORING_CQE_F_MORE: the multishot goes on.
         assert!(cqueue::more(more));
 
@@ -980,8 +1082,10 @@ mod tests {
         assert_eq!(ShardStats::get(&stats.recv_no_buffers), 1);
         assert_eq!(*ring.starved.borrow(), vec![(slot, conn.id)]);
         assert!(!recv_armed(&ring, slot) && poll_input(&conn).is_none());
+        assert!(submitted(&ring).is_empty());
         ring.rearm_starved();
         assert!(recv_armed(&ring, slot), "buffers are free: armed again");
+        assert_eq!(submitted(&ring), [(Op::Recv, slot)]);
 
         // A cancel (the connection paused) racing a receive: the cancel's
         // ECANCELED ends the multishot and re-arms it once the connection
@@ -991,11 +1095,14 @@ mod tests {
         assert!(!recv_armed(&ring, slot) && poll_input(&conn).is_none());
         conn.paused.set(false);
         ring.queue.reconcile.borrow_mut().push(slot);
+        assert!(submitted(&ring).is_empty(), "nothing armed while paused");
         ring.reconcile();
         assert!(recv_armed(&ring, slot), "resumed: armed again");
+        assert_eq!(submitted(&ring), [(Op::Recv, slot)]);
         // Unpaused, an ECANCELED re-arms at once.
         ring.complete(recv, -libc::ECANCELED, 0, now, &mut on_accept);
         assert!(recv_armed(&ring, slot));
+        assert_eq!(submitted(&ring), [(Op::Recv, slot)]);
 
         // Bytes the kernel says it put in no buffer of the pool end the
         // connection with that reason, whatever the multishot does next.
@@ -1011,14 +1118,15 @@ mod tests {
         // lets the socket close.
         ring.finish(&conn);
         assert_eq!(ring.open_sockets(), 1);
+        // (A cancel names its target in its entry, not in its user data.)
+        assert!(submitted(&ring).iter().any(|&(op, _)| op == Op::Cancel));
         ring.complete(recv, 5, more, now, &mut on_accept);
         assert_eq!(ring.open_sockets(), 1, "still in flight");
         ring.complete(recv, -libc::ECANCELED, 0, now, &mut on_accept);
         assert_eq!(ring.open_sockets(), 0);
         // A completion for the closed socket's slot is stale now.
         ring.complete(recv, 0, 0, now, &mut on_accept);
-        // The kernel keeps a reference to the ring's fds: never dropped.
-        std::mem::forget(ring);
+        assert!(submitted(&ring).is_empty());
     }
 
     #[test]
@@ -1041,7 +1149,9 @@ mod tests {
         // A send that fails (the peer is gone) closes the connection.
         let (conn, generation, _peer) = fed_socket(&ring);
         conn.push(Bytes::from_static(b"hello"));
+        submitted(&ring);
         ring.send_round(now);
+        assert_eq!(submitted(&ring), [(Op::Send, conn.slot())]);
         ring.complete(
             UserData::new(Op::Send, conn.slot(), generation).encode(),
             -libc::EPIPE,
@@ -1050,7 +1160,6 @@ mod tests {
             &mut on_accept,
         );
         assert!(conn.is_closed());
-        std::mem::forget(ring);
     }
 
     #[test]

@@ -1,0 +1,481 @@
+//! The control thread's rules, driven through the NATS seam
+//! ([`super::fake`]): claims against live, dead and taken-over owners,
+//! the fence at refresh, registration after an outage, the publisher
+//! leaving mid-claim, relays from attach to end, kicks and the cluster's
+//! viewers. Each test is a few nodes on one in-process bus.
+
+use std::future::Future;
+
+use super::fake::{Bus, FakeNats};
+use super::*;
+use crate::protocol::MessageType;
+use crate::stream::Protocol;
+
+fn settings(node: &str) -> ClusterSettings {
+    ClusterSettings {
+        node_id: node.to_owned(),
+        servers: Vec::new(),
+        user: String::new(),
+        password: String::new(),
+        token: String::new(),
+        creds_file: String::new(),
+        nkey_seed: String::new(),
+        tls_ca_file: String::new(),
+        require_tls: false,
+        registry_ttl: Duration::from_secs(6),
+        kv_replicas: 1,
+        max_message_len: 1 << 20,
+        max_snapshot_bytes: 1 << 20,
+        rtmp_addr: format!("{node}:1935"),
+        audience: Arc::default(),
+    }
+}
+
+/// Runs `f` on a current-thread runtime's `LocalSet`, as the control
+/// thread runs.
+fn run<F: Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+struct Node {
+    c: Rc<Control<FakeNats>>,
+    nats: FakeNats,
+    /// What the control thread tells shard 0.
+    shard: mpsc::Receiver<ShardCommand>,
+}
+
+/// A node with its buckets open, answering other nodes' requests.
+async fn node(bus: &Rc<Bus>, name: &str) -> Node {
+    let nats = bus.client();
+    let (tx, shard) = mpsc::channel(64);
+    let c = Control::new(settings(name), nats.clone(), vec![tx], Arc::default());
+    c.ensure_buckets().await.expect("buckets");
+    tokio::task::spawn_local(c.clone().serve_requests());
+    // The request subscription is made by that task: let it run.
+    tokio::task::yield_now().await;
+    Node { c, nats, shard }
+}
+
+fn key(s: &str) -> StreamKey {
+    StreamKey::parse(s).expect("key")
+}
+
+async fn claim(n: &Node, k: &StreamKey, takeover: bool) -> ClaimResult {
+    let (tx, rx) = oneshot::channel();
+    n.c.claim(k, 0, takeover, tx).await;
+    rx.await.expect("answer")
+}
+
+/// The registry's entry for `k`, as a test reads it.
+fn owner(bus: &Bus, k: &StreamKey) -> Option<Registration> {
+    let (v, _) = bus.value(STREAMS_BUCKET, &wire::token(k))?;
+    Some(serde_json::from_slice(&v).expect("registration"))
+}
+
+fn conflicts(n: &Node) -> u64 {
+    n.c.stats.registry_conflicts.load(Ordering::Relaxed)
+}
+
+/// The next command for shard 0, within a deadline.
+async fn next_command(n: &mut Node) -> ShardCommand {
+    tokio::time::timeout(Duration::from_secs(5), n.shard.recv())
+        .await
+        .expect("a shard command in time")
+        .expect("queue open")
+}
+
+/// Polls (yielding to the other tasks) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn video(ts: u32, keyframe: bool) -> RawMessage {
+    let first = if keyframe { 0x17 } else { 0x27 };
+    RawMessage {
+        csid: 6,
+        timestamp: ts,
+        type_id: MessageType::VIDEO,
+        stream_id: 1,
+        payload: Bytes::from(vec![first, 1, 0, 0, 0, 0xAA, 0xBB]),
+    }
+}
+
+#[test]
+fn a_free_key_is_registered_and_a_live_owner_keeps_it() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        let b = node(&bus, "b").await;
+        let k = key("live/one");
+        assert_eq!(
+            claim(&a, &k, false).await,
+            ClaimResult::Registered { pushes: vec![] }
+        );
+        assert_eq!(owner(&bus, &k).expect("entry").node, "a");
+        // A answers its pings: B is refused and named the owner.
+        assert_eq!(claim(&b, &k, false).await, ClaimResult::Refused("a".into()));
+        assert_eq!(conflicts(&b), 1);
+        assert_eq!(owner(&bus, &k).expect("entry").node, "a");
+        assert!(!b.c.owned.borrow().contains_key(&k));
+        // A second publish of the same key on A itself is refused too.
+        assert_eq!(claim(&a, &k, false).await, ClaimResult::Refused("a".into()));
+    });
+}
+
+#[test]
+fn a_dead_owners_entry_is_taken_with_its_push_targets() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        let b = node(&bus, "b").await;
+        let k = key("live/one");
+        claim(&a, &k, false).await;
+        let urls = vec!["rtmp://example.invalid/app/x".to_owned()];
+        a.c.handle(Request::Pushes {
+            key: k.clone(),
+            shard: 0,
+            urls: urls.clone(),
+        })
+        .await;
+        a.c.refresh().await;
+        assert_eq!(owner(&bus, &k).expect("entry").pushes, urls);
+        // A is killed: its entry stays (until the TTL), its pings go
+        // unanswered.
+        a.nats.cut_off(true);
+        assert_eq!(
+            claim(&b, &k, false).await,
+            ClaimResult::Registered {
+                pushes: urls.clone()
+            }
+        );
+        let entry = owner(&bus, &k).expect("entry");
+        assert_eq!((entry.node.as_str(), entry.pushes), ("b", urls));
+        // Not a conflict: nobody lost a live stream.
+        assert_eq!(conflicts(&b), 0);
+    });
+}
+
+#[test]
+fn a_takeover_fences_the_old_owner_at_its_refresh() {
+    run(async {
+        let bus = Bus::new();
+        let mut a = node(&bus, "a").await;
+        let b = node(&bus, "b").await;
+        let k = key("live/one");
+        claim(&a, &k, false).await;
+        assert_eq!(
+            claim(&b, &k, true).await,
+            ClaimResult::Registered { pushes: vec![] }
+        );
+        assert_eq!(owner(&bus, &k).expect("entry").node, "b");
+        assert_eq!(conflicts(&b), 1);
+        // A's next refresh finds a revision not its own and a live owner.
+        a.c.refresh().await;
+        match next_command(&mut a).await {
+            ShardCommand::Fence { key } => assert_eq!(key, k),
+            other => panic!("expected a fence, got {other:?}"),
+        }
+        assert!(!a.c.owned.borrow().contains_key(&k));
+        assert_eq!(conflicts(&a), 1);
+        assert_eq!(owner(&bus, &k).expect("entry").node, "b");
+        // B's refresh keeps its entry.
+        b.c.refresh().await;
+        assert_eq!(owner(&bus, &k).expect("entry").node, "b");
+    });
+}
+
+#[test]
+fn a_publish_made_while_nats_was_away_registers_when_a_fresh_server_returns() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        let k = key("live/one");
+        bus.set_down(true);
+        assert_eq!(claim(&a, &k, false).await, ClaimResult::Unavailable);
+        assert_eq!(a.c.stats.registry_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(a.c.owned.borrow().get(&k).map(|o| o.revision), Some(None));
+        // A fresh server: the registry and the buckets are gone.
+        bus.wipe();
+        bus.set_down(false);
+        a.c.on_event(Event::Connected);
+        assert!(a.c.streams_kv().is_none());
+        a.c.ensure_buckets().await.expect("buckets");
+        a.c.refresh().await;
+        assert_eq!(owner(&bus, &k).expect("entry").node, "a");
+        let (_, rev) = bus.value(STREAMS_BUCKET, &wire::token(&k)).expect("entry");
+        assert_eq!(
+            a.c.owned.borrow().get(&k).map(|o| o.revision),
+            Some(Some(rev))
+        );
+        // The heartbeat went out with it.
+        assert!(bus.value(NODES_BUCKET, "a").is_some());
+    });
+}
+
+#[test]
+fn a_publish_made_during_a_split_yields_to_the_registered_owner() {
+    run(async {
+        let bus = Bus::new();
+        let mut a = node(&bus, "a").await;
+        let b = node(&bus, "b").await;
+        let k = key("live/one");
+        a.nats.cut_off(true);
+        assert_eq!(claim(&a, &k, false).await, ClaimResult::Unavailable);
+        // Meanwhile B's encoder publishes the same key and registers it.
+        assert_eq!(
+            claim(&b, &k, false).await,
+            ClaimResult::Registered { pushes: vec![] }
+        );
+        a.nats.cut_off(false);
+        tokio::task::spawn_local(a.c.clone().serve_requests());
+        a.c.refresh().await;
+        match next_command(&mut a).await {
+            ShardCommand::Fence { key } => assert_eq!(key, k),
+            other => panic!("expected a fence, got {other:?}"),
+        }
+        assert_eq!(owner(&bus, &k).expect("entry").node, "b");
+    });
+}
+
+#[test]
+fn an_unregister_deletes_only_its_own_revision() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        let b = node(&bus, "b").await;
+        let k = key("live/one");
+        claim(&a, &k, false).await;
+        a.c.unregister(k.clone(), 0);
+        until("the entry deleted", || owner(&bus, &k).is_none()).await;
+        until("no task pending", || a.c.pending.get() == 0).await;
+
+        // Taken over by B: A's publisher leaving must not delete B's entry.
+        claim(&a, &k, false).await;
+        claim(&b, &k, true).await;
+        a.c.unregister(k.clone(), 0);
+        until("no task pending", || a.c.pending.get() == 0).await;
+        assert_eq!(owner(&bus, &k).expect("entry").node, "b");
+        // An unregister from another shard than the owner's is ignored.
+        b.c.unregister(k.clone(), 1);
+        until("no task pending", || b.c.pending.get() == 0).await;
+        assert!(b.c.owned.borrow().contains_key(&k));
+    });
+}
+
+#[test]
+fn the_publisher_leaving_during_its_claim_takes_the_entry_back_out() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        let k = key("live/one");
+        bus.hold(true);
+        let (tx, rx) = oneshot::channel();
+        let c = a.c.clone();
+        let kk = k.clone();
+        tokio::task::spawn_local(async move { c.claim(&kk, 0, false, tx).await });
+        until("the claim in flight", || {
+            a.c.owned.borrow().contains_key(&k)
+        })
+        .await;
+        // The publisher leaves before the registry answers.
+        a.c.unregister(k.clone(), 0);
+        assert!(!a.c.owned.borrow().contains_key(&k));
+        bus.hold(false);
+        assert_eq!(
+            rx.await.expect("answer"),
+            ClaimResult::Registered { pushes: vec![] }
+        );
+        until("no task pending", || a.c.pending.get() == 0).await;
+        assert!(owner(&bus, &k).is_none(), "the entry was left behind");
+    });
+}
+
+#[test]
+fn a_relay_attaches_splices_the_snapshot_and_ends_with_the_stream() {
+    run(async {
+        let bus = Bus::new();
+        let mut a = node(&bus, "a").await;
+        let mut b = node(&bus, "b").await;
+        let k = key("live/one");
+        claim(&a, &k, false).await;
+        b.c.handle(Request::Want {
+            key: k.clone(),
+            shard: 0,
+            until: Instant::now() + Duration::from_secs(10),
+        })
+        .await;
+        // A's shard is told to export, then asked for its cache.
+        match next_command(&mut a).await {
+            ShardCommand::Export { key, on: true } => assert_eq!(key, k),
+            other => panic!("expected export on, got {other:?}"),
+        }
+        match next_command(&mut a).await {
+            ShardCommand::Snapshot { key, reply } => {
+                assert_eq!(key, k);
+                let _ = reply.send(Some((vec![video(0, true), video(40, false)], 1)));
+            }
+            other => panic!("expected a snapshot request, got {other:?}"),
+        }
+        match next_command(&mut b).await {
+            ShardCommand::RelayStart { key, messages } => {
+                assert_eq!(key, k);
+                let ts: Vec<u32> = messages.iter().map(|m| m.timestamp).collect();
+                assert_eq!(ts, [0, 40]);
+                assert_eq!(messages[0].payload, video(0, true).payload);
+            }
+            other => panic!("expected the relay start, got {other:?}"),
+        }
+        // Live media after the snapshot: what the snapshot held is not
+        // delivered twice.
+        a.c.export(&k, 1, &video(40, false)).await;
+        a.c.export(&k, 2, &video(80, false)).await;
+        match next_command(&mut b).await {
+            ShardCommand::RelayMedia { key, message } => {
+                assert_eq!((key, message.timestamp), (k.clone(), 80));
+            }
+            other => panic!("expected media, got {other:?}"),
+        }
+        assert_eq!(b.c.stats.relayed_streams.load(Ordering::Relaxed), 1);
+        // The publisher on A leaves: B hears the end after the last media.
+        a.c.unregister(k.clone(), 0);
+        a.c.export_ended(k.clone()).await;
+        match next_command(&mut b).await {
+            ShardCommand::RelayEnded { key } => assert_eq!(key, k),
+            other => panic!("expected the end, got {other:?}"),
+        }
+        until("the relay gone", || !b.c.relays.borrow().contains_key(&k)).await;
+        assert_eq!(b.c.stats.relayed_streams.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn a_relay_from_a_node_that_stops_answering_ends_after_its_renewals() {
+    run(async {
+        let bus = Bus::new();
+        let mut a = node(&bus, "a").await;
+        let mut b = node(&bus, "b").await;
+        let k = key("live/one");
+        claim(&a, &k, false).await;
+        b.c.handle(Request::Want {
+            key: k.clone(),
+            shard: 0,
+            until: Instant::now() + Duration::from_secs(10),
+        })
+        .await;
+        let _export = next_command(&mut a).await;
+        match next_command(&mut a).await {
+            ShardCommand::Snapshot { reply, .. } => {
+                let _ = reply.send(Some((vec![video(0, true)], 0)));
+            }
+            other => panic!("expected a snapshot request, got {other:?}"),
+        }
+        assert!(matches!(
+            next_command(&mut b).await,
+            ShardCommand::RelayStart { .. }
+        ));
+        // A is killed without a word: no End frame ever comes.
+        a.nats.cut_off(true);
+        match next_command(&mut b).await {
+            ShardCommand::RelayEnded { key } => assert_eq!(key, k),
+            other => panic!("expected the end, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_kick_reaches_the_owning_node_and_a_bad_key_is_refused_there() {
+    run(async {
+        let bus = Bus::new();
+        let mut a = node(&bus, "a").await;
+        let b = node(&bus, "b").await;
+        let k = key("live/one");
+        claim(&a, &k, false).await;
+        let c = b.c.clone();
+        let kk = k.clone();
+        let kick = tokio::task::spawn_local(async move { c.kick(&kk).await });
+        match next_command(&mut a).await {
+            ShardCommand::Kick { key, reply } => {
+                assert_eq!(key, k);
+                let _ = reply.send(true);
+            }
+            other => panic!("expected a kick, got {other:?}"),
+        }
+        assert_eq!(kick.await.expect("task").expect("kicked"), "a");
+        // No such stream anywhere.
+        assert!(matches!(
+            b.c.kick(&key("live/none")).await,
+            Err(RegistryError::NoSuchStream)
+        ));
+        // A kick request whose payload names no stream is answered "no".
+        let answer = b
+            .nats
+            .request("trib.kick.a".into(), Bytes::from_static(b"../x"))
+            .await
+            .expect("answer");
+        assert_eq!(answer.payload.as_ref(), b"no");
+        // Nor does a malformed attach start an export.
+        let answer = b
+            .nats
+            .request("trib.attach.a".into(), Bytes::from_static(b"{"))
+            .await
+            .expect("answer");
+        assert_eq!(answer.payload.as_ref(), br#"{"ok":false}"#);
+        assert!(!a.c.owned.borrow()[&k].exporting);
+    });
+}
+
+#[test]
+fn the_clusters_viewers_are_summed_and_a_silent_node_is_named() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        let b = node(&bus, "b").await;
+        let c = node(&bus, "c").await;
+        let k = key("live/one");
+        assert!(a.c.s.audience.join(&k, Protocol::Rtmp, 0));
+        assert!(b.c.s.audience.join(&k, Protocol::HttpFlv, 0));
+        assert!(b.c.s.audience.join(&k, Protocol::LlHls, 0));
+        for n in [&a, &b, &c] {
+            n.c.refresh().await;
+        }
+        c.nats.cut_off(true);
+        let sums = a.c.viewers().await.expect("viewers");
+        assert_eq!(sums.answered, ["a", "b"]);
+        assert_eq!(sums.missing, ["c"]);
+        assert_eq!(sums.streams[k.as_str()].total(), 3);
+        let nodes = a.c.nodes().await.expect("nodes");
+        let names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    });
+}
+
+#[test]
+fn the_listing_skips_keys_the_naming_rule_refuses() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        claim(&a, &key("live/one"), false).await;
+        claim(&a, &key("live/s/t"), false).await;
+        // A key written by something else, naming no stream.
+        let kv = a.c.streams_kv().expect("kv");
+        kv.put("bad..key", Bytes::from_static(b"{}"))
+            .await
+            .expect("put");
+        let listed: Vec<String> =
+            a.c.list()
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|(k, _)| k.to_string())
+                .collect();
+        assert_eq!(listed, ["live/one", "live/s/t"]);
+    });
+}
