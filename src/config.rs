@@ -51,6 +51,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub push: PushConfig,
     pub exec: ExecConfig,
+    pub record: RecordConfig,
 }
 
 /// HTTP media for browsers and HTTP players (HTTP-FLV), served by every
@@ -431,6 +432,143 @@ impl PushConfig {
                         format!("app {app:?}: `{t}`: {e}"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Recording (`[record]`): which apps' streams are recorded, where, in
+/// files of what length, how durably, and for how long.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordConfig {
+    /// The directory recordings go under (`APP/NAME/START.mp4`); created
+    /// if missing. Empty = recording is off on this node.
+    pub path: PathBuf,
+    /// A file closes at the first keyframe at or past this length, s.
+    pub segment_secs: u32,
+    /// Each fragment (`moof` + `mdat`) is appended when this much media is
+    /// in it, ms: what a crash can lose at most.
+    pub fragment_ms: u32,
+    /// `"fragment"`: fdatasync after each fragment; `"segment"`: when a
+    /// file closes; `"never"`: leave it to the kernel.
+    pub fsync: String,
+    /// A stream's writes waiting at most, bytes: past it the recording
+    /// marks a gap (a new file from the next keyframe) and counts it.
+    pub queue_max_bytes: usize,
+    /// Files older than this are deleted, s (0 = kept by age).
+    pub delete_after_secs: u64,
+    /// The node's recordings are kept under this many bytes, the oldest
+    /// deleted first (0 = no limit). The file being written is never
+    /// deleted.
+    pub max_bytes: u64,
+    /// After a write error, how long until the recording tries again in a
+    /// new file, ms.
+    pub retry_ms: u64,
+    /// `[record.apps.NAME] record = "all"`: every stream of the app is
+    /// recorded from its publish; "off" (the default): only those started
+    /// over the API.
+    pub apps: BTreeMap<String, AppRecord>,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::new(),
+            segment_secs: 300,
+            fragment_ms: 1000,
+            fsync: "segment".into(),
+            queue_max_bytes: 32 << 20,
+            delete_after_secs: 0,
+            max_bytes: 0,
+            retry_ms: 5_000,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+/// One app's recording rule.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppRecord {
+    pub record: String,
+}
+
+impl Default for AppRecord {
+    fn default() -> Self {
+        Self {
+            record: "off".into(),
+        }
+    }
+}
+
+/// When a recording's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    Fragment,
+    Segment,
+    Never,
+}
+
+impl RecordConfig {
+    pub fn enabled(&self) -> bool {
+        !self.path.as_os_str().is_empty()
+    }
+
+    /// Whether `app`'s streams are recorded from their publish.
+    pub fn records_all(&self, app: &str) -> bool {
+        self.enabled() && self.apps.get(app).is_some_and(|a| a.record == "all")
+    }
+
+    pub fn fsync(&self) -> Fsync {
+        match self.fsync.as_str() {
+            "fragment" => Fsync::Fragment,
+            "never" => Fsync::Never,
+            _ => Fsync::Segment,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=86_400).contains(&self.segment_secs) {
+            return Err(invalid("record.segment_secs", "must be 1..=86400"));
+        }
+        if !(100..=10_000).contains(&self.fragment_ms) {
+            return Err(invalid("record.fragment_ms", "must be 100..=10000"));
+        }
+        if !matches!(self.fsync.as_str(), "fragment" | "segment" | "never") {
+            return Err(invalid(
+                "record.fsync",
+                "must be \"fragment\", \"segment\" or \"never\"",
+            ));
+        }
+        if !(1 << 16..=1 << 32).contains(&self.queue_max_bytes) {
+            return Err(invalid(
+                "record.queue_max_bytes",
+                "must be 65536..=4294967296",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.retry_ms) {
+            return Err(invalid("record.retry_ms", "must be 100..=3600000"));
+        }
+        for (app, a) in &self.apps {
+            if let Err(e) = crate::stream::StreamKey::new(app, "name") {
+                return Err(invalid(
+                    "record.apps",
+                    format!("{app:?} is not an app name (one path segment): {e}"),
+                ));
+            }
+            if !matches!(a.record.as_str(), "all" | "off") {
+                return Err(invalid(
+                    "record.apps.record",
+                    format!("app {app:?}: must be \"all\" or \"off\""),
+                ));
+            }
+            if a.record == "all" && !self.enabled() {
+                return Err(invalid(
+                    "record.path",
+                    format!("app {app:?} records all its streams, but record.path is empty"),
+                ));
             }
         }
         Ok(())
@@ -922,6 +1060,7 @@ impl Config {
         }
         self.push.validate()?;
         self.exec.validate()?;
+        self.record.validate()?;
         for url in &self.cluster.nats {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 return Err(invalid(

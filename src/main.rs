@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         media_addr: node.media_addr,
         auth: node.auth.clone(),
         exec: node.exec.clone(),
+        recordings: node.recordings.clone(),
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

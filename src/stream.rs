@@ -265,6 +265,28 @@ pub enum ShardCommand {
     },
     /// The admin API on the push targets of a stream published here.
     Push(PushCommand),
+    /// The admin API on the recording of a stream published here.
+    Record(RecordCommand),
+}
+
+/// Admin plane → the shard that publishes `key`: its recording.
+#[derive(Debug)]
+pub enum RecordCommand {
+    /// Starts recording; Ok(false) if it already was, Err why not.
+    Start {
+        key: StreamKey,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    /// Stops recording; whether it was.
+    Stop {
+        key: StreamKey,
+        reply: oneshot::Sender<bool>,
+    },
+    /// The recording's state (JSON); None: not published here.
+    Status {
+        key: StreamKey,
+        reply: oneshot::Sender<Option<serde_json::Value>>,
+    },
 }
 
 /// Admin plane → the shard that publishes `key`: its push targets.

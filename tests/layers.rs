@@ -42,12 +42,19 @@ const LAYERS: &[&[&str]] = &[
     ],
     // What a shard's connections share (its push targets among it), and
     // who may publish or play.
-    &["push", "context"],
+    &["push", "record", "context"],
     &["admission"],
     // LL-HLS on the shards.
     &["hls", "hls::session", "hls::run"],
     // The connection tasks.
-    &["rtmp", "http", "http::request", "http::flv", "http::hls"],
+    &[
+        "rtmp",
+        "http",
+        "http::request",
+        "http::flv",
+        "http::hls",
+        "http::recording",
+    ],
     // The shard's executor, then the node.
     &["shard"],
     &[""],

@@ -32,6 +32,11 @@ pub(super) struct Metrics {
     /// The exec thread's: processes running now, then its counters.
     exec_running: prometheus::IntGauge,
     exec: [prometheus::IntCounter; 4],
+    /// Recording: gauges (active recordings, bytes on disk), counters, and
+    /// errors by kind.
+    record_gauges: [prometheus::IntGauge; 2],
+    record: [prometheus::IntCounter; 7],
+    record_errors: IntCounterVec,
     /// Admin connections closed at accept: `MAX_CONNECTIONS` were open.
     pub(super) admin_refused: prometheus::IntCounter,
 }
@@ -295,6 +300,54 @@ impl Metrics {
                 "Stream publishes the exec thread never heard of: its queue was full",
             )?,
         ];
+        let record_gauges = [
+            prometheus::IntGauge::new(
+                "tributary_record_active",
+                "Streams being recorded on this node now",
+            )?,
+            prometheus::IntGauge::new(
+                "tributary_record_disk_bytes",
+                "Bytes of this node's recordings on disk",
+            )?,
+        ];
+        for g in &record_gauges {
+            registry.register(Box::new(g.clone()))?;
+        }
+        let record = [
+            exec_counter(
+                "tributary_record_bytes_total",
+                "Bytes written to recordings",
+            )?,
+            exec_counter(
+                "tributary_record_segments_total",
+                "Recording files finished",
+            )?,
+            exec_counter(
+                "tributary_record_gaps_total",
+                "Gaps in recordings: the disk was behind by record.queue_max_bytes",
+            )?,
+            exec_counter(
+                "tributary_record_writes_total",
+                "Recording writes (one per fragment)",
+            )?,
+            exec_counter(
+                "tributary_record_write_microseconds_total",
+                "Time recording writes took, summed (divide by the writes)",
+            )?,
+            exec_counter(
+                "tributary_record_deleted_total",
+                "Recording files deleted by the retention rules",
+            )?,
+            exec_counter(
+                "tributary_record_repaired_total",
+                "Recording files cut short by a crash, truncated at start-up",
+            )?,
+        ];
+        let record_errors = counter(
+            "tributary_record_errors_total",
+            "Recordings stopped by a write error, by kind",
+            &["kind"],
+        )?;
         let mut cluster_counters = Vec::new();
         for (name, help, read) in [
             (
@@ -383,6 +436,9 @@ impl Metrics {
             cluster_gauges,
             exec_running,
             exec,
+            record_gauges,
+            record,
+            record_errors,
             cluster_counters,
         })
     }
@@ -473,6 +529,28 @@ impl Metrics {
                 .iter()
                 .zip([&s.starts, &s.exits, &s.refused, &s.dropped])
             {
+                c.reset();
+                c.inc_by(v.load(Ordering::Relaxed));
+            }
+        }
+        if let Some(lib) = &state.recordings {
+            let s = &lib.stats;
+            self.record_gauges[0].set(s.active.load(Ordering::Relaxed) as i64);
+            self.record_gauges[1].set(lib.usage() as i64);
+            for (c, v) in self.record.iter().zip([
+                &s.bytes_written,
+                &s.segments,
+                &s.gaps,
+                &s.writes,
+                &s.write_micros,
+                &s.deleted,
+                &s.repaired,
+            ]) {
+                c.reset();
+                c.inc_by(v.load(Ordering::Relaxed));
+            }
+            for (kind, v) in crate::node::RECORD_ERROR_KINDS.iter().zip(&s.errors) {
+                let c = self.record_errors.with_label_values(&[kind]);
                 c.reset();
                 c.inc_by(v.load(Ordering::Relaxed));
             }

@@ -39,6 +39,7 @@ use crate::stream::StreamKey;
 
 mod metrics;
 mod pushes;
+mod recordings;
 use metrics::Metrics;
 
 /// What the admin plane reports on.
@@ -63,6 +64,8 @@ pub struct AdminState {
     pub auth: Arc<crate::auth::Auth>,
     /// The exec thread, when pipelines or hooks are configured.
     pub exec: Option<crate::exec::Exec>,
+    /// This node's recordings, when `record.path` is set.
+    pub recordings: Option<std::sync::Arc<crate::node::Library>>,
 }
 
 /// How long a play token that `/api/play` hands out is valid.
@@ -155,6 +158,10 @@ async fn route(
             let (stream, id) = (stream.to_owned(), id.map(str::to_owned));
             return pushes::serve(req, state, &stream, id.as_deref()).await;
         }
+        if let Some(stream) = recordings::parse(target, req.method()) {
+            let stream = stream.to_owned();
+            return recordings::serve(req, state, &stream).await;
+        }
         if let (Some(stream), &Method::GET) = (target.strip_suffix("/pipelines"), req.method()) {
             return pipelines(state, stream).await;
         }
@@ -185,6 +192,7 @@ async fn route(
         }
         "/api/play" => play_query(state, query),
         "/api/nodes" => nodes(state).await,
+        "/api/recordings" => recordings::list(state, query),
         "/api/streams" => node_streams(state),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

@@ -159,7 +159,7 @@ async fn new_push(req: hyper::Request<hyper::body::Incoming>) -> Result<PushUrl,
 
 /// 404 for a stream not published here, naming its node when the cluster
 /// knows it.
-async fn not_here(state: &AdminState, key: &StreamKey) -> Reply {
+pub(super) async fn not_here(state: &AdminState, key: &StreamKey) -> Reply {
     if let Some(cluster) = &state.cluster {
         let listed = cluster.list().await.unwrap_or_default();
         if let Some((_, reg)) = listed.into_iter().find(|(k, _)| k == key) {

@@ -8,7 +8,10 @@
 //!   segments out, into its [`window::Window`].
 //! - [`window`]: the window those parts live in, its playlists and its
 //!   viewers' sessions.
+//! - [`record`]: recordings: the packager's output as segment files, read
+//!   back, cut to a time range, and expired.
 
 pub mod fmp4;
 pub mod packager;
+pub mod record;
 pub mod window;

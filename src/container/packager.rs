@@ -185,9 +185,59 @@ fn audio_ms(samples: &[Sample], rate: f64) -> f64 {
         .sum()
 }
 
-pub struct Packager {
-    targets: Targets,
+/// Where a packager's output goes: the LL-HLS window ([`LiveWindow`]) or a
+/// recording (`container::record`).
+pub trait Output {
+    /// A new init segment (the first, or a new decoder configuration), the
+    /// RFC 6381 codecs it names when known, and the picture size.
+    fn init(&mut self, init: Bytes, codecs: Option<String>, resolution: Option<(u16, u16)>);
+    /// A part, in order; `end_segment`: it closes its segment.
+    fn part(&mut self, part: Part, end_segment: bool);
+    /// The open segment closes with no new part.
+    fn close_segment(&mut self);
+    /// The stream ended.
+    fn end(&mut self);
+}
+
+/// The stream's LL-HLS window, keeping `keep` segments.
+pub struct LiveWindow {
     window: Arc<Mutex<Window>>,
+    keep: usize,
+}
+
+impl LiveWindow {
+    fn with<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut w)
+    }
+}
+
+impl Output for LiveWindow {
+    fn init(&mut self, init: Bytes, codecs: Option<String>, resolution: Option<(u16, u16)>) {
+        self.with(|w| {
+            w.set_init(init);
+            w.codecs = codecs;
+            w.resolution = resolution;
+        });
+    }
+
+    fn part(&mut self, part: Part, end_segment: bool) {
+        let keep = self.keep;
+        self.with(|w| w.push_part(Arc::new(part), keep, end_segment));
+    }
+
+    fn close_segment(&mut self) {
+        self.with(|w| w.close_segment());
+    }
+
+    fn end(&mut self) {
+        self.with(|w| w.end());
+    }
+}
+
+pub struct Packager<O: Output = LiveWindow> {
+    targets: Targets,
+    output: O,
     video: Option<VideoTrack>,
     audio: Option<AudioTrack>,
     size: Option<(u16, u16)>,
@@ -216,11 +266,23 @@ pub struct Packager {
     starts: Vec<(Option<f64>, Option<f64>)>,
 }
 
-impl Packager {
+impl Packager<LiveWindow> {
+    /// A packager for the LL-HLS window `window`.
     pub fn new(targets: Targets, window: Arc<Mutex<Window>>) -> Self {
+        let keep = targets.window_segments;
+        Self::with_output(targets, LiveWindow { window, keep })
+    }
+
+    pub fn window(&self) -> &Arc<Mutex<Window>> {
+        &self.output.window
+    }
+}
+
+impl<O: Output> Packager<O> {
+    pub fn with_output(targets: Targets, output: O) -> Self {
         Self {
             targets,
-            window,
+            output,
             video: None,
             audio: None,
             size: None,
@@ -242,13 +304,8 @@ impl Packager {
         }
     }
 
-    pub fn window(&self) -> &Arc<Mutex<Window>> {
-        &self.window
-    }
-
-    fn with_window<R>(&self, f: impl FnOnce(&mut Window) -> R) -> R {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut w)
+    pub fn output(&mut self) -> &mut O {
+        &mut self.output
     }
 
     /// Takes one message of the stream, in order.
@@ -455,7 +512,6 @@ impl Packager {
         if has_samples && (self.init_dirty && !self.segment_open || !self.init_ok) {
             self.publish_init();
         }
-        let keep = self.targets.window_segments;
         if has_samples {
             self.fragment_seq = self.fragment_seq.wrapping_add(1);
             let video = std::mem::take(&mut self.part_video);
@@ -491,13 +547,13 @@ impl Packager {
                         independent: self.part_independent,
                     };
                     self.segment_open = true;
-                    self.with_window(|w| w.push_part(Arc::new(part), keep, end_segment));
+                    self.output.part(part, end_segment);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("LL-HLS: a part could not be written ({e}); dropped"),
             }
         } else if end_segment && self.segment_open {
-            self.with_window(|w| w.close_segment());
+            self.output.close_segment();
         }
         self.part_ms = 0.0;
         self.part_audio_ms = rate.map_or(0.0, |rate| audio_ms(&carried, rate));
@@ -519,11 +575,7 @@ impl Packager {
                     .as_ref()
                     .map(|v| (v.width, v.height))
                     .filter(|&(w, h)| w > 0 && h > 0);
-                self.with_window(|w| {
-                    w.set_init(init);
-                    w.codecs = codecs;
-                    w.resolution = resolution;
-                });
+                self.output.init(init, codecs, resolution);
             }
             Err(e) => {
                 self.init_ok = false;
@@ -548,7 +600,7 @@ impl Packager {
     pub fn finish(&mut self) {
         self.flush_waiting();
         self.cut(true);
-        self.with_window(|w| w.end());
+        self.output.end();
     }
 
     /// The samples waiting for a successor get a nominal duration.

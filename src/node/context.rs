@@ -15,6 +15,7 @@ use crate::protocol::server::ServerConfig;
 use super::gate::Gate;
 use super::pump::SharedHub;
 use super::push::Pushes;
+use super::record::Recorders;
 use super::ring::conn::Conn;
 use super::stats::ShardStats;
 
@@ -37,6 +38,8 @@ pub struct ConnectionContext {
     pub session: ServerConfig,
     /// The push targets of the streams published on this shard.
     pub pushes: Rc<Pushes>,
+    /// The recordings of the streams published on this shard.
+    pub recorders: Rc<Recorders>,
     /// The exec thread (pipelines and hooks), when configured.
     pub exec: Option<crate::exec::Exec>,
     /// The address the RTMP listener is bound to (unspecified: every one):

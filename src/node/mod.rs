@@ -17,6 +17,7 @@ mod http;
 mod hub;
 mod pump;
 mod push;
+mod record;
 pub mod ring;
 mod rtmp;
 mod shard;
@@ -39,6 +40,10 @@ pub use directory::{Directory, Listing, Report};
 pub use gate::{Gate, GateLimits, REFUSED_KINDS};
 pub use hls::Registry as HlsRegistry;
 pub use push::PUSH_NOT_LIVE;
+pub use record::{
+    Library, RecordStats, Status as RecordStatus, ERROR_KINDS as RECORD_ERROR_KINDS,
+    RECORD_NOT_LIVE,
+};
 pub use stats::{ShardStats, ERROR_KINDS, HTTP_REFUSALS, QUEUE_KINDS};
 
 pub use crate::stream::StreamKey;
@@ -78,6 +83,8 @@ pub struct Node {
     pub auth: Arc<Auth>,
     /// The exec thread, when some app has pipelines or hooks.
     pub exec: Option<crate::exec::Exec>,
+    /// This node's recordings, when `record.path` is set.
+    pub recordings: Option<Arc<Library>>,
     pub certs: Option<Arc<Certs>>,
     stop: Arc<AtomicBool>,
     drained: Arc<AtomicUsize>,
@@ -193,6 +200,49 @@ fn start_exec(
         .map(Some)
         .map_err(|e| NodeError::Start(format!("cannot start the exec thread: {e}")))
 }
+
+/// The node's recordings (the files under `record.path`, read back and
+/// repaired) and what its recorders follow, when `record.path` is set; the
+/// retention thread when a limit is.
+#[allow(clippy::type_complexity)]
+fn start_recording(
+    config: &Config,
+) -> Result<(Option<Arc<record::RecordSettings>>, Option<Arc<Library>>), NodeError> {
+    let r = &config.record;
+    if !r.enabled() {
+        return Ok((None, None));
+    }
+    let library = Library::load(&r.path)
+        .map_err(|e| NodeError::Start(format!("record.path {}: {e}", r.path.display())))?;
+    let library = Arc::new(library);
+    if r.delete_after_secs > 0 || r.max_bytes > 0 {
+        record::spawn_retention(
+            library.clone(),
+            Duration::from_secs(r.delete_after_secs),
+            r.max_bytes,
+            Duration::from_secs(RETENTION_EVERY_SECS),
+        )
+        .map_err(|e| NodeError::Start(format!("cannot start the retention thread: {e}")))?;
+    }
+    let settings = record::RecordSettings {
+        path: r.path.clone(),
+        segment_secs: r.segment_secs,
+        fragment_ms: r.fragment_ms,
+        fsync: r.fsync(),
+        queue_max_bytes: r.queue_max_bytes,
+        retry: Duration::from_millis(r.retry_ms),
+        all: r
+            .apps
+            .iter()
+            .filter(|(_, a)| a.record == "all")
+            .map(|(app, _)| app.clone())
+            .collect(),
+    };
+    Ok((Some(Arc::new(settings)), Some(library)))
+}
+
+/// How often the retention rules run.
+const RETENTION_EVERY_SECS: u64 = 2;
 
 /// What every shard's pushes share: the app templates (checked by the
 /// config's validation), the backoff and the TLS client configuration.
@@ -330,6 +380,7 @@ impl Node {
         let (command_senders, commands) = crate::stream::command_channels(shards);
         let cluster = start_cluster(&config, &node_id, addr, &gate, &command_senders)?;
         let exec = start_exec(&config, &node_id, addr)?;
+        let (record, recordings) = start_recording(&config)?;
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
@@ -371,6 +422,7 @@ impl Node {
             let hls = hls.clone();
             let push = push.clone();
             let exec = exec.clone();
+            let (record, recordings) = (record.clone(), recordings.clone());
             move || {
                 let setup = shard::ShardSetup {
                     config: config.clone(),
@@ -390,6 +442,8 @@ impl Node {
                     failed: failed.clone(),
                     push: push.clone(),
                     exec: exec.clone(),
+                    record: record.clone(),
+                    recordings: recordings.clone(),
                 };
                 shard::run_or_park(setup)
             }
@@ -434,6 +488,7 @@ impl Node {
             hls,
             auth,
             exec,
+            recordings,
             certs,
             stop,
             drained,

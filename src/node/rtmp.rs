@@ -395,6 +395,7 @@ impl ConnState {
                 if self.outputs {
                     ctx.pushes
                         .started(&p.key, self.conn, &query, &p.pushes, &p.kept);
+                    ctx.recorders.started(&p.key, self.conn);
                     if let Some(exec) = &ctx.exec {
                         exec.published(&p.key, self.conn, &query);
                     }
@@ -479,6 +480,7 @@ impl ConnState {
             // are the new publisher's.
             if self.outputs {
                 ctx.pushes.stopped(&key, self.conn);
+                ctx.recorders.stopped(&key, self.conn);
                 if let Some(exec) = &ctx.exec {
                     exec.unpublished(&key, self.conn);
                 }

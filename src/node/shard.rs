@@ -29,6 +29,7 @@ use super::hub::ShardMsg;
 use super::hub::{Hub, HubConfig};
 use super::pump::SharedHub;
 use super::push::Pushes;
+use super::record::Recorders;
 use super::ring::conn::Notice;
 use super::ring::{ListenKind, SocketRing, Timeouts};
 use super::rtmp::serve;
@@ -62,6 +63,8 @@ pub struct ShardSetup {
     pub webhook: Option<crate::webhook::Webhook>,
     pub push: Arc<super::push::PushSettings>,
     pub exec: Option<crate::exec::Exec>,
+    pub record: Option<Arc<super::record::RecordSettings>>,
+    pub recordings: Option<Arc<super::record::Library>>,
 }
 
 /// Runs a shard; on an error it logs, counts the shard as failed and parks
@@ -134,7 +137,7 @@ async fn run(mut setup: ShardSetup) -> Result<(), ShardError> {
     setup.listening.fetch_add(1, Ordering::SeqCst);
     let hub = start_hub(shard, &setup, &stats, Rc::new(senders));
     let ctx = connection_context(shard, &setup, &stats, &hub, &ring);
-    take_commands(shard, &setup, &hub, &ctx.pushes)?;
+    take_commands(shard, &setup, &hub, &ctx)?;
     let hls = hls_shard(shard, &setup);
     take_mesh(receivers, &hub, &hls, &ctx, &ring);
     let on_accept = accept_handler(shard, &setup, &stats, &ring, &ctx, &hls);
@@ -241,7 +244,7 @@ fn take_commands(
     shard: usize,
     setup: &ShardSetup,
     hub: &Rc<SharedHub>,
-    pushes: &Rc<Pushes>,
+    ctx: &Rc<ConnectionContext>,
 ) -> Result<(), ShardError> {
     {
         let rx = setup
@@ -253,11 +256,13 @@ fn take_commands(
             return Err(ShardError::NoCommandQueue(shard));
         };
         let hub = hub.clone();
-        let pushes = pushes.clone();
+        let pushes = ctx.pushes.clone();
+        let recorders = ctx.recorders.clone();
         glommio::spawn_local(async move {
             while let Some(cmd) = rx.recv().await {
                 match cmd {
                     ShardCommand::Push(cmd) => pushes.command(cmd),
+                    ShardCommand::Record(cmd) => recorders.command(cmd),
                     cmd => hub.with(|h| h.on_cluster(cmd, std::time::Instant::now())),
                 }
             }
@@ -277,8 +282,15 @@ fn connection_context(
 ) -> Rc<ConnectionContext> {
     let config = &setup.config;
     let pushes = Pushes::new(setup.push.clone(), hub.clone(), ring.clone(), stats.clone());
+    let recorders = Recorders::new(
+        setup.record.clone(),
+        setup.recordings.clone(),
+        hub.clone(),
+        ring.clone(),
+    );
     Rc::new(ConnectionContext {
         pushes,
+        recorders,
         exec: setup.exec.clone(),
         rtmp_ip: config.rtmp.listen.ip(),
         open: RefCell::new(Vec::new()),
@@ -367,6 +379,7 @@ fn accept_handler(
             hls_sessions: config.media.hls_sessions,
             hls: hls.clone(),
             renditions: config.exec.renditions(),
+            recordings: setup.recordings.clone(),
         });
         let max_connections = config.rtmp.max_connections_per_shard as u64;
         move |fd: OwnedFd, kind: ListenKind| {

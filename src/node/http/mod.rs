@@ -15,6 +15,10 @@
 //!   `init*.mp4`, `seg*.m4s` and `part*.*.m4s` beside it, from memory. A
 //!   request for the part the playlist hints at waits for it. These answers
 //!   keep the connection open for the next request.
+//! - `GET /recordings/APP/KEY.mp4?start=...`, `.../index.m3u8?start=...`
+//!   and the segment files: recordings by time range (see [`recording`]).
+//!   `/recordings/` is this route's: an app named `recordings` is not
+//!   served over HTTP.
 //! - `HEAD` answers the same headers without a body; `OPTIONS` answers a
 //!   CORS preflight.
 //! - Bad input gets a clear 4xx with the reason in the body and closes that
@@ -27,10 +31,11 @@
 //! (copied only while a request head is split across reads).
 //!
 //! This file is the connection loop; [`request`] parses a request head
-//! and routes it, [`flv`] and [`hls`] serve each kind.
+//! and routes it, [`flv`], [`hls`] and [`recording`] serve each kind.
 
 mod flv;
 mod hls;
+mod recording;
 mod request;
 
 use std::net::SocketAddr;
@@ -48,6 +53,7 @@ use super::ring::SocketRing;
 
 use flv::{start_flv, Viewer};
 use hls::{serve_hls, HlsAsk};
+use recording::{serve_recording, RecordingRequest};
 use request::{failure_response, parse_head, preflight_response, route, Failure, Route};
 
 /// The most input held for requests not yet answered (pipelining).
@@ -69,6 +75,8 @@ pub struct HttpContext {
     /// (`APP/NAME_PIPELINE`): a stream's multivariant playlist lists those
     /// that are live beside it.
     pub renditions: std::collections::BTreeMap<String, Vec<String>>,
+    /// The node's recordings (`/recordings/...`), when `record.path` is set.
+    pub recordings: Option<std::sync::Arc<super::record::Library>>,
 }
 
 /// Whether `input` may join the `held` bytes of requests not yet answered
@@ -195,6 +203,23 @@ pub async fn serve(
                         done = Some(None);
                     }
                     break;
+                }
+                Route::Recording { key, ask, query } => {
+                    let r = RecordingRequest {
+                        conn: &conn,
+                        peer,
+                        key,
+                        ask,
+                        query,
+                        range: req.range.as_deref(),
+                        head_only,
+                        keep_alive: req.keep_alive,
+                    };
+                    match serve_recording(r, http.recordings.as_deref(), &ctx, cors).await {
+                        Ok(()) if req.keep_alive && !conn.is_closed() => {}
+                        Ok(()) => done = Some(None),
+                        Err(f) => done = Some(Some(fail(&conn, &ctx, &f, cors))),
+                    }
                 }
                 Route::Hls {
                     key,

@@ -26,8 +26,98 @@ pub(super) enum Route<'a> {
         resource: Resource,
         query: &'a str,
     },
+    /// A recording of `key` (`/recordings/...`), with the request's query.
+    Recording {
+        key: StreamKey,
+        ask: RecordingAsk,
+        query: &'a str,
+    },
     /// A CORS preflight.
     Preflight,
+}
+
+/// What a `/recordings/` request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum RecordingAsk {
+    /// `/recordings/APP/KEY.mp4?start=RFC3339&duration=SECONDS`: one MP4.
+    Range { from_ms: u64, to_ms: u64 },
+    /// `/recordings/APP/KEY/index.m3u8?start=...[&end=...]`: a VOD playlist.
+    Playlist { from_ms: u64, to_ms: u64 },
+    /// `/recordings/APP/KEY/START.mp4`: one segment file (byte ranges).
+    File(String),
+}
+
+/// The longest range one request may ask for.
+pub(super) const MAX_RANGE_MS: u64 = 24 * 3600 * 1000;
+
+/// A recording's time range from a query: `start` (RFC 3339) and either
+/// `duration` (seconds) or `end` (RFC 3339); without either, until now.
+fn time_range(query: &str, now_ms: u64) -> Result<(u64, u64), Failure> {
+    let bad = |why: &str| Failure::new(400, "bad_request", why.to_owned());
+    let get = |name: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+    };
+    let decode = |v: &str| {
+        crate::stream::percent_decode(v).map_err(|_| bad("a malformed escape in the query"))
+    };
+    let start = get("start").ok_or_else(|| bad("a recording range needs start=RFC3339"))?;
+    let from = crate::container::record::parse_rfc3339(&decode(start)?)
+        .ok_or_else(|| bad("start is not an RFC 3339 time (2026-12-04T03:59:00Z)"))?;
+    let to = match (get("duration"), get("end")) {
+        (Some(_), Some(_)) => return Err(bad("duration or end, not both")),
+        (Some(d), None) => {
+            let secs: f64 = d
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| bad("duration is a positive number of seconds"))?;
+            from.saturating_add((secs * 1000.0).min(u64::MAX as f64 / 2.0) as u64)
+        }
+        (None, Some(e)) => crate::container::record::parse_rfc3339(&decode(e)?)
+            .ok_or_else(|| bad("end is not an RFC 3339 time"))?,
+        (None, None) => now_ms.max(from + 1),
+    };
+    if to <= from {
+        return Err(bad("the range ends before it starts"));
+    }
+    if to - from > MAX_RANGE_MS {
+        return Err(bad("a range is at most 24 hours"));
+    }
+    Ok((from, to))
+}
+
+/// Routes `/recordings/...` (the path after `recordings/`).
+fn recording_route<'a>(path: &str, query: &'a str) -> Result<Route<'a>, Failure> {
+    let bad_name = |e: crate::stream::NameError| {
+        Failure::new(400, "bad_request", format!("not a stream name: {e}"))
+    };
+    let now = crate::cluster::unix_ms();
+    if let Some(stream) = path.strip_suffix("/index.m3u8") {
+        let key = StreamKey::parse(stream).map_err(bad_name)?;
+        let (from_ms, to_ms) = time_range(query, now)?;
+        let ask = RecordingAsk::Playlist { from_ms, to_ms };
+        return Ok(Route::Recording { key, ask, query });
+    }
+    let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
+    let ranged = query.split('&').any(|p| p.starts_with("start="));
+    if !ranged && crate::container::record::parse_segment_name(file).is_some() {
+        let key = StreamKey::parse(dir).map_err(bad_name)?;
+        let ask = RecordingAsk::File(file.to_owned());
+        return Ok(Route::Recording { key, ask, query });
+    }
+    let Some(stream) = path.strip_suffix(".mp4") else {
+        return Err(Failure::new(
+            404,
+            "not_found",
+            "no such recording path (try /recordings/APP/KEY.mp4?start=...&duration=... or /recordings/APP/KEY/index.m3u8?start=...)",
+        ));
+    };
+    let key = StreamKey::parse(stream).map_err(bad_name)?;
+    let (from_ms, to_ms) = time_range(query, now)?;
+    let ask = RecordingAsk::Range { from_ms, to_ms };
+    Ok(Route::Recording { key, ask, query })
 }
 
 /// An answer that ends the exchange, and how it is counted.
@@ -52,6 +142,8 @@ impl Failure {
 pub(super) fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        206 => "Partial Content",
+        416 => "Range Not Satisfiable",
         304 => "Not Modified",
         204 => "No Content",
         400 => "Bad Request",
@@ -72,6 +164,8 @@ pub(super) struct Request {
     pub(super) target: String,
     pub(super) keep_alive: bool,
     pub(super) len: usize,
+    /// Its `Range` header, if any.
+    pub(super) range: Option<String>,
 }
 
 /// Parses a request head from `buf`: None while it is incomplete.
@@ -98,11 +192,26 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
                         .split(',')
                         .any(|t| t.trim().eq_ignore_ascii_case("close"))
             });
+            let mut ranges = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("range"));
+            let range = ranges
+                .next()
+                .map(|h| String::from_utf8_lossy(h.value).into_owned());
+            if ranges.next().is_some() {
+                return Err(Failure::new(
+                    400,
+                    "bad_request",
+                    "more than one Range header",
+                ));
+            }
             Ok(Some(Request {
                 method: req.method.unwrap_or_default().to_owned(),
                 target: req.path.unwrap_or_default().to_owned(),
                 keep_alive: req.version == Some(1) && !close,
                 len,
+                range,
             }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(Failure::new(
@@ -189,6 +298,9 @@ pub(super) fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
             "bad_request",
             "a query with a '\"' (send it as %22)",
         ));
+    }
+    if let Some(rest) = path.strip_prefix("recordings/") {
+        return Ok((recording_route(rest, query)?, head));
     }
     let (dir, file) = path.rsplit_once('/').ok_or_else(not_found)?;
     if let Some(resource) = Resource::parse(file) {
@@ -285,6 +397,7 @@ mod tests {
             target: target.into(),
             keep_alive: true,
             len: 0,
+            range: None,
         }
     }
 

@@ -160,7 +160,7 @@ impl Hub {
                 let _ = reply.send(publisher.is_some());
             }
             // Taken by the shard's command loop before the hub.
-            ShardCommand::Push(_) => {}
+            ShardCommand::Push(_) | ShardCommand::Record(_) => {}
             ShardCommand::Fence { key } => {
                 if self.streams.by_key(&key).is_some_and(Stream::is_local) {
                     tracing::info!(stream = %crate::protocol::server::redact(&key), "another node took the stream over; closing its publisher here");

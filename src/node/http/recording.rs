@@ -1,0 +1,374 @@
+//! Recordings on the media listener, played by time range from the node
+//! that holds them:
+//!
+//! - `GET /recordings/APP/KEY.mp4?start=RFC3339&duration=SECONDS` (or
+//!   `&end=RFC3339`): one fragmented MP4 from the last keyframe at or before
+//!   `start` to the end of the range, across segment files (as MediaMTX's
+//!   playback server answers). It stops before a file whose timeline does
+//!   not continue the one before (a new publish, a gap).
+//! - `GET /recordings/APP/KEY/index.m3u8?start=...[&end=...]`: a VOD HLS
+//!   playlist over the files (each keyframe run of fragments one media
+//!   segment, a byte range of its file), so hls.js plays a recording.
+//! - `GET /recordings/APP/KEY/START.mp4`: one segment file, with `Range`
+//!   (206) for the playlist's byte ranges.
+//!
+//! Every request follows the play rules (a token, the webhook), as a live
+//! play does. Only files the node's [`Library`] lists are opened (the path
+//! is built from the parsed stream name and a listed file name, never from
+//! the URL), read-only, without following a symbolic link, through
+//! glommio (the shard's io_uring). A body streams in chunks, each waiting
+//! for room in the connection's queue.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::io::{BufferedFile, OpenOptions};
+
+use crate::container::record::{self, FileIndex, Piece};
+use crate::node::admission::{self, Asker, Refusal};
+use crate::node::context::ConnectionContext;
+use crate::node::record::Library;
+use crate::node::ring::conn::Conn;
+use crate::protocol::server::redact;
+use crate::stream::StreamKey;
+
+use super::request::{head_with, refusal_failure, Failure, RecordingAsk};
+
+/// A body is read and queued this many bytes at a time.
+const CHUNK: usize = 256 * 1024;
+/// Bytes queued on the connection past which the next chunk waits.
+const QUEUE_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Who asks, and for what.
+pub(super) struct RecordingRequest<'a> {
+    pub(super) conn: &'a Rc<Conn>,
+    pub(super) peer: SocketAddr,
+    pub(super) key: StreamKey,
+    pub(super) ask: RecordingAsk,
+    pub(super) query: &'a str,
+    pub(super) range: Option<&'a str>,
+    pub(super) head_only: bool,
+    pub(super) keep_alive: bool,
+}
+
+fn not_found(why: &str) -> Failure {
+    Failure::new(404, "not_found", why.to_owned())
+}
+
+fn io_failure(e: std::io::Error) -> Failure {
+    Failure::new(
+        503,
+        "limit",
+        format!("the recording could not be read: {e}"),
+    )
+}
+
+/// Serves one request; Err is the failure to answer (and close with).
+pub(super) async fn serve_recording(
+    r: RecordingRequest<'_>,
+    library: Option<&Library>,
+    ctx: &ConnectionContext,
+    cors: &str,
+) -> Result<(), Failure> {
+    let library = library.ok_or_else(|| not_found("recording is off on this node"))?;
+    let asker = Asker {
+        conn: r.conn.id,
+        key: &r.key,
+        query: r.query,
+        peer: r.peer,
+    };
+    if let Err(refusal) = admission::authorize(crate::auth::Action::Play, &asker, ctx).await {
+        if let Refusal::Auth { kind, .. } = &refusal {
+            ctx.stats.add_auth_refused(kind);
+        }
+        tracing::info!(conn = r.conn.id, stream = %redact(&r.key), "recording play refused: {refusal}");
+        return Err(refusal_failure(&refusal));
+    }
+    match &r.ask {
+        RecordingAsk::File(name) => serve_file(&r, library, name, cors).await,
+        RecordingAsk::Range { from_ms, to_ms } => {
+            let pieces = plan(library, &r.key, *from_ms, *to_ms).await?;
+            // One timeline: the MP4 stops at the first discontinuity.
+            let end = pieces
+                .iter()
+                .skip(1)
+                .position(|p| p.discontinuity)
+                .map_or(pieces.len(), |i| i + 1);
+            serve_range(&r, library, &pieces[..end], cors).await
+        }
+        RecordingAsk::Playlist { from_ms, to_ms } => {
+            let pieces = plan(library, &r.key, *from_ms, *to_ms).await?;
+            let rest: Vec<&str> = r
+                .query
+                .split('&')
+                .filter(|p| {
+                    !p.is_empty()
+                        && !["start=", "end=", "duration="]
+                            .iter()
+                            .any(|n| p.starts_with(n))
+                })
+                .collect();
+            let body = record::vod_playlist(&pieces, &rest.join("&"));
+            let len = body.len().to_string();
+            let head = head_with(
+                200,
+                &[
+                    ("Content-Type", "application/vnd.apple.mpegurl"),
+                    ("Cache-Control", "no-cache"),
+                    ("Content-Length", &len),
+                ],
+                cors,
+                r.keep_alive,
+            );
+            r.conn.push_urgent(head.freeze());
+            if !r.head_only {
+                r.conn.push_urgent(Bytes::from(body));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Opens a listed file read-only, never through a symbolic link.
+async fn open(library: &Library, key: &StreamKey, file: &str) -> Result<BufferedFile, Failure> {
+    let path = library
+        .path_of(key, file)
+        .ok_or_else(|| not_found("no such recording"))?;
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .buffered_open(&path)
+        .await
+        .map_err(|e| match std::io::Error::from(e) {
+            e if e.kind() == std::io::ErrorKind::NotFound => not_found("no such recording"),
+            e => io_failure(e),
+        })
+}
+
+async fn read(file: &BufferedFile, at: u64, len: usize) -> Option<Vec<u8>> {
+    file.read_at(at, len).await.ok().map(|r| r.to_vec())
+}
+
+/// A listed file's index (read through the shard's io_uring).
+async fn index(library: &Library, key: &StreamKey, file: &str) -> Result<FileIndex, Failure> {
+    let f = open(library, key, file).await?;
+    let len = f.file_size().await.map_err(|e| io_failure(e.into()))?;
+    let index = record::scan(len, |at, n| read(&f, at, n)).await;
+    let _ = f.close().await;
+    index.ok_or_else(|| not_found("the recording holds nothing playable"))
+}
+
+/// The pieces of `key`'s files that play `[from_ms, to_ms)`.
+async fn plan(
+    library: &Library,
+    key: &StreamKey,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<Vec<Piece>, Failure> {
+    let mut files = Vec::new();
+    for s in library.list(key) {
+        // A file's listed duration may lag the open one's end: a second of
+        // slack.
+        let ends = s.start_ms + s.duration_ms + 1000;
+        if s.start_ms >= to_ms || ends <= from_ms {
+            continue;
+        }
+        files.push((
+            s.start_ms,
+            s.file.clone(),
+            index(library, key, &s.file).await?,
+        ));
+    }
+    let pieces = record::plan(&files, from_ms, to_ms);
+    if pieces.is_empty() {
+        return Err(not_found("no recording of the stream in that range"));
+    }
+    Ok(pieces)
+}
+
+/// Queues `len` bytes of `file` from `at`, a chunk at a time.
+async fn stream(conn: &Conn, file: &BufferedFile, mut at: u64, mut len: u64) -> Result<(), ()> {
+    while len > 0 {
+        conn.room(QUEUE_LIMIT).await;
+        if conn.is_closed() {
+            return Err(());
+        }
+        let n = len.min(CHUNK as u64) as usize;
+        let chunk = read(file, at, n).await.ok_or(())?;
+        if chunk.is_empty() {
+            return Err(());
+        }
+        at += chunk.len() as u64;
+        len -= chunk.len() as u64;
+        conn.push_urgent(Bytes::from(chunk));
+    }
+    Ok(())
+}
+
+/// One MP4: the first piece's init, then every piece's fragments.
+async fn serve_range(
+    r: &RecordingRequest<'_>,
+    library: &Library,
+    pieces: &[Piece],
+    cors: &str,
+) -> Result<(), Failure> {
+    let init_len = pieces.first().map_or(0, |p| p.init_len);
+    let body: u64 = init_len
+        + pieces
+            .iter()
+            .flat_map(|p| &p.fragments)
+            .map(|f| f.len)
+            .sum::<u64>();
+    let len = body.to_string();
+    let head = head_with(
+        200,
+        &[
+            ("Content-Type", "video/mp4"),
+            ("Cache-Control", "no-cache"),
+            ("Content-Length", &len),
+        ],
+        cors,
+        r.keep_alive,
+    );
+    r.conn.push_urgent(head.freeze());
+    if r.head_only {
+        return Ok(());
+    }
+    for (i, p) in pieces.iter().enumerate() {
+        let f = match open(library, &r.key, &p.file).await {
+            Ok(f) => f,
+            // The head is out: all that is left is to end the connection.
+            Err(_) => {
+                r.conn.close();
+                return Ok(());
+            }
+        };
+        let mut sent = if i == 0 {
+            stream(r.conn, &f, 0, p.init_len).await
+        } else {
+            Ok(())
+        };
+        for fr in &p.fragments {
+            if sent.is_err() {
+                break;
+            }
+            sent = stream(r.conn, &f, fr.offset, fr.len).await;
+        }
+        let _ = f.close().await;
+        if sent.is_err() {
+            r.conn.close();
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A single byte range of a file of `size` bytes (RFC 9110): `bytes=A-B`,
+/// `bytes=A-` or `bytes=-N`. Ok(None): no Range; Err: not satisfiable.
+pub(super) fn byte_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(h) = header else {
+        return Ok(None);
+    };
+    let spec = h.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let num = |s: &str| -> Result<u64, ()> {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(());
+        }
+        s.parse().map_err(|_| ())
+    };
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n = num(n)?;
+            if n == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        }
+        (a, "") => (num(a)?, size.saturating_sub(1)),
+        (a, b) => (num(a)?, num(b)?.min(size.saturating_sub(1))),
+    };
+    if size == 0 || start >= size || end < start {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn serve_file(
+    r: &RecordingRequest<'_>,
+    library: &Library,
+    name: &str,
+    cors: &str,
+) -> Result<(), Failure> {
+    let f = open(library, &r.key, name).await?;
+    let size = f.file_size().await.map_err(|e| io_failure(e.into()))?;
+    let (status, start, len, range) = match byte_range(r.range, size) {
+        Ok(None) => (200, 0, size, None),
+        Ok(Some((a, b))) => (206, a, b - a + 1, Some(format!("bytes {a}-{b}/{size}"))),
+        Err(()) => {
+            let _ = f.close().await;
+            let head = head_with(
+                416,
+                &[
+                    ("Content-Range", &format!("bytes */{size}")),
+                    ("Content-Length", "0"),
+                ],
+                cors,
+                r.keep_alive,
+            );
+            r.conn.push_urgent(head.freeze());
+            return Ok(());
+        }
+    };
+    let length = len.to_string();
+    let mut headers = vec![
+        ("Content-Type", "video/mp4"),
+        ("Accept-Ranges", "bytes"),
+        ("Cache-Control", "no-cache"),
+        ("Content-Length", length.as_str()),
+    ];
+    if let Some(range) = &range {
+        headers.push(("Content-Range", range.as_str()));
+    }
+    r.conn
+        .push_urgent(head_with(status, &headers, cors, r.keep_alive).freeze());
+    if !r.head_only && stream(r.conn, &f, start, len).await.is_err() {
+        r.conn.close();
+    }
+    let _ = f.close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges_are_read_as_rfc_9110_says_and_bad_ones_refused() {
+        assert_eq!(byte_range(None, 100), Ok(None));
+        assert_eq!(byte_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
+        assert_eq!(byte_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=-500"), 100), Ok(Some((0, 99))));
+        assert_eq!(byte_range(Some("bytes=50-500"), 100), Ok(Some((50, 99))));
+        for bad in [
+            "bytes=100-",
+            "bytes=9-0",
+            "bytes=0-1,5-6",
+            "items=0-1",
+            "bytes=",
+            "bytes=-",
+            "bytes=-0",
+            "bytes=a-b",
+            "bytes=+1-2",
+            "bytes=99999999999999999999999-",
+        ] {
+            assert_eq!(byte_range(Some(bad), 100), Err(()), "{bad}");
+        }
+        assert_eq!(byte_range(Some("bytes=0-"), 0), Err(()));
+    }
+}
