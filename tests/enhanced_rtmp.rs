@@ -10,65 +10,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ffmpeg_player_with, get, temp_file, Node, Proc};
-
-fn ffmpeg9() -> PathBuf {
-    if let Some(p) = std::env::var_os("TRIBUTARY_FFMPEG9") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ffmpeg9-venv/bin/python");
-    let out = Command::new(&venv)
-        .args(["-c", "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("ffmpeg 9 is required: run scripts/test, which installs imageio-ffmpeg into {} ({e})", venv.display())
-        });
-    assert!(
-        out.status.success(),
-        "imageio-ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// ffmpeg 9 publishing `seconds` of test video and `audio_tracks` sine
-/// tracks, encoded with `video` and `audio` codec arguments.
-fn publish(url: &str, seconds: u32, video: &[&str], audio: &[&str], audio_tracks: usize) -> Proc {
-    let mut cmd = Command::new(ffmpeg9());
-    cmd.args(common::LIVE_LAVFI_INPUT)
-        .arg(format!("testsrc2=size=320x240:rate=25:duration={seconds}"));
-    for i in 0..audio_tracks {
-        cmd.args(["-f", "lavfi", "-i"]).arg(format!(
-            "sine=frequency={}:sample_rate=48000:duration={seconds}",
-            440 + 220 * i
-        ));
-    }
-    cmd.args(["-map", "0:v"]);
-    for i in 0..audio_tracks {
-        cmd.args(["-map", &format!("{}:a", i + 1)]);
-    }
-    cmd.args(video)
-        .args(["-g", "25"])
-        .args(audio)
-        .args(["-f", "flv", url]);
-    Proc::spawn("ffmpeg 9", &mut cmd)
-}
-
-/// Polls the admin API until `key` is live on the node.
-fn wait_published(node: &Node, key: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let (_, body) = get(node.http, "/api/streams");
-        if body.contains(&format!("\"name\":\"{key}\"")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{key} was never published: {}", node.log.lock().unwrap());
-}
+use common::*;
 
 /// An ffmpeg 9 player recording `seconds` of every video and audio track.
 fn play(url: &str, file: &Path, seconds: u32) -> Proc {
@@ -76,64 +20,11 @@ fn play(url: &str, file: &Path, seconds: u32) -> Proc {
     ffmpeg_player_with(&ffmpeg9(), url, file, Some(seconds), &output)
 }
 
-struct Track {
-    kind: String,
-    codec: String,
-    frames: usize,
-}
-
-/// ffprobe's count of every stream's frames in a recording.
-fn tracks(file: &Path) -> Vec<Track> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-show_entries",
-            "stream=codec_type,codec_name,nb_read_frames",
-        ])
-        .args(["-of", "csv=p=0"])
-        .arg(file)
-        .output()
-        .expect("ffprobe");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            Some(Track {
-                codec: f.first()?.to_string(),
-                kind: f.get(1)?.to_string(),
-                frames: f.get(2)?.trim().parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// Whether the first video packet of `file` is a keyframe.
-fn first_video_is_key(file: &Path) -> bool {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=flags",
-        ])
-        .args(["-read_intervals", "%+#1", "-of", "csv=p=0"])
-        .arg(file)
-        .output()
-        .expect("ffprobe");
-    String::from_utf8_lossy(&out.stdout)
-        .trim_start()
-        .starts_with('K')
-}
-
 fn case(key: &str, video: &[&str], audio: &[&str], audio_tracks: usize, codecs: (&str, &str)) {
     let node = Node::start_with(2, &["--media-listen", "127.0.0.1:0"]);
     let url = node.url(key);
     let media = node.media.unwrap();
-    let publisher = publish(&url, 9, video, audio, audio_tracks);
+    let publisher = publish9(&url, 9, video, audio, audio_tracks);
     wait_published(&node, key);
     // Join mid-stream: the players start once the stream has run a while,
     // so what they get first comes from the GOP cache.
@@ -266,7 +157,7 @@ fn hevc_and_aac_pushed_to_another_tributary_arrive_as_hevc() {
         "-x265-params",
         "log-level=error",
     ];
-    let publisher = publish(&source.url("hevcpush"), 9, &video, &["-c:a", "aac"], 1);
+    let publisher = publish9(&source.url("hevcpush"), 9, &video, &["-c:a", "aac"], 1);
     wait_published(&target, "hevcpush");
     let file = temp_file("hevcpush.mkv");
     play(&target.url("hevcpush"), &file, 3)

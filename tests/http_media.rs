@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{
     check_recording, cluster_node, duration, ffmpeg_player, get, probe, publish, raw_http,
-    self_signed, temp_file, wait_live, NatsServer, Node, Proc,
+    self_signed, temp_file, wait_live, write_config, NatsServer, Node, Proc,
 };
 
 /// Sum of a metric over the label sets whose text contains `label`.
@@ -150,12 +150,6 @@ fn https_media_serves_http_flv_with_the_tls_certificates() {
         .unwrap();
     check_recording(&file, 50);
     drop(publisher);
-}
-
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = temp_file(name);
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// A one-shard node with the config `text` and a media listener.

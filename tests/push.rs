@@ -159,12 +159,6 @@ fn private_ca(name: &str) -> (PathBuf, PathBuf, PathBuf) {
     (ca, cert, key)
 }
 
-fn write_config(name: &str, text: &str) -> PathBuf {
-    let path = temp_file(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// The node's RTMPS address, from its log.
 fn rtmps_addr(node: &Node) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -179,30 +173,6 @@ fn rtmps_addr(node: &Node) -> SocketAddr {
 }
 
 /// An HTTP request with a body to the admin API: (status line, body).
-fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &str,
-) -> (String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
-}
-
 /// The stream's push targets; Null while it is not published.
 fn pushes(node: &Node, stream: &str) -> serde_json::Value {
     let (status, body) = get(node.http, &format!("/api/streams/{stream}/pushes"));
@@ -254,14 +224,6 @@ fn wait_until(what: &str, mut holds: impl FnMut() -> bool) {
 
 /// A metric family of the node, summed over the series whose labels hold
 /// `label` ("" for all).
-fn metric_sum(node: &Node, name: &str, label: &str) -> u64 {
-    let (_, text) = get(node.http, "/metrics");
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// Players the node counts (those waiting for their stream too).
 fn players(node: &Node) -> u64 {
     metric_sum(node, "tributary_players", "")

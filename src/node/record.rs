@@ -72,6 +72,16 @@ impl RecordSettings {
 /// the API name it.
 pub const ERROR_KINDS: [&str; 5] = ["no_space", "read_only", "permission", "missing", "io"];
 
+/// The OS error inside a glommio error (its message names the path and
+/// the operation; the errno is what says what went wrong).
+pub(crate) fn io_error<T>(e: glommio::GlommioError<T>) -> std::io::Error {
+    match e {
+        glommio::GlommioError::IoError(e) => e,
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
 fn error_kind(e: &std::io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => "no_space",
@@ -705,15 +715,16 @@ async fn write(rec: Rc<Rec>, settings: Arc<RecordSettings>, library: Arc<Library
                 bytes, duration_ms, ..
             } => match &mut open {
                 Some(o) => {
-                    let written = append(o, &bytes, &library).await;
+                    let mut written = append(o, &bytes, &library).await;
+                    if written.is_ok() && settings.fsync == Fsync::Fragment {
+                        // The fragment is on the disk before it is listed.
+                        written = o.file.fdatasync().await.map_err(io_error);
+                    }
                     if written.is_ok() {
                         o.media_ms += duration_ms;
                         rec.bytes.set(
                             rec.bytes.get() + bytes.iter().map(|b| b.len() as u64).sum::<u64>(),
                         );
-                        if settings.fsync == Fsync::Fragment {
-                            let _ = o.file.fdatasync().await;
-                        }
                         library.update(&rec.key, info(o, true));
                     }
                     written
@@ -775,7 +786,7 @@ async fn create(
     let app_dir = settings.path.join(app);
     let dir = app_dir.join(name);
     for d in [&app_dir, &dir] {
-        Directory::create(d).await.map_err(std::io::Error::from)?;
+        Directory::create(d).await.map_err(io_error)?;
     }
     let mut start_ms = crate::cluster::unix_ms().saturating_sub(lead_ms as u64);
     for _ in 0..16 {
@@ -786,7 +797,7 @@ async fn create(
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .buffered_open(dir.join(&name))
             .await;
-        match opened.map_err(std::io::Error::from) {
+        match opened.map_err(io_error) {
             Ok(file) => {
                 if settings.fsync != Fsync::Never {
                     if let Ok(d) = Directory::open(&dir).await {
@@ -824,7 +835,7 @@ async fn append(o: &mut Open, bytes: &[bytes::Bytes], library: &Library) -> std:
             .file
             .write_at(buf, o.pos + done as u64)
             .await
-            .map_err(std::io::Error::from)?;
+            .map_err(io_error)?;
         if n == 0 {
             return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
         }

@@ -699,3 +699,163 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (String, String) {
     let text = String::from_utf8_lossy(&answer).into_owned();
     (text.lines().next().unwrap_or("").to_owned(), text)
 }
+
+/// ffmpeg 9 (PyPI's imageio-ffmpeg): `TRIBUTARY_FFMPEG9`, else the one in
+/// the venv `scripts/test` makes.
+pub fn ffmpeg9() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRIBUTARY_FFMPEG9") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ffmpeg9-venv/bin/python");
+    let out = Command::new(&venv)
+        .args(["-c", "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("ffmpeg 9 is required: run scripts/test, which installs imageio-ffmpeg into {} ({e})", venv.display())
+        });
+    assert!(
+        out.status.success(),
+        "imageio-ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// ffmpeg 9 publishing `seconds` of test video and `audio_tracks` sine
+/// tracks, encoded with `video` and `audio` codec arguments.
+pub fn publish9(
+    url: &str,
+    seconds: u32,
+    video: &[&str],
+    audio: &[&str],
+    audio_tracks: usize,
+) -> Proc {
+    let mut cmd = Command::new(ffmpeg9());
+    cmd.args(LIVE_LAVFI_INPUT)
+        .arg(format!("testsrc2=size=320x240:rate=25:duration={seconds}"));
+    for i in 0..audio_tracks {
+        cmd.args(["-f", "lavfi", "-i"]).arg(format!(
+            "sine=frequency={}:sample_rate=48000:duration={seconds}",
+            440 + 220 * i
+        ));
+    }
+    cmd.args(["-map", "0:v"]);
+    for i in 0..audio_tracks {
+        cmd.args(["-map", &format!("{}:a", i + 1)]);
+    }
+    cmd.args(video)
+        .args(["-g", "25"])
+        .args(audio)
+        .args(["-f", "flv", url]);
+    Proc::spawn("ffmpeg 9", &mut cmd)
+}
+
+/// Polls the admin API until `key` is live on the node.
+pub fn wait_published(node: &Node, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (_, body) = get(node.http, "/api/streams");
+        if body.contains(&format!("\"name\":\"{key}\"")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{key} was never published: {}", node.log.lock().unwrap());
+}
+
+pub struct Track {
+    pub kind: String,
+    pub codec: String,
+    pub frames: usize,
+}
+
+/// ffprobe's count of every stream's frames in a recording.
+pub fn tracks(file: &Path) -> Vec<Track> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_type,codec_name,nb_read_frames",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some(Track {
+                codec: f.first()?.to_string(),
+                kind: f.get(1)?.to_string(),
+                frames: f.get(2)?.trim().parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Whether the first video packet of `file` is a keyframe.
+pub fn first_video_is_key(file: &Path) -> bool {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=flags",
+        ])
+        .args(["-read_intervals", "%+#1", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .trim_start()
+        .starts_with('K')
+}
+
+/// A request with a body of `content_type`.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The sum of a metric's samples whose labels hold `label`.
+pub fn metric_sum(node: &Node, name: &str, label: &str) -> u64 {
+    let (_, text) = get(node.http, "/metrics");
+    text.lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A config file named `name` in the test's directory, holding `text`.
+pub fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = temp_file(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}

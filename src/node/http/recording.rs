@@ -140,7 +140,7 @@ async fn open(library: &Library, key: &StreamKey, file: &str) -> Result<Buffered
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .buffered_open(&path)
         .await
-        .map_err(|e| match std::io::Error::from(e) {
+        .map_err(|e| match crate::node::record::io_error(e) {
             e if e.kind() == std::io::ErrorKind::NotFound => not_found("no such recording"),
             e => io_failure(e),
         })
@@ -153,7 +153,10 @@ async fn read(file: &BufferedFile, at: u64, len: usize) -> Option<Vec<u8>> {
 /// A listed file's index (read through the shard's io_uring).
 async fn index(library: &Library, key: &StreamKey, file: &str) -> Result<FileIndex, Failure> {
     let f = open(library, key, file).await?;
-    let len = f.file_size().await.map_err(|e| io_failure(e.into()))?;
+    let len = f
+        .file_size()
+        .await
+        .map_err(|e| io_failure(crate::node::record::io_error(e)))?;
     let index = record::scan(len, |at, n| read(&f, at, n)).await;
     let _ = f.close().await;
     index.ok_or_else(|| not_found("the recording holds nothing playable"))
@@ -305,7 +308,10 @@ async fn serve_file(
     cors: &str,
 ) -> Result<(), Failure> {
     let f = open(library, &r.key, name).await?;
-    let size = f.file_size().await.map_err(|e| io_failure(e.into()))?;
+    let size = f
+        .file_size()
+        .await
+        .map_err(|e| io_failure(crate::node::record::io_error(e)))?;
     let (status, start, len, range) = match byte_range(r.range, size) {
         Ok(None) => (200, 0, size, None),
         Ok(Some((a, b))) => (206, a, b - a + 1, Some(format!("bytes {a}-{b}/{size}"))),
