@@ -610,6 +610,10 @@ pub struct AppExecConfig {
     /// it ends (argument lists; empty = none).
     pub on_publish: Vec<String>,
     pub on_unpublish: Vec<String>,
+    /// A program run when a recording file of a stream of the app is
+    /// complete (`[record]`), with TRIBUTARY_FILE, TRIBUTARY_START,
+    /// TRIBUTARY_DURATION and TRIBUTARY_BYTES in its environment.
+    pub on_record_done: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -642,6 +646,7 @@ impl ExecConfig {
                         .collect(),
                     on_publish: hook("publish", &a.on_publish),
                     on_unpublish: hook("unpublish", &a.on_unpublish),
+                    on_record_done: hook("recorded", &a.on_record_done),
                 };
                 (app.clone(), exec)
             })
@@ -706,6 +711,7 @@ impl ExecConfig {
             for (key, hook) in [
                 ("exec.apps.on_publish", &a.on_publish),
                 ("exec.apps.on_unpublish", &a.on_unpublish),
+                ("exec.apps.on_record_done", &a.on_record_done),
             ] {
                 if !hook.is_empty() {
                     if let Err(e) = Pipeline::new("hook", hook) {

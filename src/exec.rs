@@ -41,6 +41,18 @@ pub struct AppExec {
     pub pipelines: Vec<Pipeline>,
     pub on_publish: Option<Pipeline>,
     pub on_unpublish: Option<Pipeline>,
+    /// Run when a recording file of the stream is complete (nginx-rtmp's
+    /// `exec_record_done`).
+    pub on_record_done: Option<Pipeline>,
+}
+
+/// A finished recording file, as its hook hears of it.
+#[derive(Debug, Clone)]
+pub struct RecordDone {
+    pub path: std::path::PathBuf,
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +89,10 @@ enum Event {
     Unpublished {
         key: StreamKey,
         publisher: u64,
+    },
+    RecordDone {
+        key: StreamKey,
+        done: RecordDone,
     },
 }
 
@@ -115,9 +131,10 @@ impl Exec {
     fn tell(&self, event: Event) {
         {
             let mut queue = self.events.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.len() >= QUEUE && matches!(event, Event::Published { .. }) {
+            let droppable = matches!(event, Event::Published { .. } | Event::RecordDone { .. });
+            if queue.len() >= QUEUE && droppable {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("exec: a publish dropped, the exec queue is full");
+                tracing::warn!("exec: an event dropped, the exec queue is full");
                 return;
             }
             queue.push_back(event);
@@ -141,6 +158,15 @@ impl Exec {
         self.tell(Event::Unpublished {
             key: key.clone(),
             publisher,
+        });
+    }
+
+    /// A recording file of `key` is complete: its app's `on_record_done`
+    /// hook runs (from a shard; never waits).
+    pub fn record_done(&self, key: &StreamKey, done: RecordDone) {
+        self.tell(Event::RecordDone {
+            key: key.clone(),
+            done,
         });
     }
 
@@ -238,6 +264,7 @@ async fn serve(
                     query,
                 }) => state.published(key, publisher, query),
                 Some(Event::Unpublished { key, publisher }) => state.unpublished(&key, publisher),
+                Some(Event::RecordDone { key, done }) => state.record_done(&key, done),
                 None => break,
             }
         }
@@ -252,7 +279,7 @@ impl Supervisor {
             return;
         };
         if let Some(hook) = &app.on_publish {
-            self.hook(hook, &key, &query, "publish");
+            self.hook(hook, &key, &query, "publish", &[]);
         }
         let mut children = Vec::new();
         for pipeline in app.pipelines {
@@ -292,8 +319,32 @@ impl Supervisor {
             .get(key.app())
             .and_then(|a| a.on_unpublish.clone());
         if let Some(hook) = hook {
-            self.hook(&hook, key, "", "unpublish");
+            self.hook(&hook, key, "", "unpublish", &[]);
         }
+    }
+
+    fn record_done(self: &Rc<Self>, key: &StreamKey, done: RecordDone) {
+        let hook = self
+            .settings
+            .apps
+            .get(key.app())
+            .and_then(|a| a.on_record_done.clone());
+        let Some(hook) = hook else {
+            return;
+        };
+        let extra = [
+            ("TRIBUTARY_FILE", done.path.display().to_string()),
+            (
+                "TRIBUTARY_START",
+                crate::container::record::format_rfc3339(done.start_ms),
+            ),
+            (
+                "TRIBUTARY_DURATION",
+                format!("{:.3}", done.duration_ms as f64 / 1000.0),
+            ),
+            ("TRIBUTARY_BYTES", done.bytes.to_string()),
+        ];
+        self.hook(&hook, key, "", "record_done", &extra);
     }
 
     fn vars<'a>(&'a self, key: &'a StreamKey, pipeline: &'a str) -> Vars<'a> {
@@ -325,19 +376,27 @@ impl Supervisor {
     }
 
     /// A hook: run once, its environment naming the stream; not restarted.
-    fn hook(self: &Rc<Self>, hook: &Pipeline, key: &StreamKey, query: &str, event: &'static str) {
+    fn hook(
+        self: &Rc<Self>,
+        hook: &Pipeline,
+        key: &StreamKey,
+        query: &str,
+        event: &'static str,
+        extra: &[(&'static str, String)],
+    ) {
         if let Err(e) = self.take_place() {
             tracing::warn!(stream = %redact(key), "on_{event} hook not run: {e}");
             return;
         }
         let argv = hook.command(&self.vars(key, &hook.name));
-        let env = [
+        let mut env = vec![
             ("TRIBUTARY_EVENT", event.to_owned()),
             ("TRIBUTARY_APP", key.app().to_owned()),
             ("TRIBUTARY_NAME", key.name().to_owned()),
             ("TRIBUTARY_QUERY", query.to_owned()),
             ("TRIBUTARY_NODE", self.settings.node_id.clone()),
         ];
+        env.extend_from_slice(extra);
         let state = self.clone();
         let key = key.clone();
         tokio::task::spawn_local(async move {

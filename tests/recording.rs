@@ -161,7 +161,13 @@ const SECONDS: u32 = 12;
 #[test]
 fn h264_aac_is_recorded_in_files_ffprobe_plays_and_played_back_by_time_range() {
     let dir = fresh_dir("rec-h264");
-    let node = recording_node("rec-h264", &dir, "segment_secs = 3");
+    let hooked = temp_file("rec-h264-done.log");
+    let _ = std::fs::remove_file(&hooked);
+    let hook = format!(
+        "segment_secs = 3\n[exec.apps.live]\non_record_done = [\"sh\", \"-c\", \"echo $TRIBUTARY_EVENT $TRIBUTARY_FILE $TRIBUTARY_DURATION $TRIBUTARY_BYTES >> {}\"]",
+        hooked.display()
+    );
+    let node = recording_node("rec-h264", &dir, &hook);
     let media = node.media.unwrap();
     let publisher = publish(&node.url("cam"), SECONDS);
     let open = wait_listed(&node, "live/cam", "an open file", |f| {
@@ -178,6 +184,31 @@ fn h264_aac_is_recorded_in_files_ffprobe_plays_and_played_back_by_time_range() {
     let on_disk = mp4s(&dir.join("live/cam"));
     assert_eq!(on_disk.len(), files.len(), "{files:?}");
     assert!(files.len() >= 3, "12 s in files of 3 s: {files:?}");
+    // The hook ran once per file, naming it, its duration and bytes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&hooked).unwrap_or_default();
+        if text.lines().count() >= files.len() || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for f in &files {
+        let name = f["file"].as_str().unwrap();
+        let line = lines
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no hook for {name}: {lines}"));
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[0], "record_done", "{line}");
+        assert!(Path::new(fields[1]).starts_with(&dir), "{line}");
+        assert_eq!(
+            fields[3],
+            f["bytes"].as_u64().unwrap().to_string(),
+            "{line}"
+        );
+    }
+    assert_eq!(lines.lines().count(), files.len(), "{lines}");
 
     // Each file plays: H.264 and AAC, from a keyframe; the frames of all of
     // them are the frames sent; one timeline across them.

@@ -402,6 +402,8 @@ pub struct Recorders {
     library: Option<Arc<Library>>,
     hub: Rc<SharedHub>,
     ring: Rc<SocketRing>,
+    /// Runs the apps' `on_record_done` hooks.
+    exec: Option<crate::exec::Exec>,
     /// Each stream's recording and the publisher it belongs to.
     streams: RefCell<HashMap<StreamKey, (u64, Rc<Rec>)>>,
     /// Streams published here, by publisher (the API may start one).
@@ -414,12 +416,14 @@ impl Recorders {
         library: Option<Arc<Library>>,
         hub: Rc<SharedHub>,
         ring: Rc<SocketRing>,
+        exec: Option<crate::exec::Exec>,
     ) -> Rc<Recorders> {
         Rc::new(Recorders {
             settings,
             library,
             hub,
             ring,
+            exec,
             streams: RefCell::new(HashMap::new()),
             published: RefCell::new(HashMap::new()),
         })
@@ -508,7 +512,7 @@ impl Recorders {
             library.clone(),
         ))
         .detach();
-        glommio::spawn_local(write(rec, settings, library)).detach();
+        glommio::spawn_local(write(rec, settings, library, self.exec.clone())).detach();
         Ok(true)
     }
 
@@ -675,7 +679,18 @@ struct Open {
 }
 
 /// The writer task: the queued actions, through the shard's io_uring.
-async fn write(rec: Rc<Rec>, settings: Arc<RecordSettings>, library: Arc<Library>) {
+async fn write(
+    rec: Rc<Rec>,
+    settings: Arc<RecordSettings>,
+    library: Arc<Library>,
+    exec: Option<crate::exec::Exec>,
+) {
+    let done = Done {
+        rec: &rec,
+        settings: &settings,
+        library: &library,
+        exec: exec.as_ref(),
+    };
     let mut open: Option<Open> = None;
     loop {
         let action = rec.actions.borrow_mut().pop_front();
@@ -691,7 +706,7 @@ async fn write(rec: Rc<Rec>, settings: Arc<RecordSettings>, library: Arc<Library
         let result = match action {
             Action::Open { init, lead_ms } => {
                 if let Some(o) = open.take() {
-                    close(&rec, o, &settings, &library).await;
+                    done.close(o).await;
                 }
                 match create(&rec.key, &settings, lead_ms).await {
                     Ok((file, name, start_ms)) => {
@@ -733,7 +748,7 @@ async fn write(rec: Rc<Rec>, settings: Arc<RecordSettings>, library: Arc<Library
             },
             Action::Close => {
                 if let Some(o) = open.take() {
-                    close(&rec, o, &settings, &library).await;
+                    done.close(o).await;
                 }
                 Ok(())
             }
@@ -748,7 +763,7 @@ async fn write(rec: Rc<Rec>, settings: Arc<RecordSettings>, library: Arc<Library
             rec.drop_queued();
             rec.stop_wake.notify();
             if let Some(o) = open.take() {
-                abandon(&rec, o, &library).await;
+                done.abandon(o).await;
             }
         } else if rec.error.borrow().is_some() && open.is_some() && rec.failed_until.get().is_none()
         {
@@ -757,7 +772,7 @@ async fn write(rec: Rc<Rec>, settings: Arc<RecordSettings>, library: Arc<Library
         }
     }
     if let Some(o) = open.take() {
-        close(&rec, o, &settings, &library).await;
+        done.close(o).await;
     }
     *rec.file.borrow_mut() = None;
     library.stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -851,33 +866,61 @@ async fn append(o: &mut Open, bytes: &[bytes::Bytes], library: &Library) -> std:
     Ok(())
 }
 
-/// A finished file: synced (unless `record.fsync = "never"`), listed.
-async fn close(rec: &Rec, o: Open, settings: &RecordSettings, library: &Library) {
-    if o.pos <= o.init_len {
-        return abandon(rec, o, library).await;
-    }
-    if settings.fsync != Fsync::Never {
-        let _ = o.file.fdatasync().await;
-    }
-    library.update(&rec.key, info(&o, false));
-    let _ = o.file.close().await;
-    rec.segments.set(rec.segments.get() + 1);
-    library.stats.segments.fetch_add(1, Ordering::Relaxed);
-    *rec.file.borrow_mut() = None;
+/// What finishing a file takes.
+struct Done<'a> {
+    rec: &'a Rec,
+    settings: &'a RecordSettings,
+    library: &'a Library,
+    exec: Option<&'a crate::exec::Exec>,
 }
 
-/// A file a write failed in: what it holds up to its last complete
-/// fragment is kept (and listed); a file with none is removed.
-async fn abandon(rec: &Rec, o: Open, library: &Library) {
-    *rec.file.borrow_mut() = None;
-    if o.pos <= o.init_len {
-        library.forget(&rec.key, &o.name);
-        let _ = o.file.remove().await;
+impl Done<'_> {
+    /// A finished file: synced (unless `record.fsync = "never"`), listed,
+    /// its hook told.
+    async fn close(&self, o: Open) {
+        if o.pos <= o.init_len {
+            return self.abandon(o).await;
+        }
+        if self.settings.fsync != Fsync::Never {
+            let _ = o.file.fdatasync().await;
+        }
+        let listed = info(&o, false);
         let _ = o.file.close().await;
-        return;
+        self.finished(listed);
+        self.rec.segments.set(self.rec.segments.get() + 1);
+        self.library.stats.segments.fetch_add(1, Ordering::Relaxed);
     }
-    // A failed write may have left part of a fragment behind it.
-    let _ = o.file.truncate(o.pos).await;
-    library.update(&rec.key, info(&o, false));
-    let _ = o.file.close().await;
+
+    fn finished(&self, listed: SegmentInfo) {
+        let (rec, library) = (self.rec, self.library);
+        *rec.file.borrow_mut() = None;
+        let path = library.path_of(&rec.key, &listed.file);
+        let done = path.map(|path| crate::exec::RecordDone {
+            path,
+            start_ms: listed.start_ms,
+            duration_ms: listed.duration_ms,
+            bytes: listed.bytes,
+        });
+        library.update(&rec.key, listed);
+        if let (Some(exec), Some(done)) = (self.exec, done) {
+            exec.record_done(&rec.key, done);
+        }
+    }
+
+    /// A file a write failed in: what it holds up to its last complete
+    /// fragment is kept (and listed); a file with none is removed.
+    async fn abandon(&self, o: Open) {
+        *self.rec.file.borrow_mut() = None;
+        if o.pos <= o.init_len {
+            self.library.forget(&self.rec.key, &o.name);
+            let _ = o.file.remove().await;
+            let _ = o.file.close().await;
+            return;
+        }
+        // A failed write may have left part of a fragment behind it.
+        let _ = o.file.truncate(o.pos).await;
+        let listed = info(&o, false);
+        let _ = o.file.close().await;
+        self.finished(listed);
+    }
 }

@@ -287,6 +287,7 @@ fn connection_context(
         setup.recordings.clone(),
         hub.clone(),
         ring.clone(),
+        setup.exec.clone(),
     );
     Rc::new(ConnectionContext {
         pushes,
