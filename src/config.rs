@@ -1295,6 +1295,14 @@ mod tests {
                 "push.backoff_max_ms",
             ),
             ("[push]\nmax_per_stream = 0", "push.max_per_stream"),
+            ("[record]\nfsync = \"always\"", "record.fsync"),
+            ("[record]\nsegment_secs = 0", "record.segment_secs"),
+            ("[record]\nfragment_ms = 50", "record.fragment_ms"),
+            ("[record]\nqueue_max_bytes = 10", "record.queue_max_bytes"),
+            ("[record.apps.live]\nrecord = \"all\"", "record.path"),
+            ("[record]\npath = \"/r\"\n[record.apps.live]\nrecord = \"yes\"", "record.apps.record"),
+            ("[record]\npath = \"/r\"\n[record.apps.\"a/b\"]\nrecord = \"all\"", "record.apps"),
+            ("[exec.apps.live]\non_record_done = [\"\"]", "exec.apps.on_record_done"),
         ] {
             let err = Config::from_toml(bad, Path::new("x.toml"))
                 .unwrap()
