@@ -1300,9 +1300,18 @@ mod tests {
             ("[record]\nfragment_ms = 50", "record.fragment_ms"),
             ("[record]\nqueue_max_bytes = 10", "record.queue_max_bytes"),
             ("[record.apps.live]\nrecord = \"all\"", "record.path"),
-            ("[record]\npath = \"/r\"\n[record.apps.live]\nrecord = \"yes\"", "record.apps.record"),
-            ("[record]\npath = \"/r\"\n[record.apps.\"a/b\"]\nrecord = \"all\"", "record.apps"),
-            ("[exec.apps.live]\non_record_done = [\"\"]", "exec.apps.on_record_done"),
+            (
+                "[record]\npath = \"/r\"\n[record.apps.live]\nrecord = \"yes\"",
+                "record.apps.record",
+            ),
+            (
+                "[record]\npath = \"/r\"\n[record.apps.\"a/b\"]\nrecord = \"all\"",
+                "record.apps",
+            ),
+            (
+                "[exec.apps.live]\non_record_done = [\"\"]",
+                "exec.apps.on_record_done",
+            ),
         ] {
             let err = Config::from_toml(bad, Path::new("x.toml"))
                 .unwrap()

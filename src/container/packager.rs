@@ -47,7 +47,7 @@ fn compact(data: &[u8]) -> Bytes {
 /// A video message as the packager takes it, read by `protocol::media`'s
 /// tag model: a single-track H.264, HEVC or AV1 configuration or frame;
 /// anything else is skipped.
-fn video_unit(p: &Bytes) -> Unit {
+fn video_unit(p: &Bytes, copy: bool) -> Unit {
     let Ok(body) = media::video_body(p) else {
         return Unit::Skip;
     };
@@ -57,7 +57,10 @@ fn video_unit(p: &Bytes) -> Unit {
         VideoCodec::Av1 => VideoKind::Av1,
         _ => return Unit::Skip,
     };
-    let data = compact(&p[body.data_at..]);
+    let data = match copy {
+        true => compact(&p[body.data_at..]),
+        false => p.slice(body.data_at..),
+    };
     match body.info.kind {
         _ if body.info.multitrack => Unit::Skip,
         PacketKind::SequenceHeader if body.config => Unit::VideoConfig(kind, data),
@@ -72,7 +75,7 @@ fn video_unit(p: &Bytes) -> Unit {
 
 /// An audio message as the packager takes it: a single-track AAC or Opus
 /// configuration or frame; anything else is skipped.
-fn audio_unit(p: &Bytes) -> Unit {
+fn audio_unit(p: &Bytes, copy: bool) -> Unit {
     let Ok(body) = media::audio_body(p) else {
         return Unit::Skip;
     };
@@ -82,7 +85,10 @@ fn audio_unit(p: &Bytes) -> Unit {
         AudioCodec::Opus if body.info.enhanced => AudioKind::Opus,
         _ => return Unit::Skip,
     };
-    let data = compact(&p[body.data_at..]);
+    let data = match copy {
+        true => compact(&p[body.data_at..]),
+        false => p.slice(body.data_at..),
+    };
     match body.info.kind {
         _ if body.info.multitrack => Unit::Skip,
         PacketKind::SequenceHeader => Unit::AudioConfig(kind, data),
@@ -238,6 +244,8 @@ impl Output for LiveWindow {
 pub struct Packager<O: Output = LiveWindow> {
     targets: Targets,
     output: O,
+    /// Samples are copied out of the messages (see [`compact`]).
+    copy: bool,
     video: Option<VideoTrack>,
     audio: Option<AudioTrack>,
     size: Option<(u16, u16)>,
@@ -283,6 +291,7 @@ impl<O: Output> Packager<O> {
         Self {
             targets,
             output,
+            copy: true,
             video: None,
             audio: None,
             size: None,
@@ -304,6 +313,14 @@ impl<O: Output> Packager<O> {
         }
     }
 
+    /// Samples share the messages' payloads instead of copies: for an
+    /// output that lets go of them within moments (a recording, whose
+    /// bounded write queue bounds what they pin).
+    pub fn sharing_payloads(mut self) -> Self {
+        self.copy = false;
+        self
+    }
+
     pub fn output(&mut self) -> &mut O {
         &mut self.output
     }
@@ -311,8 +328,8 @@ impl<O: Output> Packager<O> {
     /// Takes one message of the stream, in order.
     pub fn push(&mut self, m: &RawMessage) {
         let unit = match m.type_id {
-            MessageType::VIDEO => video_unit(&m.payload),
-            MessageType::AUDIO => audio_unit(&m.payload),
+            MessageType::VIDEO => video_unit(&m.payload, self.copy),
+            MessageType::AUDIO => audio_unit(&m.payload, self.copy),
             MessageType::DATA_AMF0 => {
                 if let Some(size) = metadata_size(&m.payload) {
                     self.size = Some(size);
@@ -666,12 +683,12 @@ mod tests {
     fn units_from_legacy_and_enhanced_payloads() {
         let avc_header = Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2]);
         assert_eq!(
-            video_unit(&avc_header),
+            video_unit(&avc_header, true),
             Unit::VideoConfig(VideoKind::Avc, Bytes::from_static(&[1, 2]))
         );
         let frame = Bytes::from_static(&[0x27, 1, 0xFF, 0xFF, 0xFE, 9]);
         assert_eq!(
-            video_unit(&frame),
+            video_unit(&frame, true),
             Unit::Video {
                 key: false,
                 cts_ms: -2,
@@ -680,7 +697,7 @@ mod tests {
         );
         let hevc = Bytes::from_static(&[0x91, b'h', b'v', b'c', b'1', 0, 0, 40, 7]);
         assert_eq!(
-            video_unit(&hevc),
+            video_unit(&hevc, true),
             Unit::Video {
                 key: true,
                 cts_ms: 40,
@@ -688,18 +705,24 @@ mod tests {
             }
         );
         let av1x = Bytes::from_static(&[0x93, b'a', b'v', b'0', b'1', 5]);
-        assert!(matches!(video_unit(&av1x), Unit::Video { key: true, .. }));
+        assert!(matches!(
+            video_unit(&av1x, true),
+            Unit::Video { key: true, .. }
+        ));
         let aac = Bytes::from_static(&[0xAF, 0, 0x12, 0x10]);
         assert_eq!(
-            audio_unit(&aac),
+            audio_unit(&aac, true),
             Unit::AudioConfig(AudioKind::Aac, Bytes::from_static(&[0x12, 0x10]))
         );
         let opus = Bytes::from_static(&[0x91, b'O', b'p', b'u', b's', 3]);
-        assert_eq!(audio_unit(&opus), Unit::Audio(Bytes::from_static(&[3])));
+        assert_eq!(
+            audio_unit(&opus, true),
+            Unit::Audio(Bytes::from_static(&[3]))
+        );
         for junk in [&[][..], &[0x17][..], &[0x9F, b'x'][..], &[0x22, 0][..]] {
             let b = Bytes::copy_from_slice(junk);
-            assert_eq!(video_unit(&b), Unit::Skip, "{junk:?}");
-            assert_eq!(audio_unit(&b), Unit::Skip, "{junk:?}");
+            assert_eq!(video_unit(&b, true), Unit::Skip, "{junk:?}");
+            assert_eq!(audio_unit(&b, true), Unit::Skip, "{junk:?}");
         }
         assert_eq!(aac_rate_channels(&[0x12, 0x10]), Some((44_100, 2)));
         assert_eq!(aac_rate_channels(&[0x11, 0x90]), Some((48_000, 2)));

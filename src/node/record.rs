@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use glommio::io::{BufferedFile, Directory, OpenOptions};
+use glommio::io::{Directory, DmaFile, OpenOptions};
 
 use crate::config::Fsync;
 use crate::container::packager::{Packager, Targets};
@@ -184,6 +184,15 @@ impl Library {
             let _ = std::fs::remove_file(path);
             return None;
         };
+        // Blocks reserved past the end by a writer that was killed.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let allocated = f.metadata().map_or(0, |m| m.blocks() * 512);
+            if allocated > len + (1 << 20) && index.complete_len == len {
+                let _ = f.set_len(len + 1);
+                let _ = f.set_len(len);
+            }
+        }
         if index.complete_len < len {
             tracing::warn!(
                 "recording {}: cut short by a crash; truncated after its last complete fragment ({} of {len} bytes)",
@@ -501,7 +510,8 @@ impl Recorders {
         library.stats.active.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = %redact(key), "recording");
         let packager =
-            Packager::with_output(settings.targets(), Recording::new(settings.segment_secs));
+            Packager::with_output(settings.targets(), Recording::new(settings.segment_secs))
+                .sharing_payloads();
         glommio::spawn_local(package(
             rec.clone(),
             conn,
@@ -563,6 +573,12 @@ impl Recorders {
 /// What `Recorders::start` answers for a stream not published on the shard.
 pub const RECORD_NOT_LIVE: &str = "the stream is not published on this node";
 
+/// Disk reserved ahead when a file opens (given back when it closes).
+const PREALLOCATE: u64 = 16 << 20;
+
+/// How often the packager task takes the messages the hub queued.
+const DRAIN_EVERY: Duration = Duration::from_millis(200);
+
 /// The packager task: hub messages in, actions queued for the writer.
 async fn package(
     rec: Rc<Rec>,
@@ -605,8 +621,11 @@ async fn package(
         }
         let retry = rec.failed_until.get();
         let input = futures_lite::future::or(
+            // The hub's messages wait in the socketless `Conn` (under the
+            // slow-player bound) and are taken a few times a second: a
+            // wake per message cost more than the packaging.
             async {
-                queue.notify.wait().await;
+                glommio::timer::sleep(DRAIN_EVERY).await;
                 None
             },
             futures_lite::future::or(async { Some(conn.next_input().await) }, async {
@@ -668,10 +687,17 @@ fn forward(
     rec.wake.notify();
 }
 
-/// The file being written.
+/// The file being written, with `O_DIRECT` where the filesystem has it
+/// (the kernel reads the fragments from our buffer: no copy into the page
+/// cache, which cost as much as the rest of recording together). Writes
+/// are whole blocks: the last, partial block is kept in `tail` and written
+/// again, zero-padded, with the next fragment; the file is cut to `pos` when
+/// it closes (and, after a crash, when the node starts).
 struct Open {
-    file: BufferedFile,
+    file: DmaFile,
+    tail: Vec<u8>,
     name: String,
+    /// The bytes of the file (past it, the last block's padding).
     pos: u64,
     init_len: u64,
     start_ms: u64,
@@ -712,12 +738,16 @@ async fn write(
                     Ok((file, name, start_ms)) => {
                         let mut o = Open {
                             file,
+                            tail: Vec::new(),
                             name,
                             pos: 0,
                             init_len: init.len() as u64,
                             start_ms,
                             media_ms: 0.0,
                         };
+                        // Blocks ahead of the writes (the file's size stays
+                        // its content's): fewer allocations on the way.
+                        let _ = o.file.pre_allocate(PREALLOCATE, true).await;
                         let written = append(&mut o, &[init], &library).await;
                         *rec.file.borrow_mut() = Some(o.name.clone());
                         open = Some(o);
@@ -795,7 +825,7 @@ async fn create(
     key: &StreamKey,
     settings: &RecordSettings,
     lead_ms: f64,
-) -> std::io::Result<(BufferedFile, String, u64)> {
+) -> std::io::Result<(DmaFile, String, u64)> {
     let (app, name) = record::stream_dir(key)
         .ok_or_else(|| std::io::Error::other("the stream's name is too long for a file name"))?;
     let app_dir = settings.path.join(app);
@@ -810,7 +840,7 @@ async fn create(
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .buffered_open(dir.join(&name))
+            .dma_open(dir.join(&name))
             .await;
         match opened.map_err(io_error) {
             Ok(file) => {
@@ -829,33 +859,32 @@ async fn create(
     Err(std::io::Error::other("no free file name"))
 }
 
-/// Appends `bytes` as one write (a fragment is never split over writes,
-/// unless the kernel writes it short: then the rest follows).
+/// Appends `bytes` as one write of whole blocks from the start of the
+/// last partial one (a fragment is never split over writes).
 async fn append(o: &mut Open, bytes: &[bytes::Bytes], library: &Library) -> std::io::Result<()> {
     let len: usize = bytes.iter().map(|b| b.len()).sum();
     let t0 = Instant::now();
-    let mut done = 0;
-    while done < len {
-        let mut buf = Vec::with_capacity(len - done);
-        let mut skip = done;
-        for b in bytes {
-            if skip >= b.len() {
-                skip -= b.len();
-                continue;
-            }
-            buf.extend_from_slice(&b[skip..]);
-            skip = 0;
-        }
-        let n = o
-            .file
-            .write_at(buf, o.pos + done as u64)
-            .await
-            .map_err(io_error)?;
-        if n == 0 {
-            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        done += n;
+    let align = o.file.alignment().max(1) as usize;
+    let from = o.pos - o.tail.len() as u64;
+    let data = o.tail.len() + len;
+    let size = data.div_ceil(align) * align;
+    let mut buf = o.file.alloc_dma_buffer(size);
+    let b = buf.as_bytes_mut();
+    let mut at = o.tail.len();
+    b[..at].copy_from_slice(&o.tail);
+    for part in bytes {
+        b[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
     }
+    b[data..].fill(0);
+    let keep = data % align;
+    let tail = b[data - keep..data].to_vec();
+    let n = o.file.write_at(buf, from).await.map_err(io_error)?;
+    if n < data {
+        // A short write of a block device: the disk is full.
+        return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    o.tail = tail;
     o.pos += len as u64;
     let micros = t0.elapsed().as_micros() as u64;
     let s = &library.stats;
@@ -881,6 +910,10 @@ impl Done<'_> {
         if o.pos <= o.init_len {
             return self.abandon(o).await;
         }
+        // The last block's padding goes, and the blocks reserved past the
+        // end with it (a truncate to the size the file has frees nothing).
+        let _ = o.file.truncate(o.pos + 1).await;
+        let _ = o.file.truncate(o.pos).await;
         if self.settings.fsync != Fsync::Never {
             let _ = o.file.fdatasync().await;
         }
@@ -917,7 +950,9 @@ impl Done<'_> {
             let _ = o.file.close().await;
             return;
         }
-        // A failed write may have left part of a fragment behind it.
+        // A failed write may have left part of a fragment behind it; the
+        // reserved blocks go too.
+        let _ = o.file.truncate(o.pos + 1).await;
         let _ = o.file.truncate(o.pos).await;
         let listed = info(&o, false);
         let _ = o.file.close().await;
