@@ -2,7 +2,9 @@
 // from the admin API, a kick button, the push targets of a stream this node
 // publishes (state, bytes, last error), and a live preview of any stream
 // from this node's media listener (LL-HLS through hls.js, HTTP-FLV through
-// mpegts.js). window.tributary exposes the preview's state (for tests).
+// mpegts.js), and this node's recordings, played back (rewound) through
+// their VOD playlist in hls.js. window.tributary exposes the preview's
+// state (for tests).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -130,6 +132,62 @@ async function refresh() {
     $("streams-error").textContent = String(e.message || e);
   }
   showPushes();
+  showRecordings();
+}
+
+// This node's recorded streams; "play" plays one from its first file on.
+async function showRecordings() {
+  const tbody = $("recordings").tBodies[0];
+  try {
+    const r = await api("/api/recordings");
+    const seen = JSON.stringify(r.streams);
+    if (seen === tbody.dataset.seen) return;
+    tbody.dataset.seen = seen;
+    tbody.replaceChildren();
+    for (const s of r.streams) {
+      const row = tbody.insertRow();
+      cell(row, s.stream);
+      cell(row, s.files, "num");
+      cell(row, (s.bytes / 1e6).toFixed(1), "num");
+      cell(row, s.first);
+      cell(row, `${Math.round(s.duration)} s`, "num");
+      const b = button(row.insertCell(), "play", () => playRecording(s.stream, s.first));
+      b.dataset.recording = s.stream;
+      b.disabled = !mediaBase();
+    }
+    $("recordings-status").textContent = r.streams.length ? "" : "nothing recorded";
+  } catch (e) {
+    $("recordings-status").textContent = String(e.message || e);
+  }
+}
+
+async function playRecording(stream, from) {
+  stopPreview();
+  const generation = ++previewGeneration;
+  const t = window.tributary;
+  t.kind = "hls";
+  $("preview-name").textContent = `${stream} (recording from ${from})`;
+  let query = "";
+  try {
+    const play = await api(`/api/play?stream=${encodeURIComponent(stream)}`);
+    if (play.query) query = `&${play.query}`;
+  } catch (e) {
+    return status(`no play token: ${e.message || e}`);
+  }
+  if (generation !== previewGeneration) return;
+  if (!window.Hls || !Hls.isSupported()) return status("this browser has no Media Source Extensions");
+  const hls = new Hls({ backBufferLength: 30 });
+  hls.on(Hls.Events.ERROR, (_, data) => {
+    t.errors.push(`${data.type}: ${data.details}${data.fatal ? " (fatal)" : ""}`);
+    status(`hls.js: ${data.details}`);
+  });
+  hls.loadSource(`${mediaBase()}/recordings/${path(stream)}/index.m3u8?start=${encodeURIComponent(from)}${query}`);
+  const video = $("video");
+  hls.attachMedia(video);
+  t.player = hls;
+  t.latency = () => null;
+  video.play().catch(() => { /* muted autoplay may need a click elsewhere */ });
+  status("starting");
 }
 
 async function showPushes() {

@@ -271,3 +271,57 @@ fn hls_js_plays_a_stream_and_its_rendition_as_levels_and_switches_between_them()
     );
     assert!(v["advanced"].as_f64().unwrap_or(0.0) > 1.0, "{v}");
 }
+
+/// A recording played back in Chromium: the console lists the node's
+/// recorded stream, and its "play" button plays the VOD playlist through
+/// hls.js; playback advances with no error. The screenshot is
+/// target/browser/recording.png.
+#[test]
+fn the_console_plays_a_recording_through_its_vod_playlist() {
+    let dir = common::temp_file("browser-rec");
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = common::write_config(
+        "browser-rec.toml",
+        &format!(
+            "[record]\npath = \"{}\"\nsegment_secs = 4\n[record.apps.live]\nrecord = \"all\"\n",
+            dir.display()
+        ),
+    );
+    let node = common::Node::start_with(
+        1,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    common::publish(&node.url("rec"), 10)
+        .wait(std::time::Duration::from_secs(40))
+        .unwrap();
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let shot = out_dir.join("recording.png");
+    let _ = std::fs::remove_file(&shot);
+    let v = run_driver(
+        "recording.mjs",
+        &[
+            &format!("http://{}/", node.http),
+            "live/rec",
+            shot.to_str().unwrap(),
+            "6",
+        ],
+    );
+    assert_eq!(v["pageErrors"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+    let times: Vec<f64> = v["times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_f64())
+        .collect();
+    let last = times.last().copied().unwrap_or(0.0);
+    assert!(last > 3.0, "playback reached {last} s: {v}");
+    assert!(times.windows(2).all(|w| w[1] >= w[0]), "{v}");
+    assert!(shot.exists(), "no screenshot");
+}

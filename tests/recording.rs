@@ -779,3 +779,41 @@ fn recording_routes_refuse_bad_input_and_follow_the_play_rules() {
     drop(publisher);
     drop(paid);
 }
+
+#[test]
+fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_it() {
+    let nats = NatsServer::start("rec-cluster");
+    let (da, db) = (fresh_dir("rec-cluster-a"), fresh_dir("rec-cluster-b"));
+    let config = |name: &str, dir: &Path| {
+        write_config(
+            &format!("{name}.toml"),
+            &format!(
+                "[record]\npath = \"{}\"\nsegment_secs = 2\n[record.apps.live]\nrecord = \"all\"\n",
+                dir.display()
+            ),
+        )
+    };
+    let (ca, cb) = (config("rec-cluster-a", &da), config("rec-cluster-b", &db));
+    let a = cluster_node(&nats, "a", 1, &["--config", ca.to_str().unwrap()]);
+    let b = cluster_node(&nats, "b", 1, &["--config", cb.to_str().unwrap()]);
+    let publisher = publish(&a.url("cam"), 8);
+    // B plays it (a relay through NATS), and records nothing of it.
+    wait_live(&b.url("cam"));
+    let played = temp_file("rec-cluster-played.flv");
+    let player = ffmpeg_player(&b.url("cam"), &played, None);
+    publisher.wait(Duration::from_secs(30)).unwrap();
+    let _ = player.wait(Duration::from_secs(20));
+    assert!(video_frames(&played) > 0, "B played nothing");
+    let on_a = wait_listed(&a, "live/cam", "A's files closed", |f| {
+        f.len() >= 2 && f.iter().all(|s| s["open"] == false)
+    });
+    assert!(mp4s(&db.join("live/cam")).is_empty(), "B recorded too");
+    // B lists A's files from the cluster's index, each naming node a.
+    let on_b = wait_listed(&b, "live/cam", "A's files listed on B", |f| {
+        f.len() == on_a.len()
+    });
+    for (x, y) in on_a.iter().zip(&on_b) {
+        assert_eq!((&x["file"], &x["start"]), (&y["file"], &y["start"]));
+        assert_eq!(y["node"], "a");
+    }
+}

@@ -192,7 +192,7 @@ async fn route(
         }
         "/api/play" => play_query(state, query),
         "/api/nodes" => nodes(state).await,
-        "/api/recordings" => recordings::list(state, query),
+        "/api/recordings" => recordings::list(state, query).await,
         "/api/streams" => node_streams(state),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

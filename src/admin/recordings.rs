@@ -9,8 +9,10 @@
 //!   application/json` (its body, if any, `{}`): a web page can send a form
 //!   to the admin address without a CORS preflight, never JSON.
 //! - `GET /api/recordings?stream=APP/KEY` lists the stream's files on this
-//!   node (start, duration, bytes, whether one is being written);
-//!   `GET /api/recordings` every recorded stream with its totals.
+//!   node (start, duration, bytes, whether one is being written) and, in a
+//!   cluster, every other node's finished files of it from the cluster's
+//!   index (each names its node); `GET /api/recordings` this node's
+//!   recorded streams with their totals.
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -154,13 +156,8 @@ async fn empty_json(req: hyper::Request<hyper::body::Incoming>) -> Result<(), Re
 }
 
 /// GET /api/recordings[?stream=APP/KEY].
-pub(super) fn list(state: &AdminState, query: &str) -> Reply {
-    let Some(library) = &state.recordings else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "recording is off on this node (record.path is empty)",
-        );
-    };
+pub(super) async fn list(state: &AdminState, query: &str) -> Reply {
+    let library = state.recordings.as_ref();
     let stream = query
         .split('&')
         .find_map(|p| p.strip_prefix("stream="))
@@ -168,8 +165,8 @@ pub(super) fn list(state: &AdminState, query: &str) -> Reply {
     match stream {
         Some(Err(e)) => bad_name(e),
         Some(Ok(key)) => {
-            let files: Vec<serde_json::Value> = library
-                .list(&key)
+            let local = library.map(|l| l.list(&key)).unwrap_or_default();
+            let mut files: Vec<serde_json::Value> = local
                 .iter()
                 .map(|s| {
                     serde_json::json!({
@@ -182,12 +179,40 @@ pub(super) fn list(state: &AdminState, query: &str) -> Reply {
                     })
                 })
                 .collect();
-            json(
-                StatusCode::OK,
-                &serde_json::json!({ "stream": key.to_string(), "recordings": files }),
-            )
+            let mut index_error = None;
+            if let Some(cluster) = &state.cluster {
+                match cluster.recordings(&key).await {
+                    Ok(nodes) => {
+                        for (node, listed) in nodes.into_iter().filter(|n| n.0 != state.node_id) {
+                            files.extend(listed.iter().map(|s| {
+                                serde_json::json!({
+                                    "file": s.file,
+                                    "node": node,
+                                    "start": format_rfc3339(s.start_ms),
+                                    "duration": s.duration_ms as f64 / 1000.0,
+                                    "bytes": s.bytes,
+                                    "open": false,
+                                })
+                            }));
+                        }
+                    }
+                    Err(e) => index_error = Some(e.to_string()),
+                }
+            }
+            let mut body = serde_json::json!({ "stream": key.to_string(), "recordings": files });
+            if let Some(e) = index_error {
+                // This node's own files are listed all the same.
+                body["index_error"] = serde_json::Value::String(e);
+            }
+            json(StatusCode::OK, &body)
         }
         None => {
+            let Some(library) = library else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "recording is off on this node (record.path is empty)",
+                );
+            };
             let streams: Vec<serde_json::Value> = library
                 .all()
                 .iter()

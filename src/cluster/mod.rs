@@ -65,6 +65,33 @@ pub struct ClusterSettings {
     /// This node's viewers of each stream, by protocol: what it answers
     /// when a node sums the cluster's (`trib.viewers.<node>`).
     pub audience: Arc<Audience>,
+    /// This node's recordings, listed in the cluster's index
+    /// (`tributary_recordings`), when `record.path` is set.
+    pub recordings: Option<Arc<dyn RecordingIndex>>,
+}
+
+/// A node's finished recording files as the cluster's index takes them
+/// (`node::Library` is the one).
+pub trait RecordingIndex: Send + Sync + std::fmt::Debug {
+    /// The streams whose finished files changed since the last call, each
+    /// with its finished files now (none: the stream has no file left).
+    fn take_changed(&self) -> Vec<(StreamKey, Vec<crate::container::record::SegmentInfo>)>;
+    /// Every stream counts as changed (a fresh server lost the index).
+    fn mark_all(&self);
+    /// `key` counts as changed (its entry could not be written).
+    fn mark_changed(&self, key: &StreamKey);
+}
+
+/// Each node (by id) with its finished files of a stream.
+pub type NodesFiles = Vec<(String, Vec<IndexedFile>)>;
+
+/// One node's finished files of a stream, as the cluster's index lists them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IndexedFile {
+    pub file: String,
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    pub bytes: u64,
 }
 
 impl ClusterSettings {
@@ -172,6 +199,11 @@ pub enum Request {
     },
     /// Answered once everything asked before it is done and sent (shutdown).
     Flush { reply: oneshot::Sender<()> },
+    /// Every node's finished files of `key`, from the cluster's index.
+    Recordings {
+        key: StreamKey,
+        reply: oneshot::Sender<Result<NodesFiles, RegistryError>>,
+    },
     /// Kick the publisher of `key` on whatever node has it; answers the node.
     Kick {
         key: StreamKey,
@@ -414,6 +446,12 @@ impl ClusterHandle {
     /// Every registered stream of the cluster.
     pub async fn list(&self) -> Result<Vec<(StreamKey, Registration)>, RegistryError> {
         self.ask(|reply| Request::List { reply }).await
+    }
+
+    /// Every node's finished recording files of `key` (the cluster's index).
+    pub async fn recordings(&self, key: &StreamKey) -> Result<NodesFiles, RegistryError> {
+        let key = key.clone();
+        self.ask(|reply| Request::Recordings { key, reply }).await
     }
 
     /// Every node of the cluster that is alive (its heartbeat not expired).

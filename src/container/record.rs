@@ -548,7 +548,8 @@ pub struct Piece {
 /// before `from_ms` to the first fragment that starts at or after `to_ms`.
 pub fn plan(files: &[(u64, String, FileIndex)], from_ms: u64, to_ms: u64) -> Vec<Piece> {
     let mut out: Vec<Piece> = Vec::new();
-    let mut last_end: Option<(f64, u64)> = None; // media end, wall end
+    // Where the previous piece's media ends, seconds.
+    let mut last_end: Option<f64> = None;
     for (start_ms, file, index) in files {
         let Some(first) = index.fragments.first() else {
             continue;
@@ -578,14 +579,10 @@ pub fn plan(files: &[(u64, String, FileIndex)], from_ms: u64, to_ms: u64) -> Vec
         let Some(c0) = chosen.first() else {
             continue;
         };
-        let discontinuity = match last_end {
-            Some((media_end, wall_end)) => {
-                (c0.start - media_end).abs() > 0.5 || (wall(c0) - wall_end as f64).abs() > 1500.0
-            }
-            None => false,
-        };
-        let end = chosen.last().map_or(c0.start, |f| f.start + f.duration);
-        last_end = Some((end, (wall(c0) + (end - c0.start) * 1000.0) as u64));
+        // The media timeline decides (a publish faster than real time, or
+        // a clock step, moves the wall clock but not the media's).
+        let discontinuity = last_end.is_some_and(|end| (c0.start - end).abs() > 0.5);
+        last_end = Some(chosen.last().map_or(c0.start, |f| f.start + f.duration));
         out.push(Piece {
             file: file.clone(),
             init_len: index.init_len,

@@ -319,6 +319,7 @@ fn start_cluster(
     addr: SocketAddr,
     gate: &Gate,
     command_senders: &[tokio::sync::mpsc::Sender<crate::stream::ShardCommand>],
+    recordings: Option<Arc<dyn cluster::RecordingIndex>>,
 ) -> Result<Option<ClusterHandle>, NodeError> {
     if config.cluster.nats.is_empty() {
         return Ok(None);
@@ -341,6 +342,7 @@ fn start_cluster(
             + 3 * config.limits.max_message_len as usize,
         rtmp_addr: addr.to_string(),
         audience: gate.audience().clone(),
+        recordings,
     };
     Ok(Some(cluster::start(settings, command_senders.to_vec())?))
 }
@@ -378,9 +380,12 @@ impl Node {
             players_per_stream: config.players.max_per_stream,
         });
         let (command_senders, commands) = crate::stream::command_channels(shards);
-        let cluster = start_cluster(&config, &node_id, addr, &gate, &command_senders)?;
-        let exec = start_exec(&config, &node_id, addr)?;
         let (record, recordings) = start_recording(&config)?;
+        let index = recordings
+            .clone()
+            .map(|l| l as Arc<dyn cluster::RecordingIndex>);
+        let cluster = start_cluster(&config, &node_id, addr, &gate, &command_senders, index)?;
+        let exec = start_exec(&config, &node_id, addr)?;
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);

@@ -116,7 +116,34 @@ pub struct RecordStats {
 pub struct Library {
     root: PathBuf,
     streams: Mutex<BTreeMap<StreamKey, Vec<SegmentInfo>>>,
+    /// Streams whose finished files changed since the cluster's index last
+    /// took them.
+    changed: Mutex<BTreeSet<StreamKey>>,
     pub stats: RecordStats,
+}
+
+impl crate::cluster::RecordingIndex for Library {
+    fn take_changed(&self) -> Vec<(StreamKey, Vec<SegmentInfo>)> {
+        let keys = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
+        keys.into_iter()
+            .map(|k| {
+                let files = self.list(&k).into_iter().filter(|s| !s.open).collect();
+                (k, files)
+            })
+            .collect()
+    }
+
+    fn mark_all(&self) {
+        let keys: Vec<StreamKey> = self.lock().keys().cloned().collect();
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(keys);
+    }
+
+    fn mark_changed(&self, key: &StreamKey) {
+        self.mark(key);
+    }
 }
 
 impl Library {
@@ -154,6 +181,7 @@ impl Library {
             }
         }
         *lib.lock() = streams;
+        crate::cluster::RecordingIndex::mark_all(&lib);
         Ok(lib)
     }
 
@@ -246,7 +274,17 @@ impl Library {
         listed.then(|| self.root.join(app).join(name).join(file))
     }
 
+    fn mark(&self, key: &StreamKey) {
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+    }
+
     fn update(&self, key: &StreamKey, info: SegmentInfo) {
+        if !info.open {
+            self.mark(key);
+        }
         let mut map = self.lock();
         let files = map.entry(key.clone()).or_default();
         match files.iter_mut().find(|s| s.file == info.file) {
@@ -256,6 +294,7 @@ impl Library {
     }
 
     fn forget(&self, key: &StreamKey, file: &str) {
+        self.mark(key);
         let mut map = self.lock();
         if let Some(files) = map.get_mut(key) {
             files.retain(|s| s.file != file);

@@ -20,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::wire::{self, Frame, Joiner};
 use super::{
     unix_ms, ClaimResult, ClusterAudience, ClusterError, ClusterSettings, ClusterStats, Export,
-    Located, NodeAudience, NodeInfo, Registration, RegistryError, Request, ShardCommand,
+    IndexedFile, Located, NodeAudience, NodeInfo, NodesFiles, Registration, RegistryError, Request,
+    ShardCommand,
 };
 use crate::protocol::RawMessage;
 use crate::stream::StreamKey;
@@ -38,6 +39,11 @@ use nats::{Kv, KvError, Nats, NatsClient};
 
 const STREAMS_BUCKET: &str = "tributary_streams";
 const NODES_BUCKET: &str = "tributary_nodes";
+/// Each node's finished recording files of each stream
+/// (`NODE.STREAM`, both as `wire::token`s); kept until deleted.
+const RECORDINGS_BUCKET: &str = "tributary_recordings";
+/// The most one index entry holds; past it, the oldest files are left out.
+const MAX_INDEX_ENTRY: usize = 256 * 1024;
 /// An attachment not renewed for this long ends the export to that node.
 const ATTACH_TTL: Duration = Duration::from_secs(3);
 /// A relaying node renews its attachment this often.
@@ -113,6 +119,7 @@ struct Control<N: Nats> {
     client: N,
     streams_kv: RefCell<Option<N::Kv>>,
     nodes_kv: RefCell<Option<N::Kv>>,
+    recordings_kv: RefCell<Option<N::Kv>>,
     shards: Vec<mpsc::Sender<ShardCommand>>,
     stats: Arc<ClusterStats>,
     owned: RefCell<HashMap<StreamKey, Owned>>,
@@ -223,6 +230,7 @@ impl<N: Nats> Control<N> {
             s: settings,
             streams_kv: RefCell::new(None),
             nodes_kv: RefCell::new(None),
+            recordings_kv: RefCell::new(None),
             shards,
             stats,
             owned: RefCell::new(HashMap::new()),
@@ -291,6 +299,9 @@ fn refuse(req: Request) {
         Request::Kick { reply, .. } => {
             let _ = reply.send(Err(RegistryError::NotConfigured));
         }
+        Request::Recordings { reply, .. } => {
+            let _ = reply.send(Err(RegistryError::NotConfigured));
+        }
         _ => {}
     }
 }
@@ -339,6 +350,10 @@ impl<N: Nats> Control<N> {
                 // re-register what this node owns at once.
                 *self.streams_kv.borrow_mut() = None;
                 *self.nodes_kv.borrow_mut() = None;
+                *self.recordings_kv.borrow_mut() = None;
+                if let Some(r) = &self.s.recordings {
+                    r.mark_all();
+                }
                 self.refresh_now.set(true);
             }
             Event::Disconnected => {
@@ -374,6 +389,17 @@ impl<N: Nats> Control<N> {
                 .map_err(|_| RegistryError::Timeout("opening a registry bucket"))?
                 .map_err(RegistryError::nats)?;
             *slot.borrow_mut() = Some(store);
+        }
+        if self.recordings_kv.borrow().is_none() {
+            // The index outlives a node's heartbeat: no expiry.
+            let open =
+                self.client
+                    .open_bucket(RECORDINGS_BUCKET, Duration::ZERO, self.s.kv_replicas);
+            let store = tokio::time::timeout(OP_TIMEOUT, open)
+                .await
+                .map_err(|_| RegistryError::Timeout("opening the recordings index"))?
+                .map_err(RegistryError::nats)?;
+            *self.recordings_kv.borrow_mut() = Some(store);
         }
         Ok(())
     }
@@ -456,6 +482,12 @@ impl<N: Nats> Control<N> {
                     let _ = reply.send(c.viewers().await);
                 });
             }
+            Request::Recordings { key, reply } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.indexed(&key).await);
+                });
+            }
             Request::Kick { key, reply } => {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
@@ -490,6 +522,9 @@ impl<N: Nats> Control<N> {
                 if let Err(e) = self.ensure_buckets().await {
                     tracing::warn!("{e}");
                 }
+            }
+            if self.connected() {
+                self.publish_index().await;
             }
             self.expire_attachments(now).await;
             self.expire_draining(now).await;

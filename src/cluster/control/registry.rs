@@ -474,4 +474,75 @@ impl<N: Nats> Control<N> {
             let _ = tokio::time::timeout(OP_TIMEOUT, nodes.put(&self.me, body.into())).await;
         }
     }
+
+    /// Writes this node's changed recording listings into the index.
+    pub(super) async fn publish_index(&self) {
+        let Some(recordings) = self.s.recordings.clone() else {
+            return;
+        };
+        let Some(kv) = self.recordings_kv.borrow().clone() else {
+            return;
+        };
+        for (key, files) in recordings.take_changed() {
+            let entry = format!("{}.{}", self.me, wire::token(&key));
+            count(&self.stats.registry_ops);
+            if files.is_empty() {
+                let _ = tokio::time::timeout(OP_TIMEOUT, kv.put(&entry, Bytes::new())).await;
+                continue;
+            }
+            let mut listed: Vec<IndexedFile> = files
+                .into_iter()
+                .map(|s| IndexedFile {
+                    file: s.file,
+                    start_ms: s.start_ms,
+                    duration_ms: s.duration_ms,
+                    bytes: s.bytes,
+                })
+                .collect();
+            let mut value = serde_json::to_vec(&listed).unwrap_or_default();
+            while value.len() > MAX_INDEX_ENTRY && listed.len() > 1 {
+                let drop = (listed.len() / 4).max(1);
+                listed.drain(..drop);
+                value = serde_json::to_vec(&listed).unwrap_or_default();
+            }
+            let put = tokio::time::timeout(OP_TIMEOUT, kv.put(&entry, value.into())).await;
+            if !matches!(put, Ok(Ok(_))) {
+                // Tried again at the next tick.
+                count(&self.stats.registry_errors);
+                recordings.mark_changed(&key);
+            }
+        }
+    }
+
+    /// Every node's finished files of `key`, from the index.
+    pub(super) async fn indexed(&self, key: &StreamKey) -> Result<NodesFiles, RegistryError> {
+        let kv = self
+            .recordings_kv
+            .borrow()
+            .clone()
+            .ok_or(RegistryError::NotOpen)?;
+        let suffix = format!(".{}", wire::token(key));
+        tokio::time::timeout(OP_TIMEOUT, async {
+            let names = kv.keys().await.map_err(RegistryError::nats)?;
+            let mut out = Vec::new();
+            for name in names.iter().filter(|n| n.ends_with(&suffix)) {
+                let node = &name[..name.len() - suffix.len()];
+                let Some(node) = wire::untoken(node) else {
+                    continue;
+                };
+                count(&self.stats.registry_ops);
+                if let Ok(Some(e)) = kv.entry(name).await {
+                    if let Ok(files) = serde_json::from_slice::<Vec<IndexedFile>>(&e.value) {
+                        if !files.is_empty() {
+                            out.push((node, files));
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+        .await
+        .map_err(|_| RegistryError::Timeout("recordings index"))?
+    }
 }

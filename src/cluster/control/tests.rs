@@ -28,6 +28,7 @@ fn settings(node: &str) -> ClusterSettings {
         max_snapshot_bytes: 1 << 20,
         rtmp_addr: format!("{node}:1935"),
         audience: Arc::default(),
+        recordings: None,
     }
 }
 
@@ -477,5 +478,73 @@ fn the_listing_skips_keys_the_naming_rule_refuses() {
                 .map(|(k, _)| k.to_string())
                 .collect();
         assert_eq!(listed, ["live/one", "live/s/t"]);
+    });
+}
+
+/// A node's recordings as the index takes them, for these tests.
+#[derive(Debug, Default)]
+struct Files(std::sync::Mutex<Vec<(StreamKey, Vec<crate::container::record::SegmentInfo>)>>);
+
+impl super::super::RecordingIndex for Files {
+    fn take_changed(&self) -> Vec<(StreamKey, Vec<crate::container::record::SegmentInfo>)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+    fn mark_all(&self) {}
+    fn mark_changed(&self, key: &StreamKey) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((key.clone(), vec![file("again.mp4")]));
+    }
+}
+
+fn file(name: &str) -> crate::container::record::SegmentInfo {
+    crate::container::record::SegmentInfo {
+        file: name.to_owned(),
+        start_ms: 1000,
+        duration_ms: 2000,
+        bytes: 300,
+        open: false,
+    }
+}
+
+#[test]
+fn every_node_reads_a_nodes_recordings_from_the_index() {
+    run(async {
+        let bus = Bus::new();
+        let files = Arc::new(Files::default());
+        let nats = bus.client();
+        let (tx, _shard) = mpsc::channel(64);
+        let mut s = settings("a");
+        s.recordings = Some(files.clone());
+        let a = Control::new(s, nats, vec![tx], Arc::default());
+        a.ensure_buckets().await.expect("buckets");
+        let b = node(&bus, "b").await;
+        let k = key("live/s/t");
+        files
+            .0
+            .lock()
+            .unwrap()
+            .push((k.clone(), vec![file("1.mp4"), file("2.mp4")]));
+        a.publish_index().await;
+        let listed = b.c.indexed(&k).await.expect("index");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, "a");
+        let names: Vec<&str> = listed[0].1.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(names, ["1.mp4", "2.mp4"]);
+        assert!(b.c.indexed(&key("live/s")).await.expect("index").is_empty());
+        // Its files all deleted: the entry lists nothing.
+        files.0.lock().unwrap().push((k.clone(), Vec::new()));
+        a.publish_index().await;
+        assert!(b.c.indexed(&k).await.expect("index").is_empty());
+        // NATS away: the change is kept for the next try.
+        bus.set_down(true);
+        files
+            .0
+            .lock()
+            .unwrap()
+            .push((k.clone(), vec![file("3.mp4")]));
+        a.publish_index().await;
+        assert_eq!(files.0.lock().unwrap().len(), 1, "kept for the next tick");
     });
 }
