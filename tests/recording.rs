@@ -781,7 +781,7 @@ fn recording_routes_refuse_bad_input_and_follow_the_play_rules() {
 }
 
 #[test]
-fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_it() {
+fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves_it() {
     let nats = NatsServer::start("rec-cluster");
     let (da, db) = (fresh_dir("rec-cluster-a"), fresh_dir("rec-cluster-b"));
     let config = |name: &str, dir: &Path| {
@@ -794,8 +794,19 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_it() {
         )
     };
     let (ca, cb) = (config("rec-cluster-a", &da), config("rec-cluster-b", &db));
-    let a = cluster_node(&nats, "a", 1, &["--config", ca.to_str().unwrap()]);
-    let b = cluster_node(&nats, "b", 1, &["--config", cb.to_str().unwrap()]);
+    let media = ["--media-listen", "127.0.0.1:0"];
+    let a = cluster_node(
+        &nats,
+        "a",
+        1,
+        &["--config", ca.to_str().unwrap(), media[0], media[1]],
+    );
+    let b = cluster_node(
+        &nats,
+        "b",
+        1,
+        &["--config", cb.to_str().unwrap(), media[0], media[1]],
+    );
     let publisher = publish(&a.url("cam"), 8);
     // B plays it (a relay through NATS), and records nothing of it.
     wait_live(&b.url("cam"));
@@ -816,4 +827,40 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_it() {
         assert_eq!((&x["file"], &x["start"]), (&y["file"], &y["start"]));
         assert_eq!(y["node"], "a");
     }
+    // B serves A's recording, fetched through the cluster: one MP4 of the
+    // whole range, and the VOD playlist with its byte ranges.
+    let bm = b.media.unwrap();
+    let start = on_a[0]["start"].as_str().unwrap().to_owned();
+    let whole = temp_file("rec-cluster-whole.mp4");
+    let path = format!("/recordings/live/cam.mp4?start={start}&duration=60");
+    assert_eq!(download(bm, &path, &whole), "200");
+    assert_eq!(
+        video_frames(&whole),
+        8 * 25,
+        "every frame, from node a through b"
+    );
+    assert!(
+        ffprobe_errors(&whole).is_empty(),
+        "{}",
+        ffprobe_errors(&whole)
+    );
+    let through_hls = temp_file("rec-cluster-hls.mp4");
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(format!(
+            "http://{bm}/recordings/live/cam/index.m3u8?start={start}"
+        ))
+        .args(["-c", "copy"])
+        .arg(&through_hls)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(video_frames(&through_hls), 8 * 25);
+    // A stream nobody recorded: 404 from B too.
+    let path = format!("/recordings/live/none.mp4?start={start}&duration=60");
+    assert_eq!(download(bm, &path, &temp_file("rec-cluster-none")), "404");
 }

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::RawMessage;
@@ -68,6 +69,9 @@ pub struct ClusterSettings {
     /// This node's recordings, listed in the cluster's index
     /// (`tributary_recordings`), when `record.path` is set.
     pub recordings: Option<Arc<dyn RecordingIndex>>,
+    /// This node's media listener (loopback when it listens on every
+    /// address): where it answers other nodes' asks for its recordings.
+    pub media_addr: Option<std::net::SocketAddr>,
 }
 
 /// A node's finished recording files as the cluster's index takes them
@@ -203,6 +207,14 @@ pub enum Request {
     Recordings {
         key: StreamKey,
         reply: oneshot::Sender<Result<NodesFiles, RegistryError>>,
+    },
+    /// Fetch `path` (under `/recordings/`) from `node`'s media listener:
+    /// its HTTP answer, in `chunks` (closed at the end).
+    FetchRecording {
+        node: String,
+        path: String,
+        range: Option<String>,
+        chunks: mpsc::Sender<Bytes>,
     },
     /// Kick the publisher of `key` on whatever node has it; answers the node.
     Kick {
@@ -452,6 +464,27 @@ impl ClusterHandle {
     pub async fn recordings(&self, key: &StreamKey) -> Result<NodesFiles, RegistryError> {
         let key = key.clone();
         self.ask(|reply| Request::Recordings { key, reply }).await
+    }
+
+    /// `node`'s HTTP answer to `path` (a recording it holds), as it comes;
+    /// None if the control thread does not take the request.
+    pub async fn fetch_recording(
+        &self,
+        node: &str,
+        path: String,
+        range: Option<String>,
+    ) -> Option<mpsc::Receiver<Bytes>> {
+        let (chunks, rx) = mpsc::channel(4);
+        let req = Request::FetchRecording {
+            node: node.to_owned(),
+            path,
+            range,
+            chunks,
+        };
+        within(REGISTRY_WAIT, self.requests.send(req))
+            .await
+            .and_then(Result::ok)?;
+        Some(rx)
     }
 
     /// Every node of the cluster that is alive (its heartbeat not expired).

@@ -343,6 +343,11 @@ fn start_cluster(
         rtmp_addr: addr.to_string(),
         audience: gate.audience().clone(),
         recordings,
+        media_addr: config.media.listen.map(|a| match a.ip() {
+            ip if !ip.is_unspecified() => a,
+            std::net::IpAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], a.port())),
+            std::net::IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+        }),
     };
     Ok(Some(cluster::start(settings, command_senders.to_vec())?))
 }

@@ -126,6 +126,7 @@ impl<N: Nats> Control<N> {
                         let _ = c.client.publish(reply.to_string(), Bytes::new()).await;
                     }
                     "snap" => c.on_snapshot(&msg.payload, reply.to_string()).await,
+                    "recget" => c.serve_recording(&msg.payload, reply.to_string()).await,
                     "kick" => {
                         let key = std::str::from_utf8(&msg.payload)
                             .ok()

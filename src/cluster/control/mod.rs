@@ -30,6 +30,7 @@ mod export;
 #[cfg(test)]
 mod fake;
 mod nats;
+mod recording;
 mod registry;
 mod relay;
 #[cfg(test)]
@@ -480,6 +481,17 @@ impl<N: Nats> Control<N> {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
                     let _ = reply.send(c.viewers().await);
+                });
+            }
+            Request::FetchRecording {
+                node,
+                path,
+                range,
+                chunks,
+            } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    c.fetch_recording(node, path, range, chunks).await;
                 });
             }
             Request::Recordings { key, reply } => {

@@ -29,6 +29,7 @@ fn settings(node: &str) -> ClusterSettings {
         rtmp_addr: format!("{node}:1935"),
         audience: Arc::default(),
         recordings: None,
+        media_addr: None,
     }
 }
 

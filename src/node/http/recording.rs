@@ -12,6 +12,10 @@
 //! - `GET /recordings/APP/KEY/START.mp4`: one segment file, with `Range`
 //!   (206) for the playlist's byte ranges.
 //!
+//! A recording this node does not hold is fetched from the node that holds
+//! it (the cluster's index names it; `cluster::control::recording`), its
+//! answer relayed as it comes, and the connection closed after it.
+//!
 //! Every request follows the play rules (a token, the webhook), as a live
 //! play does. Only files the node's [`Library`] lists are opened (the path
 //! is built from the parsed stream name and a listed file name, never from
@@ -71,7 +75,6 @@ pub(super) async fn serve_recording(
     ctx: &ConnectionContext,
     cors: &str,
 ) -> Result<(), Failure> {
-    let library = library.ok_or_else(|| not_found("recording is off on this node"))?;
     let asker = Asker {
         conn: r.conn.id,
         key: &r.key,
@@ -85,6 +88,10 @@ pub(super) async fn serve_recording(
         tracing::info!(conn = r.conn.id, stream = %redact(&r.key), "recording play refused: {refusal}");
         return Err(refusal_failure(&refusal));
     }
+    let here = library.filter(|l| !l.list(&r.key).is_empty());
+    let Some(library) = here else {
+        return remote(&r, ctx).await;
+    };
     match &r.ask {
         RecordingAsk::File(name) => serve_file(&r, library, name, cors).await,
         RecordingAsk::Range { from_ms, to_ms } => {
@@ -128,6 +135,128 @@ pub(super) async fn serve_recording(
             Ok(())
         }
     }
+}
+
+/// A stream name as a URL path (each byte outside the unreserved set and
+/// `/` percent-encoded).
+fn url_path(key: &StreamKey) -> String {
+    let mut out = String::new();
+    for b in key.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(b) {
+            out.push(*b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The node of the cluster that holds what `r` asks for, and the path to
+/// ask it (built from the parsed request, never the raw URL).
+async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(String, String)> {
+    let cluster = ctx.cluster.as_ref()?;
+    let nodes = cluster.recordings(&r.key).await.ok()?;
+    let me = cluster.node_id.as_ref();
+    let key = url_path(&r.key);
+    let overlaps = |files: &[crate::cluster::IndexedFile], from: u64, to: u64| {
+        files
+            .iter()
+            .any(|f| f.start_ms < to && f.start_ms + f.duration_ms + 1000 > from)
+    };
+    let others = nodes.into_iter().filter(|(n, _)| n != me);
+    let range = |from: u64, to: u64| {
+        format!(
+            "start={}&end={}",
+            record::format_rfc3339(from),
+            record::format_rfc3339(to)
+        )
+    };
+    match &r.ask {
+        RecordingAsk::File(name) => others
+            .into_iter()
+            .find(|(_, files)| files.iter().any(|f| &f.file == name))
+            .map(|(n, _)| (n, format!("/recordings/{key}/{name}"))),
+        RecordingAsk::Range { from_ms, to_ms } => others
+            .into_iter()
+            .find(|(_, files)| overlaps(files, *from_ms, *to_ms))
+            .map(|(n, _)| {
+                (
+                    n,
+                    format!("/recordings/{key}.mp4?{}", range(*from_ms, *to_ms)),
+                )
+            }),
+        RecordingAsk::Playlist { from_ms, to_ms } => {
+            // The playlist's URIs carry the viewer's query (its token), as
+            // this node's own would.
+            let rest: Vec<&str> = r
+                .query
+                .split('&')
+                .filter(|p| {
+                    !p.is_empty()
+                        && !["start=", "end=", "duration="]
+                            .iter()
+                            .any(|n| p.starts_with(n))
+                        && !p.starts_with(crate::output::pipeline::INTERNAL_PARAM)
+                })
+                .collect();
+            let mut q = range(*from_ms, *to_ms);
+            for p in rest {
+                q.push('&');
+                q.push_str(p);
+            }
+            others
+                .into_iter()
+                .find(|(_, files)| overlaps(files, *from_ms, *to_ms))
+                .map(|(n, _)| (n, format!("/recordings/{key}/index.m3u8?{q}")))
+        }
+    }
+}
+
+/// Relays the holding node's answer (its head included) and closes.
+async fn remote(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Result<(), Failure> {
+    let Some((node, path)) = holder(r, ctx).await else {
+        return Err(not_found(
+            "no recording of the stream here or in the cluster",
+        ));
+    };
+    let cluster = ctx
+        .cluster
+        .as_ref()
+        .ok_or_else(|| not_found("no cluster"))?;
+    let range = r.range.map(str::to_owned);
+    let Some(mut chunks) = cluster.fetch_recording(&node, path, range).await else {
+        return Err(Failure::new(503, "limit", "the cluster is not answering"));
+    };
+    let mut any = false;
+    let mut head = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        if r.head_only {
+            // A HEAD gets the head alone.
+            head.extend_from_slice(&chunk);
+            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                r.conn.push_urgent(Bytes::copy_from_slice(&head[..end + 4]));
+                any = true;
+                break;
+            }
+            continue;
+        }
+        r.conn.room(QUEUE_LIMIT).await;
+        if r.conn.is_closed() {
+            return Ok(());
+        }
+        any = true;
+        r.conn.push_urgent(chunk);
+    }
+    if !any {
+        return Err(Failure::new(
+            503,
+            "limit",
+            format!("node {node} holds the recording and does not answer"),
+        ));
+    }
+    // The holder answered `Connection: close`: so does this node.
+    r.conn.close();
+    Ok(())
 }
 
 /// Opens a listed file read-only, never through a symbolic link.
