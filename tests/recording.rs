@@ -625,6 +625,9 @@ fn recording_routes_refuse_bad_input_and_follow_the_play_rules() {
     std::fs::create_dir_all(dir.join("live/cam")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.join("live/cam/20200101T000000.000Z.mp4"))
         .unwrap();
+    // Stray entries where apps and streams would be: passed over.
+    std::fs::write(dir.join("stray"), b"x").unwrap();
+    std::fs::write(dir.join("live/not-a-dir"), b"x").unwrap();
     let node = recording_node(
         "rec-bad",
         &dir,
@@ -698,6 +701,9 @@ fn recording_routes_refuse_bad_input_and_follow_the_play_rules() {
             "400",
         ),
         ("/recordings/live/cam/passwd", "404"),
+        // A 24-byte name with a multi-byte character where the 'T' goes.
+        ("/recordings/live/cam/1234567%C3%A90123456789Z.mp4", "400"),
+        ("/recordings/live/cam/20261204%C3%A935900.123Z.mp4", "400"),
         ("/recordings/live", "404"),
     ] {
         let got = status(path);
@@ -721,6 +727,8 @@ fn recording_routes_refuse_bad_input_and_follow_the_play_rules() {
     let pstart = paid_files[0]["start"].as_str().unwrap().to_owned();
     let path = format!("/recordings/paid/cam.mp4?start={pstart}&duration=1");
     assert!(status(&path).starts_with("HTTP/1.1 403"));
+    // The node is still up after all of that.
+    assert_eq!(status(&ok), "HTTP/1.1 200 OK");
     let (_, body) = get(node.http, "/api/play?stream=paid/cam");
     let query = json(&body)["query"].as_str().unwrap().to_owned();
     assert_eq!(status(&format!("{path}&{query}")), "HTTP/1.1 200 OK");
@@ -860,6 +868,15 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(video_frames(&through_hls), 8 * 25);
+    // The playlist B relays names A's files with the viewer's query, and
+    // never A's internal credential.
+    let (st, playlist) = get(
+        bm,
+        &format!("/recordings/live/cam/index.m3u8?start={start}&token=viewer"),
+    );
+    assert_eq!(st, "HTTP/1.1 200 OK", "{playlist}");
+    assert!(playlist.contains(".mp4?token=viewer"), "{playlist}");
+    assert!(!playlist.contains("tributary_internal"), "{playlist}");
     // A stream nobody recorded: 404 from B too.
     let path = format!("/recordings/live/none.mp4?start={start}&duration=60");
     assert_eq!(download(bm, &path, &temp_file("rec-cluster-none")), "404");

@@ -248,7 +248,8 @@ fn to_unix_ms(y: i64, mo: u64, d: u64, h: u64, mi: u64, s: u64, ms: u64) -> Opti
 /// other name.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
     let b = name.as_bytes();
-    if b.len() != 24 || &name[8..9] != "T" || &name[15..16] != "." || &name[19..] != "Z.mp4" {
+    // ASCII first: every slice below is then on a character boundary.
+    if !name.is_ascii() || b.len() != 24 || b[8] != b'T' || b[15] != b'.' || &b[19..] != b"Z.mp4" {
         return None;
     }
     let n = |r: std::ops::Range<usize>| digits(&name[r]);
@@ -481,7 +482,7 @@ where
         let Some((size, kind, hlen)) = box_header(&head) else {
             break;
         };
-        if at + size > file_len {
+        if at.checked_add(size).is_none_or(|end| end > file_len) {
             break; // cut short by a crash
         }
         match &kind {
@@ -797,6 +798,8 @@ mod tests {
             "../1204T035900.123Z.mp4",
             "20261304T035900.123Z.mp4",
             "2026120AT035900.123Z.mp4",
+            "1234567\u{e9}0123456789Z.mp4",
+            "20261204\u{e9}35900.123Z.mp",
         ] {
             assert_eq!(parse_segment_name(bad), None, "{bad:?}");
         }

@@ -123,7 +123,13 @@ async fn push_loop(flash_ver: Option<&str>, ctx: &ConnectionContext) -> Option<R
 /// connection to an address of this host comes from that address).
 fn is_this_host(ip: std::net::IpAddr, rtmp_ip: std::net::IpAddr) -> bool {
     let ip = ip.to_canonical();
-    ip.is_loopback() || (!rtmp_ip.is_unspecified() && ip == rtmp_ip.to_canonical())
+    ip.is_loopback()
+        || (!rtmp_ip.is_unspecified() && ip == rtmp_ip.to_canonical())
+        // Another address of this host (a listener bound to it: the
+        // cluster's recording fetch comes from the media listener's).
+        // Only a local address can be bound; asked for the internal
+        // credential alone, which is rare.
+        || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// The auth rules, then the webhook if one applies; Ok carries the push

@@ -159,14 +159,29 @@ impl Library {
             ..Default::default()
         };
         let mut streams = BTreeMap::new();
+        // Below the root, what cannot be read (a stray file, lost+found) is
+        // passed over with a warning, never a reason not to start.
+        let subdirs = |dir: &Path| match read_dir_names(dir) {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!("recordings: {} passed over: {e}", dir.display());
+                Vec::new()
+            }
+        };
         for app in read_dir_names(root)? {
-            for name in read_dir_names(&root.join(&app))? {
+            if !root.join(&app).is_dir() {
+                continue;
+            }
+            for name in subdirs(&root.join(&app)) {
                 let Some(key) = record::stream_of_dir(&app, &name) else {
                     continue;
                 };
                 let dir = root.join(&app).join(&name);
                 let mut files = Vec::new();
-                for file in read_dir_names(&dir)? {
+                if !dir.is_dir() {
+                    continue;
+                }
+                for file in subdirs(&dir) {
                     let Some(start_ms) = record::parse_segment_name(&file) else {
                         continue;
                     };
@@ -194,24 +209,50 @@ impl Library {
             .open(path)
             .ok()?;
         let len = f.metadata().ok()?.len();
+        let failed = std::cell::Cell::new(false);
         let read = |at: u64, n: usize| {
             let mut buf = vec![0; n];
-            let got = f.read_at(&mut buf, at).ok().map(|got| {
-                buf.truncate(got);
-                buf
-            });
+            let got = match f.read_at(&mut buf, at) {
+                Ok(got) => {
+                    buf.truncate(got);
+                    Some(buf)
+                }
+                Err(_) => {
+                    failed.set(true);
+                    None
+                }
+            };
             std::future::ready(got)
         };
         let index = futures_lite::future::block_on(record::scan(len, read));
-        let Some(index) = index.filter(|i| !i.fragments.is_empty()) else {
+        if failed.get() {
+            // Not a crash's doing: left as it is, and not listed.
             tracing::warn!(
-                "recording {}: nothing playable in it; removed",
+                "recording {}: could not be read; not listed",
                 path.display()
             );
-            drop(f);
-            let _ = std::fs::remove_file(path);
+            return None;
+        }
+        let Some(index) = index.filter(|i| !i.fragments.is_empty()) else {
+            if len <= REPAIR_LIMIT {
+                // A writer killed before its first fragment.
+                tracing::warn!(
+                    "recording {}: nothing playable in it; removed",
+                    path.display()
+                );
+                drop(f);
+                let _ = std::fs::remove_file(path);
+            } else {
+                set_aside(path, "no fragment this node can read");
+            }
             return None;
         };
+        if len - index.complete_len > REPAIR_LIMIT {
+            // More than a crash leaves behind (one fragment being
+            // written): not cut, set aside for a person to look at.
+            set_aside(path, "unreadable past its first fragments");
+            return None;
+        }
         // Blocks reserved past the end by a writer that was killed.
         {
             use std::os::unix::fs::MetadataExt;
@@ -335,6 +376,26 @@ impl Library {
             tracing::info!(stream = %redact(key), "retention: deleted {}", s.file);
         }
         deleted
+    }
+}
+
+/// The most a crash can leave past a file's last complete fragment (the
+/// fragment being written, with its last block's padding); a file that
+/// holds more it cannot read is set aside, never cut.
+const REPAIR_LIMIT: u64 = 64 << 20;
+
+/// Renames a file the start-up scan will not repair (`NAME.damaged`, which
+/// names no segment, so it is never listed or served again).
+fn set_aside(path: &Path, why: &str) {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".damaged");
+    match std::fs::rename(path, &aside) {
+        Ok(()) => tracing::warn!(
+            "recording {}: {why}; set aside as {}",
+            path.display(),
+            Path::new(&aside).display()
+        ),
+        Err(e) => tracing::warn!("recording {}: {why}; not listed ({e})", path.display()),
     }
 }
 
@@ -515,8 +576,14 @@ impl Recorders {
         if record::stream_dir(key).is_none() {
             return Err("the stream's name is too long for a file name".into());
         }
-        if self.streams.borrow().contains_key(key) {
-            return Ok(false);
+        let running = self.streams.borrow().get(key).map(|(_, r)| !r.done.get());
+        match running {
+            Some(true) => return Ok(false),
+            // Its recording ended by itself (the hub cut it): a new one.
+            Some(false) => {
+                self.streams.borrow_mut().remove(key);
+            }
+            None => {}
         }
         let id = self.ring.new_id();
         let (conn, queue) = Conn::detached(id);
@@ -711,7 +778,9 @@ fn forward(
 ) {
     while let Some(a) = packager.output().next_action() {
         let size = action_size(&a);
-        if rec.queued.get() + size > settings.queue_max_bytes {
+        // One action always fits an empty queue (a fragment larger than
+        // the bound would otherwise never be written).
+        if rec.queued.get() > 0 && rec.queued.get() + size > settings.queue_max_bytes {
             // The disk is slower than the stream: a gap, counted.
             rec.drop_queued();
             packager.output().gap();

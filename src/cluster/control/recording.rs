@@ -86,7 +86,15 @@ impl<N: Nats> Control<N> {
                 None => return,
             };
             match kind {
-                b'H' => ack = std::str::from_utf8(&rest).ok().map(str::to_owned),
+                // Acknowledgements go to the holder's inbox, nowhere else.
+                b'H' => {
+                    ack = std::str::from_utf8(&rest)
+                        .ok()
+                        .filter(|s| {
+                            s.starts_with("_INBOX.") && s.bytes().all(|b| b.is_ascii_graphic())
+                        })
+                        .map(str::to_owned)
+                }
                 b'D' => {
                     if chunks.send(rest).await.is_err() {
                         return; // the viewer left
@@ -159,7 +167,8 @@ impl<N: Nats> Control<N> {
             return;
         }
         let (mut sent, mut acked) = (0u64, 0u64);
-        let mut buf = vec![0u8; FRAME];
+        // A frame fits the server's largest message.
+        let mut buf = vec![0u8; FRAME.min(self.max_frame().saturating_sub(1)).max(1024)];
         loop {
             while sent >= acked + WINDOW {
                 match tokio::time::timeout(SESSION_IDLE, acks.next()).await {
@@ -167,7 +176,8 @@ impl<N: Nats> Control<N> {
                         let n = std::str::from_utf8(&m.payload)
                             .ok()
                             .and_then(|s| s.parse::<u64>().ok());
-                        acked = acked.max(n.unwrap_or(acked));
+                        // Never past what was sent (a peer's number).
+                        acked = acked.max(n.unwrap_or(acked).min(sent));
                     }
                     _ => return, // the asking node is gone
                 }

@@ -19,7 +19,8 @@
 //! Every request follows the play rules (a token, the webhook), as a live
 //! play does. Only files the node's [`Library`] lists are opened (the path
 //! is built from the parsed stream name and a listed file name, never from
-//! the URL), read-only, without following a symbolic link, through
+//! the URL), read-only, without following a symbolic link in its last
+//! component (the directories under `record.path` are the operator's), through
 //! glommio (the shard's io_uring). A body streams in chunks, each waiting
 //! for room in the connection's queue.
 
@@ -88,12 +89,32 @@ pub(super) async fn serve_recording(
         tracing::info!(conn = r.conn.id, stream = %redact(&r.key), "recording play refused: {refusal}");
         return Err(refusal_failure(&refusal));
     }
+    // A request with the internal credential is another node's fetch: it
+    // is answered from this node's files only, never relayed again.
+    let internal = crate::output::pipeline::is_internal(r.query);
     let here = library.filter(|l| !l.list(&r.key).is_empty());
     let Some(library) = here else {
-        return remote(&r, ctx).await;
+        return match internal {
+            true => Err(not_found("no such recording on this node")),
+            false => remote(&r, ctx).await,
+        };
     };
+    match serve_local(&r, library, cors).await {
+        // Not in this node's files: maybe in another node's (the stream was
+        // published on several over time).
+        Err(f) if f.status == 404 && !internal => remote(&r, ctx).await.map_err(|_| f),
+        other => other,
+    }
+}
+
+/// Serves `r` from this node's files.
+async fn serve_local(
+    r: &RecordingRequest<'_>,
+    library: &Library,
+    cors: &str,
+) -> Result<(), Failure> {
     match &r.ask {
-        RecordingAsk::File(name) => serve_file(&r, library, name, cors).await,
+        RecordingAsk::File(name) => serve_file(r, library, name, cors).await,
         RecordingAsk::Range { from_ms, to_ms } => {
             let pieces = plan(library, &r.key, *from_ms, *to_ms).await?;
             // One timeline: the MP4 stops at the first discontinuity.
@@ -102,20 +123,11 @@ pub(super) async fn serve_recording(
                 .skip(1)
                 .position(|p| p.discontinuity)
                 .map_or(pieces.len(), |i| i + 1);
-            serve_range(&r, library, &pieces[..end], cors).await
+            serve_range(r, library, &pieces[..end], cors).await
         }
         RecordingAsk::Playlist { from_ms, to_ms } => {
             let pieces = plan(library, &r.key, *from_ms, *to_ms).await?;
-            let rest: Vec<&str> = r
-                .query
-                .split('&')
-                .filter(|p| {
-                    !p.is_empty()
-                        && !["start=", "end=", "duration="]
-                            .iter()
-                            .any(|n| p.starts_with(n))
-                })
-                .collect();
+            let rest: Vec<&str> = r.query.split('&').filter(|p| keep_in_uris(p)).collect();
             let body = record::vod_playlist(&pieces, &rest.join("&"));
             let len = body.len().to_string();
             let head = head_with(
@@ -135,6 +147,16 @@ pub(super) async fn serve_recording(
             Ok(())
         }
     }
+}
+
+/// Whether a query parameter goes into a playlist's URIs: the viewer's
+/// own (a token), never the range nor the node's internal credential.
+fn keep_in_uris(p: &str) -> bool {
+    !p.is_empty()
+        && !["start=", "end=", "duration="]
+            .iter()
+            .any(|n| p.starts_with(n))
+        && p.split('=').next() != Some(crate::output::pipeline::INTERNAL_PARAM)
 }
 
 /// A stream name as a URL path (each byte outside the unreserved set and
@@ -163,7 +185,15 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
             .iter()
             .any(|f| f.start_ms < to && f.start_ms + f.duration_ms + 1000 > from)
     };
-    let others = nodes.into_iter().filter(|(n, _)| n != me);
+    // Only nodes with a live heartbeat can answer.
+    let live: Vec<String> = cluster
+        .nodes()
+        .await
+        .map(|n| n.into_iter().map(|n| n.node).collect())
+        .unwrap_or_default();
+    let others = nodes
+        .into_iter()
+        .filter(|(n, _)| n != me && live.contains(n));
     let range = |from: u64, to: u64| {
         format!(
             "start={}&end={}",
@@ -188,17 +218,7 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
         RecordingAsk::Playlist { from_ms, to_ms } => {
             // The playlist's URIs carry the viewer's query (its token), as
             // this node's own would.
-            let rest: Vec<&str> = r
-                .query
-                .split('&')
-                .filter(|p| {
-                    !p.is_empty()
-                        && !["start=", "end=", "duration="]
-                            .iter()
-                            .any(|n| p.starts_with(n))
-                        && !p.starts_with(crate::output::pipeline::INTERNAL_PARAM)
-                })
-                .collect();
+            let rest: Vec<&str> = r.query.split('&').filter(|p| keep_in_uris(p)).collect();
             let mut q = range(*from_ms, *to_ms);
             for p in rest {
                 q.push('&');
@@ -481,6 +501,14 @@ async fn serve_file(
 #[cfg(test)]
 mod tests {
     use super::byte_range;
+
+    #[test]
+    fn playlist_uris_keep_the_viewers_query_and_never_the_credential() {
+        assert!(super::keep_in_uris("token=abc"));
+        for p in ["", "start=x", "end=y", "duration=3", "tributary_internal=s"] {
+            assert!(!super::keep_in_uris(p), "{p}");
+        }
+    }
 
     #[test]
     fn byte_ranges_are_read_as_rfc_9110_says_and_bad_ones_refused() {
