@@ -149,6 +149,29 @@ fn download(media: std::net::SocketAddr, path: &str, file: &Path) -> String {
     head.split(' ').nth(1).unwrap_or("").to_owned()
 }
 
+/// ffmpeg's HLS demuxer reads the playlist at `url` into `file`.
+fn read_through_hls(url: &str, file: &Path) {
+    let out = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            url,
+            "-c",
+            "copy",
+        ])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = temp_file(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -292,19 +315,9 @@ fn h264_aac_is_recorded_in_files_ffprobe_plays_and_played_back_by_time_range() {
     );
     assert!(m3u8.ends_with("#EXT-X-ENDLIST\n"));
     let through_hls = temp_file("rec-h264-hls.mp4");
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
-        .arg(format!(
-            "http://{media}/recordings/live/cam/index.m3u8?start={start}"
-        ))
-        .args(["-c", "copy"])
-        .arg(&through_hls)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    read_through_hls(
+        &format!("http://{media}/recordings/live/cam/index.m3u8?start={start}"),
+        &through_hls,
     );
     assert_eq!(video_frames(&through_hls), SECONDS as usize * 25);
 
@@ -853,19 +866,9 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves
         ffprobe_errors(&whole)
     );
     let through_hls = temp_file("rec-cluster-hls.mp4");
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
-        .arg(format!(
-            "http://{bm}/recordings/live/cam/index.m3u8?start={start}"
-        ))
-        .args(["-c", "copy"])
-        .arg(&through_hls)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    read_through_hls(
+        &format!("http://{bm}/recordings/live/cam/index.m3u8?start={start}"),
+        &through_hls,
     );
     assert_eq!(video_frames(&through_hls), 8 * 25);
     // The playlist B relays names A's files with the viewer's query, and

@@ -485,6 +485,17 @@ async fn pipelines(state: &AdminState, stream: &str) -> Reply {
     }
 }
 
+/// Whether a request says its body is JSON: a web page can send a form
+/// or `text/plain` to the admin address without a CORS preflight, never
+/// JSON, so the routes that change something ask for it.
+fn is_json(req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
 /// A 400 for a stream the naming rule refuses, with its reason.
 fn bad_name(e: crate::stream::NameError) -> Reply {
     let body = format!("not a stream name (APP/NAME): {e}\n");

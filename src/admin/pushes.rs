@@ -11,7 +11,6 @@
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::header::CONTENT_TYPE;
 use hyper::{Method, StatusCode};
 
 use crate::output::push::PushUrl;
@@ -128,13 +127,7 @@ pub(super) async fn serve(
 
 /// The checked URL of a POST's body, or the answer that refuses it.
 async fn new_push(req: hyper::Request<hyper::body::Incoming>) -> Result<PushUrl, Reply> {
-    let is_json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !super::is_json(&req) {
         return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the body must be JSON (Content-Type: application/json)",

@@ -16,7 +16,6 @@
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::header::CONTENT_TYPE;
 use hyper::{Method, StatusCode};
 
 use crate::container::record::format_rfc3339;
@@ -118,13 +117,7 @@ pub(super) async fn serve(
 
 /// Refuses a POST that is not JSON, or whose body is anything but `{}`.
 async fn empty_json(req: hyper::Request<hyper::body::Incoming>) -> Result<(), Reply> {
-    let is_json = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !super::is_json(&req) {
         return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "the request must be JSON (Content-Type: application/json)",
