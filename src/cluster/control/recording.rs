@@ -22,7 +22,12 @@ const WINDOW: u64 = 8;
 /// Bytes of the answer in one frame.
 const FRAME: usize = 256 * 1024;
 /// A session with no acknowledgement (or no frame) for this long ends.
-const SESSION_IDLE: Duration = Duration::from_secs(10);
+pub(super) const SESSION_IDLE: Duration = Duration::from_secs(10);
+/// While its viewer does not read (a paused player), the asking node
+/// repeats its last acknowledgement this often, so the session stays (the
+/// viewer's own connection is cut by the write-stall limit if it never
+/// reads again).
+const KEEPALIVE: Duration = Duration::from_secs(2);
 /// The longest path a request may name.
 const MAX_PATH: usize = 4096;
 
@@ -96,8 +101,20 @@ impl<N: Nats> Control<N> {
                         .map(str::to_owned)
                 }
                 b'D' => {
-                    if chunks.send(rest).await.is_err() {
-                        return; // the viewer left
+                    let mut send = std::pin::pin!(chunks.send(rest));
+                    loop {
+                        tokio::select! {
+                            sent = &mut send => match sent {
+                                Ok(()) => break,
+                                Err(_) => return, // the viewer left
+                            },
+                            _ = tokio::time::sleep(KEEPALIVE) => {
+                                if let Some(ack) = &ack {
+                                    let n = Bytes::from(taken.to_string());
+                                    let _ = self.client.publish(ack.clone(), n).await;
+                                }
+                            }
+                        }
                     }
                     taken += 1;
                     if let Some(ack) = &ack {

@@ -38,6 +38,7 @@ fn settings(node: &str) -> ClusterSettings {
 fn run<F: Future>(f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .enable_io()
         .build()
         .expect("runtime");
     tokio::task::LocalSet::new().block_on(&rt, f)
@@ -547,5 +548,50 @@ fn every_node_reads_a_nodes_recordings_from_the_index() {
             .push((k.clone(), vec![file("3.mp4")]));
         a.publish_index().await;
         assert_eq!(files.0.lock().unwrap().len(), 1, "kept for the next tick");
+    });
+}
+
+#[test]
+fn a_recording_fetched_from_another_node_survives_a_viewer_that_pauses() {
+    run(async {
+        // The holder's "media listener": one answer of 4 MiB (more than
+        // the frames allowed in flight), for one connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let media = listener.local_addr().unwrap();
+        const BODY: usize = 4 << 20;
+        tokio::task::spawn_local(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let n = s.read(&mut head).await.unwrap();
+            let asked = String::from_utf8_lossy(&head[..n]).into_owned();
+            assert!(asked.starts_with("GET /recordings/live/cam.mp4?start=x&tributary_internal="));
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+            s.write_all(answer.as_bytes()).await.unwrap();
+            s.write_all(&vec![7u8; BODY]).await.unwrap();
+        });
+        let bus = Bus::new();
+        let (tx, _shard) = mpsc::channel(64);
+        let mut s = settings("a");
+        s.media_addr = Some(media);
+        let holder = Control::new(s, bus.client(), vec![tx], Arc::default());
+        tokio::task::spawn_local(holder.clone().serve_requests());
+        tokio::task::yield_now().await;
+        let b = node(&bus, "b").await;
+        let (chunks, mut rx) = mpsc::channel(4);
+        let c = b.c.clone();
+        tokio::task::spawn_local(async move {
+            let path = "/recordings/live/cam.mp4?start=x".to_owned();
+            c.fetch_recording("a".into(), path, None, chunks).await;
+        });
+        // The viewer reads nothing for longer than a session may idle.
+        tokio::time::sleep(super::recording::SESSION_IDLE + Duration::from_secs(2)).await;
+        let mut got = Vec::new();
+        while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            got.extend_from_slice(&chunk);
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+        assert_eq!(got.len(), head.len() + BODY, "the answer was cut short");
+        assert!(got.starts_with(head.as_bytes()));
     });
 }
