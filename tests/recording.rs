@@ -340,11 +340,11 @@ fn shift(rfc3339: &str, ms: u64) -> String {
     tributary::container::record::format_rfc3339(t + ms)
 }
 
-fn ffmpeg9_case(key: &str, video: &[&str], audio: &[&str], codecs: [&str; 2]) {
+fn ffmpeg9_case(key: &str, video: &[&str], audio: &[&str], audio_tracks: usize, codecs: &[&str]) {
     let dir = fresh_dir(&format!("rec9-{key}"));
     let node = recording_node(&format!("rec9-{key}"), &dir, "segment_secs = 4");
     let seconds = 9;
-    let publisher = publish9(&node.url(key), seconds, video, audio, 1);
+    let publisher = publish9(&node.url(key), seconds, video, audio, audio_tracks);
     publisher
         .wait(Duration::from_secs(seconds as u64 + 30))
         .unwrap();
@@ -355,14 +355,28 @@ fn ffmpeg9_case(key: &str, video: &[&str], audio: &[&str], codecs: [&str; 2]) {
     let files = mp4s(&dir.join("live").join(key));
     assert!(files.len() >= 2, "{files:?}");
     let mut frames = 0;
+    let mut audio_frames = vec![0; audio_tracks];
     for f in &files {
         let t = tracks(f);
         let found: Vec<&str> = t.iter().map(|t| t.codec.as_str()).collect();
         assert_eq!(found, codecs, "{}", f.display());
         assert!(first_video_is_key(f), "{}", f.display());
         frames += video_frames(f);
+        for (n, a) in t.iter().filter(|t| t.kind == "audio").enumerate() {
+            audio_frames[n] += a.frames;
+        }
     }
     assert_eq!(frames, seconds as usize * 25, "{key}");
+    // Every audio track is there, whole: the second as long as the first
+    // (a frame or two either side where a file starts).
+    let first = audio_frames[0];
+    assert!(first > 0, "{audio_frames:?}");
+    for n in &audio_frames {
+        assert!(
+            n.abs_diff(first) <= 2 * files.len(),
+            "{key}: {audio_frames:?}"
+        );
+    }
 }
 
 #[test]
@@ -378,7 +392,8 @@ fn hevc_aac_from_ffmpeg_9_is_recorded() {
             "log-level=error:bframes=0",
         ],
         &["-c:a", "aac"],
-        ["hevc", "aac"],
+        1,
+        &["hevc", "aac"],
     );
 }
 
@@ -395,7 +410,28 @@ fn av1_opus_from_ffmpeg_9_is_recorded() {
             "keyint=25",
         ],
         &["-c:a", "libopus"],
-        ["av1", "opus"],
+        1,
+        &["av1", "opus"],
+    );
+}
+
+/// Every audio track of a multitrack stream (Enhanced RTMP, ffmpeg 9) is
+/// in the recording: one MP4 track each, alternatives of one another.
+#[test]
+fn two_audio_tracks_from_ffmpeg_9_are_both_recorded() {
+    ffmpeg9_case(
+        "twoaudio",
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ],
+        &["-c:a", "aac", "-b:a", "64k"],
+        2,
+        &["h264", "aac", "aac"],
     );
 }
 

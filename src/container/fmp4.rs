@@ -248,10 +248,17 @@ fn trak(
     }
 }
 
-/// The init segment for these tracks (either may be absent).
+/// The track id of the `n`th audio track past the first (multitrack).
+pub fn extra_audio_track(n: usize) -> u32 {
+    AUDIO_TRACK + 1 + n as u32
+}
+
+/// The init segment for these tracks (either may be absent), and any
+/// further audio tracks (ids from [`extra_audio_track`]).
 pub fn init_segment(
     video: Option<&VideoTrack>,
     audio: Option<&AudioTrack>,
+    extra_audio: &[&AudioTrack],
 ) -> Result<Bytes, Fmp4Error> {
     let mut traks = Vec::new();
     let mut trex = Vec::new();
@@ -277,6 +284,25 @@ pub fn init_segment(
             ..Default::default()
         });
     }
+    for (n, a) in extra_audio.iter().enumerate() {
+        let id = extra_audio_track(n);
+        traks.push(trak(id, a.rate, b"soun", audio_codec(a)?, None));
+        trex.push(Trex {
+            track_id: id,
+            default_sample_description_index: 1,
+            ..Default::default()
+        });
+    }
+    if !extra_audio.is_empty() {
+        // The audio tracks are alternatives of one another: a player plays
+        // one of them.
+        for t in traks
+            .iter_mut()
+            .filter(|t| t.mdia.hdlr.handler == FourCC::new(b"soun"))
+        {
+            t.tkhd.alternate_group = 1;
+        }
+    }
     let ftyp = Ftyp {
         major_brand: FourCC::new(b"iso6"),
         minor_version: 0,
@@ -290,7 +316,7 @@ pub fn init_segment(
             timescale: 1000,
             rate: 1.into(),
             volume: 1.into(),
-            next_track_id: 3,
+            next_track_id: extra_audio_track(extra_audio.len()),
             ..Default::default()
         },
         mvex: Some(Mvex { mehd: None, trex }),

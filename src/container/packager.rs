@@ -20,8 +20,8 @@ use crate::protocol::media::{self, AudioCodec, PacketKind, VideoCodec};
 use crate::protocol::{MessageType, RawMessage};
 
 use super::fmp4::{
-    aac_rate_channels, fragment, init_segment, AudioKind, AudioTrack, Sample, VideoKind,
-    VideoTrack, AUDIO_TRACK, VIDEO_TIMESCALE, VIDEO_TRACK,
+    aac_rate_channels, extra_audio_track, fragment, init_segment, AudioKind, AudioTrack, Sample,
+    VideoKind, VideoTrack, AUDIO_TRACK, VIDEO_TIMESCALE, VIDEO_TRACK,
 };
 use super::window::{target_duration, Part, Window};
 
@@ -73,24 +73,20 @@ fn video_unit(p: &Bytes, copy: bool) -> Unit {
     }
 }
 
-/// An audio message as the packager takes it: a single-track AAC or Opus
-/// configuration or frame; anything else is skipped.
-fn audio_unit(p: &Bytes, copy: bool) -> Unit {
-    let Ok(body) = media::audio_body(p) else {
-        return Unit::Skip;
-    };
-    let kind = match body.info.codec {
+/// One track's share of an audio message as the packager takes it: an
+/// AAC or Opus configuration or frame; anything else is skipped.
+fn audio_unit(p: &Bytes, part: &media::AudioPart, copy: bool) -> Unit {
+    let kind = match part.codec {
         AudioCodec::Aac => AudioKind::Aac,
-        // Opus over FLV is Enhanced RTMP only.
-        AudioCodec::Opus if body.info.enhanced => AudioKind::Opus,
+        // Opus over FLV is Enhanced RTMP only (a FourCC).
+        AudioCodec::Opus => AudioKind::Opus,
         _ => return Unit::Skip,
     };
     let data = match copy {
-        true => compact(&p[body.data_at..]),
-        false => p.slice(body.data_at..),
+        true => compact(&p[part.data.clone()]),
+        false => p.slice(part.data.clone()),
     };
-    match body.info.kind {
-        _ if body.info.multitrack => Unit::Skip,
+    match part.kind {
         PacketKind::SequenceHeader => Unit::AudioConfig(kind, data),
         PacketKind::Frame => Unit::Audio(data),
         _ => Unit::Skip,
@@ -172,6 +168,49 @@ pub struct Targets {
     pub part_ms: u32,
     pub segment_ms: u32,
     pub window_segments: usize,
+}
+
+/// Audio tracks of a multitrack stream a packager follows (the first and
+/// the extra ones).
+pub const MAX_AUDIO_TRACKS: usize = 8;
+
+/// Samples an extra audio track's part holds at most (a part's audio is a
+/// second or so: this bounds a track whose timestamps run wild).
+const MAX_EXTRA_SAMPLES: usize = 1024;
+
+/// An audio track past the first of a multitrack stream (track id 1 and
+/// on), followed when the output wants every track (a recording).
+struct ExtraAudio {
+    id: u8,
+    track: AudioTrack,
+    tl: Timeline,
+    part: Vec<Sample>,
+    /// The track is in the init segment last written (its samples are
+    /// dropped until it is).
+    in_init: bool,
+}
+
+/// The audio configuration of a sequence header.
+fn audio_track(kind: AudioKind, config: Bytes) -> AudioTrack {
+    let (rate, channels) = match kind {
+        AudioKind::Aac => aac_rate_channels(&config).unwrap_or((44_100, 2)),
+        AudioKind::Opus => (48_000, config.get(9).copied().unwrap_or(2) as u16),
+    };
+    AudioTrack {
+        kind,
+        config,
+        rate,
+        channels,
+    }
+}
+
+/// `part`'s samples that end after `t` ms are split off (they go with the
+/// next part); see [`Packager::cut_at`].
+fn split_after(part: &mut Vec<Sample>, rate: f64, t: f64) -> Vec<Sample> {
+    part.iter()
+        .position(|a| audio_end_ms(a, rate) > t)
+        .map(|i| part.split_off(i))
+        .unwrap_or_default()
 }
 
 /// Audio samples kept while no segment is open, for the one the next
@@ -269,6 +308,11 @@ pub struct Packager<O: Output = LiveWindow> {
     fragment_seq: u32,
     /// Whether a segment is open (it has parts).
     segment_open: bool,
+    /// Follow every audio track of a multitrack stream, not the first alone.
+    all_audio: bool,
+    extras: Vec<ExtraAudio>,
+    /// Reused for splitting audio messages into their tracks.
+    scratch: Vec<media::AudioPart>,
     /// Test only: each part's first video and audio time (ms) as written.
     #[cfg(test)]
     starts: Vec<(Option<f64>, Option<f64>)>,
@@ -308,6 +352,9 @@ impl<O: Output> Packager<O> {
             part_independent: false,
             fragment_seq: 0,
             segment_open: false,
+            all_audio: false,
+            extras: Vec::new(),
+            scratch: Vec::new(),
             #[cfg(test)]
             starts: Vec::new(),
         }
@@ -321,6 +368,14 @@ impl<O: Output> Packager<O> {
         self
     }
 
+    /// Every audio track of a multitrack stream goes into the output (as
+    /// alternatives of one another), not the first alone: for a recording.
+    /// (LL-HLS keeps one audio track per rendition.)
+    pub fn all_audio_tracks(mut self) -> Self {
+        self.all_audio = true;
+        self
+    }
+
     pub fn output(&mut self) -> &mut O {
         &mut self.output
     }
@@ -329,7 +384,21 @@ impl<O: Output> Packager<O> {
     pub fn push(&mut self, m: &RawMessage) {
         let unit = match m.type_id {
             MessageType::VIDEO => video_unit(&m.payload, self.copy),
-            MessageType::AUDIO => audio_unit(&m.payload, self.copy),
+            MessageType::AUDIO => {
+                let mut parts = std::mem::take(&mut self.scratch);
+                if media::audio_parts(&m.payload, MAX_AUDIO_TRACKS, &mut parts).is_ok() {
+                    for part in &parts {
+                        let unit = audio_unit(&m.payload, part, self.copy);
+                        if part.track == 0 {
+                            self.take(unit, m.timestamp);
+                        } else if self.all_audio {
+                            self.take_extra(part.track, unit, m.timestamp);
+                        }
+                    }
+                }
+                self.scratch = parts;
+                return;
+            }
             MessageType::DATA_AMF0 => {
                 if let Some(size) = metadata_size(&m.payload) {
                     self.size = Some(size);
@@ -338,6 +407,11 @@ impl<O: Output> Packager<O> {
             }
             _ => Unit::Skip,
         };
+        self.take(unit, m.timestamp);
+    }
+
+    /// One unit of the video track or the first audio track.
+    fn take(&mut self, unit: Unit, timestamp: u32) {
         match unit {
             Unit::VideoConfig(kind, config) => {
                 let (width, height) = self.size.unwrap_or((0, 0));
@@ -353,23 +427,14 @@ impl<O: Output> Packager<O> {
                 }
             }
             Unit::AudioConfig(kind, config) => {
-                let (rate, channels) = match kind {
-                    AudioKind::Aac => aac_rate_channels(&config).unwrap_or((44_100, 2)),
-                    AudioKind::Opus => (48_000, config.get(9).copied().unwrap_or(2) as u16),
-                };
-                let track = AudioTrack {
-                    kind,
-                    config,
-                    rate,
-                    channels,
-                };
+                let track = audio_track(kind, config);
                 if self.audio.as_ref() != Some(&track) {
                     self.audio = Some(track);
                     self.init_dirty = true;
                 }
             }
             Unit::Video { key, cts_ms, data } if self.video.is_some() => {
-                let ms = self.rebase(m.timestamp, true);
+                let ms = self.rebase(timestamp, true);
                 let sample = Sample {
                     dts: (ms.max(0) as u64) * (VIDEO_TIMESCALE as u64 / 1000),
                     duration: 0,
@@ -385,7 +450,7 @@ impl<O: Output> Packager<O> {
             }
             Unit::Audio(data) if self.audio.is_some() => {
                 let rate = self.audio.as_ref().map_or(48_000, |a| a.rate) as i64;
-                let ms = self.rebase(m.timestamp, false);
+                let ms = self.rebase(timestamp, false);
                 let sample = Sample {
                     dts: (ms.max(0) * rate / 1000) as u64,
                     duration: 0,
@@ -402,6 +467,76 @@ impl<O: Output> Packager<O> {
             }
             _ => {}
         }
+    }
+
+    /// One unit of an audio track past the first.
+    fn take_extra(&mut self, id: u8, unit: Unit, timestamp: u32) {
+        let at = self.extras.iter().position(|e| e.id == id);
+        match unit {
+            Unit::AudioConfig(kind, config) => {
+                let track = audio_track(kind, config);
+                match at {
+                    Some(i) if self.extras[i].track == track => {}
+                    Some(i) => {
+                        self.extras[i].track = track;
+                        self.init_dirty = true;
+                    }
+                    None if self.extras.len() + 1 < MAX_AUDIO_TRACKS => {
+                        self.extras.push(ExtraAudio {
+                            id,
+                            track,
+                            tl: Timeline::default(),
+                            part: Vec::new(),
+                            in_init: false,
+                        });
+                        self.init_dirty = true;
+                    }
+                    None => {}
+                }
+            }
+            Unit::Audio(data) => {
+                let Some(i) = at else { return };
+                let ms = self.extras[i].tl.unwrap(timestamp);
+                let ms = ms - *self.origin_ms.get_or_insert(ms);
+                let e = &mut self.extras[i];
+                let rate = e.track.rate as i64;
+                let sample = Sample {
+                    dts: (ms.max(0) * rate / 1000) as u64,
+                    duration: 0,
+                    cts: 0,
+                    key: true,
+                    data,
+                };
+                if let Some((prev_ms, mut prev)) = e.tl.waiting.replace((ms, sample)) {
+                    let gap = (ms - prev_ms).clamp(0, MAX_SAMPLE_MS);
+                    let end = ((prev_ms + gap).max(0) * rate / 1000) as u64;
+                    prev.duration = end.saturating_sub(prev.dts) as u32;
+                    self.add_extra(i, prev);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An extra audio track's sample joins the part being built (or, while
+    /// no segment has begun, waits with the first track's audio for the
+    /// keyframe that starts one).
+    fn add_extra(&mut self, i: usize, s: Sample) {
+        if self.video.is_none() && self.audio.is_none() {
+            // Nothing would cut its parts.
+            return;
+        }
+        let waiting = self.video.is_some() && !self.building();
+        let e = &mut self.extras[i];
+        let cap = if waiting {
+            MAX_WAITING_AUDIO
+        } else {
+            MAX_EXTRA_SAMPLES
+        };
+        if e.part.len() >= cap {
+            e.part.remove(0);
+        }
+        e.part.push(s);
     }
 
     /// The message's time on its track, ms since the stream's origin.
@@ -444,6 +579,7 @@ impl<O: Output> Packager<O> {
                 // start (nor does the audio waiting for one).
                 self.part_audio.clear();
                 self.part_audio_ms = 0.0;
+                self.extras.iter_mut().for_each(|e| e.part.clear());
                 return;
             }
             // A segment starts: of the audio that waited, what plays from
@@ -451,6 +587,10 @@ impl<O: Output> Packager<O> {
             if let Some(rate) = self.audio.as_ref().map(|a| a.rate as f64) {
                 self.part_audio.retain(|a| audio_end_ms(a, rate) > next_ms);
                 self.part_audio_ms = audio_ms(&self.part_audio, rate);
+            }
+            for e in &mut self.extras {
+                let rate = e.track.rate as f64;
+                e.part.retain(|a| audio_end_ms(a, rate) > next_ms);
             }
         }
         if self.part_video.is_empty() {
@@ -512,19 +652,22 @@ impl<O: Output> Packager<O> {
             // Audio waiting for a keyframe is no part of its own.
             self.part_audio.clear();
             self.part_audio_ms = 0.0;
+            self.extras.iter_mut().for_each(|e| e.part.clear());
         }
         let rate = self.audio.as_ref().map(|a| a.rate as f64);
-        let carried = match (next_ms, rate) {
-            (Some(t), Some(rate)) if !self.part_video.is_empty() => {
-                let from = self
-                    .part_audio
-                    .iter()
-                    .position(|a| audio_end_ms(a, rate) > t);
-                from.map(|i| self.part_audio.split_off(i))
-                    .unwrap_or_default()
-            }
+        let split = next_ms.filter(|_| !self.part_video.is_empty());
+        let carried = match (split, rate) {
+            (Some(t), Some(rate)) => split_after(&mut self.part_audio, rate, t),
             _ => Vec::new(),
         };
+        let extras_carried: Vec<Vec<Sample>> = self
+            .extras
+            .iter_mut()
+            .map(|e| match split {
+                Some(t) => split_after(&mut e.part, e.track.rate as f64, t),
+                None => Vec::new(),
+            })
+            .collect();
         let has_samples = !self.part_video.is_empty() || !self.part_audio.is_empty();
         if has_samples && (self.init_dirty && !self.segment_open || !self.init_ok) {
             self.publish_init();
@@ -549,10 +692,21 @@ impl<O: Output> Packager<O> {
                 self.part_ms
             };
             self.segment_ms += ms;
-            let bytes = fragment(
-                self.fragment_seq,
-                &[(VIDEO_TRACK, &video[..]), (AUDIO_TRACK, &audio[..])],
-            );
+            let extra: Vec<Vec<Sample>> = self
+                .extras
+                .iter_mut()
+                .map(|e| std::mem::take(&mut e.part))
+                .collect();
+            let mut tracks = vec![(VIDEO_TRACK, &video[..]), (AUDIO_TRACK, &audio[..])];
+            let mut n = 0;
+            for (e, samples) in self.extras.iter().zip(&extra) {
+                // Numbered as the init segment numbers them.
+                if e.in_init {
+                    tracks.push((extra_audio_track(n), &samples[..]));
+                    n += 1;
+                }
+            }
+            let bytes = fragment(self.fragment_seq, &tracks);
             match bytes {
                 // Parts without an init segment that players could decode
                 // them with are dropped.
@@ -575,6 +729,16 @@ impl<O: Output> Packager<O> {
         self.part_ms = 0.0;
         self.part_audio_ms = rate.map_or(0.0, |rate| audio_ms(&carried, rate));
         self.part_audio = carried;
+        for (e, carried) in self.extras.iter_mut().zip(extras_carried) {
+            if !has_samples {
+                // No part was written: what it held stays for the next.
+                let mut kept = std::mem::take(&mut e.part);
+                kept.extend(carried);
+                e.part = kept;
+            } else {
+                e.part = carried;
+            }
+        }
         if end_segment {
             self.segment_open = false;
             self.segment_ms = 0.0;
@@ -583,9 +747,11 @@ impl<O: Output> Packager<O> {
 
     fn publish_init(&mut self) {
         self.init_dirty = false;
-        match init_segment(self.video.as_ref(), self.audio.as_ref()) {
+        let extra: Vec<&AudioTrack> = self.extras.iter().map(|e| &e.track).collect();
+        match init_segment(self.video.as_ref(), self.audio.as_ref(), &extra) {
             Ok(init) => {
                 self.init_ok = true;
+                self.extras.iter_mut().for_each(|e| e.in_init = true);
                 let codecs = codecs(self.video.as_ref(), self.audio.as_ref());
                 let resolution = self
                     .video
@@ -609,6 +775,10 @@ impl<O: Output> Packager<O> {
         self.cut(true);
         self.vt = Timeline::default();
         self.at = Timeline::default();
+        for e in &mut self.extras {
+            e.tl = Timeline::default();
+            e.part.clear();
+        }
         self.origin_ms = None;
         self.init_dirty = true;
     }
@@ -622,6 +792,12 @@ impl<O: Output> Packager<O> {
 
     /// The samples waiting for a successor get a nominal duration.
     fn flush_waiting(&mut self) {
+        for i in 0..self.extras.len() {
+            if let Some((_, mut s)) = self.extras[i].tl.waiting.take() {
+                s.duration = 1024;
+                self.add_extra(i, s);
+            }
+        }
         for video in [true, false] {
             let tl = if video { &mut self.vt } else { &mut self.at };
             if let Some((_, mut s)) = tl.waiting.take() {
@@ -679,6 +855,15 @@ mod tests {
         assert_eq!(codecs(None, None), None);
     }
 
+    /// The unit of an audio message's first track, Skip when it has none.
+    fn first_audio_unit(p: &Bytes) -> Unit {
+        let mut parts = Vec::new();
+        match media::audio_parts(p, MAX_AUDIO_TRACKS, &mut parts) {
+            Ok(()) if !parts.is_empty() => audio_unit(p, &parts[0], true),
+            _ => Unit::Skip,
+        }
+    }
+
     #[test]
     fn units_from_legacy_and_enhanced_payloads() {
         let avc_header = Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 2]);
@@ -711,18 +896,18 @@ mod tests {
         ));
         let aac = Bytes::from_static(&[0xAF, 0, 0x12, 0x10]);
         assert_eq!(
-            audio_unit(&aac, true),
+            first_audio_unit(&aac),
             Unit::AudioConfig(AudioKind::Aac, Bytes::from_static(&[0x12, 0x10]))
         );
         let opus = Bytes::from_static(&[0x91, b'O', b'p', b'u', b's', 3]);
         assert_eq!(
-            audio_unit(&opus, true),
+            first_audio_unit(&opus),
             Unit::Audio(Bytes::from_static(&[3]))
         );
         for junk in [&[][..], &[0x17][..], &[0x9F, b'x'][..], &[0x22, 0][..]] {
             let b = Bytes::copy_from_slice(junk);
             assert_eq!(video_unit(&b, true), Unit::Skip, "{junk:?}");
-            assert_eq!(audio_unit(&b, true), Unit::Skip, "{junk:?}");
+            assert_eq!(first_audio_unit(&b), Unit::Skip, "{junk:?}");
         }
         assert_eq!(aac_rate_channels(&[0x12, 0x10]), Some((44_100, 2)));
         assert_eq!(aac_rate_channels(&[0x11, 0x90]), Some((48_000, 2)));

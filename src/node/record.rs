@@ -615,9 +615,11 @@ impl Recorders {
             .insert(key.clone(), (publisher, rec.clone()));
         library.stats.active.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stream = %redact(key), "recording");
+        // A recording keeps every audio track of a multitrack stream.
         let packager =
             Packager::with_output(settings.targets(), Recording::new(settings.segment_secs))
-                .sharing_payloads();
+                .sharing_payloads()
+                .all_audio_tracks();
         glommio::spawn_local(package(
             rec.clone(),
             conn,

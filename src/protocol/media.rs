@@ -227,6 +227,7 @@ const AUDIO_MULTICHANNEL_CONFIG: u8 = 4;
 const AUDIO_MULTITRACK: u8 = 5;
 const AUDIO_MOD_EX: u8 = 7;
 
+const MULTITRACK_ONE_TRACK: u8 = 0;
 const MULTITRACK_MANY_CODECS: u8 = 2;
 
 /// Legacy AVC/HEVC header: flags, packet type, SI24 composition time.
@@ -481,6 +482,81 @@ pub fn audio_body(payload: &[u8]) -> Result<AudioBody, MediaError> {
         }
     };
     Ok(AudioBody { info, data_at })
+}
+
+/// One track's share of an audio packet: its id, codec, what it carries
+/// and where its codec data lies in the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioPart {
+    pub track: u8,
+    pub codec: AudioCodec,
+    pub kind: PacketKind,
+    pub data: std::ops::Range<usize>,
+}
+
+/// Every track's share of an audio packet, in order, into `out` (cleared
+/// first): a single-track packet is track 0 (its data as [`audio_body`]
+/// finds it); an Enhanced RTMP Multitrack packet (OneTrack, ManyTracks or
+/// ManyTracksManyCodecs) is split per track, each size checked against the
+/// payload. At most `max` parts are taken.
+pub fn audio_parts(payload: &[u8], max: usize, out: &mut Vec<AudioPart>) -> Result<(), MediaError> {
+    out.clear();
+    let info = classify_audio(payload)?;
+    if !info.multitrack {
+        let body = audio_body(payload)?;
+        out.push(AudioPart {
+            track: 0,
+            codec: info.codec,
+            kind: info.kind,
+            data: body.data_at..payload.len(),
+        });
+        return Ok(());
+    }
+    let mut r = Reader::new(payload);
+    let flags = r.u8()?;
+    r.skip_mod_ex(flags & 0x0F, AUDIO_MOD_EX)?;
+    let b = r.buf.get(r.pos).copied().ok_or(MediaError::Truncated)?;
+    let (mt_type, packet_type) = (
+        b >> 4,
+        r.multitrack_packet_type(AUDIO_MULTITRACK, AUDIO_MOD_EX)?,
+    );
+    let kind = match packet_type {
+        AUDIO_SEQUENCE_START => PacketKind::SequenceHeader,
+        AUDIO_CODED_FRAMES => PacketKind::Frame,
+        AUDIO_SEQUENCE_END => PacketKind::EndOfSequence,
+        AUDIO_MULTICHANNEL_CONFIG => PacketKind::Other,
+        other => return Err(MediaError::UnknownPacketType(other)),
+    };
+    let many_codecs = mt_type == MULTITRACK_MANY_CODECS;
+    let mut codec = match many_codecs {
+        true => AudioCodec::FourCc([0; 4]),
+        false => AudioCodec::from_fourcc(r.fourcc()?),
+    };
+    while r.pos < payload.len() && out.len() < max {
+        if many_codecs {
+            codec = AudioCodec::from_fourcc(r.fourcc()?);
+        }
+        let track = r.u8()?;
+        let len = match mt_type {
+            MULTITRACK_ONE_TRACK => payload.len() - r.pos,
+            _ => {
+                let [a, b, c] = r.take::<3>()?;
+                u32::from_be_bytes([0, a, b, c]) as usize
+            }
+        };
+        let at = r.pos;
+        r.skip(len)?;
+        out.push(AudioPart {
+            track,
+            codec,
+            kind,
+            data: at..at + len,
+        });
+        if mt_type == MULTITRACK_ONE_TRACK {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The track an Enhanced RTMP multitrack audio packet names (its first
@@ -881,6 +957,63 @@ mod tests {
             video(&cmd),
             enhanced_video(VideoCodec::UNSPECIFIED, PacketKind::Other, false)
         );
+    }
+
+    #[test]
+    fn audio_parts_split_every_track_and_check_each_size() {
+        let mut out = Vec::new();
+        // Legacy AAC frame: track 0, data after the packet type.
+        audio_parts(&[0xAF, 0x01, 0x21, 0x10], 8, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![AudioPart {
+                track: 0,
+                codec: AudioCodec::Aac,
+                kind: PacketKind::Frame,
+                data: 2..4
+            }]
+        );
+        // Multitrack (5) | OneTrack | SequenceStart; mp4a; track 1; the ASC.
+        let one = [0x95, 0x00, b'm', b'p', b'4', b'a', 0x01, 0x12, 0x10];
+        audio_parts(&one, 8, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![AudioPart {
+                track: 1,
+                codec: AudioCodec::Aac,
+                kind: PacketKind::SequenceHeader,
+                data: 7..9
+            }]
+        );
+        // ManyTracks | CodedFrames; Opus; tracks 1 and 2, sizes 1 and 2.
+        let many = [
+            0x95, 0x11, b'O', b'p', b'u', b's', 0x01, 0, 0, 1, 0xAA, 0x02, 0, 0, 2, 0xBB, 0xCC,
+        ];
+        audio_parts(&many, 8, &mut out).unwrap();
+        let got: Vec<(u8, AudioCodec, std::ops::Range<usize>)> = out
+            .iter()
+            .map(|p| (p.track, p.codec, p.data.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, AudioCodec::Opus, 10..11), (2, AudioCodec::Opus, 15..17)]
+        );
+        audio_parts(&many, 1, &mut out).unwrap();
+        assert_eq!(out.len(), 1, "at most max parts");
+        // ManyTracksManyCodecs: a FourCC per track.
+        let codecs = [
+            0x95, 0x21, b'm', b'p', b'4', b'a', 0x00, 0, 0, 1, 0xAA, b'O', b'p', b'u', b's', 0x03,
+            0, 0, 1, 0xBB,
+        ];
+        audio_parts(&codecs, 8, &mut out).unwrap();
+        let got: Vec<(u8, AudioCodec)> = out.iter().map(|p| (p.track, p.codec)).collect();
+        assert_eq!(got, vec![(0, AudioCodec::Aac), (3, AudioCodec::Opus)]);
+        // A size past the payload, a truncated track header: refused.
+        let long = [0x95, 0x11, b'O', b'p', b'u', b's', 0x01, 0, 0, 9, 0xAA];
+        assert_eq!(audio_parts(&long, 8, &mut out), Err(MediaError::Truncated));
+        let cut = [0x95, 0x11, b'O', b'p', b'u', b's', 0x01, 0];
+        assert_eq!(audio_parts(&cut, 8, &mut out), Err(MediaError::Truncated));
+        assert!(audio_parts(&[], 8, &mut out).is_err());
     }
 
     #[test]
