@@ -466,6 +466,15 @@ pub struct RecordConfig {
     /// After a write error, how long until the recording tries again in a
     /// new file, ms.
     pub retry_ms: u64,
+    /// `"nats"`: each finished file is also copied to the cluster's
+    /// JetStream object store (bucket `tributary_recordings_store`), so any
+    /// node serves it after the node that made it is gone; `"off"` (the
+    /// default): files live on their node only.
+    pub store: String,
+    /// The object store's bucket holds at most this many bytes (0 = the
+    /// JetStream server's own limits); set when the bucket is created. Its
+    /// objects are kept `delete_after_secs` (0 = until deleted).
+    pub store_max_bytes: u64,
     /// `[record.apps.NAME] record = "all"`: every stream of the app is
     /// recorded from its publish; "off" (the default): only those started
     /// over the API.
@@ -483,6 +492,8 @@ impl Default for RecordConfig {
             delete_after_secs: 0,
             max_bytes: 0,
             retry_ms: 5_000,
+            store: "off".into(),
+            store_max_bytes: 0,
             apps: BTreeMap::new(),
         }
     }
@@ -521,6 +532,11 @@ impl RecordConfig {
         self.enabled() && self.apps.get(app).is_some_and(|a| a.record == "all")
     }
 
+    /// Whether finished files are copied to the NATS object store.
+    pub fn stored(&self) -> bool {
+        self.store == "nats"
+    }
+
     pub fn fsync(&self) -> Fsync {
         match self.fsync.as_str() {
             "fragment" => Fsync::Fragment,
@@ -550,6 +566,15 @@ impl RecordConfig {
         }
         if !(100..=3_600_000).contains(&self.retry_ms) {
             return Err(invalid("record.retry_ms", "must be 100..=3600000"));
+        }
+        if !matches!(self.store.as_str(), "off" | "nats") {
+            return Err(invalid("record.store", "must be \"off\" or \"nats\""));
+        }
+        if self.store == "nats" && !self.enabled() {
+            return Err(invalid(
+                "record.store",
+                "\"nats\" needs record.path (where this node records and caches stored files)",
+            ));
         }
         for (app, a) in &self.apps {
             if let Err(e) = crate::stream::StreamKey::new(app, "name") {
@@ -1296,6 +1321,8 @@ mod tests {
             ),
             ("[push]\nmax_per_stream = 0", "push.max_per_stream"),
             ("[record]\nfsync = \"always\"", "record.fsync"),
+            ("[record]\nstore = \"s3\"", "record.store"),
+            ("[record]\nstore = \"nats\"", "record.store"),
             ("[record]\nsegment_secs = 0", "record.segment_secs"),
             ("[record]\nfragment_ms = 50", "record.fragment_ms"),
             ("[record]\nqueue_max_bytes = 10", "record.queue_max_bytes"),

@@ -920,3 +920,87 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves
     let path = format!("/recordings/live/none.mp4?start={start}&duration=60");
     assert_eq!(download(bm, &path, &temp_file("rec-cluster-none")), "404");
 }
+
+/// `record.store = "nats"`: every finished file is copied to the NATS
+/// object store, and after its node is killed (its disk gone too) another
+/// node still serves the recording: the range MP4 and the VOD playlist,
+/// every frame.
+#[test]
+fn with_the_nats_store_a_recording_outlives_the_node_that_made_it() {
+    let nats = NatsServer::start("rec-store");
+    let (da, db) = (fresh_dir("rec-store-a"), fresh_dir("rec-store-b"));
+    let config = |name: &str, dir: &Path| {
+        write_config(
+            &format!("{name}.toml"),
+            &format!(
+                "[record]\npath = \"{}\"\nsegment_secs = 2\nstore = \"nats\"\n[record.apps.live]\nrecord = \"all\"\n",
+                dir.display()
+            ),
+        )
+    };
+    let (ca, cb) = (config("rec-store-a", &da), config("rec-store-b", &db));
+    let media = ["--media-listen", "127.0.0.1:0"];
+    let a = cluster_node(
+        &nats,
+        "a",
+        1,
+        &["--config", ca.to_str().unwrap(), media[0], media[1]],
+    );
+    let b = cluster_node(
+        &nats,
+        "b",
+        1,
+        &["--config", cb.to_str().unwrap(), media[0], media[1]],
+    );
+    let seconds = 6;
+    publish(&a.url("kept"), seconds)
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    let on_a = wait_listed(&a, "live/kept", "A's files closed", |f| {
+        f.len() >= 2 && f.iter().all(|s| s["open"] == false)
+    });
+    // Every file copied to the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_sum(&a, "tributary_record_store_uploads_total", "") < on_a.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "not every file reached the store:\n{}",
+            a.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metric_sum(&a, "tributary_record_store_upload_bytes_total", "") > 0);
+    // A is killed, and its files are gone with its disk.
+    drop(a);
+    std::fs::remove_dir_all(&da).unwrap();
+    let bm = b.media.unwrap();
+    let start = on_a[0]["start"].as_str().unwrap().to_owned();
+    let whole = temp_file("rec-store-whole.mp4");
+    let path = format!("/recordings/live/kept.mp4?start={start}&duration=60");
+    assert_eq!(
+        download(bm, &path, &whole),
+        "200",
+        "{}",
+        b.log.lock().unwrap()
+    );
+    assert_eq!(video_frames(&whole), seconds as usize * 25, "every frame");
+    assert!(
+        ffprobe_errors(&whole).is_empty(),
+        "{}",
+        ffprobe_errors(&whole)
+    );
+    let through_hls = temp_file("rec-store-hls.mp4");
+    read_through_hls(
+        &format!("http://{bm}/recordings/live/kept/index.m3u8?start={start}"),
+        &through_hls,
+    );
+    assert_eq!(video_frames(&through_hls), seconds as usize * 25);
+    assert!(metric_sum(&b, "tributary_record_store_downloads_total", "") >= on_a.len() as u64);
+    // B's cache is not B's recordings: its own listing names node a only.
+    for f in listed(&b, "live/kept") {
+        assert_eq!(f["node"], "a", "{f}");
+    }
+    // A range with nothing in it is still a 404.
+    let path = format!("/recordings/live/none.mp4?start={start}&duration=60");
+    assert_eq!(download(bm, &path, &temp_file("rec-store-none")), "404");
+}

@@ -386,6 +386,26 @@ impl Metrics {
                 |c| ClusterStats::get(&c.export_drops),
             ),
             (
+                "tributary_record_store_uploads_total",
+                "Recording files copied to the NATS object store",
+                |c| ClusterStats::get(&c.store_uploads),
+            ),
+            (
+                "tributary_record_store_upload_bytes_total",
+                "Bytes of recording files copied to the NATS object store",
+                |c| ClusterStats::get(&c.store_upload_bytes),
+            ),
+            (
+                "tributary_record_store_downloads_total",
+                "Recording files fetched from the NATS object store for playback",
+                |c| ClusterStats::get(&c.store_downloads),
+            ),
+            (
+                "tributary_record_store_errors_total",
+                "NATS object store operations that failed",
+                |c| ClusterStats::get(&c.store_errors),
+            ),
+            (
                 "tributary_registry_operations_total",
                 "Registry (JetStream KV) operations",
                 |c| ClusterStats::get(&c.registry_ops),

@@ -72,6 +72,22 @@ pub struct ClusterSettings {
     /// This node's media listener (loopback when it listens on every
     /// address): where it answers other nodes' asks for its recordings.
     pub media_addr: Option<std::net::SocketAddr>,
+    /// `record.store = "nats"`: finished recording files are copied to the
+    /// JetStream object store, and fetched from it when their node is gone.
+    pub store: Option<StoreSettings>,
+}
+
+/// The recordings' object store (`record.store = "nats"`).
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Objects expire after this (zero: kept until deleted).
+    pub max_age: Duration,
+    /// The bucket's bound, bytes (0: the server's limits).
+    pub max_bytes: u64,
+    /// Where files fetched from the store are kept while they are played
+    /// (`record.path/.store`), by node, app and stream as under
+    /// `record.path`.
+    pub cache: std::path::PathBuf,
 }
 
 /// A node's finished recording files as the cluster's index takes them
@@ -84,6 +100,9 @@ pub trait RecordingIndex: Send + Sync + std::fmt::Debug {
     fn mark_all(&self);
     /// `key` counts as changed (its entry could not be written).
     fn mark_changed(&self, key: &StreamKey);
+    /// Where `key`'s finished file `file` is, if it is listed (for the
+    /// object store's copy).
+    fn path_of(&self, key: &StreamKey, file: &str) -> Option<std::path::PathBuf>;
 }
 
 /// Each node (by id) with its finished files of a stream.
@@ -216,6 +235,15 @@ pub enum Request {
         range: Option<String>,
         chunks: mpsc::Sender<Bytes>,
     },
+    /// Fetch `node`'s files `files` of `key` from the object store into
+    /// the cache; answers the cache directory that stands for `node`'s
+    /// `record.path` (its files under `APP/NAME/`).
+    FetchStored {
+        key: StreamKey,
+        node: String,
+        files: Vec<String>,
+        reply: oneshot::Sender<Result<std::path::PathBuf, String>>,
+    },
     /// Kick the publisher of `key` on whatever node has it; answers the node.
     Kick {
         key: StreamKey,
@@ -324,6 +352,13 @@ pub struct ClusterStats {
     /// Sum of snapshot fetch times, in µs (with `snapshots`, the mean).
     pub snapshot_micros: AtomicU64,
     pub snapshot_max_micros: AtomicU64,
+    /// Recording files copied to the object store, and their bytes.
+    pub store_uploads: AtomicU64,
+    pub store_upload_bytes: AtomicU64,
+    /// Files fetched from the object store for playback.
+    pub store_downloads: AtomicU64,
+    /// Object store operations that failed.
+    pub store_errors: AtomicU64,
 }
 
 impl ClusterStats {
@@ -380,11 +415,19 @@ pub struct ClusterHandle {
     exports: mpsc::Sender<Export>,
     pub stats: Arc<ClusterStats>,
     pub node_id: Arc<str>,
+    /// `record.store = "nats"`: recordings are copied to, and played from,
+    /// the object store.
+    pub store: bool,
 }
 
 /// The longest a shard waits on the registry (publish claim, play lookup)
 /// before treating NATS as unavailable: the client is not kept waiting.
 pub const REGISTRY_WAIT: Duration = Duration::from_secs(5);
+/// The longest a player waits for files fetched from the object store.
+const STORE_FETCH_WAIT: Duration = Duration::from_secs(120);
+/// Files one playback fetches from the object store at most (a range
+/// longer than that many files is cut short).
+pub const MAX_STORE_FETCH: usize = 64;
 
 /// `f`, or None after `limit` (on a shard's glommio timer).
 async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
@@ -487,6 +530,33 @@ impl ClusterHandle {
         Some(rx)
     }
 
+    /// `node`'s files `files` of `key`, fetched from the object store into
+    /// this node's cache: the directory standing for `node`'s
+    /// `record.path`. Err when the store is off or does not have them.
+    pub async fn fetch_stored(
+        &self,
+        key: &StreamKey,
+        node: &str,
+        files: Vec<String>,
+    ) -> Result<std::path::PathBuf, String> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::FetchStored {
+            key: key.clone(),
+            node: node.to_owned(),
+            files,
+            reply,
+        };
+        within(REGISTRY_WAIT, self.requests.send(req))
+            .await
+            .and_then(Result::ok)
+            .ok_or("the cluster is not answering")?;
+        // A download takes as long as the files are big: no short limit.
+        within(STORE_FETCH_WAIT, rx)
+            .await
+            .ok_or("the object store did not answer in time")?
+            .map_err(|_| "the cluster is gone".to_owned())?
+    }
+
     /// Every node of the cluster that is alive (its heartbeat not expired).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
         self.ask(|reply| Request::Nodes { reply }).await
@@ -576,6 +646,7 @@ pub fn start(
         exports: export_tx,
         stats: stats.clone(),
         node_id: Arc::from(settings.node_id.as_str()),
+        store: settings.store.is_some(),
     };
     control::spawn(settings, req_rx, export_rx, senders, stats)
         .map_err(|e| ClusterError::Start(format!("cannot start the control thread: {e}")))?;

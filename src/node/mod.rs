@@ -322,6 +322,9 @@ fn start_cluster(
     recordings: Option<Arc<dyn cluster::RecordingIndex>>,
 ) -> Result<Option<ClusterHandle>, NodeError> {
     if config.cluster.nats.is_empty() {
+        if config.record.stored() {
+            tracing::warn!("record.store = \"nats\" does nothing without cluster.nats");
+        }
         return Ok(None);
     }
     let c = &config.cluster;
@@ -347,6 +350,11 @@ fn start_cluster(
             ip if !ip.is_unspecified() => a,
             std::net::IpAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], a.port())),
             std::net::IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
+        }),
+        store: config.record.stored().then(|| cluster::StoreSettings {
+            max_age: Duration::from_secs(config.record.delete_after_secs),
+            max_bytes: config.record.store_max_bytes,
+            cache: config.record.path.join(".store"),
         }),
     };
     Ok(Some(cluster::start(settings, command_senders.to_vec())?))

@@ -144,6 +144,10 @@ impl crate::cluster::RecordingIndex for Library {
     fn mark_changed(&self, key: &StreamKey) {
         self.mark(key);
     }
+
+    fn path_of(&self, key: &StreamKey, file: &str) -> Option<PathBuf> {
+        Library::path_of(self, key, file)
+    }
 }
 
 impl Library {
@@ -169,7 +173,9 @@ impl Library {
             }
         };
         for app in read_dir_names(root)? {
-            if !root.join(&app).is_dir() {
+            // `.store`: files fetched from the object store, not this
+            // node's (no app name starts with a dot).
+            if app.starts_with('.') || !root.join(&app).is_dir() {
                 continue;
             }
             for name in subdirs(&root.join(&app)) {
@@ -198,6 +204,16 @@ impl Library {
         *lib.lock() = streams;
         crate::cluster::RecordingIndex::mark_all(&lib);
         Ok(lib)
+    }
+
+    /// A library of `key`'s files `files` under `root` alone, as listed
+    /// (another node's, fetched from the object store into the cache).
+    pub fn view(root: PathBuf, key: StreamKey, files: Vec<SegmentInfo>) -> Library {
+        Library {
+            root,
+            streams: Mutex::new(BTreeMap::from([(key, files)])),
+            ..Default::default()
+        }
     }
 
     fn load_file(&self, path: &Path, file: &str, start_ms: u64) -> Option<SegmentInfo> {

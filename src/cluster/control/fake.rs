@@ -18,7 +18,7 @@ use async_nats::{RequestErrorKind, Subject};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::nats::{Kv, KvEntry, KvError, Msg, Nats};
+use super::nats::{Kv, KvEntry, KvError, Msg, Nats, Objects};
 
 /// Messages a subscriber may hold before the bus drops them (a slow
 /// consumer, as on a real server).
@@ -29,6 +29,8 @@ const REQUEST_WAIT: Duration = Duration::from_secs(2);
 pub(super) struct Bus {
     subs: RefCell<Vec<Subscription>>,
     buckets: RefCell<HashMap<String, Rc<RefCell<Bucket>>>>,
+    /// Object store buckets: each object's bytes by name.
+    objects: RefCell<HashMap<String, ObjectBucket>>,
     down: Cell<bool>,
     next_id: Cell<u64>,
     /// Registry operations wait while this is set (see [`Bus::hold`]).
@@ -41,6 +43,9 @@ struct Subscription {
     client: u64,
     tx: mpsc::Sender<Msg>,
 }
+
+/// An object store bucket: each object's bytes by name.
+type ObjectBucket = Rc<RefCell<HashMap<String, Bytes>>>;
 
 #[derive(Default)]
 struct Bucket {
@@ -169,6 +174,7 @@ impl futures_lite::Stream for FakeSub {
 
 impl Nats for FakeNats {
     type Kv = FakeKv;
+    type Objects = FakeObjects;
     type Sub = FakeSub;
 
     fn connected(&self) -> bool {
@@ -245,6 +251,89 @@ impl Nats for FakeNats {
             bucket: Rc::downgrade(&b),
             client: self.clone(),
         })
+    }
+
+    async fn open_objects(
+        &self,
+        bucket: &str,
+        _: Duration,
+        _: u64,
+        _: usize,
+    ) -> Result<FakeObjects, String> {
+        self.up()?;
+        let b = self
+            .bus
+            .objects
+            .borrow_mut()
+            .entry(bucket.to_owned())
+            .or_default()
+            .clone();
+        Ok(FakeObjects {
+            objects: b,
+            client: self.clone(),
+        })
+    }
+}
+
+/// An object store bucket on the bus (the files read and written with
+/// std::fs: these are tests).
+#[derive(Clone)]
+pub(super) struct FakeObjects {
+    objects: ObjectBucket,
+    client: FakeNats,
+}
+
+impl FakeObjects {
+    /// The names stored.
+    pub(super) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.objects.borrow().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Stores `bytes` as `name` (what another node would have put).
+    pub(super) fn insert(&self, name: &str, bytes: &[u8]) {
+        self.objects
+            .borrow_mut()
+            .insert(name.to_owned(), Bytes::copy_from_slice(bytes));
+    }
+}
+
+impl Objects for FakeObjects {
+    async fn has(&self, name: &str) -> Result<bool, String> {
+        self.client.up()?;
+        Ok(self.objects.borrow().contains_key(name))
+    }
+
+    async fn put_file(&self, name: &str, path: &std::path::Path) -> Result<u64, String> {
+        self.client.up()?;
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let n = bytes.len() as u64;
+        self.objects
+            .borrow_mut()
+            .insert(name.to_owned(), Bytes::from(bytes));
+        Ok(n)
+    }
+
+    async fn get_file(&self, name: &str, dest: &std::path::Path, max: u64) -> Result<u64, String> {
+        self.client.up()?;
+        let bytes = self
+            .objects
+            .borrow()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("{name}: not found"))?;
+        if bytes.len() as u64 > max {
+            return Err(format!("{name}: more than {max} bytes"));
+        }
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(|e| e.to_string())?;
+        f.write_all(&bytes).map_err(|e| e.to_string())?;
+        Ok(bytes.len() as u64)
     }
 }
 

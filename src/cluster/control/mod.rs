@@ -33,10 +33,11 @@ mod nats;
 mod recording;
 mod registry;
 mod relay;
+mod store;
 #[cfg(test)]
 mod tests;
 
-use nats::{Kv, KvError, Nats, NatsClient};
+use nats::{Kv, KvError, Nats, NatsClient, Objects};
 
 const STREAMS_BUCKET: &str = "tributary_streams";
 const NODES_BUCKET: &str = "tributary_nodes";
@@ -121,6 +122,10 @@ struct Control<N: Nats> {
     streams_kv: RefCell<Option<N::Kv>>,
     nodes_kv: RefCell<Option<N::Kv>>,
     recordings_kv: RefCell<Option<N::Kv>>,
+    /// The recordings' object store (`record.store = "nats"`), once open.
+    objects: RefCell<Option<N::Objects>>,
+    /// Copies to the object store: what is queued and done.
+    store: store::StoreState,
     shards: Vec<mpsc::Sender<ShardCommand>>,
     stats: Arc<ClusterStats>,
     owned: RefCell<HashMap<StreamKey, Owned>>,
@@ -232,6 +237,8 @@ impl<N: Nats> Control<N> {
             streams_kv: RefCell::new(None),
             nodes_kv: RefCell::new(None),
             recordings_kv: RefCell::new(None),
+            objects: RefCell::new(None),
+            store: store::StoreState::default(),
             shards,
             stats,
             owned: RefCell::new(HashMap::new()),
@@ -303,6 +310,9 @@ fn refuse(req: Request) {
         Request::Recordings { reply, .. } => {
             let _ = reply.send(Err(RegistryError::NotConfigured));
         }
+        Request::FetchStored { reply, .. } => {
+            let _ = reply.send(Err("no cluster".into()));
+        }
         _ => {}
     }
 }
@@ -352,6 +362,7 @@ impl<N: Nats> Control<N> {
                 *self.streams_kv.borrow_mut() = None;
                 *self.nodes_kv.borrow_mut() = None;
                 *self.recordings_kv.borrow_mut() = None;
+                *self.objects.borrow_mut() = None;
                 if let Some(r) = &self.s.recordings {
                     r.mark_all();
                 }
@@ -494,6 +505,17 @@ impl<N: Nats> Control<N> {
                     c.fetch_recording(node, path, range, chunks).await;
                 });
             }
+            Request::FetchStored {
+                key,
+                node,
+                files,
+                reply,
+            } => {
+                let c = self.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(c.fetch_stored(&key, &node, &files).await);
+                });
+            }
             Request::Recordings { key, reply } => {
                 let c = self.clone();
                 tokio::task::spawn_local(async move {
@@ -536,7 +558,9 @@ impl<N: Nats> Control<N> {
                 }
             }
             if self.connected() {
+                self.open_objects().await;
                 self.publish_index().await;
+                self.store_next();
             }
             self.expire_attachments(now).await;
             self.expire_draining(now).await;

@@ -8,9 +8,10 @@
 //! processes.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, object_store};
 use async_nats::{Client, RequestErrorKind};
 use bytes::Bytes;
 use futures_lite::StreamExt;
@@ -70,9 +71,27 @@ pub(super) trait Kv: Clone + 'static {
     fn keys(&self) -> impl Future<Output = Result<Vec<String>, KvError>>;
 }
 
+/// An object store bucket (JetStream): the recordings' copies.
+pub(super) trait Objects: Clone + 'static {
+    /// Whether object `name` is stored.
+    fn has(&self, name: &str) -> impl Future<Output = Result<bool, String>>;
+    /// Stores the file at `path` as object `name`; its size.
+    fn put_file(&self, name: &str, path: &Path) -> impl Future<Output = Result<u64, String>>;
+    /// Writes object `name` into a new file at `dest`; its size. Err (the
+    /// file left to the caller to remove) when it is missing, larger than
+    /// `max` bytes, or arrives short.
+    fn get_file(
+        &self,
+        name: &str,
+        dest: &Path,
+        max: u64,
+    ) -> impl Future<Output = Result<u64, String>>;
+}
+
 /// A NATS connection.
 pub(super) trait Nats: Clone + 'static {
     type Kv: Kv;
+    type Objects: Objects;
     type Sub: futures_lite::Stream<Item = Msg> + Unpin + 'static;
     fn connected(&self) -> bool;
     /// The largest message the server takes.
@@ -100,6 +119,16 @@ pub(super) trait Nats: Clone + 'static {
         ttl: Duration,
         replicas: usize,
     ) -> impl Future<Output = Result<Self::Kv, String>>;
+    /// Opens object store `bucket`, creating it if missing: objects expire
+    /// after `max_age` (zero: never), the bucket holds at most `max_bytes`
+    /// (0: the server's limits), on `replicas` servers, on disk.
+    fn open_objects(
+        &self,
+        bucket: &str,
+        max_age: Duration,
+        max_bytes: u64,
+        replicas: usize,
+    ) -> impl Future<Output = Result<Self::Objects, String>>;
 }
 
 /// The real client: async-nats.
@@ -171,8 +200,52 @@ impl Kv for kv::Store {
     }
 }
 
+impl Objects for object_store::ObjectStore {
+    async fn has(&self, name: &str) -> Result<bool, String> {
+        match self.info(name).await {
+            Ok(info) => Ok(!info.deleted),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn put_file(&self, name: &str, path: &Path) -> Result<u64, String> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let info = self.put(name, &mut file).await.map_err(|e| e.to_string())?;
+        Ok(info.size as u64)
+    }
+
+    async fn get_file(&self, name: &str, dest: &Path, max: u64) -> Result<u64, String> {
+        use tokio::io::AsyncWriteExt;
+        let mut object = self.get(name).await.map_err(|e| e.to_string())?;
+        let size = object.info().size as u64;
+        if size > max {
+            return Err(format!("{name}: {size} bytes, more than {max}"));
+        }
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .await
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        // The object's reader checks its digest at the end.
+        let mut limited = tokio::io::AsyncReadExt::take(&mut object, max + 1);
+        let got = tokio::io::copy(&mut limited, &mut out)
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        out.flush().await.map_err(|e| e.to_string())?;
+        if got != size {
+            return Err(format!("{name}: {got} of {size} bytes"));
+        }
+        Ok(got)
+    }
+}
+
 impl Nats for NatsClient {
     type Kv = kv::Store;
+    type Objects = object_store::ObjectStore;
     type Sub = async_nats::Subscriber;
 
     fn connected(&self) -> bool {
@@ -254,5 +327,39 @@ impl Nats for NatsClient {
             .get_key_value(bucket)
             .await
             .map_err(|e| format!("opening bucket {bucket}: {e}"))
+    }
+
+    /// The object store's stream is made directly, as the KV buckets' are
+    /// (nats-server 2.9 and newer).
+    async fn open_objects(
+        &self,
+        bucket: &str,
+        max_age: Duration,
+        max_bytes: u64,
+        replicas: usize,
+    ) -> Result<object_store::ObjectStore, String> {
+        let config = jetstream::stream::Config {
+            name: format!("OBJ_{bucket}"),
+            subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+            max_age,
+            max_bytes: match max_bytes {
+                0 => -1,
+                n => n.min(i64::MAX as u64) as i64,
+            },
+            discard: jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| format!("creating object store {bucket}: {e}"))?;
+        self.js
+            .get_object_store(bucket)
+            .await
+            .map_err(|e| format!("opening object store {bucket}: {e}"))
     }
 }

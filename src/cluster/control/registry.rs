@@ -484,6 +484,7 @@ impl<N: Nats> Control<N> {
             return;
         };
         for (key, files) in recordings.take_changed() {
+            self.queue_store(&key, &files);
             let entry = format!("{}.{}", self.me, wire::token(&key));
             count(&self.stats.registry_ops);
             if files.is_empty() {

@@ -30,6 +30,7 @@ fn settings(node: &str) -> ClusterSettings {
         audience: Arc::default(),
         recordings: None,
         media_addr: None,
+        store: None,
     }
 }
 
@@ -492,6 +493,9 @@ impl super::super::RecordingIndex for Files {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
     fn mark_all(&self) {}
+    fn path_of(&self, _: &StreamKey, _: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     fn mark_changed(&self, key: &StreamKey) {
         self.0
             .lock()
@@ -594,4 +598,144 @@ fn a_recording_fetched_from_another_node_survives_a_viewer_that_pauses() {
         assert_eq!(got.len(), head.len() + BODY, "the answer was cut short");
         assert!(got.starts_with(head.as_bytes()));
     });
+}
+
+/// A node's recordings on disk as the index and the store take them: one
+/// directory of `live/cam`'s files.
+#[derive(Debug)]
+struct DiskFiles {
+    dir: std::path::PathBuf,
+    changed: std::sync::Mutex<Vec<(StreamKey, Vec<crate::container::record::SegmentInfo>)>>,
+}
+
+impl super::super::RecordingIndex for DiskFiles {
+    fn take_changed(&self) -> Vec<(StreamKey, Vec<crate::container::record::SegmentInfo>)> {
+        std::mem::take(&mut *self.changed.lock().unwrap())
+    }
+    fn mark_all(&self) {}
+    fn mark_changed(&self, _: &StreamKey) {}
+    fn path_of(&self, key: &StreamKey, file: &str) -> Option<std::path::PathBuf> {
+        (key.to_string() == "live/cam").then(|| self.dir.join(file))
+    }
+}
+
+fn store_settings(node: &str, root: &std::path::Path) -> ClusterSettings {
+    let mut s = settings(node);
+    s.store = Some(crate::cluster::StoreSettings {
+        max_age: Duration::ZERO,
+        max_bytes: 0,
+        cache: root.join(node).join(".store"),
+    });
+    s
+}
+
+#[test]
+fn a_finished_recording_is_copied_to_the_object_store_and_any_node_fetches_it() {
+    let root = std::env::temp_dir().join(format!("trib-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = root.join("a/live/cam");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = "20260101T000000.000Z.mp4";
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(dir.join(name), &body).unwrap();
+    run(async {
+        let bus = Bus::new();
+        let files = Arc::new(DiskFiles {
+            dir: dir.clone(),
+            changed: Default::default(),
+        });
+        let mut s = store_settings("a", &root);
+        s.recordings = Some(files.clone());
+        let (tx, _shard) = mpsc::channel(64);
+        let a = Control::new(s, bus.client(), vec![tx], Arc::default());
+        a.ensure_buckets().await.expect("buckets");
+        a.open_objects().await;
+        let k = key("live/cam");
+        let listed = vec![file(name)];
+        files
+            .changed
+            .lock()
+            .unwrap()
+            .push((k.clone(), listed.clone()));
+        a.publish_index().await;
+        a.store_next();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ClusterStats::get(&a.stats.store_uploads) == 0 {
+            assert!(Instant::now() < deadline, "never copied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let objects = a.objects.borrow().clone().unwrap();
+        assert_eq!(objects.names(), [format!("a/live=2Fcam/{name}")]);
+        // Listed again (a reconnect): not copied again.
+        files.changed.lock().unwrap().push((k.clone(), listed));
+        a.publish_index().await;
+        a.store_next();
+        while a.store.busy.get() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ClusterStats::get(&a.stats.store_uploads), 1);
+
+        // Node b, with node a gone: from the store into its cache.
+        let (tx, _shard) = mpsc::channel(64);
+        let b = Control::new(
+            store_settings("b", &root),
+            bus.client(),
+            vec![tx],
+            Arc::default(),
+        );
+        b.ensure_buckets().await.expect("buckets");
+        b.open_objects().await;
+        let cache = b
+            .fetch_stored(&k, "a", &[name.to_owned()])
+            .await
+            .expect("fetched");
+        assert_eq!(cache, root.join("b/.store/a"));
+        assert_eq!(
+            std::fs::read(cache.join("live/cam").join(name)).unwrap(),
+            body
+        );
+        // Cached: not fetched again.
+        b.fetch_stored(&k, "a", &[name.to_owned()])
+            .await
+            .expect("cached");
+        assert_eq!(ClusterStats::get(&b.stats.store_downloads), 1);
+
+        // Only what a recorder names a file becomes a path.
+        for bad in [
+            "../../../etc/passwd",
+            "x.mp4",
+            "20260101T000000.000Z.mp4/../x",
+            "",
+        ] {
+            let e = b
+                .fetch_stored(&k, "a", &[bad.to_owned()])
+                .await
+                .unwrap_err();
+            assert!(e.contains("file name"), "{bad:?}: {e}");
+        }
+        // A node name is one directory, whatever it holds.
+        objects.insert(&format!("=2E=2E/live=2Fcam/{name}"), b"dots");
+        let cache = b
+            .fetch_stored(&k, "..", &[name.to_owned()])
+            .await
+            .expect("fetched");
+        assert_eq!(cache, root.join("b/.store/=2E=2E"));
+        // Too many at once, and one the store lacks: refused, nothing left.
+        let many = vec![name.to_owned(); crate::cluster::MAX_STORE_FETCH + 1];
+        assert!(b.fetch_stored(&k, "a", &many).await.is_err());
+        let missing = "20260101T000500.000Z.mp4";
+        assert!(b
+            .fetch_stored(&k, "a", &[missing.to_owned()])
+            .await
+            .is_err());
+        let left: Vec<_> = std::fs::read_dir(root.join("b/.store/a/live/cam"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [name], "no partial file left");
+        // A node with the store off fetches nothing.
+        let c = node(&bus, "c").await;
+        assert!(c.c.fetch_stored(&k, "a", &[name.to_owned()]).await.is_err());
+    });
+    let _ = std::fs::remove_dir_all(&root);
 }

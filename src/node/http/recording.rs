@@ -96,13 +96,13 @@ pub(super) async fn serve_recording(
     let Some(library) = here else {
         return match internal {
             true => Err(not_found("no such recording on this node")),
-            false => remote(&r, ctx).await,
+            false => remote(&r, ctx, cors).await,
         };
     };
     match serve_local(&r, library, cors).await {
         // Not in this node's files: maybe in another node's (the stream was
         // published on several over time).
-        Err(f) if f.status == 404 && !internal => remote(&r, ctx).await.map_err(|_| f),
+        Err(f) if f.status == 404 && !internal => remote(&r, ctx, cors).await.map_err(|_| f),
         other => other,
     }
 }
@@ -232,12 +232,16 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
     }
 }
 
-/// Relays the holding node's answer (its head included) and closes.
-async fn remote(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Result<(), Failure> {
+/// Relays the holding node's answer (its head included) and closes; when
+/// no live node holds it (or the holder does not answer), serves it from
+/// the object store.
+async fn remote(
+    r: &RecordingRequest<'_>,
+    ctx: &ConnectionContext,
+    cors: &str,
+) -> Result<(), Failure> {
     let Some((node, path)) = holder(r, ctx).await else {
-        return Err(not_found(
-            "no recording of the stream here or in the cluster",
-        ));
+        return stored(r, ctx, cors).await;
     };
     let cluster = ctx
         .cluster
@@ -268,15 +272,74 @@ async fn remote(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Result<(),
         r.conn.push_urgent(chunk);
     }
     if !any {
-        return Err(Failure::new(
+        let silent = Failure::new(
             503,
             "limit",
             format!("node {node} holds the recording and does not answer"),
-        ));
+        );
+        return match ctx.cluster.as_ref().is_some_and(|c| c.store) {
+            true => stored(r, ctx, cors).await.map_err(|_| silent),
+            false => Err(silent),
+        };
     }
     // The holder answered `Connection: close`: so does this node.
     r.conn.close();
     Ok(())
+}
+
+/// Serves `r` from another node's files in the object store
+/// (`record.store = "nats"`): those the request needs are fetched into this
+/// node's cache, then served as this node's own are.
+async fn stored(
+    r: &RecordingRequest<'_>,
+    ctx: &ConnectionContext,
+    cors: &str,
+) -> Result<(), Failure> {
+    let none = || not_found("no recording of the stream here or in the cluster");
+    let cluster = ctx.cluster.as_ref().filter(|c| c.store).ok_or_else(none)?;
+    let nodes = cluster.recordings(&r.key).await.map_err(|_| none())?;
+    let me = cluster.node_id.as_ref();
+    let wanted = |f: &crate::cluster::IndexedFile| match &r.ask {
+        RecordingAsk::File(name) => &f.file == name,
+        RecordingAsk::Range { from_ms, to_ms } | RecordingAsk::Playlist { from_ms, to_ms } => {
+            f.start_ms < *to_ms && f.start_ms + f.duration_ms + 1000 > *from_ms
+        }
+    };
+    for (node, files) in nodes.iter().filter(|(n, _)| n != me) {
+        let files: Vec<&crate::cluster::IndexedFile> = files
+            .iter()
+            .filter(|f| wanted(f))
+            .take(crate::cluster::MAX_STORE_FETCH)
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        let names = files.iter().map(|f| f.file.clone()).collect();
+        let root = match cluster.fetch_stored(&r.key, node, names).await {
+            Ok(root) => root,
+            Err(e) => {
+                tracing::info!(conn = r.conn.id, stream = %redact(&r.key), "recording of node {node} not fetched from the object store: {e}");
+                return Err(Failure::new(
+                    503,
+                    "limit",
+                    format!("node {node}'s recording is not in reach: {e}"),
+                ));
+            }
+        };
+        let infos = files
+            .iter()
+            .map(|f| record::SegmentInfo {
+                file: f.file.clone(),
+                start_ms: f.start_ms,
+                duration_ms: f.duration_ms,
+                bytes: f.bytes,
+                open: false,
+            })
+            .collect();
+        let view = Library::view(root, r.key.clone(), infos);
+        return serve_local(r, &view, cors).await;
+    }
+    Err(none())
 }
 
 /// Opens a listed file read-only, never through a symbolic link.
