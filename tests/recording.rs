@@ -1004,3 +1004,103 @@ fn with_the_nats_store_a_recording_outlives_the_node_that_made_it() {
     let path = format!("/recordings/live/none.mp4?start={start}&duration=60");
     assert_eq!(download(bm, &path, &temp_file("rec-store-none")), "404");
 }
+
+/// A takeover moves a recorded stream to another node: the new owner goes
+/// on recording in its own files, and either node's VOD playlist spans
+/// both, a discontinuity where the stream moved and each file's
+/// wall-clock start named (the gap shows); ffprobe reads through it every
+/// frame both nodes wrote.
+#[test]
+fn after_a_takeover_the_new_owner_records_on_and_the_playlist_spans_both_nodes() {
+    let nats = NatsServer::start("rec-move");
+    let (da, db) = (fresh_dir("rec-move-a"), fresh_dir("rec-move-b"));
+    let config = |name: &str, dir: &Path| {
+        write_config(
+            &format!("{name}.toml"),
+            &format!(
+                "[streams]\nduplicate_publish = \"takeover\"\n[cluster]\nregistry_ttl_ms = 3000\n[record]\npath = \"{}\"\nsegment_secs = 2\n[record.apps.live]\nrecord = \"all\"\n",
+                dir.display()
+            ),
+        )
+    };
+    let (ca, cb) = (config("rec-move-a", &da), config("rec-move-b", &db));
+    let media = ["--media-listen", "127.0.0.1:0"];
+    let a = cluster_node(
+        &nats,
+        "a",
+        1,
+        &["--config", ca.to_str().unwrap(), media[0], media[1]],
+    );
+    let b = cluster_node(
+        &nats,
+        "b",
+        1,
+        &["--config", cb.to_str().unwrap(), media[0], media[1]],
+    );
+    let old = publish(&a.url("moved"), 30);
+    wait_listed(&a, "live/moved", "A recording", |f| f.len() >= 2);
+    // The encoder comes back on B: B takes the stream over, A's publisher
+    // is fenced.
+    let seconds = 4;
+    let new = publish(&b.url("moved"), seconds);
+    assert!(
+        old.wait(Duration::from_secs(15)).is_err(),
+        "the fenced publisher kept publishing"
+    );
+    new.wait(Duration::from_secs(30)).unwrap();
+    let closed = |f: &[serde_json::Value], node: &str| {
+        let mine: Vec<_> = f.iter().filter(|s| s["node"] == node).collect();
+        !mine.is_empty() && mine.iter().all(|s| s["open"] == false)
+    };
+    let files = wait_listed(&b, "live/moved", "both nodes' files closed", |f| {
+        closed(f, "a") && closed(f, "b")
+    });
+    // Each node recorded only while it owned the stream.
+    let frames = |dir: &Path| -> usize {
+        mp4s(&dir.join("live/moved"))
+            .iter()
+            .map(|f| video_frames(f))
+            .sum()
+    };
+    let (on_a, on_b) = (frames(&da), frames(&db));
+    assert!(on_a >= 50, "A recorded {on_a} frames");
+    assert_eq!(on_b, seconds as usize * 25, "B's part, every frame");
+    let start = files[0]["start"].as_str().unwrap().to_owned();
+    for node in [&a, &b] {
+        let m = node.media.unwrap();
+        let url = format!("/recordings/live/moved/index.m3u8?start={start}&token=v");
+        let (st, playlist) = get(m, &url);
+        assert_eq!(st, "HTTP/1.1 200 OK", "{playlist}");
+        assert_eq!(
+            playlist.matches("#EXT-X-DISCONTINUITY").count(),
+            1,
+            "{playlist}"
+        );
+        for f in &files {
+            let name = f["file"].as_str().unwrap();
+            assert!(
+                playlist.contains(&format!("\n{name}?token=v\n")),
+                "{name} missing:\n{playlist}"
+            );
+        }
+        // Each file's wall-clock start: A's run, then B's after the cut.
+        let dates: Vec<&str> = playlist
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+            .collect();
+        assert_eq!(dates.len(), files.len(), "{playlist}");
+        let (before, after) = playlist.split_once("#EXT-X-DISCONTINUITY").unwrap();
+        for f in &files {
+            let part = if f["node"] == "a" { before } else { after };
+            assert!(
+                part.contains(f["file"].as_str().unwrap()),
+                "{f} on the wrong side:\n{playlist}"
+            );
+        }
+        assert!(!playlist.contains("tributary_internal"), "{playlist}");
+        // Every frame both nodes wrote, read through the playlist.
+        let through = video_packets(Path::new(&format!("http://{m}{url}")));
+        assert_eq!(through.len(), on_a + on_b, "through the playlist of {m}");
+        assert!(through[0].1, "a keyframe first");
+    }
+}

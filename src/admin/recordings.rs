@@ -192,6 +192,12 @@ pub(super) async fn list(state: &AdminState, query: &str) -> Reply {
                     Err(e) => index_error = Some(e.to_string()),
                 }
             }
+            // In time order across nodes (a stream that moved between
+            // nodes reads as one recording); the RFC 3339 form sorts as time.
+            files.sort_by(|x, y| {
+                let k = |v: &serde_json::Value| (v["start"].to_string(), v["node"].to_string());
+                k(x).cmp(&k(y))
+            });
             let mut body = serde_json::json!({ "stream": key.to_string(), "recordings": files });
             if let Some(e) = index_error {
                 // This node's own files are listed all the same.

@@ -537,6 +537,8 @@ pub struct SegmentInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Piece {
     pub file: String,
+    /// The wall-clock start of its first fragment, unix ms.
+    pub start_ms: u64,
     pub init_len: u64,
     pub fragments: Vec<Fragment>,
     /// Its timeline does not continue the previous piece's (a new
@@ -586,9 +588,49 @@ pub fn plan(files: &[(u64, String, FileIndex)], from_ms: u64, to_ms: u64) -> Vec
         last_end = Some(chosen.last().map_or(c0.start, |f| f.start + f.duration));
         out.push(Piece {
             file: file.clone(),
+            start_ms: wall(c0).max(0.0) as u64,
             init_len: index.init_len,
             fragments: chosen,
             discontinuity,
+        });
+    }
+    out
+}
+
+/// One file's part of a VOD playlist: its init and its media segments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlaylistBlock {
+    pub file: String,
+    /// The wall-clock start of its first segment, unix ms.
+    pub start_ms: u64,
+    pub init_len: u64,
+    /// Its timeline does not continue the previous block's.
+    pub discontinuity: bool,
+    /// Its media segments: (offset, length, seconds).
+    pub segments: Vec<(u64, u64, f64)>,
+}
+
+/// `pieces` as playlist blocks: each keyframe-started run of fragments one
+/// media segment (a byte range of its file).
+pub fn playlist_blocks(pieces: &[Piece]) -> Vec<PlaylistBlock> {
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let mut segments: Vec<(u64, u64, f64)> = Vec::new();
+        for f in &p.fragments {
+            match segments.last_mut() {
+                Some(s) if !f.independent => {
+                    s.1 += f.len;
+                    s.2 += f.duration;
+                }
+                _ => segments.push((f.offset, f.len, f.duration)),
+            }
+        }
+        out.push(PlaylistBlock {
+            file: p.file.clone(),
+            start_ms: p.start_ms,
+            init_len: p.init_len,
+            discontinuity: p.discontinuity,
+            segments,
         });
     }
     out
@@ -599,51 +641,166 @@ pub fn plan(files: &[(u64, String, FileIndex)], from_ms: u64, to_ms: u64) -> Vec
 /// its `EXT-X-MAP`. Segment URIs are the file names with `query` (the
 /// viewer's token) behind them.
 pub fn vod_playlist(pieces: &[Piece], query: &str) -> String {
+    render_vod_playlist(&playlist_blocks(pieces), query)
+}
+
+/// The VOD playlist of `blocks`. Each block starts with its wall-clock time
+/// (`EXT-X-PROGRAM-DATE-TIME`), so a player shows when it was recorded and a
+/// gap between blocks is visible.
+pub fn render_vod_playlist(blocks: &[PlaylistBlock], query: &str) -> String {
     let q = if query.is_empty() {
         String::new()
     } else {
         format!("?{query}")
     };
-    let mut segments: Vec<(usize, u64, u64, f64)> = Vec::new(); // piece, offset, len, secs
-    for (i, p) in pieces.iter().enumerate() {
-        for f in &p.fragments {
-            match segments.last_mut() {
-                Some(s) if s.0 == i && !f.independent => {
-                    s.2 += f.len;
-                    s.3 += f.duration;
-                }
-                _ => segments.push((i, f.offset, f.len, f.duration)),
-            }
-        }
-    }
-    let target = segments
+    let target = blocks
         .iter()
-        .map(|s| s.3.round() as u64)
+        .flat_map(|b| &b.segments)
+        .map(|s| s.2.round() as u64)
         .max()
         .unwrap_or(1)
         .max(1);
     let mut out = format!(
         "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n"
     );
-    let mut current = None;
-    for (i, offset, len, secs) in segments {
-        let p = &pieces[i];
-        if current != Some(i) {
-            if current.is_some() && p.discontinuity {
-                out.push_str("#EXT-X-DISCONTINUITY\n");
-            }
-            out.push_str(&format!(
-                "#EXT-X-MAP:URI=\"{}{q}\",BYTERANGE=\"{}@0\"\n",
-                p.file, p.init_len
-            ));
-            current = Some(i);
+    let mut any = false;
+    for b in blocks {
+        if b.segments.is_empty() {
+            continue;
         }
+        if any && b.discontinuity {
+            out.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        any = true;
         out.push_str(&format!(
-            "#EXTINF:{secs:.3},\n#EXT-X-BYTERANGE:{len}@{offset}\n{}{q}\n",
-            p.file
+            "#EXT-X-PROGRAM-DATE-TIME:{}\n#EXT-X-MAP:URI=\"{}{q}\",BYTERANGE=\"{}@0\"\n",
+            format_rfc3339(b.start_ms),
+            b.file,
+            b.init_len
         ));
+        for (offset, len, secs) in &b.segments {
+            out.push_str(&format!(
+                "#EXTINF:{secs:.3},\n#EXT-X-BYTERANGE:{len}@{offset}\n{}{q}\n",
+                b.file
+            ));
+        }
     }
     out.push_str("#EXT-X-ENDLIST\n");
+    out
+}
+
+/// The blocks of a playlist [`render_vod_playlist`] wrote (another node's
+/// answer); None for anything else. Every file it names must be a
+/// recording's file name, so what another node answers can never point a
+/// viewer elsewhere.
+pub fn parse_vod_playlist(text: &str) -> Option<Vec<PlaylistBlock>> {
+    let mut lines = text.lines();
+    if lines.next()? != "#EXTM3U" {
+        return None;
+    }
+    let mut out: Vec<PlaylistBlock> = Vec::new();
+    let (mut discontinuity, mut date) = (false, None);
+    let (mut secs, mut range) = (None, None);
+    let file_of = |uri: &str| {
+        let name = uri.split('?').next().unwrap_or("");
+        parse_segment_name(name).map(|start| (name.to_owned(), start))
+    };
+    let number = |s: &str| s.parse::<u64>().ok();
+    let byterange = |s: &str| {
+        let (len, at) = s.split_once('@')?;
+        Some((number(at)?, number(len)?))
+    };
+    for line in lines {
+        if line.is_empty() || line == "#EXT-X-ENDLIST" {
+            continue;
+        }
+        if line == "#EXT-X-DISCONTINUITY" {
+            discontinuity = true;
+        } else if let Some(t) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            date = Some(parse_rfc3339(t)?);
+        } else if let Some(map) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+            let (uri, rest) = map.split_once('"')?;
+            let (at, len) = byterange(rest.strip_prefix(",BYTERANGE=\"")?.strip_suffix('"')?)?;
+            let (file, named) = file_of(uri)?;
+            if at != 0 {
+                return None;
+            }
+            out.push(PlaylistBlock {
+                file,
+                start_ms: date.take().unwrap_or(named),
+                init_len: len,
+                discontinuity: std::mem::take(&mut discontinuity) && !out.is_empty(),
+                segments: Vec::new(),
+            });
+        } else if let Some(d) = line.strip_prefix("#EXTINF:") {
+            let d: f64 = d.trim_end_matches(',').parse().ok()?;
+            if !d.is_finite() || d < 0.0 {
+                return None;
+            }
+            secs = Some(d);
+        } else if let Some(r) = line.strip_prefix("#EXT-X-BYTERANGE:") {
+            range = Some(byterange(r)?);
+        } else if line.starts_with('#') {
+            // Header tags (version, target duration, type).
+            continue;
+        } else {
+            let block = out.last_mut()?;
+            let (file, _) = file_of(line)?;
+            let (offset, len) = range.take()?;
+            if file != block.file {
+                return None;
+            }
+            block.segments.push((offset, len, secs.take()?));
+        }
+    }
+    Some(out)
+}
+
+/// One playlist of the blocks from several sources (this node's files,
+/// other nodes' answers), in time order. Where two sources overlap in time
+/// (a takeover: the old owner records on until it is fenced), the source
+/// playing goes on with its blocks that start before the other's next
+/// block ends, so each source's run stays whole and nothing recorded is
+/// left out. A block that follows one from another source starts a new
+/// timeline: a discontinuity.
+pub fn merge_playlists(sources: Vec<Vec<PlaylistBlock>>) -> Vec<PlaylistBlock> {
+    let mut queues: Vec<std::collections::VecDeque<PlaylistBlock>> = sources
+        .into_iter()
+        .map(|mut blocks| {
+            blocks.retain(|b| !b.segments.is_empty());
+            blocks.sort_by_key(|b| b.start_ms);
+            blocks.into()
+        })
+        .collect();
+    let ends = |b: &PlaylistBlock| {
+        b.start_ms + (b.segments.iter().map(|s| s.2).sum::<f64>() * 1000.0) as u64
+    };
+    let mut out = Vec::new();
+    let mut current: Option<usize> = None;
+    while let Some(earliest) = (0..queues.len())
+        .filter(|&i| !queues[i].is_empty())
+        .min_by_key(|&i| queues[i][0].start_ms)
+    {
+        let pick = match current {
+            Some(c)
+                if c != earliest
+                    && queues[c]
+                        .front()
+                        .is_some_and(|b| b.start_ms < ends(&queues[earliest][0])) =>
+            {
+                c
+            }
+            _ => earliest,
+        };
+        let Some(mut b) = queues[pick].pop_front() else {
+            break;
+        };
+        if current.is_some_and(|c| c != pick) {
+            b.discontinuity = true;
+        }
+        current = Some(pick);
+        out.push(b);
+    }
     out
 }
 
@@ -869,6 +1026,92 @@ mod tests {
         assert_eq!(m3u8.matches("#EXTINF").count(), 6);
         assert!(!m3u8.contains("DISCONTINUITY"));
         assert!(m3u8.ends_with("#EXT-X-ENDLIST\n"));
+    }
+
+    fn block(file_ms: u64, discontinuity: bool) -> PlaylistBlock {
+        PlaylistBlock {
+            file: segment_name(file_ms),
+            start_ms: file_ms + 40,
+            init_len: 700,
+            discontinuity,
+            segments: vec![(700, 1000, 2.0), (1700, 900, 1.96)],
+        }
+    }
+
+    #[test]
+    fn a_playlist_reads_back_as_the_blocks_it_was_written_from() {
+        let t = 1_796_000_000_000;
+        let blocks = vec![
+            block(t, false),
+            block(t + 4_000, false),
+            block(t + 60_000, true),
+        ];
+        let text = render_vod_playlist(&blocks, "token=a%20b");
+        assert_eq!(text.matches("#EXT-X-PROGRAM-DATE-TIME:").count(), 3);
+        assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1);
+        assert_eq!(parse_vod_playlist(&text), Some(blocks));
+    }
+
+    #[test]
+    fn another_nodes_playlist_naming_anything_but_a_recording_file_is_refused() {
+        let t = 1_796_000_000_000;
+        let good = render_vod_playlist(&[block(t, false)], "");
+        assert!(parse_vod_playlist(&good).is_some());
+        let name = segment_name(t);
+        for evil in [
+            "http://elsewhere.example/x.mp4",
+            "../../../etc/passwd",
+            "/etc/passwd",
+            "20260101T000000.000Z.mp4/../../x",
+        ] {
+            let bad = good.replace(&name, evil);
+            assert_eq!(parse_vod_playlist(&bad), None, "{evil}");
+        }
+        // A segment of a file its map does not name, a negative duration, a
+        // map not at 0, text that is no playlist at all.
+        let other = good.replacen(
+            &format!("\n{name}"),
+            &format!("\n{}", segment_name(t + 1)),
+            1,
+        );
+        assert_eq!(parse_vod_playlist(&other), None);
+        assert_eq!(
+            parse_vod_playlist(&good.replace("#EXTINF:2.000", "#EXTINF:-2")),
+            None
+        );
+        assert_eq!(
+            parse_vod_playlist(&good.replace("\"700@0\"", "\"700@5\"")),
+            None
+        );
+        assert_eq!(parse_vod_playlist("<html>"), None);
+        assert_eq!(parse_vod_playlist(""), None);
+    }
+
+    #[test]
+    fn blocks_of_two_nodes_merge_in_time_order_with_a_discontinuity_between() {
+        let t = 1_796_000_000_000;
+        let a = vec![block(t, false), block(t + 4_000, false)];
+        let b = vec![block(t + 9_000, false), block(t + 13_000, false)];
+        let merged = merge_playlists(vec![b, a]);
+        let starts: Vec<u64> = merged.iter().map(|b| b.start_ms - t - 40).collect();
+        assert_eq!(starts, [0, 4_000, 9_000, 13_000]);
+        let cuts: Vec<bool> = merged.iter().map(|b| b.discontinuity).collect();
+        assert_eq!(cuts, [false, false, true, false]);
+        let text = render_vod_playlist(&merged, "");
+        assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1);
+        // A takeover: the old owner's last block starts after the new
+        // owner's first; it stays with its own run.
+        let a = vec![
+            block(t, false),
+            block(t + 4_000, false),
+            block(t + 9_500, false),
+        ];
+        let b = vec![block(t + 9_000, false), block(t + 13_000, false)];
+        let merged = merge_playlists(vec![a, b]);
+        let starts: Vec<u64> = merged.iter().map(|b| b.start_ms - t - 40).collect();
+        assert_eq!(starts, [0, 4_000, 9_500, 9_000, 13_000]);
+        let cuts: Vec<bool> = merged.iter().map(|b| b.discontinuity).collect();
+        assert_eq!(cuts, [false, false, false, true, false]);
     }
 
     use super::super::packager::{Packager, Targets};

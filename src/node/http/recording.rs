@@ -8,7 +8,11 @@
 //!   not continue the one before (a new publish, a gap).
 //! - `GET /recordings/APP/KEY/index.m3u8?start=...[&end=...]`: a VOD HLS
 //!   playlist over the files (each keyframe run of fragments one media
-//!   segment, a byte range of its file), so hls.js plays a recording.
+//!   segment, a byte range of its file), so hls.js plays a recording. It
+//!   spans every node's files of the range: a stream that moved between
+//!   nodes (a failover, a takeover) is one playlist, with a discontinuity
+//!   where it moved, each file's wall-clock start its
+//!   `EXT-X-PROGRAM-DATE-TIME` (the gap shows).
 //! - `GET /recordings/APP/KEY/START.mp4`: one segment file, with `Range`
 //!   (206) for the playlist's byte ranges.
 //!
@@ -92,6 +96,9 @@ pub(super) async fn serve_recording(
     // A request with the internal credential is another node's fetch: it
     // is answered from this node's files only, never relayed again.
     let internal = crate::output::pipeline::is_internal(r.query);
+    if let (RecordingAsk::Playlist { from_ms, to_ms }, false) = (&r.ask, internal) {
+        return merged_playlist(&r, library, ctx, cors, *from_ms, *to_ms).await;
+    }
     let here = library.filter(|l| !l.list(&r.key).is_empty());
     let Some(library) = here else {
         return match internal {
@@ -127,26 +134,138 @@ async fn serve_local(
         }
         RecordingAsk::Playlist { from_ms, to_ms } => {
             let pieces = plan(library, &r.key, *from_ms, *to_ms).await?;
-            let rest: Vec<&str> = r.query.split('&').filter(|p| keep_in_uris(p)).collect();
-            let body = record::vod_playlist(&pieces, &rest.join("&"));
-            let len = body.len().to_string();
-            let head = head_with(
-                200,
-                &[
-                    ("Content-Type", "application/vnd.apple.mpegurl"),
-                    ("Cache-Control", "no-cache"),
-                    ("Content-Length", &len),
-                ],
-                cors,
-                r.keep_alive,
-            );
-            r.conn.push_urgent(head.freeze());
-            if !r.head_only {
-                r.conn.push_urgent(Bytes::from(body));
-            }
+            answer_playlist(r, &record::playlist_blocks(&pieces), cors);
             Ok(())
         }
     }
+}
+
+/// Answers the VOD playlist of `blocks`, its URIs carrying the viewer's
+/// query.
+fn answer_playlist(r: &RecordingRequest<'_>, blocks: &[record::PlaylistBlock], cors: &str) {
+    let rest: Vec<&str> = r.query.split('&').filter(|p| keep_in_uris(p)).collect();
+    let body = record::render_vod_playlist(blocks, &rest.join("&"));
+    let len = body.len().to_string();
+    let head = head_with(
+        200,
+        &[
+            ("Content-Type", "application/vnd.apple.mpegurl"),
+            ("Cache-Control", "no-cache"),
+            ("Content-Length", &len),
+        ],
+        cors,
+        r.keep_alive,
+    );
+    r.conn.push_urgent(head.freeze());
+    if !r.head_only {
+        r.conn.push_urgent(Bytes::from(body));
+    }
+}
+
+/// The longest playlist another node's answer may be.
+const MAX_REMOTE_PLAYLIST: usize = 8 * 1024 * 1024;
+
+/// A viewer's VOD playlist over every node's files of the range: this
+/// node's, each live holder's (its playlist, asked through the cluster), and
+/// with the object store those of nodes gone. A stream that moved between
+/// nodes (a failover, a takeover) is one playlist, a discontinuity where
+/// it moved. A holder out of reach leaves its part out (logged); nothing in
+/// reach is a 404, or a 503 when a holder did not answer.
+async fn merged_playlist(
+    r: &RecordingRequest<'_>,
+    library: Option<&Library>,
+    ctx: &ConnectionContext,
+    cors: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<(), Failure> {
+    let mut sources = Vec::new();
+    if let Some(l) = library.filter(|l| !l.list(&r.key).is_empty()) {
+        match plan(l, &r.key, from_ms, to_ms).await {
+            Ok(pieces) => sources.push(record::playlist_blocks(&pieces)),
+            Err(f) if f.status == 404 => {}
+            Err(f) => return Err(f),
+        }
+    }
+    let mut unanswered = None;
+    if let Some(cluster) = ctx.cluster.as_ref() {
+        let nodes = cluster.recordings(&r.key).await.unwrap_or_default();
+        let live = live_nodes(ctx).await;
+        let me = cluster.node_id.as_ref();
+        for (node, files) in nodes.iter().filter(|(n, _)| n != me) {
+            let files: Vec<&crate::cluster::IndexedFile> = files
+                .iter()
+                .filter(|f| overlaps(f, from_ms, to_ms))
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            let mut blocks = None;
+            if live.contains(node) {
+                blocks = remote_playlist(r, cluster, node, from_ms, to_ms).await;
+            }
+            if blocks.is_none() && cluster.store {
+                blocks = match stored_view(r, cluster, node, &files).await {
+                    Ok(view) => match plan(&view, &r.key, from_ms, to_ms).await {
+                        Ok(pieces) => Some(record::playlist_blocks(&pieces)),
+                        Err(_) => None,
+                    },
+                    Err(_) => None,
+                };
+            }
+            match blocks {
+                Some(b) => sources.push(b),
+                None => {
+                    tracing::info!(conn = r.conn.id, stream = %redact(&r.key), "recording playlist: node {node}'s part is out of reach, left out");
+                    unanswered = Some(node.clone());
+                }
+            }
+        }
+    }
+    let blocks = record::merge_playlists(sources);
+    if blocks.is_empty() {
+        return Err(match unanswered {
+            Some(node) => Failure::new(
+                503,
+                "limit",
+                format!("node {node} holds the recording and does not answer"),
+            ),
+            None => not_found("no recording of the stream in that range"),
+        });
+    }
+    answer_playlist(r, &blocks, cors);
+    Ok(())
+}
+
+/// The blocks of `node`'s own playlist of the range, asked through the
+/// cluster (the node answers from its own files only); None when it does
+/// not answer a playlist.
+async fn remote_playlist(
+    r: &RecordingRequest<'_>,
+    cluster: &crate::cluster::ClusterHandle,
+    node: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Option<Vec<record::PlaylistBlock>> {
+    let path = format!(
+        "/recordings/{}/index.m3u8?start={}&end={}",
+        url_path(&r.key),
+        record::format_rfc3339(from_ms),
+        record::format_rfc3339(to_ms)
+    );
+    let mut chunks = cluster.fetch_recording(node, path, None).await?;
+    let mut answer = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        if answer.len() + chunk.len() > MAX_REMOTE_PLAYLIST {
+            return None;
+        }
+        answer.extend_from_slice(&chunk);
+    }
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if !answer.starts_with(b"HTTP/1.1 200 ") {
+        return None;
+    }
+    record::parse_vod_playlist(std::str::from_utf8(&answer[end + 4..]).ok()?)
 }
 
 /// Whether a query parameter goes into a playlist's URIs: the viewer's
@@ -173,6 +292,24 @@ fn url_path(key: &StreamKey) -> String {
     out
 }
 
+/// Whether a listed file plays some of `[from, to)` (its listed duration
+/// may lag the open file's end: a second of slack).
+fn overlaps(f: &crate::cluster::IndexedFile, from: u64, to: u64) -> bool {
+    f.start_ms < to && f.start_ms + f.duration_ms + 1000 > from
+}
+
+/// The nodes with a live heartbeat: only they can answer.
+async fn live_nodes(ctx: &ConnectionContext) -> Vec<String> {
+    let Some(cluster) = ctx.cluster.as_ref() else {
+        return Vec::new();
+    };
+    cluster
+        .nodes()
+        .await
+        .map(|n| n.into_iter().map(|n| n.node).collect())
+        .unwrap_or_default()
+}
+
 /// The node of the cluster that holds what `r` asks for, and the path to
 /// ask it (built from the parsed request, never the raw URL).
 async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(String, String)> {
@@ -181,16 +318,9 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
     let me = cluster.node_id.as_ref();
     let key = url_path(&r.key);
     let overlaps = |files: &[crate::cluster::IndexedFile], from: u64, to: u64| {
-        files
-            .iter()
-            .any(|f| f.start_ms < to && f.start_ms + f.duration_ms + 1000 > from)
+        files.iter().any(|f| overlaps(f, from, to))
     };
-    // Only nodes with a live heartbeat can answer.
-    let live: Vec<String> = cluster
-        .nodes()
-        .await
-        .map(|n| n.into_iter().map(|n| n.node).collect())
-        .unwrap_or_default();
+    let live = live_nodes(ctx).await;
     let others = nodes
         .into_iter()
         .filter(|(n, _)| n != me && live.contains(n));
@@ -302,44 +432,52 @@ async fn stored(
     let wanted = |f: &crate::cluster::IndexedFile| match &r.ask {
         RecordingAsk::File(name) => &f.file == name,
         RecordingAsk::Range { from_ms, to_ms } | RecordingAsk::Playlist { from_ms, to_ms } => {
-            f.start_ms < *to_ms && f.start_ms + f.duration_ms + 1000 > *from_ms
+            overlaps(f, *from_ms, *to_ms)
         }
     };
     for (node, files) in nodes.iter().filter(|(n, _)| n != me) {
-        let files: Vec<&crate::cluster::IndexedFile> = files
-            .iter()
-            .filter(|f| wanted(f))
-            .take(crate::cluster::MAX_STORE_FETCH)
-            .collect();
+        let files: Vec<&crate::cluster::IndexedFile> = files.iter().filter(|f| wanted(f)).collect();
         if files.is_empty() {
             continue;
         }
-        let names = files.iter().map(|f| f.file.clone()).collect();
-        let root = match cluster.fetch_stored(&r.key, node, names).await {
-            Ok(root) => root,
-            Err(e) => {
-                tracing::info!(conn = r.conn.id, stream = %redact(&r.key), "recording of node {node} not fetched from the object store: {e}");
-                return Err(Failure::new(
-                    503,
-                    "limit",
-                    format!("node {node}'s recording is not in reach: {e}"),
-                ));
-            }
-        };
-        let infos = files
-            .iter()
-            .map(|f| record::SegmentInfo {
-                file: f.file.clone(),
-                start_ms: f.start_ms,
-                duration_ms: f.duration_ms,
-                bytes: f.bytes,
-                open: false,
-            })
-            .collect();
-        let view = Library::view(root, r.key.clone(), infos);
+        let view = stored_view(r, cluster, node, &files).await?;
         return serve_local(r, &view, cors).await;
     }
     Err(none())
+}
+
+/// `node`'s `files` (at most [`crate::cluster::MAX_STORE_FETCH`]) fetched
+/// from the object store into this node's cache, as a library to serve.
+async fn stored_view(
+    r: &RecordingRequest<'_>,
+    cluster: &crate::cluster::ClusterHandle,
+    node: &str,
+    files: &[&crate::cluster::IndexedFile],
+) -> Result<Library, Failure> {
+    let files = &files[..files.len().min(crate::cluster::MAX_STORE_FETCH)];
+    let names = files.iter().map(|f| f.file.clone()).collect();
+    let root = match cluster.fetch_stored(&r.key, node, names).await {
+        Ok(root) => root,
+        Err(e) => {
+            tracing::info!(conn = r.conn.id, stream = %redact(&r.key), "recording of node {node} not fetched from the object store: {e}");
+            return Err(Failure::new(
+                503,
+                "limit",
+                format!("node {node}'s recording is not in reach: {e}"),
+            ));
+        }
+    };
+    let infos = files
+        .iter()
+        .map(|f| record::SegmentInfo {
+            file: f.file.clone(),
+            start_ms: f.start_ms,
+            duration_ms: f.duration_ms,
+            bytes: f.bytes,
+            open: false,
+        })
+        .collect();
+    Ok(Library::view(root, r.key.clone(), infos))
 }
 
 /// Opens a listed file read-only, never through a symbolic link.
