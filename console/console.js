@@ -2,8 +2,9 @@
 // from the admin API, a kick button, the push targets of a stream this node
 // publishes (state, bytes, last error), and a live preview of any stream
 // from this node's media listener (LL-HLS through hls.js, HTTP-FLV through
-// mpegts.js), and this node's recordings, played back (rewound) through
-// their VOD playlist in hls.js. window.tributary exposes the preview's
+// mpegts.js), and this node's recordings, played back through their VOD
+// playlist in hls.js; a live stream rewound plays its recording from some
+// minutes back on to the live edge. window.tributary exposes the preview's
 // state (for tests).
 "use strict";
 
@@ -123,6 +124,15 @@ async function refresh() {
         b.dataset.kind = kind;
         b.disabled = !mediaBase();
       }
+      // Rewind: the stream's recording from some minutes back, played on
+      // to the live edge (an EVENT playlist while it is recorded).
+      const r = button(p, "rewind", () => {
+        const minutes = Math.max(1, Number($("rewind-minutes").value) || 5);
+        playRecording(key, new Date(Date.now() - minutes * 60000).toISOString());
+      });
+      r.dataset.rewind = key;
+      r.title = "play its recording from the minutes set under Recordings, on to now";
+      r.disabled = !mediaBase();
       const t = button(row.insertCell(), "targets", () => { pushesOf = key; showPushes(); });
       t.dataset.pushes = key;
       t.disabled = s.node !== node.node_id;
@@ -176,7 +186,9 @@ async function playRecording(stream, from) {
   }
   if (generation !== previewGeneration) return;
   if (!window.Hls || !Hls.isSupported()) return status("this browser has no Media Source Extensions");
-  const hls = new Hls({ backBufferLength: 30 });
+  // From the start of the range, also when the playlist is a live
+  // recording's (EVENT), where hls.js would start at the live edge.
+  const hls = new Hls({ backBufferLength: 30, startPosition: 0 });
   hls.on(Hls.Events.ERROR, (_, data) => {
     t.errors.push(`${data.type}: ${data.details}${data.fatal ? " (fatal)" : ""}`);
     status(`hls.js: ${data.details}`);

@@ -325,3 +325,88 @@ fn the_console_plays_a_recording_through_its_vod_playlist() {
     assert!(times.windows(2).all(|w| w[1] >= w[0]), "{v}");
     assert!(shot.exists(), "no screenshot");
 }
+
+/// A live stream rewound in Chromium: the console's "rewind" on a stream
+/// being published and recorded plays its recording from minutes back
+/// through hls.js, on past what was recorded when it started (the EVENT
+/// playlist grows), with no error. The screenshot is
+/// target/browser/rewind.png.
+#[test]
+fn the_console_rewinds_a_live_stream_and_plays_on_to_the_live_edge() {
+    let dir = common::temp_file("browser-rewind");
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = common::write_config(
+        "browser-rewind.toml",
+        &format!(
+            "[record]\npath = \"{}\"\nsegment_secs = 4\n[record.apps.live]\nrecord = \"all\"\n",
+            dir.display()
+        ),
+    );
+    let node = common::Node::start_with(
+        1,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let publisher = common::publish(&node.url("rewound"), 40);
+    // Recorded for a few seconds: the playlist up to now is an EVENT one.
+    let media = node.media.unwrap();
+    let start =
+        tributary::container::record::format_rfc3339(tributary::cluster::unix_ms() - 300_000);
+    let path = format!("/recordings/live/rewound/index.m3u8?start={start}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let recorded = loop {
+        let (status, body) = common::get(media, &path);
+        let secs: f64 = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXTINF:"))
+            .filter_map(|d| d.trim_end_matches(',').parse::<f64>().ok())
+            .sum();
+        if status.contains("200") && secs >= 2.0 {
+            assert!(body.contains("#EXT-X-PLAYLIST-TYPE:EVENT"), "{body}");
+            assert!(!body.contains("#EXT-X-ENDLIST"), "{body}");
+            break secs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not recorded: {status} {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let shot = out_dir.join("rewind.png");
+    let _ = std::fs::remove_file(&shot);
+    let v = run_driver(
+        "recording.mjs",
+        &[
+            &format!("http://{}/", node.http),
+            "live/rewound",
+            shot.to_str().unwrap(),
+            "12",
+            "rewind",
+        ],
+    );
+    assert_eq!(v["pageErrors"].as_array().map(Vec::len), Some(0), "{v}");
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+    let times: Vec<f64> = v["times"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_f64())
+        .collect();
+    let last = times.last().copied().unwrap_or(0.0);
+    // Past what the playlist held when the browser started: it grew.
+    assert!(
+        last > recorded + 5.0,
+        "playback reached {last} s, {recorded} s recorded at the start: {v}"
+    );
+    assert!(times.windows(2).all(|w| w[1] >= w[0]), "{v}");
+    assert!(shot.exists(), "no screenshot");
+    drop(publisher);
+    // Once the recording stops, the playlist has an end.
+    drop(node);
+}

@@ -781,12 +781,15 @@ fn recording_routes_refuse_bad_input_and_follow_the_play_rules() {
     let (_, body) = get(node.http, "/api/play?stream=paid/cam");
     let query = json(&body)["query"].as_str().unwrap().to_owned();
     assert_eq!(status(&format!("{path}&{query}")), "HTTP/1.1 200 OK");
-    let m3u8 = format!("/recordings/paid/cam/index.m3u8?start={pstart}&{query}");
+    let m3u8 = format!("/recordings/paid/cam/index.m3u8?start={pstart}&duration=60&{query}");
     let (st, playlist) = get(media, &m3u8);
     assert_eq!(st, "HTTP/1.1 200 OK");
     // The playlist's URIs carry the token, not the range.
     assert!(playlist.contains(&format!(".mp4?{query}\"")), "{playlist}");
-    assert!(!playlist.contains("start="), "{playlist}");
+    assert!(
+        !playlist.contains("start=") && !playlist.contains("duration="),
+        "{playlist}"
+    );
 
     // The API: JSON only, known streams only, start and stop.
     let post = |path: &str, ct: &str, body: &str| send(node.http, "POST", path, ct, body);
@@ -867,6 +870,24 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves
     let publisher = publish(&a.url("cam"), 8);
     // B plays it (a relay through NATS), and records nothing of it.
     wait_live(&b.url("cam"));
+    // Rewound from B while A records it: A's open file is in no index yet,
+    // B asks the owner, and the playlist up to now is an EVENT one.
+    let ago = tributary::container::record::format_rfc3339(tributary::cluster::unix_ms() - 300_000);
+    let live_path = format!("/recordings/live/cam/index.m3u8?start={ago}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get(b.media.unwrap(), &live_path);
+        if status == "HTTP/1.1 200 OK" && body.contains("#EXTINF") {
+            assert!(body.contains("#EXT-X-PLAYLIST-TYPE:EVENT"), "{body}");
+            assert!(!body.contains("ENDLIST"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no live playlist from B: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let played = temp_file("rec-cluster-played.flv");
     let player = ffmpeg_player(&b.url("cam"), &played, None);
     publisher.wait(Duration::from_secs(30)).unwrap();
@@ -915,6 +936,8 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves
     );
     assert_eq!(st, "HTTP/1.1 200 OK", "{playlist}");
     assert!(playlist.contains(".mp4?token=viewer"), "{playlist}");
+    // The recording has stopped: a VOD playlist, with its end.
+    assert!(playlist.ends_with("#EXT-X-ENDLIST\n"), "{playlist}");
     assert!(!playlist.contains("tributary_internal"), "{playlist}");
     // A stream nobody recorded: 404 from B too.
     let path = format!("/recordings/live/none.mp4?start={start}&duration=60");

@@ -641,13 +641,15 @@ pub fn playlist_blocks(pieces: &[Piece]) -> Vec<PlaylistBlock> {
 /// its `EXT-X-MAP`. Segment URIs are the file names with `query` (the
 /// viewer's token) behind them.
 pub fn vod_playlist(pieces: &[Piece], query: &str) -> String {
-    render_vod_playlist(&playlist_blocks(pieces), query)
+    render_vod_playlist(&playlist_blocks(pieces), query, false)
 }
 
 /// The VOD playlist of `blocks`. Each block starts with its wall-clock time
 /// (`EXT-X-PROGRAM-DATE-TIME`), so a player shows when it was recorded and a
-/// gap between blocks is visible.
-pub fn render_vod_playlist(blocks: &[PlaylistBlock], query: &str) -> String {
+/// gap between blocks is visible. `event`: the recording goes on (an
+/// `EVENT` playlist, no end: a player reloads it and plays on to the live
+/// edge; its segments never change, only new ones are added).
+pub fn render_vod_playlist(blocks: &[PlaylistBlock], query: &str, event: bool) -> String {
     let q = if query.is_empty() {
         String::new()
     } else {
@@ -660,8 +662,14 @@ pub fn render_vod_playlist(blocks: &[PlaylistBlock], query: &str) -> String {
         .max()
         .unwrap_or(1)
         .max(1);
+    // An EVENT playlist's target duration may not change between reloads:
+    // one that a keyframe interval up to 10 s fits.
+    let (target, kind) = match event {
+        true => (target.max(EVENT_TARGET_SECS), "EVENT"),
+        false => (target, "VOD"),
+    };
     let mut out = format!(
-        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-PLAYLIST-TYPE:{kind}\n#EXT-X-INDEPENDENT-SEGMENTS\n"
     );
     let mut any = false;
     for b in blocks {
@@ -685,15 +693,20 @@ pub fn render_vod_playlist(blocks: &[PlaylistBlock], query: &str) -> String {
             ));
         }
     }
-    out.push_str("#EXT-X-ENDLIST\n");
+    if !event {
+        out.push_str("#EXT-X-ENDLIST\n");
+    }
     out
 }
+
+/// The target duration of an EVENT playlist, seconds.
+pub const EVENT_TARGET_SECS: u64 = 10;
 
 /// The blocks of a playlist [`render_vod_playlist`] wrote (another node's
 /// answer); None for anything else. Every file it names must be a
 /// recording's file name, so what another node answers can never point a
-/// viewer elsewhere.
-pub fn parse_vod_playlist(text: &str) -> Option<Vec<PlaylistBlock>> {
+/// viewer elsewhere. The flag: it is an EVENT playlist (no end yet).
+pub fn parse_vod_playlist(text: &str) -> Option<(Vec<PlaylistBlock>, bool)> {
     let mut lines = text.lines();
     if lines.next()? != "#EXTM3U" {
         return None;
@@ -701,6 +714,7 @@ pub fn parse_vod_playlist(text: &str) -> Option<Vec<PlaylistBlock>> {
     let mut out: Vec<PlaylistBlock> = Vec::new();
     let (mut discontinuity, mut date) = (false, None);
     let (mut secs, mut range) = (None, None);
+    let mut ended = false;
     let file_of = |uri: &str| {
         let name = uri.split('?').next().unwrap_or("");
         parse_segment_name(name).map(|start| (name.to_owned(), start))
@@ -711,7 +725,11 @@ pub fn parse_vod_playlist(text: &str) -> Option<Vec<PlaylistBlock>> {
         Some((number(at)?, number(len)?))
     };
     for line in lines {
-        if line.is_empty() || line == "#EXT-X-ENDLIST" {
+        if line.is_empty() {
+            continue;
+        }
+        if line == "#EXT-X-ENDLIST" {
+            ended = true;
             continue;
         }
         if line == "#EXT-X-DISCONTINUITY" {
@@ -753,7 +771,7 @@ pub fn parse_vod_playlist(text: &str) -> Option<Vec<PlaylistBlock>> {
             block.segments.push((offset, len, secs.take()?));
         }
     }
-    Some(out)
+    Some((out, !ended))
 }
 
 /// One playlist of the blocks from several sources (this node's files,
@@ -1046,16 +1064,23 @@ mod tests {
             block(t + 4_000, false),
             block(t + 60_000, true),
         ];
-        let text = render_vod_playlist(&blocks, "token=a%20b");
+        let text = render_vod_playlist(&blocks, "token=a%20b", false);
         assert_eq!(text.matches("#EXT-X-PROGRAM-DATE-TIME:").count(), 3);
         assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1);
-        assert_eq!(parse_vod_playlist(&text), Some(blocks));
+        assert!(text.contains("#EXT-X-PLAYLIST-TYPE:VOD\n") && text.ends_with("#EXT-X-ENDLIST\n"));
+        assert_eq!(parse_vod_playlist(&text), Some((blocks.clone(), false)));
+        // A recording that goes on: EVENT, no end, a fixed target.
+        let text = render_vod_playlist(&blocks, "", true);
+        assert!(text.contains("#EXT-X-PLAYLIST-TYPE:EVENT\n#"), "{text}");
+        assert!(text.contains("#EXT-X-TARGETDURATION:10\n"), "{text}");
+        assert!(!text.contains("ENDLIST"));
+        assert_eq!(parse_vod_playlist(&text), Some((blocks, true)));
     }
 
     #[test]
     fn another_nodes_playlist_naming_anything_but_a_recording_file_is_refused() {
         let t = 1_796_000_000_000;
-        let good = render_vod_playlist(&[block(t, false)], "");
+        let good = render_vod_playlist(&[block(t, false)], "", false);
         assert!(parse_vod_playlist(&good).is_some());
         let name = segment_name(t);
         for evil in [
@@ -1097,7 +1122,7 @@ mod tests {
         assert_eq!(starts, [0, 4_000, 9_000, 13_000]);
         let cuts: Vec<bool> = merged.iter().map(|b| b.discontinuity).collect();
         assert_eq!(cuts, [false, false, true, false]);
-        let text = render_vod_playlist(&merged, "");
+        let text = render_vod_playlist(&merged, "", false);
         assert_eq!(text.matches("#EXT-X-DISCONTINUITY").count(), 1);
         // A takeover: the old owner's last block starts after the new
         // owner's first; it stays with its own run.

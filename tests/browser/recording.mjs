@@ -4,10 +4,13 @@
 // saves a screenshot, and prints what it saw as JSON (tests/browser.rs
 // judges it).
 //
-// node recording.mjs CONSOLE_URL APP/KEY SCREENSHOT SECONDS
+// node recording.mjs CONSOLE_URL APP/KEY SCREENSHOT SECONDS [BUTTON]
+//
+// BUTTON is "recording" (the recordings table's "play", the default) or
+// "rewind" (a live stream's rewind in the streams table).
 import { chromium } from "playwright-core";
 
-const [consoleUrl, stream, screenshot, seconds] = process.argv.slice(2);
+const [consoleUrl, stream, screenshot, seconds, which = "recording"] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -19,7 +22,7 @@ try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 1100 } });
   page.on("pageerror", (e) => result.pageErrors.push(String(e)));
   await page.goto(consoleUrl);
-  const button = `button[data-recording="${stream}"]:not([disabled])`;
+  const button = `button[data-${which}="${stream}"]:not([disabled])`;
   await page.waitForSelector(button, { timeout: 20000 });
   await page.click(button);
   await page.evaluate(() => {

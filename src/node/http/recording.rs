@@ -96,8 +96,8 @@ pub(super) async fn serve_recording(
     // A request with the internal credential is another node's fetch: it
     // is answered from this node's files only, never relayed again.
     let internal = crate::output::pipeline::is_internal(r.query);
-    if let (RecordingAsk::Playlist { from_ms, to_ms }, false) = (&r.ask, internal) {
-        return merged_playlist(&r, library, ctx, cors, *from_ms, *to_ms).await;
+    if let (RecordingAsk::Playlist { .. }, false) = (&r.ask, internal) {
+        return merged_playlist(&r, library, ctx, cors).await;
     }
     let here = library.filter(|l| !l.list(&r.key).is_empty());
     let Some(library) = here else {
@@ -132,19 +132,58 @@ async fn serve_local(
                 .map_or(pieces.len(), |i| i + 1);
             serve_range(r, library, &pieces[..end], cors).await
         }
-        RecordingAsk::Playlist { from_ms, to_ms } => {
-            let pieces = plan(library, &r.key, *from_ms, *to_ms).await?;
-            answer_playlist(r, &record::playlist_blocks(&pieces), cors);
+        RecordingAsk::Playlist {
+            from_ms,
+            to_ms,
+            open,
+        } => {
+            let (blocks, event) = local_blocks(library, &r.key, *from_ms, *to_ms, *open).await?;
+            answer_playlist(r, &blocks, event, cors);
             Ok(())
         }
     }
 }
 
-/// Answers the VOD playlist of `blocks`, its URIs carrying the viewer's
-/// query.
-fn answer_playlist(r: &RecordingRequest<'_>, blocks: &[record::PlaylistBlock], cors: &str) {
+/// This node's playlist blocks of the range. `open` (a range up to now)
+/// while the stream's last file is still being written: an EVENT playlist
+/// (the flag), without the last keyframe run of that file (it grows until
+/// the next keyframe; a segment of an EVENT playlist never changes).
+async fn local_blocks(
+    library: &Library,
+    key: &StreamKey,
+    from_ms: u64,
+    to_ms: u64,
+    open: bool,
+) -> Result<(Vec<record::PlaylistBlock>, bool), Failure> {
+    let pieces = plan(library, key, from_ms, to_ms).await?;
+    let mut blocks = record::playlist_blocks(&pieces);
+    let writing = library
+        .list(key)
+        .last()
+        .filter(|s| s.open)
+        .map(|s| s.file.clone());
+    let event = open && writing.is_some();
+    if event {
+        if let Some(last) = blocks
+            .last_mut()
+            .filter(|b| Some(&b.file) == writing.as_ref())
+        {
+            last.segments.pop();
+        }
+    }
+    Ok((blocks, event))
+}
+
+/// Answers the playlist of `blocks` (`event`: EVENT, the recording goes
+/// on), its URIs carrying the viewer's query.
+fn answer_playlist(
+    r: &RecordingRequest<'_>,
+    blocks: &[record::PlaylistBlock],
+    event: bool,
+    cors: &str,
+) {
     let rest: Vec<&str> = r.query.split('&').filter(|p| keep_in_uris(p)).collect();
-    let body = record::render_vod_playlist(blocks, &rest.join("&"));
+    let body = record::render_vod_playlist(blocks, &rest.join("&"), event);
     let len = body.len().to_string();
     let head = head_with(
         200,
@@ -170,39 +209,78 @@ const MAX_REMOTE_PLAYLIST: usize = 8 * 1024 * 1024;
 /// with the object store those of nodes gone. A stream that moved between
 /// nodes (a failover, a takeover) is one playlist, a discontinuity where
 /// it moved. A holder out of reach leaves its part out (logged); nothing in
-/// reach is a 404, or a 503 when a holder did not answer.
+/// reach is a 404, or a 503 when a holder did not answer. A range up to now
+/// of a stream being recorded (here, or on its owner, asked too: its open
+/// file is in no index yet) is an EVENT playlist: the console's rewind of
+/// a live stream plays on to the live edge.
 async fn merged_playlist(
     r: &RecordingRequest<'_>,
     library: Option<&Library>,
     ctx: &ConnectionContext,
     cors: &str,
-    from_ms: u64,
-    to_ms: u64,
 ) -> Result<(), Failure> {
+    let RecordingAsk::Playlist {
+        from_ms,
+        to_ms,
+        open,
+    } = r.ask
+    else {
+        return Err(not_found("not a playlist"));
+    };
     let mut sources = Vec::new();
+    let mut event = false;
     if let Some(l) = library.filter(|l| !l.list(&r.key).is_empty()) {
-        match plan(l, &r.key, from_ms, to_ms).await {
-            Ok(pieces) => sources.push(record::playlist_blocks(&pieces)),
+        match local_blocks(l, &r.key, from_ms, to_ms, open).await {
+            Ok((blocks, e)) => {
+                sources.push(blocks);
+                event |= e;
+            }
             Err(f) if f.status == 404 => {}
             Err(f) => return Err(f),
         }
     }
     let mut unanswered = None;
     if let Some(cluster) = ctx.cluster.as_ref() {
-        let nodes = cluster.recordings(&r.key).await.unwrap_or_default();
-        let live = live_nodes(ctx).await;
+        let mut nodes = cluster.recordings(&r.key).await.unwrap_or_default();
         let me = cluster.node_id.as_ref();
+        let owner = match open {
+            true => match cluster.locate(&r.key).await {
+                crate::cluster::Located::Remote(node) => Some(node),
+                _ => None,
+            },
+            false => None,
+        };
+        if let Some(owner) = &owner {
+            if !nodes.iter().any(|(n, _)| n == owner) {
+                nodes.push((owner.clone(), Vec::new()));
+            }
+        }
+        let live = live_nodes(ctx).await;
         for (node, files) in nodes.iter().filter(|(n, _)| n != me) {
             let files: Vec<&crate::cluster::IndexedFile> = files
                 .iter()
                 .filter(|f| overlaps(f, from_ms, to_ms))
                 .collect();
-            if files.is_empty() {
+            let owns = owner.as_ref() == Some(node);
+            if files.is_empty() && !owns {
                 continue;
             }
             let mut blocks = None;
             if live.contains(node) {
-                blocks = remote_playlist(r, cluster, node, from_ms, to_ms).await;
+                // The owner is asked up to its now: an EVENT answer while it
+                // records.
+                let to = (!(open && owns)).then_some(to_ms);
+                if let Some((b, e)) = remote_playlist(r, cluster, node, from_ms, to).await {
+                    event |= e && owns;
+                    blocks = Some(b);
+                }
+            }
+            if files.is_empty() {
+                // The owner's open file alone: nothing in the store yet.
+                if let Some(b) = blocks {
+                    sources.push(b);
+                }
+                continue;
             }
             if blocks.is_none() && cluster.store {
                 blocks = match stored_view(r, cluster, node, &files).await {
@@ -223,7 +301,9 @@ async fn merged_playlist(
         }
     }
     let blocks = record::merge_playlists(sources);
-    if blocks.is_empty() {
+    // A recording that has just begun has no whole keyframe run yet: an
+    // EVENT playlist with no segment, which a player reloads.
+    if blocks.is_empty() && !event {
         return Err(match unanswered {
             Some(node) => Failure::new(
                 503,
@@ -233,26 +313,29 @@ async fn merged_playlist(
             None => not_found("no recording of the stream in that range"),
         });
     }
-    answer_playlist(r, &blocks, cors);
+    answer_playlist(r, &blocks, event, cors);
     Ok(())
 }
 
 /// The blocks of `node`'s own playlist of the range, asked through the
-/// cluster (the node answers from its own files only); None when it does
-/// not answer a playlist.
+/// cluster (the node answers from its own files only), up to `to_ms` or
+/// (None) its now; whether it is an EVENT playlist. None when it does not
+/// answer a playlist.
 async fn remote_playlist(
     r: &RecordingRequest<'_>,
     cluster: &crate::cluster::ClusterHandle,
     node: &str,
     from_ms: u64,
-    to_ms: u64,
-) -> Option<Vec<record::PlaylistBlock>> {
-    let path = format!(
-        "/recordings/{}/index.m3u8?start={}&end={}",
+    to_ms: Option<u64>,
+) -> Option<(Vec<record::PlaylistBlock>, bool)> {
+    let mut path = format!(
+        "/recordings/{}/index.m3u8?start={}",
         url_path(&r.key),
         record::format_rfc3339(from_ms),
-        record::format_rfc3339(to_ms)
     );
+    if let Some(to) = to_ms {
+        path.push_str(&format!("&end={}", record::format_rfc3339(to)));
+    }
     let mut chunks = cluster.fetch_recording(node, path, None).await?;
     let mut answer = Vec::new();
     while let Some(chunk) = chunks.recv().await {
@@ -345,7 +428,7 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
                     format!("/recordings/{key}.mp4?{}", range(*from_ms, *to_ms)),
                 )
             }),
-        RecordingAsk::Playlist { from_ms, to_ms } => {
+        RecordingAsk::Playlist { from_ms, to_ms, .. } => {
             // The playlist's URIs carry the viewer's query (its token), as
             // this node's own would.
             let rest: Vec<&str> = r.query.split('&').filter(|p| keep_in_uris(p)).collect();
@@ -431,7 +514,7 @@ async fn stored(
     let me = cluster.node_id.as_ref();
     let wanted = |f: &crate::cluster::IndexedFile| match &r.ask {
         RecordingAsk::File(name) => &f.file == name,
-        RecordingAsk::Range { from_ms, to_ms } | RecordingAsk::Playlist { from_ms, to_ms } => {
+        RecordingAsk::Range { from_ms, to_ms } | RecordingAsk::Playlist { from_ms, to_ms, .. } => {
             overlaps(f, *from_ms, *to_ms)
         }
     };

@@ -41,8 +41,14 @@ pub(super) enum Route<'a> {
 pub(super) enum RecordingAsk {
     /// `/recordings/APP/KEY.mp4?start=RFC3339&duration=SECONDS`: one MP4.
     Range { from_ms: u64, to_ms: u64 },
-    /// `/recordings/APP/KEY/index.m3u8?start=...[&end=...]`: a VOD playlist.
-    Playlist { from_ms: u64, to_ms: u64 },
+    /// `/recordings/APP/KEY/index.m3u8?start=...[&end=...]`: a VOD playlist;
+    /// `open` (no end, no duration): up to now, and while the stream is
+    /// recorded an EVENT playlist that grows (a live stream rewound).
+    Playlist {
+        from_ms: u64,
+        to_ms: u64,
+        open: bool,
+    },
     /// `/recordings/APP/KEY/START.mp4`: one segment file (byte ranges).
     File(String),
 }
@@ -97,7 +103,14 @@ fn recording_route<'a>(path: &str, query: &'a str) -> Result<Route<'a>, Failure>
     if let Some(stream) = path.strip_suffix("/index.m3u8") {
         let key = StreamKey::parse(stream).map_err(bad_name)?;
         let (from_ms, to_ms) = time_range(query, now)?;
-        let ask = RecordingAsk::Playlist { from_ms, to_ms };
+        let open = !query
+            .split('&')
+            .any(|p| p.starts_with("end=") || p.starts_with("duration="));
+        let ask = RecordingAsk::Playlist {
+            from_ms,
+            to_ms,
+            open,
+        };
         return Ok(Route::Recording { key, ask, query });
     }
     let (dir, file) = path.rsplit_once('/').unwrap_or(("", path));
