@@ -1,8 +1,11 @@
-//! A deterministic synthetic live stream: AVC-shaped video and AAC-shaped
-//! audio messages with the sizes and cadence of a real encoder. Used by the
-//! benches, the allocation test and the load generator, where the payload
-//! bytes do not matter but their sizes, timing and headers do. It must never
-//! be mistaken for decodable media: players cannot decode it.
+//! A deterministic synthetic live stream with the sizes and cadence of a
+//! real encoder, and valid media: H.264 (Constrained Baseline, 1280x720,
+//! CAVLC) whose keyframes are IDR pictures of Intra 16x16 macroblocks and
+//! whose inter frames are P pictures of skipped macroblocks (a grey
+//! picture), each frame padded to its size with a filler-data NAL unit (as
+//! a CBR encoder pads); and AAC-LC stereo frames of silence, padded with a
+//! fill element. So every server's parser takes it and ffmpeg decodes it.
+//! Used by the benches, the allocation test and the load generator.
 
 use bytes::Bytes;
 
@@ -42,10 +45,7 @@ pub const VIDEO_CSID: u32 = 6;
 /// defaults video messages span about 5-60 KB.
 pub fn stream(shape: StreamShape, stream_id: u32, duration_ms: u32) -> Vec<RawMessage> {
     let mut out = Vec::new();
-    let seq_video: &[u8] = &[
-        0x17, 0x00, 0, 0, 0, 0x01, 0x64, 0x00, 0x1F, 0xFF, 0xE1, 0x00, 0x04, 0x67, 0x64, 0x00,
-        0x1F, 0x01, 0x00, 0x04, 0x68, 0xEE, 0x3C, 0x80,
-    ];
+    let seq_video = avc_sequence_header();
     let seq_audio: &[u8] = &[0xAF, 0x00, 0x12, 0x10];
     out.push(message(
         VIDEO_CSID,
@@ -77,10 +77,8 @@ pub fn stream(shape: StreamShape, stream_id: u32, duration_ms: u32) -> Vec<RawMe
             break;
         }
         if audio_ts <= video_ts && audio_ts < duration_ms {
-            let mut payload = vec![0u8; shape.audio_frame_bytes];
-            payload[0] = 0xAF;
-            payload[1] = 0x01;
-            fill(&mut payload[2..], &mut rng);
+            let mut payload = vec![0xAF, 0x01];
+            payload.extend_from_slice(&aac_silence(shape.audio_frame_bytes.saturating_sub(2)));
             out.push(message(
                 AUDIO_CSID,
                 audio_ts,
@@ -95,14 +93,24 @@ pub fn stream(shape: StreamShape, stream_id: u32, duration_ms: u32) -> Vec<RawMe
             audio_ts = duration_ms;
             continue;
         }
-        let key = frame.is_multiple_of(gop_frames);
+        let in_gop = frame % gop_frames;
+        let key = in_gop == 0;
         rng = xorshift(rng);
         let jitter = 0.5 + (rng % 1000) as f64 / 1000.0;
         let len = if key { unit * 6.0 } else { unit * jitter }.max(16.0) as usize;
-        let mut payload = vec![0u8; len];
-        payload[0] = if key { 0x17 } else { 0x27 };
-        payload[1] = 0x01;
-        fill(&mut payload[5..], &mut rng);
+        let gop = frame / gop_frames;
+        let mut payload = vec![if key { 0x17 } else { 0x27 }, 0x01, 0, 0, 0];
+        let slice = match key {
+            true => idr_slice(gop as u32 & 1),
+            false => p_slice(in_gop as u32),
+        };
+        put_nal(&mut payload, &slice);
+        // A filler-data NAL unit (type 12) brings the frame to its size.
+        let pad = len.saturating_sub(payload.len() + 4 + 2).max(1);
+        let mut filler = vec![0xFF; pad + 2];
+        filler[0] = 0x0C;
+        filler[pad + 1] = 0x80;
+        put_nal(&mut payload, &filler);
         out.push(message(
             VIDEO_CSID,
             video_ts,
@@ -138,10 +146,227 @@ fn xorshift(mut x: u64) -> u64 {
     x
 }
 
-fn fill(buf: &mut [u8], rng: &mut u64) {
-    for chunk in buf.chunks_mut(8) {
-        *rng = xorshift(*rng);
-        chunk.copy_from_slice(&rng.to_le_bytes()[..chunk.len()]);
+/// Picture size in macroblocks (1280x720).
+const MB_WIDTH: u32 = 80;
+const MB_HEIGHT: u32 = 45;
+/// `log2_max_frame_num_minus4` of the SPS: frame_num has 8 bits.
+const FRAME_NUM_BITS: u32 = 8;
+
+/// An RBSP written bit by bit (Exp-Golomb codes as H.264 clause 9.1 has
+/// them).
+#[derive(Default)]
+struct Bits {
+    out: Vec<u8>,
+    acc: u8,
+    n: u32,
+}
+
+impl Bits {
+    fn u(&mut self, bits: u32, value: u32) {
+        for i in (0..bits).rev() {
+            self.acc = self.acc << 1 | ((value >> i) & 1) as u8;
+            self.n += 1;
+            if self.n == 8 {
+                self.out.push(self.acc);
+                (self.acc, self.n) = (0, 0);
+            }
+        }
+    }
+    fn ue(&mut self, value: u32) {
+        let v = value + 1;
+        let len = 32 - v.leading_zeros();
+        self.u(len - 1, 0);
+        self.u(len, v);
+    }
+    fn se(&mut self, value: i32) {
+        let mapped = if value > 0 {
+            2 * value as u32 - 1
+        } else {
+            2 * value.unsigned_abs()
+        };
+        self.ue(mapped);
+    }
+    /// `rbsp_trailing_bits`: a stop bit, then zeros to a byte.
+    fn finish(mut self) -> Vec<u8> {
+        self.u(1, 1);
+        while self.n != 0 {
+            self.u(1, 0);
+        }
+        self.out
+    }
+}
+
+/// A NAL unit of `header` and `rbsp`, start-code emulation prevented.
+fn nal(header: u8, rbsp: &[u8]) -> Vec<u8> {
+    let mut out = vec![header];
+    let mut zeros = 0;
+    for &b in rbsp {
+        if zeros == 2 && b <= 3 {
+            out.push(3);
+            zeros = 0;
+        }
+        out.push(b);
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+    }
+    out
+}
+
+/// Appends a NAL unit with its 4-byte length (AVCC).
+fn put_nal(out: &mut Vec<u8>, nal: &[u8]) {
+    out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+    out.extend_from_slice(nal);
+}
+
+/// Sequence parameter set: Constrained Baseline, level 3.1, 1280x720,
+/// frame_num of 8 bits, POC type 2 (output order is decoding order), one
+/// reference frame.
+fn sps() -> Vec<u8> {
+    let mut b = Bits::default();
+    b.u(8, 66); // profile_idc: Baseline
+    b.u(8, 0xC0); // constraint_set0 and set1: Constrained Baseline
+    b.u(8, 31); // level_idc
+    b.ue(0); // seq_parameter_set_id
+    b.ue(FRAME_NUM_BITS - 4); // log2_max_frame_num_minus4
+    b.ue(2); // pic_order_cnt_type
+    b.ue(1); // max_num_ref_frames
+    b.u(1, 0); // gaps_in_frame_num_value_allowed_flag
+    b.ue(MB_WIDTH - 1);
+    b.ue(MB_HEIGHT - 1);
+    b.u(1, 1); // frame_mbs_only_flag
+    b.u(1, 1); // direct_8x8_inference_flag
+    b.u(1, 0); // frame_cropping_flag
+    b.u(1, 0); // vui_parameters_present_flag
+    nal(0x67, &b.finish())
+}
+
+/// Picture parameter set: CAVLC, one slice group, QP 26, no deblocking
+/// control.
+fn pps() -> Vec<u8> {
+    let mut b = Bits::default();
+    b.ue(0); // pic_parameter_set_id
+    b.ue(0); // seq_parameter_set_id
+    b.u(1, 0); // entropy_coding_mode_flag: CAVLC
+    b.u(1, 0); // bottom_field_pic_order_in_frame_present_flag
+    b.ue(0); // num_slice_groups_minus1
+    b.ue(0); // num_ref_idx_l0_default_active_minus1
+    b.ue(0); // num_ref_idx_l1_default_active_minus1
+    b.u(1, 0); // weighted_pred_flag
+    b.u(2, 0); // weighted_bipred_idc
+    b.se(0); // pic_init_qp_minus26
+    b.se(0); // pic_init_qs_minus26
+    b.se(0); // chroma_qp_index_offset
+    b.u(1, 0); // deblocking_filter_control_present_flag
+    b.u(1, 0); // constrained_intra_pred_flag
+    b.u(1, 0); // redundant_pic_cnt_present_flag
+    nal(0x68, &b.finish())
+}
+
+/// The AVC sequence header message: an AVCDecoderConfigurationRecord of
+/// the SPS and PPS.
+fn avc_sequence_header() -> Vec<u8> {
+    let (sps, pps) = (sps(), pps());
+    let mut out = vec![0x17, 0x00, 0, 0, 0, 1, sps[1], sps[2], sps[3], 0xFF, 0xE1];
+    out.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+    out.extend_from_slice(&sps);
+    out.push(1);
+    out.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+    out.extend_from_slice(&pps);
+    out
+}
+
+/// An IDR picture, one slice: every macroblock I_16x16 with DC prediction
+/// and no residual (mb_type 3, chroma DC, qp delta 0, an empty luma DC
+/// block), which decodes to mid grey.
+fn idr_slice(idr_pic_id: u32) -> Vec<u8> {
+    let mut b = Bits::default();
+    b.ue(0); // first_mb_in_slice
+    b.ue(7); // slice_type: I (all slices of the picture)
+    b.ue(0); // pic_parameter_set_id
+    b.u(FRAME_NUM_BITS, 0); // frame_num
+    b.ue(idr_pic_id);
+    b.u(1, 0); // no_output_of_prior_pics_flag
+    b.u(1, 0); // long_term_reference_flag
+    b.se(0); // slice_qp_delta
+    for _ in 0..MB_WIDTH * MB_HEIGHT {
+        b.ue(3); // mb_type I_16x16_2_0_0
+        b.ue(0); // intra_chroma_pred_mode: DC
+        b.se(0); // mb_qp_delta
+        b.u(1, 1); // coeff_token of the luma DC block: no coefficient (nC 0)
+    }
+    nal(0x65, &b.finish())
+}
+
+/// A P picture, one slice, every macroblock skipped (a copy of the
+/// reference). `frame_num`: its place in the GOP.
+fn p_slice(frame_num: u32) -> Vec<u8> {
+    let mut b = Bits::default();
+    b.ue(0); // first_mb_in_slice
+    b.ue(5); // slice_type: P (all slices of the picture)
+    b.ue(0); // pic_parameter_set_id
+    b.u(FRAME_NUM_BITS, frame_num % (1 << FRAME_NUM_BITS));
+    b.u(1, 0); // num_ref_idx_active_override_flag
+    b.u(1, 0); // ref_pic_list_modification_flag_l0
+    b.u(1, 0); // adaptive_ref_pic_marking_mode_flag
+    b.se(0); // slice_qp_delta
+    b.ue(MB_WIDTH * MB_HEIGHT); // mb_skip_run: the whole picture
+    nal(0x41, &b.finish())
+}
+
+/// An AAC-LC raw data block of `len` bytes (at least 8): a stereo channel
+/// pair element of silence (no scale factor band coded), then fill
+/// elements to the size, then the end element.
+fn aac_silence(len: usize) -> Vec<u8> {
+    let len = len.max(8);
+    let mut b = Bits::default();
+    b.u(3, 1); // ID_CPE
+    b.u(4, 0); // element_instance_tag
+    b.u(1, 1); // common_window
+    b.u(1, 0); // ics_reserved_bit
+    b.u(2, 0); // window_sequence: ONLY_LONG_SEQUENCE
+    b.u(1, 0); // window_shape
+    b.u(6, 0); // max_sfb: nothing coded
+    b.u(1, 0); // predictor_data_present
+    b.u(2, 0); // ms_mask_present
+    for _ in 0..2 {
+        b.u(8, 100); // global_gain
+        b.u(1, 0); // pulse_data_present
+        b.u(1, 0); // tns_data_present
+        b.u(1, 0); // gain_control_data_present
+    }
+    // 43 bits so far, and the end element's 3 to come. Fill elements
+    // (ID_FIL) carry the rest: one of `cnt` payload bytes takes 7 + 8 cnt
+    // bits (15 + 8 cnt with an escape count, for 15..=269 bytes).
+    let mut left = (len * 8).saturating_sub(43 + 3);
+    while left >= 7 + 8 {
+        let long = (left.saturating_sub(15) / 8).min(269);
+        if long >= 15 {
+            b.u(3, 6); // ID_FIL
+            b.u(4, 15);
+            b.u(8, (long - 14) as u32); // esc_count: cnt = 15 + esc_count - 1
+            fill_payload(&mut b, long);
+            left -= 15 + 8 * long;
+        } else {
+            let short = ((left - 7) / 8).min(14);
+            b.u(3, 6); // ID_FIL
+            b.u(4, short as u32);
+            fill_payload(&mut b, short);
+            left -= 7 + 8 * short;
+        }
+    }
+    b.u(3, 7); // ID_END
+               // Zeros to the byte (the raw data block's byte alignment).
+    while b.n != 0 {
+        b.u(1, 0);
+    }
+    b.out
+}
+
+/// An extension payload of `cnt` bytes: EXT_FILL, its nibble, fill bytes.
+fn fill_payload(b: &mut Bits, cnt: usize) {
+    b.u(4, 0);
+    b.u(4, 0);
+    for _ in 1..cnt {
+        b.u(8, 0xA5);
     }
 }
 

@@ -4,7 +4,7 @@
 //!   bounded [`plan::LoadPlan`]: how many connections, where, how long.
 //! - [`target`] parses `rtmp://` URLs; a host name stands for all of its A
 //!   records, used round-robin, as clients behind DNS meet them.
-//! - [`source`] is what publishers send: a synthetic H.264/AAC-shaped stream
+//! - [`source`] is what publishers send: a synthetic H.264/AAC stream (valid)
 //!   or a real FLV file, looped with timestamps continued.
 //! - [`clock_sei`] is the latency carrier: an H.264 SEI NAL unit in every
 //!   video frame with its sequence number and send time.

@@ -1,4 +1,4 @@
-//! What publishers send: a synthetic H.264/AAC-shaped stream (from
+//! What publishers send: a synthetic H.264/AAC stream (valid, decodable; from
 //! `tributary::synthetic`) or a real FLV file, as a body that is looped with
 //! timestamps continued. Built once and shared by every publisher: payloads
 //! are `Bytes`, so a thousand publishers hold one copy.
