@@ -319,8 +319,8 @@ async fn merged_playlist(
 
 /// The blocks of `node`'s own playlist of the range, asked through the
 /// cluster (the node answers from its own files only), up to `to_ms` or
-/// (None) its now; whether it is an EVENT playlist. None when it does not
-/// answer a playlist.
+/// (None) its now; whether it is an EVENT playlist. No blocks when it has
+/// nothing of the range (404); None when it does not answer a playlist.
 async fn remote_playlist(
     r: &RecordingRequest<'_>,
     cluster: &crate::cluster::ClusterHandle,
@@ -345,6 +345,11 @@ async fn remote_playlist(
         answer.extend_from_slice(&chunk);
     }
     let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    // It answered, and holds nothing of the range (a file listed within
+    // the second of slack, an owner that records nothing).
+    if answer.starts_with(b"HTTP/1.1 404 ") {
+        return Some((Vec::new(), false));
+    }
     if !answer.starts_with(b"HTTP/1.1 200 ") {
         return None;
     }
