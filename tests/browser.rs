@@ -272,30 +272,34 @@ fn hls_js_plays_a_stream_and_its_rendition_as_levels_and_switches_between_them()
     assert!(v["advanced"].as_f64().unwrap_or(0.0) > 1.0, "{v}");
 }
 
+/// A node recording the `live` app (4 s files) into a fresh directory,
+/// with its media listener.
+fn recording_node(name: &str) -> common::Node {
+    let dir = common::temp_file(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = common::write_config(
+        &format!("{name}.toml"),
+        &format!(
+            "[record]\npath = \"{}\"\nsegment_secs = 4\n[record.apps.live]\nrecord = \"all\"\n",
+            dir.display()
+        ),
+    );
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--media-listen",
+        "127.0.0.1:0",
+    ];
+    common::Node::start_with(1, &args)
+}
+
 /// A recording played back in Chromium: the console lists the node's
 /// recorded stream, and its "play" button plays the VOD playlist through
 /// hls.js; playback advances with no error. The screenshot is
 /// target/browser/recording.png.
 #[test]
 fn the_console_plays_a_recording_through_its_vod_playlist() {
-    let dir = common::temp_file("browser-rec");
-    let _ = std::fs::remove_dir_all(&dir);
-    let config = common::write_config(
-        "browser-rec.toml",
-        &format!(
-            "[record]\npath = \"{}\"\nsegment_secs = 4\n[record.apps.live]\nrecord = \"all\"\n",
-            dir.display()
-        ),
-    );
-    let node = common::Node::start_with(
-        1,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--media-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let node = recording_node("browser-rec");
     common::publish(&node.url("rec"), 10)
         .wait(std::time::Duration::from_secs(40))
         .unwrap();
@@ -333,24 +337,7 @@ fn the_console_plays_a_recording_through_its_vod_playlist() {
 /// target/browser/rewind.png.
 #[test]
 fn the_console_rewinds_a_live_stream_and_plays_on_to_the_live_edge() {
-    let dir = common::temp_file("browser-rewind");
-    let _ = std::fs::remove_dir_all(&dir);
-    let config = common::write_config(
-        "browser-rewind.toml",
-        &format!(
-            "[record]\npath = \"{}\"\nsegment_secs = 4\n[record.apps.live]\nrecord = \"all\"\n",
-            dir.display()
-        ),
-    );
-    let node = common::Node::start_with(
-        1,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--media-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let node = recording_node("browser-rewind");
     let publisher = common::publish(&node.url("rewound"), 40);
     // Recorded for a few seconds: the playlist up to now is an EVENT one.
     let media = node.media.unwrap();

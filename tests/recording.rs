@@ -840,33 +840,56 @@ fn recording_routes_refuse_bad_input_and_follow_the_play_rules() {
     drop(paid);
 }
 
-#[test]
-fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves_it() {
-    let nats = NatsServer::start("rec-cluster");
-    let (da, db) = (fresh_dir("rec-cluster-a"), fresh_dir("rec-cluster-b"));
-    let config = |name: &str, dir: &Path| {
-        write_config(
-            &format!("{name}.toml"),
+/// Two cluster nodes `a` and `b` on one nats-server, each recording the
+/// `live` app into its own fresh directory (2 s files), with `extra` config
+/// (`[record]` keys first, then other sections).
+struct RecordingPair {
+    a: Node,
+    b: Node,
+    da: PathBuf,
+    db: PathBuf,
+    /// Bind it (`_nats`, first) where the pair is taken apart: the server
+    /// lives as long as the test, and goes after the nodes.
+    _nats: NatsServer,
+}
+
+fn recording_pair(name: &str, record_extra: &str, extra: &str) -> RecordingPair {
+    let nats = NatsServer::start(name);
+    let (da, db) = (
+        fresh_dir(&format!("{name}-a")),
+        fresh_dir(&format!("{name}-b")),
+    );
+    let node = |id: &str, dir: &Path| {
+        let config = write_config(
+            &format!("{name}-{id}.toml"),
             &format!(
-                "[record]\npath = \"{}\"\nsegment_secs = 2\n[record.apps.live]\nrecord = \"all\"\n",
+                "[record]\npath = \"{}\"\nsegment_secs = 2\n{record_extra}\n[record.apps.live]\nrecord = \"all\"\n{extra}\n",
                 dir.display()
             ),
-        )
+        );
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--media-listen",
+            "127.0.0.1:0",
+        ];
+        cluster_node(&nats, id, 1, &args)
     };
-    let (ca, cb) = (config("rec-cluster-a", &da), config("rec-cluster-b", &db));
-    let media = ["--media-listen", "127.0.0.1:0"];
-    let a = cluster_node(
-        &nats,
-        "a",
-        1,
-        &["--config", ca.to_str().unwrap(), media[0], media[1]],
-    );
-    let b = cluster_node(
-        &nats,
-        "b",
-        1,
-        &["--config", cb.to_str().unwrap(), media[0], media[1]],
-    );
+    let (a, b) = (node("a", &da), node("b", &db));
+    RecordingPair {
+        a,
+        b,
+        da,
+        db,
+        _nats: nats,
+    }
+}
+
+#[test]
+fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves_it() {
+    let RecordingPair {
+        _nats, a, b, db, ..
+    } = recording_pair("rec-cluster", "", "");
     let publisher = publish(&a.url("cam"), 8);
     // B plays it (a relay through NATS), and records nothing of it.
     wait_live(&b.url("cam"));
@@ -950,31 +973,9 @@ fn in_a_cluster_only_the_publishing_node_records_and_every_node_lists_and_serves
 /// every frame.
 #[test]
 fn with_the_nats_store_a_recording_outlives_the_node_that_made_it() {
-    let nats = NatsServer::start("rec-store");
-    let (da, db) = (fresh_dir("rec-store-a"), fresh_dir("rec-store-b"));
-    let config = |name: &str, dir: &Path| {
-        write_config(
-            &format!("{name}.toml"),
-            &format!(
-                "[record]\npath = \"{}\"\nsegment_secs = 2\nstore = \"nats\"\n[record.apps.live]\nrecord = \"all\"\n",
-                dir.display()
-            ),
-        )
-    };
-    let (ca, cb) = (config("rec-store-a", &da), config("rec-store-b", &db));
-    let media = ["--media-listen", "127.0.0.1:0"];
-    let a = cluster_node(
-        &nats,
-        "a",
-        1,
-        &["--config", ca.to_str().unwrap(), media[0], media[1]],
-    );
-    let b = cluster_node(
-        &nats,
-        "b",
-        1,
-        &["--config", cb.to_str().unwrap(), media[0], media[1]],
-    );
+    let RecordingPair {
+        _nats, a, b, da, ..
+    } = recording_pair("rec-store", "store = \"nats\"", "");
     let seconds = 6;
     publish(&a.url("kept"), seconds)
         .wait(Duration::from_secs(30))
@@ -1035,30 +1036,17 @@ fn with_the_nats_store_a_recording_outlives_the_node_that_made_it() {
 /// frame both nodes wrote.
 #[test]
 fn after_a_takeover_the_new_owner_records_on_and_the_playlist_spans_both_nodes() {
-    let nats = NatsServer::start("rec-move");
-    let (da, db) = (fresh_dir("rec-move-a"), fresh_dir("rec-move-b"));
-    let config = |name: &str, dir: &Path| {
-        write_config(
-            &format!("{name}.toml"),
-            &format!(
-                "[streams]\nduplicate_publish = \"takeover\"\n[cluster]\nregistry_ttl_ms = 3000\n[record]\npath = \"{}\"\nsegment_secs = 2\n[record.apps.live]\nrecord = \"all\"\n",
-                dir.display()
-            ),
-        )
-    };
-    let (ca, cb) = (config("rec-move-a", &da), config("rec-move-b", &db));
-    let media = ["--media-listen", "127.0.0.1:0"];
-    let a = cluster_node(
-        &nats,
-        "a",
-        1,
-        &["--config", ca.to_str().unwrap(), media[0], media[1]],
-    );
-    let b = cluster_node(
-        &nats,
-        "b",
-        1,
-        &["--config", cb.to_str().unwrap(), media[0], media[1]],
+    let RecordingPair {
+        _nats,
+        a,
+        b,
+        da,
+        db,
+        ..
+    } = recording_pair(
+        "rec-move",
+        "",
+        "[streams]\nduplicate_publish = \"takeover\"\n[cluster]\nregistry_ttl_ms = 3000",
     );
     let old = publish(&a.url("moved"), 30);
     wait_listed(&a, "live/moved", "A recording", |f| f.len() >= 2);

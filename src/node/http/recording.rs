@@ -405,7 +405,7 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
     let nodes = cluster.recordings(&r.key).await.ok()?;
     let me = cluster.node_id.as_ref();
     let key = url_path(&r.key);
-    let overlaps = |files: &[crate::cluster::IndexedFile], from: u64, to: u64| {
+    let holds = |files: &[crate::cluster::IndexedFile], from: u64, to: u64| {
         files.iter().any(|f| overlaps(f, from, to))
     };
     let live = live_nodes(ctx).await;
@@ -426,7 +426,7 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
             .map(|(n, _)| (n, format!("/recordings/{key}/{name}"))),
         RecordingAsk::Range { from_ms, to_ms } => others
             .into_iter()
-            .find(|(_, files)| overlaps(files, *from_ms, *to_ms))
+            .find(|(_, files)| holds(files, *from_ms, *to_ms))
             .map(|(n, _)| {
                 (
                     n,
@@ -444,7 +444,7 @@ async fn holder(r: &RecordingRequest<'_>, ctx: &ConnectionContext) -> Option<(St
             }
             others
                 .into_iter()
-                .find(|(_, files)| overlaps(files, *from_ms, *to_ms))
+                .find(|(_, files)| holds(files, *from_ms, *to_ms))
                 .map(|(n, _)| (n, format!("/recordings/{key}/index.m3u8?{q}")))
         }
     }

@@ -57,8 +57,9 @@ pub(super) enum RecordingAsk {
 pub(super) const MAX_RANGE_MS: u64 = 24 * 3600 * 1000;
 
 /// A recording's time range from a query: `start` (RFC 3339) and either
-/// `duration` (seconds) or `end` (RFC 3339); without either, until now.
-fn time_range(query: &str, now_ms: u64) -> Result<(u64, u64), Failure> {
+/// `duration` (seconds) or `end` (RFC 3339); without either, until now
+/// (the flag: an open range).
+fn time_range(query: &str, now_ms: u64) -> Result<(u64, u64, bool), Failure> {
     let bad = |why: &str| Failure::new(400, "bad_request", why.to_owned());
     let get = |name: &str| {
         query
@@ -71,6 +72,7 @@ fn time_range(query: &str, now_ms: u64) -> Result<(u64, u64), Failure> {
     let start = get("start").ok_or_else(|| bad("a recording range needs start=RFC3339"))?;
     let from = crate::container::record::parse_rfc3339(&decode(start)?)
         .ok_or_else(|| bad("start is not an RFC 3339 time (2026-12-04T03:59:00Z)"))?;
+    let open = get("duration").is_none() && get("end").is_none();
     let to = match (get("duration"), get("end")) {
         (Some(_), Some(_)) => return Err(bad("duration or end, not both")),
         (Some(d), None) => {
@@ -91,7 +93,7 @@ fn time_range(query: &str, now_ms: u64) -> Result<(u64, u64), Failure> {
     if to - from > MAX_RANGE_MS {
         return Err(bad("a range is at most 24 hours"));
     }
-    Ok((from, to))
+    Ok((from, to, open))
 }
 
 /// Routes `/recordings/...` (the path after `recordings/`).
@@ -102,10 +104,7 @@ fn recording_route<'a>(path: &str, query: &'a str) -> Result<Route<'a>, Failure>
     let now = crate::cluster::unix_ms();
     if let Some(stream) = path.strip_suffix("/index.m3u8") {
         let key = StreamKey::parse(stream).map_err(bad_name)?;
-        let (from_ms, to_ms) = time_range(query, now)?;
-        let open = !query
-            .split('&')
-            .any(|p| p.starts_with("end=") || p.starts_with("duration="));
+        let (from_ms, to_ms, open) = time_range(query, now)?;
         let ask = RecordingAsk::Playlist {
             from_ms,
             to_ms,
@@ -128,7 +127,7 @@ fn recording_route<'a>(path: &str, query: &'a str) -> Result<Route<'a>, Failure>
         ));
     };
     let key = StreamKey::parse(stream).map_err(bad_name)?;
-    let (from_ms, to_ms) = time_range(query, now)?;
+    let (from_ms, to_ms, _) = time_range(query, now)?;
     let ask = RecordingAsk::Range { from_ms, to_ms };
     Ok(Route::Recording { key, ask, query })
 }
@@ -411,6 +410,40 @@ mod tests {
             keep_alive: true,
             len: 0,
             range: None,
+        }
+    }
+
+    #[test]
+    fn a_playlist_range_without_end_is_open_up_to_now_and_bad_ranges_are_refused() {
+        let start = "start=2026-12-07T03:00:00Z";
+        let t0 = crate::container::record::parse_rfc3339("2026-12-07T03:00:00Z").unwrap();
+        let now = t0 + 120_000;
+        assert_eq!(time_range(start, now), Ok((t0, now, true)));
+        assert_eq!(
+            time_range(&format!("{start}&duration=60"), now),
+            Ok((t0, t0 + 60_000, false))
+        );
+        let end = format!("{start}&end=2026-12-07T03:01:00Z");
+        assert_eq!(time_range(&end, now), Ok((t0, t0 + 60_000, false)));
+        // A parameter that only starts like one is not one.
+        assert_eq!(
+            time_range(&format!("{start}&ending=x"), now),
+            Ok((t0, now, true))
+        );
+        for bad in [
+            "",
+            "start=yesterday",
+            "start=2026-12-07T03:00:00Z&duration=60&end=2026-12-07T03:01:00Z",
+            "start=2026-12-07T03:00:00Z&duration=-1",
+            "start=2026-12-07T03:00:00Z&end=2026-12-07T02:00:00Z",
+            "start=2026-12-07T03:00:00Z&duration=90000",
+            "start=%ZZ",
+        ] {
+            assert_eq!(
+                time_range(bad, now).map_err(|f| f.status),
+                Err(400),
+                "{bad}"
+            );
         }
     }
 
