@@ -373,8 +373,17 @@ fn with_takeover_a_publish_on_another_node_fences_the_old_one() {
         "old publisher cut {:?} after the takeover",
         started.elapsed()
     );
-    let (_, body) = get(a.http, "/api/streams?scope=cluster");
-    assert!(body.contains("\"node\":\"b\""), "{body}");
+    // The cluster listing names B (polled: on a loaded machine one listing
+    // may time out, and the next answers).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = get(a.http, "/api/streams?scope=cluster");
+        if body.contains("\"node\":\"b\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // And a player on A now gets B's stream.
     let file = temp_file("cluster-takeover.flv");
     ffmpeg_player(&a.url("move"), &file, Some(3))
