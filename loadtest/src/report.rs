@@ -120,6 +120,9 @@ pub struct ServerReport {
     pub cpu_s_per_gbit_out: Option<f64>,
     /// CPU seconds per Gbit the publishers sent (ingest cost).
     pub cpu_s_per_gbit_in: Option<f64>,
+    /// The same two, user CPU only (the server's own code).
+    pub user_cpu_s_per_gbit_out: Option<f64>,
+    pub user_cpu_s_per_gbit_in: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -236,6 +239,10 @@ pub fn build(r: RunResults) -> Report {
             cpu_s_per_gbit_out: (players.bytes > 0)
                 .then(|| summary.cpu_seconds / gbit(players.bytes)),
             cpu_s_per_gbit_in: (pubs.bytes > 0).then(|| summary.cpu_seconds / gbit(pubs.bytes)),
+            user_cpu_s_per_gbit_out: (players.bytes > 0)
+                .then(|| summary.user_seconds / gbit(players.bytes)),
+            user_cpu_s_per_gbit_in: (pubs.bytes > 0)
+                .then(|| summary.user_seconds / gbit(pubs.bytes)),
             summary,
         })
         .collect();
@@ -326,22 +333,26 @@ pub fn table(r: &Report) -> String {
         let per = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
         let _ = writeln!(
             s,
-            "server pid {}: cpu {:.2} s ({:.0}% of a core), RSS peak {:.1} MB mean {:.1} MB; cpu s per Gbit out {} / in {}{}",
+            "server pid {}: cpu {:.2} s (user {:.2}, system {:.2}; {:.0}% of a core), RSS peak {:.1} MB mean {:.1} MB; cpu s per Gbit out {} / in {}, user only {} / {}{}",
             x.pid,
             x.cpu_seconds,
+            x.user_seconds,
+            x.system_seconds,
             x.cpu_percent,
             x.rss_mb_peak,
             x.rss_mb_mean,
             per(srv.cpu_s_per_gbit_out),
             per(srv.cpu_s_per_gbit_in),
+            per(srv.user_cpu_s_per_gbit_out),
+            per(srv.user_cpu_s_per_gbit_in),
             if x.exited { " (exited during the run)" } else { "" }
         );
     }
     let lg = &r.load_generator;
     let _ = writeln!(
         s,
-        "load generator: cpu {:.2} s ({:.0}% of a core), RSS peak {:.1} MB",
-        lg.cpu_seconds, lg.cpu_percent, lg.rss_mb_peak
+        "load generator: cpu {:.2} s (user {:.2}, system {:.2}; {:.0}% of a core), RSS peak {:.1} MB",
+        lg.cpu_seconds, lg.user_seconds, lg.system_seconds, lg.cpu_percent, lg.rss_mb_peak
     );
     s
 }
@@ -391,6 +402,16 @@ pub fn compare_table(reports: &[(String, serde_json::Value)]) -> String {
         ("server CPU % of a core", "servers.0.cpu_percent"),
         ("server CPU s per Gbit out", "servers.0.cpu_s_per_gbit_out"),
         ("server CPU s per Gbit in", "servers.0.cpu_s_per_gbit_in"),
+        (
+            "  user CPU s per Gbit out",
+            "servers.0.user_cpu_s_per_gbit_out",
+        ),
+        (
+            "  user CPU s per Gbit in",
+            "servers.0.user_cpu_s_per_gbit_in",
+        ),
+        ("server user CPU s", "servers.0.user_seconds"),
+        ("server system CPU s", "servers.0.system_seconds"),
         ("server RSS peak MB", "servers.0.rss_mb_peak"),
         ("load generator CPU %", "load_generator.cpu_percent"),
         ("latency p50 ms", "latency_ms.p50"),

@@ -1,5 +1,5 @@
-//! Server CPU and memory from `/proc/PID` (Linux): CPU time (user + system,
-//! all threads) from `stat`, resident memory from `status`. Sampled once a
+//! Server CPU and memory from `/proc/PID` (Linux): CPU time (user and system
+//! apart, all threads) from `stat`, resident memory from `status`. Sampled once a
 //! second by the run's timeline; read-only, any PID the user names.
 
 use std::time::Instant;
@@ -9,8 +9,8 @@ use serde::Serialize;
 pub struct ServerProbe {
     pub pid: u32,
     ticks_per_second: f64,
-    first_ticks: Option<u64>,
-    last_ticks: Option<u64>,
+    first_ticks: Option<Ticks>,
+    last_ticks: Option<Ticks>,
     last_at: Instant,
     started: Instant,
     peak_rss_kb: u64,
@@ -32,6 +32,10 @@ pub struct ServerSummary {
     pub pid: u32,
     /// CPU seconds (user + system) the server used during the run.
     pub cpu_seconds: f64,
+    /// Of those, in the process's own code (user) and in the kernel on its
+    /// behalf (system).
+    pub user_seconds: f64,
+    pub system_seconds: f64,
     /// Average CPU use over the run, 100 = one core.
     pub cpu_percent: f64,
     pub rss_mb_peak: f64,
@@ -41,8 +45,21 @@ pub struct ServerSummary {
     pub exited: bool,
 }
 
-/// utime + stime, in clock ticks, from `/proc/PID/stat`.
-fn read_cpu_ticks(pid: u32) -> Option<u64> {
+/// CPU time in clock ticks: (user, system).
+#[derive(Debug, Clone, Copy)]
+struct Ticks {
+    user: u64,
+    system: u64,
+}
+
+impl Ticks {
+    fn total(self) -> u64 {
+        self.user + self.system
+    }
+}
+
+/// utime and stime, in clock ticks, from `/proc/PID/stat`.
+fn read_cpu_ticks(pid: u32) -> Option<Ticks> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after
     // the last ')'. utime and stime are fields 14 and 15 (1-based), the
@@ -51,7 +68,10 @@ fn read_cpu_ticks(pid: u32) -> Option<u64> {
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some(Ticks {
+        user: utime,
+        system: stime,
+    })
 }
 
 fn read_rss_kb(pid: u32) -> Option<u64> {
@@ -90,8 +110,10 @@ impl ServerProbe {
         };
         let now = Instant::now();
         let dt = (now - self.last_at).as_secs_f64();
-        let used =
-            ticks.saturating_sub(self.last_ticks.unwrap_or(ticks)) as f64 / self.ticks_per_second;
+        let used = ticks
+            .total()
+            .saturating_sub(self.last_ticks.unwrap_or(ticks).total()) as f64
+            / self.ticks_per_second;
         self.last_ticks = Some(ticks);
         self.last_at = now;
         self.peak_rss_kb = self.peak_rss_kb.max(rss);
@@ -105,14 +127,20 @@ impl ServerProbe {
     }
 
     pub fn summary(&self) -> ServerSummary {
-        let cpu_seconds = match (self.first_ticks, self.last_ticks) {
-            (Some(a), Some(b)) => b.saturating_sub(a) as f64 / self.ticks_per_second,
-            _ => 0.0,
+        let (user_seconds, system_seconds) = match (self.first_ticks, self.last_ticks) {
+            (Some(a), Some(b)) => (
+                b.user.saturating_sub(a.user) as f64 / self.ticks_per_second,
+                b.system.saturating_sub(a.system) as f64 / self.ticks_per_second,
+            ),
+            _ => (0.0, 0.0),
         };
+        let cpu_seconds = user_seconds + system_seconds;
         let wall = (self.last_at - self.started).as_secs_f64();
         ServerSummary {
             pid: self.pid,
             cpu_seconds,
+            user_seconds,
+            system_seconds,
             cpu_percent: if wall > 0.0 {
                 cpu_seconds / wall * 100.0
             } else {
@@ -140,7 +168,10 @@ mod tests {
         assert!(x != 1);
         let s = p.sample().unwrap();
         assert!(s.rss_mb > 0.0);
-        assert!(!p.summary().exited);
+        let sum = p.summary();
+        assert!(!sum.exited);
+        assert!(sum.user_seconds >= 0.0 && sum.system_seconds >= 0.0);
+        assert!((sum.cpu_seconds - sum.user_seconds - sum.system_seconds).abs() < 1e-9);
         assert!(ServerProbe::new(u32::MAX - 1).is_err());
     }
 }
