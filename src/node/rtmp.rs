@@ -120,7 +120,7 @@ pub async fn serve(
             Input::End(e) => break Some(e.to_string()),
         };
         let n = lease.len();
-        let now = Instant::now();
+        let now = ring.reaped_at();
         let result = match &conn.tls {
             None => {
                 let r = state.on_input(&lease[..], session, &conn, &ctx, now).await;
@@ -155,7 +155,7 @@ pub async fn serve(
         if state.publishing.is_some() {
             // Over the ingest cap: hold input back for a while (the ring
             // stops receiving, and the idle clock does not run meanwhile).
-            if let Some(wait) = pace.take(n as u64, Instant::now()) {
+            if let Some(wait) = pace.take(n as u64, now) {
                 conn.hold(true);
                 glommio::timer::sleep(wait).await;
                 conn.hold(false);
@@ -450,6 +450,7 @@ impl ConnState {
         flush(session, outbox);
         let player = Player::new(self.conn, stream_id, session.chunk_size(), outbox.clone());
         let key = admitted.key;
+        outbox.set_latency(ctx.players.latency(key.app()));
         // Play.Start now; media once the key is published here or its
         // relay from another node starts (when it is not live yet).
         let (live, wait, now) = (admitted.live, admitted.wait, Instant::now());

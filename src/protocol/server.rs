@@ -188,6 +188,11 @@ struct NetStream {
     reset: bool,
 }
 
+/// Most media events [`ServerSession::handle_input`] queues before it
+/// returns: enough for a receive buffer of audio and video, few enough that
+/// the queue stays small.
+pub const MEDIA_BATCH: usize = 64;
+
 /// One RTMP connection, server side.
 #[derive(Debug)]
 pub struct ServerSession {
@@ -259,9 +264,11 @@ impl ServerSession {
     // ----- input
 
     /// Consumes bytes from the peer; returns how many were taken. It stops
-    /// early, to let the caller act, after a message that raised events and
-    /// while a request is pending: call [`poll_event`](Self::poll_event)
-    /// until `None`, answer any request, then hand in the rest.
+    /// early, to let the caller act, after a message that raised an event
+    /// other than media, after [`MEDIA_BATCH`] media events, and while a
+    /// request is pending: call [`poll_event`](Self::poll_event) until
+    /// `None`, answer any request, then hand in the rest. So a publisher's
+    /// receive buffer is usually taken in one call, its media in one batch.
     pub fn handle_input(&mut self, input: &[u8]) -> Result<usize, SessionError> {
         let mut rest = input;
         if self.phase == Phase::Handshake {
@@ -274,7 +281,7 @@ impl ServerSession {
             self.phase = Phase::AwaitConnect;
         }
         while !rest.is_empty()
-            && self.events.is_empty()
+            && !self.must_yield()
             && self.aggregate.is_none()
             && !self.has_pending_request()
         {
@@ -290,6 +297,17 @@ impl ServerSession {
             }
         }
         Ok(input.len() - rest.len())
+    }
+
+    /// The caller must act before more input: an event other than media
+    /// is queued (a command changes what later messages mean), or a full
+    /// batch of media is.
+    fn must_yield(&self) -> bool {
+        self.events.len() >= MEDIA_BATCH
+            || self
+                .events
+                .back()
+                .is_some_and(|e| !matches!(e, ServerEvent::Media { .. }))
     }
 
     fn on_message(&mut self, m: RawMessage) -> Result<(), SessionError> {

@@ -325,6 +325,9 @@ pub struct SocketRing {
     wake_interval: Duration,
     /// The size of the ring's fixed-file table (0: none).
     fixed_files: u32,
+    /// When completions were last reaped: the time of every input that
+    /// pass handed out, read by connections instead of a clock each.
+    reaped_at: Cell<Instant>,
 }
 
 impl SocketRing {
@@ -443,6 +446,7 @@ impl SocketRing {
             flush_due: Cell::new(None),
             wake_interval,
             fixed_files,
+            reaped_at: Cell::new(Instant::now()),
         })
     }
 
@@ -730,8 +734,16 @@ impl SocketRing {
         }
     }
 
+    /// When the input a connection is handed now arrived: the time of the
+    /// last reap (input only ever comes from one, and the tasks it wakes run
+    /// right after it), so a connection reads no clock per receive.
+    pub fn reaped_at(&self) -> Instant {
+        self.reaped_at.get()
+    }
+
     /// Reaps every completion; returns how many.
     fn reap(&self, now: Instant, on_accept: &mut impl FnMut(OwnedFd, ListenKind)) -> usize {
+        self.reaped_at.set(now);
         let mut total = 0;
         let mut batch = [(0u64, 0i32, 0u32); 64];
         loop {
