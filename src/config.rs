@@ -232,6 +232,73 @@ pub struct PlayersConfig {
     /// Media waits up to this long so that one send carries several
     /// messages (fewer packets, wakes and syscalls per byte); 0 = send at once.
     pub send_coalesce_ms: u64,
+    /// The latency budget of every player (RTMP and HTTP-FLV), ms: how long
+    /// its media may wait so that one send carries more of it, video
+    /// included (SRS's `mw_latency`). 0: each message is sent at once.
+    /// Unset: the low-latency default (video at once, audio and data up to
+    /// `send_coalesce_ms` for the next video frame).
+    pub latency_ms: Option<u64>,
+    /// `[players.apps.NAME] latency_ms = N`: one app's budget instead.
+    pub apps: BTreeMap<String, AppPlayers>,
+}
+
+/// One app's players.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppPlayers {
+    pub latency_ms: Option<u64>,
+}
+
+/// How long a player's media may wait for a send (its latency budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    /// Video at once; audio and data wait up to this many ms for the next
+    /// video frame, to leave in its send.
+    LowLatency { audio_wait_ms: u64 },
+    /// Every message at once.
+    Immediate,
+    /// Everything queued leaves at most this many ms after the first of it,
+    /// in one send.
+    Budget { ms: u64 },
+}
+
+impl Latency {
+    /// The mode's name, as `/api/streams` gives it.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Latency::LowLatency { .. } => "low-latency",
+            Latency::Immediate => "immediate",
+            Latency::Budget { .. } => "budget",
+        }
+    }
+
+    /// The most a message waits, ms.
+    pub fn max_wait_ms(self) -> u64 {
+        match self {
+            Latency::LowLatency { audio_wait_ms } => audio_wait_ms,
+            Latency::Immediate => 0,
+            Latency::Budget { ms } => ms,
+        }
+    }
+}
+
+impl PlayersConfig {
+    /// The latency budget of `app`'s players: the app's own, else the
+    /// node's, else the low-latency default.
+    pub fn latency(&self, app: &str) -> Latency {
+        let ms = self
+            .apps
+            .get(app)
+            .and_then(|a| a.latency_ms)
+            .or(self.latency_ms);
+        match ms {
+            None => Latency::LowLatency {
+                audio_wait_ms: self.send_coalesce_ms,
+            },
+            Some(0) => Latency::Immediate,
+            Some(ms) => Latency::Budget { ms },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -854,6 +921,8 @@ impl Default for PlayersConfig {
             max_lag_ms: 10_000,
             max_per_stream: 0,
             send_coalesce_ms: 30,
+            latency_ms: None,
+            apps: BTreeMap::new(),
         }
     }
 }
@@ -1008,6 +1077,17 @@ impl Config {
         }
         if self.players.send_coalesce_ms > 1000 {
             return Err(invalid("players.send_coalesce_ms", "must be at most 1000"));
+        }
+        if self.players.latency_ms.is_some_and(|ms| ms > 1000) {
+            return Err(invalid("players.latency_ms", "must be at most 1000"));
+        }
+        for (app, a) in &self.players.apps {
+            if a.latency_ms.is_some_and(|ms| ms > 1000) {
+                return Err(invalid(
+                    "players.apps.NAME.latency_ms",
+                    format!("must be at most 1000 (app {app:?})"),
+                ));
+            }
         }
         if self.node.io_memory_kib < 64 {
             return Err(invalid("node.io_memory_kib", "must be at least 64"));
@@ -1204,6 +1284,26 @@ mod tests {
     fn parse(s: &str) -> Result<Cli, clap::Error> {
         use clap::Parser;
         Cli::try_parse_from(std::iter::once("tributary").chain(s.split_whitespace()))
+    }
+
+    #[test]
+    fn a_latency_budget_per_app_overrides_the_nodes() {
+        let text = "[players]\nlatency_ms = 100\n[players.apps.now]\nlatency_ms = 0\n";
+        let c = Config::from_toml(text, Path::new("t.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.players.latency("live"), Latency::Budget { ms: 100 });
+        assert_eq!(c.players.latency("now"), Latency::Immediate);
+        let d = Config::default();
+        assert_eq!(
+            d.players.latency("live"),
+            Latency::LowLatency { audio_wait_ms: 30 }
+        );
+        assert_eq!(d.players.latency("live").mode(), "low-latency");
+        let over = "[players.apps.x]\nlatency_ms = 5000\n";
+        let c = Config::from_toml(over, Path::new("t.toml")).unwrap();
+        assert!(c.validate().is_err(), "a budget past 1 s is refused");
+        let typo = "[players.apps.x]\nlatency = 5\n";
+        assert!(Config::from_toml(typo, Path::new("t.toml")).is_err());
     }
 
     #[test]

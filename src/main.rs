@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     let http_listen = config.http.listen;
     let admin_token = config.http.admin_token.clone();
     let drain_delay = std::time::Duration::from_millis(config.node.drain_delay_ms);
+    let players = config.players.clone();
     let node = match Node::start(config) {
         Ok(n) => n,
         Err(e) => {
@@ -86,6 +87,7 @@ fn main() -> ExitCode {
         auth: node.auth.clone(),
         exec: node.exec.clone(),
         recordings: node.recordings.clone(),
+        players,
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

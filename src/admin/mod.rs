@@ -66,6 +66,8 @@ pub struct AdminState {
     pub exec: Option<crate::exec::Exec>,
     /// This node's recordings, when `record.path` is set.
     pub recordings: Option<std::sync::Arc<crate::node::Library>>,
+    /// The players' settings: each app's latency budget, for the listing.
+    pub players: crate::config::PlayersConfig,
 }
 
 /// How long a play token that `/api/play` hands out is valid.
@@ -382,12 +384,16 @@ fn node_streams(state: &AdminState) -> Reply {
         .into_iter()
         .map(|l| {
             let viewers = audience.of(&l.key);
+            let latency = state.players.latency(l.key.app());
             serde_json::json!({
                 "app": l.key.app(), "name": l.key.name(), "node": state.node_id,
                 "shard": l.shard, "relayed": l.relayed, "started_ms": l.started_ms,
                 "video_codec": l.report.video_codec, "audio_codec": l.report.audio_codec,
                 "bitrate_kbps": l.report.bitrate_kbps,
                 "viewers": viewers, "viewers_total": viewers.total(),
+                "players_latency": {
+                    "mode": latency.mode(), "max_wait_ms": latency.max_wait_ms(),
+                },
             })
         })
         .collect();

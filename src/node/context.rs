@@ -45,4 +45,6 @@ pub struct ConnectionContext {
     /// The address the RTMP listener is bound to (unspecified: every one):
     /// where the node's own pipelines connect from.
     pub rtmp_ip: std::net::IpAddr,
+    /// The players' settings: each app's latency budget.
+    pub players: Arc<crate::config::PlayersConfig>,
 }

@@ -294,6 +294,7 @@ fn connection_context(
         recorders,
         exec: setup.exec.clone(),
         rtmp_ip: config.rtmp.listen.ip(),
+        players: Arc::new(config.players.clone()),
         open: RefCell::new(Vec::new()),
         reconnects_asked: std::cell::Cell::new(0),
         hub: hub.clone(),

@@ -82,6 +82,7 @@ pub(super) async fn start_flv(
     conn.set_read_only_peer();
     let player = Player::flv(conn.id, conn.clone());
     let key = admitted.key;
+    conn.set_latency(ctx.players.latency(key.app()));
     let (live, wait, now) = (admitted.live, admitted.wait, Instant::now());
     let outcome = ctx
         .hub

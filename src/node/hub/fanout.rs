@@ -134,8 +134,10 @@ fn is_media(m: &RawMessage) -> bool {
 /// Queues `m` for `player`. A video frame starts the shard's next send
 /// round at once; audio and data may wait for it (up to
 /// `players.send_coalesce_ms`), so that a player's audio leaves in the same
-/// send as the next video frame instead of a packet of its own. A local
-/// consumer gets the message itself.
+/// send as the next video frame instead of a packet of its own. A player
+/// with a latency budget of 0 has every message sent at once; one with a
+/// budget batches everything (`Conn::set_latency`). A local consumer gets
+/// the message itself.
 fn send(player: &Player, m: &RawMessage, memo: &mut Memo) {
     if player.format == Format::Local {
         if is_media(m) {
@@ -144,7 +146,7 @@ fn send(player: &Player, m: &RawMessage, memo: &mut Memo) {
         return;
     }
     let b = encoded(player, m, memo);
-    if m.type_id == MessageType::VIDEO {
+    if m.type_id == MessageType::VIDEO || player.out.is_immediate() {
         player.out.push_urgent(b);
     } else {
         player.out.push(b);

@@ -142,6 +142,9 @@ pub struct Conn {
     /// Its output leaves in batches at most this often (a push target:
     /// see `Conn::set_batch`); None: with the shard's next send round.
     batch: Cell<Option<Duration>>,
+    /// A player whose latency budget is 0: every message it is queued
+    /// starts a send round at once (audio too).
+    immediate: Cell<bool>,
     /// RTMPS: the TLS session the ring encrypts output through and the
     /// task decrypts input through.
     pub tls: Option<Box<RefCell<crate::tls::RingTls>>>,
@@ -176,6 +179,7 @@ impl Conn {
             close_notified: Cell::new(false),
             written: Cell::new(0),
             batch: Cell::new(None),
+            immediate: Cell::new(false),
             tls: tls.map(|t| Box::new(RefCell::new(t))),
         }
     }
@@ -253,6 +257,23 @@ impl Conn {
             // Already scheduled (audio waiting): the round must start now.
             self.ring.notify.notify();
         }
+    }
+
+    /// Applies a player's latency budget (`players.latency_ms`): the
+    /// low-latency default changes nothing; 0 sends each message at once;
+    /// a budget batches its media ([`set_batch`](Self::set_batch)), video
+    /// included, audio and video in one queue so they stay in order.
+    pub fn set_latency(&self, latency: crate::config::Latency) {
+        match latency {
+            crate::config::Latency::LowLatency { .. } => {}
+            crate::config::Latency::Immediate => self.immediate.set(true),
+            crate::config::Latency::Budget { ms } => self.set_batch(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Whether every message queued for it is sent at once.
+    pub fn is_immediate(&self) -> bool {
+        self.immediate.get()
     }
 
     /// From now on, what is queued leaves at most `every` after the first
