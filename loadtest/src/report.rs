@@ -235,15 +235,16 @@ pub fn build(r: RunResults) -> Report {
     let servers = r
         .servers
         .into_iter()
-        .map(|summary| ServerReport {
-            cpu_s_per_gbit_out: (players.bytes > 0)
-                .then(|| summary.cpu_seconds / gbit(players.bytes)),
-            cpu_s_per_gbit_in: (pubs.bytes > 0).then(|| summary.cpu_seconds / gbit(pubs.bytes)),
-            user_cpu_s_per_gbit_out: (players.bytes > 0)
-                .then(|| summary.user_seconds / gbit(players.bytes)),
-            user_cpu_s_per_gbit_in: (pubs.bytes > 0)
-                .then(|| summary.user_seconds / gbit(pubs.bytes)),
-            summary,
+        .map(|summary| {
+            // CPU seconds per Gbit moved, when any was.
+            let per = |secs: f64, bytes: u64| (bytes > 0).then(|| secs / gbit(bytes));
+            ServerReport {
+                cpu_s_per_gbit_out: per(summary.cpu_seconds, players.bytes),
+                cpu_s_per_gbit_in: per(summary.cpu_seconds, pubs.bytes),
+                user_cpu_s_per_gbit_out: per(summary.user_seconds, players.bytes),
+                user_cpu_s_per_gbit_in: per(summary.user_seconds, pubs.bytes),
+                summary,
+            }
         })
         .collect();
     let mut streams: Vec<StreamReport> = r

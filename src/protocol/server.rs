@@ -191,7 +191,7 @@ struct NetStream {
 /// Most media events [`ServerSession::handle_input`] queues before it
 /// returns: enough for a receive buffer of audio and video, few enough that
 /// the queue stays small.
-pub const MEDIA_BATCH: usize = 64;
+const MEDIA_BATCH: usize = 64;
 
 /// One RTMP connection, server side.
 #[derive(Debug)]
