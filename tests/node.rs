@@ -1063,3 +1063,157 @@ fn logs_to_a_pipe_carry_no_colour_codes_and_json_is_one_object_a_line() {
         assert!(v["level"].is_string(), "{line}");
     }
 }
+
+/// What one player saw of a stream, from a [`LibPlayer`]'s log: how many
+/// media messages a send round carried (reads less than 15 ms apart count
+/// as one round), and how far its latest audio and video drifted apart.
+struct Rounds {
+    messages: usize,
+    rounds: usize,
+    worst_av_gap_ms: i64,
+    in_order: bool,
+}
+
+fn rounds(player: &LibPlayer, skip: Duration) -> Rounds {
+    use tributary::protocol::client::ClientEvent;
+    use tributary::protocol::message::MessageType;
+    let events = player.events.lock().unwrap();
+    let reads = player.reads.lock().unwrap();
+    // Frames, not the sequence headers (AVC and AAC configs, sent with
+    // the timestamp they were published at, before the GOP cache's frames).
+    let media = |e: &ClientEvent| match e {
+        ClientEvent::Media(m) if m.payload.get(1) == Some(&0) => None,
+        ClientEvent::Media(m) if m.type_id == MessageType::VIDEO => Some((true, m.timestamp)),
+        ClientEvent::Media(m) if m.type_id == MessageType::AUDIO => Some((false, m.timestamp)),
+        _ => None,
+    };
+    let first = reads
+        .iter()
+        .find(|(_, seen)| events[..*seen].iter().any(|e| media(e).is_some()))
+        .expect("no media arrived")
+        .0;
+    let (mut messages, mut rounds, mut last_round) = (0, 0, None::<Instant>);
+    let (mut video, mut audio) = (None::<u32>, None::<u32>);
+    let (mut worst, mut in_order, mut done) = (0i64, true, 0);
+    // Rounds are counted past `skip` (the GOP cache's burst comes first).
+    for &(at, seen) in reads.iter() {
+        let got: Vec<_> = events[done..seen].iter().filter_map(media).collect();
+        done = seen;
+        for &(is_video, ts) in &got {
+            let last = if is_video { &mut video } else { &mut audio };
+            in_order &= last.is_none_or(|l| l <= ts);
+            *last = Some(ts);
+            if let (Some(v), Some(a)) = (video, audio) {
+                worst = worst.max((i64::from(v) - i64::from(a)).abs());
+            }
+        }
+        if got.is_empty() || at < first + skip {
+            continue;
+        }
+        messages += got.len();
+        if last_round.is_none_or(|l| at.duration_since(l) >= Duration::from_millis(15)) {
+            rounds += 1;
+        }
+        last_round = Some(at);
+    }
+    Rounds {
+        messages,
+        rounds,
+        worst_av_gap_ms: worst,
+        in_order,
+    }
+}
+
+#[test]
+fn a_latency_budget_batches_a_players_media_and_keeps_it_in_step() {
+    let config = common::write_config(
+        "latency.toml",
+        "[players]\nlatency_ms = 0\n[players.apps.batched]\nlatency_ms = 400\n",
+    );
+    let node = Node::start_with(1, &["--config", config.to_str().unwrap()]);
+    let now_url = node.url("now");
+    let batched_url = format!("rtmp://{}/batched/late", node.addr);
+    let publishers = [publish(&now_url, 14), publish(&batched_url, 14)];
+    wait_live(&now_url);
+    wait_live(&batched_url);
+
+    // The mode of each is in the listing.
+    let (_, body) = get(node.http, "/api/streams");
+    let listing: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let latency_of = |app: &str| {
+        listing["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["app"] == app)
+            .unwrap_or_else(|| panic!("no {app} stream in {body}"))["players_latency"]
+            .clone()
+    };
+    assert_eq!(
+        latency_of("live"),
+        serde_json::json!({"mode": "immediate", "max_wait_ms": 0})
+    );
+    assert_eq!(
+        latency_of("batched"),
+        serde_json::json!({"mode": "budget", "max_wait_ms": 400})
+    );
+
+    // ffmpeg plays the batched stream, and ffprobe finds it whole.
+    let file = temp_file("latency-batched.flv");
+    let ffmpeg = ffmpeg_player(&batched_url, &file, Some(4));
+
+    let now = LibPlayer::start(node.addr, "now");
+    let late = LibPlayer::start_app(node.addr, "batched", "late");
+    let enough_video = |events: &[tributary::protocol::client::ClientEvent]| {
+        events
+            .iter()
+            .filter(|e| {
+                matches!(e, tributary::protocol::client::ClientEvent::Media(m)
+                    if m.type_id == tributary::protocol::message::MessageType::VIDEO)
+            })
+            .count()
+            >= 150
+    };
+    now.wait_for("150 video frames, immediate", enough_video);
+    late.wait_for("150 video frames, batched", enough_video);
+    ffmpeg
+        .wait(Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("{e}\nnode log:\n{}", node.log.lock().unwrap()));
+    check_recording(&file, 50);
+
+    // Past the GOP cache's burst, the immediate player gets a message or
+    // two a send; the batched one gets up to 400 ms of media at a time
+    // (25 fps video and 43 audio frames a second: about 27 a round).
+    let skip = Duration::from_millis(1500);
+    let (now, late) = (rounds(&now, skip), rounds(&late, skip));
+    let per_round = |r: &Rounds| r.messages as f64 / r.rounds.max(1) as f64;
+    eprintln!(
+        "messages per send round: immediate {:.1}, 400 ms budget {:.1}",
+        per_round(&now),
+        per_round(&late)
+    );
+    assert!(
+        per_round(&now) < 8.0,
+        "immediate: {} messages in {} rounds",
+        now.messages,
+        now.rounds
+    );
+    assert!(
+        per_round(&late) > 15.0,
+        "batched: {} messages in {} rounds",
+        late.messages,
+        late.rounds
+    );
+    // Audio and video stay in order and in step in both.
+    for (name, r) in [("immediate", &now), ("batched", &late)] {
+        assert!(r.in_order, "{name}: timestamps went back");
+        assert!(
+            r.worst_av_gap_ms < 500,
+            "{name}: audio and video {} ms apart",
+            r.worst_av_gap_ms
+        );
+    }
+    for p in publishers {
+        p.wait(Duration::from_secs(40)).unwrap();
+    }
+}

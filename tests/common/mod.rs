@@ -412,20 +412,28 @@ pub fn get(addr: SocketAddr, path: &str) -> (String, String) {
 /// A library RTMP player on its own thread, recording every event.
 pub struct LibPlayer {
     pub events: Arc<Mutex<Vec<tributary::protocol::client::ClientEvent>>>,
+    /// For each read from the socket: when it returned, and how many
+    /// events had been seen once its bytes were decoded.
+    pub reads: Arc<Mutex<Vec<(Instant, usize)>>>,
 }
 
 impl LibPlayer {
     pub fn start(addr: SocketAddr, key: &str) -> LibPlayer {
+        Self::start_app(addr, "live", key)
+    }
+
+    pub fn start_app(addr: SocketAddr, app: &str, key: &str) -> LibPlayer {
         use tributary::protocol::client::{ClientConfig, ClientSession, Role};
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        let tc_url = format!("rtmp://{addr}/live");
-        let mut client =
-            ClientSession::new(ClientConfig::new(Role::Play, &tc_url, "live", key), 0, 3);
+        let tc_url = format!("rtmp://{addr}/{app}");
+        let mut client = ClientSession::new(ClientConfig::new(Role::Play, &tc_url, app, key), 0, 3);
         let events = Arc::new(Mutex::new(Vec::new()));
+        let reads = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
+        let read_log = reads.clone();
         thread::spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
             let mut out = bytes::BytesMut::new();
@@ -439,6 +447,7 @@ impl LibPlayer {
                     Ok(0) | Err(_) => return,
                     Ok(n) => n,
                 };
+                let at = Instant::now();
                 let mut rest = &buf[..n];
                 while !rest.is_empty() {
                     let Ok(used) = client.handle_input(rest) else {
@@ -449,9 +458,11 @@ impl LibPlayer {
                         sink.lock().unwrap().push(e);
                     }
                 }
+                let seen = sink.lock().unwrap().len();
+                read_log.lock().unwrap().push((at, seen));
             }
         });
-        LibPlayer { events }
+        LibPlayer { events, reads }
     }
 
     pub fn wait_for(
