@@ -174,6 +174,7 @@ fn open_ring(
         },
         Duration::from_millis(config.players.send_coalesce_ms),
         Duration::from_micros(config.node.wake_interval_us),
+        config.node.defer_taskrun,
         (shard as u64) << 48,
     )
     .map_err(|source| ShardError::Ring { shard, source })?;

@@ -332,6 +332,7 @@ pub struct SocketRing {
 
 impl SocketRing {
     /// Sets up the ring, its buffer ring and its eventfd.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         recv_buffers: usize,
         buffer_size: usize,
@@ -339,9 +340,10 @@ impl SocketRing {
         timeouts: Timeouts,
         coalesce: Duration,
         wake_interval: Duration,
+        defer_taskrun: bool,
         first_id: u64,
     ) -> Result<Rc<SocketRing>, RingError> {
-        let ring = probe::build_ring(RING_ENTRIES)?;
+        let ring = probe::build_ring(RING_ENTRIES, defer_taskrun)?;
         let pool = BufPool::new(recv_buffers, buffer_size)?;
         let (addr, entries) = pool.ring_addr();
         // SAFETY: the ring of entries lives in `pool`, which the SocketRing
@@ -1230,6 +1232,7 @@ mod tests {
                     timeouts,
                     Duration::ZERO,
                     Duration::ZERO,
+                    false,
                     0,
                 )
                 .expect("the socket ring");

@@ -64,7 +64,16 @@ fn parse_version(release: &str) -> (u32, u32) {
 
 /// Builds the shard's ring with the flags the data plane relies on, and
 /// checks the operations it submits.
-pub fn build_ring(entries: u32) -> Result<IoUring, ProbeError> {
+///
+/// `defer_taskrun` adds DEFER_TASKRUN: completions (a receive's copy among
+/// them) run only when the shard enters the ring to reap, never as an
+/// interruption, and arrivals while the shard is busy do not wake it again.
+/// That saves kernel work per byte, but its first arrival on a quiet ring
+/// signals the ring's eventfd from an RCU callback (seen on Linux 6.18 with
+/// `perf record -e io_uring:io_uring_task_add`: 5 to 20 ms after the
+/// data came), so a quiet shard's input waits that long. Without it the
+/// completion is task work that wakes the shard's thread at once.
+pub fn build_ring(entries: u32, defer_taskrun: bool) -> Result<IoUring, ProbeError> {
     let (release, version) = kernel_version();
     if version < MIN_KERNEL {
         return Err(ProbeError::TooOld {
@@ -72,27 +81,27 @@ pub fn build_ring(entries: u32) -> Result<IoUring, ProbeError> {
             feature: "multishot recv into provided-buffer rings",
         });
     }
-    // DEFER_TASKRUN: completions (a receive's copy among them) run only
-    // when the shard enters the ring to reap, never as an interruption, and
-    // arrivals while the shard is busy do not wake it again; the ring's
-    // eventfd fires when such work first appears. COOP_TASKRUN: the same
-    // for what is not deferred. TASKRUN_FLAG tells us when to enter.
+    // COOP_TASKRUN: completions' task work does not interrupt the shard
+    // while it runs (it waits for the next entry into the kernel). A sleeping
+    // shard is still woken. TASKRUN_FLAG tells us when to enter.
     // SINGLE_ISSUER: only this shard's thread submits.
-    let ring = IoUring::builder()
+    let mut builder = IoUring::builder();
+    builder
         .setup_cqsize(entries * 4)
         .setup_coop_taskrun()
         .setup_taskrun_flag()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .build(entries)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EINVAL) => ProbeError::Missing {
-                feature: "IORING_SETUP_DEFER_TASKRUN / SINGLE_ISSUER / COOP_TASKRUN",
-                since: "6.1",
-                err: e,
-            },
-            _ => ProbeError::Unavailable(e),
-        })?;
+        .setup_single_issuer();
+    if defer_taskrun {
+        builder.setup_defer_taskrun();
+    }
+    let ring = builder.build(entries).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => ProbeError::Missing {
+            feature: "IORING_SETUP_DEFER_TASKRUN / SINGLE_ISSUER / COOP_TASKRUN",
+            since: "6.1",
+            err: e,
+        },
+        _ => ProbeError::Unavailable(e),
+    })?;
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -133,6 +142,7 @@ mod tests {
     #[test]
     fn this_machine_builds_the_ring() {
         // The test machines run a kernel the node supports.
-        build_ring(64).expect("the socket ring's kernel features");
+        build_ring(64, false).expect("the socket ring's kernel features");
+        build_ring(64, true).expect("the socket ring's kernel features, DEFER_TASKRUN");
     }
 }
