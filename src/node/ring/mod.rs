@@ -405,6 +405,18 @@ impl SocketRing {
         stats: Arc<ShardStats>,
         timeouts: Timeouts,
     ) -> Rc<SocketRing> {
+        Self::fed_coalescing(recv_buffers, buffer_size, stats, timeouts, Duration::ZERO)
+    }
+
+    /// [`fed`](Self::fed), with send rounds that wait up to `coalesce`.
+    #[cfg(test)]
+    fn fed_coalescing(
+        recv_buffers: usize,
+        buffer_size: usize,
+        stats: Arc<ShardStats>,
+        timeouts: Timeouts,
+        coalesce: Duration,
+    ) -> Rc<SocketRing> {
         let pool = BufPool::new(recv_buffers, buffer_size).expect("the buffer pool");
         Self::assemble(
             Submissions::Fed(Vec::new()),
@@ -413,7 +425,7 @@ impl SocketRing {
             0,
             stats,
             timeouts,
-            Duration::ZERO,
+            coalesce,
             Duration::ZERO,
             0,
         )
@@ -1392,5 +1404,28 @@ mod tests {
         assert_eq!(ring.queue.deferred.borrow().len(), 1);
         ring.finish(&batched);
         assert_eq!(*ring.queue.dirty.borrow(), vec![batched.slot()]);
+    }
+
+    /// A batch that is due has waited its budget already: it leaves in that
+    /// round, not a send-coalescing interval later.
+    #[test]
+    fn a_due_batch_does_not_wait_for_the_send_coalescing_too() {
+        let timeouts = Timeouts {
+            handshake: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+        };
+        let stats = Arc::new(ShardStats::default());
+        let ring = SocketRing::fed_coalescing(8, 4096, stats, timeouts, Duration::from_millis(30));
+        let (batched, _, _peer) = fed_socket(&ring);
+        ring.queue.dirty.borrow_mut().clear();
+        batched.unschedule();
+        batched.set_batch(Duration::from_millis(100));
+        let now = Instant::now();
+        batched.push(Bytes::from_static(b"audio"));
+        let due = ring.send_round(now).expect("the batch's time");
+        submitted(&ring);
+        assert_eq!(ring.send_round(due), None, "sent when due");
+        assert_eq!(submitted(&ring), vec![(Op::Send, batched.slot())]);
     }
 }

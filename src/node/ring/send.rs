@@ -69,6 +69,9 @@ impl SocketRing {
                 deferred.retain(|&(slot, due)| {
                     if due <= now {
                         dirty.push(slot);
+                        // It has waited its budget: this round, not a
+                        // coalescing interval later.
+                        self.queue.urgent.set(true);
                         false
                     } else {
                         next_batch = Some(next_batch.map_or(due, |n| n.min(due)));
