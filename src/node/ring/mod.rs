@@ -397,20 +397,10 @@ impl SocketRing {
     }
 
     /// A ring with no kernel behind it (see [`Submissions`]): no buffer
-    /// ring, eventfd or fixed-file table; never driven.
+    /// ring, eventfd or fixed-file table; never driven. Its send rounds
+    /// wait up to `coalesce`.
     #[cfg(test)]
     fn fed(
-        recv_buffers: usize,
-        buffer_size: usize,
-        stats: Arc<ShardStats>,
-        timeouts: Timeouts,
-    ) -> Rc<SocketRing> {
-        Self::fed_coalescing(recv_buffers, buffer_size, stats, timeouts, Duration::ZERO)
-    }
-
-    /// [`fed`](Self::fed), with send rounds that wait up to `coalesce`.
-    #[cfg(test)]
-    fn fed_coalescing(
         recv_buffers: usize,
         buffer_size: usize,
         stats: Arc<ShardStats>,
@@ -1030,12 +1020,16 @@ mod tests {
     /// `submitted`, the completions a test feeds `complete` are the only
     /// ones it sees. Its sockets are one end of a Unix socket pair.
     fn fed_ring(stats: Arc<ShardStats>) -> Rc<SocketRing> {
+        fed_ring_coalescing(stats, Duration::ZERO)
+    }
+
+    fn fed_ring_coalescing(stats: Arc<ShardStats>, coalesce: Duration) -> Rc<SocketRing> {
         let timeouts = Timeouts {
             handshake: Duration::from_secs(60),
             idle: Duration::from_secs(60),
             write: Duration::from_secs(60),
         };
-        SocketRing::fed(8, 4096, stats, timeouts)
+        SocketRing::fed(8, 4096, stats, timeouts, coalesce)
     }
 
     fn fed_socket(ring: &SocketRing) -> (Rc<Conn>, u32, std::os::unix::net::UnixStream) {
@@ -1410,13 +1404,7 @@ mod tests {
     /// round, not a send-coalescing interval later.
     #[test]
     fn a_due_batch_does_not_wait_for_the_send_coalescing_too() {
-        let timeouts = Timeouts {
-            handshake: Duration::from_secs(60),
-            idle: Duration::from_secs(60),
-            write: Duration::from_secs(60),
-        };
-        let stats = Arc::new(ShardStats::default());
-        let ring = SocketRing::fed_coalescing(8, 4096, stats, timeouts, Duration::from_millis(30));
+        let ring = fed_ring_coalescing(Arc::new(ShardStats::default()), Duration::from_millis(30));
         let (batched, _, _peer) = fed_socket(&ring);
         ring.queue.dirty.borrow_mut().clear();
         batched.unschedule();
