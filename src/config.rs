@@ -80,6 +80,15 @@ pub struct MediaConfig {
     /// is a connection (for a cache in front that collapses playlist
     /// requests: per-viewer playlist URLs defeat it).
     pub hls_sessions: bool,
+    /// RTMPT (RTMP tunnelled in HTTP) on the media listener, and RTMPTS on
+    /// its TLS listener: `POST /open/1`, `/send`, `/idle`, `/close`.
+    pub rtmpt: bool,
+    /// RTMPT sessions open at once, on the node and per client address
+    /// (0 = no limit).
+    pub rtmpt_sessions: u64,
+    pub rtmpt_sessions_per_ip: u32,
+    /// An RTMPT session with no request for this long is closed.
+    pub rtmpt_idle_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -93,6 +102,10 @@ impl Default for MediaConfig {
             hls_window_segments: 6,
             hls_idle_ms: 30_000,
             hls_sessions: true,
+            rtmpt: true,
+            rtmpt_sessions: 1000,
+            rtmpt_sessions_per_ip: 16,
+            rtmpt_idle_ms: 10_000,
         }
     }
 }
@@ -1158,6 +1171,11 @@ impl Config {
         }
         if m.hls_idle_ms == 0 {
             return Err(invalid("media.hls_idle_ms", "must be positive"));
+        }
+        if !(500..=300_000).contains(&m.rtmpt_idle_ms) {
+            // ffmpeg polls every 50 ms at most when idle; a session is
+            // held this long after its client's last request.
+            return Err(invalid("media.rtmpt_idle_ms", "must be 500..=300000"));
         }
         if self.media.tls_listen.is_some()
             && (self.tls.cert.as_os_str().is_empty() || self.tls.key.as_os_str().is_empty())

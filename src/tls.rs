@@ -173,6 +173,8 @@ pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, Tls
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
+    let mut config = config;
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -54,6 +54,7 @@ const LAYERS: &[&[&str]] = &[
         "http::flv",
         "http::hls",
         "http::recording",
+        "http::rtmpt",
     ],
     // The shard's executor, then the node.
     &["shard"],

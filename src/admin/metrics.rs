@@ -26,6 +26,7 @@ pub(super) struct Metrics {
     http_refused: IntCounterVec,
     viewers: IntGaugeVec,
     hls_bytes: prometheus::IntGauge,
+    rtmpt_sessions: prometheus::IntGauge,
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
@@ -246,6 +247,11 @@ impl Metrics {
             "Bytes of LL-HLS parts and segments held in memory, all streams",
         )?;
         registry.register(Box::new(hls_bytes.clone()))?;
+        let rtmpt_sessions = prometheus::IntGauge::new(
+            "tributary_rtmpt_sessions",
+            "RTMPT and RTMPTS sessions open (RTMP tunnelled in HTTP)",
+        )?;
+        registry.register(Box::new(rtmpt_sessions.clone()))?;
         let limited = counter(
             "tributary_limit_refused_total",
             "Connections, publishes and plays refused by a limit, by limit",
@@ -452,6 +458,7 @@ impl Metrics {
             http_refused,
             viewers,
             hls_bytes,
+            rtmpt_sessions,
             limited,
             cluster_gauges,
             exec_running,
@@ -576,6 +583,7 @@ impl Metrics {
             }
         }
         self.hls_bytes.set(state.hls.usage().1 as i64);
+        self.rtmpt_sessions.set(state.gate.tunnels() as i64);
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

@@ -1,5 +1,6 @@
 //! Node-wide admission limits: connections in all and per client address,
-//! publishers, and players per stream. Consulted on accept, publish and
+//! RTMPT sessions in all and per client address, publishers, and players
+//! per stream. Consulted on accept, publish and
 //! play (rare paths; a mutex is fine), never per message. Each admission
 //! is a ticket that gives its place back when dropped, so a connection's
 //! end, however it happens, frees what it held.
@@ -12,11 +13,13 @@ use std::sync::{Arc, Mutex};
 use crate::stream::{Audience, Protocol, StreamKey};
 
 /// What a limit refused, as counted and exported.
-pub const REFUSED_KINDS: [&str; 4] = [
+pub const REFUSED_KINDS: [&str; 6] = [
     "node_connections",
     "ip_connections",
     "publishers",
     "stream_players",
+    "node_rtmpt_sessions",
+    "ip_rtmpt_sessions",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +28,8 @@ pub enum Refused {
     IpConnections,
     Publishers,
     StreamPlayers,
+    NodeTunnels,
+    IpTunnels,
 }
 
 impl Refused {
@@ -40,6 +45,9 @@ pub struct GateLimits {
     pub connections_per_ip: u32,
     pub publishers: u64,
     pub players_per_stream: u32,
+    /// RTMPT sessions (each an RTMP connection tunnelled in HTTP).
+    pub tunnels: u64,
+    pub tunnels_per_ip: u32,
 }
 
 #[derive(Debug, Default)]
@@ -48,11 +56,13 @@ pub struct Gate {
     connections: AtomicU64,
     publishers: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    tunnels: AtomicU64,
+    tunnels_per_ip: Mutex<HashMap<IpAddr, u32>>,
     /// Players per stream, by protocol (shared with the admin plane and
     /// the cluster's control thread, which read it).
     audience: Arc<Audience>,
     /// Refusals, indexed like [`REFUSED_KINDS`].
-    pub refused: [AtomicU64; 4],
+    pub refused: [AtomicU64; 6],
 }
 
 /// A place taken; given back on drop.
@@ -65,6 +75,7 @@ pub struct Ticket {
 #[derive(Debug)]
 enum TicketKind {
     Connection(IpAddr),
+    Tunnel(IpAddr),
     Publisher,
     Player(StreamKey, Protocol),
 }
@@ -76,13 +87,13 @@ impl Drop for Ticket {
             TicketKind::Connection(ip) => {
                 gate.connections.fetch_sub(1, Ordering::Relaxed);
                 if gate.limits.connections_per_ip > 0 {
-                    let mut per_ip = gate.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(n) = per_ip.get_mut(ip) {
-                        *n -= 1;
-                        if *n == 0 {
-                            per_ip.remove(ip);
-                        }
-                    }
+                    give_back(&gate.per_ip, ip);
+                }
+            }
+            TicketKind::Tunnel(ip) => {
+                gate.tunnels.fetch_sub(1, Ordering::Relaxed);
+                if gate.limits.tunnels_per_ip > 0 {
+                    give_back(&gate.tunnels_per_ip, ip);
                 }
             }
             TicketKind::Publisher => {
@@ -91,6 +102,31 @@ impl Drop for Ticket {
             TicketKind::Player(key, protocol) => gate.audience.leave(key, *protocol),
         }
     }
+}
+
+/// Gives `ip`'s place in `per_ip` back.
+fn give_back(per_ip: &Mutex<HashMap<IpAddr, u32>>, ip: &IpAddr) {
+    let mut per_ip = per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = per_ip.get_mut(ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(ip);
+        }
+    }
+}
+
+/// Takes one place for `ip` under `limit` (0 = no limit) in `per_ip`.
+fn take_for(per_ip: &Mutex<HashMap<IpAddr, u32>>, ip: IpAddr, limit: u32) -> bool {
+    if limit == 0 {
+        return true;
+    }
+    let mut per_ip = per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= limit {
+        return false;
+    }
+    *n += 1;
+    true
 }
 
 /// Takes one place under `limit` (0 = no limit) of `counter`.
@@ -120,20 +156,34 @@ impl Gate {
         if !take(&self.connections, self.limits.connections) {
             return Err(self.refuse(Refused::NodeConnections));
         }
-        if self.limits.connections_per_ip > 0 {
-            let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            let n = per_ip.entry(ip).or_insert(0);
-            if *n >= self.limits.connections_per_ip {
-                drop(per_ip);
-                self.connections.fetch_sub(1, Ordering::Relaxed);
-                return Err(self.refuse(Refused::IpConnections));
-            }
-            *n += 1;
+        if !take_for(&self.per_ip, ip, self.limits.connections_per_ip) {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(self.refuse(Refused::IpConnections));
         }
         Ok(Ticket {
             gate: self.clone(),
             kind: TicketKind::Connection(ip),
         })
+    }
+
+    /// A new RTMPT session from `ip`.
+    pub fn tunnel(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refused> {
+        if !take(&self.tunnels, self.limits.tunnels) {
+            return Err(self.refuse(Refused::NodeTunnels));
+        }
+        if !take_for(&self.tunnels_per_ip, ip, self.limits.tunnels_per_ip) {
+            self.tunnels.fetch_sub(1, Ordering::Relaxed);
+            return Err(self.refuse(Refused::IpTunnels));
+        }
+        Ok(Ticket {
+            gate: self.clone(),
+            kind: TicketKind::Tunnel(ip),
+        })
+    }
+
+    /// RTMPT sessions open on this node.
+    pub fn tunnels(&self) -> u64 {
+        self.tunnels.load(Ordering::Relaxed)
     }
 
     pub fn publisher(self: &Arc<Self>) -> Result<Ticket, Refused> {
@@ -186,6 +236,8 @@ mod tests {
             connections_per_ip: 2,
             publishers: 1,
             players_per_stream: 2,
+            tunnels: 2,
+            tunnels_per_ip: 1,
         });
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
@@ -219,12 +271,20 @@ mod tests {
         assert_eq!((v.rtmp, v.http_flv, v.ll_hls), (0, 1, 1));
         drop(v2);
         assert_eq!(gate.audience().of("live/x").ll_hls, 0);
+        let t1 = gate.tunnel(a).unwrap();
+        assert_eq!(gate.tunnel(a).unwrap_err(), Refused::IpTunnels);
+        let _t2 = gate.tunnel(b).unwrap();
+        let c: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(gate.tunnel(c).unwrap_err(), Refused::NodeTunnels);
+        drop(t1);
+        assert_eq!(gate.tunnels(), 1);
+        let _t3 = gate.tunnel(a).unwrap();
         assert_eq!(
             gate.refused
                 .iter()
                 .map(|r| r.load(Ordering::Relaxed))
                 .collect::<Vec<_>>(),
-            vec![1, 1, 1, 1]
+            vec![1, 1, 1, 1, 1, 1]
         );
     }
 

@@ -391,6 +391,8 @@ impl Node {
             connections_per_ip: config.rtmp.max_connections_per_ip,
             publishers: config.streams.max_publishers,
             players_per_stream: config.players.max_per_stream,
+            tunnels: config.media.rtmpt_sessions,
+            tunnels_per_ip: config.media.rtmpt_sessions_per_ip,
         });
         let (command_senders, commands) = crate::stream::command_channels(shards);
         let (record, recordings) = start_recording(&config)?;

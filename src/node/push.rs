@@ -499,7 +499,8 @@ impl Pushes {
                     flush(&mut session, conn);
                     return Ok(());
                 }
-                Input::Notice(_) => continue,
+                // Notices a push does not act on; no tunnel feeds a push.
+                Input::Notice(_) | Input::Tunnel(_) => continue,
                 Input::Closed if target.stopped.get() => {
                     session.close_stream();
                     flush(&mut session, conn);

@@ -103,6 +103,18 @@ pub async fn serve(
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
+            Input::Tunnel(bytes) => {
+                // RTMPT: what a `/send` body carried (no TLS here: an
+                // RTMPTS tunnel's TLS is its HTTP connection's).
+                let (n, now) = (bytes.len(), ring.reaped_at());
+                let r = state.on_input(&bytes, session, &conn, &ctx, now).await;
+                if let Err(e) =
+                    after_input(r, n, now, &mut state, &mut pace, session, &conn, &ctx).await
+                {
+                    break Some(e);
+                }
+                continue;
+            }
             Input::Notice(notice) => {
                 state.on_notice(notice, session, &conn, &ctx);
                 continue;
@@ -145,21 +157,10 @@ pub async fn serve(
                 }
             },
         };
-        if let Err(e) = result {
-            ctx.stats.add_protocol_error(error_kind(&e));
-            break Some(e.to_string());
-        }
-        if !conn.is_connected() && session.is_connected() {
-            conn.set_connected();
-        }
-        if state.publishing.is_some() {
-            // Over the ingest cap: hold input back for a while (the ring
-            // stops receiving, and the idle clock does not run meanwhile).
-            if let Some(wait) = pace.take(n as u64, now) {
-                conn.hold(true);
-                glommio::timer::sleep(wait).await;
-                conn.hold(false);
-            }
+        if let Err(e) =
+            after_input(result, n, now, &mut state, &mut pace, session, &conn, &ctx).await
+        {
+            break Some(e);
         }
     };
     if let Some(reason) = reason {
@@ -167,9 +168,45 @@ pub async fn serve(
     }
     state.leave(&ctx, Instant::now());
     // The ring flushes what is queued (error answers, notices) for a short
-    // while, then closes the socket.
+    // while, then closes the socket. A tunnel has no socket: closing it
+    // lets its HTTP side answer what is left and forget it.
     ring.finish(&conn);
+    conn.close();
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// After `n` bytes of input were handled: a session error ends the
+/// connection (the reason returned); the connection is marked connected
+/// once its session is; a publisher over the ingest cap is held back.
+#[allow(clippy::too_many_arguments)]
+async fn after_input(
+    result: Result<(), SessionError>,
+    n: usize,
+    now: Instant,
+    state: &mut ConnState,
+    pace: &mut Pace,
+    session: &ServerSession,
+    conn: &Conn,
+    ctx: &ConnectionContext,
+) -> Result<(), String> {
+    if let Err(e) = result {
+        ctx.stats.add_protocol_error(error_kind(&e));
+        return Err(e.to_string());
+    }
+    if !conn.is_connected() && session.is_connected() {
+        conn.set_connected();
+    }
+    if state.publishing.is_some() {
+        // Over the ingest cap: hold input back for a while (the ring
+        // stops receiving, and the idle clock does not run meanwhile;
+        // a tunnel's feeder waits for its input to be taken).
+        if let Some(wait) = pace.take(n as u64, now) {
+            conn.hold(true);
+            glommio::timer::sleep(wait).await;
+            conn.hold(false);
+        }
+    }
+    Ok(())
 }
 
 fn error_kind(e: &SessionError) -> &'static str {

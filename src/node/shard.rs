@@ -140,9 +140,10 @@ async fn run(mut setup: ShardSetup) -> Result<(), ShardError> {
     take_commands(shard, &setup, &hub, &ctx)?;
     let hls = hls_shard(shard, &setup);
     take_mesh(receivers, &hub, &hls, &ctx, &ring);
-    let on_accept = accept_handler(shard, &setup, &stats, &ring, &ctx, &hls);
+    let http_ctx = http_context(&setup, &hls);
+    let on_accept = accept_handler(shard, &setup, &stats, &ring, &ctx, &http_ctx);
     glommio::spawn_local(ring.clone().drive(on_accept)).detach();
-    spawn_sweep(&hub, &ring, &hls);
+    spawn_sweep(&hub, &ring, &hls, &http_ctx);
 
     while !setup.stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -361,6 +362,23 @@ fn take_mesh(
     }
 }
 
+/// What the shard's HTTP media connections share.
+fn http_context(setup: &ShardSetup, hls: &Rc<HlsShard>) -> Rc<HttpContext> {
+    let config = &setup.config;
+    Rc::new(HttpContext {
+        cors_origin: config.media.cors_origin.clone(),
+        hls_sessions: config.media.hls_sessions,
+        hls: hls.clone(),
+        renditions: config.exec.renditions(),
+        recordings: setup.recordings.clone(),
+        tunnels: http::Tunnels::new(
+            config.media.rtmpt,
+            Duration::from_millis(config.media.rtmpt_idle_ms),
+            Duration::from_millis(config.rtmp.handshake_timeout_ms),
+        ),
+    })
+}
+
 /// Every accepted socket, plain or TLS, RTMP or HTTP: limits first, then
 /// the ring takes it and a task serves it. Over a limit the socket is
 /// closed at once (counted, not logged: a flood must not flood logs).
@@ -370,20 +388,14 @@ fn accept_handler(
     stats: &Arc<ShardStats>,
     ring: &Rc<SocketRing>,
     ctx: &Rc<ConnectionContext>,
-    hls: &Rc<HlsShard>,
+    http_ctx: &Rc<HttpContext>,
 ) -> impl FnMut(OwnedFd, ListenKind) + 'static {
     let config = &setup.config;
     {
         let (ring, ctx, gate, stats) =
             (ring.clone(), ctx.clone(), setup.gate.clone(), stats.clone());
         let tls_config = setup.tls.clone();
-        let http_ctx = Rc::new(HttpContext {
-            cors_origin: config.media.cors_origin.clone(),
-            hls_sessions: config.media.hls_sessions,
-            hls: hls.clone(),
-            renditions: config.exec.renditions(),
-            recordings: setup.recordings.clone(),
-        });
+        let http_ctx = http_ctx.clone();
         let max_connections = config.rtmp.max_connections_per_shard as u64;
         move |fd: OwnedFd, kind: ListenKind| {
             let socket = socket2::SockRef::from(&fd);
@@ -434,16 +446,23 @@ fn accept_handler(
 }
 
 /// The one deadline sweep: connections' handshake, idle and write-stall
-/// limits, and waits for a stream to appear or come back. It runs on
-/// through the drain (closing sockets have a flush deadline).
-fn spawn_sweep(hub: &Rc<SharedHub>, ring: &Rc<SocketRing>, hls: &Rc<HlsShard>) {
+/// limits (RTMPT sessions' too), and waits for a stream to appear or come
+/// back. It runs on through the drain (closing sockets have a flush
+/// deadline).
+fn spawn_sweep(
+    hub: &Rc<SharedHub>,
+    ring: &Rc<SocketRing>,
+    hls: &Rc<HlsShard>,
+    http: &Rc<HttpContext>,
+) {
     {
-        let (hub, ring, hls) = (hub.clone(), ring.clone(), hls.clone());
+        let (hub, ring, hls, http) = (hub.clone(), ring.clone(), hls.clone(), http.clone());
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(SWEEP_INTERVAL).await;
                 let now = std::time::Instant::now();
                 ring.sweep(now);
+                http.tunnels.sweep(now);
                 hub.with(|h| h.tick(now));
                 // A wake from another shard may have been dropped at a
                 // full inbox: waiting LL-HLS requests look again.

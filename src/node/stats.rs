@@ -12,7 +12,7 @@ pub const ERROR_KINDS: [&str; 5] = ["handshake", "chunk", "command", "sequence",
 
 /// Why an HTTP media request was refused, as counted and exported
 /// (`tributary_http_refused_total{reason}`).
-pub const HTTP_REFUSALS: [&str; 7] = [
+pub const HTTP_REFUSALS: [&str; 9] = [
     "bad_request",
     "header_too_large",
     "pipeline_overflow",
@@ -20,6 +20,8 @@ pub const HTTP_REFUSALS: [&str; 7] = [
     "not_found",
     "forbidden",
     "limit",
+    "body_too_large",
+    "rtmpt_session",
 ];
 
 /// Bounded queues whose overflow is counted, as exported
@@ -77,7 +79,7 @@ pub struct ShardStats {
     pub hls_parts: AtomicU64,
     pub hls_segments: AtomicU64,
     /// Indexed like [`HTTP_REFUSALS`].
-    pub http_refused: [AtomicU64; 7],
+    pub http_refused: [AtomicU64; 9],
     /// Push targets publishing now (they are among `players` too).
     pub push_live: AtomicU64,
     /// Connections opened to push targets, tries that failed, and bytes

@@ -19,6 +19,9 @@
 //!   and the segment files: recordings by time range (see [`recording`]).
 //!   `/recordings/` is this route's: an app named `recordings` is not
 //!   served over HTTP.
+//! - `POST /open/1`, `/send/ID/SEQ`, `/idle/ID/SEQ`, `/close/ID/SEQ` is
+//!   RTMPT, an RTMP session tunnelled in HTTP (see [`rtmpt`]); a `POST`
+//!   body has exactly one `Content-Length` and is streamed to its session.
 //! - `HEAD` answers the same headers without a body; `OPTIONS` answers a
 //!   CORS preflight.
 //! - Bad input gets a clear 4xx with the reason in the body and closes that
@@ -31,12 +34,16 @@
 //! (copied only while a request head is split across reads).
 //!
 //! This file is the connection loop; [`request`] parses a request head
-//! and routes it, [`flv`], [`hls`] and [`recording`] serve each kind.
+//! and routes it, [`flv`], [`hls`], [`recording`] and [`rtmpt`] serve
+//! each kind.
 
 mod flv;
 mod hls;
 mod recording;
 mod request;
+mod rtmpt;
+
+pub use rtmpt::Tunnels;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -77,6 +84,8 @@ pub struct HttpContext {
     pub renditions: std::collections::BTreeMap<String, Vec<String>>,
     /// The node's recordings (`/recordings/...`), when `record.path` is set.
     pub recordings: Option<std::sync::Arc<super::record::Library>>,
+    /// The shard's RTMPT sessions.
+    pub tunnels: Tunnels,
 }
 
 /// Whether `input` may join the `held` bytes of requests not yet answered
@@ -114,9 +123,14 @@ pub async fn serve(
     // The LL-HLS session this connection was last given (it gets the same
     // one when it asks again without naming it).
     let mut given: Option<session::Given> = None;
+    // An RTMPT request whose body is still arriving, and whether the
+    // connection stays open after its answer.
+    let mut body: Option<(rtmpt::Pending, bool)> = None;
     let reason: Option<String> = loop {
         let mut lease = match conn.next_input().await {
             Input::Data(lease) => lease,
+            // No tunnel feeds an HTTP connection (it feeds tunnels).
+            Input::Tunnel(_) => continue,
             Input::Notice(notice) => match notice {
                 Notice::Ended { waiting: true, .. } => continue,
                 Notice::Republished { stream_id } => {
@@ -157,6 +171,26 @@ pub async fn serve(
         if input.is_empty() {
             continue;
         }
+        // The rest of an RTMPT body first: it goes to its session, not
+        // into the request buffer.
+        let mut input = input;
+        if let Some((pending, _)) = &mut body {
+            let n = pending.left.min(input.len());
+            rtmpt::feed(pending, &input[..n]).await;
+            input = &input[n..];
+            if pending.left > 0 {
+                continue;
+            }
+            if let Some((pending, keep_alive)) = body.take() {
+                let a = answering(&conn, peer, &ctx, &ring, &http, keep_alive);
+                if let Err(f) = rtmpt::answer(pending, &a).await {
+                    break Some(fail(&conn, &ctx, &f, cors));
+                }
+                if !keep_alive {
+                    break None;
+                }
+            }
+        }
         if let Err(f) = may_hold(head.len(), input.len()) {
             break Some(fail(&conn, &ctx, &f, cors));
         }
@@ -188,6 +222,30 @@ pub async fn serve(
                 }
             };
             match route {
+                Route::Tunnel(ask) => {
+                    let now = ring.reaped_at();
+                    let mut pending = match rtmpt::begin(ask, req.body, peer, &http.tunnels, now) {
+                        Ok(p) => p,
+                        Err(f) => {
+                            done = Some(Some(fail(&conn, &ctx, &f, cors)));
+                            break;
+                        }
+                    };
+                    let n = pending.left.min(head.len());
+                    rtmpt::feed(&mut pending, &head[..n]).await;
+                    head.drain(..n);
+                    if pending.left > 0 {
+                        // The rest of the body comes with the next reads.
+                        body = Some((pending, req.keep_alive));
+                        break;
+                    }
+                    let a = answering(&conn, peer, &ctx, &ring, &http, req.keep_alive);
+                    match rtmpt::answer(pending, &a).await {
+                        Ok(()) if req.keep_alive => {}
+                        Ok(()) => done = Some(None),
+                        Err(f) => done = Some(Some(fail(&conn, &ctx, &f, cors))),
+                    }
+                }
                 Route::Preflight => {
                     conn.push_urgent(preflight_response(cors));
                     done = Some(None);
@@ -264,6 +322,25 @@ pub async fn serve(
     ctx.hub.with(|h| h.leave(conn.id));
     ring.finish(&conn);
     ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn answering<'a>(
+    conn: &'a Conn,
+    peer: SocketAddr,
+    ctx: &'a Rc<ConnectionContext>,
+    ring: &'a Rc<SocketRing>,
+    http: &'a HttpContext,
+    keep_alive: bool,
+) -> rtmpt::Answering<'a> {
+    rtmpt::Answering {
+        conn,
+        peer,
+        ctx,
+        ring,
+        tunnels: &http.tunnels,
+        cors: &http.cors_origin,
+        keep_alive,
+    }
 }
 
 /// Answers a failure, counts it and returns the line to log.

@@ -34,6 +34,76 @@ pub(super) enum Route<'a> {
     },
     /// A CORS preflight.
     Preflight,
+    /// RTMPT: a `POST` of the tunnel's exchange.
+    Tunnel(TunnelAsk),
+}
+
+/// The longest session id a request may name.
+const MAX_ID: usize = 64;
+
+/// An RTMPT request, from its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TunnelAsk {
+    /// `/fcs/ident2`: a 404, and the connection stays.
+    Ident,
+    /// `/open/N`: a new session.
+    Open,
+    /// `/send/ID/SEQ`: RTMP bytes in the body.
+    Send(Seq),
+    /// `/idle/ID/SEQ`: a poll.
+    Idle(Seq),
+    /// `/close/ID/SEQ`.
+    Close(Seq),
+}
+
+/// The session and sequence number a request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Seq {
+    pub id: String,
+    pub seq: u64,
+}
+
+impl TunnelAsk {
+    /// The RTMPT request `path` is: Ok(None) when it is not RTMPT's, an
+    /// error when it is and is malformed.
+    pub(super) fn parse(path: &str) -> Result<Option<TunnelAsk>, Failure> {
+        let bad = |why: &str| Failure::new(400, "bad_request", format!("RTMPT: {why}"));
+        if path == "/fcs/ident2" {
+            return Ok(Some(TunnelAsk::Ident));
+        }
+        let Some((cmd, rest)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else {
+            return Ok(None);
+        };
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit());
+        let named = |rest: &str| -> Result<Seq, Failure> {
+            let (id, seq) = rest
+                .split_once('/')
+                .ok_or_else(|| bad("no sequence number"))?;
+            if id.is_empty() || id.len() > MAX_ID || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err(bad("a malformed session id"));
+            }
+            if !digits(seq) {
+                return Err(bad("a malformed sequence number"));
+            }
+            let seq = seq
+                .parse()
+                .map_err(|_| bad("a malformed sequence number"))?;
+            Ok(Seq {
+                id: id.to_owned(),
+                seq,
+            })
+        };
+        match cmd {
+            "open" if digits(rest) => Ok(Some(TunnelAsk::Open)),
+            "open" => Err(bad("a malformed open")),
+            "send" => Ok(Some(TunnelAsk::Send(named(rest)?))),
+            "idle" => Ok(Some(TunnelAsk::Idle(named(rest)?))),
+            "close" => Ok(Some(TunnelAsk::Close(named(rest)?))),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// What a `/recordings/` request asks for.
@@ -162,6 +232,7 @@ pub(super) fn status_text(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -178,6 +249,9 @@ pub(super) struct Request {
     pub(super) len: usize,
     /// Its `Range` header, if any.
     pub(super) range: Option<String>,
+    /// The body's length (a `POST`'s Content-Length; 0 for every other
+    /// method, which may carry none).
+    pub(super) body: usize,
 }
 
 /// Parses a request head from `buf`: None while it is incomplete.
@@ -197,7 +271,12 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
             format!("the request head is over {MAX_REQUEST_HEAD} bytes"),
         )),
         Ok(httparse::Status::Complete(len)) => {
-            check_no_body(req.headers)?;
+            let body = if req.method == Some("POST") {
+                body_length(req.headers)?
+            } else {
+                check_no_body(req.headers)?;
+                0
+            };
             let close = req.headers.iter().any(|h| {
                 h.name.eq_ignore_ascii_case("connection")
                     && String::from_utf8_lossy(h.value)
@@ -224,6 +303,7 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<Request>, Failure> {
                 keep_alive: req.version == Some(1) && !close,
                 len,
                 range,
+                body,
             }))
         }
         Err(httparse::Error::TooManyHeaders) => Err(Failure::new(
@@ -269,12 +349,69 @@ pub(super) fn check_no_body(headers: &[httparse::Header<'_>]) -> Result<(), Fail
     Ok(())
 }
 
+/// The largest request body taken (an RTMPT `/send`; it is streamed to
+/// its session as it arrives, never held whole).
+pub(super) const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// A `POST`'s body length, framed one way only: exactly one
+/// `Content-Length` of digits, at most [`MAX_BODY`], and no
+/// `Transfer-Encoding` (a chunked or doubly framed body is where request
+/// smuggling lives). Anything else is a 400 that closes the connection.
+pub(super) fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, Failure> {
+    let bad = |why: &str| Failure::new(400, "bad_request", why);
+    let mut length = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(bad(
+                "a body here is framed by Content-Length only (Transfer-Encoding)",
+            ));
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return Err(bad("more than one Content-Length"));
+            }
+            let value = h.value.trim_ascii();
+            if value.is_empty() || value.len() > 12 || !value.iter().all(u8::is_ascii_digit) {
+                return Err(bad("a malformed Content-Length"));
+            }
+            let n: usize = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| bad("a malformed Content-Length"))?;
+            length = Some(n);
+        }
+    }
+    let n = length.ok_or_else(|| bad("a POST needs a Content-Length"))?;
+    if n > MAX_BODY {
+        return Err(Failure::new(
+            413,
+            "body_too_large",
+            format!("a body is at most {MAX_BODY} bytes"),
+        ));
+    }
+    Ok(n)
+}
+
 /// Where a request goes, from its method and target.
 pub(super) fn route(req: &Request) -> Result<(Route<'_>, bool), Failure> {
     let head = match req.method.as_str() {
         "GET" => false,
         "HEAD" => true,
         "OPTIONS" => return Ok((Route::Preflight, false)),
+        "POST" => {
+            let path = req
+                .target
+                .split_once('?')
+                .map_or(req.target.as_str(), |(p, _)| p);
+            return match TunnelAsk::parse(path)? {
+                Some(ask) => Ok((Route::Tunnel(ask), false)),
+                None => Err(Failure::new(
+                    405,
+                    "method",
+                    "POST is served only for RTMPT (/open/1, /send, /idle, /close)",
+                )),
+            };
+        }
         other => {
             return Err(Failure::new(
                 405,
@@ -410,6 +547,7 @@ mod tests {
             keep_alive: true,
             len: 0,
             range: None,
+            body: 0,
         }
     }
 
@@ -502,6 +640,77 @@ mod tests {
             let request = format!("HEAD /live/a.flv HTTP/1.1\r\n{head}\r\n\r\n");
             assert!(parse_head(request.as_bytes()).unwrap().is_some(), "{head}");
         }
+    }
+
+    #[test]
+    fn paths_parse_to_their_requests_and_malformed_ones_are_refused() {
+        let seq = |id: &str, seq| Seq { id: id.into(), seq };
+        assert_eq!(
+            TunnelAsk::parse("/fcs/ident2").unwrap(),
+            Some(TunnelAsk::Ident)
+        );
+        assert_eq!(TunnelAsk::parse("/open/1").unwrap(), Some(TunnelAsk::Open));
+        assert_eq!(
+            TunnelAsk::parse("/send/ab12/0").unwrap(),
+            Some(TunnelAsk::Send(seq("ab12", 0)))
+        );
+        assert_eq!(
+            TunnelAsk::parse("/idle/ab12/41").unwrap(),
+            Some(TunnelAsk::Idle(seq("ab12", 41)))
+        );
+        assert_eq!(
+            TunnelAsk::parse("/close/ab12/7").unwrap(),
+            Some(TunnelAsk::Close(seq("ab12", 7)))
+        );
+        for not_ours in ["/live/a.flv", "/", "", "/sendx/1/2", "/fcs/ident"] {
+            assert_eq!(TunnelAsk::parse(not_ours).unwrap(), None, "{not_ours}");
+        }
+        for bad in [
+            "/open/x",
+            "/open/",
+            "/send/ab12",
+            "/send//0",
+            "/send/ab12/",
+            "/send/ab12/-1",
+            "/send/ab12/+1",
+            "/send/ab12/0/extra",
+            "/send/../0",
+            "/send/ab%2012/0",
+            "/idle/ab12/99999999999999999999",
+        ] {
+            let f = TunnelAsk::parse(bad).unwrap_err();
+            assert_eq!(f.status, 400, "{bad}");
+        }
+        let long = format!("/send/{}/0", "a".repeat(MAX_ID + 1));
+        assert_eq!(TunnelAsk::parse(&long).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn a_post_body_is_framed_by_one_content_length_only() {
+        let post = |head: &str| {
+            let request = format!("POST /send/abc/0 HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n");
+            parse_head(request.as_bytes())
+        };
+        for head in [
+            "",
+            "Transfer-Encoding: chunked",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked",
+            "Content-Length: 5\r\nContent-Length: 5",
+            "Content-Length: +5",
+            "Content-Length: 5, 5",
+            "Content-Length: 0x10",
+            "Content-Length: 99999999999999999999",
+        ] {
+            let f = post(head).unwrap_err();
+            assert_eq!((f.status, f.kind), (400, "bad_request"), "{head:?}");
+        }
+        let f = post(&format!("Content-Length: {}", MAX_BODY + 1)).unwrap_err();
+        assert_eq!((f.status, f.kind), (413, "body_too_large"));
+        let r = post("content-length: 1536").unwrap().unwrap();
+        assert_eq!((r.method.as_str(), r.body), ("POST", 1536));
+        // Only RTMPT's paths take a POST.
+        let f = route(&req("POST", "/live/cam.flv")).unwrap_err();
+        assert_eq!((f.status, f.kind), (405, "method"));
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub const MAX_NOTICES: usize = 16;
 #[derive(Debug)]
 pub enum Input {
     Data(Lease),
+    /// RTMPT: bytes a `/send` body carried (see [`Conn::tunnel`]).
+    Tunnel(Bytes),
     Notice(Notice),
     End(End),
     /// Closed on this side (kick, takeover, slow player, shutdown, refusal).
@@ -135,6 +137,9 @@ pub struct Conn {
     /// A consumer on the shard (the LL-HLS packager) takes messages, not
     /// bytes: what the hub queues for it, payloads shared.
     messages: Option<Box<RefCell<VecDeque<RawMessage>>>>,
+    /// RTMPT: what the tunnel's `/send` bodies carried, not yet taken
+    /// by the session task (see [`Conn::tunnel`]).
+    tunnel_in: Option<Box<TunnelIn>>,
     /// RTMPS: close_notify has been queued.
     pub(in crate::node) close_notified: Cell<bool>,
     /// Bytes the socket took, since it opened (TLS records included).
@@ -176,6 +181,7 @@ impl Conn {
             waker: Cell::new(None),
             room: Cell::new(None),
             messages: None,
+            tunnel_in: None,
             close_notified: Cell::new(false),
             written: Cell::new(0),
             batch: Cell::new(None),
@@ -193,6 +199,60 @@ impl Conn {
         let mut conn = Conn::new(id, u32::MAX, queue.clone(), None);
         conn.messages = Some(Box::default());
         (Rc::new(conn), queue)
+    }
+
+    /// A connection with no socket of its own, for an RTMP session
+    /// tunnelled in HTTP (RTMPT): the HTTP connections that carry its
+    /// requests feed its input ([`Conn::push_tunnel_input`]) and take its
+    /// output ([`Conn::take_tunnel_output`]) into their answers.
+    pub(in crate::node) fn tunnel(id: u64) -> Rc<Conn> {
+        let mut conn = Conn::new(id, u32::MAX, Rc::new(RingQueue::default()), None);
+        conn.tunnel_in = Some(Box::default());
+        Rc::new(conn)
+    }
+
+    /// RTMPT: queues bytes of a `/send` body for the session task. False
+    /// for a connection that is not a tunnel, or closed.
+    pub(in crate::node) fn push_tunnel_input(&self, b: Bytes) -> bool {
+        let Some(tunnel) = &self.tunnel_in else {
+            return false;
+        };
+        if self.closed.get() {
+            return false;
+        }
+        tunnel.bytes.set(tunnel.bytes.get() + b.len());
+        tunnel.queue.borrow_mut().push_back(b);
+        self.wake();
+        true
+    }
+
+    /// RTMPT: resolves once the session task has taken at most `limit`
+    /// bytes fed, or the connection is closed. One waiter at a time.
+    pub(in crate::node) fn tunnel_taken(&self, limit: usize) -> TunnelTaken<'_> {
+        TunnelTaken { conn: self, limit }
+    }
+
+    /// RTMPT: takes queued output for an answer, whole `Bytes` (shared,
+    /// not copied) up to about `max` bytes (at least one if any is
+    /// queued), into `out`; returns the bytes taken.
+    pub(in crate::node) fn take_tunnel_output(&self, max: usize, out: &mut Vec<Bytes>) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            let Some(b) = self.pop_output() else {
+                break;
+            };
+            taken += b.len();
+            self.sent(b.len());
+            out.push(b);
+        }
+        if !self.has_output() {
+            // Its own ring queue has no ring to drain it: forget the
+            // schedule so the next output schedules afresh.
+            self.unschedule();
+            self.ring.dirty.borrow_mut().clear();
+            self.ring.deferred.borrow_mut().clear();
+        }
+        taken
     }
 
     /// Queues a message for a consumer on the shard (a detached `Conn`):
@@ -291,6 +351,9 @@ impl Conn {
         if !self.closed.replace(true) {
             self.wake();
             self.wake_room();
+            if let Some(waker) = self.tunnel_in.as_ref().and_then(|t| t.taken.take()) {
+                waker.1.wake();
+            }
         }
     }
 
@@ -480,6 +543,10 @@ impl Conn {
     }
 
     fn ask_reconcile(&self) {
+        if self.slot == u32::MAX {
+            // No socket (a tunnel, a consumer on the shard): no receive.
+            return;
+        }
         self.ring.reconcile.borrow_mut().push(self.slot);
         self.ring.notify.notify();
     }
@@ -526,10 +593,54 @@ impl Future for NextInput<'_> {
             return Poll::Ready(Input::Data(lease));
         }
         drop(inbox);
+        if let Some(tunnel) = &conn.tunnel_in {
+            if let Some(b) = tunnel.queue.borrow_mut().pop_front() {
+                tunnel.bytes.set(tunnel.bytes.get() - b.len());
+                if let Some((limit, waker)) = tunnel.taken.take() {
+                    if tunnel.bytes.get() <= limit {
+                        waker.wake();
+                    } else {
+                        tunnel.taken.set(Some((limit, waker)));
+                    }
+                }
+                return Poll::Ready(Input::Tunnel(b));
+            }
+        }
         if let Some(end) = conn.end.borrow_mut().take() {
             return Poll::Ready(Input::End(end));
         }
         conn.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// RTMPT input waiting for the session task.
+#[derive(Default)]
+struct TunnelIn {
+    queue: RefCell<VecDeque<Bytes>>,
+    bytes: Cell<usize>,
+    /// The feeder waiting for the session to take input, and its bound.
+    taken: Cell<Option<(usize, Waker)>>,
+}
+
+/// See [`Conn::tunnel_taken`].
+pub struct TunnelTaken<'a> {
+    conn: &'a Conn,
+    limit: usize,
+}
+
+impl Future for TunnelTaken<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let conn = self.conn;
+        let Some(tunnel) = &conn.tunnel_in else {
+            return Poll::Ready(());
+        };
+        if conn.closed.get() || tunnel.bytes.get() <= self.limit {
+            return Poll::Ready(());
+        }
+        tunnel.taken.set(Some((self.limit, cx.waker().clone())));
         Poll::Pending
     }
 }
@@ -558,6 +669,51 @@ mod tests {
     use super::super::wake::tests::counter;
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_tunnel_feeds_its_session_waits_for_it_and_gives_its_output_whole() {
+        let (count, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let conn = Conn::tunnel(7);
+        assert!(conn.push_tunnel_input(Bytes::from_static(b"abc")));
+        assert!(conn.push_tunnel_input(Bytes::from_static(b"defg")));
+        // The feeder waits until the session has taken all but `limit`.
+        let mut taken = std::pin::pin!(conn.tunnel_taken(0));
+        assert!(taken.as_mut().poll(&mut cx).is_pending());
+        let mut next = std::pin::pin!(conn.next_input());
+        match next.as_mut().poll(&mut cx) {
+            Poll::Ready(Input::Tunnel(b)) => assert_eq!(&b[..], b"abc"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(count.0.load(Ordering::Relaxed), 0, "4 bytes still untaken");
+        let mut next = std::pin::pin!(conn.next_input());
+        assert!(matches!(
+            next.as_mut().poll(&mut cx),
+            Poll::Ready(Input::Tunnel(_))
+        ));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert!(taken.as_mut().poll(&mut cx).is_ready());
+        // Output leaves in whole Bytes, up to about the bound, and the
+        // count the slow-player rules read follows.
+        for _ in 0..3 {
+            conn.push(Bytes::from(vec![1u8; 100]));
+        }
+        let mut out = Vec::new();
+        assert_eq!(conn.take_tunnel_output(150, &mut out), 200);
+        assert_eq!((out.len(), conn.queued_bytes()), (2, 100));
+        assert_eq!(conn.take_tunnel_output(150, &mut out), 100);
+        assert_eq!(conn.queued_bytes(), 0);
+        // A close wakes a waiting feeder, and input is refused after it.
+        assert!(conn.push_tunnel_input(Bytes::from_static(b"h")));
+        let mut taken = std::pin::pin!(conn.tunnel_taken(0));
+        assert!(taken.as_mut().poll(&mut cx).is_pending());
+        conn.close();
+        assert!(taken.as_mut().poll(&mut cx).is_ready());
+        assert!(!conn.push_tunnel_input(Bytes::from_static(b"i")));
+        // A socket's connection is no tunnel.
+        let (plain, _queue) = Conn::detached(8);
+        assert!(!plain.push_tunnel_input(Bytes::from_static(b"x")));
+    }
 
     #[test]
     fn room_wakes_when_sends_make_it_and_when_the_connection_closes() {
