@@ -161,6 +161,16 @@ fn handshake(c: &mut Criterion) {
             })
         });
     }
+    // RTMPE's added work per handshake: the server's key pair and the
+    // shared secret (with the check that the client's key is in the
+    // group), the part an attacker's flood of RTMPE handshakes costs.
+    let client = tributary::protocol::rtmpe::DhKey::new(&[7; 32]);
+    g.bench_function(BenchmarkId::new("server", "rtmpe-dh"), |b| {
+        b.iter(|| {
+            let server = tributary::protocol::rtmpe::DhKey::new(black_box(&[9; 32]));
+            black_box(server.shared(client.public()).unwrap());
+        })
+    });
     g.finish();
 }
 

@@ -177,6 +177,28 @@ pub struct RtmpConfig {
     pub max_connections_per_ip: u32,
     /// Streams (createStream) one connection may open.
     pub max_streams_per_connection: u32,
+    /// RTMPE (and RTMPTE): Adobe's encrypted handshake and RC4 stream.
+    /// Obfuscation, not security: RTMPS is the secure choice.
+    pub rtmpe: bool,
+    /// `[rtmp.apps.NAME] rtmpe = false`: one app refuses RTMPE.
+    pub apps: BTreeMap<String, AppRtmp>,
+}
+
+/// One app's RTMP settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppRtmp {
+    pub rtmpe: Option<bool>,
+}
+
+impl RtmpConfig {
+    /// Whether an RTMPE connection may `connect` to `app`.
+    pub fn rtmpe_allowed(&self, app: &str) -> bool {
+        self.apps
+            .get(app)
+            .and_then(|a| a.rtmpe)
+            .unwrap_or(self.rtmpe)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -900,6 +922,8 @@ impl Default for RtmpConfig {
             max_connections: 0,
             max_connections_per_ip: 0,
             max_streams_per_connection: 8,
+            rtmpe: true,
+            apps: BTreeMap::new(),
         }
     }
 }

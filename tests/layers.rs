@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     // Leaf state and the ring's own parts.
     &[
         "stats",
+        "random",
         "gate",
         "directory",
         "gop",

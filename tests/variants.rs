@@ -1,9 +1,11 @@
 //! The RTMP variants end to end, with real clients: RTMPT (RTMP tunnelled
 //! in HTTP) on the media listener and RTMPTS on its TLS listener,
-//! published and played by ffmpeg 5.1 and played by rtmpdump, judged by
-//! ffprobe; and an attacker's tries at the tunnel (a wrong session, a
-//! sequence out of order, another address, garbage RTMP, a chunked body,
-//! too many sessions, an idle one), each refused.
+//! published and played by ffmpeg 5.1 and played by rtmpdump; RTMPE and
+//! RTMPTE published and played by ffmpeg 9 and played by rtmpdump, across
+//! a two-node cluster; all judged by ffprobe. And an attacker's tries at
+//! the tunnel (a wrong session, a sequence out of order, another address,
+//! garbage RTMP, a chunked body, too many sessions, an idle one) and at
+//! RTMPE where it is refused, each refused.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,8 +15,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    check_recording, ffmpeg_player, metric_sum, publish, self_signed, temp_file, wait_live,
-    write_config, Node, Proc,
+    check_recording, cluster_node, ffmpeg9, ffmpeg_player, ffmpeg_player_with, metric_sum, publish,
+    publish9, self_signed, temp_file, wait_live, wait_published, write_config, NatsServer, Node,
+    Proc,
 };
 
 /// A node with a media listener (and `config`), on `shards` shards.
@@ -131,6 +134,114 @@ fn rtmpts_publishes_and_plays_over_the_https_listener() {
     check_recording(&over_rtmpts, 75);
     check_recording(&dumped, 75);
     publisher.wait(Duration::from_secs(40)).unwrap();
+}
+
+/// ffmpeg 9 publishing H.264 and AAC to `url` (rtmpe://, rtmpte://).
+fn publish_encrypted(url: &str, seconds: u32) -> Proc {
+    publish9(
+        url,
+        seconds,
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ],
+        &["-c:a", "aac", "-b:a", "64k"],
+        1,
+    )
+}
+
+#[test]
+fn rtmpe_and_rtmpte_publish_and_play_with_ffmpeg_9_and_rtmpdump_across_a_cluster() {
+    let nats = NatsServer::start("rtmpe");
+    let media = ["--media-listen", "127.0.0.1:0"];
+    let a = cluster_node(&nats, "rtmpe-a", 2, &media);
+    let b = cluster_node(&nats, "rtmpe-b", 2, &media);
+    // RTMPE into node A; ffmpeg 9 and rtmpdump play it over RTMPE there,
+    // and ffmpeg 5.1 plays it over RTMPT from node B.
+    let publisher = publish_encrypted(&format!("rtmpe://{}/live/sealed", a.addr), 14);
+    wait_published(&a, "sealed");
+    let url = format!("rtmpe://{}/live/sealed", a.addr);
+    let over_rtmpe = temp_file("rtmpe-ffmpeg9.flv");
+    let ffmpeg = ffmpeg_player_with(&ffmpeg9(), &url, &over_rtmpe, Some(4), &[]);
+    let from_b = temp_file("rtmpe-as-rtmpt-on-b.flv");
+    let relayed = ffmpeg_player(&rtmpt_url(&b, "sealed"), &from_b, Some(4));
+    let dumped = temp_file("rtmpe-rtmpdump.flv");
+    rtmpdump(&url, &dumped, 4).unwrap();
+    ffmpeg.wait(Duration::from_secs(30)).unwrap();
+    relayed.wait(Duration::from_secs(30)).unwrap();
+    for file in [&over_rtmpe, &from_b, &dumped] {
+        check_recording(file, 75);
+    }
+    publisher.wait(Duration::from_secs(40)).unwrap();
+
+    // RTMPTE into node B's media listener; played over RTMPTE there by
+    // ffmpeg 9 and rtmpdump, and over RTMP from node A.
+    let publisher = publish_encrypted(&format!("rtmpte://{}/live/tunnelled", b.media.unwrap()), 14);
+    wait_published(&b, "tunnelled");
+    let url = format!("rtmpte://{}/live/tunnelled", b.media.unwrap());
+    let over_rtmpte = temp_file("rtmpte-ffmpeg9.flv");
+    let ffmpeg = ffmpeg_player_with(&ffmpeg9(), &url, &over_rtmpte, Some(4), &[]);
+    let from_a = temp_file("rtmpte-as-rtmp-on-a.flv");
+    let relayed = ffmpeg_player(&a.url("tunnelled"), &from_a, Some(4));
+    let dumped = temp_file("rtmpte-rtmpdump.flv");
+    rtmpdump(&url, &dumped, 4).unwrap();
+    ffmpeg.wait(Duration::from_secs(30)).unwrap();
+    relayed.wait(Duration::from_secs(30)).unwrap();
+    for file in [&over_rtmpte, &from_a, &dumped] {
+        check_recording(file, 75);
+    }
+    publisher.wait(Duration::from_secs(40)).unwrap();
+    assert!(metric_sum(&a, "tributary_rtmpe_sessions_total", "") >= 3);
+    assert!(metric_sum(&b, "tributary_rtmpe_sessions_total", "") >= 3);
+}
+
+#[test]
+fn rtmpe_is_refused_by_an_app_that_says_so_and_by_a_node_without_it() {
+    let node = Node::start_with(
+        1,
+        &[
+            "--config",
+            write_config("rtmpe-apps.toml", "[rtmp.apps.plain]\nrtmpe = false\n")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    let refused = publish_encrypted(&format!("rtmpe://{}/plain/x", node.addr), 3);
+    assert!(
+        refused.wait(Duration::from_secs(20)).is_err(),
+        "RTMPE publish to a plain app passed"
+    );
+    assert!(node
+        .log
+        .lock()
+        .unwrap()
+        .contains("RTMPE connect refused by the app's rule"));
+    // The same app over plain RTMP, and RTMPE to another app, pass.
+    let plain = publish(&format!("rtmp://{}/plain/x", node.addr), 2);
+    plain.wait(Duration::from_secs(20)).unwrap();
+    let other = publish_encrypted(&format!("rtmpe://{}/live/y", node.addr), 2);
+    other.wait(Duration::from_secs(20)).unwrap();
+
+    let off = Node::start_with(
+        1,
+        &[
+            "--config",
+            write_config("rtmpe-off.toml", "[rtmp]\nrtmpe = false\n")
+                .to_str()
+                .unwrap(),
+        ],
+    );
+    let refused = publish_encrypted(&format!("rtmpe://{}/live/z", off.addr), 3);
+    assert!(refused.wait(Duration::from_secs(20)).is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !off.log.lock().unwrap().contains("version 6") {
+        assert!(Instant::now() < deadline, "{}", off.log.lock().unwrap());
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// One keep-alive HTTP connection speaking RTMPT by hand.

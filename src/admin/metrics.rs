@@ -208,6 +208,14 @@ impl Metrics {
                 )?,
                 |s| ShardStats::get(&s.recv_no_buffers),
             ),
+            (
+                counter(
+                    "tributary_rtmpe_sessions_total",
+                    "RTMPE and RTMPTE connections whose encrypted handshake completed",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.rtmpe_sessions),
+            ),
         ];
         let dropped = counter(
             "tributary_dropped_frames_total",

@@ -47,4 +47,6 @@ pub struct ConnectionContext {
     pub rtmp_ip: std::net::IpAddr,
     /// The players' settings: each app's latency budget.
     pub players: Arc<crate::config::PlayersConfig>,
+    /// RTMP's settings: whether RTMPE is accepted, and per app.
+    pub rtmp: Arc<crate::config::RtmpConfig>,
 }

@@ -17,6 +17,7 @@ mod http;
 mod hub;
 mod pump;
 mod push;
+mod random;
 mod record;
 pub mod ring;
 mod rtmp;

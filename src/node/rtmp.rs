@@ -82,6 +82,12 @@ pub async fn serve(
 ) {
     let id = conn.id;
     let mut session = ServerSession::new(ctx.session, 0, id ^ 0x5DEE_CE66_D1CE_5EED);
+    if ctx.rtmp.rtmpe {
+        // The Diffie-Hellman key is made only if the client asks for RTMPE.
+        if let Some(random) = super::random::bytes::<32>() {
+            session.allow_rtmpe(&random);
+        }
+    }
     {
         let mut open = ctx.open.borrow_mut();
         open.retain(|w| w.strong_count() > 0);
@@ -273,10 +279,19 @@ impl ConnState {
         now: Instant,
     ) -> Result<(), SessionError> {
         let mut stalled = 0;
-        while !input.is_empty() {
+        // RTMPE: the session may hold decrypted input it has not decoded.
+        while !input.is_empty() || session.has_pending_input() {
             let used = session.handle_input(input)?;
+            if let Some(cipher) = session.take_outbound_cipher() {
+                // The handshake leaves in clear; what follows is encrypted.
+                flush(session, outbox);
+                outbox.set_cipher(cipher);
+                ctx.stats.rtmpe_sessions.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut progressed = used > 0;
             while let Some(e) = session.poll_event() {
                 self.events.push(e);
+                progressed = true;
             }
             input = &input[used..];
             let mut events = std::mem::take(&mut self.events);
@@ -307,7 +322,7 @@ impl ConnState {
             }
             self.events = events;
             flush(session, outbox);
-            if used == 0 {
+            if !progressed {
                 stalled += 1;
                 if stalled > 2 {
                     return Err(SessionError::Closed);
@@ -378,7 +393,18 @@ impl ConnState {
         ctx: &ConnectionContext,
     ) {
         match event {
-            ServerEvent::ConnectRequest(_) => session.accept_connect(),
+            ServerEvent::ConnectRequest(connect) => {
+                if session.is_encrypted() && !ctx.rtmp.rtmpe_allowed(&connect.app) {
+                    // Refused: RTMPE is obfuscation, and this app asks for
+                    // RTMP or RTMPS.
+                    session.reject_connect("RTMPE is refused for this app: use RTMPS or RTMP");
+                    tracing::info!(conn = self.conn, "RTMPE connect refused by the app's rule");
+                    flush(session, outbox);
+                    outbox.close();
+                } else {
+                    session.accept_connect();
+                }
+            }
             ServerEvent::PublishRequest {
                 stream_id, name, ..
             } => self.publish(stream_id, &name, session, outbox, ctx).await,

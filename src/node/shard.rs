@@ -297,6 +297,7 @@ fn connection_context(
         exec: setup.exec.clone(),
         rtmp_ip: config.rtmp.listen.ip(),
         players: Arc::new(config.players.clone()),
+        rtmp: Arc::new(config.rtmp.clone()),
         open: RefCell::new(Vec::new()),
         reconnects_asked: std::cell::Cell::new(0),
         hub: hub.clone(),

@@ -59,6 +59,8 @@ pub struct ShardStats {
     pub disconnected_slow: AtomicU64,
     /// Receives that ended on an empty buffer ring (ENOBUFS) and re-armed.
     pub recv_no_buffers: AtomicU64,
+    /// RTMPE (and RTMPTE) handshakes completed.
+    pub rtmpe_sessions: AtomicU64,
     /// Indexed like [`ERROR_KINDS`].
     pub protocol_errors: [AtomicU64; 5],
     /// Publishes and plays refused by auth, indexed like

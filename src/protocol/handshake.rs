@@ -19,8 +19,12 @@ use bytes::BytesMut;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// The only version byte (C0/S0) we speak. 6 would be RTMPE (encrypted).
+/// The version byte (C0/S0) of plain RTMP.
 pub const RTMP_VERSION: u8 = 3;
+
+/// The version byte of RTMPE (encrypted), which the server accepts once
+/// allowed ([`ServerHandshake::allow_rtmpe`]).
+pub const RTMPE_VERSION: u8 = 6;
 
 /// Size of C1, C2, S1 and S2.
 pub const HANDSHAKE_SIZE: usize = 1536;
@@ -95,9 +99,12 @@ pub enum HandshakeKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandshakeError {
-    /// C0 or S0 was not 3. 6 asks for RTMPE, which we do not implement.
-    #[error("peer asked for RTMP version {0}; only 3 is supported (6 is RTMPE)")]
+    /// C0 or S0 was not 3 (or 6, RTMPE, where allowed).
+    #[error("peer asked for RTMP version {0}; 3 is supported, and 6 (RTMPE) where allowed")]
     UnsupportedVersion(u8),
+    /// An RTMPE C1 without a valid digest, or with an unusable key.
+    #[error("RTMPE: {0}")]
+    Rtmpe(&'static str),
     /// S1 announced a server version (`S1[4] >= 3`) but its digest matches
     /// neither scheme.
     #[error("server S1 announces a version but carries no valid digest")]
@@ -119,6 +126,19 @@ pub struct ServerHandshake {
     c1: Box<[u8; HANDSHAKE_SIZE]>,
     kind: Option<HandshakeKind>,
     outbox: Outbox,
+    /// RTMPE: the server's key pair while allowed, then the key pairs the
+    /// exchange agreed on.
+    rtmpe: Rtmpe,
+    /// C0 asked for RTMPE.
+    encrypted: bool,
+}
+
+enum Rtmpe {
+    Refused,
+    /// The random bytes of the private key (made only if C0 asks).
+    Allowed(Box<[u8; 32]>),
+    Agreed(Box<super::rtmpe::Candidates>),
+    Taken,
 }
 
 impl ServerHandshake {
@@ -133,6 +153,31 @@ impl ServerHandshake {
             c1: Box::new([0; HANDSHAKE_SIZE]),
             kind: None,
             outbox: Outbox::new(),
+            rtmpe: Rtmpe::Refused,
+            encrypted: false,
+        }
+    }
+
+    /// Accepts RTMPE (C0 = 6) too, with a Diffie-Hellman private key from
+    /// `random` (32 bytes from the caller's random source).
+    pub fn allow_rtmpe(&mut self, random: &[u8; 32]) {
+        self.rtmpe = Rtmpe::Allowed(Box::new(*random));
+    }
+
+    /// Whether the client asked for RTMPE (known once C0 is in).
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// RTMPE, once done: the key pairs agreed on, taken once. Everything
+    /// after C2, both ways, goes through them.
+    pub fn take_rtmpe(&mut self) -> Option<super::rtmpe::Candidates> {
+        if !self.is_done() || !matches!(self.rtmpe, Rtmpe::Agreed(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.rtmpe, Rtmpe::Taken) {
+            Rtmpe::Agreed(c) => Some(*c),
+            _ => None,
         }
     }
 
@@ -163,17 +208,28 @@ impl ServerHandshake {
                 Stage::Version => {
                     used += 1;
                     let version = rest.first().copied().unwrap_or_default();
-                    if version != RTMP_VERSION {
+                    let rtmpe = version == RTMPE_VERSION && matches!(self.rtmpe, Rtmpe::Allowed(_));
+                    if version != RTMP_VERSION && !rtmpe {
                         let e = HandshakeError::UnsupportedVersion(version);
                         self.stage = Stage::Failed(e.clone());
                         return Err(e);
                     }
+                    self.encrypted = rtmpe;
                     self.stage = Stage::First { filled: 0 };
                 }
                 Stage::First { filled } => {
                     used += fill(&mut self.c1[..], filled, rest);
                     if *filled == HANDSHAKE_SIZE {
-                        self.answer_c1();
+                        let answered = if self.encrypted {
+                            self.answer_rtmpe_c1()
+                        } else {
+                            self.answer_c1();
+                            Ok(())
+                        };
+                        if let Err(e) = answered {
+                            self.stage = Stage::Failed(e.clone());
+                            return Err(e);
+                        }
                         self.stage = Stage::Second { filled: 0 };
                     }
                 }
@@ -233,6 +289,61 @@ impl ServerHandshake {
             }
         }
     }
+}
+
+impl ServerHandshake {
+    /// Answers an RTMPE C1: its digest must be valid (scheme 1 first, as
+    /// both clients put it there); its public key is read where that
+    /// scheme puts it. S1 carries our digest and public key under scheme
+    /// 0, which ffmpeg's publisher assumes and its player and librtmp
+    /// find; S2 is signed as in the digest handshake. C2 is not judged
+    /// (ffmpeg's publisher echoes S1).
+    fn answer_rtmpe_c1(&mut self) -> Result<(), HandshakeError> {
+        let Rtmpe::Allowed(random) = std::mem::replace(&mut self.rtmpe, Rtmpe::Refused) else {
+            return Err(HandshakeError::Rtmpe("not allowed"));
+        };
+        let dh = super::rtmpe::DhKey::new(&random);
+        let (scheme, client_digest) = [1u8, 0]
+            .into_iter()
+            .find_map(|scheme| {
+                find_digest(&self.c1, scheme, &FP_KEY[..FP_KEY_TEXT_LEN]).map(|d| (scheme, d))
+            })
+            .ok_or(HandshakeError::Rtmpe("C1 carries no valid digest"))?;
+        let at = dh_offset(&self.c1, scheme);
+        let client_pub = &self.c1[at..at + super::rtmpe::KEY_LEN];
+        let secret = dh
+            .shared(client_pub)
+            .map_err(|_| HandshakeError::Rtmpe("the client's public key is not usable"))?;
+
+        let mut s1 = [0u8; HANDSHAKE_SIZE];
+        self.rng.fill(&mut s1[8..]);
+        s1[..4].copy_from_slice(&self.epoch_ms.to_be_bytes());
+        s1[4..8].copy_from_slice(&SERVER_VERSION);
+        let ours = dh_offset(&s1, 0);
+        s1[ours..ours + super::rtmpe::KEY_LEN].copy_from_slice(dh.public());
+        // The digest covers the key (their places never overlap).
+        imprint_digest(&mut s1, 0, &FMS_KEY[..FMS_KEY_TEXT_LEN]);
+        let mut s2 = [0u8; HANDSHAKE_SIZE];
+        self.rng.fill(&mut s2);
+        sign(&mut s2, &FMS_KEY, &client_digest);
+        self.outbox.push(&[RTMPE_VERSION]);
+        self.outbox.push(&s1);
+        self.outbox.push(&s2);
+        self.kind = Some(HandshakeKind::Digest { scheme });
+        let candidates = super::rtmpe::Candidates::new(&secret, dh.public(), client_pub);
+        self.rtmpe = Rtmpe::Agreed(Box::new(candidates));
+        Ok(())
+    }
+}
+
+/// Where an RTMPE public key sits under `scheme`: 128 bytes at an offset
+/// four bytes sum to, in 8..640 (scheme 1: the sum of bytes 768..772) or
+/// 772..1404 (scheme 0: the sum of bytes 1532..1536); either stays inside
+/// the packet and clear of the digest's offset bytes.
+fn dh_offset(packet: &[u8; HANDSHAKE_SIZE], scheme: u8) -> usize {
+    let (base, at) = if scheme == 0 { (1532, 772) } else { (768, 8) };
+    let sum: usize = packet[base..base + 4].iter().map(|&b| usize::from(b)).sum();
+    at + sum % 632
 }
 
 /// Which handshake a client asks for.
@@ -504,7 +615,7 @@ fn signature_matches(packet: &[u8; HANDSHAKE_SIZE], signing_key: &[u8; DIGEST_LE
 /// The key is first brought to one 64-byte block the way HMAC itself does
 /// (hashed when longer, zero-padded otherwise), so the infallible
 /// fixed-size constructor can be used instead of a `Result` to unwrap.
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; DIGEST_LEN] {
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; DIGEST_LEN] {
     let mut block = [0u8; 64];
     if key.len() > block.len() {
         block[..DIGEST_LEN].copy_from_slice(&Sha256::digest(key));
@@ -534,6 +645,56 @@ impl SplitMix64 {
         for chunk in buf.chunks_mut(8) {
             let word = self.next().to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
+/// An RTMPE client for tests: what ffmpeg's publisher sends (digest and
+/// public key under scheme 1, C2 an echo of S1).
+#[cfg(test)]
+pub(crate) mod rtmpe_client {
+    use super::*;
+    use crate::protocol::rtmpe::{Ciphers, DhKey, KEY_LEN};
+
+    pub struct Client {
+        dh: DhKey,
+        c1: [u8; HANDSHAKE_SIZE],
+    }
+
+    impl Client {
+        pub fn new(seed: u64) -> Self {
+            let dh = DhKey::new(&[seed as u8 | 1; 32]);
+            let mut c1 = [0u8; HANDSHAKE_SIZE];
+            SplitMix64(seed).fill(&mut c1[8..]);
+            c1[4..8].copy_from_slice(&[128, 0, 3, 2]);
+            let at = dh_offset(&c1, 1);
+            c1[at..at + KEY_LEN].copy_from_slice(dh.public());
+            imprint_digest(&mut c1, 1, &FP_KEY[..FP_KEY_TEXT_LEN]);
+            Self { dh, c1 }
+        }
+
+        pub fn c0c1(&self) -> Vec<u8> {
+            let mut out = vec![RTMPE_VERSION];
+            out.extend_from_slice(&self.c1);
+            out
+        }
+
+        /// Checks S0+S1+S2 as ffmpeg's player and librtmp do (S0 = 6, the
+        /// S1 digest under scheme 0, S2 signed with our digest); returns
+        /// C2 and the client's streams.
+        pub fn finish(&self, s: &[u8]) -> (Vec<u8>, Ciphers) {
+            assert_eq!(s.len(), 1 + 2 * HANDSHAKE_SIZE);
+            assert_eq!(s[0], RTMPE_VERSION);
+            let s1: [u8; HANDSHAKE_SIZE] = s[1..1 + HANDSHAKE_SIZE].try_into().unwrap();
+            let s2: [u8; HANDSHAKE_SIZE] = s[1 + HANDSHAKE_SIZE..].try_into().unwrap();
+            assert!(find_digest(&s1, 0, &FMS_KEY[..FMS_KEY_TEXT_LEN]).is_some());
+            let ours = find_digest(&self.c1, 1, &FP_KEY[..FP_KEY_TEXT_LEN]).unwrap();
+            assert!(signature_matches(&s2, &hmac_sha256(&FMS_KEY, &[&ours])));
+            let at = dh_offset(&s1, 0);
+            let server_pub = &s1[at..at + KEY_LEN];
+            let secret = self.dh.shared(server_pub).unwrap();
+            let ciphers = Ciphers::client(&secret, server_pub, self.dh.public());
+            (s1.to_vec(), ciphers)
         }
     }
 }
@@ -1016,5 +1177,83 @@ mod tests {
             prop_assert!(server.poll_transmit(&mut BytesMut::new()) <= MAX_OUTPUT);
             prop_assert!(client.poll_transmit(&mut BytesMut::new()) <= MAX_OUTPUT);
         }
+    }
+
+    #[test]
+    fn rtmpe_is_refused_unless_allowed_and_types_8_and_9_always() {
+        let client = rtmpe_client::Client::new(5);
+        let mut server = ServerHandshake::new(0, 1);
+        assert_eq!(
+            server.handle_input(&client.c0c1()),
+            Err(HandshakeError::UnsupportedVersion(6))
+        );
+        for version in [8u8, 9] {
+            let mut server = ServerHandshake::new(0, 1);
+            server.allow_rtmpe(&[3; 32]);
+            assert_eq!(
+                server.handle_input(&[version]),
+                Err(HandshakeError::UnsupportedVersion(version))
+            );
+        }
+    }
+
+    #[test]
+    fn an_rtmpe_client_gets_a_key_both_sides_share_in_any_fragmentation() {
+        for split in [1usize, 7, 700, 1537] {
+            let client = rtmpe_client::Client::new(11);
+            let mut server = ServerHandshake::new(0, 2);
+            server.allow_rtmpe(&[9; 32]);
+            let c0c1 = client.c0c1();
+            for piece in c0c1.chunks(split) {
+                assert_eq!(server.handle_input(piece), Ok(piece.len()));
+            }
+            assert!(server.is_encrypted());
+            assert_eq!(server.kind(), Some(HandshakeKind::Digest { scheme: 1 }));
+            let mut out = BytesMut::new();
+            server.poll_transmit(&mut out);
+            let (c2, mut ours) = client.finish(&out);
+            assert!(server.take_rtmpe().is_none(), "not before C2");
+            // C2 and the first encrypted bytes in one read: C2 is taken,
+            // the rest is not.
+            let mut hello = *b"\x03 twelve bytes or more";
+            ours.outbound.apply(&mut hello);
+            let mut flight = c2.clone();
+            flight.extend_from_slice(&hello);
+            assert_eq!(server.handle_input(&flight), Ok(HANDSHAKE_SIZE));
+            let mut theirs = server.take_rtmpe().unwrap().choose(&hello);
+            assert!(server.take_rtmpe().is_none(), "taken once");
+            theirs.inbound.apply(&mut hello);
+            assert_eq!(&hello, b"\x03 twelve bytes or more");
+            let mut reply = *b"_result";
+            theirs.outbound.apply(&mut reply);
+            ours.inbound.apply(&mut reply);
+            assert_eq!(&reply, b"_result");
+        }
+    }
+
+    #[test]
+    fn an_rtmpe_c1_without_a_digest_or_with_a_bad_key_is_refused() {
+        let mut c0c1 = rtmpe_client::Client::new(4).c0c1();
+        c0c1[900] ^= 1;
+        let mut server = ServerHandshake::new(0, 1);
+        server.allow_rtmpe(&[1; 32]);
+        assert_eq!(
+            server.handle_input(&c0c1),
+            Err(HandshakeError::Rtmpe("C1 carries no valid digest"))
+        );
+        // A valid digest over a public key of 1.
+        let mut c1 = [0u8; HANDSHAKE_SIZE];
+        c1[4..8].copy_from_slice(&[128, 0, 3, 2]);
+        let at = dh_offset(&c1, 1);
+        c1[at + 127] = 1;
+        imprint_digest(&mut c1, 1, &FP_KEY[..FP_KEY_TEXT_LEN]);
+        let mut server = ServerHandshake::new(0, 1);
+        server.allow_rtmpe(&[1; 32]);
+        assert_eq!(server.handle_input(&[6]), Ok(1));
+        assert!(matches!(
+            server.handle_input(&c1),
+            Err(HandshakeError::Rtmpe(_))
+        ));
+        assert!(server.handle_input(&[0]).is_err(), "it stays failed");
     }
 }

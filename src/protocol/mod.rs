@@ -19,6 +19,7 @@ pub mod handshake;
 pub mod limits;
 pub mod media;
 pub mod message;
+pub mod rtmpe;
 pub mod server;
 
 pub use limits::Limits;

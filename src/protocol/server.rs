@@ -188,6 +188,44 @@ struct NetStream {
     reset: bool,
 }
 
+impl Encrypted {
+    fn new(candidates: crate::protocol::rtmpe::Candidates) -> Self {
+        let mut e = Self {
+            candidates: Some(Box::new(candidates)),
+            probe: Vec::new(),
+            inbound: None,
+            outbound: None,
+            plain: BytesMut::new(),
+        };
+        e.take(&[]);
+        e
+    }
+
+    /// Takes encrypted bytes: decrypted into `plain`, or, while the key
+    /// pair is undecided, held until the client's first bytes decide it
+    /// (then decrypted with the rest).
+    fn take(&mut self, input: &[u8]) {
+        if let Some(c) = &mut self.inbound {
+            let at = self.plain.len();
+            self.plain.extend_from_slice(input);
+            c.apply(&mut self.plain[at..]);
+            return;
+        }
+        self.probe.extend_from_slice(input);
+        let ready = self.candidates.as_ref().is_some_and(|c| {
+            c.is_certain() || self.probe.len() >= crate::protocol::rtmpe::PROBE_LEN
+        });
+        if let Some(candidates) = self.candidates.take_if(|_| ready) {
+            let mut ciphers = candidates.choose(&self.probe);
+            self.plain.extend_from_slice(&self.probe);
+            self.probe = Vec::new();
+            ciphers.inbound.apply(&mut self.plain);
+            self.inbound = Some(ciphers.inbound);
+            self.outbound = Some(ciphers.outbound);
+        }
+    }
+}
+
 /// Most media events [`ServerSession::handle_input`] queues before it
 /// returns: enough for a receive buffer of audio and video, few enough that
 /// the queue stays small.
@@ -206,6 +244,30 @@ pub struct ServerSession {
     events: VecDeque<ServerEvent>,
     aggregate: Option<(u32, AggregateParts)>,
     out: BytesMut,
+    /// RTMPE, after the handshake.
+    rtmpe: Option<Box<Encrypted>>,
+}
+
+/// An RTMPE session's input side: decrypted bytes the chunk stream has
+/// not taken yet, and the stream they were decrypted with.
+struct Encrypted {
+    /// Until the key pair is decided: the candidates, and the client's
+    /// first bytes held to decide them (at most
+    /// [`PROBE_LEN`](crate::protocol::rtmpe::PROBE_LEN)).
+    candidates: Option<Box<crate::protocol::rtmpe::Candidates>>,
+    probe: Vec<u8>,
+    inbound: Option<crate::protocol::rtmpe::Cipher>,
+    /// The cipher for what this side sends, until the caller takes it.
+    outbound: Option<crate::protocol::rtmpe::Cipher>,
+    /// Plaintext waiting for the chunk stream (at most one input's worth:
+    /// the caller hands in more only once this is taken).
+    plain: BytesMut,
+}
+
+impl std::fmt::Debug for Encrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Encrypted {{ plain: {} }}", self.plain.len())
+    }
 }
 
 impl ServerSession {
@@ -223,7 +285,35 @@ impl ServerSession {
             events: VecDeque::new(),
             aggregate: None,
             out: BytesMut::new(),
+            rtmpe: None,
         }
+    }
+
+    /// Accepts RTMPE handshakes too (see [`crate::protocol::rtmpe`]), with
+    /// 32 bytes from the caller's random source for the key.
+    pub fn allow_rtmpe(&mut self, random: &[u8; 32]) {
+        self.handshake.allow_rtmpe(random);
+    }
+
+    /// The client asked for RTMPE.
+    pub fn is_encrypted(&self) -> bool {
+        self.handshake.is_encrypted()
+    }
+
+    /// RTMPE: the cipher for everything this side sends after the
+    /// handshake, once known; taken once. Before installing it, send what
+    /// [`poll_transmit`](Self::poll_transmit) holds (the handshake, in
+    /// clear): [`handle_input`](Self::handle_input) returns as soon as it
+    /// is known, before it writes anything that must be encrypted.
+    pub fn take_outbound_cipher(&mut self) -> Option<crate::protocol::rtmpe::Cipher> {
+        self.rtmpe.as_mut()?.outbound.take()
+    }
+
+    /// Decrypted input (RTMPE) is waiting for the chunk stream: call
+    /// [`handle_input`](Self::handle_input) again, with no more bytes if
+    /// there are none, after acting on its events.
+    pub fn has_pending_input(&self) -> bool {
+        self.rtmpe.as_ref().is_some_and(|e| !e.plain.is_empty())
     }
 
     // ----- getters
@@ -279,7 +369,39 @@ impl ServerSession {
                 return Ok(input.len() - rest.len());
             }
             self.phase = Phase::AwaitConnect;
+            if let Some(candidates) = self.handshake.take_rtmpe() {
+                self.rtmpe = Some(Box::new(Encrypted::new(candidates)));
+                // The caller installs the outbound cipher (if known) after
+                // sending the handshake in clear.
+                return Ok(n);
+            }
         }
+        if let Some(e) = &mut self.rtmpe {
+            let decided = e.inbound.is_some();
+            e.take(rest);
+            let consumed = input.len();
+            if !decided && e.inbound.is_some() {
+                // Just decided: the caller installs the outbound cipher
+                // before anything is written under it.
+                return Ok(consumed);
+            }
+            let mut plain = std::mem::take(&mut e.plain);
+            let mut slice = &plain[..];
+            let result = self.decode_from(&mut slice);
+            let used = plain.len() - slice.len();
+            let _ = plain.split_to(used);
+            if let Some(e) = &mut self.rtmpe {
+                e.plain = plain;
+            }
+            result?;
+            return Ok(consumed);
+        }
+        self.decode_from(&mut rest)?;
+        Ok(input.len() - rest.len())
+    }
+
+    /// Decodes chunks from `rest` as far as the caller lets it go on.
+    fn decode_from(&mut self, rest: &mut &[u8]) -> Result<(), SessionError> {
         while !rest.is_empty()
             && !self.must_yield()
             && self.aggregate.is_none()
@@ -288,7 +410,7 @@ impl ServerSession {
             if self.phase == Phase::Closed {
                 return Err(SessionError::Closed);
             }
-            let message = self.decoder.decode(&mut rest)?;
+            let message = self.decoder.decode(rest)?;
             if let Some(seq) = self.decoder.poll_ack() {
                 self.send(&ControlMessage::Acknowledgement { sequence: seq }.to_message());
             }
@@ -296,7 +418,7 @@ impl ServerSession {
                 self.on_message(message)?;
             }
         }
-        Ok(input.len() - rest.len())
+        Ok(())
     }
 
     /// The caller must act before more input: an event other than media
@@ -606,8 +728,15 @@ impl ServerSession {
             }
             .to_message(),
         );
-        self.send(&ControlMessage::SetChunkSize(self.config.chunk_size).to_message());
-        self.encoder.set_chunk_size(self.config.chunk_size);
+        if !self.is_encrypted() {
+            // Not over RTMPE: ffmpeg's RTMPE publisher echoes a Set Chunk
+            // Size it is sent, encrypting the packet in place, and then
+            // reads its new chunk sizes from the encrypted bytes (garbage:
+            // it stops splitting its messages, or fails at once). RTMPE
+            // connections keep the default 128-byte chunks from us.
+            self.send(&ControlMessage::SetChunkSize(self.config.chunk_size).to_message());
+            self.encoder.set_chunk_size(self.config.chunk_size);
+        }
         self.send(&command::connect_result(&connect));
         self.phase = Phase::Connected;
     }
@@ -886,5 +1015,96 @@ pub fn redact(name: &str) -> String {
         format!("{shown}…")
     } else {
         shown
+    }
+}
+
+#[cfg(test)]
+mod rtmpe_tests {
+    use super::*;
+    use crate::protocol::handshake::rtmpe_client::Client;
+    use crate::protocol::handshake::HANDSHAKE_SIZE;
+
+    fn connect_bytes() -> Vec<u8> {
+        let connect = command_message(
+            3,
+            0,
+            "connect",
+            1.0,
+            &[Amf0Value::Object(vec![
+                ("app".into(), Amf0Value::String("live".into())),
+                ("tcUrl".into(), Amf0Value::String("rtmpe://h/live".into())),
+            ])],
+        );
+        let mut out = BytesMut::new();
+        ChunkEncoder::new().write(&mut out, &connect);
+        out.to_vec()
+    }
+
+    #[test]
+    fn an_rtmpe_session_decrypts_its_input_and_encrypts_after_the_handshake_only() {
+        let client = Client::new(21);
+        let mut session = ServerSession::new(ServerConfig::default(), 0, 3);
+        session.allow_rtmpe(&[5; 32]);
+        assert_eq!(
+            session.handle_input(&client.c0c1()).unwrap(),
+            1 + HANDSHAKE_SIZE
+        );
+        let mut out = BytesMut::new();
+        session.poll_transmit(&mut out);
+        let (c2, mut ours) = client.finish(&out);
+        // C2 and the encrypted connect in one read, fed in odd pieces.
+        let mut connect = connect_bytes();
+        ours.outbound.apply(&mut connect);
+        let mut input = c2;
+        input.extend_from_slice(&connect);
+        let mut rest = &input[..];
+        let mut cipher = None;
+        let mut request = None;
+        let mut rounds = 0;
+        while !rest.is_empty() || session.has_pending_input() {
+            rounds += 1;
+            assert!(rounds < 100, "no progress");
+            let piece = &rest[..rest.len().min(37)];
+            let used = session.handle_input(piece).unwrap();
+            rest = &rest[used..];
+            if let Some(c) = session.take_outbound_cipher() {
+                // Nothing is held to be sent under it yet.
+                let mut held = BytesMut::new();
+                session.poll_transmit(&mut held);
+                assert!(held.is_empty());
+                cipher = Some(c);
+            }
+            while let Some(e) = session.poll_event() {
+                if let ServerEvent::ConnectRequest(c) = e {
+                    request = Some(c);
+                }
+            }
+        }
+        assert!(session.is_encrypted());
+        assert_eq!(request.expect("the connect came through").app, "live");
+        let mut cipher = cipher.expect("the cipher was handed out");
+        session.accept_connect();
+        let mut reply = BytesMut::new();
+        session.poll_transmit(&mut reply);
+        // What the node's connection does with the cipher, then the client.
+        cipher.apply(&mut reply);
+        ours.inbound.apply(&mut reply);
+        let mut decoder = ChunkDecoder::new(Limits::default());
+        let mut wire = &reply[..];
+        let mut types = Vec::new();
+        while let Some(m) = decoder.decode(&mut wire).unwrap() {
+            types.push(m.type_id);
+        }
+        // Window ack size, peer bandwidth, the _result; no Set Chunk Size
+        // (ffmpeg's RTMPE publisher would misread it).
+        assert_eq!(
+            types,
+            vec![
+                MessageType::WINDOW_ACK_SIZE,
+                MessageType::SET_PEER_BANDWIDTH,
+                MessageType::COMMAND_AMF0
+            ]
+        );
+        assert_eq!(session.chunk_size(), 128);
     }
 }

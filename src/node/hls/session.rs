@@ -72,22 +72,9 @@ pub struct Given {
     pub id: String,
 }
 
-/// A new session ID, from the kernel's random source; None if it fails
-/// (getrandom(2) fails only before Linux 3.17, which io_uring rules out).
+/// A new session ID, from the kernel's random source; None if it fails.
 pub fn new_id() -> Option<String> {
-    let mut bytes = [0u8; ID_LEN / 2];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        let rest = &mut bytes[filled..];
-        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes
-        // for the whole call, and getrandom(2) writes at most that many.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n > 0 {
-            filled += n as usize;
-        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return None;
-        }
-    }
+    let bytes = crate::node::random::bytes::<{ ID_LEN / 2 }>()?;
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

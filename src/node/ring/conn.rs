@@ -140,6 +140,9 @@ pub struct Conn {
     /// RTMPT: what the tunnel's `/send` bodies carried, not yet taken
     /// by the session task (see [`Conn::tunnel`]).
     tunnel_in: Option<Box<TunnelIn>>,
+    /// RTMPE: what is queued from here on is encrypted as it is queued
+    /// (each connection's own copy: the stream is per connection).
+    cipher: RefCell<Option<crate::protocol::rtmpe::Cipher>>,
     /// RTMPS: close_notify has been queued.
     pub(in crate::node) close_notified: Cell<bool>,
     /// Bytes the socket took, since it opened (TLS records included).
@@ -182,6 +185,7 @@ impl Conn {
             room: Cell::new(None),
             messages: None,
             tunnel_in: None,
+            cipher: RefCell::new(None),
             close_notified: Cell::new(false),
             written: Cell::new(0),
             batch: Cell::new(None),
@@ -299,6 +303,14 @@ impl Conn {
         if self.closed.get() || b.is_empty() {
             return;
         }
+        let b = match &mut *self.cipher.borrow_mut() {
+            None => b,
+            Some(c) => {
+                let mut sealed = b.to_vec();
+                c.apply(&mut sealed);
+                Bytes::from(sealed)
+            }
+        };
         self.bytes.set(self.bytes.get() + b.len());
         self.queue.borrow_mut().push_back(b);
         self.schedule();
@@ -317,6 +329,12 @@ impl Conn {
             // Already scheduled (audio waiting): the round must start now.
             self.ring.notify.notify();
         }
+    }
+
+    /// RTMPE: everything queued after this is encrypted with `cipher`, in
+    /// the order queued (the order it is sent).
+    pub fn set_cipher(&self, cipher: crate::protocol::rtmpe::Cipher) {
+        *self.cipher.borrow_mut() = Some(cipher);
     }
 
     /// Applies a player's latency budget (`players.latency_ms`): the
