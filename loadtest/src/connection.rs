@@ -8,18 +8,18 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tributary::protocol::client::{ClientConfig, ClientError, ClientEvent, ClientSession, Role};
 
+use crate::rtmpt::{Transport, Tunnel};
 use crate::target::Target;
 
 /// Bytes read from the socket at a time (and kept per connection).
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 pub struct RtmpConnection {
-    pub socket: TcpStream,
+    pub socket: Transport,
     pub session: ClientSession,
     out: BytesMut,
     buf: Box<[u8]>,
@@ -56,6 +56,16 @@ impl RtmpConnection {
             Ok(Ok(s)) => s,
         };
         let _ = socket.set_nodelay(true);
+        let socket = if target.url.tunnel {
+            let host = format!("{}:{}", target.url.host, target.url.port);
+            match timeout_at(deadline, Tunnel::open(socket, &host)).await {
+                Err(_) => return Err("rtmpt open: timed out".into()),
+                Ok(Err(e)) => return Err(io_reason("rtmpt open", &e)),
+                Ok(Ok(t)) => Transport::Tunnel(Box::new(t)),
+            }
+        } else {
+            Transport::Tcp(socket)
+        };
         let config = ClientConfig::new(role, &target.tc_url, &target.url.app, stream_name);
         let mut conn = Self {
             socket,
@@ -168,7 +178,11 @@ impl RtmpConnection {
         if self.flush().await.is_err() {
             return;
         }
-        let _ = self.socket.shutdown().await;
+        self.socket.shutdown().await;
+        if matches!(self.socket, Transport::Tunnel(_)) {
+            // The session is closed: nothing more to read.
+            return;
+        }
         let deadline = Instant::now() + linger;
         loop {
             match timeout_at(deadline, self.socket.read(&mut self.buf)).await {

@@ -24,7 +24,8 @@ player j plays stream j mod K. KEY is --key, else the key part of the first URL,
 Connections take the resolved URLs round-robin; a host name counts once per A record."
 )]
 pub struct Cli {
-    /// rtmp://host[:port]/app[/key]; repeatable. Publishers and players
+    /// rtmp://host[:port]/app[/key] (rtmpt:// for RTMP tunnelled in HTTP,
+    /// to a node's media listener); repeatable. Publishers and players
     /// take them round-robin (a name: each of its A records). An http://
     /// URL makes players HTTP-FLV viewers (publishers then need
     /// --publish-url).
@@ -224,7 +225,7 @@ impl LoadPlan {
         };
         for u in &publish_urls {
             if crate::target::RtmpUrl::parse(u)?.http {
-                bail!("{u}: publishers need an rtmp:// URL (--publish-url)");
+                bail!("{u}: publishers need an rtmp:// or rtmpt:// URL (--publish-url)");
             }
         }
         let http_hls = match cli.http_viewers.or(sc.http_viewers).as_deref() {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::time::{sleep_until, Instant};
 use tributary::protocol::client::{ClientEvent, Role};
 use tributary::protocol::message::MessageType;
@@ -160,7 +159,7 @@ async fn publish(
         // Meanwhile, answer the server (acknowledgements, pings) and notice
         // if it ends our stream.
         tokio::select! {
-            read = conn.socket.read(&mut scratch) => {
+            read = conn.socket.read_alongside_writes(&mut scratch) => {
                 let n = read.map_err(|e| io_reason("read", &e))?;
                 if n == 0 {
                     return Err("closed by server while publishing".into());

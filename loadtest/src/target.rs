@@ -1,4 +1,5 @@
-//! Where connections go: `rtmp://host[:port]/app[/key]` URLs, and for
+//! Where connections go: `rtmp://host[:port]/app[/key]` URLs,
+//! `rtmpt://` for RTMP tunnelled in HTTP (publishers and players), and for
 //! players `http://host[:port]/app[/key]`, which makes them HTTP-FLV
 //! viewers (`GET /app/key.flv`). A host name
 //! stands for every A record it resolves to, and connections take the
@@ -22,16 +23,22 @@ pub struct RtmpUrl {
     pub key: Option<String>,
     /// An `http://` URL: players are HTTP-FLV viewers.
     pub http: bool,
+    /// An `rtmpt://` URL: RTMP tunnelled in HTTP.
+    pub tunnel: bool,
 }
 
 impl RtmpUrl {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let (rest, http) = match (url.strip_prefix("rtmp://"), url.strip_prefix("http://")) {
-            (Some(r), _) => (r, false),
-            (_, Some(r)) => (r, true),
-            _ => bail!("{url}: only rtmp:// and http:// URLs are supported"),
+        let (rest, http, tunnel) = if let Some(r) = url.strip_prefix("rtmp://") {
+            (r, false, false)
+        } else if let Some(r) = url.strip_prefix("rtmpt://") {
+            (r, false, true)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (r, true, false)
+        } else {
+            bail!("{url}: only rtmp://, rtmpt:// and http:// URLs are supported");
         };
-        let default_port = if http {
+        let default_port = if http || tunnel {
             DEFAULT_HTTP_PORT
         } else {
             DEFAULT_RTMP_PORT
@@ -62,12 +69,14 @@ impl RtmpUrl {
             app,
             key,
             http,
+            tunnel,
         })
     }
 
     /// The tcUrl a client sends in connect.
     pub fn tc_url(&self) -> String {
-        format!("rtmp://{}:{}/{}", self.host, self.port, self.app)
+        let scheme = if self.tunnel { "rtmpt" } else { "rtmp" };
+        format!("{scheme}://{}:{}/{}", self.host, self.port, self.app)
     }
 }
 
@@ -120,6 +129,9 @@ mod tests {
         assert_eq!(u.key.as_deref(), Some("cam?token=1"));
         let u = RtmpUrl::parse("rtmp://localhost/live").unwrap();
         assert_eq!((u.port, u.key), (1935, None));
+        let t = RtmpUrl::parse("rtmpt://x/live/cam").unwrap();
+        assert!(t.tunnel && !t.http && t.port == 80);
+        assert_eq!(t.tc_url(), "rtmpt://x:80/live");
         let h = RtmpUrl::parse("http://x/live/cam").unwrap();
         assert!(h.http && h.port == 80 && h.key.as_deref() == Some("cam"));
         assert!(RtmpUrl::parse("https://x/live").is_err());

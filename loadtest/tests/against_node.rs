@@ -303,6 +303,44 @@ fn http_flv_viewers_are_checked_like_rtmp_players() {
 }
 
 #[test]
+fn rtmpt_publishers_and_players_tunnel_every_frame_through_http() {
+    let node = Node::start_with(&["--media-listen", "127.0.0.1:0"]);
+    let url = format!("rtmpt://{}/live", node.media.unwrap());
+    let run = run_load(
+        &[
+            "--url",
+            &url,
+            "--publishers",
+            "1",
+            "--players",
+            "3",
+            "--duration",
+            "3",
+            "--drain",
+            "3",
+            "--require-all-holding",
+        ],
+        Duration::from_secs(25),
+    );
+    let r = &run.report;
+    assert_eq!(
+        run.status,
+        0,
+        "{}\nnode log:\n{}",
+        run.stdout,
+        node.log.lock().unwrap()
+    );
+    assert_eq!(n(r, "publishers.connected"), 1);
+    assert_eq!(n(r, "players.holding"), 3);
+    let expected = n(r, "players.video_frames_expected");
+    assert!(expected > 3 * 30, "{expected}");
+    assert_eq!(n(r, "players.video_frames"), expected);
+    assert_eq!(n(r, "players.gaps"), 0);
+    assert_eq!(n(r, "players.bad_messages"), 0);
+    assert!(n(r, "latency_ms.samples") > 0);
+}
+
+#[test]
 fn ll_hls_viewers_follow_the_live_edge_part_by_part() {
     let node = Node::start_with(&["--media-listen", "127.0.0.1:0"]);
     let media = format!("http://{}/live", node.media.unwrap());
