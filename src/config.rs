@@ -104,7 +104,7 @@ impl Default for MediaConfig {
             hls_sessions: true,
             rtmpt: true,
             rtmpt_sessions: 1000,
-            rtmpt_sessions_per_ip: 16,
+            rtmpt_sessions_per_ip: 64,
             rtmpt_idle_ms: 10_000,
         }
     }

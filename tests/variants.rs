@@ -200,7 +200,7 @@ fn rtmpe_and_rtmpte_publish_and_play_with_ffmpeg_9_and_rtmpdump_across_a_cluster
 }
 
 #[test]
-fn rtmpe_is_refused_by_an_app_that_says_so_and_by_a_node_without_it() {
+fn rtmpe_is_refused_by_an_app_that_says_so_by_a_node_without_it_and_without_a_digest() {
     let node = Node::start_with(
         1,
         &[
@@ -225,6 +225,26 @@ fn rtmpe_is_refused_by_an_app_that_says_so_and_by_a_node_without_it() {
     plain.wait(Duration::from_secs(20)).unwrap();
     let other = publish_encrypted(&format!("rtmpe://{}/live/y", node.addr), 2);
     other.wait(Duration::from_secs(20)).unwrap();
+
+    // An RTMPE C0 with a C1 that carries no digest: refused, and the
+    // node goes on serving.
+    let mut garbage = TcpStream::connect(node.addr).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut c0c1 = vec![6u8];
+    c0c1.extend((0..1536u32).map(|i| (i * 7 + 3) as u8));
+    garbage.write_all(&c0c1).unwrap();
+    let mut answer = Vec::new();
+    let _ = garbage.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "no S0S1S2 for a C1 without a digest");
+    assert!(node
+        .log
+        .lock()
+        .unwrap()
+        .contains("RTMPE: C1 carries no valid digest"));
+    let after = publish_encrypted(&format!("rtmpe://{}/live/after", node.addr), 2);
+    after.wait(Duration::from_secs(20)).unwrap();
 
     let off = Node::start_with(
         1,
