@@ -3,8 +3,8 @@
 //! than a whole handshake, consume anything once done, queue more than one
 //! side's whole output, or recover from an error.
 //!
-//! Input: byte 0 picks the client mode and whether the bytes are fed raw or
-//! XORed over a real exchange (so mutations reach the digest and signature
+//! Input: byte 0 picks the client mode, whether the server allows RTMPE,
+//! and whether the bytes are fed raw or XORed over a real exchange (so mutations reach the digest and signature
 //! checks, which random bytes never pass); bytes 1..9 seed the cut points;
 //! the rest is the data.
 #![no_main]
@@ -38,6 +38,10 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let mut server = ServerHandshake::new(7, 1);
+    if ctl & 4 != 0 {
+        // RTMPE allowed: a C0 of 6 reaches the digest and key checks.
+        server.allow_rtmpe(&[ctl; 32]);
+    }
     feed(&mut server, &to_server, &mut cuts);
     let sent = server.poll_transmit(&mut BytesMut::new());
     assert!(sent == 0 || sent == WHOLE);

@@ -10,8 +10,10 @@
 //!   viewers' sessions.
 //! - [`record`]: recordings: the packager's output as segment files, read
 //!   back, cut to a time range, and expired.
+//! - [`ts`]: MPEG-TS in (what SRT carries), into the stream's messages.
 
 pub mod fmp4;
 pub mod packager;
 pub mod record;
+pub mod ts;
 pub mod window;

@@ -1,0 +1,534 @@
+//! MPEG-TS in: what an SRT publisher sends (188-byte packets, seven to a
+//! 1316-byte message), turned into the stream model's FLV-style messages.
+//! Sans-IO: bytes in, [`RawMessage`]s out, nothing held past a bound.
+//!
+//! - [`mpeg2ts_reader`] finds the programme (PAT, PMT, a changed PMT) and
+//!   cuts each elementary stream into PES packets with their PTS and DTS.
+//! - H.264 (stream type 0x1B): each access unit's Annex B NAL units become
+//!   one AVC video message (length-prefixed NAL units, composition time
+//!   from PTS - DTS); SPS and PPS become the AVC sequence header, sent
+//!   again whenever they change; access unit delimiters are dropped.
+//!   Video starts at the first IDR picture.
+//! - AAC in ADTS (0x0F): each frame becomes one AAC audio message; the
+//!   ADTS header gives the AudioSpecificConfig of the sequence header.
+//! - Other stream types are skipped and named once ([`TsIn::skipped`]).
+//! - Timestamps are milliseconds from the first one seen, across the
+//!   33-bit wrap.
+//!
+//! A PES is complete when the next one of its stream starts (the reader
+//! ends a PES there), so each stream's messages leave one PES late: a
+//! frame of video, a PES of audio. A PES over [`MAX_PES`] is dropped, as
+//! is one hit by a continuity error (a lost packet); both are counted.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use mpeg2ts_reader::demultiplex::{
+    self, DemuxContext, FilterChangeset, FilterRequest, PatPacketFilter, PmtPacketFilter,
+};
+use mpeg2ts_reader::pes::{self, ElementaryStreamConsumer, PesContents, PesHeader, PtsDts};
+use mpeg2ts_reader::StreamType;
+
+use crate::protocol::{MessageType, RawMessage};
+
+/// The largest PES taken (a 4K keyframe is well under it).
+pub const MAX_PES: usize = 8 * 1024 * 1024;
+
+/// The chunk streams the messages name (as an encoder's).
+const VIDEO_CSID: u32 = 6;
+const AUDIO_CSID: u32 = 4;
+
+/// 2^33: where PTS and DTS wrap.
+const WRAP: u64 = 1 << 33;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    H264,
+    Aac,
+}
+
+/// One PES, complete.
+struct Pes {
+    kind: Kind,
+    pts: Option<u64>,
+    dts: Option<u64>,
+    data: Vec<u8>,
+}
+
+mpeg2ts_reader::packet_filter_switch! {
+    Filter<Ctx> {
+        Pes: pes::PesPacketFilter<Ctx, Es>,
+        Pat: PatPacketFilter<Ctx>,
+        Pmt: PmtPacketFilter<Ctx>,
+        Null: demultiplex::NullPacketFilter<Ctx>,
+    }
+}
+
+/// The reader's context: its filters, and what they completed.
+pub struct Ctx {
+    changeset: FilterChangeset<Filter>,
+    done: Vec<Pes>,
+    /// Stream types met and not served (named once each).
+    skipped: Vec<u8>,
+    dropped: u64,
+}
+
+impl DemuxContext for Ctx {
+    type F = Filter;
+
+    fn filter_changeset(&mut self) -> &mut FilterChangeset<Filter> {
+        &mut self.changeset
+    }
+
+    fn construct(&mut self, req: FilterRequest<'_, '_>) -> Filter {
+        match req {
+            FilterRequest::ByPid(mpeg2ts_reader::psi::pat::PAT_PID) => {
+                Filter::Pat(PatPacketFilter::default())
+            }
+            FilterRequest::ByPid(_) | FilterRequest::Nit { .. } => {
+                Filter::Null(demultiplex::NullPacketFilter::default())
+            }
+            FilterRequest::Pmt {
+                pid,
+                program_number,
+            } => Filter::Pmt(PmtPacketFilter::new(pid, program_number)),
+            FilterRequest::ByStream { stream_type, .. } => {
+                let kind = match stream_type {
+                    StreamType::H264 => Kind::H264,
+                    StreamType::ADTS => Kind::Aac,
+                    other => {
+                        let code = u8::from(other);
+                        if !self.skipped.contains(&code) {
+                            self.skipped.push(code);
+                        }
+                        return Filter::Null(demultiplex::NullPacketFilter::default());
+                    }
+                };
+                Filter::Pes(pes::PesPacketFilter::new(Es {
+                    kind,
+                    current: None,
+                }))
+            }
+        }
+    }
+}
+
+/// One elementary stream's PES being gathered.
+pub struct Es {
+    kind: Kind,
+    current: Option<Pes>,
+}
+
+impl ElementaryStreamConsumer<Ctx> for Es {
+    fn start_stream(&mut self, _ctx: &mut Ctx) {}
+
+    fn begin_packet(&mut self, ctx: &mut Ctx, header: PesHeader<'_>) {
+        if let Some(p) = self.current.take() {
+            ctx.done.push(p);
+        }
+        let PesContents::Parsed(Some(parsed)) = header.contents() else {
+            return;
+        };
+        let (pts, dts) = match parsed.pts_dts() {
+            Ok(PtsDts::PtsOnly(Ok(pts))) => (Some(pts.value()), Some(pts.value())),
+            Ok(PtsDts::Both {
+                pts: Ok(pts),
+                dts: Ok(dts),
+            }) => (Some(pts.value()), Some(dts.value())),
+            _ => (None, None),
+        };
+        let payload = parsed.payload();
+        if payload.len() > MAX_PES {
+            ctx.dropped += 1;
+            return;
+        }
+        self.current = Some(Pes {
+            kind: self.kind,
+            pts,
+            dts,
+            data: payload.to_vec(),
+        });
+    }
+
+    fn continue_packet(&mut self, ctx: &mut Ctx, data: &[u8]) {
+        if let Some(p) = &mut self.current {
+            if p.data.len() + data.len() > MAX_PES {
+                self.current = None;
+                ctx.dropped += 1;
+            } else {
+                p.data.extend_from_slice(data);
+            }
+        }
+    }
+
+    fn end_packet(&mut self, ctx: &mut Ctx) {
+        if let Some(p) = self.current.take() {
+            ctx.done.push(p);
+        }
+    }
+
+    fn continuity_error(&mut self, ctx: &mut Ctx) {
+        if self.current.take().is_some() {
+            ctx.dropped += 1;
+        }
+    }
+}
+
+/// A stream's TS in, its messages out.
+pub struct TsIn {
+    ctx: Ctx,
+    demux: demultiplex::Demultiplex<Ctx>,
+    /// The first timestamp (90 kHz, unwrapped) and the last seen.
+    base: Option<u64>,
+    last: u64,
+    sps: Option<Bytes>,
+    pps: Option<Bytes>,
+    /// The AVC sequence header was sent and an IDR picture seen since.
+    video_started: bool,
+    header_sent: bool,
+    audio_config: Option<[u8; 2]>,
+    /// Bytes of a PES kept between calls: none (a PES is whole when
+    /// taken), so this only bounds the reader's own state.
+    messages: u64,
+}
+
+impl Default for TsIn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TsIn {
+    pub fn new() -> Self {
+        let mut ctx = Ctx {
+            changeset: FilterChangeset::default(),
+            done: Vec::new(),
+            skipped: Vec::new(),
+            dropped: 0,
+        };
+        let demux = demultiplex::Demultiplex::new(&mut ctx);
+        Self {
+            ctx,
+            demux,
+            base: None,
+            last: 0,
+            sps: None,
+            pps: None,
+            video_started: false,
+            header_sent: false,
+            audio_config: None,
+            messages: 0,
+        }
+    }
+
+    /// Takes TS bytes (whole packets; a partial packet at the end is
+    /// dropped, as SRT delivers whole messages) and appends the messages
+    /// they completed, in order.
+    pub fn push(&mut self, ts: &[u8], out: &mut Vec<RawMessage>) {
+        self.demux.push(&mut self.ctx, ts);
+        let done = std::mem::take(&mut self.ctx.done);
+        for pes in done {
+            match pes.kind {
+                Kind::H264 => self.video(pes, out),
+                Kind::Aac => self.audio(pes, out),
+            }
+        }
+    }
+
+    /// Stream types met that are not served (HEVC 0x24, Opus in 0x06...).
+    pub fn skipped(&self) -> &[u8] {
+        &self.ctx.skipped
+    }
+
+    /// PES dropped: over [`MAX_PES`], or cut by a lost packet.
+    pub fn dropped(&self) -> u64 {
+        self.ctx.dropped
+    }
+
+    /// Messages made so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Milliseconds since the first timestamp, unwrapping the 33 bits.
+    fn ms(&mut self, ts90: u64) -> u32 {
+        let base = *self.base.get_or_insert(ts90);
+        // The 33-bit value nearest the last one seen.
+        let mut t = (self.last & !(WRAP - 1)) | (ts90 & (WRAP - 1));
+        if t + WRAP / 2 < self.last {
+            t += WRAP;
+        } else if t > self.last + WRAP / 2 && t >= WRAP {
+            t -= WRAP;
+        }
+        self.last = self.last.max(t);
+        (t.saturating_sub(base) / 90) as u32
+    }
+
+    fn emit(
+        &mut self,
+        out: &mut Vec<RawMessage>,
+        type_id: MessageType,
+        timestamp: u32,
+        payload: Bytes,
+    ) {
+        self.messages += 1;
+        out.push(RawMessage {
+            csid: if type_id == MessageType::VIDEO {
+                VIDEO_CSID
+            } else {
+                AUDIO_CSID
+            },
+            timestamp,
+            type_id,
+            stream_id: 1,
+            payload,
+        });
+    }
+
+    fn video(&mut self, pes: Pes, out: &mut Vec<RawMessage>) {
+        let (Some(pts), Some(dts)) = (pes.pts, pes.dts) else {
+            return;
+        };
+        let mut nals = Vec::new();
+        let mut key = false;
+        let mut changed = false;
+        for nal in annex_b(&pes.data) {
+            match nal[0] & 0x1f {
+                7 => {
+                    changed |= self.sps.as_deref() != Some(nal);
+                    self.sps = Some(Bytes::copy_from_slice(nal));
+                }
+                8 => {
+                    changed |= self.pps.as_deref() != Some(nal);
+                    self.pps = Some(Bytes::copy_from_slice(nal));
+                }
+                9 => {}
+                t => {
+                    key |= t == 5;
+                    nals.push(nal);
+                }
+            }
+        }
+        let timestamp = self.ms(dts);
+        if changed || !self.header_sent {
+            if let Some(header) = self.avc_header() {
+                self.emit(out, MessageType::VIDEO, timestamp, header);
+                self.header_sent = true;
+            }
+        }
+        if !self.header_sent || nals.is_empty() {
+            return;
+        }
+        if !self.video_started && !key {
+            return;
+        }
+        self.video_started = true;
+        let cts = (pts as i64 - dts as i64).rem_euclid(WRAP as i64);
+        let cts = if cts > (WRAP / 2) as i64 {
+            cts - WRAP as i64
+        } else {
+            cts
+        } / 90;
+        let size: usize = nals.iter().map(|n| n.len() + 4).sum();
+        let mut tag = BytesMut::with_capacity(5 + size);
+        tag.put_u8(if key { 0x17 } else { 0x27 });
+        tag.put_u8(1);
+        tag.put_slice(&(cts as i32).to_be_bytes()[1..]);
+        for nal in nals {
+            tag.put_u32(nal.len() as u32);
+            tag.put_slice(nal);
+        }
+        self.emit(out, MessageType::VIDEO, timestamp, tag.freeze());
+    }
+
+    /// The AVC sequence header: an AVCDecoderConfigurationRecord of the
+    /// last SPS and PPS, once both are known.
+    fn avc_header(&self) -> Option<Bytes> {
+        let (sps, pps) = (self.sps.as_ref()?, self.pps.as_ref()?);
+        if sps.len() < 4 || sps.len() > u16::MAX as usize || pps.len() > u16::MAX as usize {
+            return None;
+        }
+        let mut out = BytesMut::with_capacity(16 + sps.len() + pps.len());
+        out.put_slice(&[0x17, 0, 0, 0, 0, 1, sps[1], sps[2], sps[3], 0xFF, 0xE1]);
+        out.put_u16(sps.len() as u16);
+        out.put_slice(sps);
+        out.put_u8(1);
+        out.put_u16(pps.len() as u16);
+        out.put_slice(pps);
+        Some(out.freeze())
+    }
+
+    fn audio(&mut self, pes: Pes, out: &mut Vec<RawMessage>) {
+        let Some(pts) = pes.pts else {
+            return;
+        };
+        let mut rest = &pes.data[..];
+        let mut index = 0u64;
+        while let Some(frame) = Adts::parse(rest) {
+            let config = frame.config();
+            let ms = self.ms(pts + index * 1024 * 90_000 / u64::from(frame.rate));
+            if self.audio_config != Some(config) {
+                self.audio_config = Some(config);
+                let header = Bytes::from(vec![0xAF, 0, config[0], config[1]]);
+                self.emit(out, MessageType::AUDIO, ms, header);
+            }
+            let raw = &rest[frame.header_len..frame.len];
+            let mut tag = BytesMut::with_capacity(2 + raw.len());
+            tag.put_slice(&[0xAF, 1]);
+            tag.put_slice(raw);
+            self.emit(out, MessageType::AUDIO, ms, tag.freeze());
+            rest = &rest[frame.len..];
+            index += 1;
+        }
+    }
+}
+
+/// The NAL units of an Annex B access unit (start codes and trailing zero
+/// bytes removed; empty units skipped).
+fn annex_b(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&s| s - 3)
+        .chain(std::iter::once(data.len()))
+        .collect();
+    starts.into_iter().zip(ends).filter_map(move |(s, e)| {
+        let mut e = e;
+        // A four-byte start code's leading zero, or trailing zeros.
+        while e > s && data[e - 1] == 0 {
+            e -= 1;
+        }
+        (e > s).then(|| &data[s..e])
+    })
+}
+
+/// One ADTS frame's header.
+#[derive(Debug, PartialEq, Eq)]
+struct Adts {
+    /// The MPEG-4 audio object type (profile + 1).
+    object_type: u8,
+    rate_index: u8,
+    rate: u32,
+    channels: u8,
+    header_len: usize,
+    /// The whole frame, header included.
+    len: usize,
+}
+
+const ADTS_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
+
+impl Adts {
+    /// The frame at the start of `b`, if it is one and is whole.
+    fn parse(b: &[u8]) -> Option<Adts> {
+        if b.len() < 7 || b[0] != 0xFF || b[1] & 0xF6 != 0xF0 {
+            return None;
+        }
+        let header_len = if b[1] & 1 == 1 { 7 } else { 9 };
+        let object_type = (b[2] >> 6) + 1;
+        let rate_index = (b[2] >> 2) & 0x0F;
+        let rate = *ADTS_RATES.get(rate_index as usize)?;
+        let channels = ((b[2] & 1) << 2) | (b[3] >> 6);
+        let len = (usize::from(b[3] & 3) << 11) | (usize::from(b[4]) << 3) | usize::from(b[5] >> 5);
+        if len <= header_len || len > b.len() {
+            return None;
+        }
+        Some(Adts {
+            object_type,
+            rate_index,
+            rate,
+            channels,
+            header_len,
+            len,
+        })
+    }
+
+    /// Its AudioSpecificConfig.
+    fn config(&self) -> [u8; 2] {
+        [
+            (self.object_type << 3) | (self.rate_index >> 1),
+            ((self.rate_index & 1) << 7) | (self.channels << 3),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annex_b_units_are_split_on_three_and_four_byte_start_codes() {
+        let au = [
+            0, 0, 0, 1, 9, 0xF0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 1, 0x65, 7, 8, 0, 0,
+        ];
+        let nals: Vec<&[u8]> = annex_b(&au).collect();
+        assert_eq!(
+            nals,
+            vec![&[9, 0xF0][..], &[0x67, 1, 2][..], &[0x65, 7, 8][..]]
+        );
+        assert_eq!(annex_b(&[1, 2, 3]).count(), 0);
+        assert_eq!(annex_b(&[0, 0, 1]).count(), 0);
+    }
+
+    #[test]
+    fn an_adts_header_gives_its_frame_and_audio_specific_config() {
+        // AAC LC, 48 kHz (index 3), stereo, a 10-byte frame, no CRC.
+        let frame = [0xFF, 0xF1, 0x4C, 0x80, 0x01, 0x5F, 0xFC, 0xAA, 0xBB, 0xCC];
+        let a = Adts::parse(&frame).unwrap();
+        assert_eq!(
+            (a.object_type, a.rate, a.channels, a.header_len, a.len),
+            (2, 48000, 2, 7, 10)
+        );
+        // 2 << 3 | 3 >> 1, (3 & 1) << 7 | 2 << 3: the familiar 0x11 0x90.
+        assert_eq!(a.config(), [0x11, 0x90]);
+        assert!(
+            Adts::parse(&frame[..9]).is_none(),
+            "a cut frame is not taken"
+        );
+        assert!(
+            Adts::parse(&[0xFF, 0xF1, 0x7C, 0x80, 0x01, 0x5F, 0xFC, 0]).is_none(),
+            "rate 15"
+        );
+        assert!(Adts::parse(&[0x47; 16]).is_none());
+    }
+
+    #[test]
+    fn timestamps_count_from_the_first_and_cross_the_33_bit_wrap() {
+        let mut t = TsIn::new();
+        assert_eq!(t.ms(WRAP - 90_000), 0);
+        assert_eq!(t.ms(WRAP - 45_000), 500);
+        assert_eq!(t.ms(45_000), 1500, "past the wrap");
+        assert_eq!(t.ms(90_000), 2000);
+        // A B-frame's earlier PTS stays in place.
+        assert_eq!(t.ms(80_000), 1888);
+    }
+
+    #[test]
+    fn garbage_and_cut_packets_make_no_message_and_no_panic() {
+        let mut t = TsIn::new();
+        let mut out = Vec::new();
+        let mut state = 7u32;
+        for _ in 0..200 {
+            let mut buf = vec![0u8; 188 * 7];
+            for (i, b) in buf.iter_mut().enumerate() {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                *b = (state >> 16) as u8;
+                if i % 188 == 0 {
+                    *b = 0x47;
+                }
+            }
+            t.push(&buf, &mut out);
+            t.push(&buf[..100], &mut out);
+        }
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,153 @@
+//! MPEG-TS in (what SRT publishers send), judged by ffprobe: ffmpeg muxes
+//! H.264 and AAC into TS; the node's reader turns it into the stream's
+//! messages; those written as FLV must play whole (codecs, frame count,
+//! a keyframe first, timestamps in order, the duration). A TS whose PMT is
+//! broken gives nothing, and a stream type not served is named.
+
+use std::path::Path;
+use std::process::Command;
+
+use bytes::BytesMut;
+use tributary::container::ts::TsIn;
+use tributary::protocol::flv::{write_header, write_tag, FlvHeader};
+use tributary::protocol::RawMessage;
+
+mod common;
+use common::{check_recording, duration, probe, temp_file};
+
+/// ffmpeg's TS of `seconds` of test video and a sine, with `codec`.
+fn make_ts(name: &str, seconds: u32, video: &[&str]) -> Vec<u8> {
+    let file = temp_file(name);
+    let out = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg(format!("testsrc2=size=320x240:rate=25:duration={seconds}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:duration={seconds}"))
+        .args(video)
+        .args(["-g", "25", "-c:a", "aac", "-b:a", "64k", "-f", "mpegts"])
+        .arg(&file)
+        .output()
+        .expect("ffmpeg is required (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&file).unwrap()
+}
+
+/// Feeds `ts` in SRT-sized messages (seven packets each).
+fn demux(ts: &[u8]) -> (TsIn, Vec<RawMessage>) {
+    let mut t = TsIn::new();
+    let mut out = Vec::new();
+    for message in ts.chunks(188 * 7) {
+        t.push(message, &mut out);
+    }
+    (t, out)
+}
+
+fn write_flv(path: &Path, messages: &[RawMessage]) {
+    let mut out = BytesMut::new();
+    write_header(
+        &mut out,
+        FlvHeader {
+            has_audio: true,
+            has_video: true,
+        },
+    );
+    for m in messages {
+        write_tag(&mut out, m.type_id.0, m.timestamp, &m.payload);
+    }
+    std::fs::write(path, &out).unwrap();
+}
+
+#[test]
+fn h264_and_aac_in_ts_become_messages_that_play_whole() {
+    for b_frames in ["0", "2"] {
+        let ts = make_ts(
+            &format!("h264-bf{b_frames}.ts"),
+            6,
+            &["-c:v", "libx264", "-preset", "ultrafast", "-bf", b_frames],
+        );
+        let (t, messages) = demux(&ts);
+        assert_eq!(t.dropped(), 0);
+        assert!(t.skipped().is_empty(), "{:?}", t.skipped());
+        let flv = temp_file(&format!("from-ts-bf{b_frames}.flv"));
+        write_flv(&flv, &messages);
+        // Each stream leaves one PES late: the last video frame and the
+        // last PES of audio are still held when the input ends.
+        if b_frames == "0" {
+            check_recording(&flv, 148);
+        } else {
+            // With B-frames presentation order differs from decode order;
+            // ffprobe must still find every frame, a keyframe first.
+            let p = probe(&flv);
+            assert!(p.codecs.iter().any(|c| c == "h264") && p.codecs.iter().any(|c| c == "aac"));
+            assert!(p.video_frames >= 148, "{} frames", p.video_frames);
+            assert!(p.first_video_key);
+            assert!(
+                messages
+                    .iter()
+                    .any(|m| m.type_id.0 == 9 && m.payload[2..5] != [0, 0, 0]),
+                "no composition time"
+            );
+        }
+        let seconds = duration(&flv);
+        assert!((5.5..=6.2).contains(&seconds), "{seconds} s");
+        // Sequence headers first, then media whose timestamps never go
+        // back, per stream (decode order).
+        assert_eq!(messages[0].payload[..2], [0x17, 0]);
+        let mut last = [0u32; 2];
+        for m in &messages {
+            let i = usize::from(m.type_id.0 == 9);
+            assert!(m.timestamp >= last[i], "{} after {}", m.timestamp, last[i]);
+            last[i] = m.timestamp;
+        }
+    }
+}
+
+#[test]
+fn a_broken_pmt_gives_nothing_and_an_unserved_codec_is_named() {
+    let ts = make_ts("pmt.ts", 2, &["-c:v", "libx264", "-preset", "ultrafast"]);
+    // ffmpeg puts the PMT on PID 0x1000; flip a byte of every PMT
+    // section, so its CRC fails.
+    let mut broken = ts.clone();
+    for packet in broken.chunks_mut(188) {
+        let pid = (u16::from(packet[1] & 0x1f) << 8) | u16::from(packet[2]);
+        if pid == 0x1000 {
+            packet[12] ^= 0xFF;
+        }
+    }
+    let (_, messages) = demux(&broken);
+    assert!(
+        messages.is_empty(),
+        "{} messages from a TS with no valid PMT",
+        messages.len()
+    );
+
+    let hevc = make_ts(
+        "hevc.ts",
+        2,
+        &[
+            "-c:v",
+            "libx265",
+            "-preset",
+            "ultrafast",
+            "-x265-params",
+            "log-level=error",
+        ],
+    );
+    let (t, messages) = demux(&hevc);
+    assert_eq!(t.skipped(), &[0x24], "HEVC is named as not served");
+    // The AAC beside it still comes through.
+    assert!(messages.iter().any(|m| m.type_id.0 == 8));
+    assert!(messages.iter().all(|m| m.type_id.0 == 8));
+}
