@@ -1,8 +1,9 @@
 //! MPEG-TS in (what SRT publishers send), judged by ffprobe: ffmpeg muxes
 //! H.264 and AAC into TS; the node's reader turns it into the stream's
 //! messages; those written as FLV must play whole (codecs, frame count,
-//! a keyframe first, timestamps in order, the duration). A TS whose PMT is
-//! broken gives nothing, and a stream type not served is named.
+//! a keyframe first, timestamps in order, the duration). HEVC becomes
+//! Enhanced RTMP, which ffmpeg 9 decodes. A TS whose PMT is broken gives
+//! nothing, and a stream type not served is named.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,10 +11,11 @@ use std::process::Command;
 use bytes::BytesMut;
 use tributary::container::ts::TsIn;
 use tributary::protocol::flv::{write_header, write_tag, FlvHeader};
+use tributary::protocol::media::{classify_video, PacketKind, VideoCodec};
 use tributary::protocol::RawMessage;
 
 mod common;
-use common::{check_recording, duration, probe, temp_file};
+use common::{check_recording, duration, ffmpeg9, probe, temp_file};
 
 /// ffmpeg's TS of `seconds` of test video and a sine, with `codec`.
 fn make_ts(name: &str, seconds: u32, video: &[&str]) -> Vec<u8> {
@@ -133,21 +135,65 @@ fn a_broken_pmt_gives_nothing_and_an_unserved_codec_is_named() {
         messages.len()
     );
 
-    let hevc = make_ts(
+    // MPEG-2 video is not served: named, and the AAC beside it still
+    // comes through.
+    let mpeg2 = make_ts("mpeg2.ts", 2, &["-c:v", "mpeg2video"]);
+    let (t, messages) = demux(&mpeg2);
+    assert_eq!(t.skipped(), &[0x02], "MPEG-2 video is named as not served");
+    assert!(messages.iter().any(|m| m.type_id.0 == 8));
+    assert!(messages.iter().all(|m| m.type_id.0 == 8));
+}
+
+#[test]
+fn hevc_in_ts_becomes_enhanced_rtmp_that_plays_whole() {
+    let ts = make_ts(
         "hevc.ts",
-        2,
+        4,
         &[
             "-c:v",
             "libx265",
             "-preset",
             "ultrafast",
             "-x265-params",
-            "log-level=error",
+            "log-level=error:bframes=0",
         ],
     );
-    let (t, messages) = demux(&hevc);
-    assert_eq!(t.skipped(), &[0x24], "HEVC is named as not served");
-    // The AAC beside it still comes through.
-    assert!(messages.iter().any(|m| m.type_id.0 == 8));
-    assert!(messages.iter().all(|m| m.type_id.0 == 8));
+    let (t, messages) = demux(&ts);
+    assert!(t.skipped().is_empty(), "{:?}", t.skipped());
+    assert_eq!(
+        &messages[0].payload[..5],
+        b"\x90hvc1",
+        "the sequence start first"
+    );
+    // The node reads what it made as an HEVC sequence start, then frames
+    // with a keyframe first.
+    let info = |m: &RawMessage| classify_video(&m.payload).unwrap();
+    let first = info(&messages[0]);
+    assert_eq!(
+        (first.codec, first.kind),
+        (VideoCodec::Hevc, PacketKind::SequenceHeader)
+    );
+    let frame = messages
+        .iter()
+        .find(|m| m.type_id.0 == 9 && info(m).kind == PacketKind::Frame);
+    assert!(frame.is_some_and(|m| info(m).keyframe));
+    let flv = temp_file("hevc-from-ts.flv");
+    write_flv(&flv, &messages);
+    // Enhanced RTMP in FLV: ffmpeg 9 reads it (Debian's 5.1 does not).
+    let out = Command::new(ffmpeg9())
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(&flv)
+        .args(["-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    assert!(frames >= 98, "{frames} HEVC frames decoded");
 }

@@ -9,6 +9,11 @@
 //!   from PTS - DTS); SPS and PPS become the AVC sequence header, sent
 //!   again whenever they change; access unit delimiters are dropped.
 //!   Video starts at the first IDR picture.
+//! - HEVC (0x24): the same, as Enhanced RTMP (`hvc1`): VPS, SPS and PPS
+//!   become the HEVCDecoderConfigurationRecord of the sequence start
+//!   (profile, tier, level and flags from the SPS; 4:2:0 8-bit assumed
+//!   in the record's informative fields, the parameter sets themselves
+//!   carried whole); video starts at the first IRAP picture.
 //! - AAC in ADTS (0x0F): each frame becomes one AAC audio message; the
 //!   ADTS header gives the AudioSpecificConfig of the sequence header.
 //! - Other stream types are skipped and named once ([`TsIn::skipped`]).
@@ -42,6 +47,7 @@ const WRAP: u64 = 1 << 33;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     H264,
+    Hevc,
     Aac,
 }
 
@@ -93,6 +99,7 @@ impl DemuxContext for Ctx {
             FilterRequest::ByStream { stream_type, .. } => {
                 let kind = match stream_type {
                     StreamType::H264 => Kind::H264,
+                    StreamType::H265 => Kind::Hevc,
                     StreamType::ADTS => Kind::Aac,
                     other => {
                         let code = u8::from(other);
@@ -181,6 +188,8 @@ pub struct TsIn {
     last: u64,
     sps: Option<Bytes>,
     pps: Option<Bytes>,
+    /// HEVC's VPS (its SPS and PPS share the fields above).
+    vps: Option<Bytes>,
     /// The AVC sequence header was sent and an IDR picture seen since.
     video_started: bool,
     header_sent: bool,
@@ -212,6 +221,7 @@ impl TsIn {
             last: 0,
             sps: None,
             pps: None,
+            vps: None,
             video_started: false,
             header_sent: false,
             audio_config: None,
@@ -227,7 +237,7 @@ impl TsIn {
         let done = std::mem::take(&mut self.ctx.done);
         for pes in done {
             match pes.kind {
-                Kind::H264 => self.video(pes, out),
+                Kind::H264 | Kind::Hevc => self.video(pes, out),
                 Kind::Aac => self.audio(pes, out),
             }
         }
@@ -287,29 +297,52 @@ impl TsIn {
         let (Some(pts), Some(dts)) = (pes.pts, pes.dts) else {
             return;
         };
+        let hevc = pes.kind == Kind::Hevc;
         let mut nals = Vec::new();
         let mut key = false;
         let mut changed = false;
         for nal in annex_b(&pes.data) {
-            match nal[0] & 0x1f {
-                7 => {
-                    changed |= self.sps.as_deref() != Some(nal);
-                    self.sps = Some(Bytes::copy_from_slice(nal));
+            let (slot, keyframe, delimiter) = if hevc {
+                if nal.len() < 2 {
+                    continue;
                 }
-                8 => {
-                    changed |= self.pps.as_deref() != Some(nal);
-                    self.pps = Some(Bytes::copy_from_slice(nal));
+                let t = (nal[0] >> 1) & 0x3f;
+                let slot = match t {
+                    32 => Some(&mut self.vps),
+                    33 => Some(&mut self.sps),
+                    34 => Some(&mut self.pps),
+                    _ => None,
+                };
+                (slot, (16..=23).contains(&t), t == 35)
+            } else {
+                let t = nal[0] & 0x1f;
+                let slot = match t {
+                    7 => Some(&mut self.sps),
+                    8 => Some(&mut self.pps),
+                    _ => None,
+                };
+                (slot, t == 5, t == 9)
+            };
+            match slot {
+                Some(slot) => {
+                    changed |= slot.as_deref() != Some(nal);
+                    *slot = Some(Bytes::copy_from_slice(nal));
                 }
-                9 => {}
-                t => {
-                    key |= t == 5;
+                None if delimiter => {}
+                None => {
+                    key |= keyframe;
                     nals.push(nal);
                 }
             }
         }
         let timestamp = self.ms(dts);
         if changed || !self.header_sent {
-            if let Some(header) = self.avc_header() {
+            let header = if hevc {
+                self.hevc_header()
+            } else {
+                self.avc_header()
+            };
+            if let Some(header) = header {
                 self.emit(out, MessageType::VIDEO, timestamp, header);
                 self.header_sent = true;
             }
@@ -328,15 +361,58 @@ impl TsIn {
             cts
         } / 90;
         let size: usize = nals.iter().map(|n| n.len() + 4).sum();
-        let mut tag = BytesMut::with_capacity(5 + size);
-        tag.put_u8(if key { 0x17 } else { 0x27 });
-        tag.put_u8(1);
+        let mut tag = BytesMut::with_capacity(8 + size);
+        let frame = if key { 1 } else { 2 };
+        if hevc {
+            // Enhanced RTMP: IsExHeader, the frame type, PacketTypeCodedFrames.
+            tag.put_u8(0x80 | (frame << 4) | 1);
+            tag.put_slice(b"hvc1");
+        } else {
+            tag.put_u8((frame << 4) | 7);
+            tag.put_u8(1);
+        }
         tag.put_slice(&(cts as i32).to_be_bytes()[1..]);
         for nal in nals {
             tag.put_u32(nal.len() as u32);
             tag.put_slice(nal);
         }
         self.emit(out, MessageType::VIDEO, timestamp, tag.freeze());
+    }
+
+    /// HEVC's sequence start (Enhanced RTMP): an
+    /// HEVCDecoderConfigurationRecord of the last VPS, SPS and PPS.
+    fn hevc_header(&self) -> Option<Bytes> {
+        let (vps, sps, pps) = (self.vps.as_ref()?, self.sps.as_ref()?, self.pps.as_ref()?);
+        // The SPS's profile_tier_level, general part: after its 2-byte
+        // NAL header and one byte of ids, 12 bytes (emulation prevention
+        // removed).
+        let rbsp = unescape(&sps[..sps.len().min(64)]);
+        let ptl = rbsp.get(3..15)?;
+        let max_sub_layers = ((rbsp[2] >> 1) & 7) + 1;
+        let nested = rbsp[2] & 1;
+        let mut out = BytesMut::with_capacity(64 + vps.len() + sps.len() + pps.len());
+        out.put_u8(0x90); // IsExHeader, keyframe, PacketTypeSequenceStart
+        out.put_slice(b"hvc1");
+        out.put_u8(1); // configurationVersion
+        out.put_slice(ptl); // profile space/tier/idc, compatibility, constraints, level
+        out.put_u16(0xF000); // min_spatial_segmentation_idc 0
+        out.put_u8(0xFC); // parallelismType 0
+        out.put_u8(0xFC | 1); // chroma_format_idc 1 (4:2:0)
+        out.put_u8(0xF8); // bit_depth_luma_minus8 0
+        out.put_u8(0xF8); // bit_depth_chroma_minus8 0
+        out.put_u16(0); // avgFrameRate
+        out.put_u8((max_sub_layers << 3) | (nested << 2) | 3); // lengthSizeMinusOne 3
+        out.put_u8(3);
+        for (t, nal) in [(32u8, vps), (33, sps), (34, pps)] {
+            if nal.len() > u16::MAX as usize {
+                return None;
+            }
+            out.put_u8(0x80 | t);
+            out.put_u16(1);
+            out.put_u16(nal.len() as u16);
+            out.put_slice(nal);
+        }
+        Some(out.freeze())
     }
 
     /// The AVC sequence header: an AVCDecoderConfigurationRecord of the
@@ -410,6 +486,21 @@ fn annex_b(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// A NAL unit's bytes without emulation prevention (00 00 03 -> 00 00).
+fn unescape(nal: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in nal {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        out.push(b);
+    }
+    out
+}
+
 /// One ADTS frame's header.
 #[derive(Debug, PartialEq, Eq)]
 struct Adts {
@@ -477,6 +568,15 @@ mod tests {
         );
         assert_eq!(annex_b(&[1, 2, 3]).count(), 0);
         assert_eq!(annex_b(&[0, 0, 1]).count(), 0);
+    }
+
+    #[test]
+    fn emulation_prevention_bytes_are_removed() {
+        assert_eq!(
+            unescape(&[0, 0, 3, 1, 0, 0, 3, 0, 0, 3]),
+            vec![0, 0, 1, 0, 0, 0, 0]
+        );
+        assert_eq!(unescape(&[1, 3, 0, 3]), vec![1, 3, 0, 3]);
     }
 
     #[test]
