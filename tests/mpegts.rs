@@ -197,3 +197,70 @@ fn hevc_in_ts_becomes_enhanced_rtmp_that_plays_whole() {
         .count();
     assert!(frames >= 98, "{frames} HEVC frames decoded");
 }
+
+#[test]
+fn opus_in_ts_becomes_enhanced_rtmp_that_decodes() {
+    // Debian's ffmpeg muxes Opus into TS (registration descriptor "Opus");
+    // ffmpeg 9 decodes the Enhanced RTMP it becomes.
+    let file = temp_file("opus.ts");
+    let out = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
+        .arg("testsrc2=size=320x240:rate=25:duration=4")
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=4",
+        ])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25"])
+        .args(["-c:a", "libopus", "-ac", "2", "-b:a", "64k", "-f", "mpegts"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (t, messages) = demux(&std::fs::read(&file).unwrap());
+    assert!(t.skipped().is_empty(), "{:?}", t.skipped());
+    let audio: Vec<&RawMessage> = messages.iter().filter(|m| m.type_id.0 == 8).collect();
+    assert_eq!(&audio[0].payload[..13], b"\x90OpusOpusHead");
+    assert_eq!(audio[0].payload[14], 2, "stereo, from the TOC byte");
+    let flv = temp_file("opus-from-ts.flv");
+    write_flv(&flv, &messages);
+    let out = Command::new(ffmpeg9())
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(&flv)
+        .args(["-map", "0:a", "-f", "framemd5", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    // 20 ms packets over 4 s, less the PES still held at the end.
+    assert!(
+        (170..=201).contains(&frames),
+        "{frames} Opus frames decoded"
+    );
+    // Their timestamps advance 20 ms a packet.
+    let coded: Vec<u32> = audio.iter().skip(1).map(|m| m.timestamp).collect();
+    assert!(
+        coded.windows(2).all(|w| w[1] >= w[0] && w[1] - w[0] <= 21),
+        "{coded:?}"
+    );
+}

@@ -16,6 +16,10 @@
 //!   carried whole); video starts at the first IRAP picture.
 //! - AAC in ADTS (0x0F): each frame becomes one AAC audio message; the
 //!   ADTS header gives the AudioSpecificConfig of the sequence header.
+//! - Opus (private data, 0x06, with the registration descriptor `Opus`):
+//!   each access unit after its control header becomes one Enhanced RTMP
+//!   `Opus` message; the sequence start is an OpusHead whose channel count
+//!   the first packet's TOC byte gives (mono or stereo, mapping family 0).
 //! - Other stream types are skipped and named once ([`TsIn::skipped`]).
 //! - Timestamps are milliseconds from the first one seen, across the
 //!   33-bit wrap.
@@ -29,7 +33,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use mpeg2ts_reader::demultiplex::{
     self, DemuxContext, FilterChangeset, FilterRequest, PatPacketFilter, PmtPacketFilter,
 };
+use mpeg2ts_reader::descriptor::CoreDescriptors;
 use mpeg2ts_reader::pes::{self, ElementaryStreamConsumer, PesContents, PesHeader, PtsDts};
+use mpeg2ts_reader::smptera::FormatIdentifier;
 use mpeg2ts_reader::StreamType;
 
 use crate::protocol::{MessageType, RawMessage};
@@ -49,6 +55,7 @@ enum Kind {
     H264,
     Hevc,
     Aac,
+    Opus,
 }
 
 /// One PES, complete.
@@ -96,11 +103,22 @@ impl DemuxContext for Ctx {
                 pid,
                 program_number,
             } => Filter::Pmt(PmtPacketFilter::new(pid, program_number)),
-            FilterRequest::ByStream { stream_type, .. } => {
+            FilterRequest::ByStream {
+                stream_type,
+                stream_info,
+                ..
+            } => {
+                let opus = || {
+                    stream_info.descriptors::<CoreDescriptors<'_>>().any(|d| {
+                        matches!(d, Ok(CoreDescriptors::Registration(r))
+                            if r.format_identifier() == FormatIdentifier::from(&b"Opus"[..]))
+                    })
+                };
                 let kind = match stream_type {
                     StreamType::H264 => Kind::H264,
                     StreamType::H265 => Kind::Hevc,
                     StreamType::ADTS => Kind::Aac,
+                    StreamType::H222_0_PES_PRIVATE_DATA if opus() => Kind::Opus,
                     other => {
                         let code = u8::from(other);
                         if !self.skipped.contains(&code) {
@@ -194,6 +212,8 @@ pub struct TsIn {
     video_started: bool,
     header_sent: bool,
     audio_config: Option<[u8; 2]>,
+    /// Opus: the channel count its sequence start named.
+    opus_channels: Option<u8>,
     /// Bytes of a PES kept between calls: none (a PES is whole when
     /// taken), so this only bounds the reader's own state.
     messages: u64,
@@ -225,6 +245,7 @@ impl TsIn {
             video_started: false,
             header_sent: false,
             audio_config: None,
+            opus_channels: None,
             messages: 0,
         }
     }
@@ -239,6 +260,7 @@ impl TsIn {
             match pes.kind {
                 Kind::H264 | Kind::Hevc => self.video(pes, out),
                 Kind::Aac => self.audio(pes, out),
+                Kind::Opus => self.opus(pes, out),
             }
         }
     }
@@ -457,6 +479,92 @@ impl TsIn {
     }
 }
 
+impl TsIn {
+    fn opus(&mut self, pes: Pes, out: &mut Vec<RawMessage>) {
+        let Some(pts) = pes.pts else {
+            return;
+        };
+        let mut rest = &pes.data[..];
+        let mut at = pts;
+        while let Some((packet, used)) = opus_access_unit(rest) {
+            rest = &rest[used..];
+            if packet.is_empty() {
+                continue;
+            }
+            let channels = if packet[0] & 0x04 != 0 { 2 } else { 1 };
+            let ms = self.ms(at);
+            if self.opus_channels != Some(channels) {
+                self.opus_channels = Some(channels);
+                let mut head = BytesMut::with_capacity(24);
+                // SoundFormat 9 (ExHeader), AudioPacketType SequenceStart.
+                head.put_u8(0x90);
+                head.put_slice(b"Opus");
+                head.put_slice(b"OpusHead");
+                head.put_u8(1); // version
+                head.put_u8(channels);
+                head.put_u16_le(0); // pre-skip: not carried in TS
+                head.put_u32_le(48_000);
+                head.put_u16_le(0); // output gain
+                head.put_u8(0); // mapping family 0: mono or stereo
+                self.emit(out, MessageType::AUDIO, ms, head.freeze());
+            }
+            let mut tag = BytesMut::with_capacity(5 + packet.len());
+            tag.put_u8(0x91); // CodedFrames
+            tag.put_slice(b"Opus");
+            tag.put_slice(packet);
+            self.emit(out, MessageType::AUDIO, ms, tag.freeze());
+            at += u64::from(opus_duration_48k(packet)) * 90_000 / 48_000;
+        }
+    }
+}
+
+/// One Opus access unit of a PES (ETSI TS 102 366 style control header:
+/// 0x7FE0 | flags, the size as 0xFF bytes and a last byte, optional trim
+/// and extension fields): the packet and the bytes used.
+fn opus_access_unit(b: &[u8]) -> Option<(&[u8], usize)> {
+    if b.len() < 3 || b[0] != 0x7F || b[1] & 0xE0 != 0xE0 {
+        return None;
+    }
+    let (start_trim, end_trim, extension) = (b[1] & 0x10 != 0, b[1] & 0x08 != 0, b[1] & 0x04 != 0);
+    let mut i = 2;
+    let mut size = 0usize;
+    loop {
+        let v = *b.get(i)?;
+        i += 1;
+        size += usize::from(v);
+        if v != 0xFF {
+            break;
+        }
+    }
+    i += 2 * usize::from(start_trim) + 2 * usize::from(end_trim);
+    if extension {
+        let len = usize::from(*b.get(i)?);
+        i += 1 + len;
+    }
+    let packet = b.get(i..i.checked_add(size)?)?;
+    Some((packet, i + size))
+}
+
+/// An Opus packet's duration in 48 kHz samples, from its TOC byte (RFC
+/// 6716, 3.1); 960 (20 ms) when it cannot be read.
+fn opus_duration_48k(packet: &[u8]) -> u32 {
+    let Some(&toc) = packet.first() else {
+        return 960;
+    };
+    let config = toc >> 3;
+    let frame = match config {
+        0..=11 => [480, 960, 1920, 2880][usize::from(config & 3)],
+        12..=15 => [480, 960][usize::from(config & 1)],
+        _ => [120, 240, 480, 960][usize::from(config & 3)],
+    };
+    let frames = match toc & 3 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => packet.get(1).map_or(1, |c| u32::from(c & 0x3F).max(1)),
+    };
+    frame * frames
+}
+
 /// The NAL units of an Annex B access unit (start codes and trailing zero
 /// bytes removed; empty units skipped).
 fn annex_b(data: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -568,6 +676,25 @@ mod tests {
         );
         assert_eq!(annex_b(&[1, 2, 3]).count(), 0);
         assert_eq!(annex_b(&[0, 0, 1]).count(), 0);
+    }
+
+    #[test]
+    fn opus_access_units_and_their_durations_are_read() {
+        // Control header, size 3 (no trims), a 20 ms CELT stereo packet.
+        let pes = [0x7F, 0xE0, 3, 0xFC, 1, 2, 0x7F, 0xF0, 1, 0, 0, 9];
+        let (packet, used) = opus_access_unit(&pes).unwrap();
+        assert_eq!((packet, used), (&pes[3..6], 6));
+        // With a start trim: two more bytes before the packet.
+        let (packet, _) = opus_access_unit(&pes[6..]).unwrap();
+        assert_eq!(packet, &[9]);
+        assert!(opus_access_unit(&[0x7F, 0xE0, 0xFF]).is_none(), "cut");
+        assert!(
+            opus_access_unit(&[0x7F, 0xE0, 5, 1]).is_none(),
+            "shorter than its size"
+        );
+        assert_eq!(opus_duration_48k(&[0xFC]), 960, "CELT 20 ms");
+        assert_eq!(opus_duration_48k(&[0xFC | 3, 3]), 2880, "three frames");
+        assert_eq!(opus_duration_48k(&[0x08]), 960, "SILK 20 ms");
     }
 
     #[test]
