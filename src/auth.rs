@@ -64,7 +64,14 @@ impl Refusal {
 
 /// Labels of [`Refusal::kind`], as exported.
 /// (`webhook` counts refusals by the publish/play webhook.)
-pub const REFUSAL_KINDS: [&str; 5] = ["bad_key", "no_token", "expired", "bad_token", "webhook"];
+pub const REFUSAL_KINDS: [&str; 6] = [
+    "bad_key",
+    "no_token",
+    "expired",
+    "bad_token",
+    "webhook",
+    "rtmpe",
+];
 
 #[derive(Debug, Clone)]
 struct Rule {

@@ -65,7 +65,9 @@ fn main() -> ExitCode {
         tracing::info!("rtmps listening on {addr}");
     }
     if let Some(addr) = node.media_addr {
-        tracing::info!("media listening on {addr} (HTTP-FLV: http://{addr}/APP/KEY.flv)");
+        tracing::info!(
+            "media listening on {addr} (HTTP-FLV: http://{addr}/APP/KEY.flv, RTMPT: rtmpt://{addr}/APP/KEY)"
+        );
     }
     if let Some(addr) = node.media_tls_addr {
         tracing::info!("https listening on {addr} (HTTPS media)");

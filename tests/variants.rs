@@ -61,6 +61,20 @@ fn rtmpdump(url: &str, file: &std::path::Path, seconds: u32) -> Result<(), Strin
     }
 }
 
+/// Polls the node's log (read from its stderr by a thread of its own)
+/// until it holds `line`.
+fn wait_log(node: &Node, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log.lock().unwrap().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} in:\n{}",
+            node.log.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls until `name` (summed over its label sets) is `want`.
 fn wait_metric(node: &Node, name: &str, want: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -215,11 +229,8 @@ fn rtmpe_is_refused_by_an_app_that_says_so_by_a_node_without_it_and_without_a_di
         refused.wait(Duration::from_secs(20)).is_err(),
         "RTMPE publish to a plain app passed"
     );
-    assert!(node
-        .log
-        .lock()
-        .unwrap()
-        .contains("RTMPE connect refused by the app's rule"));
+    wait_log(&node, "RTMPE connect refused by the app's rule");
+    assert!(metric_sum(&node, "tributary_auth_refused_total", "rtmpe") >= 1);
     // The same app over plain RTMP, and RTMPE to another app, pass.
     let plain = publish(&format!("rtmp://{}/plain/x", node.addr), 2);
     plain.wait(Duration::from_secs(20)).unwrap();
@@ -238,11 +249,7 @@ fn rtmpe_is_refused_by_an_app_that_says_so_by_a_node_without_it_and_without_a_di
     let mut answer = Vec::new();
     let _ = garbage.read_to_end(&mut answer);
     assert!(answer.is_empty(), "no S0S1S2 for a C1 without a digest");
-    assert!(node
-        .log
-        .lock()
-        .unwrap()
-        .contains("RTMPE: C1 carries no valid digest"));
+    wait_log(&node, "RTMPE: C1 carries no valid digest");
     let after = publish_encrypted(&format!("rtmpe://{}/live/after", node.addr), 2);
     after.wait(Duration::from_secs(20)).unwrap();
 
@@ -436,7 +443,7 @@ fn rtmpt_refuses_wrong_sessions_sequences_bodies_and_floods() {
     // places back.
     drop(held);
     wait_metric(&node, "tributary_rtmpt_sessions", 0);
-    assert!(node.log.lock().unwrap().contains("RTMPT session idle"));
+    wait_log(&node, "RTMPT session idle");
     let mut t = Tunnel::connect(media);
     t.open();
     assert!(metric_sum(&node, "tributary_http_refused_total", "rtmpt_session") >= 4);

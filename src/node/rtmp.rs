@@ -398,7 +398,12 @@ impl ConnState {
                     // Refused: RTMPE is obfuscation, and this app asks for
                     // RTMP or RTMPS.
                     session.reject_connect("RTMPE is refused for this app: use RTMPS or RTMP");
-                    tracing::info!(conn = self.conn, "RTMPE connect refused by the app's rule");
+                    ctx.stats.add_auth_refused("rtmpe");
+                    tracing::info!(
+                        conn = self.conn,
+                        app = %connect.app,
+                        "RTMPE connect refused by the app's rule"
+                    );
                     flush(session, outbox);
                     outbox.close();
                 } else {

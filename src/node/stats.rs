@@ -65,7 +65,7 @@ pub struct ShardStats {
     pub protocol_errors: [AtomicU64; 5],
     /// Publishes and plays refused by auth, indexed like
     /// [`crate::auth::REFUSAL_KINDS`].
-    pub auth_refused: [AtomicU64; 5],
+    pub auth_refused: [AtomicU64; 6],
     /// Indexed like [`QUEUE_KINDS`].
     pub queue_overflow: [AtomicU64; 4],
     /// HTTP-FLV viewers now (they are among `players` too).

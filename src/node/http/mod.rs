@@ -183,11 +183,10 @@ pub async fn serve(
             }
             if let Some((pending, keep_alive)) = body.take() {
                 let a = answering(&conn, peer, &ctx, &ring, &http, keep_alive);
-                if let Err(f) = rtmpt::answer(pending, &a).await {
-                    break Some(fail(&conn, &ctx, &f, cors));
-                }
-                if !keep_alive {
-                    break None;
+                match rtmpt::answer(pending, &a).await {
+                    Err(f) => break Some(fail(&conn, &ctx, &f, cors)),
+                    Ok(false) => break None,
+                    Ok(true) => {}
                 }
             }
         }
@@ -241,8 +240,8 @@ pub async fn serve(
                     }
                     let a = answering(&conn, peer, &ctx, &ring, &http, req.keep_alive);
                     match rtmpt::answer(pending, &a).await {
-                        Ok(()) if req.keep_alive => {}
-                        Ok(()) => done = Some(None),
+                        Ok(true) => {}
+                        Ok(false) => done = Some(None),
                         Err(f) => done = Some(Some(fail(&conn, &ctx, &f, cors))),
                     }
                 }

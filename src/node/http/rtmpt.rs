@@ -53,6 +53,11 @@ const MAX_ANSWER: usize = 1024 * 1024;
 /// both clients; this is what is taken, and discarded.
 const MAX_SMALL_BODY: usize = 64;
 
+/// Requests a session whose RTMP connection has ended gets answered (its
+/// last output, then empty answers) before it is forgotten: a client's
+/// own closing requests race the end and should not read as errors.
+const ENDED_ANSWERS: u32 = 8;
+
 /// One RTMPT session.
 struct Tunnel {
     conn: Rc<Conn>,
@@ -63,6 +68,8 @@ struct Tunnel {
     /// Answers in a row that carried no RTMP bytes (the polling byte
     /// grows with them).
     empty: Cell<u32>,
+    /// Requests answered since its connection ended with nothing left.
+    after_end: Cell<u32>,
 }
 
 /// The shard's RTMPT sessions.
@@ -84,13 +91,14 @@ impl Tunnels {
     }
 
     /// The deadlines: a session with no request for the idle limit, or
-    /// no RTMP handshake in time, is closed; a closed one is forgotten once
-    /// its output is answered, or when nobody came for it in that time.
+    /// no RTMP handshake in time, is closed; a closed one is forgotten
+    /// when nobody has come for it in that time (or at its `/close`, or
+    /// after [`ENDED_ANSWERS`] more requests).
     pub fn sweep(&self, now: Instant) {
         self.sessions.borrow_mut().retain(|_, t| {
             let idle = now.duration_since(t.last.get()) > self.idle;
             if t.conn.is_closed() {
-                return t.conn.queued_bytes() > 0 && !idle;
+                return !idle;
             }
             if idle {
                 t.conn.end(End::Timeout("RTMPT session idle"));
@@ -147,11 +155,15 @@ pub(super) fn begin(
             let Some(t) = sessions.get(&s.id).filter(|t| t.ip == peer.ip()).cloned() else {
                 return Err(session_failure("no such RTMPT session"));
             };
-            let close = matches!(ask, TunnelAsk::Close(_));
-            if t.conn.is_closed() && t.conn.queued_bytes() == 0 && !close {
-                // Its last output was answered: nothing more will come.
-                sessions.remove(&s.id);
-                return Err(session_failure("the RTMPT session has ended"));
+            if t.conn.is_closed() && t.conn.queued_bytes() == 0 {
+                // Its last output was answered: a few more requests get an
+                // empty answer (the client's closing ones), then none.
+                let n = t.after_end.get() + 1;
+                t.after_end.set(n);
+                if n > ENDED_ANSWERS {
+                    sessions.remove(&s.id);
+                    return Err(session_failure("the RTMPT session has ended"));
+                }
             }
             let expected = t.next_seq.get();
             if s.seq != expected {
@@ -204,13 +216,15 @@ pub(super) struct Answering<'a> {
     pub keep_alive: bool,
 }
 
-/// Answers a request whose body has all been read.
-pub(super) async fn answer(p: Pending, a: &Answering<'_>) -> Result<(), Failure> {
+/// Answers a request whose body has all been read; Ok(false) when the
+/// connection closes after the answer (a `/close`: the client is done with
+/// it, and over TLS librtmp waits for our close_notify before it exits).
+pub(super) async fn answer(p: Pending, a: &Answering<'_>) -> Result<bool, Failure> {
     match p.ask {
         TunnelAsk::Ident => {
             let head = head_with(404, &[("Content-Length", "0")], a.cors, a.keep_alive);
             a.conn.push_urgent(head.freeze());
-            Ok(())
+            Ok(a.keep_alive)
         }
         TunnelAsk::Open => {
             let id = open(a)?;
@@ -219,7 +233,7 @@ pub(super) async fn answer(p: Pending, a: &Answering<'_>) -> Result<(), Failure>
             let mut out = head_with(200, &fcs_headers(&len), a.cors, a.keep_alive);
             out.put_slice(body.as_bytes());
             a.conn.push_urgent(out.freeze());
-            Ok(())
+            Ok(a.keep_alive)
         }
         TunnelAsk::Send(_) | TunnelAsk::Idle(_) => {
             let Some(t) = p.tunnel else {
@@ -228,17 +242,17 @@ pub(super) async fn answer(p: Pending, a: &Answering<'_>) -> Result<(), Failure>
             // What this request carried is taken (and the session has
             // answered it) before the answer is made.
             t.conn.tunnel_taken(0).await;
-            respond(&t, a);
-            Ok(())
+            respond(&t, a, a.keep_alive);
+            Ok(a.keep_alive)
         }
         TunnelAsk::Close(s) => {
             let Some(t) = p.tunnel else {
                 return Err(session_failure("no such RTMPT session"));
             };
             t.conn.close();
-            respond(&t, a);
+            respond(&t, a, false);
             a.tunnels.sessions.borrow_mut().remove(&s.id);
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -261,7 +275,7 @@ fn polling_byte(empty: u32) -> u8 {
 
 /// Answers with the polling byte and what the session has queued, its
 /// `Bytes` queued on the connection as they are.
-fn respond(t: &Tunnel, a: &Answering<'_>) {
+fn respond(t: &Tunnel, a: &Answering<'_>, keep_alive: bool) {
     let mut rtmp = Vec::new();
     let n = t.conn.take_tunnel_output(MAX_ANSWER, &mut rtmp);
     let empty = if n == 0 {
@@ -271,7 +285,7 @@ fn respond(t: &Tunnel, a: &Answering<'_>) {
     };
     t.empty.set(empty);
     let len = (1 + n).to_string();
-    let mut head = head_with(200, &fcs_headers(&len), a.cors, a.keep_alive);
+    let mut head = head_with(200, &fcs_headers(&len), a.cors, keep_alive);
     head.put_u8(polling_byte(empty));
     a.conn.push_urgent(head.freeze());
     for b in rtmp {
@@ -301,6 +315,7 @@ fn open(a: &Answering<'_>) -> Result<String, Failure> {
         opened: now,
         last: Cell::new(now),
         empty: Cell::new(0),
+        after_end: Cell::new(0),
     });
     a.tunnels.sessions.borrow_mut().insert(id.clone(), tunnel);
     ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
