@@ -52,6 +52,63 @@ pub struct Config {
     pub push: PushConfig,
     pub exec: ExecConfig,
     pub record: RecordConfig,
+    pub srt: SrtConfig,
+}
+
+/// SRT (`[srt]`): a UDP listener for MPEG-TS publishers and players,
+/// through libsrt 1.5 (loaded only when `listen` is set).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SrtConfig {
+    /// The UDP address; unset = no SRT.
+    pub listen: Option<SocketAddr>,
+    /// SRT's latency (`SRTO_LATENCY`, ms): how long the receiver holds
+    /// packets to repair losses. The larger of the two ends' wins.
+    pub latency_ms: u32,
+    /// A passphrase (AES, 10 to 79 bytes) every caller must hold, unless
+    /// its app has its own.
+    pub passphrase: Option<String>,
+    /// `[srt.apps.NAME] passphrase = "..."`: one app's passphrase.
+    pub apps: BTreeMap<String, AppSrt>,
+}
+
+impl Default for SrtConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            latency_ms: 120,
+            passphrase: None,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppSrt {
+    pub passphrase: Option<String>,
+}
+
+impl SrtConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(20..=8000).contains(&self.latency_ms) {
+            return Err(invalid("srt.latency_ms", "must be 20..=8000"));
+        }
+        let passes = self
+            .apps
+            .values()
+            .filter_map(|a| a.passphrase.as_ref())
+            .chain(self.passphrase.as_ref());
+        for p in passes {
+            if !(10..=79).contains(&p.len()) {
+                return Err(invalid(
+                    "srt.passphrase",
+                    "a passphrase is 10 to 79 bytes (libsrt's bounds)",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// HTTP media for browsers and HTTP players (HTTP-FLV), served by every
@@ -1029,6 +1086,7 @@ impl Config {
 
     /// Checks every value a TOML type cannot; names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.srt.validate()?;
         let r = &self.rtmp;
         if !(128..=65_536).contains(&r.chunk_size) {
             return Err(invalid("rtmp.chunk_size", "must be 128..=65536"));
@@ -1264,6 +1322,9 @@ pub struct Cli {
     /// HTTP media address (HTTP-FLV), e.g. 0.0.0.0:8081 [media.listen]
     #[arg(long, value_name = "ADDR")]
     pub media_listen: Option<SocketAddr>,
+    /// SRT address (UDP), e.g. 0.0.0.0:8890 [srt.listen]
+    #[arg(long, value_name = "ADDR")]
+    pub srt_listen: Option<SocketAddr>,
     /// RTMPS address, e.g. 0.0.0.0:443 [tls.listen]
     #[arg(long, value_name = "ADDR")]
     pub rtmps_listen: Option<SocketAddr>,
@@ -1307,6 +1368,9 @@ impl Cli {
         }
         if let Some(a) = self.media_listen {
             config.media.listen = Some(a);
+        }
+        if let Some(a) = self.srt_listen {
+            config.srt.listen = Some(a);
         }
         if let Some(a) = self.rtmps_listen {
             config.tls.listen = Some(a);

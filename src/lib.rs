@@ -25,6 +25,9 @@
 //!   console.
 //! - [`auth`]: stream keys and signed tokens; [`webhook`]: the auth service
 //!   asked over HTTP; [`tls`]: RTMPS certificates (SNI, reload).
+//! - [`srt`]: SRT through libsrt (loaded at run time): one thread with the
+//!   listener and libsrt's epoll, feeding each shard's SRT sessions over a
+//!   bounded channel.
 //! - [`config`]: the TOML configuration and the command line.
 //! - [`control_thread`]: the threads that run a tokio runtime beside the
 //!   shards; [`exec`]: the one that runs exec pipelines and hooks.
@@ -40,6 +43,7 @@ pub mod exec;
 pub mod node;
 pub mod output;
 pub mod protocol;
+pub mod srt;
 pub mod stream;
 pub mod synthetic;
 pub mod tls;

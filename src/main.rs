@@ -72,6 +72,12 @@ fn main() -> ExitCode {
     if let Some(addr) = node.media_tls_addr {
         tracing::info!("https listening on {addr} (HTTPS media)");
     }
+    if let Some(addr) = node.srt_addr {
+        let version = node.srt_version.as_deref().unwrap_or("?");
+        tracing::info!(
+            "srt listening on {addr} (libsrt {version}; streamid=#!::r=APP/KEY,m=publish)"
+        );
+    }
     let ready = Arc::new(AtomicBool::new(true));
     let admin = AdminState {
         node_id: node.node_id.clone(),
@@ -90,6 +96,7 @@ fn main() -> ExitCode {
         exec: node.exec.clone(),
         recordings: node.recordings.clone(),
         players,
+        srt: node.srt_counters.clone(),
     };
     match admin::spawn(http_listen, admin) {
         Ok(addr) => tracing::info!("http listening on {addr}"),

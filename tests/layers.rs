@@ -56,6 +56,7 @@ const LAYERS: &[&[&str]] = &[
         "http::hls",
         "http::recording",
         "http::rtmpt",
+        "srt",
     ],
     // The shard's executor, then the node.
     &["shard"],

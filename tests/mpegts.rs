@@ -102,6 +102,20 @@ fn h264_and_aac_in_ts_become_messages_that_play_whole() {
         let (t, messages) = demux(&ts);
         assert_eq!(t.dropped(), 0);
         assert!(t.skipped().is_empty(), "{:?}", t.skipped());
+        // Cut anywhere (srt-live-transmit reads its input in chunks that
+        // need not end at a packet): the same messages.
+        for size in [1, 1000, 1317] {
+            let mut cut = TsIn::new();
+            let mut again = Vec::new();
+            for piece in ts.chunks(size) {
+                cut.push(piece, &mut again);
+            }
+            assert_eq!(again.len(), messages.len(), "pieces of {size}");
+            assert!(again
+                .iter()
+                .zip(&messages)
+                .all(|(a, b)| a.payload == b.payload && a.timestamp == b.timestamp));
+        }
         let flv = temp_file(&format!("from-ts-bf{b_frames}.flv"));
         write_flv(&flv, &messages);
         // Each stream leaves one PES late: the last video frame and the
@@ -127,6 +141,12 @@ fn h264_and_aac_in_ts_become_messages_that_play_whole() {
         // Sequence headers first, then media whose timestamps never go
         // back, per stream (decode order).
         assert_eq!(messages[0].payload[..2], [0x17, 0]);
+        // Both tracks' sequence headers before any frame, as an RTMP
+        // publish starts (TS carries no header up front; the audio's comes
+        // with its first frame, which may follow the first picture).
+        let aac_header = messages.iter().position(|m| m.payload[..2] == [0xAF, 0]);
+        let first_frame = messages.iter().position(|m| m.payload[1] == 1);
+        assert!(aac_header < first_frame, "{aac_header:?} {first_frame:?}");
         let mut last = [0u32; 2];
         for m in &messages {
             let i = usize::from(m.type_id.0 == 9);

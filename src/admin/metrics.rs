@@ -27,6 +27,7 @@ pub(super) struct Metrics {
     viewers: IntGaugeVec,
     hls_bytes: prometheus::IntGauge,
     rtmpt_sessions: prometheus::IntGauge,
+    srt_listener: IntCounterVec,
     limited: IntCounterVec,
     cluster_gauges: Vec<(prometheus::IntGauge, ClusterRead)>,
     cluster_counters: Vec<(prometheus::IntCounter, ClusterRead)>,
@@ -85,6 +86,13 @@ impl Metrics {
                     "Push targets publishing now (each is one player among tributary_players)",
                 )?,
                 |s| ShardStats::get(&s.push_live),
+            ),
+            (
+                gauge(
+                    "tributary_srt_sessions",
+                    "SRT connections open (publishers and players)",
+                )?,
+                |s| ShardStats::get(&s.srt_sessions),
             ),
         ];
         let counters: Vec<(IntCounterVec, Read)> = vec![
@@ -216,6 +224,38 @@ impl Metrics {
                 )?,
                 |s| ShardStats::get(&s.rtmpe_sessions),
             ),
+            (
+                counter(
+                    "tributary_srt_packets_lost_total",
+                    "SRT packets found missing on the way in (libsrt's receiver loss count)",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.srt_lost),
+            ),
+            (
+                counter(
+                    "tributary_srt_packets_retransmitted_total",
+                    "SRT packets received again as retransmissions (losses repaired)",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.srt_retransmitted),
+            ),
+            (
+                counter(
+                    "tributary_srt_packets_dropped_total",
+                    "SRT packets dropped as too late to play (losses not repaired in the latency)",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.srt_dropped),
+            ),
+            (
+                counter(
+                    "tributary_srt_dropped_bytes_total",
+                    "SRT TS bytes dropped because the shard's session did not take them",
+                    &["shard"],
+                )?,
+                |s| ShardStats::get(&s.srt_dropped_bytes),
+            ),
         ];
         let dropped = counter(
             "tributary_dropped_frames_total",
@@ -260,6 +300,11 @@ impl Metrics {
             "RTMPT and RTMPTS sessions open (RTMP tunnelled in HTTP)",
         )?;
         registry.register(Box::new(rtmpt_sessions.clone()))?;
+        let srt_listener = counter(
+            "tributary_srt_callers_total",
+            "SRT callers at the listener: accepted, or refused before accept by reason (stream_id, auth)",
+            &["result"],
+        )?;
         let limited = counter(
             "tributary_limit_refused_total",
             "Connections, publishes and plays refused by a limit, by limit",
@@ -467,6 +512,7 @@ impl Metrics {
             viewers,
             hls_bytes,
             rtmpt_sessions,
+            srt_listener,
             limited,
             cluster_gauges,
             exec_running,
@@ -592,6 +638,17 @@ impl Metrics {
         }
         self.hls_bytes.set(state.hls.usage().1 as i64);
         self.rtmpt_sessions.set(state.gate.tunnels() as i64);
+        if let Some(c) = &state.srt {
+            for (result, v) in [
+                ("accepted", &c.accepted),
+                ("stream_id", &c.refused_stream_id),
+                ("auth", &c.refused_auth),
+            ] {
+                let counter = self.srt_listener.with_label_values(&[result]);
+                counter.reset();
+                counter.inc_by(v.load(Ordering::Relaxed));
+            }
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

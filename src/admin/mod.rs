@@ -68,6 +68,8 @@ pub struct AdminState {
     pub recordings: Option<std::sync::Arc<crate::node::Library>>,
     /// The players' settings: each app's latency budget, for the listing.
     pub players: crate::config::PlayersConfig,
+    /// The SRT listener's counters, when SRT is on.
+    pub srt: Option<Arc<crate::srt::thread::SrtCounters>>,
 }
 
 /// How long a play token that `/api/play` hands out is valid.

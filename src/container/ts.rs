@@ -82,6 +82,8 @@ pub struct Ctx {
     /// Stream types met and not served (named once each).
     skipped: Vec<u8>,
     dropped: u64,
+    /// Served streams the programme announced: (video, audio).
+    announced: (bool, bool),
 }
 
 impl DemuxContext for Ctx {
@@ -127,6 +129,10 @@ impl DemuxContext for Ctx {
                         return Filter::Null(demultiplex::NullPacketFilter::default());
                     }
                 };
+                match kind {
+                    Kind::H264 | Kind::Hevc => self.announced.0 = true,
+                    Kind::Aac | Kind::Opus => self.announced.1 = true,
+                }
                 Filter::Pes(pes::PesPacketFilter::new(Es {
                     kind,
                     current: None,
@@ -197,6 +203,27 @@ impl ElementaryStreamConsumer<Ctx> for Es {
     }
 }
 
+/// One TS packet.
+const PACKET: usize = 188;
+/// How much a stream's start may hold while it waits for every track's
+/// configuration: past either bound, what came is sent as it is.
+const MAX_HELD: usize = 8 * 1024 * 1024;
+const MAX_HELD_MS: u32 = 3000;
+
+/// A sequence header (AVC/AAC, or Enhanced RTMP's sequence start).
+fn is_header(m: &RawMessage) -> bool {
+    use crate::protocol::media::{classify_audio, classify_video, PacketKind};
+    match m.type_id {
+        MessageType::VIDEO => {
+            classify_video(&m.payload).is_ok_and(|i| i.kind == PacketKind::SequenceHeader)
+        }
+        MessageType::AUDIO => {
+            classify_audio(&m.payload).is_ok_and(|i| i.kind == PacketKind::SequenceHeader)
+        }
+        _ => false,
+    }
+}
+
 /// A stream's TS in, its messages out.
 pub struct TsIn {
     ctx: Ctx,
@@ -214,9 +241,16 @@ pub struct TsIn {
     audio_config: Option<[u8; 2]>,
     /// Opus: the channel count its sequence start named.
     opus_channels: Option<u8>,
-    /// Bytes of a PES kept between calls: none (a PES is whole when
-    /// taken), so this only bounds the reader's own state.
     messages: u64,
+    /// The start of a packet an earlier call ended in (a caller such as
+    /// srt-live-transmit cuts its messages anywhere, not at packets).
+    carry: Vec<u8>,
+    /// Until every announced stream has its configuration (or the wait is
+    /// over), messages wait here, so that the stream starts, as an RTMP
+    /// publish does, with every sequence header before any frame: a player
+    /// or packager that starts with the first keyframe knows every track.
+    held: Option<Vec<RawMessage>>,
+    held_bytes: usize,
 }
 
 impl Default for TsIn {
@@ -232,6 +266,7 @@ impl TsIn {
             done: Vec::new(),
             skipped: Vec::new(),
             dropped: 0,
+            announced: (false, false),
         };
         let demux = demultiplex::Demultiplex::new(&mut ctx);
         Self {
@@ -247,15 +282,59 @@ impl TsIn {
             audio_config: None,
             opus_channels: None,
             messages: 0,
+            carry: Vec::with_capacity(PACKET),
+            held: Some(Vec::new()),
+            held_bytes: 0,
         }
     }
 
-    /// Takes TS bytes (whole packets; a partial packet at the end is
-    /// dropped, as SRT delivers whole messages) and appends the messages
-    /// they completed, in order.
-    pub fn push(&mut self, ts: &[u8], out: &mut Vec<RawMessage>) {
-        self.demux.push(&mut self.ctx, ts);
+    /// Takes TS bytes and appends the messages they completed, in order.
+    /// The bytes need not end at a packet's end: a partial packet waits for
+    /// the next call.
+    pub fn push(&mut self, mut ts: &[u8], out: &mut Vec<RawMessage>) {
+        if !self.carry.is_empty() {
+            let take = (PACKET - self.carry.len()).min(ts.len());
+            self.carry.extend_from_slice(&ts[..take]);
+            ts = &ts[take..];
+            if self.carry.len() < PACKET {
+                return;
+            }
+            let packet = std::mem::take(&mut self.carry);
+            self.demux.push(&mut self.ctx, &packet);
+            self.carry = packet;
+            self.carry.clear();
+        }
+        let whole = ts.len() - ts.len() % PACKET;
+        self.demux.push(&mut self.ctx, &ts[..whole]);
+        self.carry.extend_from_slice(&ts[whole..]);
         let done = std::mem::take(&mut self.ctx.done);
+        let Some(mut held) = self.held.take() else {
+            self.take_all(done, out);
+            return;
+        };
+        let before = held.len();
+        self.take_all(done, &mut held);
+        self.held_bytes += held[before..]
+            .iter()
+            .map(|m| m.payload.len())
+            .sum::<usize>();
+        let (video, audio) = self.ctx.announced;
+        let ready = (!video || self.header_sent) && (!audio || self.has_audio_config());
+        let span = match (held.first(), held.last()) {
+            (Some(a), Some(b)) => b.timestamp.saturating_sub(a.timestamp),
+            _ => 0,
+        };
+        if (video || audio) && ready || self.held_bytes > MAX_HELD || span > MAX_HELD_MS {
+            // Sequence headers first, then the rest in their order.
+            let (headers, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(is_header);
+            out.extend(headers);
+            out.extend(rest);
+        } else {
+            self.held = Some(held);
+        }
+    }
+
+    fn take_all(&mut self, done: Vec<Pes>, out: &mut Vec<RawMessage>) {
         for pes in done {
             match pes.kind {
                 Kind::H264 | Kind::Hevc => self.video(pes, out),
@@ -263,6 +342,10 @@ impl TsIn {
                 Kind::Opus => self.opus(pes, out),
             }
         }
+    }
+
+    fn has_audio_config(&self) -> bool {
+        self.audio_config.is_some() || self.opus_channels.is_some()
     }
 
     /// Stream types met that are not served (HEVC 0x24, Opus in 0x06...).

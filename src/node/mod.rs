@@ -22,6 +22,7 @@ mod record;
 pub mod ring;
 mod rtmp;
 mod shard;
+mod srt;
 mod stats;
 
 use std::net::SocketAddr;
@@ -79,6 +80,11 @@ pub struct Node {
     /// The HTTP and HTTPS media addresses, when on.
     pub media_addr: Option<SocketAddr>,
     pub media_tls_addr: Option<SocketAddr>,
+    /// The SRT listener's address, when on; its counters and libsrt's
+    /// version.
+    pub srt_addr: Option<SocketAddr>,
+    pub srt_counters: Option<Arc<crate::srt::thread::SrtCounters>>,
+    pub srt_version: Option<String>,
     /// LL-HLS windows, node-wide.
     pub hls: Arc<hls::Registry>,
     pub auth: Arc<Auth>,
@@ -402,6 +408,23 @@ impl Node {
             .map(|l| l as Arc<dyn cluster::RecordingIndex>);
         let cluster = start_cluster(&config, &node_id, addr, &gate, &command_senders, index)?;
         let exec = start_exec(&config, &node_id, addr)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let srt = match config.srt.listen {
+            Some(_) => Some(
+                crate::srt::thread::start(&config.srt, auth.clone(), shards, stop.clone())
+                    .map_err(NodeError::Start)?,
+            ),
+            None => None,
+        };
+        let (srt_addr, srt_counters, srt_version) = match &srt {
+            Some(s) => (
+                Some(s.addr),
+                Some(s.counters.clone()),
+                Some(s.version.clone()),
+            ),
+            None => (None, None, None),
+        };
+        let srt_inboxes = srt.map(|s| Arc::new(std::sync::Mutex::new(s.inboxes)));
         let config = Arc::new(config);
         let directory = Arc::new(Directory::default());
         let mesh = MeshBuilder::full(shards, config.streams.shard_channel_capacity);
@@ -416,7 +439,6 @@ impl Node {
         let builders: Vec<_> = (0..shards).map(|_| mesh.clone()).collect();
         std::mem::forget(mesh);
         let builders = Arc::new(std::sync::Mutex::new(builders));
-        let stop = Arc::new(AtomicBool::new(false));
         let listening = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicBool::new(false));
@@ -444,6 +466,7 @@ impl Node {
             let push = push.clone();
             let exec = exec.clone();
             let (record, recordings) = (record.clone(), recordings.clone());
+            let srt_inboxes = srt_inboxes.clone();
             move || {
                 let setup = shard::ShardSetup {
                     config: config.clone(),
@@ -465,6 +488,7 @@ impl Node {
                     exec: exec.clone(),
                     record: record.clone(),
                     recordings: recordings.clone(),
+                    srt: srt_inboxes.clone(),
                 };
                 shard::run_or_park(setup)
             }
@@ -506,6 +530,9 @@ impl Node {
             rtmps_addr: config.tls.listen,
             media_addr: config.media.listen,
             media_tls_addr: config.media.tls_listen,
+            srt_addr,
+            srt_counters,
+            srt_version,
             hls,
             auth,
             exec,

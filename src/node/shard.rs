@@ -65,7 +65,13 @@ pub struct ShardSetup {
     pub exec: Option<crate::exec::Exec>,
     pub record: Option<Arc<super::record::RecordSettings>>,
     pub recordings: Option<Arc<super::record::Library>>,
+    /// Each shard's end of the SRT thread's events, when SRT is on (this
+    /// shard takes its own).
+    pub srt: Option<SrtInboxes>,
 }
+
+pub type SrtInboxes =
+    Arc<std::sync::Mutex<Vec<Option<tokio::sync::mpsc::Receiver<crate::srt::thread::Event>>>>>;
 
 /// Runs a shard; on an error it logs, counts the shard as failed and parks
 /// (its executor must not be torn down with io_uring work in flight).
@@ -138,6 +144,15 @@ async fn run(mut setup: ShardSetup) -> Result<(), ShardError> {
     let hub = start_hub(shard, &setup, &stats, Rc::new(senders));
     let ctx = connection_context(shard, &setup, &stats, &hub, &ring);
     take_commands(shard, &setup, &hub, &ctx)?;
+    if let Some(inboxes) = &setup.srt {
+        let inbox = inboxes
+            .lock()
+            .ok()
+            .and_then(|mut i| i.get_mut(shard).and_then(Option::take));
+        if let Some(inbox) = inbox {
+            glommio::spawn_local(super::srt::serve(inbox, ctx.clone(), ring.clone())).detach();
+        }
+    }
     let hls = hls_shard(shard, &setup);
     take_mesh(receivers, &hub, &hls, &ctx, &ring);
     let http_ctx = http_context(&setup, &hls);

@@ -89,6 +89,16 @@ pub struct ShardStats {
     pub push_connects: AtomicU64,
     pub push_failures: AtomicU64,
     pub push_bytes: AtomicU64,
+    /// SRT connections on this shard now (publishers and players).
+    pub srt_sessions: AtomicU64,
+    /// SRT packets libsrt counted on this shard's connections: lost on the
+    /// way in, retransmitted to us, and dropped as too late to play.
+    pub srt_lost: AtomicU64,
+    pub srt_retransmitted: AtomicU64,
+    pub srt_dropped: AtomicU64,
+    /// SRT TS bytes dropped because a session's task took none for a
+    /// while (it held `node::srt`'s bound).
+    pub srt_dropped_bytes: AtomicU64,
 }
 
 /// Adds `n` to a counter that only this shard's thread writes: a relaxed
@@ -135,6 +145,9 @@ impl ShardStats {
         if let Some(i) = HTTP_REFUSALS.iter().position(|k| *k == reason) {
             add(&self.http_refused[i], 1);
         }
+    }
+    pub fn add_srt_dropped(&self, bytes: u64) {
+        add(&self.srt_dropped_bytes, bytes);
     }
     pub fn add_in(&self, bytes: u64) {
         add(&self.bytes_in, bytes);

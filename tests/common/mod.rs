@@ -297,6 +297,8 @@ pub struct Node {
     pub http: SocketAddr,
     /// The HTTP media listener, when `--media-listen` was given.
     pub media: Option<SocketAddr>,
+    /// The SRT listener, when `--srt-listen` was given.
+    pub srt: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -330,6 +332,7 @@ impl Node {
                 for prefix in [
                     "rtmp listening on ",
                     "media listening on ",
+                    "srt listening on ",
                     "http listening on ",
                 ] {
                     if let Some(addr) = line.split(prefix).nth(1) {
@@ -348,7 +351,7 @@ impl Node {
         });
         // The node logs its RTMP address, its media address (if any), then
         // the admin's, which is last.
-        let (mut addr, mut media) = (None, None);
+        let (mut addr, mut media, mut srt) = (None, None, None);
         let http = loop {
             let (prefix, value) = rx
                 .recv_timeout(Duration::from_secs(20))
@@ -357,6 +360,7 @@ impl Node {
             match prefix {
                 "rtmp listening on " => addr = Some(value),
                 "media listening on " => media = Some(value),
+                "srt listening on " => srt = Some(value),
                 _ => break value,
             }
         };
@@ -366,6 +370,7 @@ impl Node {
             addr,
             http,
             media,
+            srt,
             log,
         }
     }

@@ -230,6 +230,11 @@ impl Conn {
         true
     }
 
+    /// Tunnel input fed and not yet taken by the session task, in bytes.
+    pub(in crate::node) fn tunnel_untaken(&self) -> usize {
+        self.tunnel_in.as_ref().map_or(0, |t| t.bytes.get())
+    }
+
     /// RTMPT: resolves once the session task has taken at most `limit`
     /// bytes fed, or the connection is closed. One waiter at a time.
     pub(in crate::node) fn tunnel_taken(&self, limit: usize) -> TunnelTaken<'_> {
