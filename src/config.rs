@@ -70,6 +70,10 @@ pub struct SrtConfig {
     pub passphrase: Option<String>,
     /// `[srt.apps.NAME] passphrase = "..."`: one app's passphrase.
     pub apps: BTreeMap<String, AppSrt>,
+    /// SRT connections open at once, in all and per caller address; past
+    /// either, a caller is refused in the handshake (code 1402). 0 = none.
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
 }
 
 impl Default for SrtConfig {
@@ -79,6 +83,8 @@ impl Default for SrtConfig {
             latency_ms: 120,
             passphrase: None,
             apps: BTreeMap::new(),
+            max_sessions: 1000,
+            max_sessions_per_ip: 64,
         }
     }
 }

@@ -337,6 +337,8 @@ pub enum Protocol {
     HttpFlv,
     /// An LL-HLS viewer: a session its playlist requests name.
     LlHls,
+    /// An SRT caller with `m=request`, taking MPEG-TS.
+    Srt,
 }
 
 /// A stream's viewers on one node (or summed over the cluster), by protocol.
@@ -348,6 +350,8 @@ pub struct Viewers {
     pub http_flv: u32,
     #[serde(default)]
     pub ll_hls: u32,
+    #[serde(default)]
+    pub srt: u32,
 }
 
 impl Viewers {
@@ -355,12 +359,14 @@ impl Viewers {
         self.rtmp
             .saturating_add(self.http_flv)
             .saturating_add(self.ll_hls)
+            .saturating_add(self.srt)
     }
 
     pub fn add(&mut self, other: &Viewers) {
         self.rtmp = self.rtmp.saturating_add(other.rtmp);
         self.http_flv = self.http_flv.saturating_add(other.http_flv);
         self.ll_hls = self.ll_hls.saturating_add(other.ll_hls);
+        self.srt = self.srt.saturating_add(other.srt);
     }
 
     fn of(&mut self, protocol: Protocol) -> &mut u32 {
@@ -368,6 +374,7 @@ impl Viewers {
             Protocol::Rtmp => &mut self.rtmp,
             Protocol::HttpFlv => &mut self.http_flv,
             Protocol::LlHls => &mut self.ll_hls,
+            Protocol::Srt => &mut self.srt,
         }
     }
 }
@@ -585,7 +592,8 @@ mod tests {
             Viewers {
                 rtmp: 1,
                 http_flv: 1,
-                ll_hls: 1
+                ll_hls: 1,
+                srt: 0,
             }
         );
         audience.leave(&key, Protocol::HttpFlv);
@@ -610,10 +618,12 @@ mod tests {
             rtmp: 2,
             http_flv: 0,
             ll_hls: 1,
+            srt: 1,
         });
+        // A node from before SRT sends no `srt`.
         let other: Viewers = serde_json::from_str(r#"{"http_flv":4}"#).unwrap();
         sum.add(&other);
-        assert_eq!(sum.total(), 7);
+        assert_eq!(sum.total(), 8);
         assert_eq!(sum.http_flv, 4);
     }
 }

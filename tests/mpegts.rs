@@ -3,13 +3,16 @@
 //! messages; those written as FLV must play whole (codecs, frame count,
 //! a keyframe first, timestamps in order, the duration). HEVC becomes
 //! Enhanced RTMP, which ffmpeg 9 decodes. A TS whose PMT is broken gives
-//! nothing, and a stream type not served is named.
+//! nothing, and a stream type not served is named. And back: the node's
+//! TS writer (what SRT players get) turns those messages into TS that
+//! ffprobe and ffmpeg read whole, for each codec.
 
 use std::path::Path;
 use std::process::Command;
 
 use bytes::BytesMut;
 use tributary::container::ts::TsIn;
+use tributary::container::ts_out::TsOut;
 use tributary::protocol::flv::{write_header, write_tag, FlvHeader};
 use tributary::protocol::media::{classify_video, PacketKind, VideoCodec};
 use tributary::protocol::RawMessage;
@@ -76,6 +79,17 @@ fn decoded_by_ffmpeg9(file: &Path, map: &str) -> usize {
         .count()
 }
 
+/// The node's TS of `messages`, as an SRT player would get it.
+fn write_ts(path: &Path, messages: &[RawMessage]) {
+    let mut ts = TsOut::new();
+    let mut out = BytesMut::new();
+    for m in messages {
+        ts.push(m, &mut out);
+    }
+    assert_eq!(out.len() % 188, 0);
+    std::fs::write(path, &out).unwrap();
+}
+
 fn write_flv(path: &Path, messages: &[RawMessage]) {
     let mut out = BytesMut::new();
     write_header(
@@ -118,6 +132,19 @@ fn h264_and_aac_in_ts_become_messages_that_play_whole() {
         }
         let flv = temp_file(&format!("from-ts-bf{b_frames}.flv"));
         write_flv(&flv, &messages);
+        // And back to TS, as an SRT player gets it.
+        let back = temp_file(&format!("back-bf{b_frames}.ts"));
+        write_ts(&back, &messages);
+        let p = probe(&back);
+        assert!(p.codecs.iter().any(|c| c == "h264") && p.codecs.iter().any(|c| c == "aac"));
+        assert!(
+            p.video_frames >= 148,
+            "{} frames back in TS",
+            p.video_frames
+        );
+        assert!(p.first_video_key);
+        let seconds = duration(&back);
+        assert!((5.4..=6.2).contains(&seconds), "{seconds} s back in TS");
         // Each stream leaves one PES late: the last video frame and the
         // last PES of audio are still held when the input ends.
         if b_frames == "0" {
@@ -222,6 +249,10 @@ fn hevc_in_ts_becomes_enhanced_rtmp_that_plays_whole() {
     // Enhanced RTMP in FLV: ffmpeg 9 reads it (Debian's 5.1 does not).
     let frames = decoded_by_ffmpeg9(&flv, "0:v");
     assert!(frames >= 98, "{frames} HEVC frames decoded");
+    let back = temp_file("hevc-back.ts");
+    write_ts(&back, &messages);
+    let frames = decoded_by_ffmpeg9(&back, "0:v");
+    assert!(frames >= 98, "{frames} HEVC frames decoded back from TS");
 }
 
 #[test]
@@ -268,6 +299,13 @@ fn opus_in_ts_becomes_enhanced_rtmp_that_decodes() {
     assert!(
         (170..=201).contains(&frames),
         "{frames} Opus frames decoded"
+    );
+    let back = temp_file("opus-back.ts");
+    write_ts(&back, &messages);
+    let again = decoded_by_ffmpeg9(&back, "0:a");
+    assert!(
+        (170..=201).contains(&again),
+        "{again} Opus frames decoded back from TS"
     );
     // Their timestamps advance 20 ms a packet.
     let coded: Vec<u32> = audio.iter().skip(1).map(|m| m.timestamp).collect();

@@ -98,7 +98,7 @@ fn count_log(node: &Node, line: &str) -> usize {
 }
 
 #[test]
-fn an_srt_publish_from_ffmpeg_plays_as_rtmp_flv_and_ll_hls_on_both_nodes_of_a_cluster() {
+fn an_srt_publish_from_ffmpeg_plays_as_rtmp_flv_ll_hls_and_srt_on_both_nodes_of_a_cluster() {
     let nats = NatsServer::start("srt");
     let a = cluster_node(
         &nats,
@@ -111,7 +111,17 @@ fn an_srt_publish_from_ffmpeg_plays_as_rtmp_flv_and_ll_hls_on_both_nodes_of_a_cl
             "127.0.0.1:0",
         ],
     );
-    let b = cluster_node(&nats, "srt-b", 2, &["--media-listen", "127.0.0.1:0"]);
+    let b = cluster_node(
+        &nats,
+        "srt-b",
+        2,
+        &[
+            "--srt-listen",
+            "127.0.0.1:0",
+            "--media-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let publisher = publish_srt(&a, "#!::r=live/field,m=publish", "", 14);
     wait_published(&a, "field");
     let players = [
@@ -125,7 +135,31 @@ fn an_srt_publish_from_ffmpeg_plays_as_rtmp_flv_and_ll_hls_on_both_nodes_of_a_cl
             format!("http://{}/live/field/index.m3u8", b.media.unwrap()),
             "srt-hls-b.mkv",
         ),
+        // And over SRT from the other node, as MPEG-TS.
+        (
+            format!(
+                "srt://{}?streamid=#!::r=live/field,m=request",
+                b.srt.unwrap()
+            ),
+            "srt-srt-b.ts",
+        ),
     ];
+    // srt-live-transmit plays it from node A (a plain stream id is a
+    // play), writing the TS to its stdout until the stream ends.
+    let slt_file = temp_file("srt-live-transmit-a.ts");
+    let slt = Command::new("srt-live-transmit")
+        .args([
+            "-q",
+            "-a:no",
+            &format!("srt://{}?streamid=live/field", a.srt.unwrap()),
+            "file://con",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(&slt_file).unwrap()))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("srt-live-transmit");
+    let slt = Proc(slt, "srt-live-transmit");
     let running: Vec<(Proc, std::path::PathBuf)> = players
         .iter()
         .map(|(url, name)| {
@@ -142,7 +176,11 @@ fn an_srt_publish_from_ffmpeg_plays_as_rtmp_flv_and_ll_hls_on_both_nodes_of_a_cl
     }
     publisher.wait(Duration::from_secs(40)).unwrap();
     wait_log(&a, "srt: unpublished");
-    assert!(metric_sum(&a, "tributary_srt_callers_total", "accepted") >= 1);
+    // The stream's end closes the SRT player; it has the whole stream
+    // from its first keyframe.
+    slt.wait(Duration::from_secs(30)).unwrap();
+    check_recording(&slt_file, 250);
+    assert!(metric_sum(&a, "tributary_srt_callers_total", "accepted") >= 2);
     assert!(metric_sum(&a, "tributary_bytes_in_total", "") > 100_000);
 }
 
@@ -270,4 +308,22 @@ fn the_srt_listener_refuses_bad_stream_ids_modes_rules_and_garbage_and_keeps_ser
         "{}",
         node.log.lock().unwrap()
     );
+}
+
+#[test]
+fn srt_sessions_are_bounded_per_address_in_the_handshake() {
+    let node = srt_node("srt-limit.toml", "[srt]\nmax_sessions_per_ip = 2\n", &[]);
+    let publisher = publish_srt(&node, "publish:live/few", "", 12);
+    wait_published(&node, "few");
+    let url = format!("srt://{}?streamid=live/few", node.srt.unwrap());
+    let first = temp_file("srt-limit-1.ts");
+    let player = ffmpeg_player(&url, &first, Some(4));
+    wait_log(&node, "srt: playing");
+    // The third from 127.0.0.1 is refused before it is accepted.
+    let refused = ffmpeg_player(&url, &temp_file("srt-limit-2.ts"), Some(2));
+    assert!(refused.wait(Duration::from_secs(20)).is_err());
+    assert!(metric_sum(&node, "tributary_srt_callers_total", "limit") >= 1);
+    player.wait(Duration::from_secs(30)).unwrap();
+    check_recording(&first, 75);
+    drop(publisher);
 }

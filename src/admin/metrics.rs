@@ -227,7 +227,7 @@ impl Metrics {
             (
                 counter(
                     "tributary_srt_packets_lost_total",
-                    "SRT packets found missing on the way in (libsrt's receiver loss count)",
+                    "SRT packets lost: found missing from publishers, or reported missing by players",
                     &["shard"],
                 )?,
                 |s| ShardStats::get(&s.srt_lost),
@@ -235,7 +235,7 @@ impl Metrics {
             (
                 counter(
                     "tributary_srt_packets_retransmitted_total",
-                    "SRT packets received again as retransmissions (losses repaired)",
+                    "SRT packets retransmitted: received again from publishers, or sent again to players",
                     &["shard"],
                 )?,
                 |s| ShardStats::get(&s.srt_retransmitted),
@@ -243,7 +243,7 @@ impl Metrics {
             (
                 counter(
                     "tributary_srt_packets_dropped_total",
-                    "SRT packets dropped as too late to play (losses not repaired in the latency)",
+                    "SRT packets dropped as too late (losses not repaired within the latency)",
                     &["shard"],
                 )?,
                 |s| ShardStats::get(&s.srt_dropped),
@@ -285,7 +285,7 @@ impl Metrics {
         let viewers = IntGaugeVec::new(
             Opts::new(
                 "tributary_viewers",
-                "Players by protocol: rtmp, http-flv, and ll-hls (viewers' sessions, counted on the shard that admitted them)",
+                "Players by protocol: rtmp, http-flv, ll-hls (viewers' sessions, counted on the shard that admitted them) and srt",
             ),
             &["shard", "protocol"],
         )?;
@@ -302,7 +302,7 @@ impl Metrics {
         registry.register(Box::new(rtmpt_sessions.clone()))?;
         let srt_listener = counter(
             "tributary_srt_callers_total",
-            "SRT callers at the listener: accepted, or refused before accept by reason (stream_id, auth)",
+            "SRT callers at the listener: accepted, or refused in the handshake by reason (stream_id, auth, limit)",
             &["result"],
         )?;
         let limited = counter(
@@ -570,11 +570,18 @@ impl Metrics {
                 );
             }
             let flv = ShardStats::get(&s.flv_viewers);
+            let srt = ShardStats::get(&s.srt_viewers);
             let rtmp = ShardStats::get(&s.players)
                 .saturating_sub(flv)
+                .saturating_sub(srt)
                 .saturating_sub(ShardStats::get(&s.hls_windows));
             let hls = ShardStats::get(&s.hls_viewers);
-            for (protocol, n) in [("rtmp", rtmp), ("http-flv", flv), ("ll-hls", hls)] {
+            for (protocol, n) in [
+                ("rtmp", rtmp),
+                ("http-flv", flv),
+                ("ll-hls", hls),
+                ("srt", srt),
+            ] {
                 self.viewers
                     .with_label_values(&[&shard, protocol])
                     .set(n as i64);
@@ -643,6 +650,7 @@ impl Metrics {
                 ("accepted", &c.accepted),
                 ("stream_id", &c.refused_stream_id),
                 ("auth", &c.refused_auth),
+                ("limit", &c.refused_limit),
             ] {
                 let counter = self.srt_listener.with_label_values(&[result]);
                 counter.reset();

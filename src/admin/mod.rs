@@ -273,9 +273,11 @@ fn node_info(state: &AdminState) -> Reply {
         "viewers": {
             "rtmp": sum(|s| ShardStats::get(&s.players)
                 .saturating_sub(ShardStats::get(&s.flv_viewers))
+                .saturating_sub(ShardStats::get(&s.srt_viewers))
                 .saturating_sub(ShardStats::get(&s.hls_windows))),
             "http_flv": sum(|s| ShardStats::get(&s.flv_viewers)),
             "ll_hls": sum(|s| ShardStats::get(&s.hls_viewers)),
+            "srt": sum(|s| ShardStats::get(&s.srt_viewers)),
         },
         "hls_streams": sum(|s| ShardStats::get(&s.hls_windows)),
     });

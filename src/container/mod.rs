@@ -11,9 +11,11 @@
 //! - [`record`]: recordings: the packager's output as segment files, read
 //!   back, cut to a time range, and expired.
 //! - [`ts`]: MPEG-TS in (what SRT carries), into the stream's messages.
+//! - [`ts_out`]: MPEG-TS out, the stream's messages for an SRT player.
 
 pub mod fmp4;
 pub mod packager;
 pub mod record;
 pub mod ts;
+pub mod ts_out;
 pub mod window;

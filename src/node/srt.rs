@@ -2,7 +2,12 @@
 //! (`crate::srt::thread`) accepted for this shard. Each is a task with a
 //! socketless `Conn` (its handle in the hub, as an RTMPT session's is): a
 //! publisher's TS is fed into it, demuxed (`container::ts`) and published
-//! through the same admission and hub calls as an RTMP publish.
+//! through the same admission and hub calls as an RTMP publish. A player
+//! is a consumer on the shard (as the LL-HLS packager is): the hub queues
+//! it the stream's messages under the slow-player rules, and its task
+//! writes them as TS (`container::ts_out`) with libsrt's own send, which is
+//! thread-safe and never blocks: a full send buffer drops to the next
+//! keyframe.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,16 +18,20 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use bytes::BytesMut;
+
 use crate::container::ts::TsIn;
+use crate::container::ts_out::{TsOut, PACKET};
 use crate::protocol::RawMessage;
 use crate::srt::ffi::{Lib, Socket};
 use crate::srt::thread::Event;
 use crate::srt::{Mode, Request};
-use crate::stream::StreamKey;
+use crate::stream::{Protocol, StreamKey};
 
 use super::admission::{self, Asker};
 use super::context::ConnectionContext;
-use super::ring::conn::{Conn, Input, Notice};
+use super::hub::{PlayOutcome, Player};
+use super::ring::conn::{Conn, Input, Notice, RingQueue};
 use super::ring::SocketRing;
 
 /// TS fed to a session and not yet demuxed, at most: past it, the SRT
@@ -54,14 +63,20 @@ pub async fn serve(
                 peer,
                 request,
             } => {
-                let conn = Conn::tunnel(ring.new_id());
+                let (conn, queue) = match request.mode {
+                    Mode::Publish => (Conn::tunnel(ring.new_id()), None),
+                    Mode::Request => {
+                        let (conn, queue) = Conn::detached(ring.new_id());
+                        (conn, Some(queue))
+                    }
+                };
                 sessions.borrow_mut().insert(sock, conn.clone());
                 {
                     let mut open = ctx.open.borrow_mut();
                     open.retain(|w| w.strong_count() > 0);
                     open.push(Rc::downgrade(&conn));
                 }
-                let task = session(sock, peer, request, conn, ctx.clone(), lib);
+                let task = session(sock, peer, request, (conn, queue), ctx.clone(), lib);
                 glommio::spawn_local(task).detach();
             }
             Event::Data { sock, data } => {
@@ -88,17 +103,14 @@ async fn session(
     sock: Socket,
     peer: SocketAddr,
     request: Request,
-    conn: Rc<Conn>,
+    (conn, queue): (Rc<Conn>, Option<Rc<RingQueue>>),
     ctx: Rc<ConnectionContext>,
     lib: &'static Lib,
 ) {
     ctx.stats.srt_sessions.fetch_add(1, Ordering::Relaxed);
-    match request.mode {
-        Mode::Publish => publish(sock, peer, &request, &conn, &ctx, lib).await,
-        Mode::Request => {
-            tracing::info!(conn = conn.id, %peer, stream = %redact(&request.key),
-                "srt: playing over SRT is not served yet; caller closed");
-        }
+    match queue {
+        None => publish(sock, peer, &request, &conn, &ctx, lib).await,
+        Some(queue) => play(sock, peer, &request, &conn, &queue, &ctx, lib).await,
     }
     lib.close(sock);
     conn.close();
@@ -209,6 +221,152 @@ fn add_link_stats(
     );
     s.srt_dropped.fetch_add(
         delta(now.pktRcvDropTotal, last.pktRcvDropTotal),
+        Ordering::Relaxed,
+    );
+    now
+}
+
+/// TS a player's task writes per message, at most, before it looks at its
+/// input again: one SRT message is 7 packets.
+const SEND_CHUNK: usize = crate::srt::ffi::LIVE_PAYLOAD;
+
+async fn play(
+    sock: Socket,
+    peer: SocketAddr,
+    request: &Request,
+    conn: &Rc<Conn>,
+    queue: &Rc<RingQueue>,
+    ctx: &Rc<ConnectionContext>,
+    lib: &'static Lib,
+) {
+    let who = Asker {
+        conn: conn.id,
+        key: &request.key,
+        query: &request.query,
+        peer,
+    };
+    let admitted = match admission::play(&who, Protocol::Srt, ctx).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            if let admission::Refusal::Auth { kind, .. } = &refusal {
+                ctx.stats.add_auth_refused(kind);
+            }
+            tracing::info!(conn = conn.id, %peer, stream = %redact(&request.key),
+                "srt: play refused: {refusal}");
+            return;
+        }
+    };
+    let key = admitted.key.clone();
+    let player = Player::local(conn.id, conn.clone());
+    let now = Instant::now();
+    let outcome = ctx
+        .hub
+        .with(|h| h.start_player(&key, player, admitted.live, admitted.wait, now));
+    if let PlayOutcome::NotFound = outcome {
+        tracing::info!(conn = conn.id, stream = %redact(&key), "srt: play: no such stream");
+        return;
+    }
+    ctx.stats.srt_viewers.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(conn = conn.id, %peer, stream = %redact(&key), "srt: playing");
+    let mut ts = TsOut::new();
+    let mut out = BytesMut::new();
+    let mut stats_at = Instant::now();
+    let mut last = lib.stats(sock).unwrap_or_default();
+    'serve: loop {
+        conn.unschedule();
+        queue.dirty.borrow_mut().clear();
+        while let Some(m) = conn.pop_message() {
+            ts.push(&m, &mut out);
+            while out.len() >= SEND_CHUNK {
+                let chunk = out.split_to(SEND_CHUNK);
+                match lib.send(sock, &chunk) {
+                    Ok(true) => ctx.stats.add_out(chunk.len() as u64),
+                    Ok(false) => {
+                        // libsrt's send buffer is full: this player is
+                        // behind; it starts again at a keyframe.
+                        out.clear();
+                        ts.resync();
+                        ctx.stats.add_dropped_frames_slow();
+                    }
+                    Err(e) => {
+                        tracing::info!(conn = conn.id, "srt: player gone: {e}");
+                        break 'serve;
+                    }
+                }
+            }
+        }
+        // What is left is whole packets (TsOut writes nothing else): send
+        // it now rather than wait for the next message.
+        if !out.is_empty() {
+            debug_assert_eq!(out.len() % PACKET, 0);
+            let chunk = out.split();
+            match lib.send(sock, &chunk) {
+                Ok(true) => ctx.stats.add_out(chunk.len() as u64),
+                Ok(false) => {
+                    ts.resync();
+                    ctx.stats.add_dropped_frames_slow();
+                }
+                Err(e) => {
+                    tracing::info!(conn = conn.id, "srt: player gone: {e}");
+                    break;
+                }
+            }
+        }
+        if stats_at.elapsed().as_secs() >= 1 {
+            stats_at = Instant::now();
+            last = add_send_stats(lib, sock, &last, ctx);
+        }
+        let input = futures_lite::future::or(
+            async {
+                queue.notify.wait().await;
+                None
+            },
+            async { Some(conn.next_input().await) },
+        )
+        .await;
+        match input {
+            None | Some(Input::Data(_)) | Some(Input::Tunnel(_)) => {}
+            Some(Input::Notice(Notice::Ended { waiting: true, .. })) => {}
+            Some(Input::Notice(Notice::Republished { stream_id })) => {
+                // A new publisher: new timestamps and maybe a new
+                // configuration, from its keyframe on.
+                ts = TsOut::new();
+                ctx.hub.with(|h| h.resume(&key, conn.id, stream_id));
+            }
+            // The stream ended, the node stops, the hub cut a slow player,
+            // or the SRT thread saw the caller leave.
+            Some(_) => break,
+        }
+    }
+    add_send_stats(lib, sock, &last, ctx);
+    ctx.stats.srt_viewers.fetch_sub(1, Ordering::Relaxed);
+    drop(admitted.place);
+    tracing::info!(conn = conn.id, stream = %redact(&key), "srt: play ended");
+}
+
+/// A player's side of libsrt's counters: packets it found lost (reported
+/// by the receiver) and retransmitted.
+fn add_send_stats(
+    lib: &Lib,
+    sock: Socket,
+    last: &crate::srt::ffi::Stats,
+    ctx: &ConnectionContext,
+) -> crate::srt::ffi::Stats {
+    let Some(now) = lib.stats(sock) else {
+        return *last;
+    };
+    let delta = |a: i32, b: i32| u64::try_from(a.saturating_sub(b)).unwrap_or(0);
+    let s = &ctx.stats;
+    s.srt_lost.fetch_add(
+        delta(now.pktSndLossTotal, last.pktSndLossTotal),
+        Ordering::Relaxed,
+    );
+    s.srt_retransmitted.fetch_add(
+        delta(now.pktRetransTotal, last.pktRetransTotal),
+        Ordering::Relaxed,
+    );
+    s.srt_dropped.fetch_add(
+        delta(now.pktSndDropTotal, last.pktSndDropTotal),
         Ordering::Relaxed,
     );
     now

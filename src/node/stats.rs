@@ -89,8 +89,10 @@ pub struct ShardStats {
     pub push_connects: AtomicU64,
     pub push_failures: AtomicU64,
     pub push_bytes: AtomicU64,
-    /// SRT connections on this shard now (publishers and players).
+    /// SRT connections on this shard now (publishers and players), and
+    /// the players among them (they are among `players` too).
     pub srt_sessions: AtomicU64,
+    pub srt_viewers: AtomicU64,
     /// SRT packets libsrt counted on this shard's connections: lost on the
     /// way in, retransmitted to us, and dropped as too late to play.
     pub srt_lost: AtomicU64,

@@ -12,9 +12,10 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -56,6 +57,8 @@ pub struct SrtCounters {
     /// reason.
     pub refused_stream_id: AtomicU64,
     pub refused_auth: AtomicU64,
+    /// Callers refused by `srt.max_sessions` or `srt.max_sessions_per_ip`.
+    pub refused_limit: AtomicU64,
     /// Callers accepted.
     pub accepted: AtomicU64,
     /// Publisher bytes dropped because their shard's channel was full.
@@ -70,10 +73,61 @@ struct Hook {
     passphrase: HashMap<String, String>,
     default_passphrase: Option<String>,
     counters: Arc<SrtCounters>,
+    open: Arc<Open>,
+    max_sessions: usize,
+    max_per_ip: usize,
+}
+
+/// SRT connections open, in all and per caller address: the hook refuses
+/// past the limits; the thread counts accepts and ends.
+#[derive(Default)]
+struct Open {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether one more from `ip` fits (0 = no limit).
+    fn fits(&self, ip: IpAddr, max: usize, max_per_ip: usize) -> bool {
+        let map = self.lock();
+        let total: usize = map.values().sum();
+        (max == 0 || total < max)
+            && (max_per_ip == 0 || map.get(&ip).copied().unwrap_or(0) < max_per_ip)
+    }
+
+    fn add(&self, ip: IpAddr) {
+        *self.lock().entry(ip).or_default() += 1;
+    }
+
+    fn remove(&self, ip: IpAddr) {
+        let mut map = self.lock();
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
 }
 
 impl Hook {
-    fn screen(&self, ns: Socket, id: &str) -> c_int {
+    fn screen(&self, ns: Socket, peer: Option<SocketAddr>, id: &str) -> c_int {
+        let Some(peer) = peer else {
+            self.lib.reject(ns, ffi::REJX_BAD_REQUEST);
+            return -1;
+        };
+        if !self
+            .open
+            .fits(peer.ip(), self.max_sessions, self.max_per_ip)
+        {
+            tracing::info!(%peer, "srt: caller refused: over the SRT session limit");
+            self.counters.refused_limit.fetch_add(1, Ordering::Relaxed);
+            self.lib.reject(ns, ffi::REJX_OVERLOAD);
+            return -1;
+        }
         let request = match Request::parse(id) {
             Ok(r) => r,
             Err(e) => {
@@ -126,7 +180,7 @@ unsafe extern "C" fn listen_hook(
     opaque: *mut c_void,
     ns: Socket,
     _hs_version: c_int,
-    _peer: *const libc::sockaddr,
+    peer: *const libc::sockaddr,
     stream_id: *const c_char,
 ) -> c_int {
     // Never unwind into C: a panic here would abort anyway (panic =
@@ -143,7 +197,10 @@ unsafe extern "C" fn listen_hook(
                 .to_string_lossy()
                 .into_owned()
         };
-        hook.screen(ns, &id)
+        // SAFETY: libsrt passes the caller's address, a sockaddr of its
+        // family, valid for the call.
+        let peer = unsafe { ffi::peer_of(peer) };
+        hook.screen(ns, peer, &id)
     })
     .unwrap_or(-1)
 }
@@ -185,7 +242,11 @@ pub fn start(
         return Err(format!("srt: cannot listen on {addr}: {e}"));
     }
     let counters = Arc::new(SrtCounters::default());
+    let open = Arc::new(Open::default());
     let hook: &'static Hook = Box::leak(Box::new(Hook {
+        open: open.clone(),
+        max_sessions: config.max_sessions,
+        max_per_ip: config.max_sessions_per_ip,
         lib,
         auth,
         passphrase: config
@@ -228,6 +289,7 @@ pub fn start(
                 closed: Vec::new(),
                 next_shard: 0,
                 counters: thread_counters,
+                open,
             }
             .run(&stop)
         })
@@ -245,12 +307,14 @@ struct Loop {
     eid: c_int,
     listener: Socket,
     senders: Vec<mpsc::Sender<Event>>,
-    /// Each open connection: its shard, and whether it publishes.
-    socks: HashMap<Socket, (usize, bool)>,
+    /// Each open connection: its shard, whether it publishes, its
+    /// caller's address.
+    socks: HashMap<Socket, (usize, bool, IpAddr)>,
     /// Closes not yet told (their shard's channel was full).
     closed: Vec<(usize, Socket)>,
     next_shard: usize,
     counters: Arc<SrtCounters>,
+    open: Arc<Open>,
 }
 
 impl Loop {
@@ -318,12 +382,13 @@ impl Loop {
                 return;
             }
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-            self.socks.insert(ns, (shard, publish));
+            self.open.add(peer.ip());
+            self.socks.insert(ns, (shard, publish, peer.ip()));
         }
     }
 
     fn readable(&mut self, sock: Socket, events: c_int, buf: &mut [u8]) {
-        let Some(&(shard, publish)) = self.socks.get(&sock) else {
+        let Some(&(shard, publish, _)) = self.socks.get(&sock) else {
             self.lib.epoll_remove(self.eid, sock);
             return;
         };
@@ -367,8 +432,13 @@ impl Loop {
     }
 
     fn forget(&mut self, sock: Socket) {
-        self.lib.epoll_remove(self.eid, sock);
-        if let Some((shard, _)) = self.socks.remove(&sock) {
+        // A closed socket left libsrt's epoll with its close (removing it
+        // again only makes libsrt log an error); a broken one is still in.
+        if self.lib.state(sock) == ffi::STATUS_BROKEN {
+            self.lib.epoll_remove(self.eid, sock);
+        }
+        if let Some((shard, _, ip)) = self.socks.remove(&sock) {
+            self.open.remove(ip);
             self.closed.push((shard, sock));
         }
     }
