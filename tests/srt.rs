@@ -327,3 +327,202 @@ fn srt_sessions_are_bounded_per_address_in_the_handshake() {
     check_recording(&first, 75);
     drop(publisher);
 }
+
+/// A lossy, slow link in user space between a caller and the node's SRT
+/// port: each way, datagrams are dropped with a probability (a fixed
+/// pseudo-random sequence) and delayed, as a `tc netem` qdisc on that
+/// way's egress would. (These machines' kernel has no netem:
+/// `CONFIG_NET_SCH_NETEM is not set`.) Stops when dropped.
+struct LossyLink {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl LossyLink {
+    /// `forward`: (loss, delay) from the caller to the node; `back`: from
+    /// the node to the caller.
+    fn start(
+        to: std::net::SocketAddr,
+        forward: (f64, Duration),
+        back_way: (f64, Duration),
+    ) -> LossyLink {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(to).unwrap();
+        let addr = front.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let caller: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        let mut threads = Vec::new();
+        // seed, socket to read, and where each datagram goes
+        for (seed, from_front, (loss, delay)) in [
+            (0x1234_5678u64, true, forward),
+            (0x9abc_def0u64, false, back_way),
+        ] {
+            let (rx, tx) = (
+                if from_front { &front } else { &back }.try_clone().unwrap(),
+                if from_front { &back } else { &front }.try_clone().unwrap(),
+            );
+            let (stop, dropped, caller) = (stop.clone(), dropped.clone(), caller.clone());
+            threads.push(thread::spawn(move || {
+                rx.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+                let mut state = seed;
+                let mut queue: std::collections::VecDeque<(Instant, Vec<u8>)> =
+                    std::collections::VecDeque::new();
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    let got = if from_front {
+                        rx.recv_from(&mut buf).map(|(n, a)| {
+                            *caller.lock().unwrap() = Some(a);
+                            n
+                        })
+                    } else {
+                        rx.recv(&mut buf)
+                    };
+                    if let Ok(n) = got {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        if (state % 1_000_000) as f64 / 1_000_000.0 < loss {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            queue.push_back((Instant::now() + delay, buf[..n].to_vec()));
+                        }
+                    }
+                    while queue.front().is_some_and(|(due, _)| *due <= Instant::now()) {
+                        let (_, d) = queue.pop_front().unwrap();
+                        let _ = if from_front {
+                            tx.send(&d)
+                        } else {
+                            match *caller.lock().unwrap() {
+                                Some(a) => tx.send_to(&d, a),
+                                None => Ok(0),
+                            }
+                        };
+                    }
+                }
+            }));
+        }
+        LossyLink {
+            addr,
+            stop,
+            dropped,
+            threads,
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for LossyLink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_2_5_mbit_srt_publish_over_a_lossy_link_plays_with_every_frame_and_the_losses_repaired() {
+    let node = srt_node("srt-loss.toml", "[srt]\nlatency_ms = 200\n", &[]);
+    // One netem qdisc on the publisher's side: 2% of its datagrams lost
+    // and 40 ms of delay on the way to the node; ACKs and NAKs come back
+    // as they are.
+    let link = LossyLink::start(
+        node.srt.unwrap(),
+        (0.02, Duration::from_millis(40)),
+        (0.0, Duration::ZERO),
+    );
+    let seconds = 30;
+    // 2.5 Mbit/s on the wire: the TS muxer pads to a constant rate.
+    let mut args = ts_source(seconds);
+    let at = args.iter().position(|a| a == "mpegts").unwrap();
+    for (i, extra) in [
+        "-b:v", "2000k", "-maxrate", "2000k", "-bufsize", "1000k", "-muxrate", "2500k",
+    ]
+    .iter()
+    .enumerate()
+    {
+        args.insert(at - 1 + i, extra.to_string());
+    }
+    let publisher = Proc::spawn(
+        "ffmpeg",
+        Command::new("ffmpeg").args(&args).arg(format!(
+            "srt://{}?streamid=publish:live/lossy&pkt_size=1316&latency=200000",
+            link.addr
+        )),
+    );
+    wait_published(&node, "lossy");
+    let file = temp_file("srt-lossy.flv");
+    // From the stream's first seconds to its end.
+    let player = ffmpeg_player(&node.url("lossy"), &file, None);
+    // /api/streams shows the publisher's link while it runs: losses found
+    // and repaired, its round trip and the latency the ends agreed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let api = loop {
+        let (_, body) = common::get(node.http, "/api/streams");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let srt = v["streams"][0]["srt"].clone();
+        if srt["packets_retransmitted"].as_u64().unwrap_or(0) > 10 {
+            break srt;
+        }
+        assert!(Instant::now() < deadline, "no SRT link in {body}");
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(api["latency_ms"], 200, "{api}");
+    assert!(api["rtt_ms"].as_f64().unwrap() >= 35.0, "{api}");
+    assert!(api["packets_lost"].as_u64().unwrap() > 0, "{api}");
+    publisher.wait(Duration::from_secs(60)).unwrap();
+    player.wait(Duration::from_secs(30)).unwrap();
+    // Every frame from the first keyframe the player saw to the end: the
+    // video's timestamps step 40 ms (25 fps) with no gap.
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let pts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(
+        pts.len() >= 25 * (seconds as usize - 4),
+        "{} frames",
+        pts.len()
+    );
+    let repaired = metric_sum(&node, "tributary_srt_packets_retransmitted_total", "");
+    let lost = metric_sum(&node, "tributary_srt_packets_lost_total", "");
+    let late = metric_sum(&node, "tributary_srt_packets_dropped_total", "");
+    eprintln!(
+        "lossy link: {} datagrams dropped; node: {lost} lost, {repaired} retransmitted, {late} too late",
+        link.dropped()
+    );
+    let gaps: Vec<(f64, f64)> = pts
+        .windows(2)
+        .filter(|w| w[1] - w[0] > 0.041)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(gaps.is_empty(), "missing frames between {gaps:?}");
+    assert!(link.dropped() > 100, "{} datagrams dropped", link.dropped());
+    assert!(
+        lost > 50 && repaired >= lost,
+        "lost {lost}, repaired {repaired}"
+    );
+    assert_eq!(late, 0, "packets dropped as too late");
+}

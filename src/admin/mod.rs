@@ -398,6 +398,10 @@ fn node_streams(state: &AdminState) -> Reply {
                 "players_latency": {
                     "mode": latency.mode(), "max_wait_ms": latency.max_wait_ms(),
                 },
+                "srt": l.srt.map(|s| serde_json::json!({
+                    "packets_lost": s.lost, "packets_retransmitted": s.retransmitted,
+                    "packets_dropped": s.dropped, "rtt_ms": s.rtt_ms, "latency_ms": s.latency_ms,
+                })),
             })
         })
         .collect();

@@ -27,7 +27,24 @@ struct Owner {
     /// Unix ms when this node started having it.
     started_ms: u64,
     report: Report,
+    /// The publisher's SRT link, when it publishes over SRT.
+    srt: Option<SrtLink>,
 }
+
+/// An SRT publisher's link as libsrt counts it (since it connected).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SrtLink {
+    /// Packets found missing, received again (repaired), and dropped as
+    /// too late to play.
+    pub lost: u64,
+    pub retransmitted: u64,
+    pub dropped: u64,
+    pub rtt_ms: f64,
+    /// The latency the two ends agreed (ms).
+    pub latency_ms: u32,
+}
+
+impl Eq for SrtLink {}
 
 impl Owner {
     fn new(shard: usize, relayed: bool) -> Owner {
@@ -36,6 +53,7 @@ impl Owner {
             relayed,
             started_ms: crate::cluster::unix_ms(),
             report: Report::default(),
+            srt: None,
         }
     }
 }
@@ -58,6 +76,7 @@ pub struct Listing {
     pub relayed: bool,
     pub started_ms: u64,
     pub report: Report,
+    pub srt: Option<SrtLink>,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +122,14 @@ impl Directory {
         }
     }
 
+    /// The SRT link of `key`'s publisher on `shard`.
+    pub fn report_srt(&self, key: &StreamKey, shard: usize, link: SrtLink) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = owners.get_mut(key).filter(|o| o.shard == shard) {
+            o.srt = Some(link);
+        }
+    }
+
     pub fn unregister(&self, key: &StreamKey, shard: usize) {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         if owners.get(key).is_some_and(|o| o.shard == shard) {
@@ -130,6 +157,7 @@ impl Directory {
                 relayed: o.relayed,
                 started_ms: o.started_ms,
                 report: o.report.clone(),
+                srt: o.srt,
             })
             .collect();
         v.sort_by(|a, b| a.key.cmp(&b.key));

@@ -171,6 +171,15 @@ async fn publish(
                 if now.duration_since(stats_at).as_secs() >= 1 {
                     stats_at = now;
                     last = add_link_stats(lib, sock, &last, ctx);
+                    let latency_ms = lib.get_int(sock, crate::srt::ffi::RCVLATENCY).unwrap_or(0);
+                    let link = super::directory::SrtLink {
+                        lost: u64::try_from(last.pktRcvLossTotal).unwrap_or(0),
+                        retransmitted: u64::try_from(last.pktRcvRetrans).unwrap_or(0),
+                        dropped: u64::try_from(last.pktRcvDropTotal).unwrap_or(0),
+                        rtt_ms: last.msRTT,
+                        latency_ms: u32::try_from(latency_ms).unwrap_or(0),
+                    };
+                    ctx.hub.with(|h| h.report_srt(&key, link));
                 }
             }
             // The node stops: an SRT caller cannot be asked to reconnect

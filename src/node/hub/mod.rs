@@ -395,6 +395,11 @@ impl Hub {
         self.stream_ended(&stream.key, stream.players, now);
     }
 
+    /// An SRT publisher's link counters, for `/api/streams`.
+    pub fn report_srt(&self, key: &StreamKey, link: super::directory::SrtLink) {
+        self.directory.report_srt(key, self.shard, link);
+    }
+
     /// Whether `key` is published anywhere on this node.
     pub fn is_live(&self, key: &StreamKey) -> bool {
         self.streams
