@@ -145,6 +145,14 @@ fn h264_and_aac_in_ts_become_messages_that_play_whole() {
         assert!(p.first_video_key);
         let seconds = duration(&back);
         assert!((5.4..=6.2).contains(&seconds), "{seconds} s back in TS");
+        // Read again by the node: its PES are bounded, so each is taken as
+        // soon as it is in, and every frame comes back (none waits for a
+        // next one that never comes).
+        let (again, round) = demux(&std::fs::read(&back).unwrap());
+        assert_eq!(again.dropped(), 0);
+        let frames = |v: &[RawMessage], t: u8| v.iter().filter(|m| m.type_id.0 == t).count();
+        assert_eq!(frames(&round, 9), frames(&messages, 9), "video round trip");
+        assert_eq!(frames(&round, 8), frames(&messages, 8), "audio round trip");
         // Each stream leaves one PES late: the last video frame and the
         // last PES of audio are still held when the input ends.
         if b_frames == "0" {

@@ -2,7 +2,8 @@
 //!
 //! - [`plan`] turns the command line and an optional scenario file into a
 //!   bounded [`plan::LoadPlan`]: how many connections, where, how long.
-//! - [`target`] parses `rtmp://` (and `rtmpt://`, [`rtmpt`]) URLs; a host name stands for all of its A
+//! - [`target`] parses `rtmp://` (and `rtmpt://`, [`rtmpt`]; `srt://`,
+//!   [`srt`]) URLs; a host name stands for all of its A
 //!   records, used round-robin, as clients behind DNS meet them.
 //! - [`source`] is what publishers send: a synthetic H.264/AAC stream (valid)
 //!   or a real FLV file, looped with timestamps continued.
@@ -29,5 +30,6 @@ pub mod rtmpt;
 pub mod run;
 pub mod server_probe;
 pub mod source;
+pub mod srt;
 pub mod stats;
 pub mod target;

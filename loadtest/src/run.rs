@@ -212,7 +212,7 @@ async fn start_connections(
         sleep_until(started + step * slot).await;
         slot += 1;
         let now = Instant::now();
-        publishers.push(tokio::spawn(run_publisher(PublisherSpec {
+        let spec = PublisherSpec {
             index: i,
             target: publish_targets[i % publish_targets.len()].clone(),
             key: plan.stream_keys[i % plan.stream_keys.len()].clone(),
@@ -220,7 +220,12 @@ async fn start_connections(
             setup_deadline: (now + plan.setup_timeout).min(stop_at),
             stop_at,
             stats: stats.clone(),
-        })));
+        };
+        publishers.push(if spec.target.url.srt {
+            tokio::spawn(crate::srt::run_srt_publisher(spec))
+        } else {
+            tokio::spawn(run_publisher(spec))
+        });
     }
     if plan.publishers > 0 && plan.players > 0 {
         // Players of a stream not yet published would be refused.
@@ -239,7 +244,7 @@ async fn start_connections(
         slot += 1;
         let now = Instant::now();
         let target = targets[j % targets.len()].clone();
-        let http = target.url.http;
+        let (http, srt) = (target.url.http, target.url.srt);
         let hls = plan.http_hls;
         let spec = PlayerSpec {
             index: j,
@@ -253,7 +258,9 @@ async fn start_connections(
             stats: stats.clone(),
         };
         players.push(tokio::spawn(async move {
-            if http && hls {
+            if srt {
+                crate::srt::run_srt_player(spec).await
+            } else if http && hls {
                 run_hls_player(spec).await
             } else if http {
                 run_flv_player(spec).await

@@ -1,7 +1,8 @@
 //! Where connections go: `rtmp://host[:port]/app[/key]` URLs,
 //! `rtmpt://` for RTMP tunnelled in HTTP (publishers and players), and for
 //! players `http://host[:port]/app[/key]`, which makes them HTTP-FLV
-//! viewers (`GET /app/key.flv`). A host name
+//! viewers (`GET /app/key.flv`); `srt://host[:port]/app` for MPEG-TS over
+//! SRT (publishers and players). A host name
 //! stands for every A record it resolves to, and connections take the
 //! resolved addresses round-robin, the way clients behind DNS round-robin
 //! spread over nodes. The tcUrl keeps the name as the user wrote it.
@@ -12,6 +13,7 @@ use anyhow::{bail, Context};
 
 pub const DEFAULT_RTMP_PORT: u16 = 1935;
 pub const DEFAULT_HTTP_PORT: u16 = 80;
+pub const DEFAULT_SRT_PORT: u16 = 8890;
 
 /// One parsed URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,21 +27,28 @@ pub struct RtmpUrl {
     pub http: bool,
     /// An `rtmpt://` URL: RTMP tunnelled in HTTP.
     pub tunnel: bool,
+    /// An `srt://host:port/app` URL: MPEG-TS over SRT, the stream named
+    /// in the stream id (`#!::r=app/key,m=publish` or `m=request`).
+    pub srt: bool,
 }
 
 impl RtmpUrl {
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let (rest, http, tunnel) = if let Some(r) = url.strip_prefix("rtmp://") {
-            (r, false, false)
+        let (rest, http, tunnel, srt) = if let Some(r) = url.strip_prefix("rtmp://") {
+            (r, false, false, false)
         } else if let Some(r) = url.strip_prefix("rtmpt://") {
-            (r, false, true)
+            (r, false, true, false)
         } else if let Some(r) = url.strip_prefix("http://") {
-            (r, true, false)
+            (r, true, false, false)
+        } else if let Some(r) = url.strip_prefix("srt://") {
+            (r, false, false, true)
         } else {
-            bail!("{url}: only rtmp://, rtmpt:// and http:// URLs are supported");
+            bail!("{url}: only rtmp://, rtmpt://, http:// and srt:// URLs are supported");
         };
         let default_port = if http || tunnel {
             DEFAULT_HTTP_PORT
+        } else if srt {
+            DEFAULT_SRT_PORT
         } else {
             DEFAULT_RTMP_PORT
         };
@@ -70,6 +79,7 @@ impl RtmpUrl {
             key,
             http,
             tunnel,
+            srt,
         })
     }
 
@@ -132,6 +142,8 @@ mod tests {
         let t = RtmpUrl::parse("rtmpt://x/live/cam").unwrap();
         assert!(t.tunnel && !t.http && t.port == 80);
         assert_eq!(t.tc_url(), "rtmpt://x:80/live");
+        let s = RtmpUrl::parse("srt://x/live").unwrap();
+        assert!(s.srt && !s.http && !s.tunnel && s.port == 8890);
         let h = RtmpUrl::parse("http://x/live/cam").unwrap();
         assert!(h.http && h.port == 80 && h.key.as_deref() == Some("cam"));
         assert!(RtmpUrl::parse("https://x/live").is_err());

@@ -53,6 +53,8 @@ struct Node {
     addr: SocketAddr,
     /// The HTTP media listener, when started with one.
     media: Option<SocketAddr>,
+    /// The SRT listener, when started with one.
+    srt: Option<SocketAddr>,
     log: std::sync::Arc<Mutex<String>>,
 }
 
@@ -83,7 +85,11 @@ impl Node {
         let sink = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for prefix in ["rtmp listening on ", "media listening on "] {
+                for prefix in [
+                    "rtmp listening on ",
+                    "media listening on ",
+                    "srt listening on ",
+                ] {
                     if let Some(addr) = line.split(prefix).nth(1) {
                         let addr = addr.split_whitespace().next().unwrap_or("").to_owned();
                         let _ = tx.send((prefix, addr));
@@ -101,10 +107,14 @@ impl Node {
         let media = extra
             .contains(&"--media-listen")
             .then(|| next().1.parse().expect("node prints its media address"));
+        let srt = extra
+            .contains(&"--srt-listen")
+            .then(|| next().1.parse().expect("node prints its SRT address"));
         Node {
             child,
             addr,
             media,
+            srt,
             log,
         }
     }
@@ -338,6 +348,49 @@ fn rtmpt_publishers_and_players_tunnel_every_frame_through_http() {
     assert_eq!(n(r, "players.gaps"), 0);
     assert_eq!(n(r, "players.bad_messages"), 0);
     assert!(n(r, "latency_ms.samples") > 0);
+}
+
+#[test]
+fn srt_publishers_and_players_carry_every_frame_as_mpeg_ts() {
+    let node = Node::start_with(&["--srt-listen", "127.0.0.1:0"]);
+    let srt = format!("srt://{}/live", node.srt.unwrap());
+    let rtmp = node.url();
+    // SRT in and out; then SRT in, RTMP out.
+    for (url, publish) in [(srt.as_str(), srt.as_str()), (rtmp.as_str(), srt.as_str())] {
+        let run = run_load(
+            &[
+                "--url",
+                url,
+                "--publish-url",
+                publish,
+                "--publishers",
+                "1",
+                "--players",
+                "3",
+                "--duration",
+                "3",
+                "--drain",
+                "3",
+                "--require-all-holding",
+            ],
+            Duration::from_secs(30),
+        );
+        let r = &run.report;
+        assert_eq!(
+            run.status,
+            0,
+            "{}\nnode log:\n{}",
+            run.stdout,
+            node.log.lock().unwrap()
+        );
+        assert_eq!(n(r, "players.holding"), 3, "{}", run.stdout);
+        let expected = n(r, "players.video_frames_expected");
+        assert!(expected > 3 * 30, "{expected}");
+        assert_eq!(n(r, "players.video_frames"), expected);
+        assert_eq!(n(r, "players.gaps"), 0);
+        assert_eq!(n(r, "players.bad_messages"), 0);
+        assert!(n(r, "latency_ms.samples") > 0);
+    }
 }
 
 #[test]

@@ -136,6 +136,9 @@ impl DemuxContext for Ctx {
                 Filter::Pes(pes::PesPacketFilter::new(Es {
                     kind,
                     current: None,
+                    expect: None,
+                    over: false,
+                    last_len: 0,
                 }))
             }
         }
@@ -146,6 +149,29 @@ impl DemuxContext for Ctx {
 pub struct Es {
     kind: Kind,
     current: Option<Pes>,
+    /// The payload length a bounded PES header announced.
+    expect: Option<usize>,
+    /// A bounded PES was taken whole; more payload before the next start
+    /// means it was taken short.
+    over: bool,
+    /// The size of the last PES taken.
+    last_len: usize,
+}
+
+impl Es {
+    fn complete_if_whole(&mut self, ctx: &mut Ctx) {
+        let whole = match (&self.current, self.expect) {
+            (Some(p), Some(n)) => p.data.len() >= n,
+            _ => false,
+        };
+        if whole {
+            if let Some(p) = self.current.take() {
+                self.last_len = p.data.len();
+                ctx.done.push(p);
+            }
+            self.over = true;
+        }
+    }
 }
 
 impl ElementaryStreamConsumer<Ctx> for Es {
@@ -153,33 +179,61 @@ impl ElementaryStreamConsumer<Ctx> for Es {
 
     fn begin_packet(&mut self, ctx: &mut Ctx, header: PesHeader<'_>) {
         if let Some(p) = self.current.take() {
+            self.last_len = p.data.len();
             ctx.done.push(p);
         }
+        self.over = false;
+        let length = match header.pes_packet_length() {
+            pes::PesLength::Bounded(l) => Some(usize::from(l.get())),
+            pes::PesLength::Unbounded => None,
+        };
         let PesContents::Parsed(Some(parsed)) = header.contents() else {
             return;
         };
-        let (pts, dts) = match parsed.pts_dts() {
-            Ok(PtsDts::PtsOnly(Ok(pts))) => (Some(pts.value()), Some(pts.value())),
+        let (pts, dts, fields) = match parsed.pts_dts() {
+            Ok(PtsDts::PtsOnly(Ok(pts))) => (Some(pts.value()), Some(pts.value()), 5),
             Ok(PtsDts::Both {
                 pts: Ok(pts),
                 dts: Ok(dts),
-            }) => (Some(pts.value()), Some(dts.value())),
-            _ => (None, None),
+            }) => (Some(pts.value()), Some(dts.value()), 10),
+            _ => (None, None, 0),
         };
         let payload = parsed.payload();
         if payload.len() > MAX_PES {
             ctx.dropped += 1;
             return;
         }
+        // A bounded PES is whole once its payload is in: taken then, not
+        // when the next one starts (a frame earlier). Its header holds
+        // the timestamps and, from the muxers met, nothing else; were
+        // there more, the PES would be taken short, and what follows it is
+        // counted as dropped.
+        self.expect = length.and_then(|l| l.checked_sub(3 + fields));
+        // Room for the whole PES at once where its length is known, or for
+        // one as large as the last (frames of a stream are alike): no
+        // regrowth copies as its packets come in.
+        let room = self
+            .expect
+            .unwrap_or(self.last_len)
+            .clamp(payload.len(), MAX_PES);
+        let mut data = Vec::with_capacity(room);
+        data.extend_from_slice(payload);
         self.current = Some(Pes {
             kind: self.kind,
             pts,
             dts,
-            data: payload.to_vec(),
+            data,
         });
+        self.complete_if_whole(ctx);
     }
 
     fn continue_packet(&mut self, ctx: &mut Ctx, data: &[u8]) {
+        if self.over {
+            // Past a bounded PES's end, before the next one starts.
+            ctx.dropped += 1;
+            self.over = false;
+            return;
+        }
         if let Some(p) = &mut self.current {
             if p.data.len() + data.len() > MAX_PES {
                 self.current = None;
@@ -188,10 +242,12 @@ impl ElementaryStreamConsumer<Ctx> for Es {
                 p.data.extend_from_slice(data);
             }
         }
+        self.complete_if_whole(ctx);
     }
 
     fn end_packet(&mut self, ctx: &mut Ctx) {
         if let Some(p) = self.current.take() {
+            self.last_len = p.data.len();
             ctx.done.push(p);
         }
     }
@@ -651,16 +707,11 @@ fn opus_duration_48k(packet: &[u8]) -> u32 {
 /// The NAL units of an Annex B access unit (start codes and trailing zero
 /// bytes removed; empty units skipped).
 fn annex_b(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
+    // Start codes found with memchr's SIMD search: a frame is scanned
+    // whole, every frame of every SRT publisher.
+    let starts: Vec<usize> = memchr::memmem::find_iter(data, &[0, 0, 1])
+        .map(|i| i + 3)
+        .collect();
     let ends: Vec<usize> = starts
         .iter()
         .skip(1)

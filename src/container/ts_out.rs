@@ -332,12 +332,10 @@ impl TsOut {
         let dts = dts.filter(|&d| d != pts);
         let header_data = if dts.is_some() { 10 } else { 5 };
         let pes_len = 3 + header_data + es.len();
-        // Video may exceed 16 bits: 0 means "unbounded" there.
-        let len_field = if pes_len > 0xFFFF || stream_id == 0xE0 {
-            0
-        } else {
-            pes_len as u16
-        };
+        // Bounded where it fits (a reader can take the PES as soon as it
+        // is in, not when the next starts); 0, "unbounded", for a video
+        // PES over 16 bits.
+        let len_field = if pes_len > 0xFFFF { 0 } else { pes_len as u16 };
         header.extend_from_slice(&len_field.to_be_bytes());
         header.push(0x80);
         header.push(if dts.is_some() { 0xC0 } else { 0x80 });

@@ -342,8 +342,14 @@ async fn play(
                 ts = TsOut::new();
                 ctx.hub.with(|h| h.resume(&key, conn.id, stream_id));
             }
-            // The stream ended, the node stops, the hub cut a slow player,
-            // or the SRT thread saw the caller leave.
+            // The stream ended: what is sent reaches the player before the
+            // socket closes.
+            Some(Input::Notice(Notice::Ended { .. })) => {
+                linger(lib, sock).await;
+                break;
+            }
+            // The node stops, the hub cut a slow player, or the SRT thread
+            // saw the caller leave.
             Some(_) => break,
         }
     }
@@ -351,6 +357,21 @@ async fn play(
     ctx.stats.srt_viewers.fetch_sub(1, Ordering::Relaxed);
     drop(admitted.place);
     tracing::info!(conn = conn.id, stream = %redact(&key), "srt: play ended");
+}
+
+/// Waits until the player has acknowledged what was sent (at most 1 s),
+/// then for its latency: a live-mode receiver still holds that much
+/// undelivered, and a close now would lose it (libsrt's linger is off in
+/// live mode).
+async fn linger(lib: &Lib, sock: Socket) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(1);
+    while lib.get_int(sock, crate::srt::ffi::SNDDATA).unwrap_or(0) > 0 && Instant::now() < deadline
+    {
+        glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let latency = lib.get_int(sock, crate::srt::ffi::PEERLATENCY).unwrap_or(0);
+    let latency = u64::try_from(latency).unwrap_or(0).min(8000);
+    glommio::timer::sleep(std::time::Duration::from_millis(latency + 20)).await;
 }
 
 /// A player's side of libsrt's counters: packets it found lost (reported

@@ -19,6 +19,10 @@ pub const INVALID: Socket = -1;
 pub const SNDSYN: c_int = 1;
 pub const RCVSYN: c_int = 2;
 pub const STATE: c_int = 17;
+/// Bytes in the send buffer not yet acknowledged (`SRTO_SNDDATA`, read).
+pub const SNDDATA: c_int = 19;
+/// Messages ready to read (`SRTO_RCVDATA`, read).
+pub const RCVDATA: c_int = 20;
 pub const LATENCY: c_int = 23;
 pub const PASSPHRASE: c_int = 26;
 pub const PEERLATENCY: c_int = 44;
@@ -29,6 +33,8 @@ pub const PAYLOADSIZE: c_int = 49;
 // SRT_EPOLL_OPT.
 pub const EPOLL_IN: c_int = 0x1;
 pub const EPOLL_ERR: c_int = 0x8;
+/// Edge-triggered: an event once per change (`SRT_EPOLL_ET`).
+pub const EPOLL_ET: c_int = 1 << 31;
 
 // SRT_SOCKSTATUS.
 pub const STATUS_BROKEN: c_int = 6;
@@ -174,6 +180,7 @@ pub struct Lib {
     listen: unsafe extern "C" fn(Socket, c_int) -> c_int,
     listen_callback: unsafe extern "C" fn(Socket, Option<ListenHook>, *mut c_void) -> c_int,
     accept: unsafe extern "C" fn(Socket, *mut libc::sockaddr, *mut c_int) -> Socket,
+    connect: unsafe extern "C" fn(Socket, *const libc::sockaddr, c_int) -> c_int,
     recvmsg: unsafe extern "C" fn(Socket, *mut c_char, c_int) -> c_int,
     sendmsg: unsafe extern "C" fn(Socket, *const c_char, c_int, c_int, c_int) -> c_int,
     close: unsafe extern "C" fn(Socket) -> c_int,
@@ -270,6 +277,7 @@ impl Lib {
                 listen: symbol(handle, c"srt_listen")?,
                 listen_callback: symbol(handle, c"srt_listen_callback")?,
                 accept: symbol(handle, c"srt_accept")?,
+                connect: symbol(handle, c"srt_connect")?,
                 recvmsg: symbol(handle, c"srt_recvmsg")?,
                 sendmsg: symbol(handle, c"srt_sendmsg")?,
                 close: symbol(handle, c"srt_close")?,
@@ -412,6 +420,18 @@ impl Lib {
         let (storage, len) = to_sockaddr(addr);
         // SAFETY: `storage` holds a sockaddr of `len` bytes for the call.
         let r = unsafe { (self.bind)(s, (&storage as *const libc::sockaddr_storage).cast(), len) };
+        if r < 0 {
+            return Err(self.last_error());
+        }
+        Ok(())
+    }
+
+    /// Connects a caller socket (blocking unless the socket is not).
+    pub fn connect(&self, s: Socket, addr: SocketAddr) -> Result<(), String> {
+        let (storage, len) = to_sockaddr(addr);
+        // SAFETY: `storage` holds a sockaddr of `len` bytes for the call.
+        let r =
+            unsafe { (self.connect)(s, (&storage as *const libc::sockaddr_storage).cast(), len) };
         if r < 0 {
             return Err(self.last_error());
         }

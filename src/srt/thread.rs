@@ -395,7 +395,10 @@ impl Loop {
         let mut over = events & ffi::EPOLL_ERR != 0;
         if publish {
             let mut batch = BytesMut::new();
-            loop {
+            // Only what libsrt says is ready: asking past it makes libsrt
+            // throw (and catch) a C++ exception for the "again" it answers.
+            let ready = self.lib.get_int(sock, ffi::RCVDATA).unwrap_or(1).max(1);
+            for _ in 0..ready {
                 match self.lib.recv(sock, buf) {
                     Ok(0) => break,
                     Ok(n) => {
