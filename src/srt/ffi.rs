@@ -601,8 +601,7 @@ impl Lib {
 /// A `SocketAddr` as a C sockaddr and its length.
 fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, c_int) {
     let sa: socket2::SockAddr = addr.into();
-    // SAFETY: a zeroed sockaddr_storage is valid; then `sa.len()` bytes of
-    // a sockaddr (at most the storage's size) are copied into it.
+    // SAFETY: a zeroed sockaddr_storage is a valid value of it.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = (sa.len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
     // SAFETY: both regions are at least `len` bytes and do not overlap.
@@ -643,9 +642,11 @@ pub unsafe fn peer_of(peer: *const libc::sockaddr) -> Option<SocketAddr> {
         libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
         _ => return None,
     };
-    // SAFETY: zeroed storage is valid; `len` bytes of the caller's
-    // sockaddr of that family are readable (the function's contract).
+    // SAFETY: a zeroed sockaddr_storage is a valid value of it.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: `len` bytes of the caller's sockaddr of that family are
+    // readable (the function's contract), and the storage holds at least
+    // that many; the two do not overlap.
     unsafe {
         std::ptr::copy_nonoverlapping(
             peer.cast::<u8>(),
