@@ -4,8 +4,9 @@
 //! LL-HLS, also from another node of a NATS cluster, judged by ffprobe.
 //! And an attacker's tries at the listener: stream ids that name no stream
 //! or climb out of it, modes it does not serve, the auth rules, a wrong or
-//! missing passphrase, a key already live, garbage datagrams; each is
-//! refused and the stream already live is not harmed.
+//! missing passphrase, a key already live, garbage datagrams, another
+//! stream's signed token; each is refused and the stream already live is
+//! not harmed. A publish through a lossy link keeps every frame.
 
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
@@ -525,4 +526,54 @@ fn a_2_5_mbit_srt_publish_over_a_lossy_link_plays_with_every_frame_and_the_losse
         "lost {lost}, repaired {repaired}"
     );
     assert_eq!(late, 0, "packets dropped as too late");
+}
+
+#[test]
+fn a_signed_token_in_the_stream_id_admits_a_publish_and_a_wrong_one_is_refused() {
+    let secret = "a-secret-of-thirty-two-bytes-long";
+    let node = srt_node(
+        "srt-token.toml",
+        &format!("[auth]\ntoken_secret = \"{secret}\"\n[auth.apps.signed]\npublish = \"token\"\n"),
+        &[],
+    );
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let good = tributary::auth::sign(
+        secret.as_bytes(),
+        tributary::auth::Action::Publish,
+        "signed",
+        "cam",
+        expires,
+    );
+    // Another stream's token, and none: refused in the handshake.
+    let other = tributary::auth::sign(
+        secret.as_bytes(),
+        tributary::auth::Action::Publish,
+        "signed",
+        "other",
+        expires,
+    );
+    for id in [
+        format!("#!::r=signed/cam,m=publish,token={other},expires={expires}"),
+        "#!::r=signed/cam,m=publish".to_owned(),
+    ] {
+        let p = publish_srt(&node, &id, "", 2);
+        assert!(p.wait(Duration::from_secs(20)).is_err(), "{id}");
+    }
+    assert!(metric_sum(&node, "tributary_srt_callers_total", "auth") >= 2);
+    let publisher = publish_srt(
+        &node,
+        &format!("#!::r=signed/cam,m=publish,token={good},expires={expires}"),
+        "",
+        6,
+    );
+    wait_published(&node, "cam");
+    let file = temp_file("srt-signed.flv");
+    let player = ffmpeg_player(&format!("rtmp://{}/signed/cam", node.addr), &file, Some(3));
+    player.wait(Duration::from_secs(30)).unwrap();
+    check_recording(&file, 50);
+    publisher.wait(Duration::from_secs(30)).unwrap();
 }
