@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    check_recording, cluster_node, ffmpeg_player, metric_sum, temp_file, wait_published,
+    check_recording, cluster_node, ffmpeg_player, metric_sum, temp_file, wait_log, wait_published,
     write_config, NatsServer, Node, Proc, LIVE_LAVFI_INPUT,
 };
 
@@ -79,19 +79,6 @@ fn srt_node(name: &str, config: &str, extra: &[&str]) -> Node {
     ];
     args.extend_from_slice(extra);
     Node::start_with(2, &args)
-}
-
-/// Polls the node's log until it holds `line`.
-fn wait_log(node: &Node, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !node.log.lock().unwrap().contains(line) {
-        assert!(
-            Instant::now() < deadline,
-            "no {line:?} in:\n{}",
-            node.log.lock().unwrap()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn count_log(node: &Node, line: &str) -> usize {

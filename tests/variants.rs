@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{
     check_recording, cluster_node, ffmpeg9, ffmpeg_player, ffmpeg_player_with, metric_sum, publish,
-    publish9, self_signed, temp_file, wait_live, wait_published, write_config, NatsServer, Node,
-    Proc,
+    publish9, self_signed, temp_file, wait_live, wait_log, wait_published, write_config,
+    NatsServer, Node, Proc,
 };
 
 /// A node with a media listener (and `config`), on `shards` shards.
@@ -58,20 +58,6 @@ fn rtmpdump(url: &str, file: &std::path::Path, seconds: u32) -> Result<(), Strin
     match player.wait(Duration::from_secs(40)) {
         Err(e) if !e.contains("exit status: 2") => Err(e),
         _ => Ok(()),
-    }
-}
-
-/// Polls the node's log (read from its stderr by a thread of its own)
-/// until it holds `line`.
-fn wait_log(node: &Node, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !node.log.lock().unwrap().contains(line) {
-        assert!(
-            Instant::now() < deadline,
-            "no {line:?} in:\n{}",
-            node.log.lock().unwrap()
-        );
-        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -350,17 +350,18 @@ impl TsOut {
         let mut written = 0;
         let mut first = true;
         while written < total {
-            let mut af: Vec<u8> = Vec::new();
+            // The adaptation field's bytes after its length byte, if the
+            // packet has one (a field of length 0 is the length byte
+            // alone): no allocation per packet.
+            let mut af = [0xFFu8; PACKET];
+            let mut af_n: Option<usize> = None;
             if first && (pcr || random_access) {
-                let mut flags = 0u8;
-                if random_access {
-                    flags |= 0x40;
-                }
-                af.push(flags);
+                af[0] = if random_access { 0x40 } else { 0 };
+                af_n = Some(1);
                 if pcr {
                     af[0] |= 0x10;
                     let base = (dts.unwrap_or(pts) + WRAP - PCR_BEHIND_90K) % WRAP;
-                    af.extend_from_slice(&[
+                    af[1..7].copy_from_slice(&[
                         (base >> 25) as u8,
                         (base >> 17) as u8,
                         (base >> 9) as u8,
@@ -368,62 +369,44 @@ impl TsOut {
                         (((base & 1) as u8) << 7) | 0x7E,
                         0,
                     ]);
+                    af_n = Some(7);
                 }
             }
             // Room for payload with the adaptation field so far (its length
             // byte included when there is one).
-            let af_len = if af.is_empty() { 0 } else { af.len() + 1 };
-            let mut room = PACKET - 4 - af_len;
+            let mut room = PACKET - 4 - af_n.map_or(0, |n| n + 1);
             let left = total - written;
             if left < room {
                 // Stuff the last packet: grow (or make) the adaptation
-                // field by what the payload does not fill.
+                // field by what the payload does not fill (0xFF bytes; a
+                // new field's flags byte is 0).
                 let pad = room - left;
-                if af.is_empty() {
-                    if pad == 1 {
-                        // An adaptation field of length 0.
-                        af_len_only(out, pid, first, self.next_cc(slot));
-                        put_from(out, &header, es, written, left);
-                        written += left;
-                        first = false;
-                        continue;
+                af_n = Some(match af_n {
+                    Some(n) => n + pad,
+                    None => {
+                        af[0] = 0;
+                        pad - 1
                     }
-                    af.push(0);
-                    af.resize(pad - 1, 0xFF);
-                } else {
-                    af.resize(af.len() + pad, 0xFF);
-                }
+                });
                 room = left;
             }
             let cc = self.next_cc(slot);
-            let control = if af.is_empty() { 0x10 } else { 0x30 };
+            let control = if af_n.is_some() { 0x30 } else { 0x10 };
             out.put_slice(&[
                 0x47,
                 (if first { 0x40 } else { 0 }) | (pid >> 8) as u8,
                 pid as u8,
                 control | cc,
             ]);
-            if !af.is_empty() {
-                out.put_u8(af.len() as u8);
-                out.put_slice(&af);
+            if let Some(n) = af_n {
+                out.put_u8(n as u8);
+                out.put_slice(&af[..n]);
             }
             put_from(out, &header, es, written, room);
             written += room;
             first = false;
         }
     }
-}
-
-/// A packet whose adaptation field is its length byte alone (0), then
-/// 183 bytes of payload.
-fn af_len_only(out: &mut BytesMut, pid: u16, first: bool, cc: u8) {
-    out.put_slice(&[
-        0x47,
-        (if first { 0x40 } else { 0 }) | (pid >> 8) as u8,
-        pid as u8,
-        0x30 | cc,
-        0,
-    ]);
 }
 
 /// `n` bytes of header-then-es from offset `at`.

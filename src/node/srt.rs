@@ -170,7 +170,7 @@ async fn publish(
                 }
                 if now.duration_since(stats_at).as_secs() >= 1 {
                     stats_at = now;
-                    last = add_link_stats(lib, sock, &last, ctx);
+                    last = add_link_stats(lib, sock, &last, Side::Receiving, ctx);
                     let latency_ms = lib.get_int(sock, crate::srt::ffi::RCVLATENCY).unwrap_or(0);
                     let link = super::directory::SrtLink {
                         lost: u64::try_from(last.pktRcvLossTotal).unwrap_or(0),
@@ -190,7 +190,7 @@ async fn publish(
             _ => break,
         }
     }
-    add_link_stats(lib, sock, &last, ctx);
+    add_link_stats(lib, sock, &last, Side::Receiving, ctx);
     ctx.hub.with(|h| h.unpublish(p.id, conn.id, Instant::now()));
     if outputs {
         ctx.pushes.stopped(&key, conn.id);
@@ -207,31 +207,49 @@ async fn publish(
     tracing::info!(conn = conn.id, stream = %redact(&key), "srt: unpublished");
 }
 
+/// Which end of the link this node is: the counters that tell its losses.
+#[derive(Clone, Copy)]
+enum Side {
+    /// A publisher's link: packets missing on arrival, received again,
+    /// dropped as too late.
+    Receiving,
+    /// A player's link: packets its receiver reported lost, sent again,
+    /// dropped as too late to send.
+    Sending,
+}
+
+/// (lost, retransmitted, dropped) of `st` for `side`.
+fn counts(st: &crate::srt::ffi::Stats, side: Side) -> [i32; 3] {
+    match side {
+        Side::Receiving => [st.pktRcvLossTotal, st.pktRcvRetrans, st.pktRcvDropTotal],
+        Side::Sending => [st.pktSndLossTotal, st.pktRetransTotal, st.pktSndDropTotal],
+    }
+}
+
 /// Adds what libsrt counted for `sock` since `last` to the shard's SRT
 /// counters; returns the counts now.
 fn add_link_stats(
     lib: &Lib,
     sock: Socket,
     last: &crate::srt::ffi::Stats,
+    side: Side,
     ctx: &ConnectionContext,
 ) -> crate::srt::ffi::Stats {
     let Some(now) = lib.stats(sock) else {
         return *last;
     };
-    let delta = |a: i32, b: i32| u64::try_from(a.saturating_sub(b)).unwrap_or(0);
     let s = &ctx.stats;
-    s.srt_lost.fetch_add(
-        delta(now.pktRcvLossTotal, last.pktRcvLossTotal),
-        Ordering::Relaxed,
-    );
-    s.srt_retransmitted.fetch_add(
-        delta(now.pktRcvRetrans, last.pktRcvRetrans),
-        Ordering::Relaxed,
-    );
-    s.srt_dropped.fetch_add(
-        delta(now.pktRcvDropTotal, last.pktRcvDropTotal),
-        Ordering::Relaxed,
-    );
+    let counters = [&s.srt_lost, &s.srt_retransmitted, &s.srt_dropped];
+    for ((c, a), b) in counters
+        .iter()
+        .zip(counts(&now, side))
+        .zip(counts(last, side))
+    {
+        c.fetch_add(
+            u64::try_from(a.saturating_sub(b)).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+    }
     now
 }
 
@@ -288,15 +306,9 @@ async fn play(
             ts.push(&m, &mut out);
             while out.len() >= SEND_CHUNK {
                 let chunk = out.split_to(SEND_CHUNK);
-                match lib.send(sock, &chunk) {
-                    Ok(true) => ctx.stats.add_out(chunk.len() as u64),
-                    Ok(false) => {
-                        // libsrt's send buffer is full: this player is
-                        // behind; it starts again at a keyframe.
-                        out.clear();
-                        ts.resync();
-                        ctx.stats.add_dropped_frames_slow();
-                    }
+                match send(lib, sock, &chunk, &mut ts, ctx) {
+                    Ok(true) => {}
+                    Ok(false) => out.clear(),
                     Err(e) => {
                         tracing::info!(conn = conn.id, "srt: player gone: {e}");
                         break 'serve;
@@ -309,21 +321,14 @@ async fn play(
         if !out.is_empty() {
             debug_assert_eq!(out.len() % PACKET, 0);
             let chunk = out.split();
-            match lib.send(sock, &chunk) {
-                Ok(true) => ctx.stats.add_out(chunk.len() as u64),
-                Ok(false) => {
-                    ts.resync();
-                    ctx.stats.add_dropped_frames_slow();
-                }
-                Err(e) => {
-                    tracing::info!(conn = conn.id, "srt: player gone: {e}");
-                    break;
-                }
+            if let Err(e) = send(lib, sock, &chunk, &mut ts, ctx) {
+                tracing::info!(conn = conn.id, "srt: player gone: {e}");
+                break;
             }
         }
         if stats_at.elapsed().as_secs() >= 1 {
             stats_at = Instant::now();
-            last = add_send_stats(lib, sock, &last, ctx);
+            last = add_link_stats(lib, sock, &last, Side::Sending, ctx);
         }
         let input = futures_lite::future::or(
             async {
@@ -353,10 +358,30 @@ async fn play(
             Some(_) => break,
         }
     }
-    add_send_stats(lib, sock, &last, ctx);
+    add_link_stats(lib, sock, &last, Side::Sending, ctx);
     ctx.stats.srt_viewers.fetch_sub(1, Ordering::Relaxed);
     drop(admitted.place);
     tracing::info!(conn = conn.id, stream = %redact(&key), "srt: play ended");
+}
+
+/// Sends one SRT message to a player: Ok(false) when libsrt's send buffer
+/// is full (the player is behind: its writer starts again at a keyframe),
+/// Err when the player is gone.
+fn send(
+    lib: &Lib,
+    sock: Socket,
+    chunk: &[u8],
+    ts: &mut TsOut,
+    ctx: &ConnectionContext,
+) -> Result<bool, String> {
+    let sent = lib.send(sock, chunk)?;
+    if sent {
+        ctx.stats.add_out(chunk.len() as u64);
+    } else {
+        ts.resync();
+        ctx.stats.add_dropped_frames_slow();
+    }
+    Ok(sent)
 }
 
 /// Waits until the player has acknowledged what was sent (at most 1 s),
@@ -372,32 +397,4 @@ async fn linger(lib: &Lib, sock: Socket) {
     let latency = lib.get_int(sock, crate::srt::ffi::PEERLATENCY).unwrap_or(0);
     let latency = u64::try_from(latency).unwrap_or(0).min(8000);
     glommio::timer::sleep(std::time::Duration::from_millis(latency + 20)).await;
-}
-
-/// A player's side of libsrt's counters: packets it found lost (reported
-/// by the receiver) and retransmitted.
-fn add_send_stats(
-    lib: &Lib,
-    sock: Socket,
-    last: &crate::srt::ffi::Stats,
-    ctx: &ConnectionContext,
-) -> crate::srt::ffi::Stats {
-    let Some(now) = lib.stats(sock) else {
-        return *last;
-    };
-    let delta = |a: i32, b: i32| u64::try_from(a.saturating_sub(b)).unwrap_or(0);
-    let s = &ctx.stats;
-    s.srt_lost.fetch_add(
-        delta(now.pktSndLossTotal, last.pktSndLossTotal),
-        Ordering::Relaxed,
-    );
-    s.srt_retransmitted.fetch_add(
-        delta(now.pktRetransTotal, last.pktRetransTotal),
-        Ordering::Relaxed,
-    );
-    s.srt_dropped.fetch_add(
-        delta(now.pktSndDropTotal, last.pktSndDropTotal),
-        Ordering::Relaxed,
-    );
-    now
 }

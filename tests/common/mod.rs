@@ -766,6 +766,20 @@ pub fn publish9(
     Proc::spawn("ffmpeg 9", &mut cmd)
 }
 
+/// Polls the node's log (read from its stderr by a thread of its own)
+/// until it holds `line`, with a deadline.
+pub fn wait_log(node: &Node, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !node.log.lock().unwrap().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "no {line:?} in:\n{}",
+            node.log.lock().unwrap()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls the admin API until `key` is live on the node.
 pub fn wait_published(node: &Node, key: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
