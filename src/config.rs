@@ -1399,6 +1399,28 @@ impl Cli {
 mod tests {
     use super::*;
 
+    #[test]
+    fn srt_settings_out_of_libsrts_bounds_are_refused() {
+        let check = |text: &str| {
+            Config::from_toml(text, Path::new("t.toml"))
+                .unwrap()
+                .validate()
+        };
+        assert!(check("[srt]\nlatency_ms = 200\npassphrase = \"ten bytes!\"\n").is_ok());
+        for bad in [
+            "[srt]\nlatency_ms = 5\n",
+            "[srt]\nlatency_ms = 100000\n",
+            "[srt]\npassphrase = \"short\"\n",
+            "[srt.apps.live]\npassphrase = \"short\"\n",
+        ] {
+            assert!(check(bad).is_err(), "{bad}");
+        }
+        let long = format!("[srt]\npassphrase = \"{}\"\n", "x".repeat(80));
+        assert!(check(&long).is_err());
+        // An unknown key is an error, not ignored.
+        assert!(Config::from_toml("[srt]\nlatncy_ms = 1\n", Path::new("t.toml")).is_err());
+    }
+
     fn parse(s: &str) -> Result<Cli, clap::Error> {
         use clap::Parser;
         Cli::try_parse_from(std::iter::once("tributary").chain(s.split_whitespace()))
