@@ -3,8 +3,8 @@
 #
 #   sudo deploy/local-cluster.sh up       three nats-server (routed, JetStream)
 #                                         and three nodes, plus a DNS name
-#   sudo ip netns exec tribnet ffmpeg -re -i in.mp4 -c copy -f flv rtmp://tributary.test/live/cam
-#   sudo ip netns exec tribnet ffplay rtmp://tributary.test/live/cam
+#   sudo ip netns exec tribnet ffmpeg -re -i in.mp4 -c copy -f flv rtmp://tributary.test/live/KEY
+#   sudo ip netns exec tribnet ffplay rtmp://tributary.test/live/KEY   (KEY: `up` prints it)
 #   sudo deploy/local-cluster.sh status   each node's /api/node, the cluster's streams
 #   sudo deploy/local-cluster.sh down     stops what `up` started, removes the namespace
 #
@@ -22,7 +22,11 @@
 #
 # The NATS servers run deploy/nats/nats-{1,2,3}.conf and the nodes
 # deploy/config/node.example.toml, with only addresses and directories
-# changed, so this also checks those files.
+# changed, so this also checks those files. That config is closed: `up`
+# runs deploy/make-secrets into $TRIB_STATE_DIR/secrets, the NATS servers
+# ask for its token, and publishing needs its stream key
+# (secrets/stream-keys: publish rtmp://NAME/live/KEY with that line's KEY),
+# /api/* its admin token.
 #
 # Needs root (network namespaces, /etc/netns), nats-server, dnsmasq and ip
 # (Debian: apt-get install nats-server dnsmasq-base iproute2), and the
@@ -131,8 +135,8 @@ http_get() {
   {
     ip netns exec "$ns" bash -c '
       exec 3<>"/dev/tcp/$1/$2" || exit 0
-      printf "GET %s HTTP/1.0\r\nHost: %s:%s\r\n\r\n" "$3" "$1" "$2" >&3
-      timeout 5 cat <&3' _ "$1" "$2" "$3" 2>/dev/null |
+      printf "GET %s HTTP/1.0\r\nHost: %s:%s\r\nAuthorization: Bearer %s\r\n\r\n" "$3" "$1" "$2" "$4" >&3
+      timeout 5 cat <&3' _ "$1" "$2" "$3" "$(cat "$state/secrets/admin-token" 2>/dev/null)" 2>/dev/null |
       tr -d '\r' | awk 'NR == 1 { printf "%s\t", $2; next } body { print } /^$/ { body = 1 }'
   } || true
 }
@@ -197,6 +201,10 @@ up() {
   spawn dnsmasq dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
     --bind-interfaces --listen-address=127.0.0.1 --pid-file= --log-facility=- "${records[@]}"
 
+  "$here/make-secrets" "$state/secrets" >/dev/null
+  sed -e "s|/etc/tributary/secrets/|$state/secrets/|" "$here/config/node.example.toml" >"$state/node.toml"
+  grep -q "$state/secrets/admin-token" "$state/node.toml" ||
+    die "deploy/config/node.example.toml no longer reads its secrets from /etc/tributary/secrets"
   for i in "${nodes[@]}"; do
     local conf="$state/nats-$i.conf" store="$state/nats-$i"
     mkdir -p "$store"
@@ -204,12 +212,12 @@ up() {
       -e "s|/var/lib/nats/jetstream|$store|" "$here/nats/nats-$i.conf" >"$conf"
     grep -q "^listen: 127.0.0.1$i:4222" "$conf" && grep -q "store_dir: $store" "$conf" ||
       die "deploy/nats/nats-$i.conf no longer has the listen/store_dir lines this script rewrites"
-    spawn "nats-$i" nats-server -c "$conf"
+    spawn "nats-$i" nats-server -c "$conf" --auth "$(cat "$state/secrets/nats-token")"
   done
   for i in "${nodes[@]}"; do wait_http "nats-$i" "127.0.0.1$i" 8222 /healthz; done
 
   for i in "${nodes[@]}"; do
-    spawn "node-$i" "$bin" --config "$here/config/node.example.toml" --node-id "node-$i" \
+    spawn "node-$i" "$bin" --config "$state/node.toml" --node-id "node-$i" \
       --rtmp-listen "127.0.0.1$i:1935" --http-listen "127.0.0.1$i:8080" --shards "$shards"
   done
   # A node answers a cluster listing once it reached the JetStream registry
@@ -220,8 +228,11 @@ up() {
   local resolved
   resolved="$(ip netns exec "$ns" getent ahosts "$name" | awk '/STREAM/ { printf "%s ", $1 }')"
   say "up: $name resolves to ${resolved:-nothing?} inside namespace $ns"
-  say "publish: ip netns exec $ns ffmpeg -re -i IN.mp4 -c copy -f flv rtmp://$name/live/KEY"
-  say "play:    ip netns exec $ns ffplay rtmp://$name/live/KEY"
+  local key
+  key="$(head -1 "$state/secrets/stream-keys")"
+  say "publish: ip netns exec $ns ffmpeg -re -i IN.mp4 -c copy -f flv rtmp://$name/$key"
+  say "play:    ip netns exec $ns ffplay rtmp://$name/$key"
+  say "admin:   token in $state/secrets/admin-token"
   say "state and logs: $state"
 }
 

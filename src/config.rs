@@ -410,6 +410,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// When set, `/api/*` asks for `Authorization: Bearer <token>`.
     pub admin_token: String,
+    /// A file whose content (trimmed) is the admin token, read at start:
+    /// a Kubernetes Secret, a Compose secret or a systemd credential.
+    pub admin_token_file: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -929,6 +932,8 @@ pub struct ClusterConfig {
     pub user: String,
     pub password: String,
     pub token: String,
+    /// A file whose content (trimmed) is the NATS token, read at start.
+    pub token_file: String,
     pub nkey_seed: String,
     pub creds_file: String,
     /// A CA bundle (PEM) to verify the NATS servers' certificates.
@@ -937,6 +942,10 @@ pub struct ClusterConfig {
     /// A dead node's registry entries expire after this; owners refresh
     /// theirs every third of it.
     pub registry_ttl_ms: u64,
+    /// How long a stream's push targets added over the API outlive an
+    /// owner lost without a goodbye: a re-publish on another node within it
+    /// takes them up. At least `registry_ttl_ms` is used.
+    pub push_targets_keep_ms: u64,
     /// JetStream replicas of the registry buckets (3 on a 3-server NATS cluster).
     pub kv_replicas: usize,
 }
@@ -948,11 +957,13 @@ impl Default for ClusterConfig {
             user: String::new(),
             password: String::new(),
             token: String::new(),
+            token_file: String::new(),
             nkey_seed: String::new(),
             creds_file: String::new(),
             tls_ca_file: String::new(),
             require_tls: false,
             registry_ttl_ms: 6_000,
+            push_targets_keep_ms: 120_000,
             kv_replicas: 1,
         }
     }
@@ -1038,6 +1049,7 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: String::new(),
+            admin_token_file: String::new(),
         }
     }
 }
@@ -1064,7 +1076,53 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        let mut config = Self::from_toml(&text, path)?;
+        config.read_secret_files(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(config)
+    }
+
+    /// Fills `http.admin_token` and `cluster.token` from their `*_file`
+    /// keys (a relative path is taken from the config file's directory).
+    /// A secret named both ways, or a file that is missing or empty, stops
+    /// the start: a node must never come up open because its secret was not
+    /// mounted.
+    fn read_secret_files(&mut self, dir: &Path) -> Result<(), ConfigError> {
+        let secrets: [(&'static str, &'static str, &String, &mut String); 2] = [
+            (
+                "http.admin_token_file",
+                "http.admin_token",
+                &self.http.admin_token_file,
+                &mut self.http.admin_token,
+            ),
+            (
+                "cluster.token_file",
+                "cluster.token",
+                &self.cluster.token_file,
+                &mut self.cluster.token,
+            ),
+        ];
+        for (key, inline, file, value) in secrets {
+            if file.is_empty() {
+                continue;
+            }
+            if !value.is_empty() {
+                return Err(invalid(
+                    key,
+                    format!("set either {key} or {inline}, not both"),
+                ));
+            }
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let secret = text.trim();
+            if secret.is_empty() {
+                return Err(invalid(key, format!("{} is empty", path.display())));
+            }
+            *value = secret.to_owned();
+        }
+        Ok(())
     }
 
     /// This node's name: `node.id`, or the host name when that is empty.
@@ -1238,6 +1296,12 @@ impl Config {
         if !(1_500..=600_000).contains(&self.cluster.registry_ttl_ms) {
             return Err(invalid("cluster.registry_ttl_ms", "must be 1500..=600000"));
         }
+        if !(1_000..=86_400_000).contains(&self.cluster.push_targets_keep_ms) {
+            return Err(invalid(
+                "cluster.push_targets_keep_ms",
+                "must be 1000..=86400000",
+            ));
+        }
         if !(1..=5).contains(&self.cluster.kv_replicas) {
             return Err(invalid("cluster.kv_replicas", "must be 1..=5"));
         }
@@ -1322,10 +1386,10 @@ pub struct Cli {
     /// NATS servers, comma-separated; none = standalone [cluster.nats]
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
     pub nats: Option<Vec<String>>,
-    /// Data-plane shards; 0 = one per CPU [node.shards]
+    /// Data-plane shards; 0 = one per CPU the node may use (affinity, cgroup quota) [node.shards]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// HTTP media address (HTTP-FLV), e.g. 0.0.0.0:8081 [media.listen]
+    /// HTTP media address (HTTP-FLV, LL-HLS, RTMPT), e.g. 0.0.0.0:8081 [media.listen]
     #[arg(long, value_name = "ADDR")]
     pub media_listen: Option<SocketAddr>,
     /// SRT address (UDP), e.g. 0.0.0.0:8890 [srt.listen]
@@ -1455,6 +1519,38 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_from_files_and_a_missing_or_empty_one_stops_the_start() {
+        let dir = std::env::temp_dir().join(format!("trib-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secrets")).unwrap();
+        let config = dir.join("node.toml");
+        let write = |toml: &str| std::fs::write(&config, toml).unwrap();
+        std::fs::write(dir.join("secrets/admin"), "s3cret-admin\n").unwrap();
+        std::fs::write(dir.join("secrets/nats"), "  nats-tok \n").unwrap();
+        std::fs::write(dir.join("secrets/empty"), "\n").unwrap();
+        write("[http]\nadmin_token_file = \"secrets/admin\"\n[cluster]\ntoken_file = \"secrets/nats\"\n");
+        let c = Config::load(&config).unwrap();
+        assert_eq!(c.http.admin_token, "s3cret-admin");
+        assert_eq!(c.cluster.token, "nats-tok");
+        for (toml, says) in [
+            (
+                "[http]\nadmin_token_file = \"secrets/none\"\n",
+                "cannot read",
+            ),
+            ("[http]\nadmin_token_file = \"secrets/empty\"\n", "is empty"),
+            ("[cluster]\ntoken_file = \"secrets/empty\"\n", "is empty"),
+            (
+                "[http]\nadmin_token = \"x\"\nadmin_token_file = \"secrets/admin\"\n",
+                "not both",
+            ),
+        ] {
+            write(toml);
+            let e = Config::load(&config).unwrap_err().to_string();
+            assert!(e.contains(says), "{toml}: {e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let cli = parse("--rtmp-listen 127.0.0.1:0 --http-listen=127.0.0.1:0 --node-id n1 --nats nats://a:4222,nats://b:4222 --shards 2").unwrap();
         let c = cli.resolve().unwrap();
@@ -1488,6 +1584,15 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("players.max_lag_ms"), "{err}");
+        // API push targets not kept at all.
+        let err = Config::from_toml("[cluster]\npush_targets_keep_ms = 0", Path::new("x.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("cluster.push_targets_keep_ms"),
+            "{err}"
+        );
         let c = Config::from_toml(
             "[streams]\non_unpublish = \"wait\"\nplay_unknown = \"wait\"\nduplicate_publish = \"takeover\"",
             Path::new("x.toml"),

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    check_recording, cluster_node, ffmpeg_player, get, publish, temp_file, wait_live, LibPlayer,
-    NatsServer, Node,
+    check_recording, cluster_node, ffmpeg_player, get, has_status, longest_stall, media_count,
+    publish, temp_file, wait_live, LibPlayer, NatsServer, Node,
 };
 use tributary::protocol::client::ClientEvent;
 use tributary::protocol::MessageType;
@@ -23,19 +23,6 @@ fn metric(node: &Node, name: &str) -> u64 {
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-fn media_count(events: &[ClientEvent]) -> usize {
-    events
-        .iter()
-        .filter(|e| matches!(e, ClientEvent::Media(_)))
-        .count()
-}
-
-fn has_status(events: &[ClientEvent], code: &str) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, ClientEvent::Status { code: c, .. } if c == code))
 }
 
 #[test]
@@ -211,25 +198,6 @@ fn a_hundred_players_on_one_node_cost_the_owner_one_relay_stream() {
         received < ingest * 3 / 2,
         "B took {received} bytes from NATS for {ingest} bytes published"
     );
-}
-
-/// Samples a player's media count every 20 ms for `how_long`; returns the
-/// longest time the count stood still.
-fn longest_stall(player: &LibPlayer, how_long: Duration) -> Duration {
-    let end = Instant::now() + how_long;
-    let mut last_change = Instant::now();
-    let mut last = media_count(&player.events.lock().unwrap());
-    let mut worst = Duration::ZERO;
-    while Instant::now() < end {
-        thread::sleep(Duration::from_millis(20));
-        let n = media_count(&player.events.lock().unwrap());
-        if n != last {
-            worst = worst.max(last_change.elapsed());
-            last = n;
-            last_change = Instant::now();
-        }
-    }
-    worst.max(last_change.elapsed())
 }
 
 #[test]

@@ -174,7 +174,9 @@ fn every_play_through_the_round_robin_name_works_on_more_than_one_node() {
     }
     assert_eq!(firsts.len(), 3, "the order never rotates: {firsts:?}");
 
-    let url = format!("rtmp://{NAME}/live/round-robin");
+    // The shipped config asks for a stream key: the one `up` made.
+    let key = std::fs::read_to_string(cluster.state.join("secrets/stream-keys")).unwrap();
+    let url = format!("rtmp://{NAME}/{}", key.lines().next().unwrap());
     let publisher = Proc::spawn(
         "ffmpeg",
         cluster

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    check_recording, ffmpeg_player, get, publish, self_signed, temp_file, wait_live, LibPlayer,
-    Node, Proc,
+    auth_service, check_recording, ffmpeg_player, get, publish, self_signed, temp_file, wait_live,
+    LibPlayer, Node, Proc,
 };
 
 #[test]
@@ -862,64 +862,6 @@ fn a_draining_node_asks_capable_encoders_to_reconnect() {
         .unwrap()
         .contains("asked 1 encoders to reconnect"));
     assert!(plain.wait(Duration::from_secs(10)).is_err());
-}
-
-/// A tiny HTTP auth service on a free port: `good*` streams get 200, `slow*`
-/// no answer for 3 s, anything else 403 with a reason. Records the bodies.
-fn auth_service() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let sink = sink.clone();
-            thread::spawn(move || {
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                let body = loop {
-                    let n = conn.read(&mut buf).unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&req).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break body.to_owned();
-                        }
-                    }
-                };
-                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-                let stream = v["stream"].as_str().unwrap_or("").to_owned();
-                sink.lock().unwrap().push(v);
-                let reply = if stream.starts_with("good") {
-                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
-                } else if stream.starts_with("slow") {
-                    thread::sleep(Duration::from_secs(3));
-                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
-                } else {
-                    let reason = "stream not on the list";
-                    format!(
-                        "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\n\r\n{reason}",
-                        reason.len()
-                    )
-                };
-                let _ = conn.write_all(reply.as_bytes());
-            });
-        }
-    });
-    (addr, seen)
 }
 
 #[test]

@@ -642,8 +642,18 @@ fn in_a_cluster_only_the_owner_pushes_and_a_failover_pushes_again_from_the_new_o
 
     a.child.kill().unwrap(); // SIGKILL: A's sockets close with it.
     drop(first);
-    // The encoder re-publishes to B at once: B's claim waits for the
-    // registry to find A gone, and A's push died with A.
+    // The encoder comes back, to B, only after A's registry entry expired
+    // (an encoder's reconnect delay, or a slow machine): the API target is
+    // kept apart from the entry and outlives it. A's push died with A.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = get(b.http, "/api/streams?scope=cluster");
+        if body.contains("\"streams\":[]") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A's entry never expired: {body}");
+        thread::sleep(Duration::from_millis(50));
+    }
     let second = publish(&b.url("cam"), 60);
     wait_pushes(&b, "live/cam", "B pushes after the failover", |l| {
         l[0]["state"] == "live"

@@ -564,3 +564,74 @@ fn a_signed_token_in_the_stream_id_admits_a_publish_and_a_wrong_one_is_refused()
     check_recording(&file, 50);
     publisher.wait(Duration::from_secs(30)).unwrap();
 }
+
+#[test]
+fn the_webhook_is_asked_for_srt_publishes_and_plays_and_its_no_refuses_them() {
+    let (service, seen) = common::auth_service();
+    let node = srt_node(
+        "srt-webhook.toml",
+        &format!(
+            "[auth]\nwebhook_url = \"http://{service}/on_srt\"\nwebhook_timeout_ms = 1000\nwebhook_on_play = true\n"
+        ),
+        &[],
+    );
+    // The service refuses what is not `good*`, and does not answer for
+    // `slow*` in time: both publishes are cut.
+    for refused in ["bad", "slow"] {
+        let p = publish_srt(&node, &format!("#!::r=live/{refused},m=publish"), "", 2);
+        assert!(
+            p.wait(Duration::from_secs(20)).is_err(),
+            "{refused} published over SRT"
+        );
+    }
+    wait_log(&node, "publish refused: stream not on the list");
+    wait_log(
+        &node,
+        "publish refused: the auth service did not answer in time",
+    );
+    let publisher = publish_srt(&node, "#!::r=live/good,m=publish,session=42", "", 8);
+    wait_published(&node, "good");
+    // A play over SRT is asked too: allowed for `good`, refused for
+    // `bad-play` before any lookup of the stream.
+    let file = temp_file("srt-webhook-play.ts");
+    ffmpeg_player(
+        &format!(
+            "srt://{}?streamid=#!::r=live/good,m=request",
+            node.srt.unwrap()
+        ),
+        &file,
+        Some(3),
+    )
+    .wait(Duration::from_secs(30))
+    .unwrap();
+    check_recording(&file, 50);
+    let refused_play = temp_file("srt-webhook-refused.ts");
+    assert!(ffmpeg_player(
+        &format!(
+            "srt://{}?streamid=#!::r=live/bad-play,m=request",
+            node.srt.unwrap()
+        ),
+        &refused_play,
+        Some(2),
+    )
+    .wait(Duration::from_secs(20))
+    .is_err());
+    wait_log(&node, "play refused: stream not on the list");
+    publisher.wait(Duration::from_secs(30)).unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let asked = |action: &str, stream: &str| {
+        seen.iter()
+            .find(|v| v["action"] == action && v["stream"] == stream)
+            .unwrap_or_else(|| panic!("{action} {stream} not asked: {seen:?}"))
+            .clone()
+    };
+    let good = asked("publish", "good");
+    assert_eq!(good["app"], "live");
+    assert_eq!(good["query"], "session=42");
+    assert_eq!(good["client_ip"], "127.0.0.1");
+    asked("publish", "bad");
+    asked("play", "good");
+    asked("play", "bad-play");
+    assert!(metric_sum(&node, "tributary_auth_refused_total", "webhook") >= 2);
+}

@@ -83,6 +83,13 @@ pub struct Cli {
     /// frames came later than this (ms; default 1000).
     #[arg(long)]
     pub hold_latency_ms: Option<f64>,
+    /// RTMP publishers that lose their connection (or are ended by the
+    /// server) connect again after this many ms and go on with their stream,
+    /// as an encoder's reconnect loop does; what fell due while away is not
+    /// sent (they resume at the next keyframe), so players count it missing.
+    /// The report gives each absence. Default: no reconnect.
+    #[arg(long, value_name = "MS")]
+    pub reconnect_ms: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -133,6 +140,7 @@ pub struct Scenario {
     pub setup_timeout: Option<f64>,
     pub first_frame_timeout: Option<f64>,
     pub hold_latency_ms: Option<f64>,
+    pub reconnect_ms: Option<u64>,
     pub threads: Option<usize>,
 }
 
@@ -169,6 +177,8 @@ pub struct LoadPlan {
     pub setup_timeout: Duration,
     pub first_frame_timeout: Duration,
     pub hold_latency_ms: f64,
+    /// Publishers reconnect after this when their connection is lost.
+    pub reconnect: Option<Duration>,
     pub threads: usize,
     pub json: Option<PathBuf>,
     pub chart: Option<PathBuf>,
@@ -328,6 +338,11 @@ impl LoadPlan {
             )?
             .as_secs_f64()
                 * 1000.0,
+            reconnect: match cli.reconnect_ms.or(sc.reconnect_ms) {
+                Some(ms) if ms > 60_000 => bail!("--reconnect-ms {ms}: at most 60000"),
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => None,
+            },
             threads,
             json: cli.json,
             chart: cli.chart,

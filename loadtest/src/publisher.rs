@@ -3,6 +3,9 @@
 //! message timestamp against a monotonic clock), looped with timestamps
 //! continued, every AVC frame stamped with [`crate::clock_sei`]. Stops
 //! sending at the run's stop time and closes the stream the way ffmpeg does.
+//! With a reconnect delay, a publisher whose connection is lost connects
+//! again and goes on with its stream's clock, as an encoder's reconnect
+//! loop does.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +32,10 @@ pub struct PublisherSpec {
     pub setup_deadline: Instant,
     pub stop_at: Instant,
     pub stats: Arc<RunStats>,
+    /// Connect again this long after the connection is lost (None: stop).
+    pub reconnect: Option<Duration>,
+    /// How long each reconnect may take to publish again.
+    pub setup_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -43,6 +50,17 @@ pub struct PublisherOutcome {
     /// Worst lateness of a message against its timestamp (ms): a publisher
     /// the server (or this machine) could not keep up with.
     pub max_lag_ms: u64,
+    /// With reconnects: each time the stream was away, from the lost
+    /// connection to publishing again (ms), and why it was lost.
+    pub absences: Vec<(u64, String)>,
+}
+
+/// Where a publisher is in its stream: kept across reconnects.
+struct Position {
+    started: Instant,
+    next: usize,
+    loop_base_ms: u64,
+    sequence: u64,
 }
 
 pub fn wall_clock_us() -> u64 {
@@ -58,39 +76,69 @@ pub async fn run_publisher(spec: PublisherSpec) -> PublisherOutcome {
         ..Default::default()
     };
     let live = &spec.stats.live;
-    let conn = RtmpConnection::open(
-        &spec.target,
-        Role::Publish,
-        &spec.key,
-        spec.index as u64 * 2 + 1,
-        spec.setup_deadline,
-    )
-    .await;
-    let mut conn = match conn {
-        Ok(c) => c,
-        Err(reason) => {
-            LiveCounters::add(&live.publishers_failed, 1);
-            outcome.failure = Some(reason);
-            return outcome;
-        }
+    let mut position = Position {
+        started: Instant::now(),
+        next: 0,
+        loop_base_ms: 0,
+        sequence: 0,
     };
-    outcome.connected = true;
-    LiveCounters::add(&live.publishers_live, 1);
-    if let Err(reason) = publish(&spec, &mut conn, &mut outcome).await {
-        LiveCounters::add(&live.publishers_failed, 1);
-        outcome.failure = Some(reason);
-    } else {
-        conn.close(CLOSE_LINGER).await;
+    let mut deadline = spec.setup_deadline;
+    // Set while away: when the connection was lost, and why.
+    let mut lost: Option<(Instant, String)> = None;
+    loop {
+        let conn = RtmpConnection::open(
+            &spec.target,
+            Role::Publish,
+            &spec.key,
+            spec.index as u64 * 2 + 1,
+            deadline,
+        )
+        .await;
+        let failure = match conn {
+            Err(reason) => reason,
+            Ok(mut conn) => {
+                if let Some((at, why)) = lost.take() {
+                    outcome
+                        .absences
+                        .push((at.elapsed().as_millis() as u64, why));
+                }
+                outcome.connected = true;
+                LiveCounters::add(&live.publishers_live, 1);
+                let sent = publish(&spec, &mut conn, &mut outcome, &mut position).await;
+                live.publishers_live
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                match sent {
+                    Ok(()) => {
+                        conn.close(CLOSE_LINGER).await;
+                        return outcome;
+                    }
+                    Err(reason) => reason,
+                }
+            }
+        };
+        let retry = spec.reconnect.filter(|_| outcome.connected);
+        let Some(delay) = retry.filter(|d| Instant::now() + *d < spec.stop_at) else {
+            if let Some((at, why)) = lost.take() {
+                outcome.absences.push((
+                    at.elapsed().as_millis() as u64,
+                    format!("{why}; never back"),
+                ));
+            }
+            LiveCounters::add(&live.publishers_failed, 1);
+            outcome.failure = Some(failure);
+            return outcome;
+        };
+        lost.get_or_insert((Instant::now(), failure));
+        tokio::time::sleep(delay).await;
+        deadline = (Instant::now() + spec.setup_timeout).min(spec.stop_at);
     }
-    live.publishers_live
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    outcome
 }
 
 async fn publish(
     spec: &PublisherSpec,
     conn: &mut RtmpConnection,
     outcome: &mut PublisherOutcome,
+    position: &mut Position,
 ) -> Result<(), String> {
     let source = &spec.source;
     let live = &spec.stats.live;
@@ -106,28 +154,56 @@ async fn publish(
     }
     // Whatever the server sent after Publish.Start (onBWDone...).
     conn.feed(|_| true).map_err(|e| protocol_reason(&e))?;
-    let started = Instant::now();
+    let Position {
+        started,
+        next,
+        loop_base_ms,
+        sequence,
+    } = position;
+    let started = *started;
     let mut arena = BytesMut::new();
-    let mut next = 0usize;
-    let mut loop_base_ms = 0u64;
-    let mut sequence = 0u64;
     let mut scratch = [0u8; 4096];
+    // Back after an absence: what fell due meanwhile is gone (its video
+    // frames keep their sequence numbers, so players count them missing);
+    // the stream resumes at the next keyframe.
+    if *next > 0 || *loop_base_ms > 0 {
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let mut skipping = true;
+        while skipping {
+            let m = &source.body[*next];
+            let due = *loop_base_ms + u64::from(m.timestamp) <= elapsed_ms;
+            let key = m.type_id == MessageType::VIDEO
+                && tributary::protocol::media::classify_video(&m.payload).is_ok_and(|v| v.keyframe);
+            if key && !due {
+                skipping = false;
+            } else {
+                if m.type_id == MessageType::VIDEO {
+                    *sequence += 1;
+                }
+                *next += 1;
+                if *next == source.body.len() {
+                    *next = 0;
+                    *loop_base_ms += u64::from(source.loop_ms);
+                }
+            }
+        }
+    }
     loop {
         let now = Instant::now();
         let elapsed_ms = (now - started).as_millis() as u64;
         let mut frames = 0u64;
         // Everything due by now, unless the run is over.
         while Instant::now() < spec.stop_at {
-            let m = &source.body[next];
-            let ts = loop_base_ms + u64::from(m.timestamp);
+            let m = &source.body[*next];
+            let ts = *loop_base_ms + u64::from(m.timestamp);
             if ts > elapsed_ms {
                 break;
             }
             outcome.max_lag_ms = outcome.max_lag_ms.max(elapsed_ms - ts);
             let payload = if m.type_id == MessageType::VIDEO {
-                match clock_sei::stamp(&mut arena, &m.payload, sequence, wall_clock_us()) {
+                match clock_sei::stamp(&mut arena, &m.payload, *sequence, wall_clock_us()) {
                     Some(p) => {
-                        sequence += 1;
+                        *sequence += 1;
                         p
                     }
                     None => m.payload.clone(),
@@ -139,23 +215,23 @@ async fn publish(
                 .send_media(m.type_id, ts as u32, payload)
                 .map_err(|e| protocol_reason(&e))?;
             frames += 1;
-            next += 1;
-            if next == source.body.len() {
-                next = 0;
-                loop_base_ms += u64::from(source.loop_ms);
+            *next += 1;
+            if *next == source.body.len() {
+                *next = 0;
+                *loop_base_ms += u64::from(source.loop_ms);
             }
         }
         let n = conn.flush().await.map_err(|e| io_reason("write", &e))? as u64;
         outcome.bytes_sent += n;
         outcome.frames_sent += frames;
-        outcome.video_frames_sent = sequence;
+        outcome.video_frames_sent = *sequence;
         LiveCounters::add(&live.bytes_out, n);
         LiveCounters::add(&live.frames_out, frames);
         if Instant::now() >= spec.stop_at {
             return Ok(());
         }
-        let due =
-            started + Duration::from_millis(loop_base_ms + u64::from(source.body[next].timestamp));
+        let due = started
+            + Duration::from_millis(*loop_base_ms + u64::from(source.body[*next].timestamp));
         // Meanwhile, answer the server (acknowledgements, pings) and notice
         // if it ends our stream.
         tokio::select! {

@@ -43,6 +43,16 @@ pub struct PublisherTotals {
     /// Worst lateness of any publisher against its stream's clock.
     pub max_lag_ms: u64,
     pub failures: BTreeMap<String, u64>,
+    /// With --reconnect-ms: every time a stream's publisher was away.
+    pub absences: Vec<Absence>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Absence {
+    pub key: String,
+    /// From the lost connection to publishing again (or to the run's end).
+    pub ms: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -188,6 +198,13 @@ pub fn build(r: RunResults) -> Report {
         if p.connected {
             sent_by_key.insert(&p.key, p.video_frames_sent);
         }
+        for (ms, reason) in &p.absences {
+            pubs.absences.push(Absence {
+                key: p.key.clone(),
+                ms: *ms,
+                reason: reason.clone(),
+            });
+        }
     }
     let mut players = PlayerTotals {
         requested: r.players.len() as u64,
@@ -303,6 +320,23 @@ pub fn table(r: &Report) -> String {
     );
     failures(&mut s, &p.failures);
     failures(&mut s, &m.failures);
+    if !p.absences.is_empty() {
+        let mut ms: Vec<u64> = p.absences.iter().map(|a| a.ms).collect();
+        ms.sort_unstable();
+        let never = p
+            .absences
+            .iter()
+            .filter(|a| a.reason.ends_with("never back"))
+            .count();
+        let _ = writeln!(
+            s,
+            "publishers away: {} times (reconnected), {} ms median, {} ms longest; {} never back",
+            ms.len(),
+            ms[ms.len() / 2],
+            ms[ms.len() - 1],
+            never
+        );
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,

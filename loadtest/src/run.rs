@@ -220,6 +220,8 @@ async fn start_connections(
             setup_deadline: (now + plan.setup_timeout).min(stop_at),
             stop_at,
             stats: stats.clone(),
+            reconnect: plan.reconnect,
+            setup_timeout: plan.setup_timeout,
         };
         publishers.push(if spec.target.url.srt {
             tokio::spawn(crate::srt::run_srt_publisher(spec))

@@ -64,15 +64,15 @@ impl Node {
     }
 
     fn start_with(extra: &[&str]) -> Node {
+        // A caller's own RTMP address (a restart on the same port) wins.
+        let rtmp = if extra.contains(&"--rtmp-listen") {
+            &[][..]
+        } else {
+            &["--rtmp-listen", "127.0.0.1:0"][..]
+        };
         let mut child = Command::new(node_binary())
-            .args([
-                "--rtmp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--shards",
-                "1",
-            ])
+            .args(rtmp)
+            .args(["--http-listen", "127.0.0.1:0", "--shards", "1"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -267,6 +267,57 @@ fn one_publisher_three_players_every_frame_accounted_for() {
     }
     assert!(r["duration_s"].as_f64().unwrap() >= 3.0);
     assert!(run.stdout.contains("players"), "{}", run.stdout);
+}
+
+#[test]
+fn a_reconnecting_publisher_comes_back_after_its_node_restarts_and_says_how_long_it_was_away() {
+    let mut node = Node::start();
+    let addr = node.addr;
+    let url = node.url();
+    let load = thread::spawn(move || {
+        run_load(
+            &[
+                "--url",
+                &url,
+                "--publishers",
+                "1",
+                "--players",
+                "0",
+                "--duration",
+                "8",
+                "--reconnect-ms",
+                "200",
+            ],
+            Duration::from_secs(30),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log.lock().unwrap().contains("publishing") {
+        assert!(Instant::now() < deadline, "never published");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SIGKILL, then a new node on the same port: the publisher's reconnects
+    // fail until it is up, then one succeeds.
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    thread::sleep(Duration::from_millis(500));
+    let back = Node::start_with(&["--rtmp-listen", &addr.to_string()]);
+    let run = load.join().unwrap();
+    let r = &run.report;
+    assert_eq!(n(r, "publishers.failed"), 0, "{}", run.stdout);
+    let absences = r["publishers"]["absences"].as_array().unwrap();
+    assert_eq!(absences.len(), 1, "{}", run.stdout);
+    let away = absences[0]["ms"].as_u64().unwrap();
+    assert!((500..5_000).contains(&away), "away {away} ms");
+    assert!(
+        run.stdout.contains("publishers away: 1 times"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        back.log.lock().unwrap().contains("publishing"),
+        "the publisher is back on the new node"
+    );
 }
 
 #[test]

@@ -25,7 +25,12 @@ pub(super) struct Metrics {
     refused: IntCounterVec,
     http_refused: IntCounterVec,
     viewers: IntGaugeVec,
+    /// Per stream of this node (published here or relayed here), filled
+    /// at each scrape from the directory: as many series as live streams.
+    stream_bitrate: IntGaugeVec,
+    stream_viewers: IntGaugeVec,
     hls_bytes: prometheus::IntGauge,
+    ready: prometheus::IntGauge,
     rtmpt_sessions: prometheus::IntGauge,
     srt_listener: IntCounterVec,
     limited: IntCounterVec,
@@ -290,11 +295,32 @@ impl Metrics {
             &["shard", "protocol"],
         )?;
         registry.register(Box::new(viewers.clone()))?;
+        let stream_bitrate = IntGaugeVec::new(
+            Opts::new(
+                "tributary_stream_bitrate_kbps",
+                "Bitrate of each stream on this node (origin: published here, or relayed from another node)",
+            ),
+            &["app", "stream", "origin"],
+        )?;
+        registry.register(Box::new(stream_bitrate.clone()))?;
+        let stream_viewers = IntGaugeVec::new(
+            Opts::new(
+                "tributary_stream_viewers",
+                "Players of each stream on this node, by protocol (times the stream's bitrate: its egress here)",
+            ),
+            &["app", "stream", "protocol"],
+        )?;
+        registry.register(Box::new(stream_viewers.clone()))?;
         let hls_bytes = prometheus::IntGauge::new(
             "tributary_hls_window_bytes",
             "Bytes of LL-HLS parts and segments held in memory, all streams",
         )?;
         registry.register(Box::new(hls_bytes.clone()))?;
+        let ready = prometheus::IntGauge::new(
+            "tributary_ready",
+            "1 while /readyz answers 200: not draining, and connected to NATS in a cluster",
+        )?;
+        registry.register(Box::new(ready.clone()))?;
         let rtmpt_sessions = prometheus::IntGauge::new(
             "tributary_rtmpt_sessions",
             "RTMPT and RTMPTS sessions open (RTMP tunnelled in HTTP)",
@@ -510,7 +536,10 @@ impl Metrics {
             refused,
             http_refused,
             viewers,
+            stream_bitrate,
+            stream_viewers,
             hls_bytes,
+            ready,
             rtmpt_sessions,
             srt_listener,
             limited,
@@ -644,6 +673,7 @@ impl Metrics {
             }
         }
         self.hls_bytes.set(state.hls.usage().1 as i64);
+        self.ready.set(i64::from(super::readiness(state).is_ok()));
         self.rtmpt_sessions.set(state.gate.tunnels() as i64);
         if let Some(c) = &state.srt {
             for (result, v) in [
@@ -655,6 +685,28 @@ impl Metrics {
                 let counter = self.srt_listener.with_label_values(&[result]);
                 counter.reset();
                 counter.inc_by(v.load(Ordering::Relaxed));
+            }
+        }
+        // Streams that ended since the last scrape leave with their series.
+        self.stream_bitrate.reset();
+        self.stream_viewers.reset();
+        let audience = state.gate.audience();
+        for l in state.directory.snapshot() {
+            let (app, name) = (l.key.app(), l.key.name());
+            let origin = if l.relayed { "relayed" } else { "local" };
+            self.stream_bitrate
+                .with_label_values(&[app, name, origin])
+                .set(i64::try_from(l.report.bitrate_kbps).unwrap_or(i64::MAX));
+            let v = audience.of(&l.key);
+            for (protocol, n) in [
+                ("rtmp", v.rtmp),
+                ("http-flv", v.http_flv),
+                ("ll-hls", v.ll_hls),
+                ("srt", v.srt),
+            ] {
+                self.stream_viewers
+                    .with_label_values(&[app, name, protocol])
+                    .set(i64::from(n));
             }
         }
         let mut out = Vec::new();

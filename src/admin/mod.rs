@@ -239,19 +239,26 @@ fn api_refusal(req: &hyper::Request<hyper::body::Incoming>, state: &AdminState) 
 
 /// `/readyz`: ready unless draining, or cut off from NATS in a cluster.
 fn readyz(state: &AdminState) -> Reply {
-    // A cluster node cut off from NATS can serve only its own
-    // streams: not ready, so health-checked DNS sends players elsewhere.
+    match readiness(state) {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+/// What `/readyz` answers (and `tributary_ready` shows): ready unless
+/// draining, or a cluster node cut off from NATS, which can serve only its
+/// own streams (not ready, so health-checked DNS sends players elsewhere).
+pub(crate) fn readiness(state: &AdminState) -> Result<(), &'static str> {
     let nats_down = state
         .cluster
         .as_ref()
         .is_some_and(|c| ClusterStats::get(&c.stats.connected) == 0);
-    let ready = state.ready.load(Ordering::Relaxed);
-    if nats_down && ready {
-        text(StatusCode::SERVICE_UNAVAILABLE, "not connected to NATS\n")
-    } else if ready {
-        text(StatusCode::OK, "ready\n")
+    if !state.ready.load(Ordering::Relaxed) {
+        Err("not ready\n")
+    } else if nats_down {
+        Err("not connected to NATS\n")
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+        Ok(())
     }
 }
 

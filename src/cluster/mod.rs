@@ -55,6 +55,9 @@ pub struct ClusterSettings {
     pub require_tls: bool,
     /// Registry entries of a node that stopped refreshing expire after this.
     pub registry_ttl: Duration,
+    /// API push targets of a stream whose owner was lost are kept this long
+    /// (the push-targets bucket's age limit).
+    pub push_targets_keep: Duration,
     /// JetStream replicas of the registry buckets (3 in a 3-server cluster).
     pub kv_replicas: usize,
     pub max_message_len: u32,

@@ -346,6 +346,7 @@ fn start_cluster(
         tls_ca_file: c.tls_ca_file.clone(),
         require_tls: c.require_tls,
         registry_ttl: Duration::from_millis(c.registry_ttl_ms),
+        push_targets_keep: Duration::from_millis(c.push_targets_keep_ms.max(c.registry_ttl_ms)),
         kv_replicas: c.kv_replicas,
         max_message_len: config.limits.max_message_len,
         max_snapshot_bytes: config.streams.gop_cache_max_bytes

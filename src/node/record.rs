@@ -697,7 +697,8 @@ impl Recorders {
 /// What `Recorders::start` answers for a stream not published on the shard.
 pub const RECORD_NOT_LIVE: &str = "the stream is not published on this node";
 
-/// Disk reserved ahead when a file opens (given back when it closes).
+/// The step by which a file's size (its blocks reserved) runs ahead of its
+/// content; what is not used is given back when it closes.
 const PREALLOCATE: u64 = 16 << 20;
 
 /// How often the packager task takes the messages the hub queued.
@@ -817,14 +818,28 @@ fn forward(
 /// (the kernel reads the fragments from our buffer: no copy into the page
 /// cache, which cost as much as the rest of recording together). Writes
 /// are whole blocks: the last, partial block is kept in `tail` and written
-/// again, zero-padded, with the next fragment; the file is cut to `pos` when
-/// it closes (and, after a crash, when the node starts).
+/// again, zero-padded, with the next fragment. The file's size runs ahead
+/// of its content (`reserved`); it is cut to `pos` when it closes (and,
+/// after a crash, to its last complete fragment when the node starts: a
+/// zero box header ends a scan, so a reader of the file before then reads
+/// every complete fragment and stops at the zeros).
 struct Open {
     file: DmaFile,
     tail: Vec<u8>,
     name: String,
-    /// The bytes of the file (past it, the last block's padding).
+    /// The bytes of the file (past it, the last block's padding, then
+    /// zeros up to `reserved`).
     pos: u64,
+    /// The file's size as `fallocate` set it: blocks reserved ahead of the
+    /// writes (0 where the filesystem cannot), so a write does not extend
+    /// the file (block allocation and a size update per write). On ext4
+    /// each write is still handed to an io_uring worker thread (its
+    /// timestamp update and the unwritten-extent conversion need the
+    /// journal, which io_uring's non-blocking first try may not wait for:
+    /// `scripts/bench-record --io-stat` counts them).
+    reserved: u64,
+    /// Cleared when `fallocate` fails: the file grows by its writes.
+    reserving: bool,
     init_len: u64,
     start_ms: u64,
     media_ms: f64,
@@ -867,13 +882,13 @@ async fn write(
                             tail: Vec::new(),
                             name,
                             pos: 0,
+                            reserved: 0,
+                            reserving: true,
                             init_len: init.len() as u64,
                             start_ms,
                             media_ms: 0.0,
                         };
-                        // Blocks ahead of the writes (the file's size stays
-                        // its content's): fewer allocations on the way.
-                        let _ = o.file.pre_allocate(PREALLOCATE, true).await;
+                        reserve(&mut o, 1).await;
                         let written = append(&mut o, &[init], &library).await;
                         *rec.file.borrow_mut() = Some(o.name.clone());
                         open = Some(o);
@@ -985,6 +1000,22 @@ async fn create(
     Err(std::io::Error::other("no free file name"))
 }
 
+/// Makes the file's size (its reserved blocks) reach past `end`, by
+/// `PREALLOCATE` at a time. Where `fallocate` fails (a filesystem without
+/// it, a disk too full for a whole step) the writes extend the file
+/// themselves: slower, never wrong.
+async fn reserve(o: &mut Open, end: u64) {
+    if !o.reserving || end <= o.reserved {
+        return;
+    }
+    let want = end.div_ceil(PREALLOCATE) * PREALLOCATE;
+    if o.file.pre_allocate(want, false).await.is_ok() {
+        o.reserved = want;
+    } else {
+        o.reserving = false;
+    }
+}
+
 /// Appends `bytes` as one write of whole blocks from the start of the
 /// last partial one (a fragment is never split over writes).
 async fn append(o: &mut Open, bytes: &[bytes::Bytes], library: &Library) -> std::io::Result<()> {
@@ -994,6 +1025,7 @@ async fn append(o: &mut Open, bytes: &[bytes::Bytes], library: &Library) -> std:
     let from = o.pos - o.tail.len() as u64;
     let data = o.tail.len() + len;
     let size = data.div_ceil(align) * align;
+    reserve(o, from + size as u64).await;
     let mut buf = o.file.alloc_dma_buffer(size);
     let b = buf.as_bytes_mut();
     let mut at = o.tail.len();

@@ -308,16 +308,24 @@ impl Node {
     }
 
     pub fn start_with(shards: usize, extra: &[&str]) -> Node {
+        let shards = shards.to_string();
+        let mut args = vec![
+            "--rtmp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--shards",
+            &shards,
+        ];
+        args.extend_from_slice(extra);
+        Self::start_exact(&args)
+    }
+
+    /// The node with exactly these arguments (it must log an RTMP and an
+    /// HTTP address, as every node does).
+    pub fn start_exact(args: &[&str]) -> Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tributary"))
-            .args([
-                "--rtmp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--shards",
-                &shards.to_string(),
-            ])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -412,6 +420,42 @@ impl Drop for Node {
 /// A plain HTTP GET against the admin server: (status line, body).
 pub fn get(addr: SocketAddr, path: &str) -> (String, String) {
     http(addr, "GET", path, None)
+}
+
+/// How many media messages a player has seen.
+pub fn media_count(events: &[tributary::protocol::client::ClientEvent]) -> usize {
+    use tributary::protocol::client::ClientEvent;
+    events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Media(_)))
+        .count()
+}
+
+/// Whether a player was sent the onStatus `code`.
+pub fn has_status(events: &[tributary::protocol::client::ClientEvent], code: &str) -> bool {
+    use tributary::protocol::client::ClientEvent;
+    events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Status { code: c, .. } if c == code))
+}
+
+/// Samples a player's media count every 20 ms for `how_long`; returns the
+/// longest time the count stood still.
+pub fn longest_stall(player: &LibPlayer, how_long: Duration) -> Duration {
+    let end = Instant::now() + how_long;
+    let mut last_change = Instant::now();
+    let mut last = media_count(&player.events.lock().unwrap());
+    let mut worst = Duration::ZERO;
+    while Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+        let n = media_count(&player.events.lock().unwrap());
+        if n != last {
+            worst = worst.max(last_change.elapsed());
+            last = n;
+            last_change = Instant::now();
+        }
+    }
+    worst.max(last_change.elapsed())
 }
 
 /// A library RTMP player on its own thread, recording every event.
@@ -888,4 +932,62 @@ pub fn write_config(name: &str, text: &str) -> PathBuf {
     let path = temp_file(name);
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A tiny HTTP auth service on a free port: `good*` streams get 200, `slow*`
+/// no answer for 3 s, anything else 403 with a reason. Records the bodies.
+pub fn auth_service() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let sink = sink.clone();
+            thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    let n = conn.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_owned();
+                        }
+                    }
+                };
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let stream = v["stream"].as_str().unwrap_or("").to_owned();
+                sink.lock().unwrap().push(v);
+                let reply = if stream.starts_with("good") {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                } else if stream.starts_with("slow") {
+                    thread::sleep(Duration::from_secs(3));
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_owned()
+                } else {
+                    let reason = "stream not on the list";
+                    format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\n\r\n{reason}",
+                        reason.len()
+                    )
+                };
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    (addr, seen)
 }

@@ -87,6 +87,13 @@ impl Bus {
         }
     }
 
+    /// `key`'s value in `bucket` reaches the bucket's age limit.
+    pub(super) fn expire(&self, bucket: &str, key: &str) {
+        if let Some(b) = self.buckets.borrow().get(bucket) {
+            b.borrow_mut().values.remove(key);
+        }
+    }
+
     /// `key`'s value in `bucket`, as the test sees it.
     pub(super) fn value(&self, bucket: &str, key: &str) -> Option<(Bytes, u64)> {
         let b = self.buckets.borrow().get(bucket).cloned()?;

@@ -44,6 +44,13 @@ const NODES_BUCKET: &str = "tributary_nodes";
 /// Each node's finished recording files of each stream
 /// (`NODE.STREAM`, both as `wire::token`s); kept until deleted.
 const RECORDINGS_BUCKET: &str = "tributary_recordings";
+/// Each stream's push targets added over the API (a JSON list of URLs),
+/// written by its owner at every change and refresh: they outlive the
+/// stream's entry by `[cluster] push_targets_keep_ms`, so an owner lost
+/// without a goodbye hands them to the next one.
+const PUSHES_BUCKET: &str = "tributary_push_targets";
+/// How long a publish waits to read the push targets an earlier owner kept.
+const PUSHES_READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// The most one index entry holds; past it, the oldest files are left out.
 const MAX_INDEX_ENTRY: usize = 256 * 1024;
 /// An attachment not renewed for this long ends the export to that node.
@@ -89,6 +96,10 @@ struct Owned {
     subject: String,
     /// Which claim made this entry (see `claim`).
     claim: u64,
+    /// The API push targets went to their bucket since the last refresh
+    /// that found none: the next such refresh writes the empty list again,
+    /// in case two writes of a quick change landed out of order.
+    pushes_kept: bool,
 }
 
 /// A remote stream relayed to a shard here (starting or running).
@@ -122,6 +133,7 @@ struct Control<N: Nats> {
     streams_kv: RefCell<Option<N::Kv>>,
     nodes_kv: RefCell<Option<N::Kv>>,
     recordings_kv: RefCell<Option<N::Kv>>,
+    pushes_kv: RefCell<Option<N::Kv>>,
     /// The recordings' object store (`record.store = "nats"`), once open.
     objects: RefCell<Option<N::Objects>>,
     /// Copies to the object store: what is queued and done.
@@ -145,17 +157,68 @@ struct Control<N: Nats> {
     started_ms: u64,
 }
 
+/// Tries of each server (by URL) since the client last connected.
+type Tries = HashMap<String, usize>;
+
+/// The server a (re)connect tries next: of those tried the fewest times,
+/// a named one (the config's list) before one a server advertised, at
+/// random among equals. A try counts as the client's own failure count or
+/// ours, whichever is more: a name that no longer resolves fails without
+/// the client counting it. Advertised servers are addresses: a lost
+/// server's address (a container's or a pod's, gone with it) costs a whole
+/// connection timeout per try, where its name fails at once. They are
+/// still tried once the names have been, so a node that names one server
+/// of a cluster moves to the others when it is lost.
+fn next_server(
+    pool: &[async_nats::Server],
+    tries: &mut Tries,
+) -> Option<async_nats::ReconnectToServer> {
+    let rank = |s: &async_nats::Server, tries: &Tries| {
+        let ours = tries.get(s.addr.as_url_str()).copied().unwrap_or(0);
+        (s.failed_attempts.max(ours), s.is_discovered)
+    };
+    let best = pool.iter().map(|s| rank(s, tries)).min()?;
+    let equals: Vec<_> = pool.iter().filter(|s| rank(s, tries) == best).collect();
+    let pick = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish() as usize
+    };
+    let chosen = equals[pick % equals.len()];
+    *tries
+        .entry(chosen.addr.as_url_str().to_owned())
+        .or_insert(0) += 1;
+    Some(async_nats::ReconnectToServer {
+        addr: chosen.addr.clone(),
+        // The reconnect delay callback's.
+        delay: None,
+    })
+}
+
 async fn connect(s: &ClusterSettings, events: mpsc::Sender<Event>) -> Result<Client, ClusterError> {
+    let picked = Arc::new(std::sync::Mutex::new(Tries::new()));
+    let connected = picked.clone();
     let mut opts = ConnectOptions::new()
         .name(format!("tributary {}", s.node_id))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(OP_TIMEOUT)
+        // Which server next: see `next_server`.
+        .reconnect_to_server_callback(move |pool, _| {
+            let mut tries = picked.lock().unwrap_or_else(|e| e.into_inner());
+            std::future::ready(next_server(&pool, &mut tries))
+        })
         .request_timeout(Some(OP_TIMEOUT))
+        // The first try at once (the next server of the list), then 100 ms
+        // more per try, at most 2 s.
         .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((100 * attempts as u64).min(2000))
+            Duration::from_millis((100 * attempts.saturating_sub(1) as u64).min(2000))
         })
         .event_callback(move |event| {
+            if matches!(event, Event::Connected) {
+                connected.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
             let events = events.clone();
             async move {
                 let _ = events.try_send(event);
@@ -237,6 +300,7 @@ impl<N: Nats> Control<N> {
             streams_kv: RefCell::new(None),
             nodes_kv: RefCell::new(None),
             recordings_kv: RefCell::new(None),
+            pushes_kv: RefCell::new(None),
             objects: RefCell::new(None),
             store: store::StoreState::default(),
             shards,
@@ -362,6 +426,7 @@ impl<N: Nats> Control<N> {
                 *self.streams_kv.borrow_mut() = None;
                 *self.nodes_kv.borrow_mut() = None;
                 *self.recordings_kv.borrow_mut() = None;
+                *self.pushes_kv.borrow_mut() = None;
                 *self.objects.borrow_mut() = None;
                 if let Some(r) = &self.s.recordings {
                     r.mark_all();
@@ -386,16 +451,14 @@ impl<N: Nats> Control<N> {
 
     /// Opens the registry buckets, creating them if missing.
     async fn ensure_buckets(&self) -> Result<(), RegistryError> {
-        for (bucket, slot) in [
-            (STREAMS_BUCKET, &self.streams_kv),
-            (NODES_BUCKET, &self.nodes_kv),
+        for (bucket, slot, max_age) in [
+            (STREAMS_BUCKET, &self.streams_kv, self.s.registry_ttl),
+            (NODES_BUCKET, &self.nodes_kv, self.s.registry_ttl),
         ] {
             if slot.borrow().is_some() {
                 continue;
             }
-            let open = self
-                .client
-                .open_bucket(bucket, self.s.registry_ttl, self.s.kv_replicas);
+            let open = self.client.open_bucket(bucket, max_age, self.s.kv_replicas);
             let store = tokio::time::timeout(OP_TIMEOUT, open)
                 .await
                 .map_err(|_| RegistryError::Timeout("opening a registry bucket"))?
@@ -412,6 +475,20 @@ impl<N: Nats> Control<N> {
                 .map_err(|_| RegistryError::Timeout("opening the recordings index"))?
                 .map_err(RegistryError::nats)?;
             *self.recordings_kv.borrow_mut() = Some(store);
+        }
+        if self.pushes_kv.borrow().is_none() {
+            // Not needed to publish or play: a failure here is tried again
+            // at the next tick and holds nothing else up.
+            let open = self.client.open_bucket(
+                PUSHES_BUCKET,
+                self.s.push_targets_keep,
+                self.s.kv_replicas,
+            );
+            match tokio::time::timeout(OP_TIMEOUT, open).await {
+                Ok(Ok(store)) => *self.pushes_kv.borrow_mut() = Some(store),
+                Ok(Err(e)) => tracing::debug!("push targets bucket: {e}"),
+                Err(_) => tracing::debug!("push targets bucket: opening it timed out"),
+            }
         }
         Ok(())
     }
@@ -461,10 +538,16 @@ impl<N: Nats> Control<N> {
                 }
             }
             Request::Pushes { key, shard, urls } => {
-                if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
-                    if o.shard == shard {
-                        o.registration.pushes = urls;
+                let ours = match self.owned.borrow_mut().get_mut(&key) {
+                    Some(o) if o.shard == shard => {
+                        o.registration.pushes = urls.clone();
+                        o.pushes_kept = true;
+                        true
                     }
+                    _ => false,
+                };
+                if ours {
+                    self.spawn_keep_pushes(&key, &urls);
                 }
             }
             Request::Release { key } => {

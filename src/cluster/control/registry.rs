@@ -26,6 +26,55 @@ impl<N: Nats> Control<N> {
         }))
     }
 
+    /// The write of `key`'s API push targets to their bucket (none: an
+    /// empty list, which reads as none and expires with the rest), if the
+    /// bucket is open.
+    fn write_pushes(
+        &self,
+        key: &StreamKey,
+        urls: &[String],
+    ) -> Option<impl std::future::Future<Output = ()> + 'static> {
+        let kv = self.pushes_kv.borrow().clone()?;
+        count(&self.stats.registry_ops);
+        let token = wire::token(key);
+        let value = Bytes::from(serde_json::to_vec(urls).unwrap_or_default());
+        Some(async move {
+            match tokio::time::timeout(OP_TIMEOUT, kv.put(&token, value)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!("push targets not kept: {e:?}"),
+                Err(_) => tracing::debug!("push targets not kept: timed out"),
+            }
+        })
+    }
+
+    /// Writes `key`'s API push targets and waits for the write.
+    pub(super) async fn keep_pushes(&self, key: &StreamKey, urls: &[String]) {
+        if let Some(write) = self.write_pushes(key, urls) {
+            write.await;
+        }
+    }
+
+    /// Writes `key`'s API push targets without waiting.
+    pub(super) fn spawn_keep_pushes(&self, key: &StreamKey, urls: &[String]) {
+        if let Some(write) = self.write_pushes(key, urls) {
+            tokio::task::spawn_local(write);
+        }
+    }
+
+    /// The API push targets kept for `key` by an earlier owner.
+    async fn kept_pushes(&self, key: &StreamKey) -> Vec<String> {
+        let Some(kv) = self.pushes_kv.borrow().clone() else {
+            return Vec::new();
+        };
+        count(&self.stats.registry_ops);
+        // A publish waits for this: not long (the stream's entry, read
+        // next, may still hold them).
+        match tokio::time::timeout(PUSHES_READ_TIMEOUT, kv.entry(&wire::token(key))).await {
+            Ok(Ok(Some(e))) => serde_json::from_slice(&e.value).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether the node named in a registry entry still answers.
     pub(super) async fn alive(&self, node: &str) -> bool {
         let subject = format!("trib.ping.{}", wire::token(node));
@@ -82,12 +131,25 @@ impl<N: Nats> Control<N> {
                     exporting: false,
                     subject,
                     claim,
+                    pushes_kept: false,
                 },
             );
             // A local takeover keeps the attachments: the new shard exports.
             if let (Some(prev), Some(o)) = (previous, owned.get_mut(key)) {
                 o.attached = prev.attached;
                 o.exporting = !o.attached.is_empty();
+            }
+        }
+        // An owner lost without a goodbye left its API push targets behind
+        // (its entry may have expired since): they go on with the stream.
+        // (Read here, after the entry is in `owned`, for the reason above.)
+        let mut registration = registration;
+        registration.pushes = self.kept_pushes(key).await;
+        if !registration.pushes.is_empty() {
+            if let Some(o) = self.owned.borrow_mut().get_mut(key) {
+                if o.claim == claim {
+                    o.registration.pushes = registration.pushes.clone();
+                }
             }
         }
         let result = self.register(key, &registration, takeover).await;
@@ -252,11 +314,18 @@ impl<N: Nats> Control<N> {
             }
             if let (Some(rev), Some(kv), true) = (o.revision, c.streams_kv(), c.connected()) {
                 count(&c.stats.registry_ops);
-                let _ = tokio::time::timeout(
+                let deleted = tokio::time::timeout(
                     OP_TIMEOUT,
                     kv.delete_expect_revision(&wire::token(&key), rev),
                 )
                 .await;
+                // A goodbye: the stream's API push targets end with it
+                // (unless another node owns the entry now).
+                if matches!(deleted, Ok(Ok(_)))
+                    && (!o.registration.pushes.is_empty() || o.pushes_kept)
+                {
+                    c.keep_pushes(&key, &[]).await;
+                }
             }
             c.pending.set(c.pending.get() - 1);
         });
@@ -392,16 +461,19 @@ impl<N: Nats> Control<N> {
     /// made while NATS was away, fences the ones another node took, and
     /// writes this node's heartbeat.
     pub(super) async fn refresh(&self) {
-        let owned: Vec<(StreamKey, Registration, Option<u64>, usize)> = self
+        let owned: Vec<(StreamKey, Registration, Option<u64>, usize, bool)> = self
             .owned
             .borrow()
             .iter()
-            .map(|(k, o)| (k.clone(), o.registration.clone(), o.revision, o.shard))
+            .map(|(k, o)| {
+                let kept = o.pushes_kept;
+                (k.clone(), o.registration.clone(), o.revision, o.shard, kept)
+            })
             .collect();
         let Some(kv) = self.streams_kv() else {
             return;
         };
-        for (key, reg, revision, shard) in owned {
+        for (key, reg, revision, shard, pushes_kept) in owned {
             let token = wire::token(&key);
             let value = Self::registration_value(&reg);
             count(&self.stats.registry_ops);
@@ -424,6 +496,20 @@ impl<N: Nats> Control<N> {
                     if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
                         if o.shard == shard {
                             o.revision = Some(rev);
+                        }
+                    }
+                    // Still ours: its API push targets live on with it
+                    // (and none, once, after a change to none).
+                    // Not waited for: a slow bucket must not hold up the
+                    // refreshes of the entries.
+                    if !reg.pushes.is_empty() {
+                        self.spawn_keep_pushes(&key, &reg.pushes);
+                    } else if pushes_kept {
+                        self.spawn_keep_pushes(&key, &[]);
+                        if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
+                            if o.shard == shard && o.registration.pushes.is_empty() {
+                                o.pushes_kept = false;
+                            }
                         }
                     }
                 }

@@ -23,6 +23,7 @@ fn settings(node: &str) -> ClusterSettings {
         tls_ca_file: String::new(),
         require_tls: false,
         registry_ttl: Duration::from_secs(6),
+        push_targets_keep: Duration::from_secs(60),
         kv_replicas: 1,
         max_message_len: 1 << 20,
         max_snapshot_bytes: 1 << 20,
@@ -134,26 +135,35 @@ fn a_free_key_is_registered_and_a_live_owner_keeps_it() {
     });
 }
 
+/// Nodes A and B on one bus; A owns `live/one`, with a push target added
+/// over the API.
+async fn owner_with_api_targets() -> (Rc<Bus>, Node, Node, StreamKey, Vec<String>) {
+    let bus = Bus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let k = key("live/one");
+    claim(&a, &k, false).await;
+    let urls = vec!["rtmp://example.invalid/app/x".to_owned()];
+    a.c.handle(Request::Pushes {
+        key: k.clone(),
+        shard: 0,
+        urls: urls.clone(),
+    })
+    .await;
+    (bus, a, b, k, urls)
+}
+
 #[test]
 fn a_dead_owners_entry_is_taken_with_its_push_targets() {
     run(async {
-        let bus = Bus::new();
-        let a = node(&bus, "a").await;
-        let b = node(&bus, "b").await;
-        let k = key("live/one");
-        claim(&a, &k, false).await;
-        let urls = vec!["rtmp://example.invalid/app/x".to_owned()];
-        a.c.handle(Request::Pushes {
-            key: k.clone(),
-            shard: 0,
-            urls: urls.clone(),
-        })
-        .await;
+        let (bus, a, b, k, urls) = owner_with_api_targets().await;
         a.c.refresh().await;
         assert_eq!(owner(&bus, &k).expect("entry").pushes, urls);
         // A is killed: its entry stays (until the TTL), its pings go
-        // unanswered.
+        // unanswered. (Its targets' own copy is gone: B takes them from
+        // the entry.)
         a.nats.cut_off(true);
+        bus.expire(PUSHES_BUCKET, &wire::token(&k));
         assert_eq!(
             claim(&b, &k, false).await,
             ClaimResult::Registered {
@@ -164,6 +174,85 @@ fn a_dead_owners_entry_is_taken_with_its_push_targets() {
         assert_eq!((entry.node.as_str(), entry.pushes), ("b", urls));
         // Not a conflict: nobody lost a live stream.
         assert_eq!(conflicts(&b), 0);
+    });
+}
+
+#[test]
+fn push_targets_outlive_a_dead_owners_expired_entry_and_end_with_a_goodbye() {
+    run(async {
+        let (bus, a, b, k, urls) = owner_with_api_targets().await;
+        until("the targets kept", || {
+            bus.value(PUSHES_BUCKET, &wire::token(&k)).is_some()
+        })
+        .await;
+        // A is killed and the encoder comes back to B only after A's entry
+        // expired: B takes the targets up all the same.
+        a.nats.cut_off(true);
+        bus.expire(STREAMS_BUCKET, &wire::token(&k));
+        assert_eq!(
+            claim(&b, &k, false).await,
+            ClaimResult::Registered {
+                pushes: urls.clone()
+            }
+        );
+        b.c.refresh().await;
+        let entry = owner(&bus, &k).expect("entry");
+        assert_eq!((entry.node.as_str(), entry.pushes), ("b", urls));
+        // A goodbye on B forgets them: the next publish starts without.
+        b.c.handle(Request::Unregister {
+            key: k.clone(),
+            shard: 0,
+        })
+        .await;
+        until("the goodbye written", || {
+            bus.value(PUSHES_BUCKET, &wire::token(&k))
+                .is_some_and(|(v, _)| v.as_ref() == b"[]")
+        })
+        .await;
+        assert_eq!(
+            claim(&b, &k, false).await,
+            ClaimResult::Registered { pushes: Vec::new() }
+        );
+    });
+}
+
+#[test]
+fn targets_removed_over_the_api_stay_removed_when_a_stale_write_lands_last() {
+    run(async {
+        let (bus, a, _b, k, urls) = owner_with_api_targets().await;
+        let token = wire::token(&k);
+        until("the targets kept", || {
+            bus.value(PUSHES_BUCKET, &token).is_some()
+        })
+        .await;
+        a.c.handle(Request::Pushes {
+            key: k.clone(),
+            shard: 0,
+            urls: Vec::new(),
+        })
+        .await;
+        until("the removal written", || {
+            bus.value(PUSHES_BUCKET, &token)
+                .is_some_and(|(v, _)| v.as_ref() == b"[]")
+        })
+        .await;
+        // The earlier write lands after the removal's.
+        a.c.keep_pushes(&k, &urls).await;
+        let (_, stale) = bus.value(PUSHES_BUCKET, &token).expect("kept");
+        a.c.refresh().await;
+        until("the removal written again", || {
+            bus.value(PUSHES_BUCKET, &token)
+                .is_some_and(|(v, rev)| rev > stale && v.as_ref() == b"[]")
+        })
+        .await;
+        // Once is enough: later refreshes of a stream without targets write
+        // nothing.
+        let (_, rev) = bus.value(PUSHES_BUCKET, &token).expect("kept");
+        a.c.refresh().await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(bus.value(PUSHES_BUCKET, &token).expect("kept").1, rev);
     });
 }
 
@@ -738,4 +827,54 @@ fn a_finished_recording_is_copied_to_the_object_store_and_any_node_fetches_it() 
         assert!(c.c.fetch_stored(&k, "a", &[name.to_owned()]).await.is_err());
     });
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_reconnect_tries_named_servers_before_advertised_ones_and_the_least_tried_first() {
+    let server = |url: &str, failed_attempts: usize, is_discovered: bool| async_nats::Server {
+        addr: url.parse().unwrap(),
+        failed_attempts,
+        did_connect: true,
+        is_discovered,
+        last_error: None,
+    };
+    let pick = |pool: &[async_nats::Server], tries: &mut Tries| {
+        next_server(pool, tries)
+            .unwrap()
+            .addr
+            .as_url_str()
+            .to_owned()
+    };
+    assert!(next_server(&[], &mut Tries::new()).is_none());
+    // A lost server's advertised address waits behind the names.
+    let pool = [
+        server("nats://10.0.0.3:4222", 0, true),
+        server("nats://nats-1:4222", 0, false),
+    ];
+    let mut tries = Tries::new();
+    assert_eq!(pick(&pool, &mut tries), "nats://nats-1:4222");
+    // The name no longer resolves, which the client does not count as a
+    // failure: it was tried, so the address comes next, then the name.
+    assert_eq!(pick(&pool, &mut tries), "nats://10.0.0.3:4222");
+    assert_eq!(pick(&pool, &mut tries), "nats://nats-1:4222");
+    // A name the client saw fail waits behind an address that has not.
+    let pool = [
+        server("nats://10.0.0.3:4222", 0, true),
+        server("nats://nats-1:4222", 1, false),
+    ];
+    assert_eq!(pick(&pool, &mut Tries::new()), "nats://10.0.0.3:4222");
+    // Equals are taken at random: both come up.
+    let pool = [
+        server("nats://nats-1:4222", 0, false),
+        server("nats://nats-2:4222", 0, false),
+        server("nats://10.0.0.3:4222", 0, true),
+    ];
+    let picks: std::collections::HashSet<String> =
+        (0..200).map(|_| pick(&pool, &mut Tries::new())).collect();
+    assert_eq!(
+        picks,
+        ["nats://nats-1:4222", "nats://nats-2:4222"]
+            .map(String::from)
+            .into()
+    );
 }

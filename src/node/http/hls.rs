@@ -165,29 +165,39 @@ pub(super) async fn window_of(
             _ => return Ok(w),
         }
     }
-    let owner = ctx.hub.read(|h| h.owner(&key));
-    match owner {
-        Some(o) if o != hls.shard => {
-            // That shard packages it; this one waits for the window.
-            ctx.hub.with(|h| h.ask_to_package(o, key.clone()));
-            let deadline = Instant::now() + FIRST_PLAYLIST_WAIT;
-            wait_for(hls, deadline, || hls.registry.get(&key))
-                .await
-                .ok_or_else(not_found)
-        }
-        Some(_) => hls::run::start(&key, true, Duration::ZERO, hls, ctx, ring.new_id())
-            .ok_or_else(not_found),
-        None => {
-            let (key, live, wait) = admission::locate(&asker, ctx)
-                .await
-                .map_err(|r| refusal_failure(&r))?;
-            if live {
-                // Published here meanwhile: ask again, it has an owner now.
-                return Err(Failure::new(503, "limit", "the stream is starting; retry"));
+    // Twice at most: a stream that became live here while `locate` asked
+    // (published here, or relayed here for another viewer) has an owner
+    // on the second look.
+    for first in [true, false] {
+        let owner = ctx.hub.read(|h| h.owner(&key));
+        match owner {
+            Some(o) if o != hls.shard => {
+                // That shard packages it; this one waits for the window.
+                ctx.hub.with(|h| h.ask_to_package(o, key.clone()));
+                let deadline = Instant::now() + FIRST_PLAYLIST_WAIT;
+                return wait_for(hls, deadline, || hls.registry.get(&key))
+                    .await
+                    .ok_or_else(not_found);
             }
-            hls::run::start(&key, false, wait, hls, ctx, ring.new_id()).ok_or_else(not_found)
+            Some(_) => {
+                return hls::run::start(&key, true, Duration::ZERO, hls, ctx, ring.new_id())
+                    .ok_or_else(not_found)
+            }
+            None => {
+                let (key, live, wait) = admission::locate(&asker, ctx)
+                    .await
+                    .map_err(|r| refusal_failure(&r))?;
+                if !live {
+                    return hls::run::start(&key, false, wait, hls, ctx, ring.new_id())
+                        .ok_or_else(not_found);
+                }
+                if !first {
+                    break;
+                }
+            }
         }
     }
+    Err(Failure::new(503, "limit", "the stream is starting; retry"))
 }
 
 /// Answers one LL-HLS request. A viewer's first playlist request goes
