@@ -90,6 +90,14 @@ pub struct Cli {
     /// The report gives each absence. Default: no reconnect.
     #[arg(long, value_name = "MS")]
     pub reconnect_ms: Option<u64>,
+    /// RTMP players whose connection is lost, or whose stream ends before
+    /// the run's end, play again after this many ms, as a web player's
+    /// reconnect loop does. The report gives each absence and the frames
+    /// the publisher sent meanwhile (missed across reconnects); frames a
+    /// server replays from its cache are not counted twice. Default: no
+    /// reconnect.
+    #[arg(long, value_name = "MS")]
+    pub player_reconnect_ms: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -141,6 +149,7 @@ pub struct Scenario {
     pub first_frame_timeout: Option<f64>,
     pub hold_latency_ms: Option<f64>,
     pub reconnect_ms: Option<u64>,
+    pub player_reconnect_ms: Option<u64>,
     pub threads: Option<usize>,
 }
 
@@ -179,6 +188,8 @@ pub struct LoadPlan {
     pub hold_latency_ms: f64,
     /// Publishers reconnect after this when their connection is lost.
     pub reconnect: Option<Duration>,
+    /// RTMP players play again after this when their stream is lost.
+    pub player_reconnect: Option<Duration>,
     pub threads: usize,
     pub json: Option<PathBuf>,
     pub chart: Option<PathBuf>,
@@ -236,6 +247,19 @@ impl LoadPlan {
         for u in &publish_urls {
             if crate::target::RtmpUrl::parse(u)?.http {
                 bail!("{u}: publishers need an rtmp:// or rtmpt:// URL (--publish-url)");
+            }
+        }
+        let player_reconnect = match cli.player_reconnect_ms.or(sc.player_reconnect_ms) {
+            Some(ms) if ms > 60_000 => bail!("--player-reconnect-ms {ms}: at most 60000"),
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => None,
+        };
+        if player_reconnect.is_some() {
+            for u in &urls {
+                let url = crate::target::RtmpUrl::parse(u)?;
+                if url.http || url.srt {
+                    bail!("{u}: --player-reconnect-ms is for RTMP players (rtmp://, rtmpt://)");
+                }
             }
         }
         let http_hls = match cli.http_viewers.or(sc.http_viewers).as_deref() {
@@ -343,6 +367,7 @@ impl LoadPlan {
                 Some(ms) => Some(Duration::from_millis(ms)),
                 None => None,
             },
+            player_reconnect,
             threads,
             json: cli.json,
             chart: cli.chart,
@@ -392,5 +417,29 @@ mod tests {
         std::fs::write(&path, "urls = []\n").unwrap();
         let cli = Cli::parse_from(["x", "--scenario", path.to_str().unwrap()]);
         assert!(LoadPlan::from_cli(cli).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn player_reconnects_are_for_rtmp_players_and_bounded() {
+        let plan = |args: &[&str]| LoadPlan::from_cli(Cli::parse_from(args));
+        let rtmp = ["x", "--url", "rtmp://127.0.0.1:1/live", "--players", "1"];
+        let ok = plan(&[&rtmp[..], &["--player-reconnect-ms", "500"]].concat()).unwrap();
+        assert_eq!(ok.player_reconnect, Some(Duration::from_millis(500)));
+        assert_eq!(ok.reconnect, None, "publishers are set apart");
+        let long = plan(&[&rtmp[..], &["--player-reconnect-ms", "60001"]].concat());
+        assert!(long.unwrap_err().to_string().contains("at most 60000"));
+        for url in ["http://127.0.0.1:1/live", "srt://127.0.0.1:1/live"] {
+            let args = [
+                "x",
+                "--publish-url",
+                "rtmp://127.0.0.1:1/live",
+                "--url",
+                url,
+                "--player-reconnect-ms",
+                "500",
+            ];
+            let err = plan(&args).unwrap_err().to_string();
+            assert!(err.contains("for RTMP players"), "{url}: {err}");
+        }
     }
 }

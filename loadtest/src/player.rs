@@ -31,6 +31,12 @@ pub struct PlayerSpec {
     /// means the player does not hold (see `PlayerCheck::steady_after_us`).
     pub steady_after_us: u64,
     pub stats: Arc<RunStats>,
+    /// RTMP players: connect again this long after the connection is lost
+    /// or the stream ends before the run's stop time (None: stop), as a
+    /// web player's reconnect loop does.
+    pub reconnect: Option<Duration>,
+    /// How long each reconnect may take to play again.
+    pub setup_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -48,6 +54,9 @@ pub struct PlayerOutcome {
     pub hls_reloads: u64,
     pub hls_parts: u64,
     pub stalls: u64,
+    /// With reconnects: each time the player was away, from the lost
+    /// connection to its first new frame (ms), and why it was lost.
+    pub absences: Vec<(u64, String)>,
 }
 
 impl PlayerOutcome {
@@ -133,38 +142,64 @@ pub async fn run_player(spec: PlayerSpec) -> PlayerOutcome {
         ..Default::default()
     };
     let live = &spec.stats.live;
-    let asked_at = Instant::now();
-    let asked_wall_us = wall_clock_us();
-    let conn = RtmpConnection::open(
-        &spec.target,
-        Role::Play,
-        &spec.key,
-        spec.index as u64 * 2,
-        spec.setup_deadline,
-    )
-    .await;
-    let mut conn = match conn {
-        Ok(c) => c,
-        Err(reason) => {
+    let mut deadline = spec.setup_deadline;
+    // Set while away: when the connection was lost, and why.
+    let mut lost: Option<(Instant, String)> = None;
+    loop {
+        let asked_at = Instant::now();
+        let asked_wall_us = wall_clock_us();
+        let conn = RtmpConnection::open(
+            &spec.target,
+            Role::Play,
+            &spec.key,
+            spec.index as u64 * 2,
+            deadline,
+        )
+        .await;
+        let failure = match conn {
+            Err(reason) => reason,
+            Ok(mut conn) => {
+                if outcome.connected {
+                    outcome.check.rejoin(asked_wall_us);
+                } else {
+                    outcome.connected = true;
+                    outcome.check = PlayerCheck::new(asked_wall_us);
+                    outcome.check.steady_after_us = spec.steady_after_us;
+                }
+                LiveCounters::add(&live.players_live, 1);
+                let result = play(&spec, &mut conn, &mut outcome, asked_at, &mut lost).await;
+                outcome.bytes += conn.session.bytes_received();
+                spec.stats.record_latencies(outcome.check.take_latencies());
+                live.players_live
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                match result {
+                    Ok(()) => {
+                        if let Some((at, why)) = lost.take() {
+                            let ms = at.elapsed().as_millis() as u64;
+                            outcome.absences.push((ms, format!("{why}; never back")));
+                        }
+                        return outcome;
+                    }
+                    Err(reason) => reason,
+                }
+            }
+        };
+        let retry = spec.reconnect.filter(|_| outcome.connected);
+        let Some(delay) = retry.filter(|d| Instant::now() + *d < spec.stop_at) else {
+            if let Some((at, why)) = lost.take() {
+                outcome.absences.push((
+                    at.elapsed().as_millis() as u64,
+                    format!("{why}; never back"),
+                ));
+            }
             LiveCounters::add(&live.players_failed, 1);
-            outcome.failure = Some(reason);
+            outcome.failure = Some(failure);
             return outcome;
-        }
-    };
-    outcome.connected = true;
-    outcome.check = PlayerCheck::new(asked_wall_us);
-    outcome.check.steady_after_us = spec.steady_after_us;
-    LiveCounters::add(&live.players_live, 1);
-    let result = play(&spec, &mut conn, &mut outcome, asked_at).await;
-    outcome.bytes = conn.session.bytes_received();
-    spec.stats.record_latencies(outcome.check.take_latencies());
-    if let Err(reason) = result {
-        LiveCounters::add(&live.players_failed, 1);
-        outcome.failure = Some(reason);
+        };
+        lost.get_or_insert((Instant::now(), failure));
+        tokio::time::sleep(delay).await;
+        deadline = (Instant::now() + spec.setup_timeout).min(spec.drain_until);
     }
-    live.players_live
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    outcome
 }
 
 async fn play(
@@ -172,6 +207,7 @@ async fn play(
     conn: &mut RtmpConnection,
     outcome: &mut PlayerOutcome,
     asked_at: Instant,
+    lost: &mut Option<(Instant, String)>,
 ) -> Result<(), String> {
     let live = &spec.stats.live;
     let first_frame_deadline = Instant::now() + spec.first_frame_timeout;
@@ -182,13 +218,16 @@ async fn play(
         let check = &mut outcome.check;
         let mut frames = 0u64;
         let mut first_key = false;
+        let mut back = false;
         let lost_before = check.frames_lost;
         conn.feed(|event| {
             match event {
                 ClientEvent::Media(m) => {
                     frames += 1;
-                    if check.on_media(&m, now_us) == MediaSeen::FirstKeyframe {
-                        first_key = true;
+                    match check.on_media(&m, now_us) {
+                        MediaSeen::FirstKeyframe => first_key = true,
+                        MediaSeen::Back => back = true,
+                        MediaSeen::Other => {}
                     }
                     if check.latency_batch_full() {
                         spec.stats.record_latencies(check.take_latencies());
@@ -210,6 +249,11 @@ async fn play(
             let ms = asked_at.elapsed().as_secs_f64() * 1000.0;
             outcome.first_frame_ms = Some(ms);
             spec.stats.record_first_frame((ms * 1000.0) as u64);
+        }
+        if let Some((at, why)) = lost.take_if(|_| back || first_key) {
+            outcome
+                .absences
+                .push((at.elapsed().as_millis() as u64, why));
         }
         let received = conn.session.bytes_received();
         LiveCounters::add(&live.bytes_in, received - counted_bytes);

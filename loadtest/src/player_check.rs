@@ -35,6 +35,13 @@ pub struct PlayerCheck {
     pub frames_lost: u64,
     /// Sequence going backwards or repeating.
     pub out_of_order: u64,
+    /// Players that reconnect: frames the publisher sent while the player
+    /// was away (the jump in sequence across a reconnect; not a loss on a
+    /// live connection, so not in `gaps` or `frames_lost`)...
+    pub missed_reconnecting: u64,
+    /// ...and frames received again after a reconnect (a server's cache
+    /// replaying what the player had), not counted as received.
+    pub replayed: u64,
     pub timestamp_regressions: u64,
     /// Length on the wire differs from the length the publisher stamped, or
     /// a payload that does not parse as audio or video.
@@ -50,6 +57,9 @@ pub struct PlayerCheck {
     last_video_ts: Option<u32>,
     last_audio_ts: Option<u32>,
     saw_coded_video: bool,
+    /// Set by [`PlayerCheck::rejoin`]: the next frames are those of a new
+    /// connection, after a keyframe.
+    rejoining: bool,
     latency_us: [u64; LATENCY_BATCH],
     latency_len: usize,
 }
@@ -58,6 +68,8 @@ pub struct PlayerCheck {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaSeen {
     FirstKeyframe,
+    /// After a reconnect: the first frame the player had not seen.
+    Back,
     Other,
 }
 
@@ -80,6 +92,8 @@ impl PlayerCheck {
             gaps: 0,
             frames_lost: 0,
             out_of_order: 0,
+            missed_reconnecting: 0,
+            replayed: 0,
             timestamp_regressions: 0,
             bad_messages: 0,
             unstamped_video: 0,
@@ -89,9 +103,22 @@ impl PlayerCheck {
             last_video_ts: None,
             last_audio_ts: None,
             saw_coded_video: false,
+            rejoining: false,
             latency_us: [0; LATENCY_BATCH],
             latency_len: 0,
         }
+    }
+
+    /// The player connected again (asked to play at wall time `now_us`):
+    /// its new connection must start with a keyframe and may start with
+    /// its timestamps anywhere; frames it already had are replays, and the
+    /// jump to the first new one is what it missed while away.
+    pub fn rejoin(&mut self, now_us: u64) {
+        self.rejoining = true;
+        self.live_after_us = now_us;
+        self.saw_coded_video = false;
+        self.last_video_ts = None;
+        self.last_audio_ts = None;
     }
 
     /// Checks one audio or video message received at `now_us`.
@@ -126,8 +153,13 @@ impl PlayerCheck {
             return MediaSeen::Other;
         }
         if !self.saw_coded_video {
+            if self.rejoining && !info.keyframe {
+                // A new connection that starts mid-GOP: not decodable.
+                self.video_frames_before_key += 1;
+                return MediaSeen::Other;
+            }
             self.saw_coded_video = true;
-            self.first_video_not_key = !info.keyframe;
+            self.first_video_not_key |= !info.keyframe;
         }
         check_ts(
             &mut self.last_video_ts,
@@ -150,6 +182,24 @@ impl PlayerCheck {
         if stamp.message_len as usize != m.payload.len() {
             self.bad_messages += 1;
         }
+        if self.rejoining {
+            match self.last_sequence {
+                Some(last) if stamp.sequence <= last => {
+                    self.video_frames -= 1;
+                    self.replayed += 1;
+                    return seen;
+                }
+                Some(last) => self.missed_reconnecting += stamp.sequence - last - 1,
+                None => self.first_key_sequence = Some(stamp.sequence),
+            }
+            self.rejoining = false;
+            if seen == MediaSeen::Other {
+                seen = MediaSeen::Back;
+            }
+            self.last_sequence = Some(stamp.sequence);
+            self.sample_latency(&stamp, now_us);
+            return seen;
+        }
         match self.last_sequence {
             None => self.first_key_sequence = Some(stamp.sequence),
             Some(last) if stamp.sequence == last + 1 => {}
@@ -160,6 +210,12 @@ impl PlayerCheck {
             Some(_) => self.out_of_order += 1,
         }
         self.last_sequence = Some(stamp.sequence);
+        self.sample_latency(&stamp, now_us);
+        seen
+    }
+
+    /// A latency sample for a frame sent after the player asked to play.
+    fn sample_latency(&mut self, stamp: &clock_sei::ClockStamp, now_us: u64) {
         if stamp.sent_at_us >= self.live_after_us {
             let latency = now_us.saturating_sub(stamp.sent_at_us);
             if stamp.sent_at_us >= self.steady_after_us {
@@ -168,7 +224,6 @@ impl PlayerCheck {
             self.latency_us[self.latency_len] = latency;
             self.latency_len += 1;
         }
-        seen
     }
 
     /// True when the latency batch is full and should be handed over.
@@ -241,6 +296,42 @@ mod tests {
         // The cached keyframe (sent at 500 < 1000) gives no latency sample.
         assert_eq!(c.take_latencies(), &[300, 100, 100]);
         assert!(!c.clean());
+    }
+
+    #[test]
+    fn a_rejoin_counts_replays_and_what_was_missed_not_losses() {
+        let mut c = PlayerCheck::new(0);
+        c.on_media(&video(true, 0, 0, 1), 2);
+        c.on_media(&video(false, 1, 40, 1), 2);
+        c.on_media(&video(false, 2, 80, 1), 2);
+        c.rejoin(100);
+        // The new connection: a frame mid-GOP, then the cache from the
+        // keyframe at 0 (replays), then frames 5 and 6 (3 and 4 missed).
+        c.on_media(&video(false, 2, 80, 1), 101);
+        assert_eq!(c.on_media(&video(true, 0, 0, 1), 101), MediaSeen::Other);
+        c.on_media(&video(false, 1, 40, 1), 101);
+        c.on_media(&video(false, 2, 80, 1), 101);
+        assert_eq!(c.on_media(&video(false, 5, 200, 150), 160), MediaSeen::Back);
+        assert_eq!(
+            c.on_media(&video(false, 6, 240, 190), 200),
+            MediaSeen::Other
+        );
+        assert_eq!(
+            (c.video_frames, c.replayed, c.missed_reconnecting),
+            (5, 3, 2)
+        );
+        assert_eq!(c.video_frames_before_key, 1);
+        assert_eq!((c.gaps, c.frames_lost, c.out_of_order), (0, 0, 0));
+        assert_eq!(c.timestamp_regressions, 0);
+        assert!(!c.first_video_not_key);
+        assert!(c.clean());
+        // Latency from the frames sent after the rejoin only.
+        let _ = c.take_latencies();
+        c.rejoin(1_000);
+        c.on_media(&video(true, 10, 400, 900), 1_001);
+        c.on_media(&video(false, 11, 440, 1_010), 1_030);
+        assert_eq!(c.missed_reconnecting, 5);
+        assert_eq!(c.take_latencies(), &[20]);
     }
 
     #[test]

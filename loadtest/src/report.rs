@@ -76,6 +76,12 @@ pub struct PlayerTotals {
     /// ...and how many of those never arrived (lost, or not delivered by the
     /// end of the drain).
     pub video_frames_missing: u64,
+    /// With --player-reconnect-ms: frames sent while a player was away
+    /// (part of `video_frames_missing`), frames a server replayed to a
+    /// player that had them, and every time a player was away.
+    pub video_frames_missed_reconnecting: u64,
+    pub video_frames_replayed: u64,
+    pub absences: Vec<Absence>,
     /// Jumps in the sequence numbers (each one or more lost frames).
     pub gaps: u64,
     pub frames_lost: u64,
@@ -219,6 +225,15 @@ pub fn build(r: RunResults) -> Report {
         players.bytes += p.bytes;
         players.frames += c.audio_frames + c.video_frames + c.video_frames_before_key;
         players.video_frames += c.video_frames;
+        players.video_frames_missed_reconnecting += c.missed_reconnecting;
+        players.video_frames_replayed += c.replayed;
+        for (ms, reason) in &p.absences {
+            players.absences.push(Absence {
+                key: p.key.clone(),
+                ms: *ms,
+                reason: reason.clone(),
+            });
+        }
         players.gaps += c.gaps;
         players.frames_lost += c.frames_lost;
         players.out_of_order += c.out_of_order;
@@ -295,6 +310,27 @@ fn failures(out: &mut String, f: &BTreeMap<String, u64>) {
     }
 }
 
+/// "publishers away: 3 times (reconnected), ..." for `who`, if any was.
+fn absences(out: &mut String, who: &str, list: &[Absence]) {
+    if list.is_empty() {
+        return;
+    }
+    let mut ms: Vec<u64> = list.iter().map(|a| a.ms).collect();
+    ms.sort_unstable();
+    let never = list
+        .iter()
+        .filter(|a| a.reason.ends_with("never back"))
+        .count();
+    let _ = writeln!(
+        out,
+        "{who} away: {} times (reconnected), {} ms median, {} ms longest; {} never back",
+        ms.len(),
+        ms[ms.len() / 2],
+        ms[ms.len() - 1],
+        never
+    );
+}
+
 /// The human table.
 pub fn table(r: &Report) -> String {
     let mut s = String::new();
@@ -320,21 +356,13 @@ pub fn table(r: &Report) -> String {
     );
     failures(&mut s, &p.failures);
     failures(&mut s, &m.failures);
-    if !p.absences.is_empty() {
-        let mut ms: Vec<u64> = p.absences.iter().map(|a| a.ms).collect();
-        ms.sort_unstable();
-        let never = p
-            .absences
-            .iter()
-            .filter(|a| a.reason.ends_with("never back"))
-            .count();
+    absences(&mut s, "publishers", &p.absences);
+    absences(&mut s, "players", &m.absences);
+    if !m.absences.is_empty() {
         let _ = writeln!(
             s,
-            "publishers away: {} times (reconnected), {} ms median, {} ms longest; {} never back",
-            ms.len(),
-            ms[ms.len() / 2],
-            ms[ms.len() - 1],
-            never
+            "players across reconnects: {} video frames missed (sent while away), {} replayed (not counted again)",
+            m.video_frames_missed_reconnecting, m.video_frames_replayed
         );
     }
     let _ = writeln!(s);

@@ -258,6 +258,8 @@ async fn start_connections(
             drain_until,
             steady_after_us,
             stats: stats.clone(),
+            reconnect: plan.player_reconnect,
+            setup_timeout: plan.setup_timeout,
         };
         players.push(tokio::spawn(async move {
             if srt {

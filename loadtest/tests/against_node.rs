@@ -8,7 +8,7 @@
 //! with the root package's tests; when it is missing (a run of this package
 //! alone) the test builds it with cargo first.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,6 +56,8 @@ struct Node {
     /// The SRT listener, when started with one.
     srt: Option<SocketAddr>,
     log: std::sync::Arc<Mutex<String>>,
+    /// The admin listener, once the node has logged it.
+    http: std::sync::Arc<Mutex<Option<SocketAddr>>>,
 }
 
 impl Node {
@@ -83,8 +85,13 @@ impl Node {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = log.clone();
+        let http = std::sync::Arc::new(Mutex::new(None));
+        let http_sink = http.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("http listening on ").nth(1) {
+                    *http_sink.lock().unwrap() = addr.trim().parse().ok();
+                }
                 for prefix in [
                     "rtmp listening on ",
                     "media listening on ",
@@ -116,7 +123,28 @@ impl Node {
             media,
             srt,
             log,
+            http,
         }
+    }
+
+    /// A gauge or counter of the node's /metrics (summed over its labels),
+    /// or None while it cannot be read.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let addr = (*self.http.lock().unwrap())?;
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        let values = body
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        Some(values.sum())
     }
 
     fn url(&self) -> String {
@@ -317,6 +345,74 @@ fn a_reconnecting_publisher_comes_back_after_its_node_restarts_and_says_how_long
     assert!(
         back.log.lock().unwrap().contains("publishing"),
         "the publisher is back on the new node"
+    );
+}
+
+#[test]
+fn reconnecting_players_come_back_after_their_node_restarts_and_count_what_they_missed() {
+    let mut node = Node::start();
+    let addr = node.addr;
+    let url = node.url();
+    let load = thread::spawn(move || {
+        run_load(
+            &[
+                "--url",
+                &url,
+                "--publishers",
+                "1",
+                "--players",
+                "2",
+                "--duration",
+                "8",
+                "--reconnect-ms",
+                "200",
+                "--player-reconnect-ms",
+                "200",
+            ],
+            Duration::from_secs(30),
+        )
+    });
+    // Both players playing, then SIGKILL and a new node on the same port:
+    // every connection is lost at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric("tributary_players") != Some(2.0) {
+        assert!(Instant::now() < deadline, "never played");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    thread::sleep(Duration::from_millis(500));
+    let _back = Node::start_with(&["--rtmp-listen", &addr.to_string()]);
+    let run = load.join().unwrap();
+    let r = &run.report;
+    assert_eq!(n(r, "players.failed"), 0, "{}", run.stdout);
+    let absences = r["players"]["absences"].as_array().unwrap();
+    assert_eq!(absences.len(), 2, "{}", run.stdout);
+    for a in absences {
+        let away = a["ms"].as_u64().unwrap();
+        assert!(
+            (500..6_000).contains(&away),
+            "away {away} ms: {}",
+            run.stdout
+        );
+    }
+    // What they missed is what the publisher sent while they were away:
+    // every other frame arrived once, none lost on a live connection.
+    let missed = n(r, "players.video_frames_missed_reconnecting");
+    assert!(missed > 0, "{}", run.stdout);
+    assert_eq!(
+        n(r, "players.video_frames_missing"),
+        missed,
+        "{}",
+        run.stdout
+    );
+    assert_eq!(n(r, "players.frames_lost"), 0, "{}", run.stdout);
+    assert_eq!(n(r, "players.out_of_order"), 0, "{}", run.stdout);
+    assert_eq!(n(r, "players.timestamp_regressions"), 0, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("players away: 2 times"),
+        "{}",
+        run.stdout
     );
 }
 
