@@ -443,6 +443,13 @@ fn compose_cluster_builds_runs_survives_a_nats_and_a_node_loss_and_tears_down() 
 
     let _encoder = publish(&format!("rtmp://{}/{}", cluster.rtmp(1), key.trim()), 120);
     wait_live(&format!("rtmp://{}/{}", cluster.rtmp(1), key.trim()));
+    // A new cluster's JetStream may still be electing its streams' leaders:
+    // node-1 then publishes unregistered and registers once one answers
+    // (retried every second).
+    let found = cluster.found_by(2, key.trim());
+    step(&format!(
+        "published to node-1: node-2 found it {found:?} after node-1 played it"
+    ));
     plays(
         &cluster,
         &format!("rtmp://{}/{}", cluster.rtmp(2), key.trim()),

@@ -69,6 +69,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const VIEWERS_WAIT: Duration = Duration::from_millis(800);
 /// How long a relaying node waits for a whole snapshot.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon an entry the registry did not take (NATS away, or JetStream
+/// electing a leader) is tried again, rather than at the next refresh.
+const UNREGISTERED_RETRY: Duration = Duration::from_secs(1);
 /// Housekeeping tick: attachments, wants, refresh and heartbeats.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -100,6 +103,10 @@ struct Owned {
     /// that found none: the next such refresh writes the empty list again,
     /// in case two writes of a quick change landed out of order.
     pushes_kept: bool,
+    /// Its claim is still asking the registry: a refresh leaves it alone
+    /// (two writes of our own entry at once would fail one of them, and a
+    /// refresh that lost would close our own publisher).
+    claiming: bool,
 }
 
 /// A remote stream relayed to a shard here (starting or running).
@@ -652,8 +659,16 @@ impl<N: Nats> Control<N> {
             for key in wanted {
                 self.try_pull(key);
             }
+            let since = now.duration_since(last_refresh);
+            let unregistered = || {
+                self.owned
+                    .borrow()
+                    .values()
+                    .any(|o| o.revision.is_none() && !o.claiming)
+            };
             let due = self.refresh_now.get()
-                || now.duration_since(last_refresh) >= self.s.refresh_interval();
+                || since >= self.s.refresh_interval()
+                || (since >= UNREGISTERED_RETRY && unregistered());
             if due && self.connected() && self.streams_kv().is_some() {
                 self.refresh_now.set(false);
                 last_refresh = now;

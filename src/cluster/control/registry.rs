@@ -132,6 +132,7 @@ impl<N: Nats> Control<N> {
                     subject,
                     claim,
                     pushes_kept: false,
+                    claiming: true,
                 },
             );
             // A local takeover keeps the attachments: the new shard exports.
@@ -153,11 +154,13 @@ impl<N: Nats> Control<N> {
             }
         }
         let result = self.register(key, &registration, takeover).await;
-        let still = self
-            .owned
-            .borrow()
-            .get(key)
-            .is_some_and(|o| o.claim == claim);
+        let still = match self.owned.borrow_mut().get_mut(key) {
+            Some(o) if o.claim == claim => {
+                o.claiming = false;
+                true
+            }
+            _ => false,
+        };
         let answer = match result {
             Ok(Some(rev)) if still => {
                 let mut pushes = Vec::new();
@@ -465,6 +468,7 @@ impl<N: Nats> Control<N> {
             .owned
             .borrow()
             .iter()
+            .filter(|(_, o)| !o.claiming)
             .map(|(k, o)| {
                 let kept = o.pushes_kept;
                 (k.clone(), o.registration.clone(), o.revision, o.shard, kept)

@@ -314,6 +314,59 @@ fn a_publish_made_while_nats_was_away_registers_when_a_fresh_server_returns() {
 }
 
 #[test]
+fn a_claim_the_registry_could_not_take_is_retried_within_a_second_not_at_the_refresh() {
+    run(async {
+        let bus = Bus::new();
+        // Refreshes every 10 s: a registration sooner than that is the retry.
+        let mut s = settings("a");
+        s.registry_ttl = Duration::from_secs(30);
+        let (tx, _shard) = mpsc::channel(64);
+        let c = Control::new(s, bus.client(), vec![tx], Arc::default());
+        c.ensure_buckets().await.expect("buckets");
+        let k = key("live/one");
+        // JetStream without a leader: connected, but no write is answered.
+        bus.hold(true);
+        let (reply, answer) = oneshot::channel();
+        let claiming = tokio::task::spawn_local({
+            let (c, k) = (c.clone(), k.clone());
+            async move { c.claim(&k, 0, false, reply).await }
+        });
+        until("the claim asks the registry", || {
+            c.owned.borrow().get(&k).is_some_and(|o| o.claiming)
+        })
+        .await;
+        // A refresh meanwhile leaves the claim's entry alone.
+        let refresh = tokio::task::spawn_local({
+            let c = c.clone();
+            async move { c.refresh().await }
+        });
+        assert_eq!(answer.await.expect("answer"), ClaimResult::Unavailable);
+        claiming.await.expect("claim");
+        bus.hold(false);
+        refresh.await.expect("refresh");
+        assert!(owner(&bus, &k).is_none(), "the refresh did not write it");
+        assert_eq!(
+            c.owned.borrow().get(&k).map(|o| (o.revision, o.claiming)),
+            Some((None, false))
+        );
+        // The leader is back: the housekeeping tick registers it at once.
+        let back = tokio::time::Instant::now();
+        tokio::task::spawn_local(c.clone().housekeeping());
+        until("registered", || owner(&bus, &k).is_some()).await;
+        assert!(
+            back.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            back.elapsed()
+        );
+        assert!(c
+            .owned
+            .borrow()
+            .get(&k)
+            .is_some_and(|o| o.revision.is_some()));
+    });
+}
+
+#[test]
 fn a_publish_made_during_a_split_yields_to_the_registered_owner() {
     run(async {
         let bus = Bus::new();
