@@ -256,7 +256,8 @@ impl Cluster<'_> {
             let logs = String::from_utf8_lossy(&out.stdout);
             // "nats-2_1  | [1] 2026/12/08 02:52:07.302039 [INF] JetStream
             // cluster new stream leader for '$G > KV_tributary_streams'":
-            // the log's own time orders the lines of the three servers.
+            // the log's own time orders the lines of the three servers
+            // (Compose v2 names the service nats-2-1).
             let leader = logs
                 .lines()
                 .filter(|l| l.ends_with("new stream leader for '$G > KV_tributary_streams'"))
@@ -272,7 +273,7 @@ impl Cluster<'_> {
                     ))
                 })
                 .max()
-                .map(|(_, service)| service.trim_end_matches('_').to_owned());
+                .map(|(_, service)| service.trim_end_matches(['_', '-']).to_owned());
             if let Some(leader) = leader.filter(|l| l.starts_with("nats-")) {
                 return leader;
             }

@@ -174,10 +174,7 @@ pub async fn run_player(spec: PlayerSpec) -> PlayerOutcome {
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 match result {
                     Ok(()) => {
-                        if let Some((at, why)) = lost.take() {
-                            let ms = at.elapsed().as_millis() as u64;
-                            outcome.absences.push((ms, format!("{why}; never back")));
-                        }
+                        never_back(&mut outcome, lost);
                         return outcome;
                     }
                     Err(reason) => reason,
@@ -186,12 +183,7 @@ pub async fn run_player(spec: PlayerSpec) -> PlayerOutcome {
         };
         let retry = spec.reconnect.filter(|_| outcome.connected);
         let Some(delay) = retry.filter(|d| Instant::now() + *d < spec.stop_at) else {
-            if let Some((at, why)) = lost.take() {
-                outcome.absences.push((
-                    at.elapsed().as_millis() as u64,
-                    format!("{why}; never back"),
-                ));
-            }
+            never_back(&mut outcome, lost);
             LiveCounters::add(&live.players_failed, 1);
             outcome.failure = Some(failure);
             return outcome;
@@ -199,6 +191,14 @@ pub async fn run_player(spec: PlayerSpec) -> PlayerOutcome {
         lost.get_or_insert((Instant::now(), failure));
         tokio::time::sleep(delay).await;
         deadline = (Instant::now() + spec.setup_timeout).min(spec.drain_until);
+    }
+}
+
+/// The player ends while away (`lost`): that absence never ended.
+fn never_back(outcome: &mut PlayerOutcome, lost: Option<(Instant, String)>) {
+    if let Some((at, why)) = lost {
+        let ms = at.elapsed().as_millis() as u64;
+        outcome.absences.push((ms, format!("{why}; never back")));
     }
 }
 
