@@ -250,7 +250,9 @@ impl LoadPlan {
             }
         }
         let player_reconnect = match cli.player_reconnect_ms.or(sc.player_reconnect_ms) {
-            Some(ms) if ms > 60_000 => bail!("--player-reconnect-ms {ms}: at most 60000"),
+            Some(ms) if !(50..=60_000).contains(&ms) => {
+                bail!("--player-reconnect-ms {ms}: 50..=60000")
+            }
             Some(ms) => Some(Duration::from_millis(ms)),
             None => None,
         };
@@ -363,7 +365,9 @@ impl LoadPlan {
             .as_secs_f64()
                 * 1000.0,
             reconnect: match cli.reconnect_ms.or(sc.reconnect_ms) {
-                Some(ms) if ms > 60_000 => bail!("--reconnect-ms {ms}: at most 60000"),
+                Some(ms) if !(50..=60_000).contains(&ms) => {
+                    bail!("--reconnect-ms {ms}: 50..=60000")
+                }
                 Some(ms) => Some(Duration::from_millis(ms)),
                 None => None,
             },
@@ -427,7 +431,9 @@ mod tests {
         assert_eq!(ok.player_reconnect, Some(Duration::from_millis(500)));
         assert_eq!(ok.reconnect, None, "publishers are set apart");
         let long = plan(&[&rtmp[..], &["--player-reconnect-ms", "60001"]].concat());
-        assert!(long.unwrap_err().to_string().contains("at most 60000"));
+        assert!(long.unwrap_err().to_string().contains("50..=60000"));
+        let busy = plan(&[&rtmp[..], &["--player-reconnect-ms", "0"]].concat());
+        assert!(busy.is_err(), "a reconnect loop without a pause");
         for url in ["http://127.0.0.1:1/live", "srt://127.0.0.1:1/live"] {
             let args = [
                 "x",

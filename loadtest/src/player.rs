@@ -268,11 +268,20 @@ async fn play(
             }
             return Ok(());
         }
-        if outcome
-            .timed_read(spec, first_frame_deadline, conn.read())
-            .await?
-            .is_none()
-        {
+        let read = outcome.timed_read(spec, first_frame_deadline, conn.read());
+        let read = if lost.is_some() {
+            // Played again: a connection that brings no new frame in time
+            // is given up like a first play without a keyframe.
+            timeout_at(first_frame_deadline, read).await.map_err(|_| {
+                format!(
+                    "no new frame within {} s of playing again",
+                    spec.first_frame_timeout.as_secs()
+                )
+            })?
+        } else {
+            read.await
+        };
+        if read?.is_none() {
             return Ok(());
         }
     }

@@ -35,7 +35,7 @@ pub struct PlayerCheck {
     pub frames_lost: u64,
     /// Sequence going backwards or repeating.
     pub out_of_order: u64,
-    /// Players that reconnect: frames the publisher sent while the player
+    /// Players that reconnect: frames due while the player
     /// was away (the jump in sequence across a reconnect; not a loss on a
     /// live connection, so not in `gaps` or `frames_lost`)...
     pub missed_reconnecting: u64,
@@ -126,6 +126,9 @@ impl PlayerCheck {
         if m.type_id == MessageType::AUDIO {
             match classify_audio(&m.payload) {
                 Ok(i) if i.kind == PacketKind::SequenceHeader => self.sequence_headers += 1,
+                // A new connection's first audio may be a cache's replay:
+                // counted again from its first new video frame.
+                Ok(_) if self.rejoining => {}
                 Ok(_) => {
                     self.audio_frames += 1;
                     check_ts(

@@ -76,7 +76,7 @@ pub struct PlayerTotals {
     /// ...and how many of those never arrived (lost, or not delivered by the
     /// end of the drain).
     pub video_frames_missing: u64,
-    /// With --player-reconnect-ms: frames sent while a player was away
+    /// With --player-reconnect-ms: frames due while a player was away
     /// (part of `video_frames_missing`), frames a server replayed to a
     /// player that had them, and every time a player was away.
     pub video_frames_missed_reconnecting: u64,
@@ -361,7 +361,7 @@ pub fn table(r: &Report) -> String {
     if !m.absences.is_empty() {
         let _ = writeln!(
             s,
-            "players across reconnects: {} video frames missed (sent while away), {} replayed (not counted again)",
+            "players across reconnects: {} video frames missed (due while away), {} replayed (not counted again)",
             m.video_frames_missed_reconnecting, m.video_frames_replayed
         );
     }

@@ -639,6 +639,7 @@ impl<N: Nats> Control<N> {
     async fn housekeeping(self: Rc<Self>) {
         let mut tick = tokio::time::interval(TICK);
         let mut last_refresh = Instant::now();
+        let mut last_retry = Instant::now();
         loop {
             tick.tick().await;
             let now = Instant::now();
@@ -659,20 +660,25 @@ impl<N: Nats> Control<N> {
             for key in wanted {
                 self.try_pull(key);
             }
-            let since = now.duration_since(last_refresh);
+            let due = self.refresh_now.get()
+                || now.duration_since(last_refresh) >= self.s.refresh_interval();
             let unregistered = || {
                 self.owned
                     .borrow()
                     .values()
                     .any(|o| o.revision.is_none() && !o.claiming)
             };
-            let due = self.refresh_now.get()
-                || since >= self.s.refresh_interval()
-                || (since >= UNREGISTERED_RETRY && unregistered());
-            if due && self.connected() && self.streams_kv().is_some() {
-                self.refresh_now.set(false);
-                last_refresh = now;
-                self.refresh().await;
+            let retry = now.duration_since(last_retry) >= UNREGISTERED_RETRY && unregistered();
+            if self.connected() && self.streams_kv().is_some() {
+                if due {
+                    self.refresh_now.set(false);
+                    last_refresh = now;
+                    last_retry = now;
+                    self.refresh().await;
+                } else if retry {
+                    last_retry = now;
+                    self.register_unregistered().await;
+                }
             }
         }
     }

@@ -270,11 +270,27 @@ impl<N: Nats> Control<N> {
             );
         }
         count(&self.stats.registry_ops);
-        match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value, revision)).await {
-            Ok(Ok(rev)) => Ok(Some(rev)),
-            Ok(Err(KvError::WrongRevision)) => Ok(None),
-            Ok(Err(e)) => Err(RegistryError::nats(e)),
-            Err(_) => Err(RegistryError::Timeout("registry update")),
+        match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value.clone(), revision)).await {
+            Ok(Ok(rev)) => return Ok(Some(rev)),
+            Ok(Err(KvError::WrongRevision)) if ours => {}
+            Ok(Err(KvError::WrongRevision)) => return Ok(None),
+            Ok(Err(e)) => return Err(RegistryError::nats(e)),
+            Err(_) => return Err(RegistryError::Timeout("registry update")),
+        }
+        // Our own entry changed under us: another write of this node (a
+        // claim beside a refresh). Still ours: write once more; another
+        // node's now: it wins.
+        match self.entry(key).await? {
+            Some((current, revision)) if current.node == self.s.node_id => {
+                count(&self.stats.registry_ops);
+                match tokio::time::timeout(OP_TIMEOUT, kv.update(&token, value, revision)).await {
+                    Ok(Ok(rev)) => Ok(Some(rev)),
+                    Ok(Err(KvError::WrongRevision)) => Ok(None),
+                    Ok(Err(e)) => Err(RegistryError::nats(e)),
+                    Err(_) => Err(RegistryError::Timeout("registry update")),
+                }
+            }
+            _ => Ok(None),
         }
     }
 
@@ -464,20 +480,46 @@ impl<N: Nats> Control<N> {
     /// made while NATS was away, fences the ones another node took, and
     /// writes this node's heartbeat.
     pub(super) async fn refresh(&self) {
-        let owned: Vec<(StreamKey, Registration, Option<u64>, usize, bool)> = self
+        self.refresh_entries(false).await;
+    }
+
+    /// Registers the owned entries the registry has not taken yet (NATS
+    /// was away, or JetStream had no leader), and only those.
+    pub(super) async fn register_unregistered(&self) {
+        self.refresh_entries(true).await;
+    }
+
+    /// [`Self::refresh`], or with `only_unregistered` the entries without
+    /// a revision and no heartbeat. An entry whose claim is asking the
+    /// registry, or that a newer claim replaced since, is left alone: its
+    /// claim writes it.
+    async fn refresh_entries(&self, only_unregistered: bool) {
+        type Snapshot = (StreamKey, Registration, Option<u64>, u64, bool);
+        let owned: Vec<Snapshot> = self
             .owned
             .borrow()
             .iter()
             .filter(|(_, o)| !o.claiming)
+            .filter(|(_, o)| !only_unregistered || o.revision.is_none())
             .map(|(k, o)| {
                 let kept = o.pushes_kept;
-                (k.clone(), o.registration.clone(), o.revision, o.shard, kept)
+                (k.clone(), o.registration.clone(), o.revision, o.claim, kept)
             })
             .collect();
         let Some(kv) = self.streams_kv() else {
             return;
         };
-        for (key, reg, revision, shard, pushes_kept) in owned {
+        // The entry as the snapshot saw it, still: same claim, not claiming.
+        let same = |key: &StreamKey, claim: u64| {
+            self.owned
+                .borrow()
+                .get(key)
+                .is_some_and(|o| o.claim == claim && !o.claiming)
+        };
+        for (key, reg, revision, claim, pushes_kept) in owned {
+            if !same(&key, claim) {
+                continue;
+            }
             let token = wire::token(&key);
             let value = Self::registration_value(&reg);
             count(&self.stats.registry_ops);
@@ -498,7 +540,7 @@ impl<N: Nats> Control<N> {
             match result {
                 Ok(Some(rev)) => {
                     if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
-                        if o.shard == shard {
+                        if o.claim == claim {
                             o.revision = Some(rev);
                         }
                     }
@@ -511,7 +553,7 @@ impl<N: Nats> Control<N> {
                     } else if pushes_kept {
                         self.spawn_keep_pushes(&key, &[]);
                         if let Some(o) = self.owned.borrow_mut().get_mut(&key) {
-                            if o.shard == shard && o.registration.pushes.is_empty() {
+                            if o.claim == claim && o.registration.pushes.is_empty() {
                                 o.pushes_kept = false;
                             }
                         }
@@ -526,14 +568,17 @@ impl<N: Nats> Control<N> {
                         stream = %crate::protocol::server::redact(&key),
                         "another node owns this stream in the registry; closing the local publisher"
                     );
+                    // (Only the entry this refresh wrote for: a newer claim
+                    // of the key on this node has its own answer.)
                     let removed = {
                         let mut owned = self.owned.borrow_mut();
                         match owned.get(&key) {
-                            Some(o) if o.shard == shard => owned.remove(&key),
+                            Some(o) if o.claim == claim => owned.remove(&key),
                             _ => None,
                         }
                     };
                     if let Some(o) = removed {
+                        let shard = o.shard;
                         if o.exporting {
                             self.stats.exported_streams.fetch_sub(1, Ordering::Relaxed);
                             let end = self.client.publish(o.subject, wire::encode_end());
@@ -551,7 +596,7 @@ impl<N: Nats> Control<N> {
             }
         }
         let nodes = self.nodes_kv.borrow().clone();
-        if let Some(nodes) = nodes {
+        if let (Some(nodes), false) = (nodes, only_unregistered) {
             let hb = NodeInfo {
                 node: self.s.node_id.clone(),
                 rtmp: self.s.rtmp_addr.clone(),

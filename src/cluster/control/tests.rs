@@ -314,6 +314,48 @@ fn a_publish_made_while_nats_was_away_registers_when_a_fresh_server_returns() {
 }
 
 #[test]
+fn a_refresh_leaves_a_claim_that_is_asking_the_registry_alone() {
+    run(async {
+        let bus = Bus::new();
+        let a = node(&bus, "a").await;
+        let k = key("live/one");
+        // The registry answers nothing for now: the claim waits in it.
+        bus.hold(true);
+        let (reply, answer) = oneshot::channel();
+        let claiming = tokio::task::spawn_local({
+            let (c, k) = (a.c.clone(), k.clone());
+            async move { c.claim(&k, 0, false, reply).await }
+        });
+        until("the claim asks the registry", || {
+            a.c.owned.borrow().get(&k).is_some_and(|o| o.claiming)
+        })
+        .await;
+        let refresh = tokio::task::spawn_local({
+            let c = a.c.clone();
+            async move { c.refresh().await }
+        });
+        tokio::task::yield_now().await;
+        bus.hold(false);
+        assert!(matches!(
+            answer.await.expect("answer"),
+            ClaimResult::Registered { .. }
+        ));
+        claiming.await.expect("claim");
+        refresh.await.expect("refresh");
+        // One write of the entry, the claim's: the refresh made none (two
+        // at once would fail one, and a refresh that lost would close our
+        // own publisher).
+        let (_, rev) = bus.value(STREAMS_BUCKET, &wire::token(&k)).expect("entry");
+        assert_eq!(rev, 1);
+        assert_eq!(
+            a.c.owned.borrow().get(&k).map(|o| (o.revision, o.claiming)),
+            Some((Some(1), false))
+        );
+        assert_eq!(conflicts(&a), 0);
+    });
+}
+
+#[test]
 fn a_claim_the_registry_could_not_take_is_retried_within_a_second_not_at_the_refresh() {
     run(async {
         let bus = Bus::new();
@@ -327,30 +369,18 @@ fn a_claim_the_registry_could_not_take_is_retried_within_a_second_not_at_the_ref
         // JetStream without a leader: connected, but no write is answered.
         bus.hold(true);
         let (reply, answer) = oneshot::channel();
-        let claiming = tokio::task::spawn_local({
-            let (c, k) = (c.clone(), k.clone());
-            async move { c.claim(&k, 0, false, reply).await }
-        });
-        until("the claim asks the registry", || {
-            c.owned.borrow().get(&k).is_some_and(|o| o.claiming)
-        })
-        .await;
-        // A refresh meanwhile leaves the claim's entry alone.
-        let refresh = tokio::task::spawn_local({
-            let c = c.clone();
-            async move { c.refresh().await }
-        });
+        c.claim(&k, 0, false, reply).await;
         assert_eq!(answer.await.expect("answer"), ClaimResult::Unavailable);
-        claiming.await.expect("claim");
-        bus.hold(false);
-        refresh.await.expect("refresh");
-        assert!(owner(&bus, &k).is_none(), "the refresh did not write it");
         assert_eq!(
             c.owned.borrow().get(&k).map(|o| (o.revision, o.claiming)),
             Some((None, false))
         );
-        // The leader is back: the housekeeping tick registers it at once.
+        // The leader is back: the housekeeping tick registers it at once,
+        // without a whole refresh (no heartbeat written with it).
+        bus.hold(false);
         let back = tokio::time::Instant::now();
+        // (Not the refresh a (re)connect asks for at the first tick.)
+        c.refresh_now.set(false);
         tokio::task::spawn_local(c.clone().housekeeping());
         until("registered", || owner(&bus, &k).is_some()).await;
         assert!(
@@ -363,6 +393,7 @@ fn a_claim_the_registry_could_not_take_is_retried_within_a_second_not_at_the_ref
             .borrow()
             .get(&k)
             .is_some_and(|o| o.revision.is_some()));
+        assert!(bus.value(NODES_BUCKET, "a").is_none(), "no refresh yet");
     });
 }
 
