@@ -297,40 +297,46 @@ fn one_publisher_three_players_every_frame_accounted_for() {
     assert!(run.stdout.contains("players"), "{}", run.stdout);
 }
 
-#[test]
-fn a_reconnecting_publisher_comes_back_after_its_node_restarts_and_says_how_long_it_was_away() {
+/// Runs the load tool on a node with `args` (after `--url`); once `ready`
+/// holds, SIGKILLs the node and starts another on its port, so every
+/// connection is lost at once and reconnects fail until it is up. Returns
+/// the run and the new node.
+fn load_across_a_restart(args: &[&str], ready: impl Fn(&Node) -> bool) -> (LoadRun, Node) {
     let mut node = Node::start();
     let addr = node.addr;
-    let url = node.url();
+    let mut all = vec!["--url".to_owned(), node.url()];
+    all.extend(args.iter().map(|a| a.to_string()));
     let load = thread::spawn(move || {
-        run_load(
-            &[
-                "--url",
-                &url,
-                "--publishers",
-                "1",
-                "--players",
-                "0",
-                "--duration",
-                "8",
-                "--reconnect-ms",
-                "200",
-            ],
-            Duration::from_secs(30),
-        )
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        run_load(&all, Duration::from_secs(30))
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !node.log.lock().unwrap().contains("publishing") {
-        assert!(Instant::now() < deadline, "never published");
+    while !ready(&node) {
+        assert!(Instant::now() < deadline, "the load never started");
         thread::sleep(Duration::from_millis(20));
     }
-    // SIGKILL, then a new node on the same port: the publisher's reconnects
-    // fail until it is up, then one succeeds.
     let _ = node.child.kill();
     let _ = node.child.wait();
     thread::sleep(Duration::from_millis(500));
     let back = Node::start_with(&["--rtmp-listen", &addr.to_string()]);
-    let run = load.join().unwrap();
+    (load.join().unwrap(), back)
+}
+
+#[test]
+fn a_reconnecting_publisher_comes_back_after_its_node_restarts_and_says_how_long_it_was_away() {
+    let (run, back) = load_across_a_restart(
+        &[
+            "--publishers",
+            "1",
+            "--players",
+            "0",
+            "--duration",
+            "8",
+            "--reconnect-ms",
+            "200",
+        ],
+        |node| node.log.lock().unwrap().contains("publishing"),
+    );
     let r = &run.report;
     assert_eq!(n(r, "publishers.failed"), 0, "{}", run.stdout);
     let absences = r["publishers"]["absences"].as_array().unwrap();
@@ -350,40 +356,22 @@ fn a_reconnecting_publisher_comes_back_after_its_node_restarts_and_says_how_long
 
 #[test]
 fn reconnecting_players_come_back_after_their_node_restarts_and_count_what_they_missed() {
-    let mut node = Node::start();
-    let addr = node.addr;
-    let url = node.url();
-    let load = thread::spawn(move || {
-        run_load(
-            &[
-                "--url",
-                &url,
-                "--publishers",
-                "1",
-                "--players",
-                "2",
-                "--duration",
-                "8",
-                "--reconnect-ms",
-                "200",
-                "--player-reconnect-ms",
-                "200",
-            ],
-            Duration::from_secs(30),
-        )
-    });
-    // Both players playing, then SIGKILL and a new node on the same port:
-    // every connection is lost at once.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while node.metric("tributary_players") != Some(2.0) {
-        assert!(Instant::now() < deadline, "never played");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let _ = node.child.kill();
-    let _ = node.child.wait();
-    thread::sleep(Duration::from_millis(500));
-    let _back = Node::start_with(&["--rtmp-listen", &addr.to_string()]);
-    let run = load.join().unwrap();
+    // Both players playing, then the restart.
+    let (run, _back) = load_across_a_restart(
+        &[
+            "--publishers",
+            "1",
+            "--players",
+            "2",
+            "--duration",
+            "8",
+            "--reconnect-ms",
+            "200",
+            "--player-reconnect-ms",
+            "200",
+        ],
+        |node| node.metric("tributary_players") == Some(2.0),
+    );
     let r = &run.report;
     assert_eq!(n(r, "players.failed"), 0, "{}", run.stdout);
     let absences = r["players"]["absences"].as_array().unwrap();
@@ -396,7 +384,7 @@ fn reconnecting_players_come_back_after_their_node_restarts_and_count_what_they_
             run.stdout
         );
     }
-    // What they missed is what the publisher sent while they were away:
+    // What they missed is what fell due while they were away:
     // every other frame arrived once, none lost on a live connection.
     let missed = n(r, "players.video_frames_missed_reconnecting");
     assert!(missed > 0, "{}", run.stdout);
