@@ -286,11 +286,11 @@ impl Cluster<'_> {
         }
     }
 
-    /// How long until a play of `key` on `node` finds the stream (polled,
-    /// 20 s at most: a NATS leader election and a refresh). Past 2 s, the
-    /// nodes' logs are printed for the record (always with
-    /// TRIBUTARY_COMPOSE_LOGS set).
-    fn found_by(&self, node: usize, key: &str) -> Duration {
+    /// Polls (20 s at most: a NATS leader election and a refresh) until a
+    /// play of `key` on `node` finds the stream, and says how long that
+    /// took after `what`. Past 2 s (or with TRIBUTARY_COMPOSE_LOGS set),
+    /// the nodes' logs are printed for the record.
+    fn found_by(&self, node: usize, key: &str, what: &str) {
         let url = format!("rtmp://{}/{}", self.rtmp(node), key);
         let t0 = Instant::now();
         while !answers(&url) {
@@ -302,13 +302,13 @@ impl Cluster<'_> {
             thread::sleep(Duration::from_millis(200));
         }
         let found = t0.elapsed();
+        step(&format!("{what}: node-{node} found it {found:?} later"));
         if found > Duration::from_secs(2) || std::env::var_os("TRIBUTARY_COMPOSE_LOGS").is_some() {
             step(&format!(
-                "node-{node} found the stream after {found:?}; the nodes' logs, for the record:\n{}",
+                "the nodes' logs, for the record:\n{}",
                 self.logs()
             ));
         }
-        found
     }
 
     /// Polls the node's /readyz through the published port.
@@ -447,10 +447,7 @@ fn compose_cluster_builds_runs_survives_a_nats_and_a_node_loss_and_tears_down() 
     // A new cluster's JetStream may still be electing its streams' leaders:
     // node-1 then publishes unregistered and registers once one answers
     // (retried every second).
-    let found = cluster.found_by(2, key.trim());
-    step(&format!(
-        "published to node-1: node-2 found it {found:?} after node-1 played it"
-    ));
+    cluster.found_by(2, key.trim(), "node-1 plays the publish");
     plays(
         &cluster,
         &format!("rtmp://{}/{}", cluster.rtmp(2), key.trim()),
@@ -527,10 +524,7 @@ fn compose_cluster_builds_runs_survives_a_nats_and_a_node_loss_and_tears_down() 
     // (nats-server waits 4-9 s for a lost leader before it campaigns), and
     // node-3, publishing locally meanwhile, registers at its first refresh
     // after the election.
-    let found = cluster.found_by(2, key.trim());
-    step(&format!(
-        "re-published on node-3: node-2 found it {found:?} after node-3 played it"
-    ));
+    cluster.found_by(2, key.trim(), "node-3 plays the re-publish");
     plays(
         &cluster,
         &format!("rtmp://{}/{}", cluster.rtmp(2), key.trim()),
@@ -544,10 +538,7 @@ fn compose_cluster_builds_runs_survives_a_nats_and_a_node_loss_and_tears_down() 
     );
     cluster.read_ports();
     cluster.wait_ready(1, Duration::from_secs(60));
-    let found = cluster.found_by(1, key.trim());
-    step(&format!(
-        "node-1 ready: it found node-3's stream {found:?} later"
-    ));
+    cluster.found_by(1, key.trim(), "node-1 ready again");
     plays(
         &cluster,
         &format!("rtmp://{}/{}", cluster.rtmp(1), key.trim()),

@@ -75,6 +75,27 @@ async fn claim(n: &Node, k: &StreamKey, takeover: bool) -> ClaimResult {
     rx.await.expect("answer")
 }
 
+/// Starts a claim of `k` on `c` that is still asking the registry when
+/// this returns (the bus holds registry operations); its answer comes on
+/// the receiver.
+async fn claim_in_flight(
+    c: &Rc<Control<FakeNats>>,
+    bus: &Bus,
+    k: &StreamKey,
+) -> (tokio::task::JoinHandle<()>, oneshot::Receiver<ClaimResult>) {
+    bus.hold(true);
+    let (reply, answer) = oneshot::channel();
+    let task = tokio::task::spawn_local({
+        let (c, k) = (c.clone(), k.clone());
+        async move { c.claim(&k, 0, false, reply).await }
+    });
+    until("the claim asks the registry", || {
+        c.owned.borrow().get(k).is_some_and(|o| o.claiming)
+    })
+    .await;
+    (task, answer)
+}
+
 /// The registry's entry for `k`, as a test reads it.
 fn owner(bus: &Bus, k: &StreamKey) -> Option<Registration> {
     let (v, _) = bus.value(STREAMS_BUCKET, &wire::token(k))?;
@@ -320,16 +341,7 @@ fn a_refresh_leaves_a_claim_that_is_asking_the_registry_alone() {
         let a = node(&bus, "a").await;
         let k = key("live/one");
         // The registry answers nothing for now: the claim waits in it.
-        bus.hold(true);
-        let (reply, answer) = oneshot::channel();
-        let claiming = tokio::task::spawn_local({
-            let (c, k) = (a.c.clone(), k.clone());
-            async move { c.claim(&k, 0, false, reply).await }
-        });
-        until("the claim asks the registry", || {
-            a.c.owned.borrow().get(&k).is_some_and(|o| o.claiming)
-        })
-        .await;
+        let (claiming, answer) = claim_in_flight(&a.c, &bus, &k).await;
         let refresh = tokio::task::spawn_local({
             let c = a.c.clone();
             async move { c.refresh().await }
@@ -453,15 +465,7 @@ fn the_publisher_leaving_during_its_claim_takes_the_entry_back_out() {
         let bus = Bus::new();
         let a = node(&bus, "a").await;
         let k = key("live/one");
-        bus.hold(true);
-        let (tx, rx) = oneshot::channel();
-        let c = a.c.clone();
-        let kk = k.clone();
-        tokio::task::spawn_local(async move { c.claim(&kk, 0, false, tx).await });
-        until("the claim in flight", || {
-            a.c.owned.borrow().contains_key(&k)
-        })
-        .await;
+        let (_claiming, rx) = claim_in_flight(&a.c, &bus, &k).await;
         // The publisher leaves before the registry answers.
         a.c.unregister(k.clone(), 0);
         assert!(!a.c.owned.borrow().contains_key(&k));
